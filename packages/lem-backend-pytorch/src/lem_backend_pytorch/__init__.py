@@ -1,0 +1,3 @@
+"""lem plugin: Hugging Face Transformers on PyTorch."""
+
+__version__ = "0.1.0"

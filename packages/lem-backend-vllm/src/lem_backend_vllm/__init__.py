@@ -1,0 +1,3 @@
+"""lem plugin: vLLM."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,10 @@
+"""LLM Energy Measure: energy, throughput and latency of LLM inference, per token.
+
+A plugin needs only ``from lem import hookimpl``.
+"""
+
+from lem.hookspecs import hookimpl
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "hookimpl"]

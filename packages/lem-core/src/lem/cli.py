@@ -1,0 +1,180 @@
+"""The ``lem`` command line.
+
+Imports are kept inside the commands: ``lem --help`` must not import the
+plugins, torch or anything heavy. Errors a user can cause (:class:`LemError`)
+become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from lem import __version__
+from lem.errors import LemError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LemError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"lem: {line}" if not line.startswith("lem:") else line, err=True)
+            ctx.exit(exc.exit_code)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="lem")
+def cli() -> None:
+    """LLM Energy Measure: energy, throughput and latency of LLM inference.
+
+    Write an experiment as TOML, then `lem run exp.toml`.
+    """
+
+
+_config_options = [
+    click.option("--preset", help="Preset applied under the file (overrides the file's own `preset`)."),
+    click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config key (TOML value), e.g. --set generation.max_output_tokens=64. Repeatable.",
+    ),
+    click.option("--model", help="Shortcut for --set model=..."),
+    click.option("--backend", help="Shortcut for --set backend=..."),
+]
+
+
+def config_options(f: Any) -> Any:
+    for option in reversed(_config_options):
+        f = option(f)
+    return f
+
+
+def _load(path: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None) -> Any:
+    from lem.loading import load
+
+    extra = [f'model="{model}"'] if model else []
+    extra += [f'backend="{backend}"'] if backend else []
+    loaded = load(path, preset=preset, overrides=[*overrides, *extra])
+    for problem in loaded.warnings:
+        click.echo(problem.format(loaded.source), err=True)
+    return loaded
+
+
+@cli.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@config_options
+@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+              help="Results directory.")
+@click.option("--in-process", is_flag=True, help="Run experiments in this process (debugging, tests).")
+@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a run, skipping finished experiments.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
+def run(
+    file: str,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    model: str | None,
+    backend: str | None,
+    out_dir: str,
+    in_process: bool,
+    resume_id: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Run the experiment(s) in FILE and write results under --out."""
+    from lem.runner import run_campaign
+
+    loaded = _load(file, preset, overrides, model, backend)
+    ok = run_campaign(
+        loaded,
+        out_dir=out_dir,
+        in_process=in_process,
+        resume_id=resume_id,
+        quiet=quiet or as_json,
+        as_json=as_json,
+    )
+    if not ok:
+        sys.exit(1)
+
+
+@cli.command()
+def plugins() -> None:
+    """List installed plugins as JSON (name, distribution, version, hooks)."""
+    from lem.plugins import describe_plugins
+
+    click.echo(json.dumps(describe_plugins(), indent=2))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def models(as_json: bool) -> None:
+    """List the built-in `random:` architectures (offline, random weights)."""
+    from lem.architectures import describe
+
+    rows = describe()
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    width = max(len(r["model"]) for r in rows)
+    for r in rows:
+        click.echo(f"{r['model']:<{width}}  {r['description']}")
+
+
+@cli.group()
+def config() -> None:
+    """Check and inspect experiment files."""
+
+
+@config.command("validate")
+@click.argument("file", type=click.Path(dir_okay=False))
+@config_options
+def config_validate(file: str, preset: str | None, overrides: tuple[str, ...], model: str | None,
+                    backend: str | None) -> None:
+    """Check FILE; print every problem, exit 2 if there is an error."""
+    loaded = _load(file, preset, overrides, model, backend)
+    n = len(loaded.experiments)
+    click.echo(f"{file}: OK ({n} experiment{'s' if n != 1 else ''}, {len(loaded.warnings)} warning(s))")
+
+
+@config.command("show")
+@click.argument("file", type=click.Path(dir_okay=False))
+@config_options
+def config_show(file: str, preset: str | None, overrides: tuple[str, ...], model: str | None,
+                backend: str | None) -> None:
+    """Print the resolved config of every experiment in FILE as TOML."""
+    from lem.loading import dumps
+
+    loaded = _load(file, preset, overrides, model, backend)
+    for i, exp in enumerate(loaded.experiments):
+        if len(loaded.experiments) > 1:
+            click.echo(f"{'' if i == 0 else chr(10)}# experiment {exp.id}")
+        click.echo(dumps(exp.config), nl=False)
+
+
+@config.command("expand")
+@click.argument("file", type=click.Path(dir_okay=False))
+@config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def config_expand(file: str, preset: str | None, overrides: tuple[str, ...], model: str | None,
+                  backend: str | None, as_json: bool) -> None:
+    """List the experiments FILE's [sweep] expands to, with their ids."""
+    loaded = _load(file, preset, overrides, model, backend)
+    rows = [{"id": e.id, "values": dict(e.sweep_values)} for e in loaded.experiments]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2, default=str))
+        return
+    for row in rows:
+        values = "  ".join(f"{k}={v!r}" for k, v in row["values"].items())
+        click.echo(f"{row['id']}  {values}".rstrip())
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="lem")

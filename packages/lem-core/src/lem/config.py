@@ -1,0 +1,195 @@
+"""The experiment configuration: what one TOML experiment file says.
+
+Each TOML table is one frozen attrs class below; :data:`converter` (in
+:mod:`lem.loading`) structures a TOML document into :class:`ExperimentConfig`
+strictly. Tables named after a backend (``[pytorch]``, ``[vllm]``,
+``[tensorrt]``, or any installed backend plugin) are not described here: they
+are passed through untouched in :attr:`ExperimentConfig.backend_options` and
+validated by that backend's ``validate_config``.
+
+Ranges (non-negative sizes, ``top_p`` in (0, 1], ...) are checked by the
+core's own ``validate_config`` in :mod:`lem.validation`, so every problem in a
+file is reported at once rather than stopping at the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import attrs
+
+Precision = Literal["float32", "float16", "bfloat16"]
+LoadFormat = Literal["auto", "random"]
+DatasetSource = Literal["synthetic", "builtin", "file", "huggingface"]
+FileFormat = Literal["auto", "jsonl", "csv", "parquet", "text"]
+LengthDistribution = Literal["fixed", "uniform", "normal"]
+Sampling = Literal["first", "random"]
+BatchingStrategy = Literal["static", "dynamic", "sorted_static", "sorted_dynamic"]
+TrafficMode = Literal["offline", "poisson", "constant", "concurrency"]
+WarmupMode = Literal["fixed", "cv"]
+QuantizationMethod = Literal["none", "bnb-4bit", "bnb-8bit", "gptq", "awq", "fp8"]
+
+
+@attrs.frozen
+class DatasetConfig:
+    """``[dataset]``: where prompts come from and how many."""
+
+    source: DatasetSource = "synthetic"
+    #: ``file``: path to a JSONL, CSV, Parquet or plain-text file.
+    path: str | None = None
+    format: FileFormat = "auto"
+    #: ``huggingface``: dataset name (``"tatsu-lab/alpaca"``), config name, split.
+    name: str | None = None
+    subset: str | None = None
+    split: str = "train"
+    #: Field (column) holding the prompt text; an optional second field is
+    #: appended (alpaca-style ``instruction`` + ``input``).
+    field: str | None = None
+    input_field: str | None = None
+    num_prompts: int = 100
+    sampling: Sampling = "first"
+    #: Synthetic prompts: input length in tokens and its distribution.
+    input_length: int = 128
+    input_length_distribution: LengthDistribution = "fixed"
+    input_length_min: int | None = None
+    input_length_max: int | None = None
+    input_length_std: float | None = None
+    #: Truncate prompts longer than this many tokens.
+    max_input_tokens: int | None = None
+    apply_chat_template: bool = False
+
+
+@attrs.frozen
+class GenerationConfig:
+    """``[generation]``: decoding parameters, the same for every backend."""
+
+    max_output_tokens: int = 128
+    min_output_tokens: int = 0
+    do_sample: bool = False
+    #: 0 means greedy, whatever ``do_sample`` says.
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: 0 means off.
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool = False
+    #: Generate exactly ``max_output_tokens`` (fixed-length workloads).
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding picks the most likely token at every step."""
+        return not self.do_sample or self.temperature == 0.0
+
+
+@attrs.frozen
+class BatchingConfig:
+    """``[batching]``: how requests are grouped (for backends that batch themselves)."""
+
+    batch_size: int = 1
+    strategy: BatchingStrategy = "static"
+    #: Token budget per batch for the dynamic strategies (input + output tokens).
+    max_tokens_per_batch: int | None = None
+
+
+@attrs.frozen
+class TrafficConfig:
+    """``[traffic]``: when requests arrive."""
+
+    mode: TrafficMode = "offline"
+    #: Requests per second for ``poisson`` and ``constant``.
+    rate: float | None = None
+    #: Requests in flight for ``concurrency`` (closed loop).
+    concurrency: int | None = None
+
+
+@attrs.frozen
+class MeasurementConfig:
+    """``[measurement]``: warm-up, cycles, idle baseline and energy metering."""
+
+    warmup: WarmupMode = "fixed"
+    warmup_requests: int = 3
+    #: ``cv``: stop warming up once the coefficient of variation of per-request
+    #: latency over the last ``warmup_window`` requests is below the threshold.
+    warmup_cv_threshold: float = 0.05
+    warmup_window: int = 5
+    warmup_max_requests: int = 50
+    cycles: int = 3
+    #: Seconds of idle baseline with the model resident; 0 skips it.
+    idle_seconds: float = 5.0
+    #: Energy meter plugin name; ``auto`` takes the first that works here,
+    #: ``none`` measures no energy.
+    energy_meter: str = "auto"
+    sampling_interval_ms: float = 100.0
+    #: Pause between cycles, and optionally wait for the GPU to cool below a temperature.
+    cooldown_seconds: float = 0.0
+    thermal_floor_c: float | None = None
+    #: CUDA device ordinals to meter; default: the ones the model occupies.
+    devices: tuple[int, ...] | None = None
+
+
+@attrs.frozen
+class ShardingConfig:
+    """``[sharding]``: model parallelism."""
+
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
+
+
+@attrs.frozen
+class QuantizationConfig:
+    """``[quantization]``: weight quantization."""
+
+    method: QuantizationMethod = "none"
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = "nf4"
+    bnb_4bit_use_double_quant: bool = False
+
+
+@attrs.frozen
+class ExperimentConfig:
+    """One experiment, fully resolved (preset and CLI options applied)."""
+
+    #: Hugging Face id, local path, or a built-in ``random:<name>`` architecture.
+    model: str
+    backend: str = "pytorch"
+    name: str | None = None
+    precision: Precision = "bfloat16"
+    seed: int = 42
+    #: LoRA adapter (path or hub id).
+    adapter: str | None = None
+    #: ``random``: build the architecture with random weights, download nothing.
+    load_format: LoadFormat = "auto"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    #: The preset this config was built on, recorded for the results.
+    preset: str | None = None
+    dataset: DatasetConfig = attrs.field(factory=DatasetConfig)
+    generation: GenerationConfig = attrs.field(factory=GenerationConfig)
+    batching: BatchingConfig = attrs.field(factory=BatchingConfig)
+    traffic: TrafficConfig = attrs.field(factory=TrafficConfig)
+    measurement: MeasurementConfig = attrs.field(factory=MeasurementConfig)
+    sharding: ShardingConfig = attrs.field(factory=ShardingConfig)
+    quantization: QuantizationConfig = attrs.field(factory=QuantizationConfig)
+    #: Backend-owned tables (``[pytorch]``, ``[vllm]``, ...), by table name.
+    backend_options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+
+    def options_for(self, backend: str) -> Mapping[str, Any]:
+        """The table of a backend (``[vllm]`` for ``"vllm"``), empty if absent."""
+        return self.backend_options.get(backend, {})
+
+
+#: The top-level tables that belong to the core (everything else must be a backend's).
+CORE_TABLES = (
+    "dataset",
+    "generation",
+    "batching",
+    "traffic",
+    "measurement",
+    "sharding",
+    "quantization",
+)

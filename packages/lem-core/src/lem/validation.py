@@ -1,0 +1,152 @@
+"""The core's own ``validate_config``: ranges, names of backends and meters, stray tables.
+
+Registered as a built-in plugin, so the core's checks and the plugins' checks
+go through the same hook and are reported together.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from lem.config import CORE_TABLES, ExperimentConfig
+from lem.hookspecs import hookimpl
+from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
+from lem.types import Problem, error, warning
+
+# (dotted key, test, what it must be) for every number with a range.
+_RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: v >= 0, "must be >= 0"),
+    ("dataset.num_prompts", lambda v: v >= 1, "must be >= 1"),
+    ("dataset.input_length", lambda v: v >= 1, "must be >= 1"),
+    ("dataset.input_length_min", lambda v: v is None or v >= 1, "must be >= 1"),
+    ("dataset.input_length_max", lambda v: v is None or v >= 1, "must be >= 1"),
+    ("dataset.input_length_std", lambda v: v is None or v >= 0, "must be >= 0"),
+    ("dataset.max_input_tokens", lambda v: v is None or v >= 1, "must be >= 1"),
+    ("generation.max_output_tokens", lambda v: v >= 1, "must be >= 1"),
+    ("generation.min_output_tokens", lambda v: v >= 0, "must be >= 0"),
+    ("generation.temperature", lambda v: v >= 0, "must be >= 0 (0 means greedy)"),
+    ("generation.top_p", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("generation.top_k", lambda v: v >= 0, "must be >= 0 (0 means off)"),
+    ("generation.min_p", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
+    ("generation.repetition_penalty", lambda v: v > 0, "must be > 0 (1 means off)"),
+    ("generation.no_repeat_ngram_size", lambda v: v >= 0, "must be >= 0 (0 means off)"),
+    ("generation.num_beams", lambda v: v >= 1, "must be >= 1"),
+    ("batching.batch_size", lambda v: v >= 1, "must be >= 1"),
+    ("batching.max_tokens_per_batch", lambda v: v is None or v >= 1, "must be >= 1"),
+    ("traffic.rate", lambda v: v is None or v > 0, "must be > 0 requests per second"),
+    ("traffic.concurrency", lambda v: v is None or v >= 1, "must be >= 1"),
+    ("measurement.warmup_requests", lambda v: v >= 0, "must be >= 0"),
+    ("measurement.warmup_cv_threshold", lambda v: v > 0, "must be > 0"),
+    ("measurement.warmup_window", lambda v: v >= 2, "must be >= 2"),
+    ("measurement.warmup_max_requests", lambda v: v >= 1, "must be >= 1"),
+    ("measurement.cycles", lambda v: v >= 1, "must be >= 1"),
+    ("measurement.idle_seconds", lambda v: v >= 0, "must be >= 0 (0 skips the idle baseline)"),
+    ("measurement.sampling_interval_ms", lambda v: v > 0, "must be > 0"),
+    ("measurement.cooldown_seconds", lambda v: v >= 0, "must be >= 0"),
+    ("sharding.tensor_parallel_size", lambda v: v >= 1, "must be >= 1"),
+    ("sharding.pipeline_parallel_size", lambda v: v >= 1, "must be >= 1"),
+]
+
+
+def get(config: Any, dotted: str) -> Any:
+    """Read a dotted attribute path (``"generation.top_p"``) from a config."""
+    for part in dotted.split("."):
+        config = getattr(config, part)
+    return config
+
+
+def _ranges(config: ExperimentConfig) -> Iterator[Problem]:
+    for key, ok, must in _RANGES:
+        value = get(config, key)
+        if not ok(value):
+            yield error(key, must, value=value)
+    g, d = config.generation, config.dataset
+    if g.min_output_tokens > g.max_output_tokens:
+        yield error(
+            "generation.min_output_tokens",
+            f"is larger than generation.max_output_tokens ({g.max_output_tokens})",
+            value=g.min_output_tokens,
+        )
+    if d.input_length_min and d.input_length_max and d.input_length_min > d.input_length_max:
+        yield error("dataset.input_length_min", "is larger than dataset.input_length_max", value=d.input_length_min)
+    devices = config.measurement.devices
+    if devices is not None and any(i < 0 for i in devices):
+        yield error("measurement.devices", "device ordinals must be >= 0", value=list(devices))
+
+
+def _needs(config: ExperimentConfig) -> Iterator[Problem]:
+    d, t = config.dataset, config.traffic
+    if d.source == "file" and not d.path:
+        yield error("dataset.path", "is required when dataset.source = 'file'", 'add path = "prompts.jsonl"')
+    if d.source == "huggingface" and not d.name:
+        yield error("dataset.name", "is required when dataset.source = 'huggingface'", 'e.g. name = "tatsu-lab/alpaca"')
+    if d.input_length_distribution == "uniform" and (d.input_length_min is None or d.input_length_max is None):
+        yield error(
+            "dataset.input_length_distribution",
+            "'uniform' needs dataset.input_length_min and dataset.input_length_max",
+            value="uniform",
+        )
+    if d.input_length_distribution == "normal" and d.input_length_std is None:
+        yield error("dataset.input_length_std", "is required for a 'normal' input length distribution")
+    if t.mode in ("poisson", "constant") and t.rate is None:
+        yield error("traffic.rate", f"is required for traffic.mode = '{t.mode}'", "e.g. rate = 4.0 (requests/s)")
+    if t.mode == "concurrency" and t.concurrency is None:
+        yield error("traffic.concurrency", "is required for traffic.mode = 'concurrency'", "e.g. concurrency = 8")
+    if t.mode == "offline" and (t.rate is not None or t.concurrency is not None):
+        yield warning("traffic.mode", "is 'offline': traffic.rate and traffic.concurrency are ignored", value="offline")
+
+
+def _install_hint(name: str) -> str:
+    dist = KNOWN_DISTRIBUTIONS.get(name)
+    return f"pip install {dist}" if dist else f"install the plugin that provides '{name}'"
+
+
+def _names(config: ExperimentConfig) -> Iterator[Problem]:
+    backends = backend_names()
+    if config.backend not in backends:
+        installed = ", ".join(backends) or "none"
+        yield error(
+            "backend",
+            f"is not an installed backend (installed: {installed})",
+            _install_hint(config.backend),
+            config.backend,
+        )
+    meter = config.measurement.energy_meter
+    meters = meter_names()
+    if meter not in ("auto", "none", *meters):
+        installed = ", ".join(meters) or "none"
+        yield error(
+            "measurement.energy_meter",
+            f"is not an installed energy meter (installed: {installed}; or 'auto', 'none')",
+            _install_hint(meter),
+            meter,
+        )
+    plugins = plugin_names()
+    for table in config.backend_options:
+        if table in plugins:
+            continue
+        if table in KNOWN_DISTRIBUTIONS:
+            yield warning(
+                table,
+                f"section for a backend that is not installed; it is ignored",
+                _install_hint(table),
+            )
+            continue
+        close = difflib.get_close_matches(table, [*CORE_TABLES, *plugins, *KNOWN_DISTRIBUTIONS], n=1)
+        hint = f"did you mean [{close[0]}]?" if close else "remove it, or install the plugin it belongs to"
+        yield error(table, "unknown table", hint)
+    if config.backend in backends and config.backend_options and config.backend not in config.backend_options:
+        others = [t for t in config.backend_options if t in plugins]
+        if others:
+            yield warning(
+                others[0],
+                f"section for backend '{others[0]}', but this experiment runs on '{config.backend}'; it is ignored",
+            )
+
+
+@hookimpl
+def validate_config(config: ExperimentConfig) -> list[Problem]:
+    """Core checks: value ranges, required companions, backend and meter names, stray tables."""
+    return [*_ranges(config), *_needs(config), *_names(config)]
