@@ -24,6 +24,10 @@ class ConfigError(LemError):
         super().__init__("\n".join(p.format(source) for p in self.problems))
 
 
+class PluginError(LemError):
+    """An installed plugin is unusable (it implements a hook that does not exist)."""
+
+
 class MeterUnavailable(LemError):
     """The energy meter that was asked for cannot work on this machine (the reason is the message)."""
 

@@ -23,7 +23,7 @@ hookimpl = pluggy.HookimplMarker("lem")
 
 
 @hookspec(firstresult=True)
-def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:  # type: ignore[empty-body]
+def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
     """Load the experiment's model if ``backend`` is yours.
 
     Called once per experiment, before the idle baseline. Loading time and
@@ -38,7 +38,7 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:  #
 
 
 @hookspec(firstresult=True)
-def generate_stream(  # type: ignore[empty-body]
+def generate_stream(
     model: LoadedModel,
     requests: Sequence[Request],
     params: GenerationConfig,
@@ -68,9 +68,7 @@ def generate_stream(  # type: ignore[empty-body]
 
 
 @hookspec(firstresult=True)
-def measure_energy(  # type: ignore[empty-body]
-    meter: str, devices: Sequence[int], config: ExperimentConfig
-) -> EnergyMeter | None:
+def measure_energy(meter: str, devices: Sequence[int], config: ExperimentConfig) -> EnergyMeter | None:
     """Open an energy meter on ``devices`` if ``meter`` is yours.
 
     With ``meter == "auto"`` return a meter if yours works on this machine,

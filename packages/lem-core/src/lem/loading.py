@@ -69,10 +69,16 @@ def _strict(kind: type, accept: tuple[type, ...]) -> Any:
 
 def _literal(value: Any, literal_type: Any) -> Any:
     allowed = typing.get_args(literal_type)
-    if value not in allowed or type(value) is bool and not any(a is value for a in allowed):
+    # `type(...) is type(...)` so that `true` does not match a literal 1.
+    if not any(value == a and type(value) is type(a) for a in allowed):
         choices = ", ".join(repr(a) for a in allowed)
         raise ValueError(f"expected one of {choices}")
     return value
+
+
+def _is_literal(t: Any) -> bool:
+    origin: object = typing.get_origin(t)
+    return origin is Literal
 
 
 def _make_converter() -> cattrs.Converter:
@@ -81,7 +87,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict(float, (int, float)))
     conv.register_structure_hook(str, _strict(str, (str,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
-    conv.register_structure_hook_func(lambda t: typing.get_origin(t) is Literal, _literal)
+    conv.register_structure_hook_func(_is_literal, _literal)
     return conv
 
 
@@ -117,9 +123,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(
-            [error("--set", "expected KEY=VALUE", "e.g. --set generation.max_output_tokens=64", text)]
-        )
+        raise ConfigError([error("--set", "expected KEY=VALUE", "e.g. --set generation.max_output_tokens=64", text)])
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
@@ -160,9 +164,7 @@ def _check_sweep(sweep: Any) -> tuple[dict[str, list[Any]], list[Problem]]:
     axes: dict[str, list[Any]] = {}
     for key, values in _flatten(sweep):
         if not isinstance(values, list):
-            problems.append(
-                error(f"sweep.{key}", "must be a list of values", f'write "{key}" = [...]', values)
-            )
+            problems.append(error(f"sweep.{key}", "must be a list of values", f'write "{key}" = [...]', values))
         elif not values:
             problems.append(error(f"sweep.{key}", "is an empty list", "give at least one value or remove the key"))
         else:
@@ -200,7 +202,7 @@ def expand_sweep(doc: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> list[
     out = []
     for combo in itertools.product(*(axes[k] for k in keys)):
         expanded = copy.deepcopy(dict(doc))
-        values = dict(zip(keys, combo))
+        values = dict(zip(keys, combo, strict=True))
         for key, value in values.items():
             set_dotted(expanded, key, value)
         out.append((expanded, values))
@@ -303,10 +305,11 @@ def structure(doc: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list[Pro
 
 def unstructure(config: ExperimentConfig) -> dict[str, Any]:
     """The config as a TOML-ready document (``None`` values left out; TOML has no null)."""
-    doc = converter.unstructure(config)
+    doc: dict[str, Any] = converter.unstructure(config)
     doc.pop("backend_options", None)
     doc.update({k: dict(v) for k, v in config.backend_options.items()})
-    return _drop_none(doc)
+    cleaned: dict[str, Any] = _drop_none(doc)
+    return cleaned
 
 
 def _drop_none(value: Any) -> Any:
@@ -404,7 +407,9 @@ def load_one(path: str | Path, **kwargs: Any) -> ExperimentConfig:
     """Load a file that holds exactly one experiment (no sweep)."""
     loaded = load(path, **kwargs)
     if len(loaded.experiments) != 1:
-        raise ConfigError([error("sweep", f"expands to {len(loaded.experiments)} experiments; expected one")], str(path))
+        raise ConfigError(
+            [error("sweep", f"expands to {len(loaded.experiments)} experiments; expected one")], str(path)
+        )
     return loaded.experiments[0].config
 
 

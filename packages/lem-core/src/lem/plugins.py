@@ -19,6 +19,7 @@ import attrs
 import pluggy
 
 from lem import hookspecs
+from lem.errors import PluginError
 
 ENTRY_POINT_GROUP = "lem"
 
@@ -59,9 +60,21 @@ def get_plugin_manager() -> pluggy.PluginManager:
         for module_name in DEFAULT_PLUGINS:
             pm.register(importlib.import_module(module_name), name=module_name)
         _load_entry_points()
-        # A hookimpl whose name matches no hookspec is a typo in a plugin: say so now.
-        pm.check_pending()
+        _check_hook_names()
     return pm
+
+
+def _check_hook_names() -> None:
+    # A hookimpl whose name matches no hookspec is a typo in a plugin: fail loudly, as pytest does.
+    try:
+        pm.check_pending()
+    except pluggy.PluginValidationError as exc:
+        name = pm.get_name(exc.plugin) or "?"
+        known = ", ".join(sorted(n for n in dir(hookspecs) if hasattr(getattr(pm.hook, n, None), "spec")))
+        raise PluginError(
+            f"plugin '{name}' ({_dists.get(name, 'built-in')}): {exc} (known hooks: {known}; "
+            f"fix the plugin or exclude it with LEM_PLUGINS)"
+        ) from None
 
 
 def _allowed() -> set[str] | None:

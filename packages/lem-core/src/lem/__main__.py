@@ -1,0 +1,5 @@
+"""``python -m lem`` is the ``lem`` command."""
+
+from lem.cli import main
+
+main()
