@@ -22,7 +22,7 @@ import attrs
 Precision = Literal["float32", "float16", "bfloat16"]
 LoadFormat = Literal["auto", "random"]
 DatasetSource = Literal["synthetic", "builtin", "file", "huggingface"]
-FileFormat = Literal["auto", "jsonl", "csv", "parquet", "text"]
+FileFormat = Literal["auto", "jsonl", "csv", "parquet", "text", "paragraphs"]
 LengthDistribution = Literal["fixed", "uniform", "normal"]
 Sampling = Literal["first", "random"]
 BatchingStrategy = Literal["static", "dynamic", "sorted_static", "sorted_dynamic"]
@@ -33,30 +33,38 @@ QuantizationMethod = Literal["none", "bnb-4bit", "bnb-8bit", "gptq", "awq", "fp8
 
 @attrs.frozen
 class DatasetConfig:
-    """``[dataset]``: where prompts come from and how many."""
+    """``[dataset]``: where prompts come from and how many (see docs/datasets.md and :mod:`lem.prompts`)."""
 
     source: DatasetSource = "synthetic"
-    #: ``file``: path to a JSONL, CSV, Parquet or plain-text file.
+    #: ``file``: path to a JSONL, CSV, Parquet or text file (relative to the working directory).
     path: str | None = None
+    #: ``file``: ``auto`` guesses from the extension; ``text`` is one prompt per line,
+    #: ``paragraphs`` is prompts separated by blank lines.
     format: FileFormat = "auto"
-    #: ``huggingface``: dataset name (``"tatsu-lab/alpaca"``), config name, split.
+    #: ``huggingface``: dataset name (``"tatsu-lab/alpaca"``) or a local dataset directory.
     name: str | None = None
+    #: ``huggingface``: config name; ``builtin``: ``short``, ``instruction`` or ``long``.
     subset: str | None = None
     split: str = "train"
-    #: Field (column) holding the prompt text; an optional second field is
-    #: appended (alpaca-style ``instruction`` + ``input``).
+    #: Field (column) holding the prompt text; default: the first of ``prompt``, ``text``,
+    #: ``instruction``, ``question``, ``input``, ``content`` that exists. An optional second field is
+    #: appended after a blank line when non-empty (alpaca-style ``instruction`` + ``input``).
     field: str | None = None
     input_field: str | None = None
     num_prompts: int = 100
+    #: ``first``: the first ``num_prompts``; ``random``: a sample seeded by the experiment's seed.
     sampling: Sampling = "first"
-    #: Synthetic prompts: input length in tokens and its distribution.
+    #: Synthetic prompts: input length in tokens and its distribution (``fixed`` uses
+    #: ``input_length``; ``uniform`` draws from [min, max]; ``normal`` has mean ``input_length``
+    #: and ``input_length_std``, clipped to [min, max] where given).
     input_length: int = 128
     input_length_distribution: LengthDistribution = "fixed"
     input_length_min: int | None = None
     input_length_max: int | None = None
     input_length_std: float | None = None
-    #: Truncate prompts longer than this many tokens.
+    #: Truncate prompts longer than this many tokens (the end of the user's text is cut).
     max_input_tokens: int | None = None
+    #: Wrap each prompt as a user message in the tokenizer's chat template.
     apply_chat_template: bool = False
 
 

@@ -10,7 +10,7 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from lem.config import CORE_TABLES, ExperimentConfig
+from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig
 from lem.hookspecs import hookimpl
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
 from lem.types import Problem, error, warning
@@ -76,6 +76,46 @@ def _ranges(config: ExperimentConfig) -> Iterator[Problem]:
         yield error("measurement.devices", "device ordinals must be >= 0", value=list(devices))
 
 
+# [dataset] keys and the sources that read them; a key set for another source is ignored, and said so.
+_DATASET_KEYS_USED_BY = {
+    "path": ("file",),
+    "format": ("file",),
+    "name": ("huggingface",),
+    "field": ("file", "huggingface"),
+    "input_field": ("file", "huggingface"),
+    "subset": ("huggingface", "builtin"),
+}
+
+
+def _dataset_companions(config: ExperimentConfig) -> Iterator[Problem]:
+    from lem.prompts.builtin import SUBSETS
+
+    d = config.dataset
+    defaults = DatasetConfig()
+    for key, sources in _DATASET_KEYS_USED_BY.items():
+        if d.source not in sources and getattr(d, key) != getattr(defaults, key):
+            used = " or ".join(repr(s) for s in sources)
+            yield warning(f"dataset.{key}", f"is only used by source {used}; ignored for '{d.source}'")
+    if d.source == "builtin" and d.subset is not None and d.subset not in SUBSETS:
+        hint = f"use one of {', '.join(SUBSETS)}"
+        yield error("dataset.subset", "is not a subset of the builtin prompt set", hint, d.subset)
+    synthetic_only = ("input_length_distribution", "input_length_min", "input_length_max", "input_length_std")
+    if d.source != "synthetic" and any(getattr(d, k) != getattr(defaults, k) for k in synthetic_only):
+        yield warning(
+            "dataset.input_length_distribution", f"synthetic length options are ignored for source '{d.source}'"
+        )
+    if d.source == "synthetic" and d.max_input_tokens is not None and d.input_length > d.max_input_tokens:
+        yield warning(
+            "dataset.max_input_tokens",
+            f"is below dataset.input_length ({d.input_length}); synthetic prompts are clipped to it",
+            value=d.max_input_tokens,
+        )
+    if d.input_field is not None and d.field is None:
+        yield warning(
+            "dataset.input_field", "is set without dataset.field; the text field is guessed", 'add field = "..."'
+        )
+
+
 def _needs(config: ExperimentConfig) -> Iterator[Problem]:
     d, t = config.dataset, config.traffic
     if d.source == "file" and not d.path:
@@ -90,6 +130,7 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
         )
     if d.input_length_distribution == "normal" and d.input_length_std is None:
         yield error("dataset.input_length_std", "is required for a 'normal' input length distribution")
+    yield from _dataset_companions(config)
     if t.mode in ("poisson", "constant") and t.rate is None:
         yield error("traffic.rate", f"is required for traffic.mode = '{t.mode}'", "e.g. rate = 4.0 (requests/s)")
     if t.mode == "concurrency" and t.concurrency is None:
@@ -98,9 +139,16 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
         yield warning("traffic.mode", "is 'offline': traffic.rate and traffic.concurrency are ignored", value="offline")
 
 
-def _install_hint(name: str) -> str:
+def _install_hint(name: str, candidates: list[str]) -> str:
     dist = KNOWN_DISTRIBUTIONS.get(name)
-    return f"pip install {dist}" if dist else f"install the plugin that provides '{name}'"
+    if dist:
+        return f"pip install {dist}"
+    close = difflib.get_close_matches(name, [*candidates, *KNOWN_DISTRIBUTIONS], n=1)
+    if close:
+        known = KNOWN_DISTRIBUTIONS.get(close[0])
+        install = f" pip install {known}" if known and close[0] not in candidates else ""
+        return f"did you mean '{close[0]}'?{install}"
+    return f"install the plugin that provides '{name}'"
 
 
 def _names(config: ExperimentConfig) -> Iterator[Problem]:
@@ -110,7 +158,7 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
         yield error(
             "backend",
             f"is not an installed backend (installed: {installed})",
-            _install_hint(config.backend),
+            _install_hint(config.backend, backends),
             config.backend,
         )
     meter = config.measurement.energy_meter
@@ -120,7 +168,7 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
         yield error(
             "measurement.energy_meter",
             f"is not an installed energy meter (installed: {installed}; or 'auto', 'none')",
-            _install_hint(meter),
+            _install_hint(meter, meters),
             meter,
         )
     plugins = plugin_names()
@@ -130,8 +178,8 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
         if table in KNOWN_DISTRIBUTIONS:
             yield warning(
                 table,
-                f"section for a backend that is not installed; it is ignored",
-                _install_hint(table),
+                "section for a backend that is not installed; it is ignored",
+                _install_hint(table, []),
             )
             continue
         close = difflib.get_close_matches(table, [*CORE_TABLES, *plugins, *KNOWN_DISTRIBUTIONS], n=1)
