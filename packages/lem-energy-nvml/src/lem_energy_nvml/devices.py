@@ -1,0 +1,175 @@
+"""From CUDA device ordinals (as this process sees them) to NVML devices, by UUID.
+
+CUDA numbers the devices listed in ``CUDA_VISIBLE_DEVICES`` from 0; NVML
+ignores that variable and numbers every GPU of the machine in PCI bus order.
+Entries may be NVML indices (``"2"``), GPU UUIDs or unique prefixes of them
+(``"GPU-8932f937"``) or MIG device UUIDs (``"MIG-..."``, or the older
+``"MIG-GPU-<uuid>/<gi>/<ci>"``). Like CUDA, parsing stops at the first entry
+that is not valid.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import Any
+
+import attrs
+
+from lem.errors import MeterUnavailable
+from lem_energy_nvml.library import describe_error, optional
+
+MIG_REASON = (
+    "MIG slice: NVML's energy counter and power readings are per board and are shared with the other "
+    "slices, so this slice's energy cannot be attributed (not measured rather than a made-up share)"
+)
+
+
+@attrs.frozen
+class NvmlDevice:
+    """One device the experiment uses, resolved to NVML.
+
+    :param ordinal: the CUDA ordinal the experiment named.
+    :param uuid: the NVML UUID (``GPU-...``, or ``MIG-...`` for a slice).
+    :param handle: the NVML handle of the board (for a MIG slice: its parent, when found).
+    :param mig: the device is a MIG slice or a board in MIG mode.
+    :param unmeasurable: why energy cannot be measured on it (MIG), else ``None``.
+    """
+
+    ordinal: int
+    uuid: str | None
+    handle: Any
+    name: str | None
+    mig: bool = False
+    unmeasurable: str | None = None
+
+
+def parse_visible_devices(value: str | None) -> list[str] | None:
+    """The entries of ``CUDA_VISIBLE_DEVICES`` that CUDA honours; ``None`` when it is unset (all GPUs)."""
+    if value is None:
+        return None
+    entries: list[str] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        valid = entry.isdigit() or entry.startswith(("GPU-", "MIG-"))
+        if not valid:
+            break  # CUDA ignores this entry and everything after it (e.g. "-1" hides the rest)
+        entries.append(entry)
+    return entries
+
+
+def _uuid(nvml: ModuleType, handle: Any) -> str:
+    uuid = nvml.nvmlDeviceGetUUID(handle)
+    return uuid.decode() if isinstance(uuid, bytes) else str(uuid)
+
+
+def _name(nvml: ModuleType, handle: Any) -> str | None:
+    name = optional(nvml, nvml.nvmlDeviceGetName, handle)
+    return name.decode() if isinstance(name, bytes) else name
+
+
+def mig_enabled(nvml: ModuleType, handle: Any) -> bool:
+    """True when the board is in MIG mode (current mode, not pending)."""
+    mode = optional(nvml, nvml.nvmlDeviceGetMigMode, handle)
+    return bool(mode and mode[0] == 1)
+
+
+def _boards(nvml: ModuleType) -> list[tuple[Any, str]]:
+    count = nvml.nvmlDeviceGetCount()
+    boards = []
+    for index in range(count):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        boards.append((handle, _uuid(nvml, handle)))
+    return boards
+
+
+def _find_mig_parent(nvml: ModuleType, boards: list[tuple[Any, str]], entry: str) -> tuple[Any, str] | None:
+    """The board holding MIG device ``entry`` (``MIG-<uuid>`` or ``MIG-GPU-<uuid>/gi/ci``)."""
+    if entry.startswith("MIG-GPU-"):
+        parent_uuid = entry[len("MIG-") :].split("/")[0]
+        return next(((h, u) for h, u in boards if u == parent_uuid), None)
+    for handle, uuid in boards:
+        if not mig_enabled(nvml, handle):
+            continue
+        for slot in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+            try:
+                mig = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, slot)
+            except nvml.NVMLError:
+                continue  # an empty slot
+            if _uuid(nvml, mig).startswith(entry):
+                return handle, uuid
+    return None
+
+
+def _by_uuid_prefix(boards: list[tuple[Any, str]], entry: str, where: str) -> tuple[Any, str]:
+    matches = [(h, u) for h, u in boards if u.startswith(entry)]
+    if len(matches) == 1:
+        return matches[0]
+    known = ", ".join(u for _, u in boards) or "none"
+    what = "matches no GPU" if not matches else f"matches {len(matches)} GPUs"
+    raise MeterUnavailable(f"{where}: '{entry}' {what} (GPUs on this machine: {known}); use a longer, unique UUID")
+
+
+def resolve_devices(
+    nvml: ModuleType, ordinals: Sequence[int], environ: Mapping[str, str] | None = None
+) -> tuple[list[NvmlDevice], list[str]]:
+    """Resolve CUDA ordinals to NVML devices; also return warnings about the mapping.
+
+    :raises MeterUnavailable: an ordinal that does not exist, an ambiguous or unknown UUID.
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("CUDA_VISIBLE_DEVICES")
+    entries = parse_visible_devices(raw)
+    boards = _boards(nvml)
+    where = f"CUDA_VISIBLE_DEVICES={raw!r}" if raw is not None else "CUDA_VISIBLE_DEVICES unset"
+    visible = entries if entries is not None else [str(i) for i in range(len(boards))]
+    warnings: list[str] = []
+    devices: list[NvmlDevice] = []
+    for ordinal in ordinals:
+        if not 0 <= ordinal < len(visible):
+            raise MeterUnavailable(
+                f"NVML meter: CUDA device {ordinal} does not exist ({where} exposes {len(visible)} device(s) "
+                f"of {len(boards)} on this machine); fix measurement.devices or CUDA_VISIBLE_DEVICES"
+            )
+        entry = visible[ordinal]
+        if entry.startswith("MIG-"):
+            parent = _find_mig_parent(nvml, boards, entry)
+            handle = parent[0] if parent else None
+            reason = MIG_REASON + (f" (parent GPU {parent[1]})" if parent else " (parent GPU not found)")
+            devices.append(NvmlDevice(ordinal, entry, handle, _name(nvml, handle) if handle else None, True, reason))
+            continue
+        if entry.isdigit():
+            index = int(entry)
+            if index >= len(boards):
+                raise MeterUnavailable(
+                    f"NVML meter: {where} names GPU index {index}, but NVML sees {len(boards)} GPU(s)"
+                )
+            handle, uuid = boards[index]
+        else:
+            handle, uuid = _by_uuid_prefix(boards, entry, f"NVML meter: {where}")
+        mig = mig_enabled(nvml, handle)
+        devices.append(NvmlDevice(ordinal, uuid, handle, _name(nvml, handle), mig, MIG_REASON if mig else None))
+    warnings.extend(_order_warning(nvml, env, entries, boards))
+    return devices, warnings
+
+
+def _order_warning(
+    nvml: ModuleType, env: Mapping[str, str], entries: list[str] | None, boards: list[tuple[Any, str]]
+) -> list[str]:
+    # CUDA numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; NVML numbers them by PCI bus.
+    # The two agree when the GPUs are all the same model, and UUID entries do not depend on order at all.
+    if env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len(boards) < 2:
+        return []
+    if entries is not None and not any(e.isdigit() for e in entries):
+        return []
+    try:
+        names = {_name(nvml, h) for h, _ in boards}
+    except nvml.NVMLError as exc:
+        return [f"could not compare GPU models to check device order: {describe_error(exc)}"]
+    if len(names) < 2:
+        return []
+    return [
+        "this machine mixes GPU models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's device numbers may differ "
+        "from NVML's, so energy may be read from the wrong GPU; set CUDA_DEVICE_ORDER=PCI_BUS_ID"
+    ]

@@ -1,0 +1,255 @@
+"""The NVML energy meter: counter readings at the window edges, a sampled timeline in between.
+
+Energy comes from ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since driver
+load) read at :meth:`NvmlMeter.start` and :meth:`NvmlMeter.stop`; the caller
+synchronizes the device before each. Only a GPU without that counter (or a
+counter that misbehaved in the window) has its energy integrated from the
+sampled power, and then ``method`` says ``"power-integration"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any
+
+from lem.types import DeviceEnergy, EnergyWindow
+from lem_energy_nvml.devices import NvmlDevice
+from lem_energy_nvml.library import (
+    SOURCE_POWER_USAGE,
+    describe_error,
+    is_not_supported,
+    optional,
+    probe_power_source,
+)
+from lem_energy_nvml.sampler import SampledDevice, Sampler, integrate
+
+#: How often the energy counter advances (measured on an H100: ~100 ms).
+COUNTER_PERIOD_S = 0.1
+#: Below this, one counter step is a noticeable share of the window.
+SHORT_WINDOW_S = 1.0
+
+
+class NvmlMeter:
+    """An open NVML meter on some devices (implements :class:`lem.types.EnergyMeter`)."""
+
+    name = "nvml"
+
+    def __init__(
+        self,
+        nvml: ModuleType,
+        devices: Sequence[NvmlDevice],
+        sampling_interval_s: float,
+        notes: Sequence[str] = (),
+    ) -> None:
+        self._nvml = nvml
+        self.devices = list(devices)
+        self._notes = list(notes)
+        self._measurable = [d for d in self.devices if d.unmeasurable is None]
+        # Probed once: whether each GPU has the counter, and which power reading it offers.
+        self.has_counter = {d.ordinal: self._probe_counter(d) for d in self._measurable}
+        self.power_source = {d.ordinal: probe_power_source(nvml, d.handle) for d in self._measurable}
+        self._sampler = Sampler(
+            nvml,
+            [SampledDevice(d.ordinal, d.handle, self.power_source[d.ordinal]) for d in self._measurable],
+            sampling_interval_s,
+        )
+        self._start: dict[int, int | str] = {}
+        self._t0_ns: int | None = None
+        self._closed = False
+
+    def _probe_counter(self, device: NvmlDevice) -> bool:
+        try:
+            self._nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle)
+        except self._nvml.NVMLError as exc:
+            if is_not_supported(self._nvml, exc):
+                return False
+            raise
+        return True
+
+    def _read_counters(self) -> tuple[int, dict[int, int | str]]:
+        """Counter of every counter-equipped device (mJ, or the error text) and the mid-time of the reads."""
+        readings: dict[int, int | str] = {}
+        before = time.monotonic_ns()
+        for device in self._measurable:
+            if not self.has_counter[device.ordinal]:
+                continue
+            try:
+                readings[device.ordinal] = int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle))
+            except self._nvml.NVMLError as exc:
+                readings[device.ordinal] = describe_error(exc)
+        # Each read takes ~4 ms on an H100: the window edge is the middle of the reads.
+        return (before + time.monotonic_ns()) // 2, readings
+
+    def start(self) -> None:
+        """Open a window: read the counters, then start the sampler."""
+        if self._closed:
+            raise RuntimeError("NVML meter: start() after close()")
+        if self._t0_ns is not None:
+            raise RuntimeError("NVML meter: start() while a window is open; call stop() first")
+        self._t0_ns, self._start = self._read_counters()
+        self._sampler.start(self._t0_ns)
+
+    def stop(self) -> EnergyWindow:
+        """Close the window: stop the sampler, read the counters, and work out each device's energy."""
+        if self._t0_ns is None:
+            raise RuntimeError("NVML meter: stop() without start()")
+        self._sampler.stop()
+        t1_ns, end = self._read_counters()
+        duration = (t1_ns - self._t0_ns) / 1e9
+        self._t0_ns = None
+        warnings = list(self._notes)
+        results = []
+        for device in self.devices:
+            start = self._start.get(device.ordinal)
+            energy, notes = self._device_energy(device, start, end.get(device.ordinal), duration)
+            results.append(energy)
+            warnings.extend(notes)
+        warnings.extend(self._window_warnings(duration))
+        return EnergyWindow(
+            duration_s=duration,
+            devices=tuple(results),
+            timeline=tuple(self._sampler.rows()),
+            warnings=tuple(warnings),
+        )
+
+    def _window_warnings(self, duration: float) -> list[str]:
+        if not any(self.has_counter.values()):
+            return []
+        if duration < COUNTER_PERIOD_S:
+            return [
+                f"window of {duration * 1000:.0f} ms is shorter than the energy counter's update period "
+                f"(~{COUNTER_PERIOD_S * 1000:.0f} ms): the counter cannot resolve it"
+            ]
+        if duration < SHORT_WINDOW_S:
+            return [
+                f"window of {duration:.2f} s is shorter than ~{SHORT_WINDOW_S:.0f} s: the energy counter advances "
+                f"in ~{COUNTER_PERIOD_S * 1000:.0f} ms steps, so its granularity is a noticeable share of the figure"
+            ]
+        return []
+
+    def _device_energy(
+        self, device: NvmlDevice, start: int | str | None, end: int | str | None, duration: float
+    ) -> tuple[DeviceEnergy, list[str]]:
+        """One device's energy and any warnings about it."""
+        label = f"CUDA device {device.ordinal} ({device.uuid})"
+        if device.unmeasurable is not None:
+            return DeviceEnergy(device.ordinal, device.uuid, None, None, device.unmeasurable), []
+        series = self._sampler.power_series(device.ordinal)
+        peak = max((p for _, p in series), default=None)
+        lost = self._sampler.errors.get(device.ordinal)
+
+        def result(energy: float | None, method: Any, reason: str | None = None) -> DeviceEnergy:
+            mean = energy / duration if energy is not None and duration > 0 else None
+            return DeviceEnergy(device.ordinal, device.uuid, energy, method, reason, mean, peak)
+
+        warnings: list[str] = []
+        if self.has_counter[device.ordinal]:
+            for edge, value in (("start", start), ("end", end)):
+                if isinstance(value, str):
+                    return result(
+                        None, None, f"NVML error reading the energy counter of {label} at the window's {edge}: {value}"
+                    ), warnings
+            assert isinstance(start, int) and isinstance(end, int)
+            if lost is not None:
+                warnings.append(f"{label}: sampling stopped mid-window ({lost}); the counter figure is kept")
+            if end > start:
+                return result((end - start) / 1000.0, "counter"), warnings
+            why = (
+                f"went backwards ({start} mJ -> {end} mJ: the driver was reloaded or the counter reset or wrapped)"
+                if end < start
+                else f"did not advance ({start} mJ) in {duration * 1000:.0f} ms"
+            )
+            fallback = integrate(series)
+            if fallback is None:
+                return result(
+                    None, None, f"energy counter of {label} {why}, and too few power samples to integrate instead"
+                ), warnings
+            warnings.append(f"{label}: energy counter {why}; energy integrated from sampled power instead")
+            return result(fallback, "power-integration"), warnings
+        # No counter on this GPU: integrate sampled power.
+        if lost is not None:
+            return result(None, None, f"NVML error while sampling the power of {label}: {lost}"), warnings
+        source = self.power_source[device.ordinal]
+        if source is None:
+            return result(None, None, f"{label} has neither an energy counter nor a power reading"), warnings
+        energy = integrate(series)
+        if energy is None:
+            return result(
+                None, None, f"{label} has no energy counter and too few power samples were taken to integrate"
+            ), warnings
+        if source == SOURCE_POWER_USAGE:
+            warnings.append(
+                f"{label}: no energy counter and no instant power field; energy integrates "
+                "nvmlDeviceGetPowerUsage, a 1 s moving average on Ampere and newer GPUs"
+            )
+        return result(energy, "power-integration"), warnings
+
+    def environment(self) -> list[dict[str, Any]]:
+        """Per-device facts for ``environment.json``; a reading the GPU does not offer is ``None``."""
+        nvml = self._nvml
+        driver = optional(nvml, nvml.nvmlSystemGetDriverVersion)
+        cuda = optional(nvml, nvml.nvmlSystemGetCudaDriverVersion)
+        cuda_version = f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None
+        rows = []
+        for device in self.devices:
+            h = device.handle
+            row: dict[str, Any] = {
+                "device": device.ordinal,
+                "uuid": device.uuid,
+                "name": device.name,
+                "driver_version": _text(driver),
+                "cuda_driver_version": cuda_version,
+                "mig": device.mig,
+            }
+            if h is not None:
+                limit = optional(nvml, nvml.nvmlDeviceGetEnforcedPowerLimit, h)
+                persistence = optional(nvml, nvml.nvmlDeviceGetPersistenceMode, h)
+                memory = optional(nvml, nvml.nvmlDeviceGetMemoryInfo, h)
+                mig_mode = optional(nvml, nvml.nvmlDeviceGetMigMode, h)
+                row.update(
+                    power_limit_w=limit / 1000.0 if limit is not None else None,
+                    persistence_mode=bool(persistence) if persistence is not None else None,
+                    max_sm_clock_mhz=optional(nvml, nvml.nvmlDeviceGetMaxClockInfo, h, 1),  # NVML_CLOCK_SM
+                    max_mem_clock_mhz=optional(nvml, nvml.nvmlDeviceGetMaxClockInfo, h, 2),  # NVML_CLOCK_MEM
+                    memory_total_mib=memory.total / (1024 * 1024) if memory is not None else None,
+                    mig_mode=("enabled" if mig_mode[0] == 1 else "disabled") if mig_mode else None,
+                )
+            row["energy_method"] = (
+                None if device.unmeasurable else "counter" if self.has_counter[device.ordinal] else "power-integration"
+            )
+            row["power_source"] = self.power_source.get(device.ordinal)
+            row["unmeasurable_reason"] = device.unmeasurable
+            rows.append(row)
+        return rows
+
+    def close(self) -> None:
+        """Stop sampling if a window is open and release NVML."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._t0_ns is not None:
+            self._sampler.stop()
+            self._t0_ns = None
+        try:
+            self._nvml.nvmlShutdown()
+        except self._nvml.NVMLError:
+            pass  # NVML already gone (driver unloaded): nothing left to release
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def idle_power_w(meter: NvmlMeter, seconds: float, sleep: Callable[[float], None] = time.sleep) -> float | None:
+    """Mean power (W, summed over the meter's devices) over ``seconds`` with nothing running.
+
+    The same window the runner opens for its idle baseline; ``None`` when the
+    energy of some device is unknown.
+    """
+    meter.start()
+    sleep(seconds)
+    window = meter.stop()
+    total = window.total_j
+    return None if total is None or window.duration_s <= 0 else total / window.duration_s

@@ -1,0 +1,197 @@
+"""A fake ``pynvml`` module that stands in for NVIDIA hardware in unit tests.
+
+This machine (and CI) has no GPU, so the tests put this module in
+``sys.modules["pynvml"]``. It mimics the parts of pynvml the meter uses:
+the same function names, error classes and return shapes. Each
+:class:`FakeGpu` is a board whose readings a test sets directly
+(``gpu.energy_mj = ...``) so that every expected figure follows from what the
+test wrote, not from a hard-coded measurement.
+"""
+
+from __future__ import annotations
+
+import threading
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import attrs
+
+NVML_SUCCESS = 0
+NVML_ERROR_NOT_SUPPORTED = 3
+
+
+class NVMLError(Exception):
+    """Base of the fake NVML errors (pynvml's own maps error codes to subclasses like these)."""
+
+
+def _error(name: str, text: str) -> type[NVMLError]:
+    return type(name, (NVMLError,), {"__str__": lambda self: text})
+
+
+ERRORS = {
+    name: _error(name, text)
+    for name, text in {
+        "NVMLError_LibraryNotFound": "NVML Shared Library Not Found",
+        "NVMLError_DriverNotLoaded": "Driver Not Loaded",
+        "NVMLError_NotSupported": "Not Supported",
+        "NVMLError_NotFound": "Not Found",
+        "NVMLError_FunctionNotFound": "Function Not Found",
+        "NVMLError_GpuIsLost": "GPU is lost",
+        "NVMLError_NoPermission": "Insufficient Permissions",
+    }.items()
+}
+
+
+@attrs.define
+class FakeGpu:
+    """One fake board. Set a reading to change what NVML reports; ``None`` features raise NotSupported."""
+
+    uuid: str
+    name: str = "NVIDIA H100 80GB HBM3"
+    energy_mj: int | None = 1_000_000  # None: no energy counter on this GPU
+    power_mw: int = 125_000
+    instant_power: bool = True  # the NVML_FI_DEV_POWER_INSTANT field is offered
+    temperature_c: int = 40
+    util: tuple[int, int] = (0, 0)
+    memory_used: int = 512 * 1024 * 1024
+    memory_total: int = 80 * 1024**3
+    sm_clock_mhz: int = 1980
+    throttle_mask: int = 0x1
+    mig_mode: int | None = 0  # None: MIG not supported
+    mig_uuids: tuple[str, ...] = ()
+    lost: bool = False
+    #: Names of threads that read the energy counter (the sampler must never do it).
+    counter_readers: list[str] = attrs.field(factory=list)
+
+    def check(self) -> None:
+        if self.lost:
+            raise ERRORS["NVMLError_GpuIsLost"]()
+
+
+@attrs.define
+class FakeMig:
+    parent: FakeGpu
+    uuid: str
+
+
+def _not_supported() -> NVMLError:
+    return ERRORS["NVMLError_NotSupported"]()
+
+
+def make_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleType:
+    """A module object shaped like pynvml over ``gpus`` (index order = PCI order)."""
+    m = ModuleType("pynvml")
+    m.__dict__.update(ERRORS)
+    m.NVMLError = NVMLError
+    m.NVML_FI_DEV_POWER_INSTANT = 186
+    m.init_calls = 0
+    m.shutdown_calls = 0
+
+    def nvmlInit() -> None:
+        if init_error is not None:
+            raise ERRORS[init_error]()
+        m.init_calls += 1
+
+    def nvmlShutdown() -> None:
+        m.shutdown_calls += 1
+
+    def device_count() -> int:
+        return len(gpus)
+
+    def handle_by_index(index: int) -> FakeGpu:
+        return gpus[index]
+
+    def uuid(handle: Any) -> str:
+        if isinstance(handle, FakeMig):
+            return handle.uuid
+        handle.check()
+        return str(handle.uuid)
+
+    def name(handle: FakeGpu) -> str:
+        handle.check()
+        return handle.name
+
+    def mig_mode(handle: FakeGpu) -> list[int]:
+        if handle.mig_mode is None:
+            raise _not_supported()
+        return [handle.mig_mode, handle.mig_mode]
+
+    def max_mig(handle: FakeGpu) -> int:
+        return 7 if handle.mig_mode else 0
+
+    def mig_by_index(handle: FakeGpu, index: int) -> FakeMig:
+        if index >= len(handle.mig_uuids):
+            raise ERRORS["NVMLError_NotFound"]()
+        return FakeMig(handle, handle.mig_uuids[index])
+
+    def energy(handle: FakeGpu) -> int:
+        handle.check()
+        if handle.energy_mj is None:
+            raise _not_supported()
+        handle.counter_readers.append(threading.current_thread().name)
+        return handle.energy_mj
+
+    def field_values(handle: FakeGpu, field_ids: list[int]) -> list[Any]:
+        handle.check()
+        out = []
+        for field in field_ids:
+            ok = field == 186 and handle.instant_power
+            out.append(
+                SimpleNamespace(
+                    fieldId=field,
+                    nvmlReturn=NVML_SUCCESS if ok else NVML_ERROR_NOT_SUPPORTED,
+                    valueType=1,  # NVML_VALUE_TYPE_UNSIGNED_INT
+                    value=SimpleNamespace(uiVal=handle.power_mw if ok else 0),
+                )
+            )
+        return out
+
+    def power_usage(handle: FakeGpu) -> int:
+        handle.check()
+        return handle.power_mw
+
+    def temperature(handle: FakeGpu, sensor: int) -> int:
+        handle.check()
+        return handle.temperature_c
+
+    def utilization(handle: FakeGpu) -> Any:
+        handle.check()
+        return SimpleNamespace(gpu=handle.util[0], memory=handle.util[1])
+
+    def memory(handle: FakeGpu) -> Any:
+        handle.check()
+        return SimpleNamespace(used=handle.memory_used, total=handle.memory_total, free=0)
+
+    def clock(handle: FakeGpu, kind: int) -> int:
+        handle.check()
+        return handle.sm_clock_mhz
+
+    def throttle(handle: FakeGpu) -> int:
+        handle.check()
+        return handle.throttle_mask
+
+    m.__dict__.update(
+        nvmlInit=nvmlInit,
+        nvmlShutdown=nvmlShutdown,
+        nvmlDeviceGetCount=device_count,
+        nvmlDeviceGetHandleByIndex=handle_by_index,
+        nvmlDeviceGetUUID=uuid,
+        nvmlDeviceGetName=name,
+        nvmlDeviceGetMigMode=mig_mode,
+        nvmlDeviceGetMaxMigDeviceCount=max_mig,
+        nvmlDeviceGetMigDeviceHandleByIndex=mig_by_index,
+        nvmlDeviceGetTotalEnergyConsumption=energy,
+        nvmlDeviceGetFieldValues=field_values,
+        nvmlDeviceGetPowerUsage=power_usage,
+        nvmlDeviceGetTemperature=temperature,
+        nvmlDeviceGetUtilizationRates=utilization,
+        nvmlDeviceGetMemoryInfo=memory,
+        nvmlDeviceGetClockInfo=clock,
+        nvmlDeviceGetCurrentClocksEventReasons=throttle,
+        nvmlSystemGetDriverVersion=lambda: "580.65.06",
+        nvmlSystemGetCudaDriverVersion=lambda: 13000,
+        nvmlDeviceGetEnforcedPowerLimit=lambda h: 700_000,
+        nvmlDeviceGetPersistenceMode=lambda h: 1,
+        nvmlDeviceGetMaxClockInfo=lambda h, kind: 1980 if kind == 1 else 2619,
+    )
+    return m
