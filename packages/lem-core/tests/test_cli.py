@@ -89,7 +89,8 @@ def test_config_show_round_trips_through_the_cli(good, tmp_path):
     result = lem("config", "show", str(good), "--set", "generation.max_output_tokens=9")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("# experiment ") == 2
-    first = result.stdout.split("# experiment ")[1].split("\n", 1)[1]
+    # Experiments are separated by a blank line, then their "# experiment <id>" heading.
+    first = result.stdout.split("# experiment ")[1].split("\n", 1)[1].rstrip("\n") + "\n"
     shown = tmp_path / "shown.toml"
     shown.write_text(first)
     again = lem("config", "show", str(shown))

@@ -41,7 +41,7 @@ _LLAMA = {
 #: models is the trained tokenizer's; the large ones keep the real vocabulary size.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-llama": (
-        "Llama, 2 layers, hidden 128, 4 heads (2 KV), ~0.8M parameters: tests and quickstarts",
+        "Llama, 2 layers, hidden 128, 4 heads (2 KV), ~0.6M parameters: tests and quickstarts",
         {
             **_LLAMA,
             "hidden_size": 128,
@@ -91,6 +91,29 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
             "vocab_size": 128256,
         },
     ),
+    "llama-3.2-1b": (
+        "Llama-3.2-1B shape (16 layers, hidden 2048, GQA 32/8), random weights: a draft model for llama-3.1-*",
+        {
+            **_LLAMA,
+            "hidden_size": 2048,
+            "intermediate_size": 8192,
+            "num_hidden_layers": 16,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 64,
+            "max_position_embeddings": 131072,
+            "rope_theta": 500000.0,
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 32.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+            "vocab_size": 128256,
+            "tie_word_embeddings": True,
+        },
+    ),
     "llama-3.1-70b": (
         "Llama-3.1-70B shape (80 layers, hidden 8192, GQA 64/8), random weights",
         {
@@ -131,7 +154,8 @@ def builtin_name(model: str) -> str:
 
 def config_dict(name: str) -> dict[str, Any]:
     """The Hugging Face config of a built-in architecture (a copy)."""
-    return json.loads(json.dumps(ARCHITECTURES[name][1]))
+    copied: dict[str, Any] = json.loads(json.dumps(ARCHITECTURES[name][1]))
+    return copied
 
 
 def describe() -> list[dict[str, str]]:
@@ -182,7 +206,7 @@ def build_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(_training_text(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(
+    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     fast.chat_template = CHAT_TEMPLATE

@@ -70,8 +70,14 @@ def _load(path: str, preset: str | None, overrides: tuple[str, ...], model: str 
 @cli.command()
 @click.argument("file", type=click.Path(dir_okay=False))
 @config_options
-@click.option("--out", "out_dir", default="results", show_default=True, type=click.Path(file_okay=False),
-              help="Results directory.")
+@click.option(
+    "--out",
+    "out_dir",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory.",
+)
 @click.option("--in-process", is_flag=True, help="Run experiments in this process (debugging, tests).")
 @click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a run, skipping finished experiments.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
@@ -135,8 +141,9 @@ def config() -> None:
 @config.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
 @config_options
-def config_validate(file: str, preset: str | None, overrides: tuple[str, ...], model: str | None,
-                    backend: str | None) -> None:
+def config_validate(
+    file: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None
+) -> None:
     """Check FILE; print every problem, exit 2 if there is an error."""
     loaded = _load(file, preset, overrides, model, backend)
     n = len(loaded.experiments)
@@ -146,8 +153,9 @@ def config_validate(file: str, preset: str | None, overrides: tuple[str, ...], m
 @config.command("show")
 @click.argument("file", type=click.Path(dir_okay=False))
 @config_options
-def config_show(file: str, preset: str | None, overrides: tuple[str, ...], model: str | None,
-                backend: str | None) -> None:
+def config_show(
+    file: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None
+) -> None:
     """Print the resolved config of every experiment in FILE as TOML."""
     from lem.loading import dumps
 
@@ -162,8 +170,9 @@ def config_show(file: str, preset: str | None, overrides: tuple[str, ...], model
 @click.argument("file", type=click.Path(dir_okay=False))
 @config_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def config_expand(file: str, preset: str | None, overrides: tuple[str, ...], model: str | None,
-                  backend: str | None, as_json: bool) -> None:
+def config_expand(
+    file: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None, as_json: bool
+) -> None:
     """List the experiments FILE's [sweep] expands to, with their ids."""
     loaded = _load(file, preset, overrides, model, backend)
     rows = [{"id": e.id, "values": dict(e.sweep_values)} for e in loaded.experiments]
@@ -173,6 +182,96 @@ def config_expand(file: str, preset: str | None, overrides: tuple[str, ...], mod
     for row in rows:
         values = "  ".join(f"{k}={v!r}" for k, v in row["values"].items())
         click.echo(f"{row['id']}  {values}".rstrip())
+
+
+@cli.group()
+def results() -> None:
+    """List, show and re-aggregate results."""
+
+
+@results.command("list")
+@click.argument("directory", default="results", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def results_list(directory: str, as_json: bool) -> None:
+    """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
+    from pathlib import Path
+
+    from lem.campaign import table
+    from lem.errors import ResultsError
+    from lem.results import experiment_dirs, experiment_status
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise ResultsError(f"{directory}: no such results directory (run `lem run FILE --out {directory}` first)")
+    rows = [experiment_status(d) for d in experiment_dirs(root)]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    elif rows:
+        click.echo(table(rows))
+    else:
+        click.echo(f"{directory}: no results yet")
+
+
+@results.command("show")
+@click.argument("target")
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGET is relative to.",
+)
+def results_show(target: str, directory: str) -> None:
+    """Print the full summary (JSON) of TARGET: RUN_ID, RUN_ID/EXPERIMENT_ID or a path."""
+    from pathlib import Path
+
+    from lem.results import experiment_dirs, read_json, resolve
+
+    docs = []
+    for d in experiment_dirs(resolve(target, Path(directory))):
+        name = next((n for n in ("summary.json", "failure.json", "setup.json") if (d / n).exists()), None)
+        docs.append(read_json(d / name) if name else {"experiment": str(d), "status": "not started"})
+    click.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+
+
+@results.command("aggregate")
+@click.argument("targets", nargs=-1)
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGETS are relative to.",
+)
+@click.option(
+    "--pool",
+    "pool_out",
+    type=click.Path(dir_okay=False),
+    help="Also pool the cycles of all TARGETS into one summary written to this JSON file.",
+)
+@click.option("--allow-mixed-backends", is_flag=True, help="Allow pooling experiments run on different backends.")
+def results_aggregate(
+    targets: tuple[str, ...], directory: str, pool_out: str | None, allow_mixed_backends: bool
+) -> None:
+    """Recompute the summaries of TARGETS (runs or experiments; default: all of --dir) from their raw cycles."""
+    from pathlib import Path
+
+    from lem.results import aggregate_experiment, experiment_dirs, pool, resolve, write_json
+
+    dirs = [d for t in targets or (directory,) for d in experiment_dirs(resolve(t, Path(directory)))]
+    if pool_out:
+        pooled = pool(dirs, allow_mixed_backends=allow_mixed_backends)  # refuses mixed backends before writing
+    for d in dirs:
+        if (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
+            aggregate_experiment(d)
+            click.echo(f"{d}/summary.json: recomputed")
+        else:
+            click.echo(f"{d}: no cycles, skipped", err=True)
+    if pool_out:
+        write_json(Path(pool_out), "pooled-summary", pooled)
+        click.echo(f"{pool_out}: {pooled['cycles']} cycles of {len(dirs)} experiments pooled")
 
 
 def main() -> None:

@@ -1,0 +1,246 @@
+"""Per-request and per-cycle figures, from TokenEvents and energy windows: one code path for every backend.
+
+Raw traces (when each request arrived, when each of its tokens appeared)
+are what a cycle file stores; every figure here is a pure function of them,
+so ``lem results aggregate`` can recompute all of it later.
+
+Conventions (the same as vLLM's serving benchmark):
+
+- latency origin: the request's ``arrival_ns``; under closed-loop traffic the
+  backend's zero-token submission event.
+- TTFT: first token-bearing event - origin. E2E: last event - origin.
+- ITL: gap between consecutive token-bearing events, split evenly over the
+  tokens of an event that carries several; the extra tokens of the first
+  event arrived with the first token (ITL 0). So a request with ``k`` output
+  tokens has exactly ``k - 1`` ITLs.
+- TPOT: ``(E2E - TTFT) / (output tokens - 1)``, only for requests with 2+ tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from lem import flops as flops_mod
+from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, distribution
+from lem.types import Request, TokenEvent
+
+NS = 1e9
+#: Below this an energy window is too short for a counter that updates every ~100 ms.
+MIN_WINDOW_S = 1.0
+
+
+@attrs.frozen
+class RequestTrace:
+    """What happened to one request: its latency origin and its token-bearing events ``(t_ns, n_tokens)``."""
+
+    id: int
+    input_tokens: int
+    origin_ns: int | None
+    events: tuple[tuple[int, int], ...]
+    finished: bool
+
+
+def collect(
+    requests: Sequence[Request],
+    stream: Iterable[TokenEvent],
+    on_finished: Callable[[int], None] | None = None,
+) -> list[RequestTrace]:
+    """Consume a backend's event stream into one trace per request (in request order).
+
+    :param on_finished: called with the number of finished requests so far (progress).
+    """
+    by_id = {r.id: r for r in requests}
+    origin: dict[int, int | None] = {r.id: r.arrival_ns for r in requests}
+    events: dict[int, list[tuple[int, int]]] = {r.id: [] for r in requests}
+    finished: set[int] = set()
+    for ev in stream:
+        if ev.request_id not in by_id:
+            raise RuntimeError(f"backend emitted an event for unknown request id {ev.request_id}")
+        if ev.n_tokens == 0:
+            if origin[ev.request_id] is None:
+                origin[ev.request_id] = ev.t_ns
+        else:
+            events[ev.request_id].append((ev.t_ns, ev.n_tokens))
+        if ev.finished and ev.request_id not in finished:
+            finished.add(ev.request_id)
+            if on_finished is not None:
+                on_finished(len(finished))
+    return [RequestTrace(r.id, r.input_tokens, origin[r.id], tuple(events[r.id]), r.id in finished) for r in requests]
+
+
+def request_metrics(trace: RequestTrace) -> dict[str, Any]:
+    """TTFT, E2E, TPOT (seconds), ITLs and token counts of one request; ``None`` where undefined."""
+    out_tokens = sum(n for _, n in trace.events)
+    itls: list[float] = []
+    ttft = e2e = tpot = None
+    if trace.events:
+        first_t, first_n = trace.events[0]
+        itls.extend([0.0] * (first_n - 1))
+        prev = first_t
+        for t, n in trace.events[1:]:
+            itls.extend([(t - prev) / NS / n] * n)
+            prev = t
+        if trace.origin_ns is not None:
+            ttft = (first_t - trace.origin_ns) / NS
+            e2e = (trace.events[-1][0] - trace.origin_ns) / NS
+            if out_tokens > 1:
+                tpot = (e2e - ttft) / (out_tokens - 1)
+    return {
+        "id": trace.id,
+        "input_tokens": trace.input_tokens,
+        "output_tokens": out_tokens,
+        "ttft_s": ttft,
+        "e2e_s": e2e,
+        "tpot_s": tpot,
+        "itl_s": itls,
+        "finished": trace.finished,
+    }
+
+
+def cycle_metrics(
+    traces: Sequence[RequestTrace],
+    duration_s: float,
+    model_config: Mapping[str, Any] | None = None,
+    num_parameters: int | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """Throughput, latency distributions and FLOPs of one cycle, and the warnings they deserve."""
+    per = [request_metrics(t) for t in traces]
+    warnings: list[str] = []
+    out_tokens = sum(r["output_tokens"] for r in per)
+    in_tokens = sum(r["input_tokens"] for r in per)
+    completed = sum(1 for r in per if r["finished"])
+    if completed < len(per):
+        warnings.append(f"{len(per) - completed} of {len(per)} requests did not finish")
+    if any(t.origin_ns is None for t in traces):
+        warnings.append("some requests had no arrival time nor submission event: their latencies are unknown")
+    dists = {}
+    for key in ("ttft_s", "tpot_s", "e2e_s"):
+        dists[key] = distribution([r[key] for r in per if r[key] is not None])
+    dists["itl_s"] = distribution([x for r in per for x in r["itl_s"]])
+    few = [f"{key} ({d['n']})" for key, d in dists.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
+    if few:
+        warnings.append(
+            f"percentiles rest on fewer than {MIN_SAMPLES_FOR_PERCENTILES} samples: {', '.join(few)}; "
+            "p90-p99 are unreliable (serve more prompts per cycle)"
+        )
+    rate = (lambda x: x / duration_s) if duration_s > 0 else (lambda x: None)
+    sizes = [(r["input_tokens"], r["output_tokens"]) for r in per]
+    fl = flops_mod.cycle_flops(model_config or {}, num_parameters, sizes)
+    fl["achieved_flops_per_s"] = rate(fl["total"]) if fl["total"] is not None else None
+    metrics = {
+        "requests": len(per),
+        "completed_requests": completed,
+        "duration_s": duration_s,
+        "input_tokens": in_tokens,
+        "output_tokens": out_tokens,
+        "output_tokens_per_s": rate(out_tokens),
+        "total_tokens_per_s": rate(in_tokens + out_tokens),
+        "requests_per_s": rate(completed),
+        **dists,
+        "output_tokens_per_request": distribution([r["output_tokens"] for r in per]),
+        "flops": fl,
+    }
+    return metrics, warnings
+
+
+def _method(methods: Sequence[str | None]) -> str | None:
+    known = sorted({m for m in methods if m is not None})
+    if not known:
+        return None
+    return known[0] if len(known) == 1 else "mixed: " + ", ".join(known)
+
+
+def idle_power(baseline: Mapping[str, Any] | None) -> dict[int, float] | None:
+    """Per-device idle power (W) from an idle-baseline window (JSON form), or ``None`` if unmeasured."""
+    if not baseline or baseline.get("duration_s", 0) <= 0:
+        return None
+    out = {}
+    for d in baseline["devices"]:
+        if d["energy_j"] is None:
+            return None
+        out[int(d["device"])] = d["energy_j"] / baseline["duration_s"]
+    return out
+
+
+def energy_figures(
+    window: Mapping[str, Any] | None,
+    reason: str | None,
+    idle_w: Mapping[int, float] | None,
+    idle_reason: str | None,
+    output_tokens: int,
+) -> tuple[dict[str, Any], list[str]]:
+    """Energy of one cycle from its window (``EnergyWindow`` in JSON form) and the idle power.
+
+    Total J per device and summed, idle J = idle W × window s, dynamic J =
+    total - idle, J per output token (total and dynamic), output tokens per J,
+    mean and peak power, and the method of each. Unknown figures are ``None``
+    with a ``reason``; never 0.
+    """
+    keys = (
+        "total_j",
+        "idle_j",
+        "dynamic_j",
+        "j_per_output_token",
+        "dynamic_j_per_output_token",
+        "output_tokens_per_j",
+        "mean_power_w",
+        "peak_power_w",
+        "idle_power_w",
+    )
+    out: dict[str, Any] = dict.fromkeys(keys)
+    out.update(
+        {
+            "reason": reason,
+            "idle_reason": idle_reason,
+            "method": None,
+            "idle_method": None,
+            "duration_s": None,
+            "devices": [],
+        }
+    )
+    if window is None:
+        out["reason"] = reason or "no energy was measured"
+        return out, []
+    warnings = list(window.get("warnings", ()))
+    dur = float(window["duration_s"])
+    out["duration_s"] = dur
+    if dur < MIN_WINDOW_S:
+        warnings.append(f"energy window of {dur:.3f} s is shorter than {MIN_WINDOW_S:g} s: the figure is coarse")
+    devices = []
+    for d in window["devices"]:
+        dev = dict(d)
+        w = None if idle_w is None else idle_w.get(int(d["device"]))
+        dev["idle_power_w"] = w
+        dev["idle_j"] = None if w is None else w * dur
+        dev["dynamic_j"] = None if w is None or d["energy_j"] is None else d["energy_j"] - w * dur
+        devices.append(dev)
+    out["devices"] = devices
+    energies = [d["energy_j"] for d in devices]
+    out["method"] = _method([d["method"] for d in devices])
+    if not devices or any(e is None for e in energies):
+        out["reason"] = "; ".join(str(d.get("reason")) for d in devices if d["energy_j"] is None) or (
+            reason or "the meter measured no device"
+        )
+        return out, warnings
+    total = float(sum(energies))
+    out["total_j"] = total
+    out["mean_power_w"] = total / dur if dur > 0 else None
+    peaks = [d.get("peak_power_w") for d in devices]
+    # Sum of per-device peaks: exact for one device, an upper bound for several.
+    out["peak_power_w"] = None if any(p is None for p in peaks) else float(sum(p for p in peaks if p is not None))
+    if output_tokens > 0:
+        out["j_per_output_token"] = total / output_tokens
+        out["output_tokens_per_j"] = output_tokens / total if total > 0 else None
+    if idle_w is not None and all(d["idle_j"] is not None for d in devices):
+        out["idle_power_w"] = float(sum(d["idle_power_w"] for d in devices))
+        out["idle_j"] = float(sum(d["idle_j"] for d in devices))
+        out["dynamic_j"] = total - out["idle_j"]
+        out["idle_method"] = "idle baseline power × window duration"
+        if output_tokens > 0:
+            out["dynamic_j_per_output_token"] = out["dynamic_j"] / output_tokens
+    elif out["idle_reason"] is None:
+        out["idle_reason"] = "the idle baseline does not cover every metered device"
+    return out, warnings

@@ -1,0 +1,321 @@
+"""One experiment's lifecycle, and the campaign that runs every experiment of a file.
+
+Order per experiment: environment capture → energy meter → load the model
+(its time and energy recorded apart) → idle baseline with the model resident
+→ warm-up → N measured cycles → summary. Each cycle's energy window opens and
+closes around exactly the measured requests, with a device synchronize at
+both edges. Files are written as soon as they exist (see :mod:`lem.results`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lem import environment, traffic
+from lem.config import ExperimentConfig
+from lem.errors import BackendError, MeterUnavailable
+from lem.loading import Experiment
+from lem.metrics import collect, request_metrics
+from lem.progress import Progress
+from lem.results import compute_cycle, summarize, traces_to_json, write_json, write_timeline
+from lem.types import EnergyMeter, EnergyWindow, LoadedModel, Request, TokenEvent
+
+NO_METER = "no energy meter available here: install lem-energy-nvml on an NVIDIA GPU machine"
+#: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
+THERMAL_WAIT_MAX_S = 600.0
+#: Length of the meter window read to learn the temperature while waiting.
+THERMAL_PROBE_S = 1.0
+
+
+def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
+    """The devices to meter: ``measurement.devices``, else one per tensor × pipeline rank."""
+    if config.measurement.devices is not None:
+        return tuple(config.measurement.devices)
+    return tuple(range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size))
+
+
+def open_meter(config: ExperimentConfig) -> tuple[EnergyMeter | None, str | None]:
+    """The experiment's energy meter, or ``None`` and the reason there is none."""
+    from lem.plugins import get_plugin_manager
+
+    name = config.measurement.energy_meter
+    if name == "none":
+        return None, "energy metering is off (measurement.energy_meter = 'none')"
+    try:
+        meter = get_plugin_manager().hook.measure_energy(meter=name, devices=meter_devices(config), config=config)
+    except MeterUnavailable as exc:
+        return None, f"energy meter '{name}' is unavailable: {exc}"
+    if meter is None:
+        return None, NO_METER if name == "auto" else f"no installed plugin provides energy meter '{name}'"
+    return meter, None
+
+
+def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:
+    """An energy window without its timeline (that goes to CSV), in JSON form."""
+    if window is None:
+        return None
+    return {
+        "duration_s": window.duration_s,
+        "devices": [attrs.asdict(d) for d in window.devices],
+        "warnings": list(window.warnings),
+    }
+
+
+def serve(model: LoadedModel, requests: Sequence[Request], config: ExperimentConfig, progress: Progress) -> Any:
+    """Send ``requests`` to the model's backend and collect the traces."""
+    from lem.plugins import get_plugin_manager
+
+    stream = get_plugin_manager().hook.generate_stream(
+        model=model, requests=requests, params=config.generation, config=config
+    )
+    if stream is None:
+        raise BackendError(f"no installed backend serves models loaded by '{model.backend}'")
+    events: Any = stream
+    return collect(requests, _checked(events), on_finished=progress.advance)
+
+
+def _checked(stream: Any) -> Any:
+    for ev in stream:
+        if not isinstance(ev, TokenEvent):
+            raise BackendError(f"backend yielded {type(ev).__name__}, expected lem.types.TokenEvent")
+        yield ev
+
+
+def load_prompts(config: ExperimentConfig, model: LoadedModel) -> Any:
+    """The experiment's prompts (``lem.prompts``), tokenized by the model's tokenizer."""
+    from lem.prompts import load_prompts as load
+
+    vocab = model.model_config.get("vocab_size")
+    return load(config.dataset, tokenizer=model.tokenizer, seed=config.seed, vocab_size=vocab)
+
+
+def warm_up(model: LoadedModel, prompts: Sequence[Any], config: ExperimentConfig, progress: Progress) -> dict[str, Any]:
+    """Serve warm-up requests from the prompt set: a fixed number, or until latency settles (CV).
+
+    Requests go in rounds of one batch (or one concurrency's worth) arriving
+    together, so per-request latency measures service, not queueing, and its
+    coefficient of variation over the last ``warmup_window`` requests can settle.
+    """
+    m = config.measurement
+    cv_mode = m.warmup == "cv"
+    target = m.warmup_max_requests if cv_mode else m.warmup_requests
+    record: dict[str, Any] = {"mode": m.warmup, "requests": 0, "latencies_s": [], "converged": None, "cv": None}
+    if target <= 0 or not prompts:
+        return record
+    per_round = config.traffic.concurrency if config.traffic.mode == "concurrency" else config.batching.batch_size
+    per_round = max(1, min(int(per_round or 1), target))
+    progress.stage("warm-up", total=target if not cv_mode else None)
+    latencies: list[float] = []
+    closed = config.traffic.mode == "concurrency"
+    while len(latencies) < target:
+        n = min(per_round, target - len(latencies))
+        batch = [prompts[(len(latencies) + i) % len(prompts)] for i in range(n)]
+        requests = traffic.make_requests(batch, None if closed else [0] * n, first_id=len(latencies))
+        for tr in serve(model, requests, config, progress):
+            e2e = request_metrics(tr)["e2e_s"]
+            latencies.append(e2e if e2e is not None else math.inf)
+        progress.advance(len(latencies))
+        if cv_mode and len(latencies) >= m.warmup_window:
+            window = latencies[-m.warmup_window :]
+            mean = sum(window) / len(window)
+            sd = math.sqrt(sum((x - mean) ** 2 for x in window) / (len(window) - 1))
+            record["cv"] = sd / mean if mean > 0 else None
+            if record["cv"] is not None and record["cv"] < m.warmup_cv_threshold:
+                record["converged"] = True
+                break
+    if cv_mode and not record["converged"]:
+        record["converged"] = False
+    # JSON has no infinity: an unknown latency is null.
+    record.update({"requests": len(latencies), "latencies_s": [x if math.isfinite(x) else None for x in latencies]})
+    progress.end("" if record["cv"] is None else f"CV {record['cv']:.3f}")
+    return record
+
+
+def _cool_down(meter: EnergyMeter | None, config: ExperimentConfig, progress: Progress) -> list[str]:
+    m = config.measurement
+    if m.cooldown_seconds > 0:
+        progress.stage("cool-down")
+        time.sleep(m.cooldown_seconds)
+        progress.end()
+    if m.thermal_floor_c is None:
+        return []
+    if meter is None:
+        return ["measurement.thermal_floor_c ignored: no energy meter to read temperatures from"]
+    deadline = time.monotonic() + THERMAL_WAIT_MAX_S
+    progress.stage("thermal")
+    while True:
+        meter.start()
+        time.sleep(THERMAL_PROBE_S)
+        temps = [r["temperature_c"] for r in meter.stop().timeline if r.get("temperature_c") is not None]
+        progress.advance(0)
+        if not temps:
+            progress.end()
+            return ["measurement.thermal_floor_c ignored: the meter reports no temperature"]
+        if max(temps) <= m.thermal_floor_c:
+            progress.end(f"{max(temps):.0f} °C")
+            return []
+        if time.monotonic() > deadline:
+            progress.end()
+            return [f"GPU stayed above thermal_floor_c {m.thermal_floor_c} °C for {THERMAL_WAIT_MAX_S:.0f} s"]
+
+
+class _Window:
+    """An energy window as a ``with`` block: the meter opens on entry and closes on exit.
+
+    ``t0``/``t1`` are this process's clock just inside the meter's edges; the
+    caller synchronizes the device before entering and before leaving.
+    """
+
+    def __init__(self, meter: EnergyMeter | None) -> None:
+        self.meter = meter
+        self.window: EnergyWindow | None = None
+        self.t0 = self.t1 = 0
+
+    def __enter__(self) -> _Window:
+        if self.meter is not None:
+            self.meter.start()
+        self.t0 = time.monotonic_ns()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.t1 = time.monotonic_ns()
+        if self.meter is not None:
+            self.window = self.meter.stop()
+
+
+def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progress) -> dict[str, Any]:
+    """Run one experiment in this process, writing its files to ``exp_dir``; returns the summary."""
+    from lem.plugins import get_plugin_manager
+
+    config = exp.config
+    warnings: list[str] = []
+    meter, meter_reason = open_meter(config)
+    model: LoadedModel | None = None
+    try:
+        gpus = meter.environment() if meter is not None else None
+        write_json(exp_dir / "environment.json", "environment", environment.capture(gpus, meter_reason))
+
+        progress.stage("load")
+        with _Window(meter) as load:
+            model = get_plugin_manager().hook.load_model(backend=config.backend, config=config)
+            if model is None:
+                raise BackendError(f"backend = {config.backend!r}: no installed plugin loads models for it")
+            model.synchronize()
+        load_s = (load.t1 - load.t0) / 1e9
+        progress.end()
+        if meter is not None and model.devices and set(model.devices) != set(meter_devices(config)):
+            warnings.append(
+                f"model occupies devices {list(model.devices)} but devices {list(meter_devices(config))} are metered"
+            )
+
+        prompt_set = load_prompts(config, model)
+        prompts = list(prompt_set.prompts)
+        warnings += list(prompt_set.warnings)
+
+        idle: dict[str, Any] = {"seconds": config.measurement.idle_seconds, "window": None, "reason": None}
+        if meter is None:
+            idle["reason"] = meter_reason
+        elif config.measurement.idle_seconds <= 0:
+            idle["reason"] = "idle baseline skipped (measurement.idle_seconds = 0)"
+        else:
+            progress.stage("idle")
+            model.synchronize()
+            with _Window(meter) as w:
+                time.sleep(config.measurement.idle_seconds)
+            idle["window"] = window_json(w.window)
+            progress.end()
+
+        warmup = warm_up(model, prompts, config, progress)
+        setup: dict[str, Any] = {
+            "experiment_id": exp.id,
+            "run_id": run_id,
+            "backend": config.backend,
+            "model": config.model,
+            "sweep_values": dict(exp.sweep_values),
+            "meter": getattr(meter, "name", None),
+            "meter_reason": meter_reason,
+            "model_info": {
+                "num_parameters": model.num_parameters,
+                "devices": list(model.devices),
+                "model_config": dict(model.model_config),
+                "info": dict(model.info),
+            },
+            "prompts": {
+                "description": prompt_set.description,
+                "stats": dict(prompt_set.stats),
+                "warnings": list(prompt_set.warnings),
+                "count": len(prompts),
+            },
+            "load": {"duration_s": load_s, "energy_window": window_json(load.window), "energy_reason": meter_reason},
+            "idle": idle,
+            "warmup": warmup,
+            "warnings": warnings,
+        }
+        write_json(exp_dir / "setup.json", "setup", setup)
+
+        cycles = []
+        for c in range(1, config.measurement.cycles + 1):
+            notes = _cool_down(meter, config, progress) if c > 1 else []
+            cycles.append(_cycle(c, model, meter, meter_reason, prompts, config, setup, exp_dir, progress, notes))
+        summary = summarize(setup, cycles)
+        write_json(exp_dir / "summary.json", "summary", summary)
+        return summary
+    finally:
+        if model is not None:
+            model.close()
+        if meter is not None:
+            meter.close()
+
+
+def _cycle(
+    c: int,
+    model: LoadedModel,
+    meter: EnergyMeter | None,
+    meter_reason: str | None,
+    prompts: Sequence[Any],
+    config: ExperimentConfig,
+    setup: dict[str, Any],
+    exp_dir: Path,
+    progress: Progress,
+    notes: Sequence[str] = (),
+) -> dict[str, Any]:
+    n = config.measurement.cycles
+    offsets = traffic.arrival_offsets_ns(config.traffic, len(prompts), traffic.cycle_seed(config.seed, c))
+    progress.stage(f"cycle {c}/{n}", total=len(prompts))
+    model.synchronize()
+    with _Window(meter) as w:
+        t0 = time.monotonic_ns()
+        requests = traffic.make_requests(prompts, offsets, t0_ns=t0)
+        traces = serve(model, requests, config, progress)
+        model.synchronize()
+    raw: dict[str, Any] = {
+        "experiment_id": setup["experiment_id"],
+        "cycle": c,
+        "window": {"duration_s": (w.t1 - t0) / 1e9},
+        "requests": traces_to_json(traces, t0),
+        "energy_window": window_json(w.window),
+        "energy_reason": meter_reason,
+        # What happened around the cycle that the raw data cannot show (a thermal floor not reached...).
+        "notes": list(notes),
+    }
+    metrics, energy, warnings = compute_cycle(raw, setup)
+    raw.update({"metrics": metrics, "energy": energy, "warnings": warnings})
+    if w.window is not None and w.window.timeline:
+        write_timeline(exp_dir / f"timeline-{c:03d}.csv", list(w.window.timeline))
+    write_json(exp_dir / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
+    jpt = energy["j_per_output_token"]
+    progress.end(f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else ""))
+    return raw
+
+
+def run_campaign(loaded: Any, out_dir: str | Path = "results", **kwargs: Any) -> bool:
+    """Run every experiment of a loaded file; ``True`` if all succeeded (see :func:`lem.campaign.run_campaign`)."""
+    from lem.campaign import run_campaign as run
+
+    return run(loaded, out_dir=out_dir, **kwargs)

@@ -1,0 +1,132 @@
+"""Descriptive statistics without numpy or scipy: percentiles, mean, std and Student-t intervals.
+
+lem-core has no numerical dependencies, so the few statistics it needs live
+here: linear-interpolation percentiles (numpy's default), the sample standard
+deviation, and the 95% confidence interval of a mean from Student's t, whose
+quantile comes from a table (df 1-30) and a Cornish-Fisher expansion beyond.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+#: Percentiles reported for every latency distribution.
+PERCENTILES = (50, 90, 95, 99)
+
+#: Below this many samples a tail percentile (p90 and up) is mostly interpolation: warn.
+MIN_SAMPLES_FOR_PERCENTILES = 30
+
+# t_{0.975, df} for df = 1..30 (two-sided 95%), from standard tables.
+_T975 = (
+    12.7062,
+    4.3027,
+    3.1824,
+    2.7764,
+    2.5706,
+    2.4469,
+    2.3646,
+    2.3060,
+    2.2622,
+    2.2281,
+    2.2010,
+    2.1788,
+    2.1604,
+    2.1448,
+    2.1314,
+    2.1199,
+    2.1098,
+    2.1009,
+    2.0930,
+    2.0860,
+    2.0796,
+    2.0739,
+    2.0687,
+    2.0639,
+    2.0595,
+    2.0555,
+    2.0518,
+    2.0484,
+    2.0452,
+    2.0423,
+)
+_Z975 = 1.959963984540054
+
+
+def t_quantile_975(df: int) -> float:
+    """The 0.975 quantile of Student's t with ``df`` degrees of freedom (two-sided 95%).
+
+    Exact to 4 decimals: a table up to 30 degrees of freedom, then the
+    Cornish-Fisher expansion of t around the normal quantile (error < 1e-5 there).
+    """
+    if df < 1:
+        raise ValueError("degrees of freedom must be >= 1")
+    if df <= len(_T975):
+        return _T975[df - 1]
+    z = _Z975
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of already sorted values, interpolated linearly (numpy's default)."""
+    if not sorted_values:
+        raise ValueError("percentile of no values")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+
+
+def mean(values: Sequence[float]) -> float:
+    """Arithmetic mean (``fsum``, so long sums of small latencies stay exact)."""
+    return math.fsum(values) / len(values)
+
+
+def std(values: Sequence[float]) -> float | None:
+    """Sample standard deviation (n - 1); ``None`` for fewer than two values."""
+    n = len(values)
+    if n < 2:
+        return None
+    m = mean(values)
+    return math.sqrt(math.fsum((v - m) ** 2 for v in values) / (n - 1))
+
+
+def distribution(values: Sequence[float]) -> dict[str, Any]:
+    """``n, mean, std, min, p50, p90, p95, p99, max`` of a latency sample; ``None`` figures when empty."""
+    ordered = sorted(values)
+    out: dict[str, Any] = {"n": len(ordered)}
+    if not ordered:
+        out.update({"mean": None, "std": None, "min": None, "max": None})
+        out.update({f"p{q}": None for q in PERCENTILES})
+        return out
+    out.update({"mean": mean(ordered), "std": std(ordered), "min": ordered[0], "max": ordered[-1]})
+    out.update({f"p{q}": percentile(ordered, q) for q in PERCENTILES})
+    return out
+
+
+def interval(values: Sequence[float | None]) -> dict[str, Any]:
+    """Mean, sample std and the Student-t 95% confidence interval of the mean over cycles.
+
+    ``None`` entries (a figure a cycle could not measure) are left out and
+    counted in ``missing``; with one value the interval is ``None`` (unknown,
+    not zero width).
+    """
+    present = [float(v) for v in values if v is not None]
+    out: dict[str, Any] = {"n": len(present), "missing": len(values) - len(present), "values": list(values)}
+    if not present:
+        out.update({"mean": None, "std": None, "ci95_low": None, "ci95_high": None})
+        return out
+    m = mean(present)
+    s = std(present)
+    out.update({"mean": m, "std": s})
+    if s is None:
+        out.update({"ci95_low": None, "ci95_high": None})
+    else:
+        half = t_quantile_975(len(present) - 1) * s / math.sqrt(len(present))
+        out.update({"ci95_low": m - half, "ci95_high": m + half})
+    return out

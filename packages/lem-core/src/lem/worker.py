@@ -1,0 +1,218 @@
+"""Process isolation: each experiment runs in a fresh worker process, ``python -m lem.worker``.
+
+A new interpreter (not a fork) means CUDA and the backend
+begin from clean state, and whatever kills it (a segfault, ``os._exit``, the
+out-of-memory killer) kills only that experiment: the parent records why and
+goes on. The worker sends a heartbeat on every progress update; one that stays
+silent longer than the stall timeout is treated as hung and killed. A worker
+whose parent dies exits at once, so a killed campaign leaves no orphan
+holding a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import types
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lem.loading import Experiment
+
+#: Seconds without a heartbeat after which a worker is declared hung (``LEM_STALL_TIMEOUT_S`` overrides).
+DEFAULT_STALL_TIMEOUT_S = 1800.0
+
+
+@attrs.frozen
+class Outcome:
+    """How an experiment ended: ``ok``, or the reason it failed and details (traceback, exit status)."""
+
+    ok: bool
+    reason: str | None = None
+    detail: str | None = None
+    exit_code: int | None = None
+
+
+def stall_timeout() -> float:
+    """The hang timeout: ``LEM_STALL_TIMEOUT_S`` or :data:`DEFAULT_STALL_TIMEOUT_S`."""
+    return float(os.environ.get("LEM_STALL_TIMEOUT_S", DEFAULT_STALL_TIMEOUT_S))
+
+
+def carried_plugins() -> list[tuple[str, str | None, Any]]:
+    """Plugins registered at run time (not entry points), to register again in the worker.
+
+    A module travels by name; another object by pickle (skipped if it cannot be pickled).
+    """
+    from lem import plugins
+
+    pm = plugins.get_plugin_manager()
+    out: list[tuple[str, str | None, Any]] = []
+    for name, plugin in pm.list_name_plugin():
+        if name in plugins.DEFAULT_PLUGINS or name in plugins._dists or plugin is None:
+            continue
+        if isinstance(plugin, types.ModuleType):
+            out.append((name, plugin.__name__, None))
+            continue
+        try:
+            pickle.dumps(plugin)
+        except Exception:  # an unpicklable test plugin simply stays in the parent
+            continue
+        out.append((name, None, plugin))
+    return out
+
+
+def _register(carried: list[tuple[str, str | None, Any]]) -> None:
+    import importlib
+
+    from lem.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    for name, module, obj in carried:
+        if pm.get_plugin(name) is None:
+            pm.register(importlib.import_module(module) if module else obj, name=name)
+
+
+def _exit_with_parent(fd: int) -> None:
+    # The parent holds our stdin open for as long as it lives: EOF means it is gone.
+    def watch() -> None:
+        # A raw read: a daemon thread blocked in the buffered reader would abort interpreter shutdown.
+        while os.read(fd, 1 << 16):
+            pass
+        os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="lem-parent-watch").start()
+
+
+def main() -> None:
+    """``python -m lem.worker FD``: read the job (pickle) from stdin, report on file descriptor FD."""
+    report = os.fdopen(int(sys.argv[1]), "w", buffering=1, encoding="utf-8")
+    exp, exp_dir, run_id, quiet, prefix, carried = pickle.load(sys.stdin.buffer)
+    _exit_with_parent(sys.stdin.fileno())
+    last = [0.0]
+
+    def send(*msg: Any) -> None:
+        report.write(json.dumps(msg) + "\n")
+
+    def beat() -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.5:
+            last[0] = now
+            send("beat")
+
+    try:
+        _register(carried)
+        from lem.progress import Progress
+        from lem.runner import run_experiment
+
+        run_experiment(exp, Path(exp_dir), run_id, Progress(prefix, quiet=quiet, heartbeat=beat))
+        send("ok")
+    except BaseException as exc:  # everything is reported to the parent, which records it
+        send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    finally:
+        report.close()
+
+
+def _death(code: int | None) -> str:
+    if code is None:
+        return "worker did not exit"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        why = " (often the kernel's out-of-memory killer: see `dmesg`)" if -code == signal.SIGKILL else ""
+        return f"worker process killed by {name}{why}"
+    return f"worker process exited with status {code} before reporting a result (os._exit or a native crash)"
+
+
+def run_in_worker(
+    exp: Experiment,
+    exp_dir: Path,
+    run_id: str,
+    quiet: bool = False,
+    prefix: str = "",
+    timeout_s: float | None = None,
+    python: str | None = None,
+) -> Outcome:
+    """Run one experiment in a fresh ``python -m lem.worker`` process and report how it ended.
+
+    :param python: the interpreter to run it with (another environment's, for a backend installed there).
+    """
+    job = pickle.dumps((exp, str(exp_dir), run_id, quiet, prefix, carried_plugins()))
+    rfd, wfd = os.pipe()
+    # The worker's stdout goes to our stderr: libraries that print must not corrupt `lem run --json`.
+    try:
+        stdout = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a notebook's or a test's stderr has no descriptor
+        stdout = 2
+    proc = subprocess.Popen(
+        [python or sys.executable, "-m", "lem.worker", str(wfd)],
+        stdin=subprocess.PIPE,
+        stdout=stdout,
+        pass_fds=(wfd,),
+    )
+    os.close(wfd)  # only the worker writes: EOF then means it is gone
+    assert proc.stdin is not None
+    proc.stdin.write(job)
+    proc.stdin.flush()
+    reports = os.fdopen(rfd, "r", encoding="utf-8")
+    limit = stall_timeout() if timeout_s is None else timeout_s
+    last = time.monotonic()
+    result: list[Any] | None = None
+    hung = False
+    try:
+        while result is None:
+            ready, _, _ = select.select([reports], [], [], 0.5)
+            if ready:
+                line = reports.readline()
+                if not line:
+                    break
+                last = time.monotonic()
+                msg = json.loads(line)
+                if msg[0] != "beat":
+                    result = msg
+            elif time.monotonic() - last > limit:
+                hung = True
+                break
+    finally:
+        if result is None:
+            proc.kill()  # hung, or we were interrupted (Ctrl-C): take the worker down with us
+        proc.stdin.close()
+        proc.wait(60)
+        reports.close()
+    if hung:
+        return Outcome(
+            False, f"worker hung: no progress for {limit:g} s (LEM_STALL_TIMEOUT_S); killed", exit_code=proc.returncode
+        )
+    if result is None:
+        return Outcome(False, _death(proc.returncode), exit_code=proc.returncode)
+    if result[0] == "ok":
+        return Outcome(True, exit_code=proc.returncode)
+    return Outcome(False, result[1], result[2], proc.returncode)
+
+
+def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, prefix: str = "") -> Outcome:
+    """Run one experiment in this process (``--in-process``); exceptions become a failed outcome."""
+    from lem.errors import LemError
+    from lem.progress import Progress
+    from lem.runner import run_experiment
+
+    try:
+        run_experiment(exp, exp_dir, run_id, Progress(prefix, quiet=quiet))
+    except (Exception, LemError) as exc:
+        return Outcome(False, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    return Outcome(True)
+
+
+if __name__ == "__main__":
+    main()

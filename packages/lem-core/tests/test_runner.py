@@ -1,0 +1,260 @@
+"""The experiment lifecycle in-process, on the scripted backend: every figure checked against its script."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lem.testing.scripted as scripted
+from lem import hookimpl
+from lem.errors import MeterUnavailable, ResultsError
+from lem.loading import LoadedFile
+from lem.runner import run_campaign
+from lem.testing import registered
+from lem.types import DeviceEnergy, EnergyWindow
+
+
+@pytest.fixture(autouse=True)
+def _scripted() -> Iterator[None]:
+    with registered(scripted, "scripted"):
+        yield
+
+
+def _run(tmp_path: Path, *exps: Any, **kwargs: Any) -> tuple[bool, Path]:
+    kwargs.setdefault("quiet", True)
+    out = tmp_path / "results"
+    ok = run_campaign(LoadedFile("test.toml", tuple(exps), ()), out_dir=out, in_process=True, **kwargs)
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return ok, run_dir
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text())
+
+
+BASE = {
+    "dataset": {"num_prompts": 4, "input_length": 8},
+    "generation": {"max_output_tokens": 3},
+    "measurement": {"cycles": 2, "idle_seconds": 0.0, "energy_meter": "none", "warmup_requests": 1},
+    "scripted": {"ttft_ms": 4.0, "itl_ms": 2.0, "sleep": False},
+}
+
+
+def _with(**tables: dict[str, Any]) -> dict[str, Any]:
+    doc = {k: dict(v) for k, v in BASE.items()}
+    for k, v in tables.items():
+        doc[k] = {**doc.get(k, {}), **v}
+    return doc
+
+
+def test_offline_batch_one_queues_into_ttft(tmp_path: Path) -> None:
+    ok, run_dir = _run(tmp_path, scripted.experiment(_with()))
+    assert ok
+    exp = run_dir / "exp"
+    names = {p.name for p in exp.iterdir()}
+    assert {"experiment.toml", "environment.json", "setup.json", "cycle-001.json", "cycle-002.json",
+            "summary.json"} <= names  # fmt: skip
+    cycle = _read(exp / "cycle-001.json")
+    assert cycle["schema_version"] == 1 and cycle["kind"] == "cycle"
+    m = cycle["metrics"]
+    # One slot: request i starts when i-1 ends; service = 4 + 2·2 = 8 ms; TTFT_i = 8i + 4 ms.
+    ttfts = sorted([0.004, 0.012, 0.020, 0.028])
+    assert m["ttft_s"]["mean"] == pytest.approx(sum(ttfts) / 4)
+    assert m["ttft_s"]["p50"] == pytest.approx(0.016)
+    assert m["e2e_s"]["max"] == pytest.approx(0.032)
+    assert m["itl_s"]["n"] == 4 * 2 and m["itl_s"]["mean"] == pytest.approx(0.002)
+    assert m["tpot_s"]["mean"] == pytest.approx(0.002)
+    assert m["output_tokens"] == 12 and m["input_tokens"] == 32
+    assert m["output_tokens_per_s"] * m["duration_s"] == pytest.approx(12)
+    assert m["flops"]["method"] == "analytical" and m["flops"]["total"] > 0
+    # No meter: energy figures are null with the reason, never 0.
+    assert cycle["energy"]["total_j"] is None and "off" in cycle["energy"]["reason"]
+    summary = _read(exp / "summary.json")
+    assert summary["figures"]["ttft_s.p50"]["n"] == 2
+    assert summary["figures"]["ttft_s.p50"]["mean"] == pytest.approx(0.016)
+    assert summary["figures"]["energy.total_j"]["mean"] is None
+    assert summary["prompts"]["count"] == 4 and summary["prompts"]["description"]
+    assert any("rest on" in w for w in summary["warnings"])
+
+
+def test_closed_loop_concurrency(tmp_path: Path) -> None:
+    exp = scripted.experiment(_with(traffic={"mode": "concurrency", "concurrency": 2}))
+    ok, run_dir = _run(tmp_path, exp)
+    assert ok
+    m = _read(run_dir / "exp" / "cycle-001.json")["metrics"]
+    # Latency counts from submission: every request sees only its own service time.
+    assert m["ttft_s"]["min"] == pytest.approx(0.004) and m["ttft_s"]["max"] == pytest.approx(0.004)
+    assert m["e2e_s"]["mean"] == pytest.approx(0.008)
+
+
+def test_constant_rate_slower_than_service_has_no_queueing(tmp_path: Path) -> None:
+    exp = scripted.experiment(_with(traffic={"mode": "constant", "rate": 50.0}))  # 20 ms apart, 8 ms service
+    ok, run_dir = _run(tmp_path, exp)
+    assert ok
+    m = _read(run_dir / "exp" / "cycle-002.json")["metrics"]
+    assert m["ttft_s"]["max"] == pytest.approx(0.004)
+
+
+class FakeMeter:
+    """An EnergyMeter (lem.types protocol) whose windows are scripted: (duration s, joules) in order."""
+
+    name = "fake"
+
+    def __init__(self, windows: list[tuple[float, float]]) -> None:
+        self.windows = list(windows)
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> EnergyWindow:
+        dur, joules = self.windows.pop(0)
+        dev = DeviceEnergy(0, "GPU-fake", joules, "counter", None, joules / dur, 2 * joules / dur)
+        return EnergyWindow(dur, (dev,), ({"t_s": 0.0, "device": 0, "power_w": joules / dur},))
+
+    def environment(self) -> list[dict[str, Any]]:
+        return [{"index": 0, "name": "Fake GPU", "uuid": "GPU-fake"}]
+
+    def close(self) -> None:
+        pass
+
+
+class FakeMeterPlugin:
+    @hookimpl
+    def measure_energy(self, meter: str) -> FakeMeter | None:
+        if meter == "fake":
+            # load 1 s / 50 J; idle 2 s / 200 J (100 W); cycles 4 s / 1000 J and 4 s / 800 J.
+            return FakeMeter([(1.0, 50.0), (2.0, 200.0), (4.0, 1000.0), (4.0, 800.0)])
+        if meter == "broken":
+            raise MeterUnavailable("no driver on this test machine")
+        return None
+
+
+def test_energy_arithmetic_with_a_fake_meter(tmp_path: Path) -> None:
+    exp = scripted.experiment(_with(measurement={"energy_meter": "fake", "idle_seconds": 0.01}))
+    with registered(FakeMeterPlugin(), "fake-meter"):
+        ok, run_dir = _run(tmp_path, exp)
+    assert ok
+    d = run_dir / "exp"
+    e1 = _read(d / "cycle-001.json")["energy"]
+    assert e1["total_j"] == 1000.0 and e1["idle_power_w"] == pytest.approx(100.0)
+    assert e1["idle_j"] == pytest.approx(400.0) and e1["dynamic_j"] == pytest.approx(600.0)
+    assert e1["j_per_output_token"] == pytest.approx(1000.0 / 12)
+    assert e1["dynamic_j_per_output_token"] == pytest.approx(600.0 / 12)
+    assert e1["mean_power_w"] == pytest.approx(250.0) and e1["peak_power_w"] == pytest.approx(500.0)
+    assert e1["method"] == "counter"
+    summary = _read(d / "summary.json")
+    assert summary["figures"]["energy.total_j"]["mean"] == pytest.approx(900.0)
+    assert summary["figures"]["energy.dynamic_j"]["values"] == pytest.approx([600.0, 400.0])
+    assert summary["load"]["energy_window"]["devices"][0]["energy_j"] == 50.0
+    assert (d / "timeline-001.csv").read_text().splitlines()[0] == "t_s,device,power_w"
+    env = _read(d / "environment.json")
+    assert env["gpus"][0]["name"] == "Fake GPU"
+
+
+def test_unavailable_meter_gives_null_energy_with_its_reason(tmp_path: Path) -> None:
+    exp = scripted.experiment(_with(measurement={"energy_meter": "broken"}))
+    with registered(FakeMeterPlugin(), "fake-meter"):
+        ok, run_dir = _run(tmp_path, exp)
+    e = _read(run_dir / "exp" / "cycle-001.json")["energy"]
+    assert ok and e["total_j"] is None and "no driver on this test machine" in e["reason"]
+
+
+def test_scripted_meter_dynamic_energy_tracks_busy_time(tmp_path: Path) -> None:
+    tables = _with(measurement={"energy_meter": "scripted", "idle_seconds": 0.05}, scripted={"sleep": True})
+    ok, run_dir = _run(tmp_path, scripted.experiment(tables))
+    assert ok
+    e = _read(run_dir / "exp" / "cycle-001.json")["energy"]
+    assert e["idle_power_w"] == pytest.approx(100.0)
+    # busy_w - idle_w = 200 W while generating, which is at most the whole window.
+    assert 0 < e["dynamic_j"] <= 200.0 * e["duration_s"] + 1e-9
+
+
+def test_cv_warmup_stops_when_latency_settles(tmp_path: Path) -> None:
+    exp = scripted.experiment(_with(measurement={"warmup": "cv", "warmup_window": 3, "warmup_max_requests": 20}))
+    ok, run_dir = _run(tmp_path, exp)
+    assert ok
+    warmup = _read(run_dir / "exp" / "setup.json")["warmup"]
+    assert warmup["converged"] is True and warmup["requests"] == 3 and warmup["cv"] == pytest.approx(0.0)
+
+
+def test_resume_skips_finished_experiments(tmp_path: Path) -> None:
+    a = scripted.experiment(_with(), exp_id="a")
+    b = scripted.experiment(_with(), exp_id="b")
+    ok, run_dir = _run(tmp_path, a, b)
+    first = (run_dir / "a" / "summary.json").stat().st_mtime_ns
+    (run_dir / "b" / "summary.json").unlink()
+    (run_dir / "b" / ".cycle-009.json.x.tmp").write_text("{half")  # left by a killed run
+    ok, again = _run(tmp_path, a, b, resume_id=run_dir.name)
+    assert ok and again == run_dir
+    assert (run_dir / "a" / "summary.json").stat().st_mtime_ns == first
+    assert (run_dir / "b" / "summary.json").exists() and not list((run_dir / "b").glob(".*.tmp"))
+    changed = scripted.experiment(_with(generation={"max_output_tokens": 4}), exp_id="a")
+    with pytest.raises(ResultsError, match="different config"):
+        _run(tmp_path, changed, resume_id=run_dir.name)
+
+
+def test_failure_is_recorded_and_the_campaign_goes_on(tmp_path: Path) -> None:
+    bad = scripted.experiment(_with(scripted={"fail": "raise"}), exp_id="bad")
+    good = scripted.experiment(_with(), exp_id="good")
+    ok, run_dir = _run(tmp_path, bad, good, as_json=True)
+    assert not ok
+    failure = _read(run_dir / "bad" / "failure.json")
+    assert "scripted failure at generate" in failure["reason"] and "Traceback" in failure["detail"]
+    assert (run_dir / "good" / "summary.json").exists()
+
+
+def test_json_output_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok, run_dir = _run(tmp_path, scripted.experiment(_with()), as_json=True)
+    assert ok
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] and doc["run_id"] == run_dir.name and doc["experiments"][0]["kind"] == "summary"
+    _run(tmp_path / "t", scripted.experiment(_with()))
+    out = capsys.readouterr().out
+    assert "out tok/s" in out and out.rstrip().splitlines()[-1].startswith("results: ")
+
+
+def test_progress_lines_on_stderr_unless_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _run(tmp_path, scripted.experiment(_with()), quiet=False)
+    err = capsys.readouterr().err
+    for stage in ("load", "warm-up", "cycle 1/2", "cycle 2/2"):
+        assert stage in err
+    _run(tmp_path / "q", scripted.experiment(_with()), quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_live_progress_line_on_a_terminal() -> None:
+    import io
+
+    from lem.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    beats: list[int] = []
+    stream = Tty()
+    p = Progress(stream=stream, heartbeat=lambda: beats.append(1))
+    p.stage("cycle 1/1", total=4)
+    p.advance(2)
+    p.end("12.0 tok/s")
+    text = stream.getvalue()
+    assert "\r" in text and "[" in text and text.endswith("12.0 tok/s\n") and beats
+
+
+def test_cooldown_and_thermal_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import lem.runner
+
+    monkeypatch.setattr(lem.runner, "THERMAL_PROBE_S", 0.01)
+    monkeypatch.setattr(lem.runner, "THERMAL_WAIT_MAX_S", 0.05)
+    # The scripted meter reports 40 °C: a floor of 50 °C is met at once, one of 30 °C never is.
+    cool = _with(measurement={"energy_meter": "scripted", "cooldown_seconds": 0.01, "thermal_floor_c": 50.0})
+    ok, run_dir = _run(tmp_path, scripted.experiment(cool))
+    assert ok and not any("thermal" in w for w in _read(run_dir / "exp" / "summary.json")["warnings"])
+    hot = _with(measurement={"energy_meter": "scripted", "thermal_floor_c": 30.0})
+    ok, run_dir = _run(tmp_path / "hot", scripted.experiment(hot))
+    assert _read(run_dir / "exp" / "cycle-002.json")["notes"] == ["GPU stayed above thermal_floor_c 30.0 °C for 0 s"]
+    assert any(w.startswith("cycle 2: GPU stayed above") for w in _read(run_dir / "exp" / "summary.json")["warnings"])

@@ -1,0 +1,125 @@
+"""Worker isolation: real worker processes that raise, os._exit, hang or get SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lem.testing.scripted as scripted
+from lem.loading import LoadedFile
+from lem.runner import run_campaign
+from lem.testing import registered
+from lem.worker import run_in_worker
+
+FAST = {
+    "dataset": {"num_prompts": 2, "input_length": 4},
+    "generation": {"max_output_tokens": 2},
+    "measurement": {"cycles": 1, "idle_seconds": 0.0, "energy_meter": "none", "warmup_requests": 0},
+    "scripted": {"sleep": False},
+}
+
+
+def _exp(exp_id: str, **scripted_opts: Any) -> Any:
+    return scripted.experiment({**FAST, "scripted": {**FAST["scripted"], **scripted_opts}}, exp_id=exp_id)
+
+
+@pytest.fixture(autouse=True)
+def _scripted() -> Iterator[None]:
+    # A module plugin travels to the worker by name (lem.worker.carried_plugins).
+    with registered(scripted, "scripted"):
+        yield
+
+
+def test_crashes_are_recorded_and_the_next_experiment_runs(tmp_path: Path) -> None:
+    exps = (
+        _exp("raises", fail="raise", fail_at="load"),
+        _exp("exits", fail="exit"),
+        _exp("fine"),
+    )
+    ok = run_campaign(LoadedFile("t.toml", exps, ()), out_dir=tmp_path, quiet=True)
+    assert ok is False
+    (run_dir,) = list(tmp_path.iterdir())
+    raised = json.loads((run_dir / "raises" / "failure.json").read_text())
+    assert "scripted failure at load" in raised["reason"] and "Traceback" in raised["detail"]
+    exited = json.loads((run_dir / "exits" / "failure.json").read_text())
+    assert "exited with status 3" in exited["reason"] and exited["exit_code"] == 3
+    assert json.loads((run_dir / "fine" / "summary.json").read_text())["status"] == "ok"
+
+
+def test_a_hung_worker_is_killed_and_reported(tmp_path: Path) -> None:
+    exp = _exp("hangs", fail="hang", fail_at="load")
+    (tmp_path / "hangs").mkdir()
+    start = time.monotonic()
+    outcome = run_in_worker(exp, tmp_path / "hangs", "run", quiet=True, timeout_s=1.5)
+    assert not outcome.ok and "hung" in (outcome.reason or "")
+    assert time.monotonic() - start < 30
+
+
+SLOW_RUN = """
+import sys
+import lem.testing.scripted as scripted
+from lem.loading import LoadedFile
+from lem.runner import run_campaign
+from lem.testing import registered
+
+tables = {
+    "dataset": {"num_prompts": 4, "input_length": 4},
+    "generation": {"max_output_tokens": 20},
+    "measurement": {"cycles": 50, "idle_seconds": 0.0, "energy_meter": "scripted", "warmup_requests": 0},
+    "scripted": {"itl_ms": 10.0},
+}
+with registered(scripted, "scripted"):
+    run_campaign(LoadedFile("t.toml", (scripted.experiment(tables),), ()), out_dir=sys.argv[1], quiet=True)
+"""
+
+
+def test_sigkill_mid_cycle_leaves_no_half_written_file(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(tmp_path)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*/exp/cycle-002.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never reached cycle 2"
+            time.sleep(0.05)
+        time.sleep(0.13)  # somewhere inside a later cycle (each takes ~0.8 s)
+        os.killpg(proc.pid, signal.SIGKILL)  # the campaign and its worker, at once
+    finally:
+        proc.wait(30)
+    (exp_dir,) = list(tmp_path.glob("*/exp"))
+    for path in exp_dir.iterdir():
+        if path.name.startswith("."):
+            continue  # a temporary file: never read as a result
+        text = path.read_text()
+        if path.suffix == ".json":
+            json.loads(text)
+        elif path.suffix == ".csv":
+            assert text.endswith("\n")
+    assert not (exp_dir / "summary.json").exists()
+    from lem.results import experiment_status
+
+    assert experiment_status(exp_dir)["status"] == "incomplete"
+
+
+def test_the_worker_exits_when_its_campaign_dies(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_RUN, str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob("*/exp/cycle-001.json")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.kill()  # only the campaign: its worker must notice and stop
+    finally:
+        proc.wait(30)
+    (exp_dir,) = list(tmp_path.glob("*/exp"))
+    time.sleep(1.5)
+    count = len(list(exp_dir.glob("cycle-*.json")))
+    time.sleep(2.0)  # a live worker would have written ~2 more cycles by now
+    assert len(list(exp_dir.glob("cycle-*.json"))) == count
