@@ -1,0 +1,286 @@
+"""The ``[vllm]`` table and the experiment mapped onto vLLM's ``EngineArgs``, in one visible table.
+
+:data:`ENGINE_OPTIONS` lists every ``[vllm]`` key that is passed to vLLM's
+engine unchanged (only renamed where vLLM's name is clumsier);
+:func:`engine_args` adds what comes from the core config (precision, seed,
+sharding, quantization, random weights, LoRA, speculative decoding) and the
+``extra`` escape hatch, then checks every name against the ``EngineArgs``
+dataclass of the installed vLLM so an option it no longer accepts fails with
+a clear message instead of a ``TypeError`` deep inside vLLM.
+
+Nothing here imports vLLM at module import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from lem import architectures
+from lem.config import ExperimentConfig
+from lem.errors import BackendError
+from lem.types import Problem, error, warning
+
+#: ``[vllm]`` key -> ``EngineArgs`` field, passed through as is.
+ENGINE_OPTIONS: dict[str, str] = {
+    "max_num_seqs": "max_num_seqs",
+    "max_num_batched_tokens": "max_num_batched_tokens",
+    "gpu_memory_utilization": "gpu_memory_utilization",
+    "swap_space": "swap_space",
+    "cpu_offload_gb": "cpu_offload_gb",
+    "enable_prefix_caching": "enable_prefix_caching",
+    "enable_chunked_prefill": "enable_chunked_prefill",
+    "kv_cache_dtype": "kv_cache_dtype",
+    "block_size": "block_size",
+    "max_model_len": "max_model_len",
+    "enforce_eager": "enforce_eager",
+    "distributed_backend": "distributed_executor_backend",
+    "attention_backend": "attention_backend",
+    "load_format": "load_format",
+    "max_lora_rank": "max_lora_rank",
+    "max_loras": "max_loras",
+    "tokenizer": "tokenizer",
+}
+
+#: Core config -> ``EngineArgs`` field (see :func:`engine_args` for the conversions).
+CORE_OPTIONS: dict[str, str] = {
+    "model": "model",
+    "precision": "dtype",
+    "seed": "seed",
+    "revision": "revision",
+    "trust_remote_code": "trust_remote_code",
+    "load_format": "load_format",
+    "adapter": "enable_lora",
+    "sharding.tensor_parallel_size": "tensor_parallel_size",
+    "sharding.pipeline_parallel_size": "pipeline_parallel_size",
+    "quantization.method": "quantization",
+    "batching.batch_size": "max_num_seqs",
+}
+
+#: ``[vllm]`` keys lem handles itself (not engine arguments) and what they mean.
+LEM_OPTIONS: dict[str, str] = {
+    "mode": '"stream" (AsyncLLM, per-token events; default) or "offline" (LLM.generate, per-request)',
+    "speculative": "table: method (ngram, draft, eagle, eagle3, mtp), num_speculative_tokens, model, "
+    "prompt_lookup_min, prompt_lookup_max, draft_tensor_parallel_size -> speculative_config",
+    "lora_adapters": "list of adapter paths (or {name, path} tables); requests use them round-robin",
+    "n": "SamplingParams.n: parallel samples per request",
+    "best_of": "SamplingParams.best_of, where the installed vLLM still has it",
+    "extra": "table passed to EngineArgs unchanged (overrides everything above)",
+}
+
+KNOWN_KEYS = (*ENGINE_OPTIONS, *LEM_OPTIONS)
+MODES = ("stream", "offline")
+
+#: ``quantization.method`` -> vLLM ``quantization`` (``None``: not quantized).
+QUANTIZATION: dict[str, str | None] = {
+    "none": None,
+    "gptq": "gptq",
+    "awq": "awq",
+    "fp8": "fp8",
+    "bnb-4bit": "bitsandbytes",
+    # vLLM quantizes in flight to 4 bits only; 8-bit needs a pre-quantized checkpoint (validate_config warns).
+    "bnb-8bit": "bitsandbytes",
+}
+
+#: ``[vllm.speculative].method`` -> vLLM ``speculative_config["method"]`` (``None``: vLLM infers it from ``model``).
+SPECULATIVE_METHODS: dict[str, str | None] = {
+    "ngram": "ngram",
+    "draft": None,
+    "eagle": "eagle",
+    "eagle3": "eagle3",
+    "mtp": "mtp",
+}
+SPECULATIVE_KEYS = (
+    "method",
+    "num_speculative_tokens",
+    "model",
+    "prompt_lookup_min",
+    "prompt_lookup_max",
+    "draft_tensor_parallel_size",
+)
+
+
+def _did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(sorted(choices))
+
+
+def check_options(config: ExperimentConfig) -> list[Problem]:
+    """Problems with the ``[vllm]`` table and with core options vLLM serves differently."""
+    opts = config.options_for("vllm")
+    problems: list[Problem] = []
+    for key in opts:
+        if key not in KNOWN_KEYS:
+            problems.append(error(f"vllm.{key}", "unknown key", _did_you_mean(key, KNOWN_KEYS)))
+    mode = opts.get("mode", "stream")
+    if mode not in MODES:
+        problems.append(error("vllm.mode", "must be 'stream' or 'offline'", value=mode))
+    if mode == "offline" and config.traffic.mode != "offline":
+        problems.append(
+            error(
+                "vllm.mode",
+                f"'offline' (LLM.generate) submits every request at once and cannot follow "
+                f"traffic.mode = '{config.traffic.mode}'",
+                "use vllm.mode = 'stream', or traffic.mode = 'offline'",
+                value=mode,
+            )
+        )
+    spec = opts.get("speculative")
+    if spec is not None:
+        if not isinstance(spec, Mapping):
+            problems.append(error("vllm.speculative", "must be a table", value=spec))
+        else:
+            for key in spec:
+                if key not in SPECULATIVE_KEYS:
+                    problems.append(
+                        error(f"vllm.speculative.{key}", "unknown key", _did_you_mean(key, SPECULATIVE_KEYS))
+                    )
+            method = spec.get("method")
+            if method not in SPECULATIVE_METHODS:
+                problems.append(
+                    error(
+                        "vllm.speculative.method",
+                        "must be one of " + ", ".join(SPECULATIVE_METHODS),
+                        value=method,
+                    )
+                )
+            elif method != "ngram" and not spec.get("model"):
+                problems.append(error("vllm.speculative.model", f"is required for method '{method}'"))
+    extra = opts.get("extra")
+    if extra is not None and not isinstance(extra, Mapping):
+        problems.append(error("vllm.extra", "must be a table of EngineArgs fields", value=extra))
+    adapters = opts.get("lora_adapters")
+    if adapters is not None and not isinstance(adapters, list):
+        problems.append(error("vllm.lora_adapters", "must be a list of paths or {name, path} tables", value=adapters))
+    g = config.generation
+    if config.batching.batch_size != 1:
+        used = "is ignored: vllm.max_num_seqs is set" if "max_num_seqs" in opts else "becomes vllm.max_num_seqs"
+        problems.append(
+            warning(
+                "batching.batch_size",
+                f"{used}; vLLM batches continuously, so this only caps the sequences per step",
+                "set vllm.max_num_seqs directly",
+                value=config.batching.batch_size,
+            )
+        )
+    if config.quantization.method == "bnb-8bit":
+        problems.append(
+            warning(
+                "quantization.method",
+                "vLLM quantizes bitsandbytes in flight to 4 bits only; 8-bit needs a pre-quantized checkpoint",
+                "use 'bnb-4bit', or a bitsandbytes 8-bit checkpoint",
+                value="bnb-8bit",
+            )
+        )
+    if g.no_repeat_ngram_size:
+        problems.append(
+            warning(
+                "generation.no_repeat_ngram_size",
+                "is not supported by vLLM and is ignored",
+                "use generation.repetition_penalty",
+                value=g.no_repeat_ngram_size,
+            )
+        )
+    if g.num_beams > 1 and mode != "offline":
+        problems.append(
+            error(
+                "generation.num_beams",
+                "beam search has no token stream in vLLM; it runs only with vllm.mode = 'offline'",
+                "set vllm.mode = 'offline', or num_beams = 1",
+                value=g.num_beams,
+            )
+        )
+    return problems
+
+
+def model_path(config: ExperimentConfig) -> tuple[str, bool]:
+    """The model vLLM loads, and whether it gets random weights.
+
+    ``random:<name>`` models are materialized to a directory (config and
+    tokenizer, no weights) and loaded with ``load_format="dummy"``.
+    """
+    if architectures.is_builtin(config.model):
+        try:
+            name = architectures.builtin_name(config.model)
+        except KeyError:
+            known = ", ".join(a["model"] for a in architectures.describe())
+            raise BackendError(f"model = {config.model!r}: unknown built-in architecture (known: {known})") from None
+        return str(architectures.materialize(name)), True
+    return config.model, config.load_format == "random"
+
+
+def lora_adapters(config: ExperimentConfig) -> list[tuple[str, str]]:
+    """(name, path) of every LoRA adapter: the top-level ``adapter`` first, then ``[vllm].lora_adapters``."""
+    found: list[tuple[str, str]] = []
+    if config.adapter:
+        found.append((Path(config.adapter).name or "adapter", config.adapter))
+    for i, item in enumerate(config.options_for("vllm").get("lora_adapters") or []):
+        if isinstance(item, Mapping):
+            found.append((str(item.get("name", f"adapter{i}")), str(item["path"])))
+        else:
+            found.append((Path(str(item)).name or f"adapter{i}", str(item)))
+    return found
+
+
+def _speculative_config(spec: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in spec.items() if k != "method"}
+    method = SPECULATIVE_METHODS.get(str(spec.get("method")))
+    if method is not None:
+        out["method"] = method
+    return out
+
+
+def engine_args(config: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments for ``EngineArgs`` / ``AsyncEngineArgs`` / ``LLM`` built from the experiment.
+
+    Does not import vLLM; :func:`check_against_vllm` checks the names.
+    """
+    opts = config.options_for("vllm")
+    model, random_weights = model_path(config)
+    args: dict[str, Any] = {
+        "model": model,
+        "dtype": config.precision,
+        "seed": config.seed,
+        "revision": config.revision,
+        "trust_remote_code": config.trust_remote_code,
+        "tensor_parallel_size": config.sharding.tensor_parallel_size,
+        "pipeline_parallel_size": config.sharding.pipeline_parallel_size,
+    }
+    quant = QUANTIZATION[config.quantization.method]
+    if quant is not None:
+        args["quantization"] = quant
+    if random_weights:
+        args["load_format"] = "dummy"
+    if config.batching.batch_size != 1:
+        args["max_num_seqs"] = config.batching.batch_size
+    for key, field in ENGINE_OPTIONS.items():
+        if key in opts:
+            args[field] = opts[key]
+    adapters = lora_adapters(config)
+    if adapters:
+        args["enable_lora"] = True
+        args.setdefault("max_loras", len(adapters))
+    if opts.get("speculative"):
+        args["speculative_config"] = _speculative_config(opts["speculative"])
+    args.update(opts.get("extra") or {})
+    return {k: v for k, v in args.items() if v is not None}
+
+
+def check_against_vllm(args: Mapping[str, Any]) -> None:
+    """Raise :class:`BackendError` for an argument the installed vLLM's ``EngineArgs`` does not have."""
+    import vllm
+    from vllm.engine.arg_utils import EngineArgs
+
+    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    ours = {field: key for key, field in ENGINE_OPTIONS.items()}
+    ours.update({field: key for key, field in CORE_OPTIONS.items()})
+    for name in args:
+        if name not in fields:
+            where = f"vllm.{ours[name]}" if ours.get(name) in ENGINE_OPTIONS else ours.get(name, f"vllm.extra.{name}")
+            raise BackendError(
+                f"{where}: vLLM {vllm.__version__} has no engine argument '{name}' "
+                f"({_did_you_mean(name, sorted(fields))}); remove the option or install a vLLM that accepts it"
+            )
