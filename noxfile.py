@@ -40,7 +40,7 @@ def tests(session: nox.Session, package: str) -> None:
 @nox.session
 def e2e(session: nox.Session) -> None:
     """End-to-end tests across packages: the real `lem` command on tiny models."""
-    _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml", "build")
+    _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml", "hatchling")
     session.run("pytest", "tests", "-q", *session.posargs)
 
 

@@ -206,7 +206,7 @@ def build_tokenizer(vocab_size: int = TOKENIZER_VOCAB) -> Any:
         show_progress=False,
     )
     tok.train_from_iterator(_training_text(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
     )
     fast.chat_template = CHAT_TEMPLATE

@@ -27,7 +27,7 @@ def build_tiny_model(dest: str | Path, name: str = "tiny-llama", seed: int = 0) 
     materialize(name, dest)
     torch.manual_seed(seed)
     config = AutoConfig.from_pretrained(dest)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)  # type: ignore[no-untyped-call]
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(dest)
     return dest
 

@@ -1,0 +1,93 @@
+"""A third-party backend, written the way docs/plugins.md says, built and installed by pip, then run by `lem run`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+PYPROJECT = """
+[build-system]
+requires = ["hatchling"]
+build-backend = "hatchling.build"
+
+[project]
+name = "lem-backend-echo"
+version = "0.0.1"
+dependencies = ["lem-core>=0.1,<0.2"]
+
+[project.entry-points.lem]
+echo = "lem_backend_echo"
+"""
+
+# A backend with no model at all: it "generates" one token per millisecond. Enough to show that
+# a distribution outside this repository plugs into config validation, the runner and results.
+PLUGIN = """
+import time
+
+from lem import hookimpl
+from lem.types import LoadedModel, TokenEvent, error
+
+
+@hookimpl
+def load_model(backend, config):
+    if backend != "echo":
+        return None
+    return LoadedModel(backend="echo", handle=None, model_config={"vocab_size": 50})
+
+
+def _stream(requests, params):
+    for r in requests:
+        if r.arrival_ns is not None:
+            while time.monotonic_ns() < r.arrival_ns:
+                time.sleep(0.0002)
+        for i in range(params.max_output_tokens):
+            time.sleep(0.001)
+            last = i == params.max_output_tokens - 1
+            yield TokenEvent(r.id, time.monotonic_ns(), 1, finished=last)
+
+
+@hookimpl
+def generate_stream(model, requests, params):
+    return _stream(requests, params) if model.backend == "echo" else None
+
+
+@hookimpl
+def validate_config(config):
+    if config.backend != "echo":
+        return []
+    unknown = sorted(set(config.options_for("echo")) - {"volume"})
+    return [error(f"echo.{k}", "unknown key", "the echo backend knows only 'volume'") for k in unknown]
+"""
+
+
+def test_third_party_backend_installs_and_runs(tmp_path: Path, lem) -> None:
+    src = tmp_path / "lem-backend-echo"
+    (src / "lem_backend_echo").mkdir(parents=True)
+    (src / "pyproject.toml").write_text(PYPROJECT)
+    (src / "lem_backend_echo" / "__init__.py").write_text(textwrap.dedent(PLUGIN))
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*pip, "--target", str(site), str(src)], check=True, timeout=300)
+    env = {"PYTHONPATH": str(site)}
+
+    plugins = json.loads(lem("plugins", cwd=tmp_path, env=env).stdout)
+    [echo] = [p for p in plugins if p["name"] == "echo"]
+    assert echo["distribution"] == "lem-backend-echo" and echo["version"] == "0.0.1"
+
+    (tmp_path / "bad.toml").write_text('model = "none"\nbackend = "echo"\n[echo]\nloudness = 3\n')
+    bad = lem("config", "validate", "bad.toml", cwd=tmp_path, env=env)
+    assert bad.returncode == 2 and "echo.loudness: unknown key" in bad.stderr
+
+    (tmp_path / "exp.toml").write_text(
+        'model = "none"\nbackend = "echo"\npreset = "quick-test"\n[measurement]\nenergy_meter = "none"\n'
+    )
+    run = lem("run", "exp.toml", "--out", "res", "--json", cwd=tmp_path, env=env)
+    assert run.returncode == 0, run.stderr
+    [summary] = json.loads(run.stdout)["experiments"]
+    assert summary["backend"] == "echo"
+    # quick-test: 4 prompts x 16 tokens, one event per token.
+    cycle = json.loads(next((tmp_path / "res").rglob("cycle-001.json")).read_text())
+    assert cycle["metrics"]["output_tokens"] == 4 * 16
