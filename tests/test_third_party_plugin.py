@@ -63,7 +63,8 @@ def validate_config(config):
 """
 
 
-def test_third_party_backend_installs_and_runs(tmp_path: Path, lem) -> None:
+def install_echo(tmp_path: Path) -> Path:
+    """Build and install lem-backend-echo into its own directory; return that directory."""
     src = tmp_path / "lem-backend-echo"
     (src / "lem_backend_echo").mkdir(parents=True)
     (src / "pyproject.toml").write_text(PYPROJECT)
@@ -71,6 +72,11 @@ def test_third_party_backend_installs_and_runs(tmp_path: Path, lem) -> None:
     site = tmp_path / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
     subprocess.run([*pip, "--target", str(site), str(src)], check=True, timeout=300)
+    return site
+
+
+def test_third_party_backend_installs_and_runs(tmp_path: Path, lem) -> None:
+    site = install_echo(tmp_path)
     env = {"PYTHONPATH": str(site)}
 
     plugins = json.loads(lem("plugins", cwd=tmp_path, env=env).stdout)
@@ -91,3 +97,31 @@ def test_third_party_backend_installs_and_runs(tmp_path: Path, lem) -> None:
     # quick-test: 4 prompts x 16 tokens, one event per token.
     cycle = json.loads(next((tmp_path / "res").rglob("cycle-001.json")).read_text())
     assert cycle["metrics"]["output_tokens"] == 4 * 16
+
+
+def test_backend_from_another_environment(tmp_path: Path, lem) -> None:
+    """`lem run --python echo=...`: the backend lives only in the other interpreter's environment."""
+    site = install_echo(tmp_path)
+    other = tmp_path / "other-python"
+    other.write_text(f'#!/bin/sh\nPYTHONPATH="{site}" exec "{sys.executable}" "$@"\n')
+    other.chmod(0o755)
+    (tmp_path / "exp.toml").write_text(
+        'model = "none"\nbackend = "echo"\npreset = "quick-test"\n[measurement]\nenergy_meter = "none"\n'
+    )
+    here = lem("run", "exp.toml", "--out", "res", cwd=tmp_path)
+    assert here.returncode == 2 and "backend = 'echo': is not an installed backend" in here.stderr
+
+    run = lem("run", "exp.toml", "--out", "res", "--json", "--python", f"echo={other}", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    [summary] = json.loads(run.stdout)["experiments"]
+    assert summary["backend"] == "echo" and summary["status"] == "ok"
+
+    # The backend's own checks still run, in its environment, before anything is measured.
+    (tmp_path / "bad.toml").write_text('model = "none"\nbackend = "echo"\n[echo]\nloudness = 3\n')
+    bad = lem("run", "bad.toml", "--out", "res", "--json", "--python", f"echo={other}", cwd=tmp_path)
+    assert bad.returncode == 1
+    [failure] = json.loads(bad.stdout)["experiments"]
+    assert "echo.loudness: unknown key" in failure["reason"]
+
+    missing = lem("run", "exp.toml", "--python", "echo=/no/such/python", cwd=tmp_path)
+    assert missing.returncode == 2 and "is not an executable" in missing.stderr

@@ -7,7 +7,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -115,12 +115,16 @@ def run_campaign(
     quiet: bool = False,
     as_json: bool = False,
     stdout: TextIO | None = None,
+    pythons: Mapping[str, str] | None = None,
 ) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
     Each experiment runs in a fresh worker process unless ``in_process``. A
     failed experiment gets a ``failure.json`` and the rest still run. With
     ``resume_id``, experiments whose ``summary.json`` exists are skipped.
+    ``pythons`` maps a backend to the interpreter of the environment it is
+    installed in (vLLM and TensorRT-LLM never share one); its workers validate
+    their experiment there before running it.
     """
     out = stdout if stdout is not None else sys.stdout
     root = Path(out_dir)
@@ -155,7 +159,8 @@ def run_campaign(
         if in_process:
             outcome = run_here(exp, exp_dir, run_id, quiet, prefix)
         else:
-            outcome = run_in_worker(exp, exp_dir, run_id, quiet, prefix)
+            python = (pythons or {}).get(exp.config.backend)
+            outcome = run_in_worker(exp, exp_dir, run_id, quiet, prefix, python=python)
         if not outcome.ok:
             all_ok = False
             _failure(exp, exp_dir, run_id, outcome)

@@ -8,7 +8,9 @@ become one line on stderr and exit status 2.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from collections.abc import Collection
 from typing import Any
 
 import click
@@ -56,15 +58,40 @@ def config_options(f: Any) -> Any:
     return f
 
 
-def _load(path: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None) -> Any:
+def _load(
+    path: str,
+    preset: str | None,
+    overrides: tuple[str, ...],
+    model: str | None,
+    backend: str | None,
+    external_backends: Collection[str] = (),
+) -> Any:
     from lem.loading import load
 
-    extra = [f'model="{model}"'] if model else []
-    extra += [f'backend="{backend}"'] if backend else []
-    loaded = load(path, preset=preset, overrides=[*overrides, *extra])
+    extra = [f"model={json.dumps(model)}"] if model else []
+    extra += [f"backend={json.dumps(backend)}"] if backend else []
+    loaded = load(path, preset=preset, overrides=[*overrides, *extra], external_backends=external_backends)
     for problem in loaded.warnings:
         click.echo(problem.format(loaded.source), err=True)
     return loaded
+
+
+def _interpreters(values: tuple[str, ...], in_process: bool) -> dict[str, str]:
+    """Parse ``--python BACKEND=PYTHON`` options; each must name an executable."""
+    out: dict[str, str] = {}
+    for value in values:
+        backend, sep, python = value.partition("=")
+        if not sep or not backend or not python:
+            raise LemError(f"--python {value}: expected BACKEND=PYTHON, e.g. --python vllm=/opt/vllm-env/bin/python")
+        found = shutil.which(python)
+        if found is None:
+            raise LemError(
+                f"--python {value}: '{python}' is not an executable; give the path of that environment's python"
+            )
+        out[backend] = found
+    if out and in_process:
+        raise LemError("--python and --in-process exclude each other: another interpreter needs a worker process")
+    return out
 
 
 @cli.command()
@@ -80,6 +107,14 @@ def _load(path: str, preset: str | None, overrides: tuple[str, ...], model: str 
 )
 @click.option("--in-process", is_flag=True, help="Run experiments in this process (debugging, tests).")
 @click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a run, skipping finished experiments.")
+@click.option(
+    "--python",
+    "pythons",
+    multiple=True,
+    metavar="BACKEND=PYTHON",
+    help="Run BACKEND's experiments with another environment's interpreter "
+    "(e.g. vllm=/opt/vllm-env/bin/python). Repeatable.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
 def run(
@@ -91,18 +126,21 @@ def run(
     out_dir: str,
     in_process: bool,
     resume_id: str | None,
+    pythons: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
     from lem.runner import run_campaign
 
-    loaded = _load(file, preset, overrides, model, backend)
+    interpreters = _interpreters(pythons, in_process)
+    loaded = _load(file, preset, overrides, model, backend, external_backends=interpreters)
     ok = run_campaign(
         loaded,
         out_dir=out_dir,
         in_process=in_process,
         resume_id=resume_id,
+        pythons=interpreters,
         quiet=quiet or as_json,
         as_json=as_json,
     )

@@ -16,7 +16,7 @@ import itertools
 import json
 import sys
 import typing
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -350,15 +350,24 @@ def validate(config: ExperimentConfig) -> list[Problem]:
     return problems
 
 
+def _checked_elsewhere(problem: Problem, config: ExperimentConfig, external: Collection[str]) -> bool:
+    # A backend installed in another interpreter is validated there, by the worker that runs it.
+    b = config.backend
+    return b in external and (problem.path in ("backend", b) or problem.path.startswith(f"{b}."))
+
+
 def load(
     path: str | Path,
     preset: str | None = None,
     overrides: Iterable[str] = (),
+    external_backends: Collection[str] = (),
 ) -> LoadedFile:
     """Load, merge, expand and validate an experiment file.
 
     :param preset: overrides the file's own ``preset = ...``.
     :param overrides: ``key=value`` strings from the CLI; they win over everything.
+    :param external_backends: backends that run in another interpreter (``lem run --python``):
+        their names and tables are checked by that interpreter's plugins, not here.
     :raises ConfigError: with every error found, in every experiment.
     """
     source = str(path)
@@ -392,6 +401,8 @@ def load(
             if config is not None:
                 found = validate(config)
             for p in found:
+                if config is not None and _checked_elsewhere(p, config, external_backends):
+                    continue
                 target = problems if p.severity == "error" else warnings
                 if p not in target:
                     target.append(p)

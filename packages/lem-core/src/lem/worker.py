@@ -96,7 +96,7 @@ def _exit_with_parent(fd: int) -> None:
 def main() -> None:
     """``python -m lem.worker FD``: read the job (pickle) from stdin, report on file descriptor FD."""
     report = os.fdopen(int(sys.argv[1]), "w", buffering=1, encoding="utf-8")
-    exp, exp_dir, run_id, quiet, prefix, carried = pickle.load(sys.stdin.buffer)
+    exp, exp_dir, run_id, quiet, prefix, carried, validate = pickle.load(sys.stdin.buffer)
     _exit_with_parent(sys.stdin.fileno())
     last = [0.0]
 
@@ -111,6 +111,8 @@ def main() -> None:
 
     try:
         _register(carried)
+        if validate:
+            _validate_here(exp)
         from lem.progress import Progress
         from lem.runner import run_experiment
 
@@ -120,6 +122,15 @@ def main() -> None:
         send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         report.close()
+
+
+def _validate_here(exp: Experiment) -> None:
+    from lem.errors import ConfigError
+    from lem.loading import validate
+
+    errors = [p for p in validate(exp.config) if p.severity == "error"]
+    if errors:
+        raise ConfigError(errors, f"{exp.id} (in {sys.executable})")
 
 
 def _death(code: int | None) -> str:
@@ -148,7 +159,8 @@ def run_in_worker(
 
     :param python: the interpreter to run it with (another environment's, for a backend installed there).
     """
-    job = pickle.dumps((exp, str(exp_dir), run_id, quiet, prefix, carried_plugins()))
+    # In another environment's interpreter, the backend's own checks run there, before anything else.
+    job = pickle.dumps((exp, str(exp_dir), run_id, quiet, prefix, carried_plugins(), python is not None))
     rfd, wfd = os.pipe()
     # The worker's stdout goes to our stderr: libraries that print must not corrupt `lem run --json`.
     try:
