@@ -73,4 +73,5 @@ def typecheck(session: nox.Session) -> None:
 def gpu(session: nox.Session) -> None:
     """Tests marked `gpu` (an NVIDIA GPU machine; not part of CI)."""
     _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml")
-    session.run("pytest", "-m", "gpu", "packages", "tests", "-q", "-s", *session.posargs)
+    suites = ["packages/lem-core", "packages/lem-backend-pytorch", "packages/lem-energy-nvml", "tests"]
+    session.run("pytest", "-m", "gpu", *suites, "-q", "-s", *session.posargs)

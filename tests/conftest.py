@@ -9,8 +9,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def run_lem(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600

@@ -7,9 +7,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from conftest import REPO
-
 from lem.loading import load_one
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_quickstart_runs_and_writes_complete_results(tmp_path: Path, lem) -> None:

@@ -1,4 +1,4 @@
-"""Helper for test_shutdown.py: load the tiny model with AsyncLLM, stream a long generation until interrupted.
+"""Helper for test_vllm_shutdown.py: load the tiny model with AsyncLLM, stream a long generation until interrupted.
 
 Run as ``python serve_until_interrupted.py MODEL_DIR``; prints READY when tokens are flowing. It never calls
 ``close()``: the Ctrl-C path (atexit) must end the engine processes by itself.
