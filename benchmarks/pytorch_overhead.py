@@ -4,7 +4,8 @@ The same workload (``--input`` tokens in, ``--output`` tokens out, fixed length,
 greedy) goes through lem's ``generate_stream`` hook (worker thread, per-step
 streamer, token events) and through a bare ``model.generate`` call on the very
 same model object, alternating, ``--repeats`` times each, after one warm-up of
-each. It prints the median throughput of both and their ratio per batch size.
+each (order alternating). It prints the median throughput of both, the median
+of the per-pair ratios and their range, per batch size.
 Goal on a GPU: lem within 2% of the plain loop (ratio >= 0.98).
 
 ``--preset pytorch-optimized`` adds a second comparison at batch size 1: lem
@@ -55,8 +56,12 @@ def make_requests(batch_size: int, length: int, vocab: int) -> list[Any]:
     from lem.types import Request
 
     return [
-        Request(id=i, prompt="", input_tokens=length,
-                prompt_token_ids=tuple((31 * i + 7 * j) % (vocab - 16) + 16 for j in range(length)))
+        Request(
+            id=i,
+            prompt="",
+            input_tokens=length,
+            prompt_token_ids=tuple((31 * i + 7 * j) % (vocab - 16) + 16 for j in range(length)),
+        )
         for i in range(batch_size)
     ]
 
@@ -88,34 +93,51 @@ def run_plain(model: Any, config: Any, requests: list[Any]) -> float:
     start = time.perf_counter()
     ids, mask = left_padded([list(r.prompt_token_ids) for r in requests], handle.pad_token_id, handle.device)
     with torch.inference_mode():
-        out = handle.model.generate(input_ids=ids, attention_mask=mask,
-                                    max_new_tokens=config.generation.max_output_tokens,
-                                    do_sample=False, eos_token_id=None, pad_token_id=handle.pad_token_id)
+        out = handle.model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=config.generation.max_output_tokens,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=handle.pad_token_id,
+        )
     model.synchronize()
     elapsed = time.perf_counter() - start
     assert out.shape[1] - ids.shape[1] == config.generation.max_output_tokens
     return elapsed
 
 
-def compare(name: str, lem_side: Callable[[], float], plain_side: Callable[[], float], tokens: int,
-            repeats: int) -> dict[str, Any]:
-    """Warm both up once, then alternate them ``repeats`` times; throughputs in tokens/s."""
+def compare(
+    name: str, lem_side: Callable[[], float], plain_side: Callable[[], float], tokens: int, repeats: int
+) -> dict[str, Any]:
+    """Warm both up once, then run them in pairs ``repeats`` times; throughputs in tokens/s.
+
+    The order within a pair alternates (lem first, then plain first) so drift and
+    order effects hit both sides alike; the headline ratio is the median of the
+    per-pair ratios, with their range, so noise is visible next to the figure.
+    """
     lem_side()
     plain_side()
     lem_tps: list[float] = []
     plain_tps: list[float] = []
-    for _ in range(repeats):
-        lem_tps.append(tokens / lem_side())
-        plain_tps.append(tokens / plain_side())
-    row = {
+    for i in range(repeats):
+        if i % 2 == 0:
+            lem_tps.append(tokens / lem_side())
+            plain_tps.append(tokens / plain_side())
+        else:
+            plain_tps.append(tokens / plain_side())
+            lem_tps.append(tokens / lem_side())
+    pair_ratios = [a / b for a, b in zip(lem_tps, plain_tps, strict=True)]
+    return {
         "case": name,
         "lem_tok_s": statistics.median(lem_tps),
         "plain_tok_s": statistics.median(plain_tps),
+        "ratio": statistics.median(pair_ratios),
+        "ratio_min": min(pair_ratios),
+        "ratio_max": max(pair_ratios),
         "lem_runs": [round(x, 2) for x in lem_tps],
         "plain_runs": [round(x, 2) for x in plain_tps],
     }
-    row["ratio"] = row["lem_tok_s"] / row["plain_tok_s"]
-    return row
 
 
 def main() -> None:
@@ -141,29 +163,50 @@ def main() -> None:
     for bs in args.batch_sizes:
         config = make_config(args, bs)
         requests = make_requests(bs, args.input, vocab)
-        rows.append(compare(f"batch {bs}", lambda c=config, r=requests: run_lem(eager, c, r),
-                            lambda c=config, r=requests: run_plain(eager, c, r), bs * args.output, args.repeats))
+        rows.append(
+            compare(
+                f"batch {bs}",
+                lambda c=config, r=requests: run_lem(eager, c, r),
+                lambda c=config, r=requests: run_plain(eager, c, r),
+                bs * args.output,
+                args.repeats,
+            )
+        )
     if args.preset:
         config = make_config(args, 1, args.preset)
         optimized = hook.load_model(backend="pytorch", config=config)
         requests = make_requests(1, args.input, vocab)
-        row = compare(f"batch 1, lem {args.preset} vs plain eager", lambda: run_lem(optimized, config, requests),
-                      lambda: run_plain(eager, make_config(args, 1), requests), args.output, args.repeats)
+        row = compare(
+            f"batch 1, lem {args.preset} vs plain eager",
+            lambda: run_lem(optimized, config, requests),
+            lambda: run_plain(eager, make_config(args, 1), requests),
+            args.output,
+            args.repeats,
+        )
         row["compile_seconds"] = optimized.info.get("compile_seconds")
         rows.append(row)
         optimized.close()
-    facts = {"model": args.model, "device": eager.info.get("device"), "precision": args.precision,
-             "input": args.input, "output": args.output, "repeats": args.repeats,
-             "versions": eager.info.get("versions")}
+    facts = {
+        "model": args.model,
+        "device": eager.info.get("device"),
+        "precision": args.precision,
+        "input": args.input,
+        "output": args.output,
+        "repeats": args.repeats,
+        "versions": eager.info.get("versions"),
+    }
     eager.close()
     if args.json:
         print(json.dumps({"facts": facts, "rows": rows}, indent=2))
         return
     print(json.dumps(facts))
-    print(f"{'case':<48} {'lem tok/s':>10} {'plain tok/s':>12} {'ratio':>7}")
+    print(f"{'case':<48} {'lem tok/s':>10} {'plain tok/s':>12} {'ratio':>7}  pair ratios min-max")
     for r in rows:
-        print(f"{r['case']:<48} {r['lem_tok_s']:>10.1f} {r['plain_tok_s']:>12.1f} {r['ratio']:>7.3f}"
-              + (f"  (compile {r['compile_seconds']} s)" if r.get("compile_seconds") is not None else ""))
+        print(
+            f"{r['case']:<48} {r['lem_tok_s']:>10.1f} {r['plain_tok_s']:>12.1f} {r['ratio']:>7.3f}"
+            f"  {r['ratio_min']:.3f}-{r['ratio_max']:.3f}"
+            + (f"  (compile {r['compile_seconds']} s)" if r.get("compile_seconds") is not None else "")
+        )
 
 
 if __name__ == "__main__":

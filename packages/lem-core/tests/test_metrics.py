@@ -80,8 +80,15 @@ def _window(duration: float, *energies: float | None, peak: float | None = 400.0
     return {
         "duration_s": duration,
         "devices": [
-            {"device": i, "uuid": f"GPU-{i}", "energy_j": e, "method": "counter",
-             "reason": None if e is not None else "broken", "mean_power_w": None, "peak_power_w": peak}
+            {
+                "device": i,
+                "uuid": f"GPU-{i}",
+                "energy_j": e,
+                "method": "counter",
+                "reason": None if e is not None else "broken",
+                "mean_power_w": None,
+                "peak_power_w": peak,
+            }
             for i, e in enumerate(energies)
         ],
         "warnings": [],

@@ -79,8 +79,9 @@ def test_pooling_refuses_mixed_backends(run_dir: Path) -> None:
     assert pooled["cycles"] == 4 and pooled["figures"]["output_tokens_per_s"]["n"] == 4
     setup = read_json(run_dir / "b" / "setup.json")
     setup["backend"] = "other"
-    write_json(run_dir / "b" / "setup.json", "setup", {k: v for k, v in setup.items() if k not in ("schema_version",
-                                                                                                    "kind")})
+    write_json(
+        run_dir / "b" / "setup.json", "setup", {k: v for k, v in setup.items() if k not in ("schema_version", "kind")}
+    )
     with pytest.raises(ResultsError, match="different backends"):
         pool([run_dir / "a", run_dir / "b"])
     assert pool([run_dir / "a", run_dir / "b"], allow_mixed_backends=True)["backends"] == ["other", "scripted"]

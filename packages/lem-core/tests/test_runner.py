@@ -181,6 +181,14 @@ def test_cv_warmup_stops_when_latency_settles(tmp_path: Path) -> None:
     assert warmup["converged"] is True and warmup["requests"] == 3 and warmup["cv"] == pytest.approx(0.0)
 
 
+def test_fixed_warmup_serves_whole_batches(tmp_path: Path) -> None:
+    # One warm-up request at batch size 4 still warms a full batch of 4: the measured shape.
+    exp = scripted.experiment(_with(measurement={"warmup_requests": 1}, batching={"batch_size": 4}))
+    ok, run_dir = _run(tmp_path, exp)
+    assert ok
+    assert _read(run_dir / "exp" / "setup.json")["warmup"]["requests"] == 4
+
+
 def test_resume_skips_finished_experiments(tmp_path: Path) -> None:
     a = scripted.experiment(_with(), exp_id="a")
     b = scripted.experiment(_with(), exp_id="b")
