@@ -26,7 +26,7 @@ from lem.progress import Progress
 from lem.results import compute_cycle, summarize, traces_to_json, write_json, write_timeline
 from lem.types import EnergyMeter, EnergyWindow, LoadedModel, Request, TokenEvent
 
-NO_METER = "no energy meter available here: install lem-energy-nvml on an NVIDIA GPU machine"
+NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"
 #: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
 THERMAL_WAIT_MAX_S = 600.0
 #: Length of the meter window read to learn the temperature while waiting.
@@ -52,8 +52,25 @@ def open_meter(config: ExperimentConfig) -> tuple[EnergyMeter | None, str | None
     except MeterUnavailable as exc:
         return None, f"energy meter '{name}' is unavailable: {exc}"
     if meter is None:
-        return None, NO_METER if name == "auto" else f"no installed plugin provides energy meter '{name}'"
+        return None, _why_no_meter(config) if name == "auto" else f"no installed plugin provides energy meter '{name}'"
     return meter, None
+
+
+def _why_no_meter(config: ExperimentConfig) -> str:
+    """Under ``auto`` every meter declined; ask each by name, so the result says why (no driver, ...)."""
+    from lem.plugins import get_plugin_manager, meter_names
+
+    reasons = []
+    for name in meter_names():
+        try:
+            meter = get_plugin_manager().hook.measure_energy(meter=name, devices=meter_devices(config), config=config)
+        except MeterUnavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        if meter is not None:  # works when named, declined 'auto': say so rather than guess
+            meter.close()
+            reasons.append(f"{name}: declined 'auto'; set measurement.energy_meter = '{name}' to use it")
+    return f"no energy meter works here ({'; '.join(reasons)})" if reasons else NO_METER
 
 
 def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:
