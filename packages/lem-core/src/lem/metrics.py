@@ -165,6 +165,19 @@ def idle_power(baseline: Mapping[str, Any] | None) -> dict[int, float] | None:
     return out
 
 
+#: The per-cycle energy figures that get a confidence interval across cycles.
+ENERGY_FIGURES = (
+    "total_j",
+    "idle_j",
+    "dynamic_j",
+    "j_per_output_token",
+    "dynamic_j_per_output_token",
+    "output_tokens_per_j",
+    "mean_power_w",
+    "peak_power_w",
+)
+
+
 def energy_figures(
     window: Mapping[str, Any] | None,
     reason: str | None,
@@ -179,18 +192,7 @@ def energy_figures(
     mean and peak power, and the method of each. Unknown figures are ``None``
     with a ``reason``; never 0.
     """
-    keys = (
-        "total_j",
-        "idle_j",
-        "dynamic_j",
-        "j_per_output_token",
-        "dynamic_j_per_output_token",
-        "output_tokens_per_j",
-        "mean_power_w",
-        "peak_power_w",
-        "idle_power_w",
-    )
-    out: dict[str, Any] = dict.fromkeys(keys)
+    out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w"))
     out.update(
         {
             "reason": reason,

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import ResultsError
-from lem.metrics import RequestTrace, cycle_metrics, energy_figures, idle_power, request_metrics
+from lem.metrics import ENERGY_FIGURES, RequestTrace, cycle_metrics, energy_figures, idle_power, request_metrics
 from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
 
 SCHEMA_VERSION = 1
@@ -42,19 +42,7 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
         for lat in _LATENCIES
         for stat in ("mean", *(f"p{q}" for q in PERCENTILES))
     ),
-    *(
-        (f"energy.{key}", ("energy", key))
-        for key in (
-            "total_j",
-            "idle_j",
-            "dynamic_j",
-            "j_per_output_token",
-            "dynamic_j_per_output_token",
-            "output_tokens_per_j",
-            "mean_power_w",
-            "peak_power_w",
-        )
-    ),
+    *((f"energy.{key}", ("energy", key)) for key in ENERGY_FIGURES),
     ("flops.total", ("metrics", "flops", "total")),
     ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
 )
