@@ -294,3 +294,11 @@ max_batch_size = 8
 
 def test_problem_format_without_path():
     assert Problem("warning", "", "careful").format("f.toml") == "f.toml: warning: careful"
+
+
+def test_missing_prompt_file_is_caught_before_anything_runs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    [line] = problems_of(write(tmp_path, 'model = "m"\n[dataset]\nsource = "file"\npath = "nope.jsonl"\n'))
+    assert "dataset.path = 'nope.jsonl': file not found" in line
+    (tmp_path / "nope.jsonl").write_text('{"prompt": "hi"}\n')
+    assert load_one(tmp_path / "exp.toml").dataset.path == "nope.jsonl"

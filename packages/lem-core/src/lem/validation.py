@@ -7,6 +7,7 @@ go through the same hook and are reported together.
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -120,6 +121,14 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
     d, t = config.dataset, config.traffic
     if d.source == "file" and not d.path:
         yield error("dataset.path", "is required when dataset.source = 'file'", 'add path = "prompts.jsonl"')
+    elif d.source == "file" and d.path and not os.path.isfile(d.path):
+        # Checked here too, so a typo fails before a model is loaded rather than after.
+        yield error(
+            "dataset.path",
+            f"file not found (relative paths start at {os.getcwd()})",
+            "check the path",
+            d.path,
+        )
     if d.source == "huggingface" and not d.name:
         yield error("dataset.name", "is required when dataset.source = 'huggingface'", 'e.g. name = "tatsu-lab/alpaca"')
     if d.input_length_distribution == "uniform" and (d.input_length_min is None or d.input_length_max is None):
