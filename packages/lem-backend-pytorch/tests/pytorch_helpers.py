@@ -36,8 +36,12 @@ def serve(model: LoadedModel, requests: list[Request], config: Any) -> list[Toke
 def token_requests(n: int, length: int = 8, start: int = 10) -> list[Request]:
     """Requests carrying exact token ids (different per request)."""
     return [
-        Request(id=i, prompt="", input_tokens=length + i,
-                prompt_token_ids=tuple(start + (5 * i + j) % 500 for j in range(length + i)))
+        Request(
+            id=i,
+            prompt="",
+            input_tokens=length + i,
+            prompt_token_ids=tuple(start + (5 * i + j) % 500 for j in range(length + i)),
+        )
         for i in range(n)
     ]
 
@@ -48,5 +52,3 @@ def per_request(events: list[TokenEvent]) -> dict[int, list[TokenEvent]]:
     for e in events:
         out.setdefault(e.request_id, []).append(e)
     return out
-
-

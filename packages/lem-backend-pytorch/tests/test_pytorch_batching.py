@@ -42,8 +42,11 @@ def test_dynamic_respects_the_padded_token_budget() -> None:
     # rows x (longest input + max_new) <= 100 with max_new = 10.
     reqs = _requests([10, 10, 10, 40, 5])
     clock = Clock()
-    got = list(batches(reqs, BatchingConfig(batch_size=8, strategy="dynamic", max_tokens_per_batch=100), 8, 10,
-                       clock, clock.sleep))
+    got = list(
+        batches(
+            reqs, BatchingConfig(batch_size=8, strategy="dynamic", max_tokens_per_batch=100), 8, 10, clock, clock.sleep
+        )
+    )
     assert _ids(got) == [[0, 1, 2, 4], [3]]
 
 
@@ -56,8 +59,16 @@ def test_sorted_dynamic_groups_similar_lengths() -> None:
 
 def test_a_request_over_the_budget_runs_alone() -> None:
     clock = Clock()
-    got = list(batches(_requests([500, 5]), BatchingConfig(batch_size=4, strategy="dynamic", max_tokens_per_batch=64),
-                       4, 10, clock, clock.sleep))
+    got = list(
+        batches(
+            _requests([500, 5]),
+            BatchingConfig(batch_size=4, strategy="dynamic", max_tokens_per_batch=64),
+            4,
+            10,
+            clock,
+            clock.sleep,
+        )
+    )
     assert _ids(got) == [[0], [1]]
 
 
@@ -73,6 +84,7 @@ def test_dynamic_forms_batches_from_arrived_requests_only() -> None:
 def test_static_batch_waits_for_its_last_arrival() -> None:
     clock = Clock()
     reqs = _requests([5, 5, 5], [0, 2_000, 3_000])
-    got = [([r.id for r in b], clock.now) for b in batches(reqs, BatchingConfig(batch_size=2), 2, 10, clock,
-                                                              clock.sleep)]
+    got = [
+        ([r.id for r in b], clock.now) for b in batches(reqs, BatchingConfig(batch_size=2), 2, 10, clock, clock.sleep)
+    ]
     assert got == [([0, 1], 2_000), ([2], 3_000)]

@@ -49,8 +49,10 @@ def test_batch_streams_per_token_on_the_gpu() -> None:
 def test_compile_preset_compiles_in_load_model_and_reports_it() -> None:
     from lem.loading import deep_merge, presets
 
-    doc = deep_merge(presets()["pytorch-optimized"], {"model": "random:llama-3.2-1b", "generation": GEN,
-                                                      "dataset": {"input_length": 16}})
+    doc = deep_merge(
+        presets()["pytorch-optimized"],
+        {"model": "random:llama-3.2-1b", "generation": GEN, "dataset": {"input_length": 16}},
+    )
     from lem.loading import config_from_dict
 
     config = config_from_dict(doc)
@@ -65,8 +67,9 @@ def test_compile_preset_compiles_in_load_model_and_reports_it() -> None:
 
 def test_flash_attention_2_reaches_the_model_when_installed() -> None:
     pytest.importorskip("flash_attn")
-    model = load(make_config("random:tiny-llama", precision="bfloat16",
-                             pytorch={"attn_implementation": "flash_attention_2"}))
+    model = load(
+        make_config("random:tiny-llama", precision="bfloat16", pytorch={"attn_implementation": "flash_attention_2"})
+    )
     assert model.handle.model.config._attn_implementation == "flash_attention_2"
 
 
@@ -78,8 +81,12 @@ def test_bitsandbytes_4bit_when_installed(tiny_llama: Any) -> None:
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
 def test_device_map_auto_spreads_a_model_and_lists_every_gpu() -> None:
-    config = make_config("random:llama-3.1-8b", precision="bfloat16", generation=GEN,
-                         pytorch={"device_map": "auto", "max_memory": {"0": "10GiB", "1": "40GiB"}})
+    config = make_config(
+        "random:llama-3.1-8b",
+        precision="bfloat16",
+        generation=GEN,
+        pytorch={"device_map": "auto", "max_memory": {"0": "10GiB", "1": "40GiB"}},
+    )
     model = load(config)
     assert model.devices == (0, 1)
     assert len(set(model.handle.model.hf_device_map.values())) == 2

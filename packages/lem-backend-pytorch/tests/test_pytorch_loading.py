@@ -29,8 +29,12 @@ def spy_from_pretrained(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]
 
 
 def test_from_pretrained_receives_every_option(tiny_llama: Path, spy_from_pretrained: list) -> None:
-    config = make_config(str(tiny_llama), precision="bfloat16", revision="main",
-                         pytorch={"attn_implementation": "eager", "device_map": "cpu", "max_memory": {"cpu": "2GiB"}})
+    config = make_config(
+        str(tiny_llama),
+        precision="bfloat16",
+        revision="main",
+        pytorch={"attn_implementation": "eager", "device_map": "cpu", "max_memory": {"cpu": "2GiB"}},
+    )
     model = load(config)
     (kwargs,) = spy_from_pretrained
     assert kwargs["path"] == str(tiny_llama)
@@ -117,8 +121,11 @@ def test_random_model_with_device_map_is_built_and_initialised() -> None:
     params = list(model.handle.model.parameters())
     assert all(torch.isfinite(p).all() for p in params)
     assert any(p.abs().sum() > 0 for p in params)
-    events = serve(model, token_requests(1), make_config("random:tiny-llama",
-                                                           generation={"max_output_tokens": 3, "ignore_eos": True}))
+    events = serve(
+        model,
+        token_requests(1),
+        make_config("random:tiny-llama", generation={"max_output_tokens": 3, "ignore_eos": True}),
+    )
     assert sum(e.n_tokens for e in events) == 3
 
 
@@ -130,8 +137,9 @@ def test_lora_adapter_is_applied(tiny_llama: Path, tmp_path: Path, tiny_model: A
     # init_lora_weights=False: a non-zero update, so the adapter visibly changes the outputs.
     lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     lora.save_pretrained(tmp_path / "adapter")
-    config = make_config(str(tiny_llama), adapter=str(tmp_path / "adapter"),
-                         generation={"max_output_tokens": 8, "ignore_eos": True})
+    config = make_config(
+        str(tiny_llama), adapter=str(tmp_path / "adapter"), generation={"max_output_tokens": 8, "ignore_eos": True}
+    )
     model = load(config)
     assert isinstance(model.handle.model, PeftModel)
     assert model.info["adapter"] == str(tmp_path / "adapter")

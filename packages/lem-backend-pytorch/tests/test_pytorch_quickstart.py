@@ -15,8 +15,7 @@ QUICKSTART = Path(__file__).resolve().parents[3] / "examples" / "quickstart.toml
 
 @pytest.mark.skipif(not QUICKSTART.exists(), reason="run from the lem repository")
 def test_quickstart_runs_end_to_end(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1",
-           "LEM_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "lem-cache")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LEM_CACHE_DIR": str(tmp_path_factory.getbasetemp() / "lem-cache")}
     lem = [sys.executable, "-m", "lem", "run", str(QUICKSTART), "--in-process", "--quiet", "--out", str(tmp_path)]
     done = subprocess.run(lem, env=env, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -21,17 +21,27 @@ def _pt(problems: list, path: str) -> list:
 
 
 def test_unknown_key_gets_did_you_mean() -> None:
-    found = _pt(_problems({"model": "random:tiny-llama", "pytorch": {"attn_implemntation": "sdpa"}}),
-                "pytorch.attn_implemntation")
+    found = _pt(
+        _problems({"model": "random:tiny-llama", "pytorch": {"attn_implemntation": "sdpa"}}),
+        "pytorch.attn_implemntation",
+    )
     assert found and found[0].severity == "error"
     assert "attn_implementation" in found[0].hint
 
 
 @pytest.mark.parametrize(
     ("key", "value"),
-    [("torch_compile", "fast"), ("torch_compile", True), ("use_cache", "yes"), ("attn_implementation", "flash"),
-     ("device", "tpu"), ("device_map", "autp"), ("max_memory", {"0": 3.5}), ("assistant_model", 3),
-     ("low_cpu_mem_usage", 1)],
+    [
+        ("torch_compile", "fast"),
+        ("torch_compile", True),
+        ("use_cache", "yes"),
+        ("attn_implementation", "flash"),
+        ("device", "tpu"),
+        ("device_map", "autp"),
+        ("max_memory", {"0": 3.5}),
+        ("assistant_model", 3),
+        ("low_cpu_mem_usage", 1),
+    ],
 )
 def test_wrong_types_and_values_are_errors(key: str, value: object) -> None:
     found = _pt(_problems({"model": "random:tiny-llama", "pytorch": {key: value}}), f"pytorch.{key}")
@@ -52,8 +62,10 @@ def test_other_backend_is_not_checked() -> None:
 
 @pytest.mark.skipif(importlib.util.find_spec("flash_attn") is not None, reason="flash-attn is installed here")
 def test_flash_attention_without_package_is_an_error() -> None:
-    found = _pt(_problems({"model": "random:tiny-llama", "pytorch": {"attn_implementation": "flash_attention_2"}}),
-                "pytorch.attn_implementation")
+    found = _pt(
+        _problems({"model": "random:tiny-llama", "pytorch": {"attn_implementation": "flash_attention_2"}}),
+        "pytorch.attn_implementation",
+    )
     assert found[0].severity == "error" and "flash_attn" in found[0].message
 
 
@@ -74,8 +86,11 @@ def test_beams_warn_that_latency_is_not_per_token() -> None:
 
 
 def test_assistant_needs_batch_size_one_and_no_static_cache() -> None:
-    doc = {"model": "random:tiny-llama", "batching": {"batch_size": 4},
-           "pytorch": {"assistant_model": "random:tiny-llama", "cache_implementation": "static"}}
+    doc = {
+        "model": "random:tiny-llama",
+        "batching": {"batch_size": 4},
+        "pytorch": {"assistant_model": "random:tiny-llama", "cache_implementation": "static"},
+    }
     messages = [p.message for p in _pt(_problems(doc), "pytorch.assistant_model")]
     assert any("batch size 1" in m for m in messages) and any("static" in m for m in messages)
 

@@ -77,7 +77,7 @@ def batches(
                 _wait_until(max(arrivals), clock, sleep)
             yield fixed
         return
-    pending = sorted(requests, key=lambda r: (r.arrival_ns or 0))
+    pending = sorted(requests, key=lambda r: r.arrival_ns or 0)
     while pending:
         now = clock()
         ready = [r for r in pending if arrived(r, now)]

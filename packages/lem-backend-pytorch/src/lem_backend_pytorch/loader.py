@@ -39,8 +39,6 @@ class TorchModel:
     device: Any
     options: PytorchOptions
     assistant: Any = None
-    #: the :class:`~lem_backend_pytorch.streaming.GenerateThread`, started on first use.
-    thread: Any = None
 
 
 def _version(dist: str) -> str | None:
@@ -135,8 +133,11 @@ def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
     hf_config = AutoConfig.from_pretrained(
         path, revision=kwargs.get("revision"), trust_remote_code=config.trust_remote_code
     )
-    build = {"dtype": kwargs["dtype"], "attn_implementation": kwargs["attn_implementation"],
-             "trust_remote_code": config.trust_remote_code}
+    build = {
+        "dtype": kwargs["dtype"],
+        "attn_implementation": kwargs["attn_implementation"],
+        "trust_remote_code": config.trust_remote_code,
+    }
     device_map = kwargs["device_map"]
     if isinstance(device_map, str) and device_map not in PLANNED_MAPS:
         # Built directly on the target device in the target dtype: no CPU copy, no cast.
@@ -155,7 +156,7 @@ def _load_weights(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
         hf_config = AutoConfig.from_pretrained(
             path, revision=config.revision, trust_remote_code=config.trust_remote_code
         )
-        found = (getattr(hf_config, "quantization_config", None) or {})
+        found = getattr(hf_config, "quantization_config", None) or {}
         found_method = found.get("quant_method") if isinstance(found, dict) else getattr(found, "quant_method", None)
         if str(found_method) not in PRE_QUANTIZED[method]:
             raise BackendError(
@@ -232,9 +233,6 @@ def _closer(handle: TorchModel) -> Callable[[], None]:
     def close() -> None:
         import torch
 
-        if handle.thread is not None:
-            handle.thread.stop()
-            handle.thread = None
         handle.model = None
         handle.assistant = None
         gc.collect()
@@ -309,4 +307,3 @@ def _config_dict(model: Any) -> dict[str, Any]:
     inner = base() if callable(base) else model
     d: dict[str, Any] = inner.config.to_dict()
     return d
-

@@ -72,33 +72,65 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
     if o.attn_implementation.startswith("flash_attention"):
         package = "flash_attn" if o.attn_implementation == "flash_attention_2" else "flash_attn_interface"
         if not _installed(package):
-            yield error("pytorch.attn_implementation", f"needs the {package} package, which is not installed",
-                        "pip install flash-attn, or use attn_implementation = 'sdpa'", o.attn_implementation)
+            yield error(
+                "pytorch.attn_implementation",
+                f"needs the {package} package, which is not installed",
+                "pip install flash-attn, or use attn_implementation = 'sdpa'",
+                o.attn_implementation,
+            )
         elif _on_cpu(o):
-            yield error("pytorch.attn_implementation", "FlashAttention runs on NVIDIA GPUs only, this runs on the CPU",
-                        "use attn_implementation = 'sdpa'", o.attn_implementation)
+            yield error(
+                "pytorch.attn_implementation",
+                "FlashAttention runs on NVIDIA GPUs only, this runs on the CPU",
+                "use attn_implementation = 'sdpa'",
+                o.attn_implementation,
+            )
     if q.method in ("bnb-4bit", "bnb-8bit") and not _installed("bitsandbytes"):
-        yield error("quantization.method", "needs the bitsandbytes package, which is not installed",
-                    "pip install bitsandbytes", q.method)
+        yield error(
+            "quantization.method",
+            "needs the bitsandbytes package, which is not installed",
+            "pip install bitsandbytes",
+            q.method,
+        )
     if q.method != "none" and random_weights:
-        yield error("quantization.method", "random-weight models are built unquantized",
-                    "set quantization.method = 'none', or load a real checkpoint", q.method)
+        yield error(
+            "quantization.method",
+            "random-weight models are built unquantized",
+            "set quantization.method = 'none', or load a real checkpoint",
+            q.method,
+        )
     if g.num_beams > 1:
-        yield warning("generation.num_beams", "beam search cannot stream in transformers: each request gets one "
-                      "event with all its tokens when its batch ends, so TTFT and ITL are not per-token",
-                      "use num_beams = 1 for latency measurements", g.num_beams)
+        yield warning(
+            "generation.num_beams",
+            "beam search cannot stream in transformers: each request gets one "
+            "event with all its tokens when its batch ends, so TTFT and ITL are not per-token",
+            "use num_beams = 1 for latency measurements",
+            g.num_beams,
+        )
     if o.assistant_model:
         from lem_backend_pytorch.streaming import batch_size_for
 
         if batch_size_for(config) > 1:
-            yield error("pytorch.assistant_model", "assisted generation runs at batch size 1 only in transformers",
-                        "set batching.batch_size = 1 (and traffic.concurrency = 1)", o.assistant_model)
+            yield error(
+                "pytorch.assistant_model",
+                "assisted generation runs at batch size 1 only in transformers",
+                "set batching.batch_size = 1 (and traffic.concurrency = 1)",
+                o.assistant_model,
+            )
         if g.num_beams > 1:
-            yield error("pytorch.assistant_model", "assisted generation does not combine with beam search",
-                        "set generation.num_beams = 1", o.assistant_model)
+            yield error(
+                "pytorch.assistant_model",
+                "assisted generation does not combine with beam search",
+                "set generation.num_beams = 1",
+                o.assistant_model,
+            )
         if o.torch_compile or o.cache_implementation in ("static", "offloaded_static"):
-            yield error("pytorch.assistant_model", "assisted generation does not support a static KV cache",
-                        "set pytorch.torch_compile = false and leave cache_implementation unset", o.assistant_model)
+            yield error(
+                "pytorch.assistant_model",
+                "assisted generation does not support a static KV cache",
+                "set pytorch.torch_compile = false and leave cache_implementation unset",
+                o.assistant_model,
+            )
     if o.torch_compile:
         yield from _compile(config, o)
     if o.max_memory is not None and o.device_map is None:
@@ -109,26 +141,44 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
         if transformers_major() >= 5:
             yield warning("pytorch.low_cpu_mem_usage", "transformers >= 5 always loads with low memory; it is ignored")
     if config.sharding.tensor_parallel_size > 1 or config.sharding.pipeline_parallel_size > 1:
-        yield error("sharding", "the pytorch backend spreads a model over GPUs with accelerate, not tensor or "
-                    "pipeline parallelism", 'set [pytorch] device_map = "auto" and leave [sharding] at 1')
+        yield error(
+            "sharding",
+            "the pytorch backend spreads a model over GPUs with accelerate, not tensor or pipeline parallelism",
+            'set [pytorch] device_map = "auto" and leave [sharding] at 1',
+        )
     t = config.traffic
     if t.mode == "concurrency" and t.concurrency and config.batching.batch_size not in (1, t.concurrency):
-        yield warning("batching.batch_size", f"under closed-loop traffic batches hold traffic.concurrency "
-                      f"({t.concurrency}) requests; batching.batch_size is ignored", value=config.batching.batch_size)
+        yield warning(
+            "batching.batch_size",
+            f"under closed-loop traffic batches hold traffic.concurrency "
+            f"({t.concurrency}) requests; batching.batch_size is ignored",
+            value=config.batching.batch_size,
+        )
 
 
 def _compile(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[Problem]:
     if not o.use_cache or o.cache_implementation not in (None, "static", "offloaded_static"):
-        yield error("pytorch.torch_compile", "transformers compiles the decode step only over a static KV cache",
-                    "leave cache_implementation unset (or 'static') and use_cache = true", o.torch_compile)
+        yield error(
+            "pytorch.torch_compile",
+            "transformers compiles the decode step only over a static KV cache",
+            "leave cache_implementation unset (or 'static') and use_cache = true",
+            o.torch_compile,
+        )
     if _on_cpu(o):
-        yield warning("pytorch.torch_compile", "transformers compiles generate only on GPUs; on the CPU it has "
-                      "no effect", "set torch_compile = false on the CPU", o.torch_compile)
+        yield warning(
+            "pytorch.torch_compile",
+            "transformers compiles generate only on GPUs; on the CPU it has no effect",
+            "set torch_compile = false on the CPU",
+            o.torch_compile,
+        )
     if config.batching.strategy in ("dynamic", "sorted_dynamic"):
-        yield warning("batching.strategy", "with torch_compile every new batch size or length recompiles; "
-                      "the compile in load_model covers batching.batch_size only",
-                      "use 'static' or 'sorted_static' with a num_prompts that batch_size divides",
-                      config.batching.strategy)
+        yield warning(
+            "batching.strategy",
+            "with torch_compile every new batch size or length recompiles; "
+            "the compile in load_model covers batching.batch_size only",
+            "use 'static' or 'sorted_static' with a num_prompts that batch_size divides",
+            config.batching.strategy,
+        )
 
 
 @hookimpl

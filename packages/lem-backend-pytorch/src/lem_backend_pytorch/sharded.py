@@ -24,8 +24,13 @@ def plan(model: Any, device_map: str | Mapping[str, Any], max_memory: Mapping[An
     no_split = list(getattr(model, "_no_split_modules", None) or [])
     memory = dict(max_memory) if max_memory else None
     if device_map in ("auto", "balanced", "balanced_low_0"):
-        memory = get_balanced_memory(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype,
-                                     low_zero=device_map == "balanced_low_0")
+        memory = get_balanced_memory(
+            model,
+            max_memory=memory,
+            no_split_module_classes=no_split,
+            dtype=dtype,
+            low_zero=device_map == "balanced_low_0",
+        )
     elif device_map != "sequential":
         return {"": device_map}
     return dict(infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split, dtype=dtype))

@@ -1,16 +1,20 @@
-"""``generate_stream``: batches through ``model.generate`` on a worker thread, one TokenEvent per sequence per step.
+"""``generate_stream``: batches through ``model.generate``, one TokenEvent per sequence per step.
 
-``generate`` runs on the model's long-lived :class:`GenerateThread`, batch after
-batch; messages reach the caller's iterator through a queue as they happen.
+``generate`` runs on the calling thread, batch after batch. Each decode step is
+timestamped the moment transformers hands it over, and the batch's events are
+handed to the caller when the batch ends. The timings are the same as if the
+events were delivered live, and the decode loop never shares the interpreter
+with a consumer thread: a version with a generate thread and a queue measured
+a few percent below a bare ``generate`` on an H100, and a fresh thread per call
+ran ~3x slower.
 
 A :class:`StepStreamer` (a transformers ``BaseStreamer``) is handed to
 ``generate``; transformers calls its ``put()`` first with the prompt ids, then
 once per decode step with the new token of every row (shape ``(batch,)``; an
 assisted step may add several tokens per row, shape ``(batch, n)``). ``put()``
-only takes ``time.monotonic_ns()`` and queues the tensor, so the timestamp is
-when the token reached the host and the decode loop is not slowed. The
-consumer side (the iterator returned to the runner) turns each step into
-events, counting tokens exactly: a row's tokens stop at its first EOS (counted)
+only takes ``time.monotonic_ns()`` and keeps the (host) tensor, so the timestamp
+is when the token reached the host and the decode loop is not slowed. After the
+batch, each step is turned into events, counting tokens exactly: a row's tokens stop at its first EOS (counted)
 unless ``ignore_eos``, and the pads transformers writes into finished rows are
 never counted.
 
@@ -21,8 +25,6 @@ each request then gets one event with all its tokens when its batch ends, and
 
 from __future__ import annotations
 
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -37,23 +39,16 @@ from lem_backend_pytorch.decoding import build_generation_config
 from lem_backend_pytorch.loader import TorchModel
 
 
-class _Cancelled(Exception):
-    """Raised inside ``generate`` (from ``put``) when the consumer stopped reading."""
-
-
 class StepStreamer(BaseStreamer):  # type: ignore[misc]
-    """Timestamps every decode step and hands it to a queue; skips the prompt ids."""
+    """Timestamps every decode step and hands it to ``sink``; skips the prompt ids."""
 
-    def __init__(self, sink: Callable[[tuple[str, int, Any]], None], cancel: threading.Event) -> None:
+    def __init__(self, sink: Callable[[tuple[str, int, Any]], None]) -> None:
         self.sink = sink
-        self.cancel = cancel
         self.prompt_seen = False
 
     def put(self, value: Any) -> None:
         """Called by ``generate``: first the prompt ids, then the new token(s) of each row."""
         t = time.monotonic_ns()
-        if self.cancel.is_set():
-            raise _Cancelled
         if not self.prompt_seen:
             self.prompt_seen = True
             return
@@ -98,7 +93,6 @@ def _run(
     params: GenerationConfig,
     config: ExperimentConfig,
     sink: Callable[[Message], None],
-    cancel: threading.Event,
 ) -> Iterator[None]:
     """Serve the batches one by one, reporting ``(kind, t_ns, payload)`` messages to ``sink``; yields after each."""
     generation_config = build_generation_config(params, handle.eos_token_ids, handle.pad_token_id, handle.options)
@@ -106,8 +100,6 @@ def _run(
     extra = {"assistant_model": handle.assistant} if handle.assistant is not None else {}
     streaming = params.num_beams == 1
     for batch in batches(requests, config.batching, batch_size_for(config), params.max_output_tokens):
-        if cancel.is_set():
-            return
         sink(("batch", time.monotonic_ns(), batch))
         rows = [_token_ids(handle, r) for r in batch]
         input_ids, attention_mask = left_padded(rows, handle.pad_token_id, handle.device)
@@ -116,31 +108,12 @@ def _run(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=generation_config,
-                streamer=StepStreamer(sink, cancel) if streaming else None,
+                streamer=StepStreamer(sink) if streaming else None,
                 **extra,
             )
         final = None if streaming else result[:, input_ids.shape[1] :].cpu()
         sink(("done", time.monotonic_ns(), final))
         yield
-
-
-def _worker(
-    handle: TorchModel,
-    requests: Sequence[Request],
-    params: GenerationConfig,
-    config: ExperimentConfig,
-    out: queue.SimpleQueue[Message],
-    cancel: threading.Event,
-) -> None:
-    try:
-        for _ in _run(handle, requests, params, config, out.put, cancel):
-            pass
-    except _Cancelled:
-        pass
-    except BaseException as exc:  # handed to the consumer, which re-raises it in the caller's thread
-        out.put(("error", 0, exc))
-    finally:
-        out.put(("end", 0, None))
 
 
 class _Rows:
@@ -187,43 +160,17 @@ class _Rows:
                 yield TokenEvent(self.ids[i], t_ns, 0, True)
 
 
-class GenerateThread:
-    """One long-lived thread per model that runs ``generate`` jobs, one at a time.
-
-    Long-lived on purpose: ``generate`` launched from a *fresh* thread ran ~3x slower
-    on an H100 (8B, batch 1, torch 2.11: 10 vs 27-40 tok/s), from a reused thread as
-    fast as from the main thread. It also keeps torch.compile's CUDA graphs, captured
-    during the warm-up in ``load_model``, in the thread that replays them.
-    """
-
-    def __init__(self) -> None:
-        self.jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._loop, name="lem-pytorch-generate", daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        while (job := self.jobs.get()) is not None:
-            job()
-
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` after the jobs already submitted."""
-        self.jobs.put(job)
-
-    def stop(self) -> None:
-        """Let the thread end after its current job."""
-        self.jobs.put(None)
-
-
-def stream(model: LoadedModel, requests: Sequence[Request], params: GenerationConfig,
-           config: ExperimentConfig) -> Iterator[TokenEvent]:
-    """Start serving ``requests`` on the model's generate thread; return the iterator of their events."""
+def stream(
+    model: LoadedModel, requests: Sequence[Request], params: GenerationConfig, config: ExperimentConfig
+) -> Iterator[TokenEvent]:
+    """Serve ``requests`` batch by batch on this thread; yield each batch's events when it ends."""
     handle: TorchModel = model.handle
-    if handle.thread is None:
-        handle.thread = GenerateThread()
-    out: queue.SimpleQueue[Message] = queue.SimpleQueue()
-    cancel = threading.Event()
-    handle.thread.submit(lambda: _worker(handle, requests, params, config, out, cancel))
-    return _queued_events(out, cancel, _Converter(params, handle.eos_token_ids))
+    convert = _Converter(params, handle.eos_token_ids)
+    messages: list[Message] = []
+    for _ in _run(handle, requests, params, config, messages.append):
+        done, messages[:] = list(messages), []
+        for message in done:
+            yield from convert(message)
 
 
 class _Converter:
@@ -246,26 +193,6 @@ class _Converter:
             yield from self.rows.finish(payload, t_ns)
 
 
-def _queued_events(out: queue.SimpleQueue[Message], cancel: threading.Event, convert: _Converter
-                   ) -> Iterator[TokenEvent]:
-    ended = False
-    try:
-        while True:
-            message = out.get()
-            if message[0] == "end":
-                ended = True
-                return
-            if message[0] == "error":
-                raise message[2]
-            yield from convert(message)
-    finally:
-        # Stopped early (or failed): stop generate at its next step and wait for the job to
-        # end, so that the next call never overlaps this one on the device.
-        cancel.set()
-        while not ended:
-            ended = out.get()[0] == "end"
-
-
 def compile_warmup(model: LoadedModel, config: ExperimentConfig) -> float:
     """Run the compiled shapes twice (compile, then CUDA-graph capture) before any measurement; seconds taken."""
     import attrs
@@ -275,13 +202,20 @@ def compile_warmup(model: LoadedModel, config: ExperimentConfig) -> float:
     vocab = int(model.model_config.get("vocab_size") or 1000)
     size = batch_size_for(config)
     requests = [
-        Request(id=i, prompt="", input_tokens=length, prompt_token_ids=tuple((7 * i + j) % (vocab - 10) + 10
-                                                                             for j in range(length)))
+        Request(
+            id=i,
+            prompt="",
+            input_tokens=length,
+            prompt_token_ids=tuple((7 * i + j) % (vocab - 10) + 10 for j in range(length)),
+        )
         for i in range(size)
     ]
     params = attrs.evolve(config.generation, ignore_eos=True)
-    warm = attrs.evolve(config, traffic=attrs.evolve(config.traffic, mode="offline"),
-                        batching=attrs.evolve(config.batching, strategy="static", batch_size=size))
+    warm = attrs.evolve(
+        config,
+        traffic=attrs.evolve(config.traffic, mode="offline"),
+        batching=attrs.evolve(config.batching, strategy="static", batch_size=size),
+    )
     start = time.perf_counter()
     for _ in range(2):
         for _event in stream(model, requests, params, warm):

@@ -46,10 +46,12 @@ def generate_stream(
 ) -> Iterator[TokenEvent] | None:
     """Serve ``requests`` on ``model`` if it is yours, streaming token events.
 
-    Yield one :class:`~lem.types.TokenEvent` per request per decode step as the
-    tokens become available (also in batches), the last one with
-    ``finished=True``. Honour each request's ``arrival_ns``: never start a
-    request before it arrives. Under closed-loop traffic
+    Yield one :class:`~lem.types.TokenEvent` per request per decode step (also
+    in batches), the last one with ``finished=True``. Each event's ``t_ns`` is
+    the instant its tokens became available; events may reach the caller later
+    than that (a backend may hand over a batch's events when the batch ends),
+    since metrics come from the timestamps, not from when events arrive.
+    Honour each request's ``arrival_ns``: never start a request before it arrives. Under closed-loop traffic
     (``config.traffic.mode == "concurrency"``) keep ``config.traffic.concurrency``
     requests in flight and emit a zero-token event when you submit each one.
 
