@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import lem.testing.scripted as scripted
@@ -57,10 +58,13 @@ def test_crashes_are_recorded_and_the_next_experiment_runs(tmp_path: Path) -> No
 
 def test_a_hung_worker_is_killed_and_reported(tmp_path: Path) -> None:
     exp = _exp("hangs", fail="hang", fail_at="load")
+    # measurement.stall_timeout_s is what the worker's watchdog uses.
+    exp = attrs.evolve(exp, config=attrs.evolve(exp.config, measurement=attrs.evolve(
+        exp.config.measurement, stall_timeout_s=1.5)))  # fmt: skip
     (tmp_path / "hangs").mkdir()
     start = time.monotonic()
-    outcome = run_in_worker(exp, tmp_path / "hangs", "run", quiet=True, timeout_s=1.5)
-    assert not outcome.ok and "hung" in (outcome.reason or "")
+    outcome = run_in_worker(exp, tmp_path / "hangs", "run", quiet=True)
+    assert not outcome.ok and "no progress for 1.5 s (measurement.stall_timeout_s)" in (outcome.reason or "")
     assert time.monotonic() - start < 30
 
 

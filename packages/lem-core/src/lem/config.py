@@ -139,6 +139,8 @@ class MeasurementConfig:
     thermal_floor_c: float | None = None
     #: CUDA device ordinals to meter; default: the ones the model occupies.
     devices: tuple[int, ...] | None = None
+    #: A worker that shows no progress for this many seconds is declared hung and killed.
+    stall_timeout_s: float = 1800.0
 
 
 @attrs.frozen

@@ -46,6 +46,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.idle_seconds", lambda v: v >= 0, "must be >= 0 (0 skips the idle baseline)"),
     ("measurement.sampling_interval_ms", lambda v: v > 0, "must be > 0"),
     ("measurement.cooldown_seconds", lambda v: v >= 0, "must be >= 0"),
+    ("measurement.stall_timeout_s", lambda v: v > 0, "must be > 0 seconds"),
     ("sharding.tensor_parallel_size", lambda v: v >= 1, "must be >= 1"),
     ("sharding.pipeline_parallel_size", lambda v: v >= 1, "must be >= 1"),
 ]

@@ -29,9 +29,6 @@ import attrs
 
 from lem.loading import Experiment
 
-#: Seconds without a heartbeat after which a worker is declared hung (``LEM_STALL_TIMEOUT_S`` overrides).
-DEFAULT_STALL_TIMEOUT_S = 1800.0
-
 
 @attrs.frozen
 class Outcome:
@@ -41,11 +38,6 @@ class Outcome:
     reason: str | None = None
     detail: str | None = None
     exit_code: int | None = None
-
-
-def stall_timeout() -> float:
-    """The hang timeout: ``LEM_STALL_TIMEOUT_S`` or :data:`DEFAULT_STALL_TIMEOUT_S`."""
-    return float(os.environ.get("LEM_STALL_TIMEOUT_S", DEFAULT_STALL_TIMEOUT_S))
 
 
 def carried_plugins() -> list[tuple[str, str | None, Any]]:
@@ -178,7 +170,7 @@ def run_in_worker(
     proc.stdin.write(job)
     proc.stdin.flush()
     reports = os.fdopen(rfd, "r", encoding="utf-8")
-    limit = stall_timeout() if timeout_s is None else timeout_s
+    limit = exp.config.measurement.stall_timeout_s if timeout_s is None else timeout_s
     last = time.monotonic()
     result: list[Any] | None = None
     hung = False
@@ -204,7 +196,9 @@ def run_in_worker(
         reports.close()
     if hung:
         return Outcome(
-            False, f"worker hung: no progress for {limit:g} s (LEM_STALL_TIMEOUT_S); killed", exit_code=proc.returncode
+            False,
+            f"worker hung: no progress for {limit:g} s (measurement.stall_timeout_s); killed",
+            exit_code=proc.returncode,
         )
     if result is None:
         return Outcome(False, _death(proc.returncode), exit_code=proc.returncode)
