@@ -1,4 +1,4 @@
-"""GPU tests of the PyTorch backend (marked ``gpu``: skipped in CI, run by the lead on a GPU machine)."""
+"""GPU tests of the PyTorch backend (marked ``gpu``: skipped in CI; run them with `nox -s gpu` on an NVIDIA machine)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""On a CUDA machine: bf16 streaming with random weights, devices reported (run by the lead with -m gpu)."""
+"""On a CUDA machine: bf16 streaming with random weights, devices reported.
+
+Run with `pytest -m gpu` where vLLM and CUDA are installed.
+"""
 
 from __future__ import annotations
 
