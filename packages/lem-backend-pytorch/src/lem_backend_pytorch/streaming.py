@@ -38,11 +38,14 @@ from lem_backend_pytorch.batching import batches
 from lem_backend_pytorch.decoding import build_generation_config
 from lem_backend_pytorch.loader import TorchModel
 
+#: ``(kind, t_ns, payload)``: "batch" (submitted), "step" (one decode step) or "done".
+Message = tuple[str, int, Any]
+
 
 class StepStreamer(BaseStreamer):  # type: ignore[misc]
     """Timestamps every decode step and hands it to ``sink``; skips the prompt ids."""
 
-    def __init__(self, sink: Callable[[tuple[str, int, Any]], None]) -> None:
+    def __init__(self, sink: Callable[[Message], None]) -> None:
         self.sink = sink
         self.prompt_seen = False
 
@@ -55,7 +58,7 @@ class StepStreamer(BaseStreamer):  # type: ignore[misc]
         self.sink(("step", t, value))
 
     def end(self) -> None:
-        """Called by ``generate`` when it is done; the worker reports the end itself."""
+        """Called by ``generate`` when it is done; :func:`_run` reports the end of the batch itself."""
 
 
 def batch_size_for(config: ExperimentConfig) -> int:
@@ -82,9 +85,6 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tupl
             ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
             mask[i, width - len(r) :] = 1
     return ids.to(device), mask.to(device)
-
-
-Message = tuple[str, int, Any]
 
 
 def _run(
@@ -168,9 +168,9 @@ def stream(
     convert = _Converter(params, handle.eos_token_ids)
     messages: list[Message] = []
     for _ in _run(handle, requests, params, config, messages.append):
-        done, messages[:] = list(messages), []
-        for message in done:
+        for message in messages:
             yield from convert(message)
+        messages.clear()
 
 
 class _Converter:
