@@ -11,9 +11,9 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
+from lem.campaign import run_campaign
 from lem.errors import MeterUnavailable, ResultsError
 from lem.loading import LoadedFile
-from lem.runner import run_campaign
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 

@@ -16,8 +16,8 @@ import attrs
 import pytest
 
 import lem.testing.scripted as scripted
+from lem.campaign import run_campaign
 from lem.loading import LoadedFile
-from lem.runner import run_campaign
 from lem.testing import registered
 from lem.worker import run_in_worker
 
@@ -72,7 +72,7 @@ SLOW_RUN = """
 import sys
 import lem.testing.scripted as scripted
 from lem.loading import LoadedFile
-from lem.runner import run_campaign
+from lem.campaign import run_campaign
 from lem.testing import registered
 
 tables = {

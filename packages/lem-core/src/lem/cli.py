@@ -131,7 +131,7 @@ def run(
     as_json: bool,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
-    from lem.runner import run_campaign
+    from lem.campaign import run_campaign
 
     interpreters = _interpreters(pythons, in_process)
     loaded = _load(file, preset, overrides, model, backend, external_backends=interpreters)

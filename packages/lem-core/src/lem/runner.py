@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,11 +93,10 @@ def serve(model: LoadedModel, requests: Sequence[Request], config: ExperimentCon
     )
     if stream is None:
         raise BackendError(f"no installed backend serves models loaded by '{model.backend}'")
-    events: Any = stream
-    return collect(requests, _checked(events), on_finished=progress.advance)
+    return collect(requests, _checked(stream), on_finished=progress.advance)
 
 
-def _checked(stream: Any) -> Any:
+def _checked(stream: Iterable[Any]) -> Iterator[TokenEvent]:
     for ev in stream:
         if not isinstance(ev, TokenEvent):
             raise BackendError(f"backend yielded {type(ev).__name__}, expected lem.types.TokenEvent")
@@ -333,10 +332,3 @@ def _cycle(
     jpt = energy["j_per_output_token"]
     progress.end(f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else ""))
     return raw
-
-
-def run_campaign(loaded: Any, out_dir: str | Path = "results", **kwargs: Any) -> bool:
-    """Run every experiment of a loaded file; ``True`` if all succeeded (see :func:`lem.campaign.run_campaign`)."""
-    from lem.campaign import run_campaign as run
-
-    return run(loaded, out_dir=out_dir, **kwargs)
