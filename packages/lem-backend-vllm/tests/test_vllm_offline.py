@@ -6,6 +6,7 @@ last-token timestamps (RequestOutput.metrics), and the model's info says so.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,18 +17,27 @@ from lem.types import LoadedModel, Request
 from lem_backend_vllm import plugin
 
 
-@pytest.fixture(scope="module")
-def offline(tiny_llama: Path, make_config: Any) -> Iterator[tuple[LoadedModel, Any]]:
+@contextlib.contextmanager
+def in_process_engine(config: Any) -> Iterator[LoadedModel]:
+    """Load ``config``'s model with vLLM's engine in this process (starts in seconds); close it afterwards."""
     mp = pytest.MonkeyPatch()
     mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    config = make_config(str(tiny_llama), vllm={"mode": "offline"})
-    loaded = plugin.load_model(backend="vllm", config=config)
-    assert loaded is not None
     try:
-        yield loaded, config
+        loaded = plugin.load_model(backend="vllm", config=config)
+        assert loaded is not None
+        try:
+            yield loaded
+        finally:
+            loaded.close()
     finally:
-        loaded.close()
         mp.undo()
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_llama: Path, make_config: Any) -> Iterator[tuple[LoadedModel, Any]]:
+    config = make_config(str(tiny_llama), vllm={"mode": "offline"})
+    with in_process_engine(config) as loaded:
+        yield loaded, config
 
 
 def _requests(n: int) -> list[Request]:
@@ -71,36 +81,22 @@ def test_offline_beam_search(offline: tuple[LoadedModel, Any], make_config: Any,
 
 
 def test_random_builtin_model_runs_with_dummy_weights(make_config: Any) -> None:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     config = make_config("random:tiny-llama", vllm={"mode": "offline"})
-    model = plugin.load_model(backend="vllm", config=config)
-    assert model is not None
-    try:
+    with in_process_engine(config) as model:
         assert model.info["random_weights"] is True
         assert model.handle.engine.llm_engine.vllm_config.load_config.load_format == "dummy"
         stream = plugin.generate_stream(model=model, requests=_requests(1), params=config.generation, config=config)
         assert stream is not None
         assert sum(e.n_tokens for e in stream) == 8
-    finally:
-        model.close()
-        mp.undo()
 
 
 def test_speculative_ngram_reaches_the_running_engine(tiny_llama: Path, make_config: Any) -> None:
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     spec = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3, "prompt_lookup_min": 1}
     config = make_config(str(tiny_llama), vllm={"mode": "offline", "speculative": spec})
-    model = plugin.load_model(backend="vllm", config=config)
-    assert model is not None
-    try:
+    with in_process_engine(config) as model:
         running = model.handle.engine.llm_engine.vllm_config.speculative_config
         assert (running.method, running.num_speculative_tokens) == ("ngram", 2)
         assert (running.prompt_lookup_max, running.prompt_lookup_min) == (3, 1)
         stream = plugin.generate_stream(model=model, requests=_requests(1), params=config.generation, config=config)
         assert stream is not None
         assert sum(e.n_tokens for e in stream) == 8
-    finally:
-        model.close()
-        mp.undo()
