@@ -1,19 +1,28 @@
 """lem's PyTorch backend against a plain ``model.generate`` loop: how much does lem cost?
 
 The same workload (``--input`` tokens in, ``--output`` tokens out, fixed length,
-greedy) goes through lem's ``generate_stream`` hook (worker thread, per-step
-streamer, token events) and through a bare ``model.generate`` call on the very
-same model object, alternating, ``--repeats`` times each, after one warm-up of
-each (order alternating). It prints the median throughput of both, the median
-of the per-pair ratios and their range, per batch size.
-Goal on a GPU: lem within 2% of the plain loop (ratio >= 0.98).
+greedy) goes through lem's ``generate_stream`` hook (per-step streamer, token
+events) and through a bare ``model.generate`` call on the very same model
+object, ``--repeats`` times each after ``--warmup`` untimed runs, in a rotating
+order. A third side, the plain loop again, is an A/A control: its ratio to the
+plain loop is what this machine's noise alone produces. Per batch size it prints
+the median throughputs and, for lem / plain and for the control, the geometric
+mean of the per-repeat ratios with its Student-t 95% confidence interval.
+Goal on a GPU: lem within 2% of the plain loop, i.e. the CI of the ratio above
+0.98; the verdict column says whether the run shows that, shows the opposite,
+or is too noisy to tell.
+
+``--compile reduce-overhead`` compiles the decode step on both sides (static
+cache, transformers' ``compile_config``): decoding is then GPU-bound instead
+of launch-bound, steps are short and lem's per-step work weighs most.
 
 ``--preset pytorch-optimized`` adds a second comparison at batch size 1: lem
 with that preset (torch.compile over a static cache, compiled in load_model)
 against plain eager ``generate``.
 
     python benchmarks/pytorch_overhead.py                           # random Llama-3.1-8B, bf16, GPU
-    python benchmarks/pytorch_overhead.py --preset pytorch-optimized
+    python benchmarks/pytorch_overhead.py --compile reduce-overhead
+    python benchmarks/pytorch_overhead.py --preset pytorch-optimized --batch-sizes 1
     python benchmarks/pytorch_overhead.py --model random:tiny-llama --device cpu   # checks it works here
 """
 
@@ -21,10 +30,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -32,7 +43,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
 def make_config(args: argparse.Namespace, batch_size: int, preset: str | None = None) -> Any:
-    """The benchmark's experiment config, optionally on top of a preset."""
+    """The benchmark's experiment config (``--compile`` included), optionally on top of a preset."""
     from lem.loading import config_from_dict, deep_merge, presets
 
     doc: dict[str, Any] = {
@@ -42,7 +53,7 @@ def make_config(args: argparse.Namespace, batch_size: int, preset: str | None = 
         "generation": {"max_output_tokens": args.output, "ignore_eos": True, "do_sample": False},
         "batching": {"batch_size": batch_size, "strategy": "static"},
         "dataset": {"input_length": args.input, "num_prompts": batch_size},
-        "pytorch": {"device": args.device},
+        "pytorch": {"device": args.device, **({"torch_compile": args.compile} if args.compile else {})},
     }
     if preset is not None:
         doc = deep_merge(presets()[preset], doc)
@@ -66,29 +77,61 @@ def make_requests(batch_size: int, length: int, vocab: int) -> list[Any]:
     ]
 
 
-def run_lem(model: Any, config: Any, requests: list[Any]) -> float:
-    """Seconds to serve ``requests`` through the generate_stream hook, last event included."""
+def run_lem(model: Any, config: Any, requests: list[Any], outside: list[float] | None = None) -> float:
+    """Seconds to serve ``requests`` through the generate_stream hook, last event included.
+
+    With ``outside``, appends the seconds of this run spent outside
+    ``model.generate`` (padding, turning steps into events, the caller's loop):
+    lem's own work, measured directly rather than inferred from two noisy totals.
+    """
     from lem.plugins import get_plugin_manager
 
     hook = get_plugin_manager().hook
-    model.synchronize()
-    start = time.perf_counter()
-    tokens = 0
-    for event in hook.generate_stream(model=model, requests=requests, params=config.generation, config=config):
-        tokens += event.n_tokens
-    model.synchronize()
-    elapsed = time.perf_counter() - start
+    module = model.handle.model
+    inner = module.generate
+    inside = 0.0
+
+    def timed_generate(*args: Any, **kwargs: Any) -> Any:
+        nonlocal inside
+        t0 = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            inside += time.perf_counter() - t0
+
+    module.generate = timed_generate
+    try:
+        model.synchronize()
+        start = time.perf_counter()
+        tokens = 0
+        for event in hook.generate_stream(model=model, requests=requests, params=config.generation, config=config):
+            tokens += event.n_tokens
+        model.synchronize()
+        elapsed = time.perf_counter() - start
+    finally:
+        del module.generate
     assert tokens == len(requests) * config.generation.max_output_tokens, tokens
+    if outside is not None:
+        outside.append(elapsed - inside)
     return elapsed
 
 
-def run_plain(model: Any, config: Any, requests: list[Any]) -> float:
-    """Seconds for one bare ``model.generate`` on the same model and inputs (eager, dynamic cache)."""
+def run_plain(model: Any, config: Any, requests: list[Any], compile_mode: str | None = None) -> float:
+    """Seconds for one bare ``model.generate`` on the same model and inputs.
+
+    Eager with transformers' dynamic cache, or with ``compile_mode`` a static cache
+    and ``compile_config``: transformers' own way to compile the decode step.
+    """
     import torch
 
     from lem_backend_pytorch.streaming import left_padded
 
     handle = model.handle
+    extra: dict[str, Any] = {}
+    if compile_mode is not None:
+        from transformers import CompileConfig
+
+        extra = {"cache_implementation": "static", "compile_config": CompileConfig(mode=compile_mode)}
     model.synchronize()
     start = time.perf_counter()
     ids, mask = left_padded([list(r.prompt_token_ids) for r in requests], handle.pad_token_id, handle.device)
@@ -100,6 +143,7 @@ def run_plain(model: Any, config: Any, requests: list[Any]) -> float:
             do_sample=False,
             eos_token_id=None,
             pad_token_id=handle.pad_token_id,
+            **extra,
         )
     model.synchronize()
     elapsed = time.perf_counter() - start
@@ -107,37 +151,73 @@ def run_plain(model: Any, config: Any, requests: list[Any]) -> float:
     return elapsed
 
 
-def compare(
-    name: str, lem_side: Callable[[], float], plain_side: Callable[[], float], tokens: int, repeats: int
-) -> dict[str, Any]:
-    """Warm both up once, then run them in pairs ``repeats`` times; throughputs in tokens/s.
+def ratio_summary(numerator: list[float], denominator: list[float]) -> dict[str, Any]:
+    """Per-repeat throughput ratios: median, geometric mean with its Student-t 95% CI, range."""
+    from lem.stats import interval
 
-    The order within a pair alternates (lem first, then plain first) so drift and
-    order effects hit both sides alike; the headline ratio is the median of the
-    per-pair ratios, with their range, so noise is visible next to the figure.
-    """
-    lem_side()
-    plain_side()
-    lem_tps: list[float] = []
-    plain_tps: list[float] = []
-    for i in range(repeats):
-        if i % 2 == 0:
-            lem_tps.append(tokens / lem_side())
-            plain_tps.append(tokens / plain_side())
-        else:
-            plain_tps.append(tokens / plain_side())
-            lem_tps.append(tokens / lem_side())
-    pair_ratios = [a / b for a, b in zip(lem_tps, plain_tps, strict=True)]
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    logs = interval([math.log(r) for r in ratios])
+    low, high = logs["ci95_low"], logs["ci95_high"]
     return {
-        "case": name,
-        "lem_tok_s": statistics.median(lem_tps),
-        "plain_tok_s": statistics.median(plain_tps),
-        "ratio": statistics.median(pair_ratios),
-        "ratio_min": min(pair_ratios),
-        "ratio_max": max(pair_ratios),
-        "lem_runs": [round(x, 2) for x in lem_tps],
-        "plain_runs": [round(x, 2) for x in plain_tps],
+        "median": statistics.median(ratios),
+        "geomean": math.exp(logs["mean"]),
+        "ci95": None if low is None else [math.exp(low), math.exp(high)],
+        "min": min(ratios),
+        "max": max(ratios),
     }
+
+
+def verdict(ratio: dict[str, Any], target: float) -> str:
+    """Whether the 95% CI of lem's throughput ratio shows it within ``1 - target`` of the plain loop."""
+    ci = ratio["ci95"]
+    if ci is None:
+        return "unknown (one repeat)"
+    if ci[0] >= target:
+        return f"within {1 - target:.0%} (CI above {target})"
+    if ci[1] < target:
+        return f"slower by more than {1 - target:.0%} (CI below {target})"
+    return f"not resolved: the CI spans {target}"
+
+
+def compare(name: str, sides: dict[str, Callable[[], float]], tokens: int, repeats: int, warmup: int) -> dict[str, Any]:
+    """Warm every side up, then run all of them once per repeat; throughputs in tokens/s.
+
+    ``sides`` holds "lem" and "plain", and optionally "plain again": the same plain
+    loop a second time, an A/A control whose ratio shows the noise floor of this
+    machine next to lem's ratio. The order within a repeat rotates so drift and
+    order effects hit every side alike; ratios are taken within a repeat.
+    """
+    names = list(sides)
+    for _ in range(warmup):
+        for side in names:
+            sides[side]()
+    tps: dict[str, list[float]] = {side: [] for side in names}
+    for i in range(repeats):
+        k = i % len(names)
+        for side in names[k:] + names[:k]:
+            tps[side].append(tokens / sides[side]())
+    row: dict[str, Any] = {
+        "case": name,
+        "lem_tok_s": statistics.median(tps["lem"]),
+        "plain_tok_s": statistics.median(tps["plain"]),
+        "ratio": ratio_summary(tps["lem"], tps["plain"]),
+        "runs": {side: [round(x, 2) for x in values] for side, values in tps.items()},
+    }
+    if "plain again" in tps:
+        row["control"] = ratio_summary(tps["plain again"], tps["plain"])
+    return row
+
+
+def host_facts() -> dict[str, Any]:
+    """What else could make the timings noisy: CPU model, cores, load average."""
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"cpu": cpu, "cpus": os.cpu_count(), "loadavg": load}
 
 
 def main() -> None:
@@ -149,64 +229,101 @@ def main() -> None:
     parser.add_argument("--output", type=int, default=128, help="output tokens per request")
     parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per side (1; 2 compiled)")
+    parser.add_argument("--no-control", action="store_true", help="skip the plain-vs-plain A/A control")
+    parser.add_argument(
+        "--compile",
+        default=None,
+        choices=["default", "reduce-overhead", "max-autotune"],
+        help="compile the decode step on both sides (static cache), instead of eager",
+    )
     parser.add_argument("--preset", default=None, help="also compare lem with this preset at batch 1 vs plain eager")
+    parser.add_argument("--target", type=float, default=0.98, help="the ratio lem must stay above")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    parser.add_argument("--save", default=None, metavar="PATH", help="also write the JSON rows to PATH")
     args = parser.parse_args()
+    warmup = args.warmup if args.warmup is not None else (2 if args.compile else 1)
 
     from lem.plugins import get_plugin_manager
 
     hook = get_plugin_manager().hook
     rows: list[dict[str, Any]] = []
-    eager = hook.load_model(backend="pytorch", config=make_config(args, max(args.batch_sizes)))
-    vocab = int(eager.model_config.get("vocab_size") or 1000)
+    model = hook.load_model(backend="pytorch", config=make_config(args, max(args.batch_sizes)))
+    vocab = int(model.model_config.get("vocab_size") or 1000)
     for bs in args.batch_sizes:
         config = make_config(args, bs)
         requests = make_requests(bs, args.input, vocab)
-        rows.append(
-            compare(
-                f"batch {bs}",
-                lambda c=config, r=requests: run_lem(eager, c, r),
-                lambda c=config, r=requests: run_plain(eager, c, r),
-                bs * args.output,
-                args.repeats,
-            )
+        outside: list[float] = []
+        sides: dict[str, Callable[[], float]] = {
+            "lem": partial(run_lem, model, config, requests, outside),
+            "plain": partial(run_plain, model, config, requests, args.compile),
+        }
+        if not args.no_control:
+            sides["plain again"] = sides["plain"]
+        row = compare(f"batch {bs}", sides, bs * args.output, args.repeats, warmup)
+        timed = outside[-args.repeats :]  # the warm-up runs are not counted
+        row["lem_outside_generate_s"] = statistics.median(timed)
+        row["lem_outside_generate_share"] = statistics.median(
+            o * t / (bs * args.output) for o, t in zip(timed, row["runs"]["lem"], strict=True)
         )
+        rows.append(row)
     if args.preset:
         config = make_config(args, 1, args.preset)
         optimized = hook.load_model(backend="pytorch", config=config)
         requests = make_requests(1, args.input, vocab)
-        row = compare(
-            f"batch 1, lem {args.preset} vs plain eager",
-            lambda: run_lem(optimized, config, requests),
-            lambda: run_plain(eager, make_config(args, 1), requests),
-            args.output,
-            args.repeats,
-        )
+        eager_config = make_config(args, 1)
+        sides = {
+            "lem": partial(run_lem, optimized, config, requests),
+            "plain": partial(run_plain, model, eager_config, requests),
+        }
+        row = compare(f"batch 1, lem {args.preset} vs plain eager", sides, args.output, args.repeats, warmup)
         row["compile_seconds"] = optimized.info.get("compile_seconds")
         rows.append(row)
         optimized.close()
     facts = {
         "model": args.model,
-        "device": eager.info.get("device"),
+        "device": model.info.get("device"),
         "precision": args.precision,
+        "decode": f"torch.compile {args.compile}, static cache" if args.compile else "eager, dynamic cache",
         "input": args.input,
         "output": args.output,
         "repeats": args.repeats,
-        "versions": eager.info.get("versions"),
+        "warmup": warmup,
+        "versions": model.info.get("versions"),
+        "host": host_facts(),
     }
-    eager.close()
+    model.close()
+    if args.save:
+        with open(args.save, "w") as f:
+            json.dump({"facts": facts, "rows": rows}, f, indent=2)
     if args.json:
         print(json.dumps({"facts": facts, "rows": rows}, indent=2))
         return
     print(json.dumps(facts))
-    print(f"{'case':<48} {'lem tok/s':>10} {'plain tok/s':>12} {'ratio':>7}  pair ratios min-max")
+    print(
+        f"{'case':<42} {'lem tok/s':>9} {'plain':>9} {'ratio':>6} {'95% CI':>13} {'range':>9}"
+        f" {'A/A':>6} {'A/A 95% CI':>13}  verdict"
+    )
     for r in rows:
+        control = fmt_ratio(r["control"]) if "control" in r else ""
+        note = f"compile {r['compile_seconds']} s" if "compile_seconds" in r else verdict(r["ratio"], args.target)
         print(
-            f"{r['case']:<48} {r['lem_tok_s']:>10.1f} {r['plain_tok_s']:>12.1f} {r['ratio']:>7.3f}"
-            f"  {r['ratio_min']:.3f}-{r['ratio_max']:.3f}"
-            + (f"  (compile {r['compile_seconds']} s)" if r.get("compile_seconds") is not None else "")
+            f"{r['case']:<42} {r['lem_tok_s']:>9.1f} {r['plain_tok_s']:>9.1f} {fmt_ratio(r['ratio'])}"
+            f" {r['ratio']['min']:.2f}-{r['ratio']['max']:.2f} {control:>20}  {note}"
         )
+    for r in rows:
+        if "lem_outside_generate_s" in r:
+            print(
+                f"{r['case']}: lem's own work outside model.generate {1000 * r['lem_outside_generate_s']:.2f} ms"
+                f" per run, {r['lem_outside_generate_share']:.3%} of the run (medians)"
+            )
+
+
+def fmt_ratio(ratio: dict[str, Any]) -> str:
+    """``geomean [low,high]`` in fixed-width columns."""
+    ci = ratio["ci95"]
+    return f"{ratio['geomean']:>6.3f} " + (f"[{ci[0]:.3f},{ci[1]:.3f}]" if ci else f"{'-':>13}")
 
 
 if __name__ == "__main__":

@@ -138,12 +138,22 @@ class _Rows:
         self.count[i] += len(kept)
         return TokenEvent(self.ids[i], t_ns, len(kept), self.done[i], tuple(kept))
 
-    def step(self, value: Any, t_ns: int) -> Iterator[TokenEvent]:
+    def step(self, value: Any, t_ns: int) -> list[TokenEvent]:
         per_row = value.tolist()
-        for i, tokens in enumerate(per_row):
-            event = self.take(i, tokens if isinstance(tokens, list) else [tokens], t_ns)
-            if event is not None:
-                yield event
+        if value.dim() == 2:  # assisted decoding: possibly several tokens per row
+            events = (self.take(i, tokens, t_ns) for i, tokens in enumerate(per_row))
+            return [e for e in events if e is not None]
+        # One token per row, the usual step: inlined, as this runs for every token of the batch.
+        out: list[TokenEvent] = []
+        done, count, ids, eos, max_new = self.done, self.count, self.ids, self.eos, self.max_new
+        for i, tok in enumerate(per_row):
+            if done[i]:
+                continue  # a pad written into a finished row
+            count[i] += 1
+            last = tok in eos or count[i] >= max_new
+            done[i] = last
+            out.append(TokenEvent(ids[i], t_ns, 1, last, (tok,)))
+        return out
 
     def finish(self, final: Any, t_ns: int) -> Iterator[TokenEvent]:
         if final is not None:  # beam search: everything at once
