@@ -6,7 +6,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lem.metrics import RequestTrace, collect, cycle_metrics, energy_figures, idle_power, request_metrics
+from lem.metrics import (
+    PEAK_FROM_TIMELINE,
+    PEAK_ONE_DEVICE,
+    PEAK_SUM_OF_PEAKS,
+    RequestTrace,
+    collect,
+    cycle_metrics,
+    energy_figures,
+    idle_power,
+    peak_total_power,
+    request_metrics,
+)
 from lem.types import Request, TokenEvent
 
 MS = 1_000_000
@@ -159,3 +170,48 @@ def test_dynamic_is_total_minus_idle(duration: float, total: float, idle_w: floa
     e, _ = energy_figures(_window(duration, total), None, {0: idle_w}, None, output_tokens=tokens)
     assert e["dynamic_j"] == pytest.approx(e["total_j"] - e["idle_j"])
     assert e["idle_j"] == pytest.approx(idle_w * duration)
+
+
+def test_peak_power_of_one_device_is_its_own_peak() -> None:
+    e, _ = energy_figures(_window(4.0, 1000.0, peak=450.0), None, None, None, output_tokens=10)
+    assert e["peak_power_w"] == pytest.approx(450.0)
+    assert e["peak_power_method"] == PEAK_ONE_DEVICE
+
+
+def test_peak_power_of_several_devices_without_timeline_is_a_labelled_upper_bound() -> None:
+    e, _ = energy_figures(_window(4.0, 1000.0, 1200.0), None, None, None, output_tokens=10)
+    assert e["peak_power_w"] == pytest.approx(800.0)  # 400 + 400, whether or not they coincided
+    assert e["peak_power_method"] == PEAK_SUM_OF_PEAKS
+
+
+def test_peak_total_power_interpolates_devices_to_common_instants() -> None:
+    # GPU 0 peaks at 500 W at t=1.0 while GPU 1 sits at 100 W; GPU 1 peaks at 500 W
+    # at t=2.05 while GPU 0 is back at 100 W. Sum of peaks: 1000 W; real peak 600 W.
+    timeline = [
+        {"t_s": 0.0, "device": 0, "power_w": 100.0},
+        {"t_s": 0.05, "device": 1, "power_w": 100.0},
+        {"t_s": 1.0, "device": 0, "power_w": 500.0},
+        {"t_s": 1.05, "device": 1, "power_w": 100.0},
+        {"t_s": 2.0, "device": 0, "power_w": 100.0},
+        {"t_s": 2.05, "device": 1, "power_w": 500.0},
+        {"t_s": 3.0, "device": 0, "power_w": None},  # a failed read is skipped
+    ]
+    peak = peak_total_power(timeline, [0, 1])
+    # at t=1.0, GPU 1 is interpolated between (0.05, 100) and (1.05, 100): 100; at t=2.05 GPU 0 is held at 100
+    assert peak == pytest.approx(600.0)
+    # at t=2.0 GPU 1 is on its way up (100 + 400 * 0.95 = 480) and GPU 0 is at 100: 580, not the peak
+    assert peak_total_power(timeline, [0, 2]) is None  # GPU 2 has no sample
+    window = {**_window(4.0, 1000.0, 1200.0), "peak_power_w": peak}
+    e, _ = energy_figures(window, None, None, None, output_tokens=10)
+    assert e["peak_power_w"] == pytest.approx(600.0)
+    assert e["peak_power_method"] == PEAK_FROM_TIMELINE
+
+
+def test_peak_total_power_between_samples() -> None:
+    timeline = [
+        {"t_s": 0.0, "device": 0, "power_w": 200.0},
+        {"t_s": 1.0, "device": 0, "power_w": 400.0},
+        {"t_s": 0.5, "device": 1, "power_w": 300.0},
+    ]
+    # at t=0.5 GPU 0 is interpolated to 300: total 600; at t=1.0 GPU 1 is held at 300: total 700
+    assert peak_total_power(timeline, [0, 1]) == pytest.approx(700.0)

@@ -14,6 +14,8 @@ from lem import hookimpl
 from lem.campaign import run_campaign
 from lem.errors import MeterUnavailable, ResultsError
 from lem.loading import LoadedFile
+from lem.metrics import energy_figures
+from lem.runner import window_json
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -266,3 +268,23 @@ def test_cooldown_and_thermal_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ok, run_dir = _run(tmp_path / "hot", scripted.experiment(hot))
     assert _read(run_dir / "exp" / "cycle-002.json")["notes"] == ["GPU stayed above thermal_floor_c 30.0 °C for 0 s"]
     assert any(w.startswith("cycle 2: GPU stayed above") for w in _read(run_dir / "exp" / "summary.json")["warnings"])
+
+
+def test_a_window_of_two_devices_keeps_the_peak_of_their_summed_timeline() -> None:
+    devices = (
+        DeviceEnergy(0, "GPU-0", 900.0, "counter", None, 300.0, 500.0),
+        DeviceEnergy(1, "GPU-1", 900.0, "counter", None, 300.0, 500.0),
+    )
+    timeline = (
+        {"t_s": 0.0, "device": 0, "power_w": 500.0},
+        {"t_s": 0.01, "device": 1, "power_w": 100.0},
+        {"t_s": 1.0, "device": 0, "power_w": 100.0},
+        {"t_s": 1.01, "device": 1, "power_w": 500.0},
+    )
+    saved = window_json(EnergyWindow(3.0, devices, timeline))
+    # the highest total is at either edge: 500 W on one device while the other is held at its 100 W
+    assert saved is not None and saved["peak_power_w"] == pytest.approx(600.0)
+    energy, _ = energy_figures(saved, None, None, None, output_tokens=10)
+    assert energy["peak_power_w"] == saved["peak_power_w"]  # not the 1000 W sum of the two peaks
+    one = window_json(EnergyWindow(3.0, devices[:1], timeline))
+    assert one is not None and "peak_power_w" not in one  # one device: its own peak is exact

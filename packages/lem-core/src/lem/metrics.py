@@ -18,6 +18,7 @@ Conventions (the same as vLLM's serving benchmark):
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -178,6 +179,45 @@ ENERGY_FIGURES = (
 )
 
 
+#: How ``peak_power_w`` was obtained, in the energy block.
+PEAK_FROM_TIMELINE = "highest sum over devices of the sampled power, each device interpolated to every sample instant"
+PEAK_ONE_DEVICE = "highest power sample of the device"
+PEAK_SUM_OF_PEAKS = "sum of per-device peaks: an upper bound, as the peaks need not coincide"
+
+
+def peak_total_power(timeline: Iterable[Mapping[str, Any]], devices: Sequence[int]) -> float | None:
+    """The highest total power of ``devices`` together in a sampled timeline, or ``None``.
+
+    Devices are read one after another, so their samples never share an
+    instant: at every sample instant of any device, each device's power is
+    interpolated linearly between its neighbouring samples (held flat beyond
+    its first and last), and the highest sum wins. ``None`` when a device has
+    no power sample.
+    """
+    series: dict[int, list[tuple[float, float]]] = {d: [] for d in devices}
+    for row in timeline:
+        power = row.get("power_w")
+        if power is not None and row.get("device") in series:
+            series[row["device"]].append((float(row["t_s"]), float(power)))
+    if not series or any(not points for points in series.values()):
+        return None
+    for points in series.values():
+        points.sort()
+    instants = sorted({t for points in series.values() for t, _ in points})
+    return max(sum(_power_at(points, t) for points in series.values()) for t in instants)
+
+
+def _power_at(points: Sequence[tuple[float, float]], t: float) -> float:
+    """Linear interpolation in sorted ``(t, power)`` points, flat outside them."""
+    i = bisect.bisect_left(points, (t, float("-inf")))
+    if i == 0:
+        return points[0][1]
+    if i == len(points):
+        return points[-1][1]
+    (t0, p0), (t1, p1) = points[i - 1], points[i]
+    return p1 if t1 == t0 else p0 + (p1 - p0) * (t - t0) / (t1 - t0)
+
+
 def energy_figures(
     window: Mapping[str, Any] | None,
     reason: str | None,
@@ -192,7 +232,7 @@ def energy_figures(
     mean and peak power, and the method of each. Unknown figures are ``None``
     with a ``reason``; never 0.
     """
-    out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w"))
+    out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w", "peak_power_method"))
     out.update(
         {
             "reason": reason,
@@ -230,9 +270,7 @@ def energy_figures(
     total = float(sum(energies))
     out["total_j"] = total
     out["mean_power_w"] = total / dur if dur > 0 else None
-    peaks = [d.get("peak_power_w") for d in devices]
-    # Sum of per-device peaks: exact for one device, an upper bound for several.
-    out["peak_power_w"] = None if any(p is None for p in peaks) else float(sum(p for p in peaks if p is not None))
+    out["peak_power_w"], out["peak_power_method"] = _peak(window, devices)
     if output_tokens > 0:
         out["j_per_output_token"] = total / output_tokens
         out["output_tokens_per_j"] = output_tokens / total if total > 0 else None
@@ -246,3 +284,13 @@ def energy_figures(
     elif out["idle_reason"] is None:
         out["idle_reason"] = "the idle baseline does not cover every metered device"
     return out, warnings
+
+
+def _peak(window: Mapping[str, Any], devices: Sequence[Mapping[str, Any]]) -> tuple[float | None, str | None]:
+    """``peak_power_w`` of the window and how it was obtained (see the ``PEAK_*`` labels)."""
+    if window.get("peak_power_w") is not None:  # from the timeline, by peak_total_power
+        return float(window["peak_power_w"]), PEAK_FROM_TIMELINE
+    peaks = [d.get("peak_power_w") for d in devices]
+    if not peaks or any(p is None for p in peaks):
+        return None, None
+    return float(sum(p for p in peaks if p is not None)), PEAK_ONE_DEVICE if len(peaks) == 1 else PEAK_SUM_OF_PEAKS

@@ -206,6 +206,7 @@ def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> 
         "methods": {
             "energy": next((e["method"] for e in energies if e["method"]), None),
             "idle": next((e["idle_method"] for e in energies if e["idle_method"]), None),
+            "peak_power": next((e["peak_power_method"] for e in energies if e["peak_power_method"]), None),
             "flops": next((m["flops"]["method"] for m, _, _ in computed), None),
         },
         "energy_reason": next((e["reason"] for e in energies if e["reason"]), None),

@@ -21,7 +21,7 @@ from lem import environment, traffic
 from lem.config import ExperimentConfig
 from lem.errors import BackendError, MeterUnavailable
 from lem.loading import Experiment
-from lem.metrics import collect, request_metrics
+from lem.metrics import collect, peak_total_power, request_metrics
 from lem.progress import Progress
 from lem.results import compute_cycle, summarize, traces_to_json, write_json, write_timeline
 from lem.types import EnergyMeter, EnergyWindow, LoadedModel, Request, TokenEvent
@@ -74,14 +74,17 @@ def _why_no_meter(config: ExperimentConfig) -> str:
 
 
 def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:
-    """An energy window without its timeline (that goes to CSV), in JSON form."""
+    """An energy window in JSON form: its timeline goes to CSV, the timeline's peak total power stays here."""
     if window is None:
         return None
-    return {
+    out: dict[str, Any] = {
         "duration_s": window.duration_s,
         "devices": [attrs.asdict(d) for d in window.devices],
         "warnings": list(window.warnings),
     }
+    if len(window.devices) > 1:  # one device: its own peak is already exact
+        out["peak_power_w"] = peak_total_power(window.timeline, [d.device for d in window.devices])
+    return out
 
 
 def serve(model: LoadedModel, requests: Sequence[Request], config: ExperimentConfig, progress: Progress) -> Any:
