@@ -288,3 +288,31 @@ def test_a_window_of_two_devices_keeps_the_peak_of_their_summed_timeline() -> No
     assert energy["peak_power_w"] == saved["peak_power_w"]  # not the 1000 W sum of the two peaks
     one = window_json(EnergyWindow(3.0, devices[:1], timeline))
     assert one is not None and "peak_power_w" not in one  # one device: its own peak is exact
+
+
+def test_a_model_spread_at_load_gets_all_its_devices_metered(tmp_path: Path) -> None:
+    # Like device_map = "auto": the devices are known only once the model has loaded.
+    doc = _with(measurement={"energy_meter": "scripted", "idle_seconds": 0.05}, scripted={"devices": [0, 1]})
+    ok, run_dir = _run(tmp_path, scripted.experiment(doc))
+    assert ok
+    setup = _read(run_dir / "exp" / "setup.json")
+    assert setup["load"]["metered_devices"] == [0]
+    assert [d["device"] for d in setup["load"]["energy_window"]["devices"]] == [0]
+    assert setup["metered_devices"] == [0, 1]
+    assert [d["device"] for d in setup["idle"]["window"]["devices"]] == [0, 1]
+    cycle = _read(run_dir / "exp" / "cycle-001.json")
+    assert [d["device"] for d in cycle["energy"]["devices"]] == [0, 1]
+    assert cycle["energy"]["total_j"] == pytest.approx(sum(d["energy_j"] for d in cycle["energy"]["devices"]))
+    assert any("load energy covers devices [0] only" in w for w in setup["warnings"])
+    env = _read(run_dir / "exp" / "environment.json")
+    assert [g["index"] for g in env["gpus"]] == [0, 1]
+
+
+def test_pinned_measurement_devices_are_kept_and_the_mismatch_warned(tmp_path: Path) -> None:
+    doc = _with(measurement={"energy_meter": "scripted", "devices": [0]}, scripted={"devices": [0, 1]})
+    ok, run_dir = _run(tmp_path, scripted.experiment(doc))
+    assert ok
+    setup = _read(run_dir / "exp" / "setup.json")
+    assert setup["metered_devices"] == [0]
+    assert [d["device"] for d in _read(run_dir / "exp" / "cycle-001.json")["energy"]["devices"]] == [0]
+    assert any("measurement.devices = [0] are metered" in w for w in setup["warnings"])

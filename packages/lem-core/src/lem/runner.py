@@ -40,30 +40,32 @@ def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
     return tuple(range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size))
 
 
-def open_meter(config: ExperimentConfig) -> tuple[EnergyMeter | None, str | None]:
-    """The experiment's energy meter, or ``None`` and the reason there is none."""
+def open_meter(config: ExperimentConfig, devices: Sequence[int] | None = None) -> tuple[EnergyMeter | None, str | None]:
+    """The experiment's energy meter over ``devices`` (default :func:`meter_devices`), or ``None`` and why not."""
     from lem.plugins import get_plugin_manager
 
     name = config.measurement.energy_meter
     if name == "none":
         return None, "energy metering is off (measurement.energy_meter = 'none')"
+    devices = meter_devices(config) if devices is None else tuple(devices)
     try:
-        meter = get_plugin_manager().hook.measure_energy(meter=name, devices=meter_devices(config), config=config)
+        meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
     except MeterUnavailable as exc:
         return None, f"energy meter '{name}' is unavailable: {exc}"
     if meter is None:
-        return None, _why_no_meter(config) if name == "auto" else f"no installed plugin provides energy meter '{name}'"
+        reason = _why_no_meter(config, devices) if name == "auto" else None
+        return None, reason or f"no installed plugin provides energy meter '{name}'"
     return meter, None
 
 
-def _why_no_meter(config: ExperimentConfig) -> str:
+def _why_no_meter(config: ExperimentConfig, devices: Sequence[int]) -> str:
     """Under ``auto`` every meter declined; ask each by name, so the result says why (no driver, ...)."""
     from lem.plugins import get_plugin_manager, meter_names
 
     reasons = []
     for name in meter_names():
         try:
-            meter = get_plugin_manager().hook.measure_energy(meter=name, devices=meter_devices(config), config=config)
+            meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
         except MeterUnavailable as exc:
             reasons.append(f"{name}: {exc}")
             continue
@@ -212,17 +214,22 @@ class _Window:
             self.window = self.meter.stop()
 
 
+def _write_environment(exp_dir: Path, meter: EnergyMeter | None, meter_reason: str | None) -> None:
+    gpus = meter.environment() if meter is not None else None
+    write_json(exp_dir / "environment.json", "environment", environment.capture(gpus, meter_reason))
+
+
 def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progress) -> dict[str, Any]:
     """Run one experiment in this process, writing its files to ``exp_dir``; returns the summary."""
     from lem.plugins import get_plugin_manager
 
     config = exp.config
     warnings: list[str] = []
-    meter, meter_reason = open_meter(config)
+    metered = meter_devices(config)
+    meter, meter_reason = open_meter(config, metered)
     model: LoadedModel | None = None
     try:
-        gpus = meter.environment() if meter is not None else None
-        write_json(exp_dir / "environment.json", "environment", environment.capture(gpus, meter_reason))
+        _write_environment(exp_dir, meter, meter_reason)
 
         progress.stage("load")
         with _Window(meter) as load:
@@ -232,10 +239,25 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             model.synchronize()
         load_s = (load.t1 - load.t0) / 1e9
         progress.end()
-        if meter is not None and model.devices and set(model.devices) != set(meter_devices(config)):
-            warnings.append(
-                f"model occupies devices {list(model.devices)} but devices {list(meter_devices(config))} are metered"
-            )
+        load_metered = metered
+        if meter is not None and model.devices and set(model.devices) != set(metered):
+            if config.measurement.devices is None:
+                # Where a backend spreads a model (device_map = "auto") is known only now: meter
+                # those devices from here on. The load window covered the devices guessed before.
+                meter.close()
+                metered = tuple(model.devices)
+                meter, meter_reason = open_meter(config, metered)
+                _write_environment(exp_dir, meter, meter_reason)
+                warnings.append(
+                    f"the model was placed on devices {list(metered)} when it loaded: the load energy covers"
+                    f" devices {list(load_metered)} only; "
+                    + ("the idle baseline and every cycle cover all of them" if meter else str(meter_reason))
+                )
+            else:
+                warnings.append(
+                    f"model occupies devices {list(model.devices)} but measurement.devices = {list(metered)}"
+                    " are metered"
+                )
 
         prompt_set = load_prompts(config, model)
         prompts = list(prompt_set.prompts)
@@ -263,6 +285,7 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             "sweep_values": dict(exp.sweep_values),
             "meter": getattr(meter, "name", None),
             "meter_reason": meter_reason,
+            "metered_devices": list(metered) if meter is not None else [],
             "model_info": {
                 "num_parameters": model.num_parameters,
                 "devices": list(model.devices),
@@ -275,7 +298,12 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
                 "warnings": list(prompt_set.warnings),
                 "count": len(prompts),
             },
-            "load": {"duration_s": load_s, "energy_window": window_json(load.window), "energy_reason": meter_reason},
+            "load": {
+                "duration_s": load_s,
+                "energy_window": window_json(load.window),
+                "energy_reason": meter_reason,
+                "metered_devices": list(load_metered) if load.window is not None else [],
+            },
             "idle": idle,
             "warmup": warmup,
             "warnings": warnings,

@@ -16,6 +16,7 @@ key                       meaning                                               
 ``tokenizer``             a tokenizer directory (default none: prompts are ids)      none
 ``architecture``          built-in architecture whose config is the model_config     "tiny-llama"
 ``num_parameters``        reported parameter count                                  none
+``devices``               the devices the loaded model reports it occupies          [0]
 ``fail`` / ``fail_at``    ``raise``, ``exit`` (os._exit), ``hang`` at ``load`` or    none / "generate"
                           on ``generate`` call number ``fail_call`` (1-based)
 ``idle_w`` / ``busy_w``   the scripted meter's power when idle / while generating   100.0 / 300.0
@@ -88,7 +89,7 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
         backend=NAME,
         handle=opts,
         tokenizer=_tokenizer(opts.get("tokenizer")),
-        devices=(0,),
+        devices=tuple(int(d) for d in opts.get("devices", (0,))),
         model_config=config_dict(str(opts.get("architecture", "tiny-llama"))),
         num_parameters=opts.get("num_parameters"),
         info={"scripted": True},
