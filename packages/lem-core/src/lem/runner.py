@@ -40,14 +40,14 @@ def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
     return tuple(range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size))
 
 
-def open_meter(config: ExperimentConfig, devices: Sequence[int] | None = None) -> tuple[EnergyMeter | None, str | None]:
-    """The experiment's energy meter over ``devices`` (default :func:`meter_devices`), or ``None`` and why not."""
+def open_meter(config: ExperimentConfig, devices: Sequence[int]) -> tuple[EnergyMeter | None, str | None]:
+    """The experiment's energy meter over ``devices``, or ``None`` and the reason there is none."""
     from lem.plugins import get_plugin_manager
 
     name = config.measurement.energy_meter
     if name == "none":
         return None, "energy metering is off (measurement.energy_meter = 'none')"
-    devices = meter_devices(config) if devices is None else tuple(devices)
+    devices = tuple(devices)
     try:
         meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
     except MeterUnavailable as exc:
@@ -239,19 +239,20 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             model.synchronize()
         load_s = (load.t1 - load.t0) / 1e9
         progress.end()
-        load_metered = metered
+        load_metered, load_reason = metered, meter_reason
         if meter is not None and model.devices and set(model.devices) != set(metered):
             if config.measurement.devices is None:
                 # Where a backend spreads a model (device_map = "auto") is known only now: meter
                 # those devices from here on. The load window covered the devices guessed before.
                 meter.close()
+                meter = None  # closed: not closed again below should reopening fail
                 metered = tuple(model.devices)
                 meter, meter_reason = open_meter(config, metered)
                 _write_environment(exp_dir, meter, meter_reason)
+                after = "the idle baseline and every cycle cover all of them" if meter is not None else meter_reason
                 warnings.append(
                     f"the model was placed on devices {list(metered)} when it loaded: the load energy covers"
-                    f" devices {list(load_metered)} only; "
-                    + ("the idle baseline and every cycle cover all of them" if meter else str(meter_reason))
+                    f" devices {list(load_metered)} only; {after}"
                 )
             else:
                 warnings.append(
@@ -301,7 +302,7 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             "load": {
                 "duration_s": load_s,
                 "energy_window": window_json(load.window),
-                "energy_reason": meter_reason,
+                "energy_reason": load_reason,
                 "metered_devices": list(load_metered) if load.window is not None else [],
             },
             "idle": idle,
