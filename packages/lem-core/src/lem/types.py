@@ -95,6 +95,10 @@ class TokenEvent:
     :param finished: this is the request's last event.
     :param token_ids: the ids added, when the backend knows them (used for
         cross-backend consistency checks, never for metrics).
+    :param error: set on a request's last event (``finished=True``) when the
+        request failed (an HTTP error, a timeout, an engine abort): the
+        request counts as failed with this reason; tokens it produced before
+        failing are still counted.
     """
 
     request_id: int
@@ -102,6 +106,7 @@ class TokenEvent:
     n_tokens: int
     finished: bool = False
     token_ids: tuple[int, ...] = ()
+    error: str | None = None
 
 
 @attrs.frozen
