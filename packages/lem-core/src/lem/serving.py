@@ -1,0 +1,338 @@
+"""The traffic schedule for engines that take requests one at a time.
+
+vLLM's ``AsyncLLM``, TensorRT-LLM's ``generate_async`` and an HTTP server all
+accept a request whenever it arrives and stream its tokens back. A backend for
+such an engine supplies one function, ``submit(request)``, returning an async
+iterator of :class:`Delta` (what the engine streamed for that request at one
+instant), and calls :func:`stream` from its ``generate_stream`` hook. This
+module does the rest, the same way for every engine:
+
+- **The loop.** :class:`EventLoop` runs an asyncio event loop on its own
+  daemon thread, because ``generate_stream`` is a plain function returning an
+  iterator that the core consumes on its own thread. A backend usually starts
+  one with its engine (engines bind to the loop they are built on:
+  ``loop.call(make_engine())``) and closes it after the engine.
+- **Arrivals.** Open loop (``poisson``, ``constant``, ``offline``): a request
+  is submitted at its ``arrival_ns``, never before. Closed loop
+  (``concurrency``): ``traffic.concurrency`` requests in flight, the next one
+  submitted when one finishes. A request that carries no arrival time (closed
+  loop always) gets a zero-token event stamped when it is submitted: that is
+  when it arrived, and latencies count from it.
+- **Events.** Every :class:`Delta` becomes one :class:`~lem.types.TokenEvent`
+  stamped with ``time.monotonic_ns()`` on the loop when the delta arrives, and
+  is handed to the consumer at once (a thread-safe queue, no batching), with
+  the token ids carried over. Every request ends with exactly one
+  ``finished=True`` event; if the engine's iterator ends without saying so,
+  the driver adds one.
+- **Failures.** :class:`RequestFailed` raised by ``submit`` (an HTTP error, an
+  engine abort) fails that request only: its last event carries
+  ``error=str(exc)`` and the others go on. A request still running
+  ``request_timeout_s`` after it was submitted is cancelled and fails with
+  ``"timed out after X s"``. Any other exception means the engine is gone:
+  everything in flight is cancelled and the exception is re-raised to the
+  consumer.
+- **Stopping early.** When the consumer stops iterating (``close()`` on the
+  iterator, an exception, Ctrl-C), what is in flight is cancelled and the
+  iterator waits (up to :data:`CANCEL_WAIT_S`) until it is: cancelling the
+  engine's async iterator is how engines abort a request (vLLM's ``generate``
+  aborts it in the engine core).
+
+Serving starts on the first ``next()`` of the returned iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import queue
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from lem.config import TrafficConfig
+from lem.types import Request, TokenEvent
+
+T = TypeVar("T")
+
+#: Seconds the iterator waits, when the consumer stops early, for what was in flight to be cancelled.
+CANCEL_WAIT_S = 10.0
+
+
+@attrs.frozen
+class Delta:
+    """What an engine streamed for one request at one instant.
+
+    :param token_ids: the output token ids added, when the engine gives them.
+    :param n_tokens: tokens added, when the engine reports a count but not the
+        ids (``None``: ``len(token_ids)``).
+    :param finished: this is the request's last delta.
+    """
+
+    token_ids: tuple[int, ...] = ()
+    n_tokens: int | None = None
+    finished: bool = False
+
+    @property
+    def count(self) -> int:
+        """Tokens this delta adds."""
+        return len(self.token_ids) if self.n_tokens is None else self.n_tokens
+
+
+class RequestFailed(Exception):
+    """Raised by a submit function for ONE request (an HTTP error, an engine abort).
+
+    The request counts as failed with ``str(exc)`` as its reason (its final
+    :class:`~lem.types.TokenEvent` has ``error`` set) and the other requests go
+    on. Any other exception from a submit function aborts the whole stream
+    (the engine is gone).
+    """
+
+
+#: A backend's way of serving one request: its deltas as the engine streams them.
+Submit = Callable[[Request], AsyncIterator[Delta]]
+
+
+class EventLoop:
+    """An asyncio event loop running on its own daemon thread.
+
+    :param name: the thread's name (shown in stack dumps: say which engine).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._lock = threading.Lock()
+        self._closed = False
+        ready = threading.Event()
+
+        def run() -> None:
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(ready.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name=name, daemon=True)
+        self.thread.start()
+        ready.wait()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on the loop; returns a future for its result (thread-safe)."""
+        if self._closed:
+            coro.close()
+            raise RuntimeError(f"event loop {self.thread.name!r} is closed")
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run ``coro`` on the loop and wait for its result; after ``timeout`` s it is cancelled (TimeoutError)."""
+        future = self.run(coro)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if not future.done():
+                future.cancel()
+                name = getattr(coro, "__qualname__", "coroutine")
+                raise TimeoutError(f"{name} did not finish within {timeout:g} s") from None
+            raise
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Cancel the tasks left on the loop, stop it and join its thread (safe to call twice)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.thread.is_alive() and self.loop.is_running():
+            try:
+                asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop).result(timeout)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError):
+                pass  # a task that ignores cancellation must not keep the process from ending
+            finally:
+                self.loop.call_soon_threadsafe(self.loop.stop)
+                self.thread.join(timeout)
+        if not self.thread.is_alive():
+            self.loop.close()
+
+
+async def _cancel_all() -> None:
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+    await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+@attrs.frozen
+class _End:
+    """The last item on the queue: serving ended, with this exception or none."""
+
+    error: BaseException | None = None
+
+
+def stream(
+    loop: EventLoop,
+    requests: Sequence[Request],
+    traffic: TrafficConfig,
+    submit: Submit,
+    *,
+    request_timeout_s: float | None = None,
+) -> Iterator[TokenEvent]:
+    """Serve ``requests`` on ``loop`` on the traffic schedule; the events, as they happen (see the module doc).
+
+    :param loop: the loop the engine runs on.
+    :param requests: the cycle's requests (ids unique).
+    :param traffic: ``concurrency`` for closed loop; otherwise arrival times come with the requests.
+    :param submit: starts one request on the engine and yields its :class:`Delta` s.
+    :param request_timeout_s: a request still unfinished this long after submission fails as timed out.
+    :returns: an iterator of :class:`~lem.types.TokenEvent`; serving starts on its first ``next()``.
+    """
+    if request_timeout_s is not None and request_timeout_s <= 0:
+        raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
+    return _events(loop, list(requests), traffic, submit, request_timeout_s)
+
+
+def _events(
+    loop: EventLoop, requests: list[Request], traffic: TrafficConfig, submit: Submit, timeout: float | None
+) -> Iterator[TokenEvent]:
+    items: queue.SimpleQueue[TokenEvent | _End] = queue.SimpleQueue()
+    task = loop.call(_spawn(_serve(requests, traffic, submit, timeout, items.put)))
+    ended = False
+    try:
+        while True:
+            item = items.get()
+            if isinstance(item, _End):
+                ended = True
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
+    finally:
+        if not ended and not loop.closed:
+            # The consumer stopped early: abort what is in flight, and return only once it is aborted.
+            try:
+                loop.call(_cancel(task), timeout=CANCEL_WAIT_S)
+            except TimeoutError:
+                pass  # the engine ignored cancellation; closing it will end the rest
+
+
+async def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.create_task(coro)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
+async def _serve(
+    requests: list[Request],
+    traffic: TrafficConfig,
+    submit: Submit,
+    timeout: float | None,
+    put: Callable[[TokenEvent | _End], None],
+) -> None:
+    try:
+        await _schedule(requests, traffic, submit, timeout, put)
+    except asyncio.CancelledError as exc:
+        put(_End(exc))
+        raise
+    except BaseException as exc:  # handed to the consumer, who re-raises it
+        put(_End(exc))
+    else:
+        put(_End())
+
+
+async def _schedule(
+    requests: list[Request],
+    traffic: TrafficConfig,
+    submit: Submit,
+    timeout: float | None,
+    put: Callable[[TokenEvent], None],
+) -> None:
+    closed_loop = traffic.mode == "concurrency"
+    slots = asyncio.Semaphore(traffic.concurrency or 1) if closed_loop else None
+    main = asyncio.current_task()
+    assert main is not None
+    failures: list[BaseException] = []
+    tasks: list[asyncio.Task[None]] = []
+
+    def on_done(task: asyncio.Task[None]) -> None:
+        # An engine failure must stop the schedule at once, not when the last request would have arrived.
+        exc = None if task.cancelled() else task.exception()
+        if exc is not None:
+            if not failures:
+                main.cancel()
+            failures.append(exc)
+
+    try:
+        # Requests with no arrival time arrive when submitted, in the order given.
+        for req in sorted(requests, key=lambda r: r.arrival_ns or 0):
+            if slots is not None:
+                await slots.acquire()
+            if req.arrival_ns is not None:
+                # Re-check after waking: a timer may fire a hair early, and no request may start before it arrives.
+                while (wait_ns := req.arrival_ns - time.monotonic_ns()) > 0:
+                    await asyncio.sleep(wait_ns / 1e9)
+            if closed_loop or req.arrival_ns is None:
+                put(TokenEvent(req.id, time.monotonic_ns(), 0))
+            task = asyncio.create_task(_one(req, submit, timeout, put, slots))
+            task.add_done_callback(on_done)
+            tasks.append(task)
+        await asyncio.gather(*tasks)
+    except BaseException as exc:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if failures and isinstance(exc, asyncio.CancelledError):
+            raise failures[0] from None
+        raise
+
+
+async def _one(
+    req: Request,
+    submit: Submit,
+    timeout: float | None,
+    put: Callable[[TokenEvent], None],
+    slots: asyncio.Semaphore | None,
+) -> None:
+    """Serve one request: its deltas as events, ending with exactly one finished event."""
+    finished = False
+    timed_out = False
+    this = asyncio.current_task()
+    assert this is not None
+
+    def expire() -> None:
+        nonlocal timed_out
+        timed_out = True
+        this.cancel()
+
+    timer = asyncio.get_running_loop().call_later(timeout, expire) if timeout is not None else None
+    error: str | None = None
+    try:
+        async for delta in submit(req):
+            t_ns = time.monotonic_ns()
+            if finished:
+                continue  # nothing counts after the last delta; the engine's iterator is drained, not aborted
+            n = delta.count
+            if n or delta.finished:
+                finished = delta.finished
+                put(TokenEvent(req.id, t_ns, n, delta.finished, delta.token_ids))
+    except RequestFailed as exc:
+        error = str(exc) or type(exc).__name__
+    except asyncio.CancelledError:
+        if not timed_out:
+            raise
+        if hasattr(this, "uncancel"):  # Python 3.11+: this cancellation was ours, and it is handled
+            this.uncancel()
+        error = f"timed out after {timeout:g} s"
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if slots is not None:
+            slots.release()
+    if not finished:
+        put(TokenEvent(req.id, time.monotonic_ns(), 0, True, error=error))
