@@ -161,8 +161,9 @@ def test_seed_makes_sampling_reproducible(tiny_model: Any) -> None:
 
 
 def test_no_repeat_ngram_size_changes_the_output(tiny_model: Any) -> None:
-    plain = make_config("random:tiny-llama", generation={**GEN, "max_output_tokens": 10})
-    blocked = make_config("random:tiny-llama", generation={**GEN, "max_output_tokens": 10, "no_repeat_ngram_size": 1})
+    # The built-in's greedy output is diverse: only a long sequence is sure to repeat a token unblocked.
+    plain = make_config("random:tiny-llama", generation={**GEN, "max_output_tokens": 200})
+    blocked = make_config("random:tiny-llama", generation={**GEN, "max_output_tokens": 200, "no_repeat_ngram_size": 1})
     tokens = [t for e in serve(tiny_model, token_requests(1), blocked) for t in e.token_ids]
     assert len(set(tokens)) == len(tokens)  # no unigram twice
     assert tokens != [t for e in serve(tiny_model, token_requests(1), plain) for t in e.token_ids]

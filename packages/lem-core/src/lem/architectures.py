@@ -37,11 +37,18 @@ _LLAMA = {
     "mlp_bias": False,
 }
 
+#: Weight init std of the tiny models. With transformers' default (0.02) and tied
+#: embeddings a tiny model's greedy output is the prompt's last token repeated,
+#: so any two backends "agree" trivially. Untied embeddings and a larger std
+#: make a 32-token greedy sequence ~30 distinct tokens with top-two logit gaps
+#: far above float32 noise: a real test that backends compute the same thing.
+DIVERSE_INIT_STD = 0.2
+
 #: name -> (description, Hugging Face config dict). ``vocab_size`` of the tiny
 #: models is the trained tokenizer's; the large ones keep the real vocabulary size.
 ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-llama": (
-        "Llama, 2 layers, hidden 128, 4 heads (2 KV), ~0.6M parameters: tests and quickstarts",
+        "Llama, 2 layers, hidden 128, 4 heads (2 KV), ~0.8M parameters, diverse greedy output: tests and quickstarts",
         {
             **_LLAMA,
             "hidden_size": 128,
@@ -53,11 +60,11 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
             "max_position_embeddings": 2048,
             "rope_theta": 10000.0,
             "vocab_size": TOKENIZER_VOCAB,
-            "tie_word_embeddings": True,
+            "initializer_range": DIVERSE_INIT_STD,
         },
     ),
     "tiny-gpt2": (
-        "GPT-2, 2 layers, hidden 128, 4 heads: tests of a second architecture",
+        "GPT-2, 2 layers, hidden 128, 4 heads, diverse greedy output: tests of a second architecture",
         {
             "architectures": ["GPT2LMHeadModel"],
             "model_type": "gpt2",
@@ -67,6 +74,8 @@ ARCHITECTURES: dict[str, tuple[str, dict[str, Any]]] = {
             "n_positions": 1024,
             "n_ctx": 1024,
             "vocab_size": TOKENIZER_VOCAB,
+            "tie_word_embeddings": False,
+            "initializer_range": DIVERSE_INIT_STD,
         },
     ),
     "llama-3.1-8b": (
