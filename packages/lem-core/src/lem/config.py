@@ -130,9 +130,10 @@ class MeasurementConfig:
     cycles: int = 3
     #: Seconds of idle baseline with the model resident; 0 skips it.
     idle_seconds: float = 5.0
-    #: Energy meter plugin name; ``auto`` takes the first that works here,
-    #: ``none`` measures no energy.
-    energy_meter: str = "auto"
+    #: Energy meter plugin name, or a list of them measured together
+    #: (``["nvml", "rapl"]``, see docs/energy.md); ``auto`` takes the first
+    #: that works here, ``none`` measures no energy.
+    energy_meter: str | tuple[str, ...] = "auto"
     sampling_interval_ms: float = 100.0
     #: Pause between cycles, and optionally wait for the GPU to cool below a temperature.
     cooldown_seconds: float = 0.0
@@ -141,6 +142,11 @@ class MeasurementConfig:
     devices: tuple[int, ...] | None = None
     #: A worker that shows no progress for this many seconds is declared hung and killed.
     stall_timeout_s: float = 1800.0
+
+    @property
+    def energy_meters(self) -> tuple[str, ...]:
+        """``energy_meter`` as a tuple of names (one name is a tuple of one)."""
+        return (self.energy_meter,) if isinstance(self.energy_meter, str) else tuple(self.energy_meter)
 
 
 @attrs.frozen

@@ -88,7 +88,17 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, _strict(str, (str,)))
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
     conv.register_structure_hook_func(_is_literal, _literal)
+    conv.register_structure_hook(str | tuple[str, ...], _names)
     return conv
+
+
+def _names(value: Any, _: Any) -> str | tuple[str, ...]:
+    """``measurement.energy_meter``: one name or a list of names."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise TypeError(f"expected a name or a list of names, got {type(value).__name__} {value!r}")
 
 
 #: The one converter for configs: extra keys are errors, no ``"1" -> 1`` coercion.

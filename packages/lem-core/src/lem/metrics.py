@@ -154,15 +154,26 @@ def _method(methods: Sequence[str | None]) -> str | None:
     return known[0] if len(known) == 1 else "mixed: " + ", ".join(known)
 
 
-def idle_power(baseline: Mapping[str, Any] | None) -> dict[int, float] | None:
+#: Which figure of a window a value belongs to: a GPU's ordinal, or ``(component, device)`` for a CPU
+#: socket or DRAM (so CPU 0 and GPU 0 never collide; files written before components existed hold GPUs).
+DeviceKey = int | tuple[str, int]
+
+
+def device_key(d: Mapping[str, Any]) -> DeviceKey:
+    """The :data:`DeviceKey` of a device figure or a timeline row (JSON form)."""
+    component = d.get("component") or "gpu"
+    return int(d["device"]) if component == "gpu" else (str(component), int(d["device"]))
+
+
+def idle_power(baseline: Mapping[str, Any] | None) -> dict[DeviceKey, float] | None:
     """Per-device idle power (W) from an idle-baseline window (JSON form), or ``None`` if unmeasured."""
     if not baseline or baseline.get("duration_s", 0) <= 0:
         return None
-    out = {}
+    out: dict[DeviceKey, float] = {}
     for d in baseline["devices"]:
         if d["energy_j"] is None:
             return None
-        out[int(d["device"])] = d["energy_j"] / baseline["duration_s"]
+        out[device_key(d)] = d["energy_j"] / baseline["duration_s"]
     return out
 
 
@@ -185,7 +196,7 @@ PEAK_ONE_DEVICE = "highest power sample of the device"
 PEAK_SUM_OF_PEAKS = "sum of per-device peaks: an upper bound, as the peaks need not coincide"
 
 
-def peak_total_power(timeline: Iterable[Mapping[str, Any]], devices: Sequence[int]) -> float | None:
+def peak_total_power(timeline: Iterable[Mapping[str, Any]], devices: Sequence[DeviceKey]) -> float | None:
     """The highest total power of ``devices`` together in a sampled timeline, or ``None``.
 
     Devices are read one after another, so their samples never share an
@@ -194,11 +205,11 @@ def peak_total_power(timeline: Iterable[Mapping[str, Any]], devices: Sequence[in
     its first and last), and the highest sum wins. ``None`` when a device has
     no power sample.
     """
-    series: dict[int, list[tuple[float, float]]] = {d: [] for d in devices}
+    series: dict[DeviceKey, list[tuple[float, float]]] = {d: [] for d in devices}
     for row in timeline:
         power = row.get("power_w")
-        if power is not None and row.get("device") in series:
-            series[row["device"]].append((float(row["t_s"]), float(power)))
+        if power is not None and row.get("device") is not None and device_key(row) in series:
+            series[device_key(row)].append((float(row["t_s"]), float(power)))
     if not series or any(not points for points in series.values()):
         return None
     for points in series.values():
@@ -221,7 +232,7 @@ def _power_at(points: Sequence[tuple[float, float]], t: float) -> float:
 def energy_figures(
     window: Mapping[str, Any] | None,
     reason: str | None,
-    idle_w: Mapping[int, float] | None,
+    idle_w: Mapping[DeviceKey, float] | None,
     idle_reason: str | None,
     output_tokens: int,
 ) -> tuple[dict[str, Any], list[str]]:
@@ -254,12 +265,15 @@ def energy_figures(
     devices = []
     for d in window["devices"]:
         dev = dict(d)
-        w = None if idle_w is None else idle_w.get(int(d["device"]))
+        w = None if idle_w is None else idle_w.get(device_key(d))
         dev["idle_power_w"] = w
         dev["idle_j"] = None if w is None else w * dur
         dev["dynamic_j"] = None if w is None or d["energy_j"] is None else d["energy_j"] - w * dur
         devices.append(dev)
     out["devices"] = devices
+    # What the total adds up (one label per figure: component, device, meter), and the total per component.
+    out["total_includes"] = [_label(d) for d in devices]
+    out["components"] = _per_component(devices)
     energies = [d["energy_j"] for d in devices]
     out["method"] = _method([d["method"] for d in devices])
     if not devices or any(e is None for e in energies):
@@ -284,6 +298,22 @@ def energy_figures(
     elif out["idle_reason"] is None:
         out["idle_reason"] = "the idle baseline does not cover every metered device"
     return out, warnings
+
+
+def _label(d: Mapping[str, Any]) -> str:
+    which = "all" if int(d["device"]) < 0 else str(d["device"])
+    meter = f" ({d['meter']})" if d.get("meter") else ""
+    return f"{d.get('component') or 'gpu'} {which}{meter}"
+
+
+def _per_component(devices: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Energy and method per component (``gpu``, ``cpu``, ``dram``); ``None`` when one of its figures is unknown."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in devices:
+        c = out.setdefault(d.get("component") or "gpu", {"energy_j": 0.0, "methods": []})
+        c["energy_j"] = None if c["energy_j"] is None or d["energy_j"] is None else c["energy_j"] + d["energy_j"]
+        c["methods"].append(d.get("method"))
+    return {k: {"energy_j": v["energy_j"], "method": _method(v["methods"])} for k, v in out.items()}
 
 
 def _peak(window: Mapping[str, Any], devices: Sequence[Mapping[str, Any]]) -> tuple[float | None, str | None]:

@@ -33,6 +33,8 @@ KNOWN_DISTRIBUTIONS = {
     "vllm": "lem-backend-vllm",
     "tensorrt": "lem-backend-tensorrt",
     "nvml": "lem-energy-nvml",
+    "rapl": "lem-energy-rapl",
+    "codecarbon": "lem-energy-codecarbon",
 }
 
 

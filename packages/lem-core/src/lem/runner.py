@@ -21,7 +21,7 @@ from lem import environment, traffic
 from lem.config import ExperimentConfig
 from lem.errors import BackendError, MeterUnavailable
 from lem.loading import Experiment
-from lem.metrics import collect, peak_total_power, request_metrics
+from lem.metrics import collect, device_key, peak_total_power, request_metrics
 from lem.progress import Progress
 from lem.results import compute_cycle, summarize, traces_to_json, write_json, write_timeline
 from lem.types import EnergyMeter, EnergyWindow, LoadedModel, Request, TokenEvent
@@ -44,7 +44,12 @@ def open_meter(config: ExperimentConfig, devices: Sequence[int]) -> tuple[Energy
     """The experiment's energy meter over ``devices``, or ``None`` and the reason there is none."""
     from lem.plugins import get_plugin_manager
 
-    name = config.measurement.energy_meter
+    names = config.measurement.energy_meters
+    if len(names) > 1:
+        from lem.meters import open_meters
+
+        return open_meters(names, devices, config)
+    name = names[0]
     if name == "none":
         return None, "energy metering is off (measurement.energy_meter = 'none')"
     devices = tuple(devices)
@@ -85,7 +90,8 @@ def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:
         "warnings": list(window.warnings),
     }
     if len(window.devices) > 1:  # one device: its own peak is already exact
-        out["peak_power_w"] = peak_total_power(window.timeline, [d.device for d in window.devices])
+        keys = [device_key(attrs.asdict(d)) for d in window.devices]
+        out["peak_power_w"] = peak_total_power(window.timeline, keys)
     return out
 
 

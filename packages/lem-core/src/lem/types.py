@@ -140,15 +140,25 @@ class LoadedModel:
 
 
 EnergyMethod = Literal["counter", "power-integration", "estimate"]
+#: ``DeviceEnergy.device`` of a figure that covers every device of its component.
+ALL_DEVICES = -1
 
 
 @attrs.frozen
 class DeviceEnergy:
-    """Energy of one device over one window.
+    """Energy of one device (a GPU, a CPU socket, its memory) over one window.
 
+    :param device: the CUDA ordinal of a GPU, the socket of a CPU or DRAM
+        domain, or :data:`ALL_DEVICES` when the figure covers every device of
+        its component (a meter that reports only totals).
     :param energy_j: joules, or ``None`` when it could not be measured (then
         ``reason`` says why). Never 0 for "unknown".
     :param method: how ``energy_j`` was obtained.
+    :param reason: why ``energy_j`` is ``None``; with ``method = "estimate"``,
+        what the estimate rests on (a TDP, a constant per GB of RAM).
+    :param component: what was metered: ``"gpu"`` (the default), ``"cpu"``
+        (a CPU package) or ``"dram"`` (main memory).
+    :param meter: the meter that produced the figure, when several are combined.
     """
 
     device: int
@@ -158,6 +168,8 @@ class DeviceEnergy:
     reason: str | None = None
     mean_power_w: float | None = None
     peak_power_w: float | None = None
+    component: str = "gpu"
+    meter: str | None = None
 
 
 @attrs.frozen

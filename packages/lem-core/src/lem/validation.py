@@ -171,16 +171,7 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
             _install_hint(config.backend, backends),
             config.backend,
         )
-    meter = config.measurement.energy_meter
-    meters = meter_names()
-    if meter not in ("auto", "none", *meters):
-        installed = ", ".join(meters) or "none"
-        yield error(
-            "measurement.energy_meter",
-            f"is not an installed energy meter (installed: {installed}; or 'auto', 'none')",
-            _install_hint(meter, meters),
-            meter,
-        )
+    yield from _meter_names(config)
     plugins = plugin_names()
     for table in config.backend_options:
         if table in plugins:
@@ -201,6 +192,31 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
             yield warning(
                 others[0],
                 f"section for backend '{others[0]}', but this experiment runs on '{config.backend}'; it is ignored",
+            )
+
+
+def _meter_names(config: ExperimentConfig) -> Iterator[Problem]:
+    key, chosen = "measurement.energy_meter", config.measurement.energy_meter
+    names = config.measurement.energy_meters
+    meters = meter_names()
+    if not names:
+        yield error(key, "is an empty list", "name one meter or several, or 'none'", list(names))
+    if len(names) > 1:
+        for special in ("auto", "none"):
+            if special in names:
+                yield error(key, f"'{special}' cannot be combined with other meters", "list meter names only", chosen)
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            yield error(key, f"names '{name}' twice", "list each meter once", list(names))
+    for meter in dict.fromkeys(names):
+        if meter not in ("auto", "none", *meters):
+            installed = ", ".join(meters) or "none"
+            shown = meter if isinstance(chosen, str) else list(chosen)
+            what = "is not" if isinstance(chosen, str) else f"'{meter}' is not"
+            yield error(
+                key,
+                f"{what} an installed energy meter (installed: {installed}; or 'auto', 'none')",
+                _install_hint(meter, meters),
+                shown,
             )
 
 
