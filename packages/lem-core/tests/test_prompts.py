@@ -194,7 +194,9 @@ def test_token_stats_match_numpy_percentiles() -> None:
     assert stats["n"] == 8 and stats["min"] == 1 and stats["max"] == 40
     for q in (50, 90, 99):
         assert stats[f"p{q}"] == pytest.approx(float(np.percentile(values, q)))
-    assert stats["std"] == pytest.approx(float(np.std(values)))
+    # The sample std (n - 1), like every other figure; counts are integers.
+    assert stats["std"] == pytest.approx(float(np.std(values, ddof=1)))
+    assert all(type(stats[k]) is int for k in ("n", "min", "max"))
 
 
 def _dataset_problems(dataset: dict[str, Any]) -> list[tuple[str, str]]:

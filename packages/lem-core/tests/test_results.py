@@ -57,7 +57,7 @@ def test_read_json_rejects_damaged_and_foreign_files(tmp_path: Path) -> None:
     with pytest.raises(ResultsError, match="schema_version"):
         read_json(tmp_path / "old.json")
     write_json(tmp_path / "ok.json", "thing", {"a": 1})
-    assert read_json(tmp_path / "ok.json") == {"schema_version": 1, "kind": "thing", "a": 1}
+    assert read_json(tmp_path / "ok.json") == {"schema_version": 2, "kind": "thing", "a": 1}
 
 
 def test_aggregate_recomputes_the_same_summary_from_raw_cycles(run_dir: Path) -> None:

@@ -15,7 +15,8 @@ from lem.campaign import run_campaign
 from lem.errors import MeterUnavailable, ResultsError
 from lem.loading import LoadedFile
 from lem.metrics import energy_figures
-from lem.runner import window_json
+from lem.progress import Progress
+from lem.runner import run_experiment, window_json
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -61,7 +62,7 @@ def test_offline_batch_one_queues_into_ttft(tmp_path: Path) -> None:
     assert {"experiment.toml", "environment.json", "setup.json", "cycle-001.json", "cycle-002.json",
             "summary.json"} <= names  # fmt: skip
     cycle = _read(exp / "cycle-001.json")
-    assert cycle["schema_version"] == 1 and cycle["kind"] == "cycle"
+    assert cycle["schema_version"] == 2 and cycle["kind"] == "cycle"
     m = cycle["metrics"]
     # One slot: request i starts when i-1 ends; service = 4 + 2·2 = 8 ms; TTFT_i = 8i + 4 ms.
     ttfts = sorted([0.004, 0.012, 0.020, 0.028])
@@ -157,12 +158,19 @@ def test_energy_arithmetic_with_a_fake_meter(tmp_path: Path) -> None:
     assert env["gpus"][0]["name"] == "Fake GPU"
 
 
-def test_unavailable_meter_gives_null_energy_with_its_reason(tmp_path: Path) -> None:
+def test_a_named_meter_that_cannot_work_stops_the_run_before_any_model_loads(tmp_path: Path) -> None:
     exp = scripted.experiment(_with(measurement={"energy_meter": "broken"}))
-    with registered(FakeMeterPlugin(), "fake-meter"):
-        ok, run_dir = _run(tmp_path, exp)
-    e = _read(run_dir / "exp" / "cycle-001.json")["energy"]
-    assert ok and e["total_j"] is None and "no driver on this test machine" in e["reason"]
+    with registered(FakeMeterPlugin(), "fake-meter"), pytest.raises(MeterUnavailable, match="no driver on this test"):
+        _run(tmp_path, exp)
+    assert not (tmp_path / "results").exists()  # stopped before a run directory was made
+
+
+def test_a_named_meter_that_fails_in_the_worker_fails_before_the_load(tmp_path: Path) -> None:
+    """Where the campaign's own check is skipped (another interpreter), the experiment stops before loading."""
+    exp = scripted.experiment(_with(measurement={"energy_meter": "broken"}))
+    with registered(FakeMeterPlugin(), "fake-meter"), pytest.raises(MeterUnavailable, match="no driver"):
+        run_experiment(exp, tmp_path, "run", Progress(quiet=True))
+    assert not (tmp_path / "environment.json").exists()
 
 
 def test_scripted_meter_dynamic_energy_tracks_busy_time(tmp_path: Path) -> None:

@@ -14,6 +14,11 @@ Conventions (the same as vLLM's serving benchmark):
   event arrived with the first token (ITL 0). So a request with ``k`` output
   tokens has exactly ``k - 1`` ITLs.
 - TPOT: ``(E2E - TTFT) / (output tokens - 1)``, only for requests with 2+ tokens.
+- A failed request (its last event carries ``error``) is left out of every
+  latency distribution, but its tokens count in the throughput: the engine
+  did produce them.
+- Beam search (``num_beams > 1``) cannot stream: every token of a request
+  arrives at once, so ITL and TPOT are null with a reason, and TTFT equals E2E.
 """
 
 from __future__ import annotations
@@ -35,13 +40,19 @@ MIN_WINDOW_S = 1.0
 
 @attrs.frozen
 class RequestTrace:
-    """What happened to one request: its latency origin and its token-bearing events ``(t_ns, n_tokens)``."""
+    """What happened to one request: its latency origin and its token-bearing events ``(t_ns, n_tokens)``.
+
+    :param token_ids: the generated ids, or ``None`` when the backend did not report every one.
+    :param error: why the request failed (the ``error`` of its last event), ``None`` if it did not.
+    """
 
     id: int
     input_tokens: int
     origin_ns: int | None
     events: tuple[tuple[int, int], ...]
     finished: bool
+    token_ids: tuple[int, ...] | None = None
+    error: str | None = None
 
 
 def collect(
@@ -56,6 +67,8 @@ def collect(
     by_id = {r.id: r for r in requests}
     origin: dict[int, int | None] = {r.id: r.arrival_ns for r in requests}
     events: dict[int, list[tuple[int, int]]] = {r.id: [] for r in requests}
+    ids: dict[int, list[int] | None] = {r.id: [] for r in requests}
+    errors: dict[int, str | None] = dict.fromkeys(by_id)
     finished: set[int] = set()
     for ev in stream:
         if ev.request_id not in by_id:
@@ -65,11 +78,35 @@ def collect(
                 origin[ev.request_id] = ev.t_ns
         else:
             events[ev.request_id].append((ev.t_ns, ev.n_tokens))
+            known = ids[ev.request_id]
+            if known is not None:
+                if len(ev.token_ids) == ev.n_tokens:
+                    known.extend(ev.token_ids)
+                else:  # one event without its ids makes the output unknown (never a partial digest)
+                    ids[ev.request_id] = None
+        if ev.error is not None:
+            errors[ev.request_id] = ev.error
         if ev.finished and ev.request_id not in finished:
             finished.add(ev.request_id)
             if on_finished is not None:
                 on_finished(len(finished))
-    return [RequestTrace(r.id, r.input_tokens, origin[r.id], tuple(events[r.id]), r.id in finished) for r in requests]
+    return [
+        RequestTrace(
+            r.id,
+            r.input_tokens,
+            origin[r.id],
+            tuple(events[r.id]),
+            r.id in finished,
+            _ids(ids[r.id], events[r.id]),
+            errors[r.id],
+        )
+        for r in requests
+    ]
+
+
+def _ids(ids: list[int] | None, events: Sequence[tuple[int, int]]) -> tuple[int, ...] | None:
+    # No token at all: a backend that reports no ids looks the same as an empty output, so unknown.
+    return None if ids is None or not events else tuple(ids)
 
 
 def request_metrics(trace: RequestTrace) -> dict[str, Any]:
@@ -98,7 +135,39 @@ def request_metrics(trace: RequestTrace) -> dict[str, Any]:
         "tpot_s": tpot,
         "itl_s": itls,
         "finished": trace.finished,
+        "error": trace.error,
     }
+
+
+#: Why ITL and TPOT are null under beam search, and what TTFT means then.
+BEAM_REASON = "beam search (generation.num_beams > 1) cannot stream: every token of a request arrives at once"
+BEAM_TTFT_NOTE = "beam search: the first token arrives with the last, so TTFT equals E2E"
+
+
+def failure_reasons(per_request: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """``{reason: number of requests}`` of the failed requests, most frequent first."""
+    counts: dict[str, int] = {}
+    for r in per_request:
+        if r["error"] is not None:
+            counts[r["error"]] = counts.get(r["error"], 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def latency_distributions(per_request: Sequence[Mapping[str, Any]], num_beams: int = 1) -> dict[str, dict[str, Any]]:
+    """``ttft_s``, ``tpot_s``, ``e2e_s`` and ``itl_s`` over the requests that did not fail.
+
+    Under beam search ITL and TPOT are empty with a ``reason`` and TTFT carries a ``note``.
+    """
+    ok = [r for r in per_request if r["error"] is None]
+    beam = num_beams > 1
+    dists: dict[str, dict[str, Any]] = {}
+    for key in ("ttft_s", "tpot_s", "e2e_s"):
+        dists[key] = distribution([] if beam and key == "tpot_s" else [r[key] for r in ok if r[key] is not None])
+    dists["itl_s"] = distribution([] if beam else [x for r in ok for x in r["itl_s"]])
+    if beam:
+        dists["itl_s"]["reason"] = dists["tpot_s"]["reason"] = BEAM_REASON
+        dists["ttft_s"]["note"] = BEAM_TTFT_NOTE
+    return dists
 
 
 def cycle_metrics(
@@ -106,21 +175,31 @@ def cycle_metrics(
     duration_s: float,
     model_config: Mapping[str, Any] | None = None,
     num_parameters: int | None = None,
+    num_beams: int = 1,
 ) -> tuple[dict[str, Any], list[str]]:
-    """Throughput, latency distributions and FLOPs of one cycle, and the warnings they deserve."""
+    """Throughput, latency distributions and FLOPs of one cycle, and the warnings they deserve.
+
+    Failed requests are counted (``failed_requests``, ``failure_reasons``) and
+    left out of the latency distributions; their tokens count in throughput.
+    """
     per = [request_metrics(t) for t in traces]
     warnings: list[str] = []
     out_tokens = sum(r["output_tokens"] for r in per)
     in_tokens = sum(r["input_tokens"] for r in per)
-    completed = sum(1 for r in per if r["finished"])
-    if completed < len(per):
-        warnings.append(f"{len(per) - completed} of {len(per)} requests did not finish")
+    reasons = failure_reasons(per)
+    failed = sum(reasons.values())
+    completed = sum(1 for r in per if r["finished"] and r["error"] is None)
+    unfinished = sum(1 for r in per if not r["finished"])
+    if unfinished:
+        warnings.append(f"{unfinished} of {len(per)} requests did not finish")
+    if failed:  # the reasons are in failure_reasons (and, counted over cycles, in the summary's warnings)
+        warnings.append(
+            f"{failed} of {len(per)} requests failed: left out of the latency figures, their tokens still count "
+            "in throughput"
+        )
     if any(t.origin_ns is None for t in traces):
         warnings.append("some requests had no arrival time nor submission event: their latencies are unknown")
-    dists = {}
-    for key in ("ttft_s", "tpot_s", "e2e_s"):
-        dists[key] = distribution([r[key] for r in per if r[key] is not None])
-    dists["itl_s"] = distribution([x for r in per for x in r["itl_s"]])
+    dists = latency_distributions(per, num_beams)
     few = [f"{key} ({d['n']})" for key, d in dists.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
     if few:
         warnings.append(
@@ -134,6 +213,8 @@ def cycle_metrics(
     metrics = {
         "requests": len(per),
         "completed_requests": completed,
+        "failed_requests": failed,
+        "failure_reasons": reasons,
         "duration_s": duration_s,
         "input_tokens": in_tokens,
         "output_tokens": out_tokens,
@@ -243,7 +324,7 @@ def energy_figures(
     mean and peak power, and the method of each. Unknown figures are ``None``
     with a ``reason``; never 0.
     """
-    out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w", "peak_power_method"))
+    out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w", "peak_power_method", "dynamic_negative"))
     out.update(
         {
             "reason": reason,
@@ -260,7 +341,8 @@ def energy_figures(
     warnings = list(window.get("warnings", ()))
     dur = float(window["duration_s"])
     out["duration_s"] = dur
-    if dur < MIN_WINDOW_S:
+    # A meter that warns about the window's length itself knows its counter better: one warning, not two.
+    if dur < MIN_WINDOW_S and not any("shorter than" in w for w in warnings):
         warnings.append(f"energy window of {dur:.3f} s is shorter than {MIN_WINDOW_S:g} s: the figure is coarse")
     devices = []
     for d in window["devices"]:
@@ -295,9 +377,22 @@ def energy_figures(
         out["idle_method"] = "idle baseline power × window duration"
         if output_tokens > 0:
             out["dynamic_j_per_output_token"] = out["dynamic_j"] / output_tokens
+        out["dynamic_negative"] = out["dynamic_j"] < 0
+        if out["dynamic_negative"]:
+            warnings.append(negative_dynamic_warning(out["dynamic_j"], out["idle_power_w"], out["mean_power_w"]))
     elif out["idle_reason"] is None:
         out["idle_reason"] = "the idle baseline does not cover every metered device"
     return out, warnings
+
+
+def negative_dynamic_warning(dynamic_j: float, idle_w: float, mean_w: float | None) -> str:
+    """What a negative dynamic energy means, in one line."""
+    mean = "unknown" if mean_w is None else f"{mean_w:.1f} W"
+    return (
+        f"dynamic energy is negative ({dynamic_j:.4g} J): the idle baseline ({idle_w:.1f} W) is above the window's "
+        f"mean power ({mean}), so the baseline does not represent this cycle's idle draw (measured warmer, or while "
+        "other work ran) and its dynamic figures are meaningless; re-measure with a longer measurement.idle_seconds"
+    )
 
 
 def _label(d: Mapping[str, Any]) -> str:

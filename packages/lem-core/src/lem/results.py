@@ -15,55 +15,92 @@ from ``setup.json`` and the cycle files.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.errors import ResultsError
-from lem.metrics import ENERGY_FIGURES, RequestTrace, cycle_metrics, energy_figures, idle_power, request_metrics
-from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
+from lem.errors import DiskFull, ResultsError
+from lem.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
 
-SCHEMA_VERSION = 1
+__all__ = [
+    "HEADLINE",
+    "SCHEMA_VERSION",
+    "compute_cycle",
+    "load",
+    "summarize",
+    "traces_from_json",
+    "traces_to_json",
+]
+
+#: Schema 2 added self-describing summaries (key, config, digests) and per-request ids and errors.
+SCHEMA_VERSION = 2
+#: Schemas this lem still reads (list, show, compare, export, aggregate).
+READABLE_SCHEMAS = (1, 2)
 CYCLE_RE = re.compile(r"^cycle-(\d{3,})\.json$")
-
-#: Figures summarized across cycles: name -> path into a cycle's ``metrics``/``energy`` blocks.
-_LATENCIES = ("ttft_s", "itl_s", "tpot_s", "e2e_s")
-HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("output_tokens_per_s", ("metrics", "output_tokens_per_s")),
-    ("total_tokens_per_s", ("metrics", "total_tokens_per_s")),
-    ("requests_per_s", ("metrics", "requests_per_s")),
-    *(
-        (f"{lat}.{stat}", ("metrics", lat, stat))
-        for lat in _LATENCIES
-        for stat in ("mean", *(f"p{q}" for q in PERCENTILES))
-    ),
-    *((f"energy.{key}", ("energy", key)) for key in ENERGY_FIGURES),
-    ("flops.total", ("metrics", "flops", "total")),
-    ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
-)
 
 
 # --- files ------------------------------------------------------------------------
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader (or a crash) only ever sees the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def _umask() -> int:
+    # Read without changing it where the kernel tells (Linux); os.umask can only set-and-return.
     try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_error(exc: OSError, path: Path) -> ResultsError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFull(
+            f"no space left on device in {path.parent} (writing {path.name}); complete files are kept:"
+            " free some space, then continue the run with --resume"
+        )
+    return ResultsError(f"{path.parent}: cannot write {path.name} ({exc.strerror}); choose a writable --out")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader (or a crash) only ever sees the old file or the whole new one.
+
+    The file gets the mode the user's umask gives (as ``open`` would), not ``mkstemp``'s 0600.
+    A full disk (or any other write error) leaves no partial file and raises a :class:`ResultsError`
+    (:class:`~lem.errors.DiskFull` for a full disk) naming the directory.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        raise _write_error(exc, path) from None
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
+            raise _write_error(exc, path) from None
         raise
+
+
+#: Write errors the user can do something about (a full disk, a read-only or forbidden place).
+_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR})
 
 
 def write_json(path: Path, kind: str, data: Mapping[str, Any], compact: bool = False) -> None:
@@ -81,9 +118,26 @@ def read_json(path: Path) -> dict[str, Any]:
         raise ResultsError(f"{path}: not found") from None
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}: not valid JSON ({exc}); re-run the experiment") from None
-    if not isinstance(doc, dict) or doc.get("schema_version") != SCHEMA_VERSION:
-        raise ResultsError(f"{path}: schema_version {doc.get('schema_version')!r} is not {SCHEMA_VERSION}")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: cannot be read ({exc})") from None
+    if not isinstance(doc, dict):
+        raise ResultsError(f"{path}: not a JSON object; re-run the experiment")
+    if doc.get("schema_version") not in READABLE_SCHEMAS:
+        readable = " or ".join(map(str, READABLE_SCHEMAS))
+        raise ResultsError(
+            f"{path}: schema_version {doc.get('schema_version')!r} is not one this lem reads ({readable}); "
+            "if a newer lem wrote it, upgrade lem-core"
+        )
     return doc
+
+
+def read_json_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """:func:`read_json`, but a damaged file is reported through ``warn`` (one line) and gives ``None``."""
+    try:
+        return read_json(path)
+    except ResultsError as exc:
+        warn(f"{exc}; skipped")
+        return None
 
 
 def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -110,118 +164,36 @@ def cycle_paths(exp_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-# --- traces in JSON form ------------------------------------------------------------
-
-
-def traces_to_json(traces: Sequence[RequestTrace], t0_ns: int) -> list[dict[str, Any]]:
-    """Raw traces with times relative to the cycle's start (integers, ns)."""
-    return [
-        {
-            "id": t.id,
-            "input_tokens": t.input_tokens,
-            "origin_ns": None if t.origin_ns is None else t.origin_ns - t0_ns,
-            "events": [[ts - t0_ns, n] for ts, n in t.events],
-            "finished": t.finished,
-        }
-        for t in traces
-    ]
-
-
-def traces_from_json(rows: Iterable[Mapping[str, Any]]) -> list[RequestTrace]:
-    """The inverse of :func:`traces_to_json` (times stay relative to the cycle's start)."""
-    return [
-        RequestTrace(
-            int(r["id"]),
-            int(r["input_tokens"]),
-            r["origin_ns"],
-            tuple((int(t), int(n)) for t, n in r["events"]),
-            bool(r["finished"]),
-        )
-        for r in rows
-    ]
-
-
 # --- computing ------------------------------------------------------------------------
 
 
-def compute_cycle(raw: Mapping[str, Any], setup: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup."""
-    traces = traces_from_json(raw["requests"])
-    model = setup.get("model_info", {})
-    metrics, warnings = cycle_metrics(
-        traces, raw["window"]["duration_s"], model.get("model_config"), model.get("num_parameters")
-    )
-    idle = setup.get("idle", {})
-    energy, ewarn = energy_figures(
-        raw.get("energy_window"),
-        raw.get("energy_reason"),
-        idle_power(idle.get("window")),
-        idle.get("reason"),
-        metrics["output_tokens"],
-    )
-    return metrics, energy, warnings + ewarn
+def flat_config(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A TOML-shaped config flattened to dotted keys (``{"batching.batch_size": 8, ...}``); lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, Mapping):
+            out.update(flat_config(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
-def _dig(doc: Mapping[str, Any], path: Sequence[str]) -> Any:
-    node: Any = doc
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
+def experiment_config(exp_dir: Path) -> dict[str, Any]:
+    """The flattened config of ``exp_dir/experiment.toml`` (empty when it is missing or damaged)."""
+    return flat_config(_toml(exp_dir / "experiment.toml"))
 
 
-def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The summary of an experiment, recomputed from ``setup.json`` and raw cycle records."""
-    computed = [compute_cycle(c, setup) for c in cycles]
-    blocks = [{"metrics": m, "energy": e} for m, e, _ in computed]
-    figures = {name: interval([_dig(b, path) for b in blocks]) for name, path in HEADLINE}
-    warnings = list(setup.get("warnings", ()))
-    by_message: dict[str, list[str]] = {}
-    for c, (_, _, w) in zip(cycles, computed, strict=True):
-        for msg in [*c.get("notes", ()), *w]:
-            by_message.setdefault(msg, []).append(str(c["cycle"]))
-    for msg, which in by_message.items():
-        warnings.append(f"cycle{'s' if len(which) > 1 else ''} {', '.join(which)}: {msg}")
-    if len(cycles) < 2:
-        warnings.append(f"{len(cycles)} cycle(s): no confidence interval (run at least 2 cycles, better 5+)")
-    per_request = [request_metrics(t) for c in cycles for t in traces_from_json(c["requests"])]
-    pooled = {k: distribution([r[k] for r in per_request if r[k] is not None]) for k in ("ttft_s", "tpot_s", "e2e_s")}
-    pooled["itl_s"] = distribution([x for r in per_request for x in r["itl_s"]])
-    few = [f"{key} ({d['n']})" for key, d in pooled.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
-    if few:
-        limit = MIN_SAMPLES_FOR_PERCENTILES
-        warnings.append(f"pooled percentiles rest on fewer than {limit} samples: {', '.join(few)}")
-    energies = [e for _, e, _ in computed]
-    return {
-        "experiment_id": setup.get("experiment_id"),
-        "run_id": setup.get("run_id"),
-        "backend": setup.get("backend"),
-        "model": setup.get("model"),
-        "sweep_values": setup.get("sweep_values", {}),
-        "status": "ok",
-        "cycles": len(cycles),
-        "figures": figures,
-        "latency_pooled": pooled,
-        "methods": {
-            "energy": next((e["method"] for e in energies if e["method"]), None),
-            "idle": next((e["idle_method"] for e in energies if e["idle_method"]), None),
-            "peak_power": next((e["peak_power_method"] for e in energies if e["peak_power_method"]), None),
-            "flops": next((m["flops"]["method"] for m, _, _ in computed), None),
-        },
-        "energy_reason": next((e["reason"] for e in energies if e["reason"]), None),
-        "idle_reason": next((e["idle_reason"] for e in energies if e["idle_reason"]), None),
-        "prompts": setup.get("prompts"),
-        "load": setup.get("load"),
-        "idle_power_w": energies[0]["idle_power_w"] if energies else None,
-        "warmup": setup.get("warmup"),
-        "warnings": list(dict.fromkeys(warnings)),
-    }
+def read_setup(exp_dir: Path) -> dict[str, Any]:
+    """``setup.json``, with the flattened config that schema 1 did not store taken from ``experiment.toml``."""
+    setup = read_json(exp_dir / "setup.json")
+    if not setup.get("config"):
+        setup["config"] = experiment_config(exp_dir)
+    return setup
 
 
 def aggregate_experiment(exp_dir: Path) -> dict[str, Any]:
     """Recompute an experiment's ``summary.json`` from its raw files and write it."""
-    setup = read_json(exp_dir / "setup.json")
+    setup = read_setup(exp_dir)
     cycles = [read_json(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
@@ -235,7 +207,7 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
 
     :raises ResultsError: when the experiments used different backends and that was not allowed.
     """
-    setups = [read_json(d / "setup.json") for d in exp_dirs]
+    setups = [read_setup(d) for d in exp_dirs]
     backends = sorted({str(s.get("backend")) for s in setups})
     if len(backends) > 1 and not allow_mixed_backends:
         raise ResultsError(
@@ -259,7 +231,7 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
         "backends": backends,
         "models": sorted({str(s.get("model")) for s in setups}),
         "cycles": len(blocks),
-        "figures": {name: interval([_dig(b, path) for b in blocks]) for name, path in HEADLINE},
+        "figures": headline_figures(blocks),
     }
 
 
@@ -295,25 +267,57 @@ def _toml(path: Path) -> dict[str, Any]:
 
 
 def experiment_status(exp_dir: Path) -> dict[str, Any]:
-    """A row for ``lem results list``: id, model, backend, status and key figures."""
+    """A row for ``lem results list``: id, model, backend, status and key figures.
+
+    A damaged result file gives status ``damaged`` and a reason naming the file, never a
+    traceback and never a quiet fall-back to another status.
+    """
     row: dict[str, Any] = {"id": f"{exp_dir.parent.name}/{exp_dir.name}", "path": str(exp_dir)}
     doc: dict[str, Any] = {}
-    for name, status in (("summary.json", "ok"), ("failure.json", "failed"), ("setup.json", "incomplete")):
+    statuses = (
+        ("summary.json", "ok"),
+        ("failure.json", "failed"),
+        ("interrupted.json", "interrupted"),
+        ("setup.json", "incomplete"),
+    )
+    for name, status in statuses:
         if (exp_dir / name).exists():
             try:
                 doc = read_json(exp_dir / name)
-            except ResultsError:
-                continue
+            except ResultsError as exc:
+                row.update(status="damaged", reason=str(exc), model=None, backend=None, energy_reason=None)
+                doc = _toml(exp_dir / "experiment.toml")
+                row["model"], row["backend"] = doc.get("model"), doc.get("backend")
+                return row
             row["status"] = status
             break
     else:
         row["status"] = "not started"
         doc = _toml(exp_dir / "experiment.toml")
+    if row["status"] == "interrupted":  # its record has no model or backend: the config has
+        doc = {**_toml(exp_dir / "experiment.toml"), **doc}
     row["model"], row["backend"] = doc.get("model"), doc.get("backend")
-    figs = doc.get("figures", {})
+    figs = doc.get("figures")
     for key in ("output_tokens_per_s", "ttft_s.p50", "energy.j_per_output_token"):
-        row[key] = (figs.get(key) or {}).get("mean")
-    if row["status"] == "failed":
+        cell = figs.get(key) if isinstance(figs, Mapping) else None
+        row[key] = cell.get("mean") if isinstance(cell, Mapping) else None
+    if row["status"] == "ok" and not isinstance(figs, Mapping):
+        row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (no 'figures' table)")
+    if row["status"] in ("failed", "interrupted"):
         row["reason"] = doc.get("reason")
     row["energy_reason"] = doc.get("energy_reason")
     return row
+
+
+def load(directory: str | Path, level: str = "experiment") -> Any:
+    """The results under ``directory`` as a pandas ``DataFrame``: the table ``lem results export`` writes.
+
+    :param directory: a results directory, a run directory or one experiment directory.
+    :param level: ``"experiment"`` (one row per experiment: flattened config, every figure's mean, std
+        and 95% CI, environment facts, status), ``"cycle"`` or ``"request"``.
+    :raises ResultsError: when pandas is not installed (``pip install 'lem-core[export]'``) or the
+        directory holds no experiments. Damaged files are reported as warnings and left out.
+    """
+    from lem.export import dataframe
+
+    return dataframe(Path(directory), level)

@@ -19,11 +19,13 @@ import attrs
 
 from lem import environment, traffic
 from lem.config import ExperimentConfig
+from lem.digests import prompt_digest
 from lem.errors import BackendError, MeterUnavailable
-from lem.loading import Experiment
+from lem.loading import Experiment, unstructure
 from lem.metrics import collect, device_key, peak_total_power, request_metrics
 from lem.progress import Progress
-from lem.results import compute_cycle, summarize, traces_to_json, write_json, write_timeline
+from lem.results import flat_config, write_json, write_timeline
+from lem.summary import compute_cycle, summarize, traces_to_json
 from lem.types import EnergyMeter, EnergyWindow, LoadedModel, Request, TokenEvent
 
 NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"
@@ -233,6 +235,9 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
     warnings: list[str] = []
     metered = meter_devices(config)
     meter, meter_reason = open_meter(config, metered)
+    if meter is None and config.measurement.energy_meters not in (("auto",), ("none",)):
+        # A meter the user named explicitly must work: stop before the model loads, not after the run.
+        raise MeterUnavailable(f"measurement.energy_meter: {meter_reason}")
     model: LoadedModel | None = None
     try:
         _write_environment(exp_dir, meter, meter_reason)
@@ -284,12 +289,15 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             progress.end()
 
         warmup = warm_up(model, prompts, config, progress)
+        digest, digest_of = prompt_digest(prompts)
         setup: dict[str, Any] = {
             "experiment_id": exp.id,
             "run_id": run_id,
             "backend": config.backend,
             "model": config.model,
             "sweep_values": dict(exp.sweep_values),
+            # The resolved config as experiment.toml holds it, flattened: a summary describes itself.
+            "config": flat_config(unstructure(config)),
             "meter": getattr(meter, "name", None),
             "meter_reason": meter_reason,
             "metered_devices": list(metered) if meter is not None else [],
@@ -304,6 +312,8 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
                 "stats": dict(prompt_set.stats),
                 "warnings": list(prompt_set.warnings),
                 "count": len(prompts),
+                "digest": digest,
+                "digest_of": digest_of,
             },
             "load": {
                 "duration_s": load_s,

@@ -130,3 +130,45 @@ def interval(values: Sequence[float | None]) -> dict[str, Any]:
         half = t_quantile_975(len(present) - 1) * s / math.sqrt(len(present))
         out.update({"ci95_low": m - half, "ci95_high": m + half})
     return out
+
+
+def welch_t(a: Sequence[float], b: Sequence[float]) -> tuple[float, float] | None:
+    """Welch's t statistic of ``mean(b) - mean(a)`` and its Welch-Satterthwaite degrees of freedom.
+
+    ``None`` when either sample has fewer than two values or neither has any spread (then t is undefined).
+    """
+    if len(a) < 2 or len(b) < 2:
+        return None
+    sa, sb = std(a), std(b)
+    assert sa is not None and sb is not None
+    va, vb = sa**2 / len(a), sb**2 / len(b)
+    if va + vb == 0:
+        return None
+    t = (mean(b) - mean(a)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    return t, df
+
+
+def welch_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """Welch's two-sided t-test at 5% of ``mean(b)`` against ``mean(a)``.
+
+    ``{t, df, t_crit, resolved, reason}``: ``df`` is Welch-Satterthwaite's;
+    the critical value is taken at ``floor(df)`` degrees of freedom, the
+    conservative textbook rounding (a larger critical value). ``resolved`` is
+    ``None`` with a ``reason`` when the test cannot be made (fewer than two
+    values on a side); with no spread on either side, the means are exact and
+    ``resolved`` says whether they differ.
+    """
+    out: dict[str, Any] = {"t": None, "df": None, "t_crit": None, "resolved": None, "reason": None}
+    if len(a) < 2 or len(b) < 2:
+        out["reason"] = f"needs at least 2 cycles on each side ({len(a)} and {len(b)})"
+        return out
+    got = welch_t(a, b)
+    if got is None:
+        out["resolved"] = mean(a) != mean(b)
+        out["reason"] = "no spread on either side: the difference is exact"
+        return out
+    t, df = got
+    crit = t_quantile_975(max(1, math.floor(df)))
+    out.update({"t": t, "df": df, "t_crit": crit, "resolved": abs(t) > crit})
+    return out

@@ -35,7 +35,7 @@ class PromptSet:
 
     prompts: tuple[Prompt, ...]
     description: str
-    stats: Mapping[str, float]
+    stats: Mapping[str, float | int | None]
     warnings: tuple[str, ...] = ()
 
 
@@ -49,23 +49,27 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
 
 
-def token_stats(lengths: Sequence[int]) -> dict[str, float]:
-    """``n, mean, std, min, p50, p90, p99, max`` of token lengths (std is the population std)."""
-    values = sorted(lengths)
+def token_stats(lengths: Sequence[int]) -> dict[str, float | int | None]:
+    """``n, mean, std, min, p50, p90, p99, max`` of token lengths.
+
+    ``std`` is the sample standard deviation (n - 1), like every other figure
+    (``None`` for one prompt); ``n``, ``min`` and ``max`` are integers.
+    """
+    from lem.stats import std
+
+    values = sorted(int(v) for v in lengths)
     n = len(values)
     if n == 0:
-        return {"n": 0.0}
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / n)
+        return {"n": 0}
     return {
-        "n": float(n),
-        "mean": mean,
-        "std": std,
-        "min": float(values[0]),
+        "n": n,
+        "mean": sum(values) / n,
+        "std": std(values),
+        "min": values[0],
         "p50": percentile(values, 50),
         "p90": percentile(values, 90),
         "p99": percentile(values, 99),
-        "max": float(values[-1]),
+        "max": values[-1],
     }
 
 

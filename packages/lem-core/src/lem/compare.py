@@ -1,0 +1,213 @@
+"""``lem results compare``: headline figures of several experiments side by side, tested and checked for fairness.
+
+Each figure is the mean over cycles with its 95% confidence interval (Student
+t) and its ratio to the first experiment's. Whether a difference from the
+first is *resolved* is Welch's two-sided t-test at 5% on the per-cycle values
+(Welch-Satterthwaite degrees of freedom, rounded down; see
+:func:`lem.stats.welch_test`). A comparison is only fair when the workloads
+match: model, precision, prompt-set digest, input and output token counts and,
+where recorded, the generated-output digest; every mismatch is a warning
+(``--strict``: an error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lem.errors import ResultsError
+
+TEST = (
+    "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "
+    "(Welch-Satterthwaite degrees of freedom, rounded down)"
+)
+
+#: ``(figure, label, scale for display, unit)``: the headline figures compared.
+FIGURES: tuple[tuple[str, str, float, str], ...] = (
+    ("output_tokens_per_s", "output tok/s", 1.0, ""),
+    ("ttft_s.p50", "TTFT p50", 1e3, "ms"),
+    ("ttft_s.p99", "TTFT p99", 1e3, "ms"),
+    ("itl_s.p50", "ITL p50", 1e3, "ms"),
+    ("itl_s.p99", "ITL p99", 1e3, "ms"),
+    ("tpot_s.p50", "TPOT p50", 1e3, "ms"),
+    ("tpot_s.p99", "TPOT p99", 1e3, "ms"),
+    ("energy.j_per_output_token", "J/output token", 1.0, "J"),
+    ("energy.dynamic_j_per_output_token", "dynamic J/output token", 1.0, "J"),
+    ("energy.mean_power_w", "mean power", 1.0, "W"),
+)
+
+
+@attrs.frozen
+class Entry:
+    """One compared experiment: where it is, its summary and the workload facts the fairness check needs."""
+
+    key: str
+    path: Path
+    summary: Mapping[str, Any]
+    config: Mapping[str, Any]
+    input_tokens: tuple[int, ...]
+    output_tokens: tuple[int, ...]
+
+
+def _workload(exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], None]) -> tuple[list[int], list[int]]:
+    """Input and output tokens per cycle: from the summary (schema 2) or the cycle files (schema 1)."""
+    from lem.results import cycle_paths, read_json_or_warn
+
+    work = summary.get("workload")
+    if work:
+        return list(work["input_tokens"]), list(work["output_tokens"])
+    ins, outs = [], []
+    for p in cycle_paths(exp_dir):
+        cycle = read_json_or_warn(p, warn)
+        metrics = (cycle or {}).get("metrics") or {}
+        if "input_tokens" in metrics:
+            ins.append(int(metrics["input_tokens"]))
+            outs.append(int(metrics["output_tokens"]))
+    return ins, outs
+
+
+def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None]) -> list[Entry]:
+    """The experiments named by ``targets`` (run ids expand to their experiments), in order.
+
+    An experiment without a readable summary is reported through ``warn`` and left out.
+    """
+    from lem.results import experiment_config, experiment_dirs, read_json_or_warn, resolve
+
+    entries = []
+    for target in targets:
+        dirs = experiment_dirs(resolve(target, results_dir))
+        if not dirs:
+            warn(f"{target}: no experiments in it")
+        for d in dirs:
+            if not (d / "summary.json").exists():
+                why = "it failed (failure.json)" if (d / "failure.json").exists() else "it did not finish"
+                warn(f"{d}: no summary.json ({why}); left out")
+                continue
+            summary = read_json_or_warn(d / "summary.json", warn)
+            if summary is None:
+                continue
+            ins, outs = _workload(d, summary, warn)
+            key = summary.get("key") or f"{d.parent.name}/{d.name}"
+            config = summary.get("config") or experiment_config(d)
+            entries.append(Entry(key, d, summary, config, tuple(ins), tuple(outs)))
+    if len(entries) < 2:
+        raise ResultsError(f"compare needs at least 2 experiments with a summary; found {len(entries)}")
+    return entries
+
+
+def _per_cycle(tokens: Sequence[int]) -> str:
+    if not tokens:
+        return "unknown"
+    values = sorted(set(tokens))
+    return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def fairness(entries: Sequence[Entry]) -> list[str]:
+    """One line per way a workload differs from the first's (model, precision, prompts, tokens, outputs)."""
+    first = entries[0]
+    problems = []
+
+    def check(what: str, get: Callable[[Entry], Any], known: Callable[[Any], bool] = lambda v: True) -> None:
+        base = get(first)
+        for e in entries[1:]:
+            value = get(e)
+            if known(base) and known(value) and value != base:
+                problems.append(f"{what} differs: {first.key} has {base}, {e.key} has {value}")
+
+    check("model", lambda e: e.summary.get("model"))
+    check("precision", lambda e: e.config.get("precision"), lambda v: v is not None)
+    check("prompt-set digest", lambda e: (e.summary.get("prompts") or {}).get("digest"), lambda v: v is not None)
+    check("input tokens per cycle", lambda e: _per_cycle(e.input_tokens), lambda v: v != "unknown")
+    check("output tokens per cycle", lambda e: _per_cycle(e.output_tokens), lambda v: v != "unknown")
+    check("generated-output digest", lambda e: e.summary.get("output_digest"), lambda v: v is not None)
+    return problems
+
+
+def _figure(summary: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    figure: Mapping[str, Any] = (summary.get("figures") or {}).get(name) or {}
+    return figure
+
+
+def _values(summary: Mapping[str, Any], name: str) -> list[float]:
+    fig = _figure(summary, name)
+    return [float(v) for v in fig.get("values") or () if v is not None]
+
+
+def compare(entries: Sequence[Entry]) -> dict[str, Any]:
+    """The comparison as JSON-ready data: experiments, figures (mean, CI, ratio, Welch verdict), warnings."""
+    from lem.stats import welch_test
+
+    figures = []
+    for name, label, scale, unit in FIGURES:
+        base = _values(entries[0].summary, name)
+        base_mean = _figure(entries[0].summary, name).get("mean")
+        cells = []
+        for i, e in enumerate(entries):
+            fig = _figure(e.summary, name)
+            mean = fig.get("mean")
+            cell: dict[str, Any] = {
+                "key": e.key,
+                "n": fig.get("n", 0),
+                "mean": mean,
+                "ci95_low": fig.get("ci95_low"),
+                "ci95_high": fig.get("ci95_high"),
+                "reason": fig.get("reason"),
+                "ratio": mean / base_mean if mean is not None and base_mean else None,
+            }
+            if i > 0:
+                cell["welch"] = welch_test(base, _values(e.summary, name))
+            cells.append(cell)
+        figures.append({"figure": name, "label": label, "unit": unit, "scale": scale, "experiments": cells})
+    return {
+        "test": TEST,
+        "experiments": [
+            {
+                "key": e.key,
+                "path": str(e.path),
+                "backend": e.summary.get("backend"),
+                "model": e.summary.get("model"),
+                "cycles": e.summary.get("cycles"),
+            }
+            for e in entries
+        ],
+        "figures": figures,
+        "warnings": fairness(entries),
+    }
+
+
+def _num(value: float | None, scale: float) -> str:
+    return "-" if value is None else f"{value * scale:.4g}"
+
+
+def _verdict(welch: Mapping[str, Any]) -> str:
+    if welch["resolved"] is None:
+        return "n/a"
+    return "resolved" if welch["resolved"] else "not resolved"
+
+
+def render(result: Mapping[str, Any]) -> Any:
+    """A rich ``Table`` of the comparison: one row per figure, one column per experiment."""
+    from rich.table import Table
+
+    table = Table(title="lem results compare", caption=f"resolved: {result['test']}", show_lines=True)
+    table.add_column("figure", no_wrap=True)
+    for e in result["experiments"]:
+        table.add_column(f"{e['key']}\n{e['backend']}", overflow="fold")
+    for fig in result["figures"]:
+        unit = f" ({fig['unit']})" if fig["unit"] else ""
+        row = [fig["label"] + unit]
+        for i, cell in enumerate(fig["experiments"]):
+            scale = fig["scale"]
+            if cell["mean"] is None:
+                row.append(f"null: {cell['reason']}" if cell.get("reason") else "-")
+                continue
+            text = f"{_num(cell['mean'], scale)} [{_num(cell['ci95_low'], scale)}, {_num(cell['ci95_high'], scale)}]"
+            if i > 0:
+                ratio = "-" if cell["ratio"] is None else f"×{cell['ratio']:.3f}"
+                text += f"\n{ratio} {_verdict(cell['welch'])}"
+            row.append(text)
+        table.add_row(*row)
+    return table

@@ -1,0 +1,290 @@
+"""Results as tables: one row per experiment, per cycle or per request, written as CSV, JSONL or Parquet.
+
+``lem results export`` and :func:`lem.results.load` build the same rows. CSV
+and JSONL need nothing beyond the standard library; Parquet and the pandas
+``DataFrame`` need the ``export`` extra (``pip install 'lem-core[export]'``).
+
+Every reader here goes on past a damaged file: the file is named in one
+warning line and its experiment (or cycle) is left out, or, for an
+experiment, kept with the facts that could be read.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from lem.errors import ResultsError
+
+LEVELS = ("experiment", "cycle", "request")
+FORMATS = ("csv", "parquet", "jsonl")
+EXTRA = "pip install 'lem-core[export]'"
+
+Warn = Callable[[str], None]
+
+
+def _stderr(line: str) -> None:
+    print(f"lem: warning: {line}", file=sys.stderr)
+
+
+# --- one experiment's files ----------------------------------------------------------------
+
+
+def _key(exp_dir: Path) -> str:
+    return f"{exp_dir.parent.name}/{exp_dir.name}"
+
+
+def _doc(exp_dir: Path, name: str, warn: Warn) -> dict[str, Any] | None:
+    from lem.results import read_json_or_warn
+
+    path = exp_dir / name
+    return read_json_or_warn(path, warn) if path.exists() else None
+
+
+def environment_facts(env: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The key facts of an ``environment.json``: GPUs, driver, CUDA, CPU, Python and lem/library versions."""
+    if not env:
+        return {}
+    gpus = env.get("gpus") or []
+    cuda = env.get("cuda") or {}
+    out: dict[str, Any] = {
+        "env.gpu_count": len(gpus),
+        "env.gpu_names": "; ".join(str(g.get("name")) for g in gpus) or None,
+        "env.driver_version": cuda.get("driver_version") or next((g.get("driver_version") for g in gpus), None),
+        "env.cuda_driver_api_version": cuda.get("cuda_driver_api_version"),
+        "env.cuda_visible_devices": cuda.get("cuda_visible_devices"),
+        "env.cpu_model": (env.get("cpu") or {}).get("model"),
+        "env.cpu_logical_cores": (env.get("cpu") or {}).get("logical_cores"),
+        "env.ram_bytes": env.get("ram_bytes"),
+        "env.python": (env.get("python") or {}).get("version"),
+        "env.hostname": env.get("hostname"),
+    }
+    packages = env.get("packages") or {}
+    for name, version in {**(packages.get("lem") or {}), **(packages.get("libraries") or {})}.items():
+        if version is not None:
+            out[f"version.{name}"] = version
+    return out
+
+
+def _status(exp_dir: Path, summary: Any, failure: Any) -> str:
+    if summary is not None:
+        return "ok"
+    if failure is not None:
+        return "failed"
+    return "incomplete" if (exp_dir / "setup.json").exists() else "not started"
+
+
+def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
+    """One experiment as a flat row: identity, status, flattened config, every figure, environment facts."""
+    from lem.results import experiment_config
+
+    summary = _doc(exp_dir, "summary.json", warn)
+    failure = _doc(exp_dir, "failure.json", warn) if summary is None else None
+    doc = summary or failure or {}
+    row: dict[str, Any] = {
+        "key": doc.get("key") or _key(exp_dir),
+        "run_id": doc.get("run_id") or exp_dir.parent.name,
+        "experiment_id": doc.get("experiment_id") or exp_dir.name,
+        "status": _status(exp_dir, summary, failure),
+        "backend": doc.get("backend"),
+        "model": doc.get("model"),
+        "cycles": doc.get("cycles"),
+        "failed_requests": doc.get("failed_requests"),
+        "prompts.digest": (doc.get("prompts") or {}).get("digest"),
+        "output_digest": doc.get("output_digest"),
+        "outputs_identical_across_cycles": doc.get("outputs_identical_across_cycles"),
+        "energy_method": (doc.get("methods") or {}).get("energy"),
+        "energy_reason": doc.get("energy_reason"),
+        "failure_reason": (failure or {}).get("reason"),
+    }
+    config = doc.get("config") or experiment_config(exp_dir)
+    row.update({f"config.{k}": v for k, v in config.items()})
+    if row["backend"] is None:
+        row["backend"], row["model"] = config.get("backend"), config.get("model")
+    for name, fig in (doc.get("figures") or {}).items():
+        for stat in ("mean", "std", "ci95_low", "ci95_high"):
+            row[f"{name}.{stat}"] = fig.get(stat)
+    row.update(environment_facts(_doc(exp_dir, "environment.json", warn)))
+    return row
+
+
+def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(setup, raw cycle)`` of every readable cycle of an experiment."""
+    from lem.results import cycle_paths, read_json_or_warn, read_setup
+
+    if not (exp_dir / "setup.json").exists():
+        return
+    try:
+        setup = read_setup(exp_dir)
+    except ResultsError as exc:
+        warn(f"{exc}; its cycles are skipped")
+        return
+    for path in cycle_paths(exp_dir):
+        raw = read_json_or_warn(path, warn)
+        if raw is not None:
+            yield setup, raw
+
+
+def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
+    """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
+    from lem.summary import HEADLINE, compute_cycle, dig
+
+    rows = []
+    for setup, raw in _cycles(exp_dir, warn):
+        metrics, energy, _ = compute_cycle(raw, setup)
+        block = {"metrics": metrics, "energy": energy}
+        row: dict[str, Any] = {
+            "key": _key(exp_dir),
+            "run_id": exp_dir.parent.name,
+            "experiment_id": exp_dir.name,
+            "cycle": raw.get("cycle"),
+            "requests": metrics["requests"],
+            "completed_requests": metrics["completed_requests"],
+            "failed_requests": metrics["failed_requests"],
+            "input_tokens": metrics["input_tokens"],
+            "output_tokens": metrics["output_tokens"],
+            "duration_s": metrics["duration_s"],
+            "output_digest": metrics["output_digest"],
+            "energy_method": energy["method"],
+            "energy_reason": energy["reason"],
+        }
+        row.update({name: dig(block, path) for name, path in HEADLINE})
+        rows.append(row)
+    return rows
+
+
+def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
+    """One row per request of every cycle: TTFT, E2E, TPOT, token counts, error."""
+    from lem.metrics import request_metrics
+    from lem.summary import traces_from_json
+
+    rows = []
+    for _, raw in _cycles(exp_dir, warn):
+        raw_rows = {int(r["id"]): r for r in raw["requests"]}
+        for trace in traces_from_json(raw["requests"]):
+            m = request_metrics(trace)
+            rows.append(
+                {
+                    "key": _key(exp_dir),
+                    "run_id": exp_dir.parent.name,
+                    "experiment_id": exp_dir.name,
+                    "cycle": raw.get("cycle"),
+                    "request": m["id"],
+                    "input_tokens": m["input_tokens"],
+                    "output_tokens": m["output_tokens"],
+                    "ttft_s": m["ttft_s"],
+                    "e2e_s": m["e2e_s"],
+                    "tpot_s": m["tpot_s"],
+                    "finished": m["finished"],
+                    "error": m["error"],
+                    "output_digest": raw_rows[m["id"]].get("output_digest"),
+                }
+            )
+    return rows
+
+
+def rows(root: Path, level: str = "experiment", warn: Warn = _stderr) -> list[dict[str, Any]]:
+    """The rows of every experiment under ``root`` (a results, run or experiment directory) at ``level``."""
+    from lem.results import experiment_dirs
+
+    if level not in LEVELS:
+        raise ResultsError(f"--level {level}: unknown level (use {', '.join(LEVELS)})")
+    if not root.is_dir():
+        raise ResultsError(f"{root}: no such results directory")
+    dirs = experiment_dirs(root)
+    if not dirs:
+        raise ResultsError(f"{root}: no experiments here (a results, run or experiment directory was expected)")
+    out: list[dict[str, Any]] = []
+    for d in dirs:
+        if level == "experiment":
+            out.append(experiment_row(d, warn))
+        else:
+            out += cycle_rows(d, warn) if level == "cycle" else request_rows(d, warn)
+    return out
+
+
+def columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every column of ``table`` in the order first seen (rows may lack some: their cells are empty)."""
+    seen: dict[str, None] = {}
+    for row in table:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+# --- writing -------------------------------------------------------------------------------------
+
+
+def _cell(value: Any) -> Any:
+    # A list or table in a cell (config.measurement.devices) stays readable as JSON.
+    return json.dumps(value) if isinstance(value, (list, tuple, dict)) else value
+
+
+def to_csv(table: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    """CSV with a header; null cells are empty, lists are JSON."""
+    writer = csv.DictWriter(out, fieldnames=columns(table), restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in table:
+        writer.writerow({k: ("" if v is None else _cell(v)) for k, v in row.items()})
+
+
+def to_jsonl(table: Sequence[Mapping[str, Any]], out: TextIO) -> None:
+    """One JSON object per line, every column present (null when a row lacks it)."""
+    cols = columns(table)
+    for row in table:
+        out.write(json.dumps({c: row.get(c) for c in cols}, allow_nan=False) + "\n")
+
+
+def dataframe_of(table: Sequence[Mapping[str, Any]]) -> Any:
+    """A pandas ``DataFrame`` of the rows (columns in first-seen order)."""
+    try:
+        import pandas as pd  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        raise ResultsError(f"pandas is not installed: {EXTRA}") from None
+    cols = columns(table)
+    return pd.DataFrame([{c: row.get(c) for c in cols} for row in table], columns=cols)
+
+
+def to_parquet(table: Sequence[Mapping[str, Any]], path: Path) -> None:
+    """A Parquet file (pandas + pyarrow); lists and tables in cells are stored as JSON text."""
+    try:
+        import pyarrow  # noqa: F401  (to_parquet's engine; fail with the install line, not pandas' message)
+    except ImportError:
+        raise ResultsError(f"pyarrow is not installed: {EXTRA}") from None
+    frame = dataframe_of([{k: _cell(v) for k, v in row.items()} for row in table])
+    frame.to_parquet(path, index=False)
+
+
+def export(root: Path, fmt: str, level: str, out: Path | None, warn: Warn = _stderr) -> int:
+    """Write the ``level`` table of ``root`` as ``fmt`` to ``out`` (stdout when ``None``); returns the row count."""
+    if fmt not in FORMATS:
+        raise ResultsError(f"--format {fmt}: unknown format (use {', '.join(FORMATS)})")
+    if fmt == "parquet" and out is None:
+        raise ResultsError("--format parquet writes a binary file: give it with --out FILE")
+    table = rows(root, level, warn)
+    if fmt == "parquet":
+        assert out is not None
+        to_parquet(table, out)
+        return len(table)
+    buf = io.StringIO()
+    (to_csv if fmt == "csv" else to_jsonl)(table, buf)
+    if out is None:
+        sys.stdout.write(buf.getvalue())
+    else:
+        from lem.results import write_atomic
+
+        write_atomic(out, buf.getvalue())
+    return len(table)
+
+
+def dataframe(root: Path, level: str = "experiment", warn: Warn = _stderr) -> Any:
+    """:func:`lem.results.load`: the ``level`` table of ``root`` as a pandas ``DataFrame``."""
+    try:
+        import pandas  # type: ignore[import-untyped,unused-ignore]  # noqa: F401  (checked before reading files)
+    except ImportError:
+        raise ResultsError(f"lem.results.load needs pandas: {EXTRA}") from None
+    return dataframe_of(rows(root, level, warn))

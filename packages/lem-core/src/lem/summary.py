@@ -1,0 +1,299 @@
+"""A cycle's figures from its raw record, and an experiment's summary over its cycles, labelled honestly.
+
+Raw request rows (arrival, token events, ids, errors) and energy windows are
+the source of truth; :func:`compute_cycle` and :func:`summarize` derive every
+figure from them, so ``lem results aggregate`` can recompute a summary later,
+also over results written by an older schema.
+
+The labels a reader needs to not misread a figure are put in the result
+itself: null figures carry a ``reason``; a figure whose 95% interval reaches
+below zero though it cannot be negative is flagged ``ci95_low_impossible``; a
+negative dynamic energy is flagged per cycle; several energy methods across
+cycles are each named with the number of cycles they covered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from lem.digests import cycle_output_digest, ids_digest
+from lem.metrics import (
+    ENERGY_FIGURES,
+    RequestTrace,
+    cycle_metrics,
+    energy_figures,
+    failure_reasons,
+    idle_power,
+    latency_distributions,
+    request_metrics,
+)
+from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, interval
+
+#: Figures summarized across cycles: name -> path into a cycle's ``metrics``/``energy`` blocks.
+LATENCIES = ("ttft_s", "itl_s", "tpot_s", "e2e_s")
+HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("output_tokens_per_s", ("metrics", "output_tokens_per_s")),
+    ("total_tokens_per_s", ("metrics", "total_tokens_per_s")),
+    ("requests_per_s", ("metrics", "requests_per_s")),
+    *(
+        (f"{lat}.{stat}", ("metrics", lat, stat))
+        for lat in LATENCIES
+        for stat in ("mean", *(f"p{q}" for q in PERCENTILES))
+    ),
+    *((f"energy.{key}", ("energy", key)) for key in ENERGY_FIGURES),
+    ("flops.total", ("metrics", "flops", "total")),
+    ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
+)
+
+#: Results written before schema 2 recorded neither prompt ids nor output ids.
+NOT_RECORDED_V1 = "not recorded: these results were written by lem's schema 1"
+
+
+# --- traces in JSON form ------------------------------------------------------------
+
+
+def traces_to_json(traces: Sequence[RequestTrace], t0_ns: int) -> list[dict[str, Any]]:
+    """Raw request rows with times relative to the cycle's start (integers, ns), ids, digest and error."""
+    return [
+        {
+            "id": t.id,
+            "input_tokens": t.input_tokens,
+            "origin_ns": None if t.origin_ns is None else t.origin_ns - t0_ns,
+            "events": [[ts - t0_ns, n] for ts, n in t.events],
+            "finished": t.finished,
+            "token_ids": None if t.token_ids is None else list(t.token_ids),
+            "output_digest": ids_digest(t.token_ids),
+            "error": t.error,
+        }
+        for t in traces
+    ]
+
+
+def traces_from_json(rows: Iterable[Mapping[str, Any]]) -> list[RequestTrace]:
+    """The inverse of :func:`traces_to_json` (times stay relative to the cycle's start; schema 1 rows too)."""
+    return [
+        RequestTrace(
+            int(r["id"]),
+            int(r["input_tokens"]),
+            r["origin_ns"],
+            tuple((int(t), int(n)) for t, n in r["events"]),
+            bool(r["finished"]),
+            None if r.get("token_ids") is None else tuple(int(i) for i in r["token_ids"]),
+            r.get("error"),
+        )
+        for r in rows
+    ]
+
+
+# --- one cycle ------------------------------------------------------------------------
+
+
+def num_beams(setup: Mapping[str, Any]) -> int:
+    """``generation.num_beams`` of the experiment (1 when the setup does not say)."""
+    return int((setup.get("config") or {}).get("generation.num_beams", 1) or 1)
+
+
+def compute_cycle(raw: Mapping[str, Any], setup: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup."""
+    traces = traces_from_json(raw["requests"])
+    model = setup.get("model_info", {})
+    metrics, warnings = cycle_metrics(
+        traces,
+        raw["window"]["duration_s"],
+        model.get("model_config"),
+        model.get("num_parameters"),
+        num_beams=num_beams(setup),
+    )
+    metrics["output_digest"] = cycle_output_digest(raw["requests"])
+    idle = setup.get("idle", {})
+    energy, ewarn = energy_figures(
+        raw.get("energy_window"),
+        raw.get("energy_reason"),
+        idle_power(idle.get("window")),
+        idle.get("reason"),
+        metrics["output_tokens"],
+    )
+    return metrics, energy, warnings + ewarn
+
+
+def dig(doc: Mapping[str, Any], path: Sequence[str]) -> Any:
+    """``doc[path[0]][path[1]]...``, ``None`` where a step is missing."""
+    node: Any = doc
+    for key in path:
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(key)
+    return node
+
+
+def headline_figures(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every headline figure over cycles (``{"metrics": ..., "energy": ...}`` blocks), with its labels."""
+    figures = {}
+    for name, path in HEADLINE:
+        fig = interval([dig(b, path) for b in blocks])
+        present = [v for v in fig["values"] if v is not None]
+        if fig["ci95_low"] is not None:
+            # A figure that cannot be negative (all its values are >= 0) with an interval below 0:
+            # the raw bound is kept, the flag says it is impossible (too few cycles for this spread).
+            fig["ci95_low_impossible"] = fig["ci95_low"] < 0 <= min(present)
+        if not present and name.split(".")[0] in LATENCIES:
+            label = next((dig(b, path[:-1]) for b in blocks if dig(b, path[:-1])), None) or {}
+            if label.get("reason"):
+                fig["reason"] = label["reason"]
+        if name.startswith("ttft_s."):
+            note = next((dig(b, ("metrics", "ttft_s", "note")) for b in blocks), None)
+            if note:
+                fig["note"] = note
+        figures[name] = fig
+    return figures
+
+
+# --- warnings over cycles ----------------------------------------------------------------------
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+
+
+def group_warnings(items: Sequence[tuple[int, str]]) -> list[str]:
+    """One line per kind of per-cycle warning: ``cycles 1, 2, 3: ...``.
+
+    Messages that differ only in their numbers (a window of 0.41 s in one
+    cycle, 0.47 s in the next) are one warning, each varying number shown as
+    its range ``low–high``.
+    """
+    groups: dict[str, list[tuple[int, list[str]]]] = {}
+    for cycle, msg in items:
+        groups.setdefault(_NUMBER.sub("\0", msg), []).append((cycle, _NUMBER.findall(msg)))
+    lines = []
+    for template, members in groups.items():
+        cycles = sorted({c for c, _ in members})
+        slots = []
+        for i in range(template.count("\0")):
+            values = [nums[i] for _, nums in members]
+            if len(set(values)) == 1:
+                slots.append(values[0])
+            else:
+                slots.append(f"{min(values, key=float)}–{max(values, key=float)}")
+        text = template
+        for slot in slots:
+            text = text.replace("\0", slot, 1)
+        lines.append(f"cycle{'s' if len(cycles) > 1 else ''} {', '.join(map(str, cycles))}: {text}")
+    return lines
+
+
+def energy_methods(energies: Sequence[Mapping[str, Any]]) -> tuple[str | None, dict[str, int]]:
+    """``(method, {method: cycles})``: one method, or ``"mixed: a, b"`` when cycles used several."""
+    counts: dict[str, int] = {}
+    for e in energies:
+        if e.get("method"):
+            counts[e["method"]] = counts.get(e["method"], 0) + 1
+    if not counts:
+        return None, {}
+    return (next(iter(counts)) if len(counts) == 1 else "mixed: " + ", ".join(sorted(counts))), counts
+
+
+# --- the summary -----------------------------------------------------------------------------------
+
+
+def _outputs(cycles: Sequence[Mapping[str, Any]], metrics: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``output_digest`` of the first cycle and whether every cycle produced the same outputs."""
+    digests = [m["output_digest"] for m in metrics]
+    recorded = any("token_ids" in r for c in cycles for r in c["requests"])
+    if not digests or digests[0] is None:
+        why = "the backend did not report the generated token ids" if recorded else NOT_RECORDED_V1
+        return {"output_digest": None, "outputs_identical_across_cycles": None, "output_digest_reason": why}
+    same = None if any(d is None for d in digests) else len(set(digests)) == 1
+    return {"output_digest": digests[0], "outputs_identical_across_cycles": same, "output_digest_reason": None}
+
+
+def _prompts(setup: Mapping[str, Any]) -> dict[str, Any] | None:
+    prompts = setup.get("prompts")
+    if prompts is None:
+        return None
+    out = dict(prompts)
+    if "digest" not in out:
+        out.update({"digest": None, "digest_of": None, "digest_reason": NOT_RECORDED_V1})
+    return out
+
+
+def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The summary of an experiment, recomputed from ``setup.json`` and raw cycle records.
+
+    ``setup["config"]`` is the flattened resolved config (see :func:`lem.results.flat_config`).
+    """
+    computed = [compute_cycle(c, setup) for c in cycles]
+    metrics = [m for m, _, _ in computed]
+    energies = [e for _, e, _ in computed]
+    figures = headline_figures([{"metrics": m, "energy": e} for m, e, _ in computed])
+    warnings = list(setup.get("warnings", ()))
+    per_cycle = [
+        (int(c["cycle"]), msg)
+        for c, (_, _, w) in zip(cycles, computed, strict=True)
+        for msg in [*c.get("notes", ()), *w]
+    ]
+    warnings += group_warnings(per_cycle)
+    if len(cycles) < 2:
+        warnings.append(f"{len(cycles)} cycle(s): no confidence interval (run at least 2 cycles, better 5+)")
+    per_request = [request_metrics(t) for c in cycles for t in traces_from_json(c["requests"])]
+    pooled = latency_distributions(per_request, num_beams(setup))
+    few = [f"{key} ({d['n']})" for key, d in pooled.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
+    if few:
+        limit = MIN_SAMPLES_FOR_PERCENTILES
+        warnings.append(f"pooled percentiles rest on fewer than {limit} samples: {', '.join(few)}")
+    if num_beams(setup) > 1:
+        warnings.append(f"{pooled['itl_s']['reason']}: ITL and TPOT are null; {pooled['ttft_s']['note']}")
+    reasons = failure_reasons(per_request)
+    failed = sum(reasons.values())
+    if failed:
+        listed = "; ".join(f"{why} ({n})" for why, n in reasons.items())
+        warnings.append(f"{failed} of {len(per_request)} requests failed over {len(cycles)} cycle(s): {listed}")
+    method, method_cycles = energy_methods(energies)
+    if len(method_cycles) > 1:
+        used = ", ".join(f"{m} in {n} cycle(s)" for m, n in method_cycles.items())
+        warnings.append(f"cycles measured energy by different methods ({used}): their figures are less comparable")
+    negative = [int(c["cycle"]) for c, e in zip(cycles, energies, strict=True) if e.get("dynamic_negative")]
+    impossible = [name for name, f in figures.items() if f.get("ci95_low_impossible")]
+    if impossible:
+        warnings.append(
+            f"the 95% interval of {', '.join(impossible)} reaches below zero though the figure cannot be negative: "
+            "the interval is too wide to say much; run more cycles (measurement.cycles)"
+        )
+    run_id, exp_id = setup.get("run_id"), setup.get("experiment_id")
+    return {
+        "key": f"{run_id}/{exp_id}",
+        "experiment_id": exp_id,
+        "run_id": run_id,
+        "backend": setup.get("backend"),
+        "model": setup.get("model"),
+        "sweep_values": setup.get("sweep_values", {}),
+        "config": dict(setup.get("config") or {}),
+        "status": "ok",
+        "cycles": len(cycles),
+        "figures": figures,
+        "latency_pooled": pooled,
+        "failed_requests": failed,
+        "failure_reasons": reasons,
+        "workload": {
+            "requests": [m["requests"] for m in metrics],
+            "input_tokens": [m["input_tokens"] for m in metrics],
+            "output_tokens": [m["output_tokens"] for m in metrics],
+            "failed_requests": [m["failed_requests"] for m in metrics],
+        },
+        **_outputs(cycles, metrics),
+        "flags": {"negative_dynamic_energy_cycles": negative, "ci95_low_impossible": impossible},
+        "methods": {
+            "energy": method,
+            "energy_cycles": method_cycles,
+            "idle": next((e["idle_method"] for e in energies if e["idle_method"]), None),
+            "peak_power": next((e["peak_power_method"] for e in energies if e["peak_power_method"]), None),
+            "flops": next((m["flops"]["method"] for m in metrics), None),
+        },
+        "energy_reason": next((e["reason"] for e in energies if e["reason"]), None),
+        "idle_reason": next((e["idle_reason"] for e in energies if e["idle_reason"]), None),
+        "prompts": _prompts(setup),
+        "load": setup.get("load"),
+        "idle_power_w": energies[0]["idle_power_w"] if energies else None,
+        "warmup": setup.get("warmup"),
+        "warnings": list(dict.fromkeys(warnings)),
+    }
