@@ -1,0 +1,191 @@
+"""The streaming client: one request to ``/v1/completions`` with ``stream: true``, as lem-core ``Delta`` s.
+
+Each streamed chunk becomes one :class:`~lem.serving.Delta`. Token counts:
+
+1. a chunk's ``choices[0].token_ids`` when the server sends them (vLLM does
+   when asked with ``return_token_ids``), else
+2. the length of its ``logprobs.tokens`` (asked for with ``logprobs: 0``
+   where the engine has no token ids: llama.cpp's server), else
+3. one token per chunk that carries text (TGI, SGLang, trtllm-serve stream
+   one token per chunk by default);
+
+then reconciled with the server's own count: with ``stream_options:
+{include_usage: true}`` the last chunk carries ``usage.completion_tokens``,
+and the request's final delta adds the difference when the chunks counted
+fewer (a count the chunks overshot stands, and cannot be taken back: it has
+not been seen). The final delta is sent when the stream ends (``[DONE]``),
+not on the chunk with ``finish_reason``, because usage comes after that.
+
+An HTTP error status or a broken stream fails that request
+(:class:`~lem.serving.RequestFailed`); a refused connection means the
+server is gone and ends the cycle.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import attrs
+
+from lem.config import ExperimentConfig, GenerationConfig
+from lem.types import Request
+
+#: ``[generation]`` key -> field of the completions request body, per engine (``None``: the engine's
+#: completions API has no such field; validation warns when the experiment sets it to a non-default).
+SAMPLING: dict[str, dict[str, str | None]] = {
+    #                   vllm             sglang           trtllm               llamacpp          tgi
+    "max_output_tokens": dict.fromkeys(("vllm", "sglang", "trtllm", "llamacpp", "tgi"), "max_tokens"),
+    "temperature": dict.fromkeys(("vllm", "sglang", "trtllm", "llamacpp", "tgi"), "temperature"),
+    "top_p": dict.fromkeys(("vllm", "sglang", "trtllm", "llamacpp", "tgi"), "top_p"),
+    "seed": dict.fromkeys(("vllm", "sglang", "trtllm", "llamacpp", "tgi"), "seed"),
+    "top_k": {"vllm": "top_k", "sglang": "top_k", "trtllm": "top_k", "llamacpp": "top_k", "tgi": None},
+    "min_p": {"vllm": "min_p", "sglang": "min_p", "trtllm": "min_p", "llamacpp": "min_p", "tgi": None},
+    "repetition_penalty": {
+        "vllm": "repetition_penalty",
+        "sglang": "repetition_penalty",
+        "trtllm": "repetition_penalty",
+        "llamacpp": "repeat_penalty",
+        "tgi": "repetition_penalty",
+    },
+    "min_output_tokens": {
+        "vllm": "min_tokens",
+        "sglang": "min_tokens",
+        "trtllm": "min_tokens",
+        "llamacpp": "min_tokens",
+        "tgi": None,
+    },
+    # llama.cpp's server has no ignore_eos: the end-of-sequence token is banned through logit_bias instead.
+    "ignore_eos": {
+        "vllm": "ignore_eos",
+        "sglang": "ignore_eos",
+        "trtllm": "ignore_eos",
+        "llamacpp": "logit_bias",
+        "tgi": None,
+    },
+}
+
+#: The OpenAI completions fields, sent to a server of no known engine.
+STANDARD: dict[str, str] = {
+    "max_output_tokens": "max_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "seed": "seed",
+}
+
+#: Body fields that make an engine report per-chunk token counts.
+COUNT_FIELDS: dict[str, dict[str, Any]] = {
+    "vllm": {"return_token_ids": True},
+    "llamacpp": {"logprobs": 0},
+}
+
+#: Off values: a key at its off value is left out of the body (so an engine without it is not bothered).
+_OFF: dict[str, Any] = {
+    "top_k": 0,
+    "min_p": 0.0,
+    "repetition_penalty": 1.0,
+    "min_output_tokens": 0,
+    "ignore_eos": False,
+}
+
+
+@attrs.frozen
+class Target:
+    """Where and how to send requests.
+
+    :param url: base URL (``http://127.0.0.1:PORT``), no trailing slash.
+    :param model: the ``model`` field (the server's own model id).
+    :param engine: a key of :data:`SAMPLING` (``None``: an unknown server; only the standard OpenAI fields).
+    :param token_ids: send prompts as token ids when the request has them.
+    :param headers: sent with every request (the API key, never recorded).
+    """
+
+    url: str
+    model: str
+    engine: str | None
+    token_ids: bool
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+
+
+def body(
+    target: Target, req: Request, params: GenerationConfig, config: ExperimentConfig, eos_token_id: int | None = None
+) -> dict[str, Any]:
+    """The JSON body for one streamed completion of ``req``."""
+    out: dict[str, Any] = {
+        "model": target.model,
+        "prompt": list(req.prompt_token_ids) if target.token_ids and req.prompt_token_ids is not None else req.prompt,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    values: dict[str, Any] = {
+        "max_output_tokens": params.max_output_tokens,
+        "temperature": 0.0 if params.greedy else params.temperature,
+        "top_p": params.top_p,
+        "seed": config.seed,
+        "top_k": params.top_k,
+        "min_p": params.min_p,
+        "repetition_penalty": params.repetition_penalty,
+        "min_output_tokens": params.min_output_tokens,
+        "ignore_eos": params.ignore_eos,
+    }
+    for key, value in values.items():
+        if key in _OFF and value == _OFF[key]:
+            continue
+        field = STANDARD.get(key) if target.engine is None else SAMPLING[key][target.engine]
+        if field is None:
+            continue
+        if field == "logit_bias":
+            if eos_token_id is not None:
+                out["logit_bias"] = {str(eos_token_id): -1e9}
+            continue
+        out[field] = value
+    out.update(COUNT_FIELDS.get(target.engine or "", {}))
+    return out
+
+
+def chunk_count(choice: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
+    """(token ids, token count) of one streamed choice, by the rules in the module doc."""
+    ids = choice.get("token_ids")
+    if isinstance(ids, list):
+        return tuple(int(i) for i in ids), len(ids)
+    logprobs = choice.get("logprobs")
+    if isinstance(logprobs, Mapping) and isinstance(logprobs.get("tokens"), list):
+        return (), len(logprobs["tokens"])
+    return (), 1 if choice.get("text") else 0
+
+
+async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> AsyncIterator[Any]:
+    """Stream one completion; yields :class:`~lem.serving.Delta` s (see the module doc)."""
+    import httpx
+
+    from lem.serving import Delta, RequestFailed
+
+    counted = 0
+    usage: int | None = None
+    try:
+        async with client.stream("POST", f"{target.url}/v1/completions", json=payload, headers=target.headers) as r:
+            if r.status_code != 200:
+                text = (await r.aread()).decode("utf-8", "replace").strip().replace("\n", " ")
+                raise RequestFailed(f"HTTP {r.status_code}: {text[:300]}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                chunk = json.loads(data)
+                if chunk.get("error"):
+                    raise RequestFailed(f"server error in stream: {str(chunk['error'])[:300]}")
+                if isinstance(chunk.get("usage"), Mapping) and chunk["usage"].get("completion_tokens") is not None:
+                    usage = int(chunk["usage"]["completion_tokens"])
+                for choice in chunk.get("choices") or ():
+                    ids, n = chunk_count(choice)
+                    if n:
+                        counted += n
+                        yield Delta(token_ids=ids, n_tokens=n)
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise RequestFailed(f"the stream broke: {type(exc).__name__}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise RequestFailed(f"unreadable chunk in the stream: {exc}") from None
+    yield Delta(n_tokens=max(0, usage - counted) if usage is not None else 0, finished=True)
