@@ -1,0 +1,173 @@
+"""Starting and stopping a TensorRT-LLM ``LLM``, and the checks made before it owns the GPU.
+
+The ``LLM`` (PyTorch runtime) runs its executor in worker processes (MPI or
+its own IPC); requests are submitted with ``generate_async`` from an asyncio
+loop on its own thread (:class:`lem.serving.EventLoop`), because TensorRT-LLM
+binds a request's result queue to the loop it was submitted from.
+
+:func:`close` calls ``llm.shutdown()`` (which ends the executor and its MPI
+session) and closes the loop; it is idempotent and registered with ``atexit``,
+so success, an error and Ctrl-C all leave no executor or worker behind.
+
+Compute capability is read through NVML (``pynvml``) when it is installed,
+which does not initialise CUDA; otherwise through ``torch.cuda`` here, at load,
+where the backend owns CUDA anyway.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lem.config import ExperimentConfig
+from lem.errors import BackendError
+from lem.serving import EventLoop
+from lem_backend_tensorrt import options
+
+
+@attrs.define
+class Engine:
+    """A running ``tensorrt_llm.LLM`` and the event loop its streaming requests run on."""
+
+    mode: str
+    llm: Any
+    loop: EventLoop | None = None
+    closed: bool = False
+    on_exit: Any = None
+    lock: threading.Lock = attrs.field(factory=threading.Lock)
+
+
+def _visible_ordinals(count: int) -> list[int]:
+    """NVML indices of the first ``count`` CUDA devices (CUDA_VISIBLE_DEVICES as integers, else 0..count-1)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        try:
+            return [int(v) for v in visible.split(",")][:count]
+        except ValueError:
+            pass  # UUIDs or MIG names: fall back to the first devices
+    return list(range(count))
+
+
+def compute_capabilities(count: int) -> list[tuple[str, tuple[int, int]]]:
+    """(name, (major, minor)) of the devices the engine will use; NVML if importable (no CUDA init), else torch."""
+    try:
+        import pynvml
+    except ImportError:
+        pynvml = None
+    if pynvml is not None:
+        try:
+            pynvml.nvmlInit()
+        except pynvml.NVMLError:
+            pass  # no driver here: torch below says so in its own words
+        else:
+            try:
+                found = []
+                for index in _visible_ordinals(count):
+                    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                    name = pynvml.nvmlDeviceGetName(handle)
+                    major, minor = pynvml.nvmlDeviceGetCudaComputeCapability(handle)
+                    found.append((name.decode() if isinstance(name, bytes) else str(name), (int(major), int(minor))))
+                return found
+            finally:
+                pynvml.nvmlShutdown()
+    import torch
+
+    if not torch.cuda.is_available():
+        raise BackendError("backend = 'tensorrt': no CUDA GPU is available; TensorRT-LLM needs an NVIDIA GPU")
+    return [
+        (torch.cuda.get_device_name(i), tuple(torch.cuda.get_device_capability(i)))  # type: ignore[misc]
+        for i in range(min(count, torch.cuda.device_count()))
+    ]
+
+
+def check_capability(config: ExperimentConfig, devices: list[tuple[str, tuple[int, int]]]) -> None:
+    """Refuse GPUs below compute capability 8.0, and fp8 below 9.0, with a clear error."""
+    need_fp8 = options.uses_fp8(config)
+    for name, cap in devices:
+        shown = f"{name} (compute capability {cap[0]}.{cap[1]})"
+        if cap < options.MIN_CAPABILITY:
+            raise BackendError(
+                f"backend = 'tensorrt': {shown} is below 8.0, the oldest TensorRT-LLM's PyTorch runtime supports; "
+                "use an Ampere or newer GPU, or another backend"
+            )
+        if need_fp8 and cap < options.MIN_FP8_CAPABILITY:
+            raise BackendError(
+                f"tensorrt.quantization.method / kv_cache_dtype = 'fp8': {shown} has no fp8 support (needs 9.0, "
+                "Hopper or newer); use int8/int4 quantization or kv_cache_dtype = 'auto'"
+            )
+
+
+def check_checkpoint_quantization(config: ExperimentConfig, model: str) -> None:
+    """A quantized method needs a checkpoint quantized that way (ModelOpt's hf_quant_config.json says how)."""
+    method = options.quantization_method(config)
+    if method is None:
+        return
+    expected = options.QUANTIZATION[method]
+    path = Path(model) / "hf_quant_config.json"
+    if not path.is_file():
+        if Path(model).is_dir():
+            raise BackendError(
+                f"tensorrt.quantization.method = {method!r}: {model} has no hf_quant_config.json; TensorRT-LLM's "
+                "PyTorch runtime serves pre-quantized checkpoints: quantize it with NVIDIA ModelOpt first"
+            )
+        return  # a hub id: TensorRT-LLM reads the quantization when it downloads the checkpoint
+    algo = json.loads(path.read_text()).get("quantization", {}).get("quant_algo")
+    if algo != expected:
+        raise BackendError(
+            f"tensorrt.quantization.method = {method!r} expects quant_algo {expected!r}, but {path} says {algo!r}; "
+            "set the method the checkpoint was quantized with"
+        )
+
+
+def _build(args: Mapping[str, Any]) -> dict[str, Any]:
+    """Turn the nested tables of :func:`options.llm_args` into TensorRT-LLM's config classes."""
+    from tensorrt_llm import llmapi
+
+    kwargs = dict(args)
+    for cls, field in options.NESTED.items():
+        value = kwargs.get(field)
+        if isinstance(value, Mapping):
+            kwargs[field] = getattr(llmapi, cls)(**value)
+    return kwargs
+
+
+def start(mode: str, args: Mapping[str, Any]) -> Engine:
+    """Construct the ``LLM`` (model load, KV cache allocation, warm-up and CUDA-graph capture happen here)."""
+    from tensorrt_llm import LLM
+
+    loop = EventLoop("lem-tensorrt") if mode == "stream" else None
+    try:
+        llm = LLM(**_build(args))
+    except BaseException:
+        if loop is not None:
+            loop.close()
+        raise
+    engine = Engine(mode, llm, loop)
+    engine.on_exit = functools.partial(close, engine)
+    atexit.register(engine.on_exit)
+    return engine
+
+
+def close(engine: Engine) -> None:
+    """``llm.shutdown()`` and close the loop (safe to call twice)."""
+    with engine.lock:
+        if engine.closed:
+            return
+        engine.closed = True
+    if engine.on_exit is not None:
+        atexit.unregister(engine.on_exit)
+    try:
+        if engine.loop is not None:
+            engine.loop.close()  # cancels requests still in flight first
+    finally:
+        llm, engine.llm = engine.llm, None
+        if llm is not None:
+            llm.shutdown()

@@ -1,0 +1,362 @@
+"""The ``[tensorrt]`` table and the experiment mapped onto TensorRT-LLM's own argument classes, in one table.
+
+:data:`TENSORRT_OPTIONS` is the one visible table: every ``[tensorrt]`` key
+that reaches TensorRT-LLM, with the class and field it becomes (``TorchLlmArgs``
+for the ``LLM(...)`` keyword arguments; ``KvCacheConfig``, ``CudaGraphConfig``,
+``SchedulerConfig`` and ``DraftTargetDecodingConfig`` for the nested configs
+:data:`NESTED` names). :data:`CORE_OPTIONS` adds what comes from the core
+config, :data:`LEM_OPTIONS` the keys lem handles itself and :data:`REFUSED` the
+keys of the TensorRT engine flow, which the TensorRT-LLM source lem is written
+against no longer has (see docs/tensorrt.md). :func:`llm_args` builds the
+arguments as plain data; :mod:`lem_backend_tensorrt.engine` turns the nested
+tables into TensorRT-LLM's classes. The ``[generation]`` parameters are in
+:mod:`lem_backend_tensorrt.sampling`.
+
+Nothing here imports TensorRT-LLM.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+from collections.abc import Mapping
+from typing import Any
+
+from lem import architectures
+from lem.config import ExperimentConfig
+from lem.errors import BackendError
+from lem.types import Problem, error, warning
+
+#: ``[tensorrt]`` key -> (TensorRT-LLM class, field). Conversions are in :func:`llm_args`.
+TENSORRT_OPTIONS: dict[str, tuple[str, str]] = {
+    "max_batch_size": ("TorchLlmArgs", "max_batch_size"),
+    "max_input_len": ("TorchLlmArgs", "max_input_len"),
+    "max_output_len": ("TorchLlmArgs", "max_seq_len"),  # max_input_len + max_output_len
+    "max_num_tokens": ("TorchLlmArgs", "max_num_tokens"),
+    "enable_chunked_context": ("TorchLlmArgs", "enable_chunked_prefill"),
+    "tp_size": ("TorchLlmArgs", "tensor_parallel_size"),  # default: sharding.tensor_parallel_size
+    "pp_size": ("TorchLlmArgs", "pipeline_parallel_size"),  # default: sharding.pipeline_parallel_size
+    "attention_backend": ("TorchLlmArgs", "attn_backend"),
+    "disable_overlap_scheduler": ("TorchLlmArgs", "disable_overlap_scheduler"),
+    "stream_interval": ("TorchLlmArgs", "stream_interval"),
+    "gpu_memory_utilization": ("KvCacheConfig", "free_gpu_memory_fraction"),
+    "kv_cache_dtype": ("KvCacheConfig", "dtype"),
+    "enable_block_reuse": ("KvCacheConfig", "enable_block_reuse"),  # prefix caching
+    "kv_cache_max_tokens": ("KvCacheConfig", "max_tokens"),
+    "tokens_per_block": ("KvCacheConfig", "tokens_per_block"),
+    "cuda_graph_batch_sizes": ("CudaGraphConfig", "batch_sizes"),
+    "cuda_graph_max_batch_size": ("CudaGraphConfig", "max_batch_size"),
+    "cuda_graph_padding": ("CudaGraphConfig", "enable_padding"),
+    "capacity_scheduler_policy": ("SchedulerConfig", "capacity_scheduler_policy"),
+    "context_chunking_policy": ("SchedulerConfig", "context_chunking_policy"),
+    "draft_model": ("DraftTargetDecodingConfig", "speculative_model"),
+    "num_draft_tokens": ("DraftTargetDecodingConfig", "max_draft_len"),
+}
+
+#: Nested TensorRT-LLM config class -> the ``LLM(...)`` argument it is passed as.
+NESTED: dict[str, str] = {
+    "KvCacheConfig": "kv_cache_config",
+    "CudaGraphConfig": "cuda_graph_config",
+    "SchedulerConfig": "scheduler_config",
+    "DraftTargetDecodingConfig": "speculative_config",
+}
+
+#: Core config -> ``TorchLlmArgs`` field.
+CORE_OPTIONS: dict[str, str] = {
+    "model": "model",
+    "precision": "dtype",
+    "revision": "revision",
+    "trust_remote_code": "trust_remote_code",
+    "load_format": "load_format",  # "random" -> "dummy"
+    "sharding.tensor_parallel_size": "tensor_parallel_size",
+    "sharding.pipeline_parallel_size": "pipeline_parallel_size",
+    "batching.batch_size": "max_batch_size",
+    "generation.num_beams": "max_beam_width",
+}
+
+#: ``[tensorrt]`` keys lem handles itself.
+LEM_OPTIONS: dict[str, str] = {
+    "mode": '"stream" (generate_async(streaming=True), per-token events; default) or "offline" (LLM.generate)',
+    "cuda_graphs": "false: cuda_graph_config = None (no CUDA graphs); default true",
+    "kv_cache_type": '"paged" only: the PyTorch runtime always pages the KV cache',
+    "quantization": "table: method (none, fp8, int8_sq, int8_weight_only, int4_awq, int4_gptq) of the checkpoint",
+    "extra_runtime_args": "table passed to LLM(...) unchanged (overrides everything above)",
+}
+
+#: Keys of the TensorRT engine flow (``TrtLlmArgs``, ``BuildConfig``): refused, with why.
+REFUSED: dict[str, str] = {
+    "engine_path": "a prebuilt TensorRT engine",
+    "engine_cache_dir": "a cache of built TensorRT engines",
+    "force_rebuild": "rebuilding a cached TensorRT engine",
+    "builder_opt_level": "BuildConfig's builder optimization level",
+    "strongly_typed": "BuildConfig's strongly typed network",
+    "extra_build_args": "BuildConfig arguments",
+}
+ENGINE_FLOW_GONE = (
+    "is a TensorRT engine-flow option; the TensorRT-LLM API lem is written against has no engine flow "
+    "(TrtLlmArgs/BuildConfig), only the PyTorch runtime"
+)
+
+KNOWN_KEYS = (*TENSORRT_OPTIONS, *LEM_OPTIONS, *REFUSED)
+MODES = ("stream", "offline")
+
+#: ``quantization.method`` -> the checkpoint's ModelOpt ``quant_algo`` (``hf_quant_config.json``).
+QUANTIZATION: dict[str, str | None] = {
+    "none": None,
+    "fp8": "FP8",
+    "int8_sq": "W8A8_SQ_PER_CHANNEL",
+    "int8_weight_only": "W8A16",
+    "int4_awq": "W4A16_AWQ",
+    "int4_gptq": "W4A16_GPTQ",
+}
+#: The core ``[quantization] method`` -> ours.
+CORE_QUANTIZATION: dict[str, str | None] = {"none": None, "fp8": "fp8", "awq": "int4_awq", "gptq": "int4_gptq"}
+CALIBRATION_KEYS = ("dataset", "split", "num_samples", "max_length")
+
+#: ``BaseLlmArgs.max_input_len``'s default: ``max_output_len`` alone extends it to ``max_seq_len``.
+TRTLLM_DEFAULT_MAX_INPUT_LEN = 1024
+
+#: Minimum compute capability of the backend, and of fp8 (weights or KV cache).
+MIN_CAPABILITY = (8, 0)
+MIN_FP8_CAPABILITY = (9, 0)
+
+
+def _did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
+    close = difflib.get_close_matches(key, list(choices), n=1)
+    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(sorted(choices))
+
+
+def quantization_method(config: ExperimentConfig) -> str | None:
+    """Our quantization method name (``[tensorrt.quantization] method``, else the core's), ``None`` if none."""
+    table = config.options_for("tensorrt").get("quantization") or {}
+    method = table.get("method") if isinstance(table, Mapping) else None
+    if method is None:
+        method = CORE_QUANTIZATION.get(config.quantization.method)
+    return None if method in (None, "none") else str(method)
+
+
+def uses_fp8(config: ExperimentConfig) -> bool:
+    """Whether the experiment needs fp8 hardware (fp8 weights or an fp8 KV cache)."""
+    return quantization_method(config) == "fp8" or config.options_for("tensorrt").get("kv_cache_dtype") == "fp8"
+
+
+def check_options(config: ExperimentConfig) -> list[Problem]:
+    """Problems with ``[tensorrt]`` and with core options TensorRT-LLM serves differently."""
+    opts = config.options_for("tensorrt")
+    problems: list[Problem] = []
+    for key in opts:
+        if key not in KNOWN_KEYS:
+            problems.append(error(f"tensorrt.{key}", "unknown key", _did_you_mean(key, KNOWN_KEYS)))
+        elif key in REFUSED:
+            problems.append(
+                error(
+                    f"tensorrt.{key}",
+                    f"({REFUSED[key]}) {ENGINE_FLOW_GONE}",
+                    "remove it; build-time limits map to max_batch_size, max_input_len, max_output_len and "
+                    "max_num_tokens",
+                    value=opts[key],
+                )
+            )
+    mode = opts.get("mode", "stream")
+    if mode not in MODES:
+        problems.append(error("tensorrt.mode", "must be 'stream' or 'offline'", value=mode))
+    if mode == "offline" and config.traffic.mode != "offline":
+        problems.append(
+            error(
+                "tensorrt.mode",
+                f"'offline' (LLM.generate) submits every request at once and cannot follow "
+                f"traffic.mode = '{config.traffic.mode}'",
+                "use tensorrt.mode = 'stream', or traffic.mode = 'offline'",
+                value=mode,
+            )
+        )
+    if opts.get("kv_cache_type", "paged") != "paged":
+        problems.append(
+            error(
+                "tensorrt.kv_cache_type",
+                "the PyTorch runtime always uses a paged KV cache",
+                "remove it or set 'paged'",
+                value=opts["kv_cache_type"],
+            )
+        )
+    for key in ("extra_runtime_args", "quantization"):
+        if key in opts and not isinstance(opts[key], Mapping):
+            problems.append(error(f"tensorrt.{key}", "must be a table", value=opts[key]))
+    problems += _check_quantization(config)
+    if ("draft_model" in opts) != ("num_draft_tokens" in opts):
+        problems.append(
+            error("tensorrt.draft_model", "draft_model and num_draft_tokens go together (DraftTargetDecodingConfig)")
+        )
+    g = config.generation
+    if g.min_p:
+        problems.append(
+            warning(
+                "generation.min_p", "is not applied by the TensorRT-LLM backend", "use top_p or top_k", value=g.min_p
+            )
+        )
+    if g.no_repeat_ngram_size:
+        problems.append(
+            warning(
+                "generation.no_repeat_ngram_size",
+                "is not applied by the TensorRT-LLM backend",
+                "use generation.repetition_penalty",
+                value=g.no_repeat_ngram_size,
+            )
+        )
+    if g.num_beams > 1 and mode != "offline":
+        problems.append(
+            error(
+                "generation.num_beams",
+                "beam search rewrites its beams at every step, so it has no per-token stream",
+                "set tensorrt.mode = 'offline' (and traffic.mode = 'offline'), or num_beams = 1",
+                value=g.num_beams,
+            )
+        )
+    if config.adapter:
+        problems.append(
+            error(
+                "adapter",
+                "LoRA adapters are not served by lem's TensorRT-LLM backend",
+                "merge the adapter before building (peft merge_and_unload), then point model at the merged checkpoint",
+                value=config.adapter,
+            )
+        )
+    if config.batching.batch_size != 1:
+        used = "is ignored: tensorrt.max_batch_size is set" if "max_batch_size" in opts else "becomes max_batch_size"
+        problems.append(
+            warning(
+                "batching.batch_size",
+                f"{used}; TensorRT-LLM batches in flight, so this only caps the requests per step",
+                "set tensorrt.max_batch_size directly",
+                value=config.batching.batch_size,
+            )
+        )
+    if importlib.util.find_spec("vllm") is not None:
+        problems.append(
+            warning(
+                "backend",
+                "vLLM is installed in the same environment as TensorRT-LLM; they pin different torch and CUDA "
+                "libraries and break each other",
+                "give TensorRT-LLM its own environment and run it with lem run --python tensorrt=/path/to/python",
+                value="tensorrt",
+            )
+        )
+    return problems
+
+
+def _check_quantization(config: ExperimentConfig) -> list[Problem]:
+    problems: list[Problem] = []
+    if config.quantization.method.startswith("bnb"):
+        problems.append(
+            error(
+                "quantization.method",
+                "BitsAndBytes is not supported by TensorRT-LLM",
+                "use tensorrt.quantization.method = 'int8_weight_only' or 'int4_awq' with a ModelOpt checkpoint",
+                value=config.quantization.method,
+            )
+        )
+    table = config.options_for("tensorrt").get("quantization")
+    if not isinstance(table, Mapping):
+        return problems
+    for key in table:
+        if key not in ("method", "calibration"):
+            problems.append(
+                error(f"tensorrt.quantization.{key}", "unknown key", _did_you_mean(key, ["method", "calibration"]))
+            )
+    method = table.get("method", "none")
+    if method not in QUANTIZATION:
+        problems.append(
+            error("tensorrt.quantization.method", "must be one of " + ", ".join(QUANTIZATION), value=method)
+        )
+    calibration = table.get("calibration")
+    if calibration is not None:
+        if not isinstance(calibration, Mapping):
+            problems.append(error("tensorrt.quantization.calibration", "must be a table", value=calibration))
+        else:
+            for key in calibration:
+                if key not in CALIBRATION_KEYS:
+                    problems.append(
+                        error(
+                            f"tensorrt.quantization.calibration.{key}",
+                            "unknown key",
+                            _did_you_mean(key, CALIBRATION_KEYS),
+                        )
+                    )
+            problems.append(
+                error(
+                    "tensorrt.quantization.calibration",
+                    "TensorRT-LLM's PyTorch runtime does not calibrate: it serves checkpoints quantized beforehand",
+                    "quantize and calibrate with NVIDIA ModelOpt (hf_ptq.py), then point model at its output",
+                )
+            )
+    return problems
+
+
+def model_path(config: ExperimentConfig) -> tuple[str, bool]:
+    """The model TensorRT-LLM loads, and whether it gets random weights (``random:<name>``: ``load_format="dummy"``)."""
+    if architectures.is_builtin(config.model):
+        try:
+            name = architectures.builtin_name(config.model)
+        except KeyError:
+            known = ", ".join(a["model"] for a in architectures.describe())
+            raise BackendError(f"model = {config.model!r}: unknown built-in architecture (known: {known})") from None
+        return str(architectures.materialize(name)), True
+    return config.model, config.load_format == "random"
+
+
+def llm_args(config: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments for ``tensorrt_llm.LLM`` as plain data; nested configs are dicts keyed by :data:`NESTED`.
+
+    Does not import TensorRT-LLM.
+    """
+    opts = config.options_for("tensorrt")
+    model, random_weights = model_path(config)
+    args: dict[str, Any] = {
+        "model": model,
+        "dtype": config.precision,
+        "revision": config.revision,
+        "trust_remote_code": config.trust_remote_code,
+        "tensor_parallel_size": config.sharding.tensor_parallel_size,
+        "pipeline_parallel_size": config.sharding.pipeline_parallel_size,
+    }
+    if random_weights:
+        args["load_format"] = "dummy"
+    if config.batching.batch_size != 1:
+        args["max_batch_size"] = config.batching.batch_size
+    if config.generation.num_beams > 1:
+        args["max_beam_width"] = config.generation.num_beams
+    nested: dict[str, dict[str, Any]] = {}
+    for key, (cls, field) in TENSORRT_OPTIONS.items():
+        if key not in opts:
+            continue
+        value = opts[key]
+        if key == "max_output_len":
+            value = int(opts.get("max_input_len", TRTLLM_DEFAULT_MAX_INPUT_LEN)) + int(value)
+        if cls == "TorchLlmArgs":
+            args[field] = value
+        else:
+            nested.setdefault(NESTED[cls], {})[field] = value
+    if "speculative_config" in nested:
+        nested["speculative_config"]["decoding_type"] = "Draft_Target"
+    args.update(nested)
+    if opts.get("cuda_graphs") is False:
+        args["cuda_graph_config"] = None
+    args.update(opts.get("extra_runtime_args") or {})
+    return {k: v for k, v in args.items() if v is not None or k == "cuda_graph_config"}
+
+
+def check_against_installed(args: Mapping[str, Any]) -> None:
+    """Raise :class:`BackendError` for an argument the installed TensorRT-LLM's ``TorchLlmArgs`` does not have."""
+    import tensorrt_llm
+    from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
+
+    fields = set(TorchLlmArgs.model_fields)
+    ours = {field: key for key, (cls, field) in TENSORRT_OPTIONS.items() if cls == "TorchLlmArgs"}
+    core = {field: key for key, field in CORE_OPTIONS.items()}
+    for name in args:
+        if name not in fields:
+            where = f"tensorrt.{ours[name]}" if name in ours else core.get(name, f"tensorrt.extra_runtime_args.{name}")
+            raise BackendError(
+                f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no LLM argument '{name}' "
+                f"({_did_you_mean(name, sorted(fields))}); remove the option or install a TensorRT-LLM that accepts it"
+            )
