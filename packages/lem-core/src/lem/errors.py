@@ -42,3 +42,17 @@ class PromptError(LemError):
 
 class ResultsError(LemError):
     """A results directory or file is missing or not what was expected."""
+
+
+class DiskFull(ResultsError):
+    """The disk holding the results is full (the message names the directory)."""
+
+
+class RunLocked(ResultsError):
+    """Another live ``lem run`` process holds the run directory."""
+
+
+class Interrupted(LemError):
+    """The run was interrupted (Ctrl-C); what was finished is kept and can be resumed."""
+
+    exit_code = 130
