@@ -312,6 +312,71 @@ def results_aggregate(
         click.echo(f"{pool_out}: {pooled['cycles']} cycles of {len(dirs)} experiments pooled")
 
 
+@results.command("compare")
+@click.argument("targets", nargs=-1, required=True)
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGETS are relative to.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
+def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
+    """Compare TARGETS side by side (run ids, RUN_ID/EXPERIMENT_ID or paths; a run expands to its experiments).
+
+    Headline figures with 95% CIs and the ratio to the first; a difference is
+    "resolved" by Welch's two-sided t-test at 5% on per-cycle values. Warns when
+    the workloads differ (model, precision, prompt-set digest, token counts,
+    output digests).
+    """
+    from pathlib import Path
+
+    from lem.compare import compare, gather, render
+
+    entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
+    result = compare(entries)
+    if strict and result["warnings"]:
+        for line in result["warnings"]:
+            click.echo(f"lem: error: {line} (--strict)", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from rich.console import Console
+
+        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
+        Console(width=width).print(render(result))
+    for line in result["warnings"]:
+        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
+
+
+@results.command("export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--level",
+    type=click.Choice(["experiment", "cycle", "request"]),
+    default="experiment",
+    show_default=True,
+    help="One row per experiment, per cycle or per request.",
+)
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
+)
+def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
+    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
+    from pathlib import Path
+
+    from lem.export import export
+
+    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
+    if out_file:
+        click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="lem")
