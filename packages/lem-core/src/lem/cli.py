@@ -117,6 +117,7 @@ def _interpreters(values: tuple[str, ...], in_process: bool) -> dict[str, str]:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html in the run directory at the end.")
 def run(
     file: str,
     preset: str | None,
@@ -129,6 +130,7 @@ def run(
     pythons: tuple[str, ...],
     quiet: bool,
     as_json: bool,
+    no_report: bool,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
     from lem.campaign import run_campaign
@@ -143,6 +145,7 @@ def run(
         pythons=interpreters,
         quiet=quiet or as_json,
         as_json=as_json,
+        report=not no_report,
     )
     if not ok:
         sys.exit(1)
@@ -375,6 +378,79 @@ def results_export(directory: str, fmt: str, level: str, out_file: str | None) -
     n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
     if out_file:
         click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
+
+
+@results.command("plot")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["pareto", "timeline", "cycles", "cdf"]),
+    help="Which plots (repeatable; default: all). pareto: J/output token against throughput, TTFT and TPOT "
+    "across a sweep; timeline: power, temperature and SM clock per cycle; cycles: per-cycle figures with "
+    "mean and 95% CI; cdf: latency CDFs.",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write them (default DIR/plots).")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["png", "svg"]),
+    help="File format (repeatable; default png).",
+)
+def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, formats: tuple[str, ...]) -> None:
+    """Draw plots of the results in DIRECTORY (a run, an experiment or a results directory) with matplotlib."""
+    from pathlib import Path
+
+    from lem import plots
+    from lem.errors import ResultsError
+    from lem.rundata import read_run
+
+    run = read_run(Path(directory))
+    if not run.experiments:
+        raise ResultsError(f"{directory}: no experiments found (give a run directory, see `lem results list`)")
+    out = Path(out_dir) if out_dir else Path(directory) / "plots"
+    for kind in kinds or plots.KINDS:
+        for plot in plots.draw(kind, run):
+            if plot.skipped is not None:
+                click.echo(f"{kind}: {plot.name} not drawn: {plot.skipped}", err=True)
+                continue
+            for path in plots.save(plot, out, formats or ("png",)):
+                click.echo(str(path))
+
+
+@cli.command("report")
+@click.argument("target")
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGET is relative to.",
+)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
+def report(target: str, directory: str, out_file: str | None) -> None:
+    """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
+    from pathlib import Path
+
+    from lem.errors import ResultsError
+    from lem.report import write_report
+    from lem.results import resolve
+    from lem.rundata import read_run
+
+    run_dir = resolve(target, Path(directory))
+    if not read_run(run_dir).experiments:
+        raise ResultsError(f"{target}: no experiments in {run_dir} (give a run directory, see `lem results list`)")
+    done = write_report(run_dir, Path(out_file) if out_file else None)
+    if not done.plots_available:
+        from lem.plots import INSTALL_HINT
+
+        click.echo(f"lem: {INSTALL_HINT} (the report was written without them)", err=True)
+    for line in done.skipped:
+        click.echo(f"not drawn: {line}", err=True)
+    click.echo(str(done.path))
 
 
 def main() -> None:
