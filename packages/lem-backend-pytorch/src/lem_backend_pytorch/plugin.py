@@ -92,6 +92,13 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
             "pip install bitsandbytes",
             q.method,
         )
+    if config.adapter and not _installed("peft"):
+        yield error(
+            "adapter",
+            "a LoRA adapter needs the peft package, which is not installed",
+            "pip install peft",
+            config.adapter,
+        )
     if q.method != "none" and random_weights:
         yield error(
             "quantization.method",

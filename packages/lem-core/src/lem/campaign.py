@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lem import __version__
-from lem.errors import ResultsError
+from lem.errors import DiskFull, Interrupted, ResultsError
 from lem.loading import Experiment, LoadedFile, dumps
 from lem.results import (
     CYCLE_RE,
@@ -22,6 +22,7 @@ from lem.results import (
     write_atomic,
     write_json,
 )
+from lem.rundir import check_resume_id, lock_run
 from lem.worker import Outcome, run_here, run_in_worker
 
 
@@ -30,13 +31,43 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
 
 
+#: Above this many experiments, `lem run` asks before starting (``--yes`` skips the question).
+CONFIRM_ABOVE = 100
+#: Seconds a worker takes to start and load a tiny model before measuring anything (a new
+#: interpreter importing torch and a backend: 5-10 s on a 2-core CPU machine), used as a floor.
+WORKER_START_S = 5.0
+
+
+def estimate_s(experiments: Sequence[Experiment]) -> float:
+    """A lower bound on a campaign's duration: worker starts, idle baselines and cool-downs.
+
+    Generation time is not included: it depends on the hardware and is what
+    the campaign measures. The CLI labels this figure as an estimate.
+    """
+    total = 0.0
+    for exp in experiments:
+        m = exp.config.measurement
+        idle = m.idle_seconds if m.energy_meter != "none" else 0.0
+        total += WORKER_START_S + idle + m.cooldown_seconds * max(0, m.cycles - 1)
+    return total
+
+
+def duration_text(seconds: float) -> str:
+    """``"3 h 20 min"``, ``"12 min"``, ``"40 s"``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60)} min"
+    if seconds >= 60:
+        return f"{round(seconds / 60)} min"
+    return f"{round(seconds)} s"
+
+
 def _clear_partial(exp_dir: Path) -> None:
     # A restarted experiment must not mix cycles from an earlier attempt with new ones.
     for p in exp_dir.iterdir():
         if (
             CYCLE_RE.match(p.name)
             or p.name.startswith("timeline-")
-            or p.name in ("failure.json", "setup.json", "summary.json", "environment.json")
+            or p.name in ("failure.json", "interrupted.json", "setup.json", "summary.json", "environment.json")
         ):
             p.unlink()
     remove_stale_temporaries(exp_dir)
@@ -78,85 +109,33 @@ def _failure(exp: Experiment, exp_dir: Path, run_id: str, outcome: Outcome) -> N
     )
 
 
-#: End-of-run table columns: heading, row key, scale, format.
-TABLE_FIGURES = (
-    ("out tok/s", "output_tokens_per_s", 1.0, ".1f"),
-    ("TTFT p50 ms", "ttft_s.p50", 1e3, ".1f"),
-    ("J/out tok", "energy.j_per_output_token", 1.0, ".4g"),
-)
-
-
-def _half_widths(row: Mapping[str, Any]) -> dict[str, float]:
-    """Half-widths of the 95% CIs of the table's figures, from the experiment's summary (none when unknown)."""
-    from lem.rundata import number, read_doc
-
-    doc = read_doc(Path(row["path"]) / "summary.json", []) if row.get("status") == "ok" and row.get("path") else None
-    out = {}
-    for _, key, _, _ in TABLE_FIGURES:
-        entry = ((doc or {}).get("figures") or {}).get(key) or {}
-        low, high = number(entry.get("ci95_low")), number(entry.get("ci95_high"))
-        if low is not None and high is not None:
-            out[key] = (high - low) / 2
-    return out
-
-
-def _figure_cell(row: Mapping[str, Any], key: str, scale: float, spec: str, half: Mapping[str, float]) -> str:
-    value = row.get(key)
-    if value is None:
-        return "-"
-    text = format(value * scale, spec)
-    return f"{text} ± {half[key] * scale:.2g}" if key in half else text
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """The end-of-run table: one line per experiment, cycle means ± the half-width of their 95% CI, then reasons."""
-    import io
-
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
-    for heading in ("experiment", "status", "backend", "model"):
-        t.add_column(heading, no_wrap=True)
-    for heading, *_ in TABLE_FIGURES:
-        t.add_column(heading, justify="right", no_wrap=True)
-    halves = [_half_widths(r) for r in rows]
-    for r, half in zip(rows, halves, strict=True):
-        figures = [_figure_cell(r, key, scale, spec, half) for _, key, scale, spec in TABLE_FIGURES]
-        t.add_row(r["id"], r["status"], str(r.get("backend")), str(r.get("model")), *figures)
-    buf = io.StringIO()
-    # A plain-text rendering (no colour, no terminal width): the same table in a terminal, a pipe or a log.
-    Console(file=buf, width=10_000, color_system=None, force_terminal=False).print(t, markup=False)
-    lines = [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]
+    """The end-of-run table: one line per experiment with its key figures (cycle means)."""
+    head = ("experiment", "status", "backend", "model", "out tok/s", "TTFT p50 ms", "J/out tok")
+    body = [
+        (
+            r["id"],
+            r["status"],
+            str(r.get("backend")),
+            str(r.get("model")),
+            _fmt(r.get("output_tokens_per_s"), ".1f"),
+            _fmt(None if r.get("ttft_s.p50") is None else r["ttft_s.p50"] * 1e3, ".1f"),
+            _fmt(r.get("energy.j_per_output_token"), ".4g"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
+    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
     for r in rows:
         if r.get("reason"):
             lines.append(f"{r['id']}: {r['reason']}")
     reasons = sorted({r["energy_reason"] for r in rows if r.get("energy_reason")})
     lines += [f"energy not measured: {reason}" for reason in reasons]
-    if any(halves):
-        lines.append("±: half-width of the 95% confidence interval over cycles")
     return "\n".join(lines)
-
-
-def _write_report(run_dir: Path, quiet: bool) -> Path | None:
-    """Write the run's ``report.html``; a failure costs one warning line, never the run's results or status."""
-    try:
-        from lem.report import write_report
-
-        done = write_report(run_dir)
-    except Exception as exc:  # the results are on disk already: no report is worth losing them
-        print(
-            f"lem: warning: report.html not written ({type(exc).__name__}: {exc}); "
-            f"the results are complete; retry with `lem report {run_dir}`",
-            file=sys.stderr,
-        )
-        return None
-    if not done.plots_available and not quiet:
-        from lem.plots import INSTALL_HINT
-
-        print(f"lem: report.html written without plots: {INSTALL_HINT}", file=sys.stderr)
-    return done.path
 
 
 def run_campaign(
@@ -168,7 +147,6 @@ def run_campaign(
     as_json: bool = False,
     stdout: TextIO | None = None,
     pythons: Mapping[str, str] | None = None,
-    report: bool = True,
 ) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
@@ -177,17 +155,92 @@ def run_campaign(
     ``resume_id``, experiments whose ``summary.json`` exists are skipped.
     ``pythons`` maps a backend to the interpreter of the environment it is
     installed in (vLLM and TensorRT-LLM never share one); its workers validate
-    their experiment there before running it. With ``report``, ``report.html``
-    is written in the run directory at the end (a failure to write it is a
-    warning, never a failed run).
+    their experiment there before running it.
     """
     out = stdout if stdout is not None else sys.stdout
     root = Path(out_dir)
-    run_id = resume_id or new_run_id()
-    run_dir = root / run_id
-    if resume_id is not None and not run_dir.is_dir():
-        raise ResultsError(f"--resume {resume_id}: no run directory {run_dir} (see `lem results list {root}`)")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_meters(loaded.experiments, pythons or {})
+    if resume_id is not None:
+        run_dir = check_resume_id(resume_id, root)
+        run_id = resume_id
+    else:
+        run_id = new_run_id()
+        run_dir = root / run_id
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ResultsError(
+                f"--out {root}: cannot create the run directory {run_dir} ({exc.strerror}); choose a writable --out"
+            ) from None
+    lock = lock_run(run_dir)
+    try:
+        return _run_locked(loaded, run_dir, run_id, in_process, resume_id is not None, quiet, as_json, out, pythons)
+    finally:
+        lock.release()
+
+
+def check_meters(experiments: Sequence[Experiment], pythons: Mapping[str, str]) -> None:
+    """Stop before any model loads if an explicitly named meter cannot work here (``auto`` may find none).
+
+    Experiments of a backend run in another interpreter (``--python``) are checked by their worker.
+    """
+    from lem.errors import MeterUnavailable
+    from lem.runner import meter_devices, open_meter
+
+    seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
+    for exp in experiments:
+        names = exp.config.measurement.energy_meters
+        devices = meter_devices(exp.config)
+        if names in (("auto",), ("none",)) or exp.config.backend in pythons or (names, devices) in seen:
+            continue
+        seen.add((names, devices))
+        meter, reason = open_meter(exp.config, devices)
+        if meter is None:
+            raise MeterUnavailable(
+                f"{exp.id}: measurement.energy_meter = {' + '.join(names)} cannot work here: {reason}"
+                " (set energy_meter = 'auto' to run without energy figures where no meter works, or 'none')"
+            )
+        meter.close()
+
+
+def _interrupted(exp: Experiment, exp_dir: Path, run_id: str) -> None:
+    # Recorded so that `lem results list` says "interrupted", not "incomplete"; a resume redoes it.
+    if exp_dir.is_dir():
+        write_json(
+            exp_dir / "interrupted.json",
+            "interrupted",
+            {
+                "experiment_id": exp.id,
+                "run_id": run_id,
+                "reason": "interrupted by the user (Ctrl-C / SIGINT)",
+                "cycles_written": len(list(exp_dir.glob("cycle-*.json"))),
+                "interrupted_unix": time.time(),
+            },
+        )
+
+
+def _record_failure(exp: Experiment, exp_dir: Path, run_id: str, outcome: Outcome) -> None:
+    """``failure.json``; a full disk stops the campaign with one line that keeps the worker's reason."""
+    reason = outcome.reason or ""
+    if reason.startswith("DiskFull: "):
+        raise DiskFull(reason.removeprefix("DiskFull: "))
+    try:
+        _failure(exp, exp_dir, run_id, outcome)
+    except DiskFull as exc:
+        raise DiskFull(f"{exc}; experiment {exp.id} had failed: {reason}") from None
+
+
+def _run_locked(
+    loaded: LoadedFile,
+    run_dir: Path,
+    run_id: str,
+    in_process: bool,
+    resuming: bool,
+    quiet: bool,
+    as_json: bool,
+    out: TextIO,
+    pythons: Mapping[str, str] | None,
+) -> bool:
     write_json(
         run_dir / "run.json",
         "run",
@@ -204,37 +257,42 @@ def run_campaign(
     all_ok = True
     for i, exp in enumerate(loaded.experiments, 1):
         prefix = f"[{i}/{total}] " if total > 1 else ""
-        if not _prepare(exp, run_dir, resume_id is not None):
-            if not quiet:
-                print(f"{prefix}{exp.id}: finished in an earlier attempt, skipped", file=sys.stderr)
-            continue
-        if not quiet:
-            print(f"{prefix}{exp.id}: {exp.config.backend} {exp.config.model}", file=sys.stderr)
         exp_dir = run_dir / exp.id
-        if in_process:
-            outcome = run_here(exp, exp_dir, run_id, quiet, prefix)
-        else:
-            python = (pythons or {}).get(exp.config.backend)
-            outcome = run_in_worker(exp, exp_dir, run_id, quiet, prefix, python=python)
+        try:
+            if not _prepare(exp, run_dir, resuming):
+                if not quiet:
+                    print(f"{prefix}{exp.id}: finished in an earlier attempt, skipped", file=sys.stderr)
+                continue
+            if not quiet:
+                print(f"{prefix}{exp.id}: {exp.config.backend} {exp.config.model}", file=sys.stderr)
+            if in_process:
+                outcome = run_here(exp, exp_dir, run_id, quiet, prefix)
+            else:
+                python = (pythons or {}).get(exp.config.backend)
+                outcome = run_in_worker(exp, exp_dir, run_id, quiet, prefix, python=python)
+            if not outcome.ok and (outcome.reason or "").startswith("KeyboardInterrupt"):
+                raise KeyboardInterrupt  # the worker saw the Ctrl-C first
+        except KeyboardInterrupt:
+            _interrupted(exp, exp_dir, run_id)
+            raise Interrupted(
+                f"interrupted: experiment {exp.id} of run {run_id} stopped; finished experiments are kept"
+                f" (continue with `lem run {loaded.source} --resume {run_id} --out {run_dir.parent}`)"
+            ) from None
         if not outcome.ok:
             all_ok = False
-            _failure(exp, exp_dir, run_id, outcome)
+            _record_failure(exp, exp_dir, run_id, outcome)
             if not quiet:
                 print(f"{prefix}{exp.id}: FAILED: {outcome.reason}", file=sys.stderr)
     rows = [experiment_status(run_dir / e.id) for e in loaded.experiments]
-    report_path = _write_report(run_dir, quiet) if report else None
     if as_json:
         docs = []
         for e in loaded.experiments:
             d = run_dir / e.id
             name = "summary.json" if (d / "summary.json").exists() else "failure.json"
             docs.append(read_json(d / name) if (d / name).exists() else {"experiment_id": e.id, "status": "missing"})
-        report_text = None if report_path is None else str(report_path)
-        doc = {"run_id": run_id, "results": str(run_dir), "report": report_text, "ok": all_ok, "experiments": docs}
-        json.dump(doc, out, indent=1)
+        json.dump({"run_id": run_id, "results": str(run_dir), "ok": all_ok, "experiments": docs}, out, indent=1)
         out.write("\n")
     else:
-        shown = "" if report_path is None else f"report: {report_path}\n"
-        out.write(table(rows) + f"\n\n{shown}results: {run_dir}{os.sep}\n")
+        out.write(table(rows) + f"\n\nresults: {run_dir}{os.sep}\n")
     out.flush()
     return all_ok

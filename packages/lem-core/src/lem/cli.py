@@ -27,6 +27,10 @@ class _Group(click.Group):
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 click.echo(f"lem: {line}" if not line.startswith("lem:") else line, err=True)
             ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            # 128 + SIGINT, as shells expect of a command stopped by Ctrl-C.
+            click.echo("lem: interrupted", err=True)
+            ctx.exit(130)
 
 
 @click.group(cls=_Group)
@@ -88,10 +92,51 @@ def _interpreters(values: tuple[str, ...], in_process: bool) -> dict[str, str]:
             raise LemError(
                 f"--python {value}: '{python}' is not an executable; give the path of that environment's python"
             )
+        _check_interpreter(value, found)
         out[backend] = found
     if out and in_process:
         raise LemError("--python and --in-process exclude each other: another interpreter needs a worker process")
     return out
+
+
+def _check_interpreter(value: str, python: str) -> None:
+    """``python`` must be a Python that can start lem's worker (lem-core installed there)."""
+    import subprocess
+
+    probe = "import lem.worker; print('lem-worker-ok')"
+    try:
+        done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LemError(f"--python {value}: cannot run '{python}' ({exc})") from None
+    if "lem-worker-ok" not in done.stdout:
+        said = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        raise LemError(
+            f"--python {value}: '{python}' cannot start lem's worker ({said}); "
+            "give a Python with lem-core installed (pip install lem-core in that environment)"
+        )
+
+
+def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
+    """Say how many experiments a sweep runs and how long they take at least; ask above a threshold."""
+    from lem.campaign import CONFIRM_ABOVE, duration_text, estimate_s
+
+    n = len(loaded.experiments)
+    if n <= 1:
+        return
+    floor = duration_text(estimate_s(loaded.experiments))
+    line = (
+        f"{loaded.source}: {n} experiments; estimated at least {floor}"
+        " (worker starts, idle baselines and cool-downs; generation time comes on top)"
+    )
+    if n <= CONFIRM_ABOVE or yes:
+        if not quiet:
+            click.echo(line, err=True)
+        return
+    if not sys.stdin.isatty():
+        raise LemError(f"{line}: more than {CONFIRM_ABOVE}; pass --yes to run them all")
+    click.echo(line, err=True)
+    if not click.confirm(f"Run all {n} experiments?", err=True):
+        raise LemError("not started (answer y, or pass --yes, to run them)")
 
 
 @cli.command()
@@ -117,7 +162,7 @@ def _interpreters(values: tuple[str, ...], in_process: bool) -> dict[str, str]:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
-@click.option("--no-report", is_flag=True, help="Do not write report.html in the run directory at the end.")
+@click.option("--yes", "-y", is_flag=True, help="Run a large sweep without asking.")
 def run(
     file: str,
     preset: str | None,
@@ -130,13 +175,14 @@ def run(
     pythons: tuple[str, ...],
     quiet: bool,
     as_json: bool,
-    no_report: bool,
+    yes: bool,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
     from lem.campaign import run_campaign
 
     interpreters = _interpreters(pythons, in_process)
     loaded = _load(file, preset, overrides, model, backend, external_backends=interpreters)
+    _confirm(loaded, yes, quiet or as_json)
     ok = run_campaign(
         loaded,
         out_dir=out_dir,
@@ -145,7 +191,6 @@ def run(
         pythons=interpreters,
         quiet=quiet or as_json,
         as_json=as_json,
-        report=not no_report,
     )
     if not ok:
         sys.exit(1)
@@ -267,13 +312,23 @@ def results_show(target: str, directory: str) -> None:
     """Print the full summary (JSON) of TARGET: RUN_ID, RUN_ID/EXPERIMENT_ID or a path."""
     from pathlib import Path
 
+    from lem.errors import ResultsError
     from lem.results import experiment_dirs, read_json, resolve
 
     docs = []
+    damaged = 0
+    names = ("summary.json", "failure.json", "interrupted.json", "setup.json")
     for d in experiment_dirs(resolve(target, Path(directory))):
-        name = next((n for n in ("summary.json", "failure.json", "setup.json") if (d / n).exists()), None)
-        docs.append(read_json(d / name) if name else {"experiment": str(d), "status": "not started"})
-    click.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+        name = next((n for n in names if (d / n).exists()), None)
+        try:
+            docs.append(read_json(d / name) if name else {"experiment": str(d), "status": "not started"})
+        except ResultsError as exc:  # name the damaged file, show the rest
+            click.echo(f"lem: {exc}; skipped", err=True)
+            damaged += 1
+    if docs:
+        click.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    if damaged:
+        sys.exit(1)
 
 
 @results.command("aggregate")
@@ -299,158 +354,49 @@ def results_aggregate(
     """Recompute the summaries of TARGETS (runs or experiments; default: all of --dir) from their raw cycles."""
     from pathlib import Path
 
+    from lem.errors import ResultsError
     from lem.results import aggregate_experiment, experiment_dirs, pool, resolve, write_json
 
     dirs = [d for t in targets or (directory,) for d in experiment_dirs(resolve(t, Path(directory)))]
+    if not dirs:
+        where = ", ".join(targets) or directory
+        raise ResultsError(f"{where}: no experiments found, nothing to aggregate (see `lem results list`)")
     if pool_out:
         pooled = pool(dirs, allow_mixed_backends=allow_mixed_backends)  # refuses mixed backends before writing
+    damaged = 0
     for d in dirs:
         if (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
-            aggregate_experiment(d)
+            try:
+                aggregate_experiment(d)
+            except ResultsError as exc:  # a damaged file: name it, go on with the rest
+                click.echo(f"lem: {exc}; skipped", err=True)
+                damaged += 1
+                continue
+            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+                click.echo(f"lem: {_damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
+                damaged += 1
+                continue
             click.echo(f"{d}/summary.json: recomputed")
         else:
             click.echo(f"{d}: no cycles, skipped", err=True)
     if pool_out:
         write_json(Path(pool_out), "pooled-summary", pooled)
         click.echo(f"{pool_out}: {pooled['cycles']} cycles of {len(dirs)} experiments pooled")
-
-
-@results.command("compare")
-@click.argument("targets", nargs=-1, required=True)
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGETS are relative to.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
-def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
-    """Compare TARGETS side by side (run ids, RUN_ID/EXPERIMENT_ID or paths; a run expands to its experiments).
-
-    Headline figures with 95% CIs and the ratio to the first; a difference is
-    "resolved" by Welch's two-sided t-test at 5% on per-cycle values. Warns when
-    the workloads differ (model, precision, prompt-set digest, token counts,
-    output digests).
-    """
-    from pathlib import Path
-
-    from lem.compare import compare, gather, render
-
-    entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
-    result = compare(entries)
-    if strict and result["warnings"]:
-        for line in result["warnings"]:
-            click.echo(f"lem: error: {line} (--strict)", err=True)
+    if damaged:
         sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        from rich.console import Console
-
-        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
-        Console(width=width).print(render(result))
-    for line in result["warnings"]:
-        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
 
 
-@results.command("export")
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
-@click.option(
-    "--level",
-    type=click.Choice(["experiment", "cycle", "request"]),
-    default="experiment",
-    show_default=True,
-    help="One row per experiment, per cycle or per request.",
-)
-@click.option(
-    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
-)
-def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
-    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
-    from pathlib import Path
+def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
+    """Which of an experiment's raw files does not have the shape a summary needs."""
+    from lem.results import compute_cycle, cycle_paths, read_json
 
-    from lem.export import export
-
-    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
-    if out_file:
-        click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
-
-
-@results.command("plot")
-@click.argument("directory", type=click.Path(file_okay=False, exists=True))
-@click.option(
-    "--kind",
-    "kinds",
-    multiple=True,
-    type=click.Choice(["pareto", "timeline", "cycles", "cdf"]),
-    help="Which plots (repeatable; default: all). pareto: J/output token against throughput, TTFT and TPOT "
-    "across a sweep; timeline: power, temperature and SM clock per cycle; cycles: per-cycle figures with "
-    "mean and 95% CI; cdf: latency CDFs.",
-)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write them (default DIR/plots).")
-@click.option(
-    "--format",
-    "formats",
-    multiple=True,
-    type=click.Choice(["png", "svg"]),
-    help="File format (repeatable; default png).",
-)
-def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, formats: tuple[str, ...]) -> None:
-    """Draw plots of the results in DIRECTORY (a run, an experiment or a results directory) with matplotlib."""
-    from pathlib import Path
-
-    from lem import plots
-    from lem.errors import ResultsError
-    from lem.rundata import read_run
-
-    run = read_run(Path(directory))
-    if not run.experiments:
-        raise ResultsError(f"{directory}: no experiments found (give a run directory, see `lem results list`)")
-    out = Path(out_dir) if out_dir else Path(directory) / "plots"
-    for kind in kinds or plots.KINDS:
-        for plot in plots.draw(kind, run):
-            if plot.skipped is not None:
-                click.echo(f"{kind}: {plot.name} not drawn: {plot.skipped}", err=True)
-                continue
-            for path in plots.save(plot, out, formats or ("png",)):
-                click.echo(str(path))
-
-
-@cli.command("report")
-@click.argument("target")
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGET is relative to.",
-)
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
-def report(target: str, directory: str, out_file: str | None) -> None:
-    """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
-    from lem.report import write_report
-    from lem.results import resolve
-    from lem.rundata import read_run
-
-    run_dir = resolve(target, Path(directory))
-    if not read_run(run_dir).experiments:
-        raise ResultsError(f"{target}: no experiments in {run_dir} (give a run directory, see `lem results list`)")
-    done = write_report(run_dir, Path(out_file) if out_file else None)
-    if not done.plots_available:
-        from lem.plots import INSTALL_HINT
-
-        click.echo(f"lem: {INSTALL_HINT} (the report was written without them)", err=True)
-    for line in done.skipped:
-        click.echo(f"not drawn: {line}", err=True)
-    click.echo(str(done.path))
+    setup = read_json(exp_dir / "setup.json")
+    for path in cycle_paths(exp_dir):
+        try:
+            compute_cycle(read_json(path), setup)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as found:
+            return f"{path} ({type(found).__name__}: {found})"
+    return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
 
 
 def main() -> None:

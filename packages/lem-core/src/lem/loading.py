@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import itertools
 import json
+import math
 import sys
 import typing
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -109,18 +110,33 @@ converter = _make_converter()
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing file or a syntax error is a :class:`ConfigError`."""
+    """Read a TOML file; a missing, unreadable or non-UTF-8 file or a syntax error is a :class:`ConfigError`."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            return tomllib.load(f)
+        data = p.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             [error("", "file not found", "check the path, or start from examples/quickstart.toml")],
             str(p),
         ) from None
     except IsADirectoryError:
-        raise ConfigError([error("", "is a directory, not a TOML file")], str(p)) from None
+        raise ConfigError(
+            [error("", "is a directory, not a TOML file", "give the path of a .toml file")], str(p)
+        ) from None
+    except OSError as exc:
+        raise ConfigError([error("", f"cannot be read ({exc.strerror})", "check its permissions")], str(p)) from None
+    # Editors on Windows save UTF-8 with a byte-order mark; it is not part of the TOML text.
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [error("", f"is not UTF-8 text (byte {data[exc.start]:#04x} at offset {exc.start})", "save it as UTF-8")],
+            str(p),
+        ) from None
+    try:
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         # tomllib's message already carries "(at line L, column C)".
         raise ConfigError(
@@ -129,25 +145,50 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_override(text: str) -> tuple[str, Any]:
-    """Parse a CLI ``key=value``; the value is read as TOML, or as a bare string."""
+    """Parse a CLI ``key=value``; the value is read as TOML, or as a bare string (a word, a path)."""
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ConfigError([error("--set", "expected KEY=VALUE", "e.g. --set generation.max_output_tokens=64", text)])
+    if any(not part.strip() for part in key.split(".")):
+        raise ConfigError([error("--set", f"'{key}' is not a dotted key", "e.g. --set generation.top_p=0.9", text)])
+    raw = raw.strip()
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        # A bare word is a string; text that starts like a TOML array, table or quoted string was meant as one.
+        if raw[:1] in ("[", "{", '"', "'"):
+            raise ConfigError(
+                [
+                    error(
+                        "--set",
+                        f"{key}: not a TOML value ({exc})",
+                        "quote strings, e.g. --set model='\"org/name\"'",
+                        raw,
+                    )
+                ]
+            ) from None
+        value = raw
     return key, value
 
 
-def set_dotted(doc: dict[str, Any], key: str, value: Any) -> None:
-    """Set ``a.b.c`` in a nested dict, creating tables on the way."""
+def set_dotted(doc: dict[str, Any], key: str, value: Any, where: str | None = None) -> None:
+    """Set ``a.b.c`` in a nested dict, creating tables on the way.
+
+    :param where: where the key came from (``--set``, ``sweep.a.b``): then a parent that holds a
+        value, not a table, is a :class:`ConfigError` instead of being replaced by a table
+        (``--set model.name=x`` must not silently drop ``model``).
+    """
     *parents, leaf = key.split(".")
     node = doc
-    for part in parents:
+    for i, part in enumerate(parents):
         child = node.get(part)
         if not isinstance(child, dict):
+            if where is not None and child is not None:
+                parent = ".".join(parents[: i + 1])
+                raise ConfigError(
+                    [error(where, f"{key}: '{parent}' is a value ({child!r}), not a table", f"set '{parent}' itself")]
+                )
             child = node[part] = {}
         node = child
     node[leaf] = value
@@ -162,6 +203,10 @@ def deep_merge(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict[str, Any
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+#: A sweep larger than this is refused before it is expanded (expanding it alone would take minutes).
+MAX_EXPERIMENTS = 100_000
 
 
 # --- sweep --------------------------------------------------------------------------
@@ -193,15 +238,20 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 def _slug(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
-    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    # ASCII only: other alphanumerics (and look-alike separators) have no place in a directory name.
+    keep = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in text)
     return keep[:40]
 
 
 def experiment_id(index: int, values: Mapping[str, Any]) -> str:
-    """A stable, readable id: position in the sweep plus the swept values."""
+    """A stable, readable id: position in the sweep plus the swept values.
+
+    Keys and values are both reduced to ``[A-Za-z0-9._-]`` (and never start with a dot), so
+    an id is always one directory name: no separator, no ``..``, whatever the file says.
+    """
     if not values:
         return "exp"
-    parts = [f"{key.rsplit('.', 1)[-1]}={_slug(v)}" for key, v in values.items()]
+    parts = [f"{_slug(key.rsplit('.', 1)[-1])}={_slug(v)}" for key, v in values.items()]
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:6]
     return f"{index:03d}-{'-'.join(parts)}"[:96] + f"-{digest}"
 
@@ -214,7 +264,7 @@ def expand_sweep(doc: Mapping[str, Any], axes: Mapping[str, list[Any]]) -> list[
         expanded = copy.deepcopy(dict(doc))
         values = dict(zip(keys, combo, strict=True))
         for key, value in values.items():
-            set_dotted(expanded, key, value)
+            set_dotted(expanded, key, value, where=f"sweep.{key}")
         out.append((expanded, values))
     return out
 
@@ -387,6 +437,16 @@ def load(
 
     axes, sweep_problems = _check_sweep(doc.pop("sweep", {}))
     problems += sweep_problems
+    count = math.prod(len(v) for v in axes.values())
+    if count > MAX_EXPERIMENTS:
+        sizes = " x ".join(str(len(v)) for v in axes.values())
+        problems.append(
+            error(
+                "sweep",
+                f"expands to {count} experiments ({sizes}), more than {MAX_EXPERIMENTS}",
+                "split it into several files",
+            )
+        )
 
     preset_name = preset if preset is not None else doc.get("preset")
     if preset_name is not None:
@@ -404,9 +464,16 @@ def load(
     experiments: list[Experiment] = []
     warnings: list[Problem] = []
     if not problems:
-        for index, (expanded, values) in enumerate(expand_sweep(doc, axes)):
-            for key, value in parsed:
-                set_dotted(expanded, key, value)
+        try:
+            expansions = expand_sweep(doc, axes)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems, source) from None
+        for index, (expanded, values) in enumerate(expansions):
+            try:
+                for key, value in parsed:
+                    set_dotted(expanded, key, value, where="--set")
+            except ConfigError as exc:
+                raise ConfigError(exc.problems, source) from None
             config, found = structure(expanded)
             if config is not None:
                 found = validate(config)

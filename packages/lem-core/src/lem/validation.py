@@ -7,14 +7,26 @@ go through the same hook and are reported together.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
+
+import attrs
 
 from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig
 from lem.hookspecs import hookimpl
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
 from lem.types import Problem, error, warning
+
+#: Largest prompt or output length accepted, in tokens (no model has a context near it).
+MAX_TOKENS = 10_000_000
+#: Largest number of synthetic prompt tokens an experiment may hold in memory at once.
+MAX_PROMPT_TOKENS = 100_000_000
+#: Longest idle baseline or cool-down, in seconds.
+MAX_WAIT_S = 3600.0
+#: TOML integers are 64-bit signed; a larger one cannot be written back to experiment.toml.
+MAX_INT = 2**63 - 1
 
 # (dotted key, test, what it must be) for every number with a range.
 _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
@@ -49,6 +61,25 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.stall_timeout_s", lambda v: v > 0, "must be > 0 seconds"),
     ("sharding.tensor_parallel_size", lambda v: v >= 1, "must be >= 1"),
     ("sharding.pipeline_parallel_size", lambda v: v >= 1, "must be >= 1"),
+    # Upper bounds: far beyond any real use, low enough that a typo is refused at once instead of
+    # making lem allocate or wait for hours (an input length of 10**9, idle_seconds = 1e12).
+    ("dataset.num_prompts", lambda v: v <= 1_000_000, "must be <= 1000000"),
+    ("dataset.input_length", lambda v: v <= MAX_TOKENS, f"must be <= {MAX_TOKENS} tokens"),
+    ("dataset.input_length_min", lambda v: v is None or v <= MAX_TOKENS, f"must be <= {MAX_TOKENS} tokens"),
+    ("dataset.input_length_max", lambda v: v is None or v <= MAX_TOKENS, f"must be <= {MAX_TOKENS} tokens"),
+    ("dataset.max_input_tokens", lambda v: v is None or v <= MAX_TOKENS, f"must be <= {MAX_TOKENS} tokens"),
+    ("generation.max_output_tokens", lambda v: v <= MAX_TOKENS, f"must be <= {MAX_TOKENS} tokens"),
+    ("batching.batch_size", lambda v: v <= 1_000_000, "must be <= 1000000"),
+    ("traffic.rate", lambda v: v is None or v <= 1e6, "must be <= 1000000 requests per second"),
+    ("traffic.concurrency", lambda v: v is None or v <= 1_000_000, "must be <= 1000000"),
+    ("measurement.warmup_requests", lambda v: v <= 1_000_000, "must be <= 1000000"),
+    ("measurement.warmup_max_requests", lambda v: v <= 1_000_000, "must be <= 1000000"),
+    ("measurement.cycles", lambda v: v <= 10_000, "must be <= 10000"),
+    ("measurement.idle_seconds", lambda v: v <= MAX_WAIT_S, f"must be <= {MAX_WAIT_S:g} seconds (an hour)"),
+    ("measurement.cooldown_seconds", lambda v: v <= MAX_WAIT_S, f"must be <= {MAX_WAIT_S:g} seconds (an hour)"),
+    ("measurement.sampling_interval_ms", lambda v: v <= 60_000, "must be <= 60000 ms"),
+    ("measurement.stall_timeout_s", lambda v: v <= 7 * 86400, "must be <= 604800 seconds (a week)"),
+    ("measurement.thermal_floor_c", lambda v: v is None or 0 < v <= 150, "must be in (0, 150] degrees Celsius"),
 ]
 
 
@@ -59,10 +90,32 @@ def get(config: Any, dotted: str) -> Any:
     return config
 
 
+def _numbers(node: Any, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every number of a config, with its dotted key."""
+    for field in attrs.fields(type(node)):
+        value = getattr(node, field.name)
+        key = f"{path}{field.name}"
+        if attrs.has(type(value)):
+            yield from _numbers(value, f"{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield key, value
+        elif isinstance(value, tuple):
+            yield from ((key, v) for v in value if isinstance(v, (int, float)) and not isinstance(v, bool))
+
+
 def _ranges(config: ExperimentConfig) -> Iterator[Problem]:
+    bad: set[str] = set()
+    for key, value in _numbers(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            bad.add(key)
+            yield error(key, "must be a finite number", value=value)
+        elif isinstance(value, int) and not -MAX_INT - 1 <= value <= MAX_INT:
+            bad.add(key)
+            yield error(key, f"is beyond the 64-bit integers TOML allows (|value| <= {MAX_INT})", value=value)
     for key, ok, must in _RANGES:
         value = get(config, key)
-        if not ok(value):
+        if key not in bad and not ok(value):
+            bad.add(key)
             yield error(key, must, value=value)
     g, d = config.generation, config.dataset
     if g.min_output_tokens > g.max_output_tokens:
@@ -122,14 +175,8 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
     d, t = config.dataset, config.traffic
     if d.source == "file" and not d.path:
         yield error("dataset.path", "is required when dataset.source = 'file'", 'add path = "prompts.jsonl"')
-    elif d.source == "file" and d.path and not os.path.isfile(d.path):
-        # Checked here too, so a typo fails before a model is loaded rather than after.
-        yield error(
-            "dataset.path",
-            f"file not found (relative paths start at {os.getcwd()})",
-            "check the path",
-            d.path,
-        )
+    elif d.source == "file" and d.path:
+        yield from _prompt_file(d)
     if d.source == "huggingface" and not d.name:
         yield error("dataset.name", "is required when dataset.source = 'huggingface'", 'e.g. name = "tatsu-lab/alpaca"')
     if d.input_length_distribution == "uniform" and (d.input_length_min is None or d.input_length_max is None):
@@ -147,6 +194,89 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
         yield error("traffic.concurrency", "is required for traffic.mode = 'concurrency'", "e.g. concurrency = 8")
     if t.mode == "offline" and (t.rate is not None or t.concurrency is not None):
         yield warning("traffic.mode", "is 'offline': traffic.rate and traffic.concurrency are ignored", value="offline")
+
+
+def _prompt_file(d: DatasetConfig) -> Iterator[Problem]:
+    """A prompt file is local: read it now, so that its errors come before a model is loaded."""
+    from lem.errors import PromptError
+    from lem.prompts.files import check_file
+
+    path = os.path.expanduser(d.path or "")
+    if os.path.isdir(path):
+        yield error("dataset.path", "is a directory, not a file", "give the path of a prompt file", d.path)
+    elif not os.path.isfile(path):
+        yield error("dataset.path", f"file not found (relative paths start at {os.getcwd()})", "check the path", d.path)
+    else:
+        try:
+            check_file(d)
+        except PromptError as exc:
+            yield error("dataset.path", str(exc), value=d.path)
+
+
+def _lengths(config: ExperimentConfig) -> Iterator[Problem]:
+    """Synthetic prompts that would not fit in memory, or in a built-in model's context."""
+    from lem import architectures
+
+    d, g = config.dataset, config.generation
+    sizes = (d.input_length, g.max_output_tokens, d.input_length_max or 1, d.max_input_tokens or 1)
+    if d.source != "synthetic" or not all(0 < v <= MAX_TOKENS for v in sizes) or not 0 < d.num_prompts <= 1_000_000:
+        return  # out of range: reported by _ranges
+    longest = d.input_length_max if d.input_length_distribution != "fixed" and d.input_length_max else d.input_length
+    if d.max_input_tokens is not None:
+        longest = min(longest, d.max_input_tokens)
+    if 0 < d.num_prompts * longest > MAX_PROMPT_TOKENS:
+        yield error(
+            "dataset.num_prompts",
+            f"x input length {longest} is {d.num_prompts * longest} prompt tokens, more than {MAX_PROMPT_TOKENS}",
+            "lower dataset.num_prompts or dataset.input_length",
+            d.num_prompts,
+        )
+    if not architectures.is_builtin(config.model):
+        return
+    try:
+        shape = architectures.model_config(architectures.builtin_name(config.model))
+    except KeyError:
+        return  # reported by _model
+    context = shape.get("max_position_embeddings") or shape.get("n_positions")
+    if context and longest + g.max_output_tokens > context:
+        yield error(
+            "dataset.input_length",
+            f"{longest} input + {g.max_output_tokens} output tokens exceed the context of {config.model}"
+            f" ({context} tokens)",
+            "lower dataset.input_length or generation.max_output_tokens",
+            longest,
+        )
+
+
+def _looks_local(name: str) -> bool:
+    # A Hub id is "name" or "org/name"; anything with a path prefix or more parts is a path.
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") >= 2 or os.path.isabs(name)
+
+
+def _model(config: ExperimentConfig) -> Iterator[Problem]:
+    from lem import architectures
+
+    if architectures.is_builtin(config.model):
+        try:
+            architectures.builtin_name(config.model)
+        except KeyError:
+            known = [r["model"] for r in architectures.describe()]
+            close = difflib.get_close_matches(config.model, known, n=1)
+            hint = f"did you mean '{close[0]}'?" if close else "see `lem models`"
+            yield error("model", f"unknown built-in architecture (known: {', '.join(known)})", hint, config.model)
+    for key, value in (("model", config.model), ("adapter", config.adapter)):
+        if (
+            value
+            and not architectures.is_builtin(value)
+            and _looks_local(value)
+            and not os.path.exists(os.path.expanduser(value))
+        ):
+            yield error(
+                key,
+                f"local path not found (relative paths start at {os.getcwd()})",
+                "check the path; a Hugging Face id has the form 'org/name'",
+                value,
+            )
 
 
 def _install_hint(name: str, candidates: list[str]) -> str:
@@ -187,7 +317,8 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
         hint = f"did you mean [{close[0]}]?" if close else "remove it, or install the plugin it belongs to"
         yield error(table, "unknown table", hint)
     if config.backend in backends and config.backend_options and config.backend not in config.backend_options:
-        others = [t for t in config.backend_options if t in plugins]
+        # A meter's table ([codecarbon]) is not a backend's: only backend tables are "for another backend".
+        others = [t for t in config.backend_options if t in backends]
         if others:
             yield warning(
                 others[0],
@@ -223,4 +354,4 @@ def _meter_names(config: ExperimentConfig) -> Iterator[Problem]:
 @hookimpl
 def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Core checks: value ranges, required companions, backend and meter names, stray tables."""
-    return [*_ranges(config), *_needs(config), *_names(config)]
+    return [*_ranges(config), *_model(config), *_needs(config), *_lengths(config), *_names(config)]

@@ -108,16 +108,23 @@ def main() -> None:
         from lem.progress import Progress
         from lem.runner import run_experiment
 
-        progress = Progress(prefix, quiet=quiet, heartbeat=beat)
-        try:
-            run_experiment(exp, Path(exp_dir), run_id, progress)
-        finally:
-            progress.close()  # a stage ended by an exception must not leave its live line running
+        run_experiment(exp, Path(exp_dir), run_id, Progress(prefix, quiet=quiet, heartbeat=beat))
         send("ok")
     except BaseException as exc:  # everything is reported to the parent, which records it
         send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
         report.close()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one-line reason recorded for an experiment that raised ``exc``."""
+    if isinstance(exc, ModuleNotFoundError) and exc.name:
+        top = exc.name.split(".")[0]
+        return (
+            f"ModuleNotFoundError: this experiment needs the package '{top}', which is not installed in"
+            f" {sys.executable}'s environment (pip install {top}, or the lem extra that provides it)"
+        )
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _validate_here(exp: Experiment) -> None:
@@ -217,13 +224,10 @@ def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, p
     from lem.progress import Progress
     from lem.runner import run_experiment
 
-    progress = Progress(prefix, quiet=quiet)
     try:
-        run_experiment(exp, exp_dir, run_id, progress)
+        run_experiment(exp, exp_dir, run_id, Progress(prefix, quiet=quiet))
     except (Exception, LemError) as exc:
         return Outcome(False, f"{type(exc).__name__}: {exc}", traceback.format_exc())
-    finally:
-        progress.close()  # a stage ended by an exception must not leave its live line running
     return Outcome(True)
 
 

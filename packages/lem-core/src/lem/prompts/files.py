@@ -26,7 +26,7 @@ from typing import Any
 from lem.config import DatasetConfig
 from lem.errors import PromptError
 from lem.prompts.promptset import PromptSet
-from lem.prompts.text import build, pick_field
+from lem.prompts.text import build, combine, pick_field, select
 
 _BY_SUFFIX = {
     ".jsonl": "jsonl",
@@ -131,8 +131,7 @@ def file_format(dataset: DatasetConfig) -> str:
     return fmt
 
 
-def load_file(dataset: DatasetConfig, tokenizer: Any | None, *, seed: int) -> PromptSet:
-    """Prompts from ``dataset.path``; see the module docstring for the formats."""
+def _read(dataset: DatasetConfig) -> tuple[Columns, list[str], str]:
     if not dataset.path:
         raise PromptError("dataset.path is required when dataset.source = 'file' (add path = \"prompts.jsonl\")")
     path = Path(dataset.path).expanduser()
@@ -153,6 +152,34 @@ def load_file(dataset: DatasetConfig, tokenizer: Any | None, *, seed: int) -> Pr
             columns, names = _read_text(path, paragraphs=fmt == "paragraphs")
     except UnicodeDecodeError as exc:
         raise PromptError(f"{where}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise PromptError(f"{where}: cannot be read ({exc.strerror})") from exc
     if not names:
         raise PromptError(f"{where}: the file holds no prompts (it is empty)")
+    return columns, names, where
+
+
+#: Files already checked, by (path, size, mtime, the keys that read it): a sweep checks each once.
+_checked: dict[tuple[Any, ...], None] = {}
+
+
+def check_file(dataset: DatasetConfig) -> None:
+    """Read ``dataset.path`` as :func:`load_file` will, without a tokenizer; raise its :class:`PromptError`.
+
+    Validation calls this so that a broken prompt file is reported before a model is loaded.
+    """
+    path = Path(dataset.path or "").expanduser()
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, dataset.format, dataset.field, dataset.input_field)
+    if key in _checked:
+        return
+    columns, names, _ = _read(dataset)
+    field, input_field = pick_field(names, dataset, f"file {dataset.path!r}")
+    select(combine(columns, field, input_field, f"file {dataset.path!r}"), dataset, 0, f"file {dataset.path!r}")
+    _checked[key] = None
+
+
+def load_file(dataset: DatasetConfig, tokenizer: Any | None, *, seed: int) -> PromptSet:
+    """Prompts from ``dataset.path``; see the module docstring for the formats."""
+    columns, names, _ = _read(dataset)
     return build(columns, names, dataset, tokenizer, seed=seed, origin=f"file {dataset.path!r}")

@@ -1,0 +1,569 @@
+"""Bad input through the real CLI, one table: each case is the input, the exit status, the words the
+error line must contain, and no traceback.
+
+Most cases run the real ``lem`` command in this process (click's CliRunner on ``lem.cli.cli``): none of
+them gets as far as starting a worker. Cases marked ``subprocess`` run ``python -m lem`` as a user
+would. Damaged result files are made by damaging a real run's files (one real run per module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import attrs
+import pytest
+from click.testing import CliRunner
+
+from lem.cli import cli
+from lem.plugins import backend_names, meter_names
+from lem.results import SCHEMA_VERSION
+
+OK = 'model = "random:tiny-llama"\n[measurement]\nenergy_meter = "none"\n'
+RUN = (
+    'model = "random:tiny-llama"\n[dataset]\nnum_prompts = 2\ninput_length = 8\n[generation]\nmax_output_tokens = 3\n'
+    '[measurement]\nenergy_meter = "none"\ncycles = 1\nwarmup_requests = 0\n[sweep]\n"batching.batch_size" = [1, 2]\n'
+)
+# Python loads a module named sitecustomize from the path at start-up: this one hides the modules
+# listed in LEM_TEST_HIDE, standing in for an environment where that optional package is not installed.
+HIDE = """
+import os, sys
+HIDDEN = set(os.environ.get("LEM_TEST_HIDE", "").split(","))
+class _Hide:
+    def __init__(self, inner):
+        self.inner = inner
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HIDDEN:
+            return None
+        return self.inner.find_spec(name, path, target)
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
+"""
+
+
+@attrs.frozen
+class Case:
+    id: str
+    args: tuple[str, ...]
+    code: int
+    words: tuple[str, ...]
+    #: Files to create (relative to the working directory): text, or bytes as they are.
+    files: dict[str, str | bytes] = attrs.field(factory=dict)
+    #: Damage to a real run copied to ./results: (glob under it, new content).
+    damage: tuple[str, str | bytes] | None = None
+    subprocess: bool = False
+    env: dict[str, str] = attrs.field(factory=dict)
+    needs: Callable[[], str | None] | None = None
+
+
+def _sweep(n: int) -> str:
+    return OK + f"[sweep]\nseed = {list(range(n))}\n"
+
+
+def _with(table: str, body: str) -> str:
+    return OK + f"[{table}]\n{body}\n" if table != "measurement" else OK + body + "\n"
+
+
+def _needs_pytorch() -> str | None:
+    return None if "pytorch" in backend_names() else "lem-backend-pytorch is not installed"
+
+
+def _needs_nvml() -> str | None:
+    return None if "nvml" in meter_names() else "lem-energy-nvml is not installed"
+
+
+def _needs_unprivileged() -> str | None:
+    return "root may write anywhere" if os.geteuid() == 0 else None
+
+
+def _cycle_damaged_shape() -> str:
+    return json.dumps({"schema_version": SCHEMA_VERSION, "kind": "cycle", "cycle": 1})
+
+
+def _summary_damaged_shape() -> str:
+    return json.dumps({"schema_version": SCHEMA_VERSION, "kind": "summary", "figures": [1, 2]})
+
+
+V = ("config", "validate", "exp.toml")
+R = ("run", "exp.toml", "--out", "out")
+CASES = [
+    # --- the experiment file itself
+    Case("missing file", V, 2, ("exp.toml", "file not found")),
+    Case("empty file", V, 2, ("model", "is required"), {"exp.toml": ""}),
+    Case("directory as config", ("config", "validate", "adir"), 2, ("adir", "is a directory"), {"adir/x": ""}),
+    Case("binary file", V, 2, ("exp.toml", "not UTF-8"), {"exp.toml": b"\x00\xff\xfe\x9c binary \x80"}),
+    Case("non-UTF-8 text", V, 2, ("not UTF-8", "offset 12"), {"exp.toml": 'model = "caf\xe9"\n'.encode("latin-1")}),
+    Case("UTF-8 byte-order mark is accepted", V, 0, ("OK",), {"exp.toml": b"\xef\xbb\xbf" + OK.encode()}),
+    Case("TOML syntax error", V, 2, ("TOML syntax error", "line 1"), {"exp.toml": "model = \n"}),
+    Case(
+        "NaN in TOML",
+        V,
+        2,
+        ("generation.temperature", "finite"),
+        {"exp.toml": _with("generation", "temperature = nan")},
+    ),
+    Case(
+        "inf duration",
+        V,
+        2,
+        ("measurement.idle_seconds", "finite"),
+        {"exp.toml": _with("measurement", "idle_seconds = inf")},
+    ),
+    Case(
+        "absurd duration",
+        V,
+        2,
+        ("cooldown_seconds", "3600"),
+        {"exp.toml": _with("measurement", "cooldown_seconds = 1e12")},
+    ),
+    Case("inf rate", V, 2, ("traffic.rate", "finite"), {"exp.toml": _with("traffic", 'mode = "poisson"\nrate = inf')}),
+    Case("seed beyond 64 bits", V, 2, ("seed", "64-bit"), {"exp.toml": f"seed = {2**70}\n" + OK}),
+    Case("negative seed", V, 2, ("seed", ">= 0"), {"exp.toml": "seed = -1\n" + OK}),
+    Case("huge count", V, 2, ("num_prompts", "64-bit"), {"exp.toml": _with("dataset", f"num_prompts = {10**30}")}),
+    Case(
+        "negative count", V, 2, ("dataset.num_prompts = -3", ">= 1"), {"exp.toml": _with("dataset", "num_prompts = -3")}
+    ),
+    Case("zero cycles", V, 2, ("measurement.cycles = 0", ">= 1"), {"exp.toml": _with("measurement", "cycles = 0")}),
+    Case(
+        "input length that would allocate for minutes",
+        V,
+        2,
+        ("dataset.input_length", "10000000"),
+        {"exp.toml": _with("dataset", "input_length = 1000000000")},
+    ),
+    Case(
+        "prompts too large for memory",
+        V,
+        2,
+        ("num_prompts", "prompt tokens"),
+        {"exp.toml": _with("dataset", "num_prompts = 1000000\ninput_length = 1000\nmax_input_tokens = 1000")},
+    ),
+    Case(
+        "input longer than the built-in model's context",
+        V,
+        2,
+        ("dataset.input_length", "context", "2048"),
+        {"exp.toml": _with("dataset", "input_length = 4000")},
+    ),
+    Case(
+        "wrong type", V, 2, ("measurement.cycles", "expected int"), {"exp.toml": _with("measurement", 'cycles = "3"')}
+    ),
+    Case(
+        "unknown key",
+        V,
+        2,
+        ("generation.temperatur", "did you mean 'temperature'"),
+        {"exp.toml": _with("generation", "temperatur = 1.0")},
+    ),
+    # --- names
+    Case(
+        "misspelled random: built-in",
+        V,
+        2,
+        ("unknown built-in", "did you mean 'random:tiny-llama'"),
+        {"exp.toml": 'model = "random:tiny-lama"\n'},
+    ),
+    Case(
+        "local model path that does not exist",
+        V,
+        2,
+        ("model = './models/nope'", "local path not found"),
+        {"exp.toml": 'model = "./models/nope"\n'},
+    ),
+    Case(
+        "absolute model path that does not exist",
+        V,
+        2,
+        ("model = '/no/such/model'", "local path not found"),
+        {"exp.toml": 'model = "/no/such/model"\n'},
+    ),
+    Case(
+        "adapter path that does not exist",
+        V,
+        2,
+        ("adapter", "local path not found"),
+        {"exp.toml": 'adapter = "./lora/nope"\n' + OK},
+    ),
+    Case(
+        "unknown backend",
+        V,
+        2,
+        ("backend = 'pytorh'", "not an installed backend"),
+        {"exp.toml": 'backend = "pytorh"\n' + OK},
+    ),
+    Case(
+        "unknown meter name",
+        V,
+        2,
+        ("measurement.energy_meter = 'joulemeter'", "not an installed energy meter"),
+        {"exp.toml": OK.replace('"none"', '"joulemeter"')},
+    ),
+    Case(
+        "missing optional dependency (adapter needs peft)",
+        V,
+        2,
+        ("adapter", "peft", "pip install peft"),
+        {"exp.toml": 'adapter = "./lora"\n' + OK, "lora/adapter_config.json": "{}", "hide/sitecustomize.py": HIDE},
+        subprocess=True,
+        env={"PYTHONPATH": "hide", "LEM_TEST_HIDE": "peft"},
+        needs=_needs_pytorch,
+    ),
+    # --- prompt files: found at validation, before a model loads
+    Case(
+        "dataset path that is a directory",
+        V,
+        2,
+        ("dataset.path = 'prompts'", "is a directory"),
+        {"exp.toml": _with("dataset", 'source = "file"\npath = "prompts"'), "prompts/a.jsonl": ""},
+    ),
+    Case(
+        "dataset path that does not exist",
+        V,
+        2,
+        ("dataset.path = 'nope.jsonl'", "file not found"),
+        {"exp.toml": _with("dataset", 'source = "file"\npath = "nope.jsonl"')},
+    ),
+    Case(
+        "prompt file with a broken line",
+        R,
+        2,
+        ("line 2", "not valid JSON"),
+        {"exp.toml": _with("dataset", 'source = "file"\npath = "p.jsonl"'), "p.jsonl": '{"text": "a"}\n{"text": \n'},
+    ),
+    Case(
+        "prompt file without the field",
+        V,
+        2,
+        ("dataset.field = 'question'", "no such field"),
+        {
+            "exp.toml": _with("dataset", 'source = "file"\npath = "p.jsonl"\nfield = "question"'),
+            "p.jsonl": '{"text": "a"}\n',
+        },
+    ),
+    Case(
+        "prompt file not UTF-8",
+        V,
+        2,
+        ("p.txt", "not UTF-8"),
+        {"exp.toml": _with("dataset", 'source = "file"\npath = "p.txt"'), "p.txt": b"caf\xe9\n"},
+    ),
+    Case(
+        "empty prompt file",
+        V,
+        2,
+        ("p.txt", "no prompts"),
+        {"exp.toml": _with("dataset", 'source = "file"\npath = "p.txt"'), "p.txt": "\n\n"},
+    ),
+    # --- sweeps
+    Case(
+        "sweep of 0 values",
+        V,
+        2,
+        ("sweep.batching.batch_size", "empty list"),
+        {"exp.toml": OK + '[sweep]\n"batching.batch_size" = []\n'},
+    ),
+    Case(
+        "sweep value that is not a list",
+        V,
+        2,
+        ("sweep.seed", "must be a list"),
+        {"exp.toml": OK + "[sweep]\nseed = 3\n"},
+    ),
+    Case(
+        "sweep key that is not a key",
+        V,
+        2,
+        ("batching.batchsize", "unknown key"),
+        {"exp.toml": OK + '[sweep]\n"batching.batchsize" = [1, 2]\n'},
+    ),
+    Case(
+        "sweep key below a value",
+        V,
+        2,
+        ("sweep.model.name", "'model' is a value"),
+        {"exp.toml": OK + '[sweep]\n"model.name" = ["a"]\n'},
+    ),
+    Case(
+        "sweep too large to expand",
+        V,
+        2,
+        ("125000 experiments", "more than 100000"),
+        {
+            "exp.toml": OK + f'[sweep]\nseed = {list(range(50))}\n"dataset.num_prompts" = {list(range(1, 51))}\n'
+            f'"generation.max_output_tokens" = {list(range(1, 51))}\n'
+        },
+    ),
+    Case(
+        "large sweep, stdin not a terminal, no --yes",
+        R,
+        2,
+        ("101 experiments", "pass --yes"),
+        {"exp.toml": _sweep(101)},
+    ),
+    # --- command-line options
+    Case(
+        "--set with invalid TOML",
+        (*V, "--set", "measurement.cycles=[1,"),
+        2,
+        ("measurement.cycles", "not a TOML value"),
+        {"exp.toml": OK},
+    ),
+    Case(
+        "--set onto a key whose parent is a value",
+        (*V, "--set", "model.name=x"),
+        2,
+        ("model.name", "'model' is a value"),
+        {"exp.toml": OK},
+    ),
+    Case("--set without =", (*V, "--set", "cycles"), 2, ("--set", "expected KEY=VALUE"), {"exp.toml": OK}),
+    Case(
+        "--set with an empty key part", (*V, "--set", "generation..top_p=1"), 2, ("not a dotted key",), {"exp.toml": OK}
+    ),
+    Case("--python not BACKEND=PYTHON", (*R, "--python", "pytorch"), 2, ("expected BACKEND=PYTHON",), {"exp.toml": OK}),
+    Case(
+        "--python that does not exist",
+        (*R, "--python", "pytorch=/no/python"),
+        2,
+        ("not an executable",),
+        {"exp.toml": OK},
+    ),
+    Case(
+        "--python pointing at a non-python",
+        (*R, "--python", f"pytorch={shutil.which('true')}"),
+        2,
+        ("cannot start lem's worker", "lem-core installed"),
+        {"exp.toml": OK},
+    ),
+    # --- where results go
+    Case(
+        "--out below a file",
+        ("run", "exp.toml", "--out", "afile/sub"),
+        2,
+        ("afile/sub", "cannot create the run directory"),
+        {"exp.toml": OK, "afile": "x"},
+    ),
+    Case(
+        "--out that is a file",
+        ("run", "exp.toml", "--out", "afile"),
+        2,
+        ("afile", "is a file"),
+        {"exp.toml": OK, "afile": "x"},
+    ),
+    Case(
+        "--out without permission",
+        ("run", "exp.toml", "--out", "ro/out"),
+        2,
+        ("ro/out", "Permission denied"),
+        {"exp.toml": OK, "ro/.keep": ""},
+        needs=_needs_unprivileged,
+    ),
+    Case("--resume with ..", (*R, "--resume", ".."), 2, ("--resume '..'", "one directory name"), {"exp.toml": OK}),
+    Case(
+        "--resume of a path",
+        (*R, "--resume", "../elsewhere"),
+        2,
+        ("one directory name", "not a path"),
+        {"exp.toml": OK, "elsewhere/run.json": "{}"},
+    ),
+    Case(
+        "--resume of an absolute path", (*R, "--resume", "/tmp"), 2, ("--resume '/tmp'", "not a path"), {"exp.toml": OK}
+    ),
+    Case(
+        "--resume of a run that does not exist",
+        (*R, "--resume", "20990101-000000-abcd"),
+        2,
+        ("no run directory",),
+        {"exp.toml": OK, "out/.keep": ""},
+    ),
+    Case(
+        "--resume of a directory lem did not write",
+        (*R, "--resume", "mine"),
+        2,
+        ("not a run lem wrote", "run.json"),
+        {"exp.toml": OK, "out/mine/precious.txt": "keep me"},
+    ),
+    Case(
+        "named meter that cannot work here",
+        R,
+        2,
+        ("energy_meter = nvml", "cannot work here"),
+        {"exp.toml": OK.replace('"none"', '"nvml"')},
+        needs=_needs_nvml,
+    ),
+    # --- reading results
+    Case("results dir that is a file", ("results", "list", "afile"), 2, ("afile", "is a file"), {"afile": "x"}),
+    Case("results dir that does not exist", ("results", "list", "nope"), 2, ("nope", "no such results directory")),
+    Case(
+        "aggregate of an empty directory",
+        ("results", "aggregate", "--dir", "empty"),
+        2,
+        ("no experiments found",),
+        {"empty/.keep": ""},
+    ),
+    Case(
+        "show of a run that does not exist",
+        ("results", "show", "nope", "--dir", "results"),
+        2,
+        ("no such run",),
+        {"results/.keep": ""},
+    ),
+    Case(
+        "list: binary summary",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "summary.json", "cannot be read"),
+        damage=("*/000-*/summary.json", b"\x00\xff\x00\xfe"),
+    ),
+    Case(
+        "list: truncated summary",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "summary.json", "not valid JSON"),
+        damage=("*/000-*/summary.json", '{"schema_version": 2, "kind": "summ'),
+    ),
+    Case(
+        "list: summary of the wrong JSON shape",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "not a JSON object"),
+        damage=("*/000-*/summary.json", "[1, 2, 3]\n"),
+    ),
+    Case(
+        "list: summary whose figures are not a table",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "figures"),
+        damage=("*/000-*/summary.json", _summary_damaged_shape()),
+    ),
+    Case(
+        "list: damaged failure file",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "failure.json"),
+        damage=("*/001-*/failure.json", "{"),
+    ),
+    Case(
+        "show: damaged summary, the rest still shown",
+        ("results", "show", "results"),
+        1,
+        ("summary.json", "not valid JSON", "skipped"),
+        damage=("*/000-*/summary.json", "{"),
+    ),
+    Case(
+        "aggregate: truncated cycle",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "not valid JSON", "skipped"),
+        damage=("*/000-*/cycle-001.json", '{"schema_version": 2, "ki'),
+    ),
+    Case(
+        "aggregate: cycle of the wrong shape",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "wrong JSON shape"),
+        damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real two-experiment run, made by the real command; cases copy it and damage a file."""
+    if _needs_pytorch():
+        pytest.skip("lem-backend-pytorch is not installed")
+    where = tmp_path_factory.mktemp("real-run")
+    (where / "run.toml").write_text(RUN)
+    done = subprocess.run(
+        [sys.executable, "-m", "lem", "run", "run.toml", "--out", "results", "-q"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    return where / "results"
+
+
+def _error_lines(text: str) -> list[str]:
+    # click's own usage errors add a usage line and a "Try ... --help" line around the one error line.
+    return [line for line in text.splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    why = case.needs() if case.needs else None
+    if why:
+        pytest.skip(why)
+    for name, content in case.files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    if case.id == "--out without permission":
+        (tmp_path / "ro").chmod(0o500)
+    if case.damage:
+        shutil.copytree(request.getfixturevalue("real_run"), tmp_path / "results")
+        pattern, content = case.damage
+        targets = list((tmp_path / "results").glob(pattern))
+        if not targets:  # the failure file: make experiment 001 a failed one first
+            target_dir = next((tmp_path / "results").glob(pattern.rsplit("/", 1)[0]))
+            (target_dir / "summary.json").unlink()
+            targets = [target_dir / pattern.rsplit("/", 1)[1]]
+        for target in targets:
+            target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    monkeypatch.chdir(tmp_path)
+    if case.subprocess:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", **case.env}
+        done = subprocess.run(
+            [sys.executable, "-m", "lem", *case.args], capture_output=True, text=True, timeout=300, env=env
+        )
+        code, out, err = done.returncode, done.stdout, done.stderr
+    else:
+        result = CliRunner().invoke(cli, list(case.args), catch_exceptions=True)
+        assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+        code, out, err = result.exit_code, result.stdout, result.stderr
+    text = out + err
+    assert "Traceback" not in text
+    assert code == case.code, text
+    for word in case.words:
+        assert word in text, f"{word!r} not in {text!r}"
+    if case.code == 2:
+        assert len(_error_lines(err)) == 1, err
+
+
+def test_resume_of_another_directory_leaves_it_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The directory a bad --resume names keeps its files (the run once deleted them)."""
+    (tmp_path / "exp.toml").write_text(OK)
+    precious = tmp_path / "out" / "mine" / "precious.txt"
+    precious.parent.mkdir(parents=True)
+    precious.write_text("keep me")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "exp.toml", "--out", "out", "--resume", "mine"])
+    assert result.exit_code == 2
+    assert sorted(p.name for p in precious.parent.iterdir()) == ["precious.txt"]
+    assert precious.read_text() == "keep me"
+
+
+def test_sweep_keys_and_values_never_nest_directories(tmp_path: Path) -> None:
+    """Experiment ids are one directory name, whatever a sweep's keys and values hold."""
+    from lem.loading import experiment_id
+
+    for values in (
+        {"pytorch.x/../../y": "../../etc"},
+        {"model": "/abs/path"},
+        {"a.b": ".."},
+        {"k": "a\\b\0c"},
+        {"\u2215unicode": "\u2044slash"},
+    ):
+        name = experiment_id(0, values)
+        assert "/" not in name and "\\" not in name and "\0" not in name and not name.startswith(".")
+        assert (tmp_path / name).parent == tmp_path
