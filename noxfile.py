@@ -19,6 +19,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow"),
     "lem-backend-pytorch": ("peft",),
     "lem-energy-nvml": (),
+    "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer
     "lem-energy-rapl": (),
 }
 TEST_TOOLS = ("pytest", "hypothesis")
