@@ -83,8 +83,12 @@ def test_flags_are_documented(make_config: Any, engine: str) -> None:
 
 def test_vllm_flags_parse_with_installed_vllm(make_config: Any) -> None:
     pytest.importorskip("vllm")
-    from vllm.entrypoints.openai.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:  # vLLM before the launchers package
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
 
     cfg = _config(make_config, quantization={"method": "awq"})
     cmd = launch_command(ENGINES["vllm"], cfg, "org/model", "127.0.0.1", 8000, "python", random_weights=True)

@@ -16,7 +16,9 @@ fewer (a count the chunks overshot stands, and cannot be taken back: it has
 not been seen). The final delta is sent when the stream ends (``[DONE]``),
 not on the chunk with ``finish_reason``, because usage comes after that.
 
-An HTTP error status or a broken stream fails that request
+An HTTP error status, a broken stream or one that ends without ``[DONE]``
+(llama.cpp's server answers 200 and then ends the stream when a prompt is
+longer than its context) fails that request
 (:class:`~lem.serving.RequestFailed`); a refused connection means the
 server is gone and ends the cycle.
 """
@@ -163,6 +165,7 @@ async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> A
 
     counted = 0
     usage: int | None = None
+    done = False
     try:
         async with client.stream("POST", f"{target.url}/v1/completions", json=payload, headers=target.headers) as r:
             if r.status_code != 200:
@@ -173,6 +176,7 @@ async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> A
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    done = True
                     break
                 chunk = json.loads(data)
                 if chunk.get("error"):
@@ -188,4 +192,7 @@ async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> A
         raise RequestFailed(f"the stream broke: {type(exc).__name__}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise RequestFailed(f"unreadable chunk in the stream: {exc}") from None
+    if not done:
+        # The server closed the stream without its end marker: it failed mid-request (see its log).
+        raise RequestFailed(f"the stream ended without [DONE] after {counted} tokens")
     yield Delta(n_tokens=max(0, usage - counted) if usage is not None else 0, finished=True)

@@ -31,6 +31,10 @@ COUNTS = (
 )
 
 
+#: Seconds to wait, when the server stops answering mid-cycle, for its process to exit (to say how it ended).
+EXIT_WAIT_S = 5.0
+
+
 @attrs.define(eq=False)
 class Handle:
     """A live server and the client that talks to it."""
@@ -247,18 +251,26 @@ def serve(
 
 
 def _explained(events: Iterator[TokenEvent], handle: Handle) -> Iterator[TokenEvent]:
+    import subprocess
+
     try:
         yield from events
     except Exception as exc:
         if isinstance(exc, BackendError):
             raise
         server = handle.server
-        if server is not None and server.proc.poll() is not None:
+        if server is None:
             raise BackendError(
-                f"the server exited with status {server.proc.returncode} during the cycle; its log {server.log_path} "
-                f"ends with:\n{process.log_tail(server.log_path)}"
+                f"the server at {handle.target.url} stopped answering: {type(exc).__name__}: {exc}"
             ) from exc
-        raise BackendError(f"the server at {handle.target.url} stopped answering: {type(exc).__name__}: {exc}") from exc
+        try:  # a refused connection can come a moment before the process is gone
+            server.proc.wait(EXIT_WAIT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        code = server.proc.poll()
+        what = f"exited with status {code}" if code is not None else f"stopped answering ({type(exc).__name__}: {exc})"
+        tail = process.log_tail(server.log_path)
+        raise BackendError(f"the server {what} during the cycle; its log {server.log_path} ends with:\n{tail}") from exc
 
 
 def close(handle: Handle) -> None:

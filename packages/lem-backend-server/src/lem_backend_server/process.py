@@ -2,8 +2,9 @@
 
 The server runs in its own process group (``start_new_session``), so one
 signal reaches everything it starts (vLLM's engine core, TGI's shards).
-:func:`stop` sends SIGTERM to the group, waits ``grace_s``, then SIGKILL,
-and returns once no process of the group is left. Cleanup paths, because an
+:func:`stop` sends SIGTERM to the server, waits up to ``grace_s`` for it,
+then SIGTERM and SIGKILL to what is left of the group, and returns once no
+process of the group is left. Cleanup paths, because an
 experiment's worker can end in several ways:
 
 - a normal end, an error or Ctrl-C: the backend's ``close()`` (the runner's
@@ -193,32 +194,43 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def _wait(pgid: int, proc: subprocess.Popen[bytes], seconds: float, leader_only: bool) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        leader_done = proc.poll() is not None  # reaps the leader, else it stays a zombie in the group
+        if leader_done and (leader_only or not _group_alive(pgid)):
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def stop(server: Server) -> None:
-    """SIGTERM the server's process group, SIGKILL after the grace period; returns when all of it is gone."""
+    """End the server: SIGTERM to it, SIGKILL to its group after the grace period; returns when all of it is gone.
+
+    SIGTERM goes to the server's own process first, so an engine that runs workers (vLLM's engine core,
+    TGI's shards) shuts them down in order; whatever of the group is left then gets SIGTERM, and SIGKILL
+    after a short wait.
+    """
     with _lock:
         if server.stopped:
             return
         server.stopped = True
         _running.discard(server)
-    pgid = server.proc.pid  # start_new_session: the server leads its own group
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + server.grace_s
-    while time.monotonic() < deadline:
-        server.proc.poll()  # reap the leader, else it stays a zombie in the group
-        if not _group_alive(pgid):
-            break
-        time.sleep(0.1)
-    else:
+    proc, pgid = server.proc, server.proc.pid  # start_new_session: the server leads its own group
+    if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        end = time.monotonic() + 10
-        while _group_alive(pgid) and time.monotonic() < end:
-            server.proc.poll()
-            time.sleep(0.05)
+            proc.send_signal(signal.SIGTERM)
+        _wait(pgid, proc, server.grace_s, leader_only=True)
+    if not _wait(pgid, proc, 2.0, leader_only=False):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        if not _wait(pgid, proc, 3.0, leader_only=False):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            _wait(pgid, proc, 10.0, leader_only=False)
     with contextlib.suppress(subprocess.TimeoutExpired):
-        server.proc.wait(5)
-    server.exit_code = server.proc.returncode
+        proc.wait(5)
+    server.exit_code = proc.returncode
 
 
 def stop_all() -> None:

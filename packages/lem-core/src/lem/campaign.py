@@ -109,33 +109,85 @@ def _failure(exp: Experiment, exp_dir: Path, run_id: str, outcome: Outcome) -> N
     )
 
 
-def _fmt(value: Any, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
+#: End-of-run table columns: heading, row key, scale, format.
+TABLE_FIGURES = (
+    ("out tok/s", "output_tokens_per_s", 1.0, ".1f"),
+    ("TTFT p50 ms", "ttft_s.p50", 1e3, ".1f"),
+    ("J/out tok", "energy.j_per_output_token", 1.0, ".4g"),
+)
+
+
+def _half_widths(row: Mapping[str, Any]) -> dict[str, float]:
+    """Half-widths of the 95% CIs of the table's figures, from the experiment's summary (none when unknown)."""
+    from lem.rundata import number, read_doc
+
+    doc = read_doc(Path(row["path"]) / "summary.json", []) if row.get("status") == "ok" and row.get("path") else None
+    out = {}
+    for _, key, _, _ in TABLE_FIGURES:
+        entry = ((doc or {}).get("figures") or {}).get(key) or {}
+        low, high = number(entry.get("ci95_low")), number(entry.get("ci95_high"))
+        if low is not None and high is not None:
+            out[key] = (high - low) / 2
+    return out
+
+
+def _figure_cell(row: Mapping[str, Any], key: str, scale: float, spec: str, half: Mapping[str, float]) -> str:
+    value = row.get(key)
+    if value is None:
+        return "-"
+    text = format(value * scale, spec)
+    return f"{text} ± {half[key] * scale:.2g}" if key in half else text
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """The end-of-run table: one line per experiment with its key figures (cycle means)."""
-    head = ("experiment", "status", "backend", "model", "out tok/s", "TTFT p50 ms", "J/out tok")
-    body = [
-        (
-            r["id"],
-            r["status"],
-            str(r.get("backend")),
-            str(r.get("model")),
-            _fmt(r.get("output_tokens_per_s"), ".1f"),
-            _fmt(None if r.get("ttft_s.p50") is None else r["ttft_s.p50"] * 1e3, ".1f"),
-            _fmt(r.get("energy.j_per_output_token"), ".4g"),
-        )
-        for r in rows
-    ]
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in (head, *body)]
+    """The end-of-run table: one line per experiment, cycle means ± the half-width of their 95% CI, then reasons."""
+    import io
+
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
+    for heading in ("experiment", "status", "backend", "model"):
+        t.add_column(heading, no_wrap=True)
+    for heading, *_ in TABLE_FIGURES:
+        t.add_column(heading, justify="right", no_wrap=True)
+    halves = [_half_widths(r) for r in rows]
+    for r, half in zip(rows, halves, strict=True):
+        figures = [_figure_cell(r, key, scale, spec, half) for _, key, scale, spec in TABLE_FIGURES]
+        t.add_row(r["id"], r["status"], str(r.get("backend")), str(r.get("model")), *figures)
+    buf = io.StringIO()
+    # A plain-text rendering (no colour, no terminal width): the same table in a terminal, a pipe or a log.
+    Console(file=buf, width=10_000, color_system=None, force_terminal=False).print(t, markup=False)
+    lines = [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]
     for r in rows:
         if r.get("reason"):
             lines.append(f"{r['id']}: {r['reason']}")
     reasons = sorted({r["energy_reason"] for r in rows if r.get("energy_reason")})
     lines += [f"energy not measured: {reason}" for reason in reasons]
+    if any(halves):
+        lines.append("±: half-width of the 95% confidence interval over cycles")
     return "\n".join(lines)
+
+
+def _write_report(run_dir: Path, quiet: bool) -> Path | None:
+    """Write the run's ``report.html``; a failure costs one warning line, never the run's results or status."""
+    try:
+        from lem.report import write_report
+
+        done = write_report(run_dir)
+    except Exception as exc:  # the results are on disk already: no report is worth losing them
+        print(
+            f"lem: warning: report.html not written ({type(exc).__name__}: {exc}); "
+            f"the results are complete; retry with `lem report {run_dir}`",
+            file=sys.stderr,
+        )
+        return None
+    if not done.plots_available and not quiet:
+        from lem.plots import INSTALL_HINT
+
+        print(f"lem: report.html written without plots: {INSTALL_HINT}", file=sys.stderr)
+    return done.path
 
 
 def run_campaign(
@@ -147,6 +199,7 @@ def run_campaign(
     as_json: bool = False,
     stdout: TextIO | None = None,
     pythons: Mapping[str, str] | None = None,
+    report: bool = True,
 ) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
@@ -155,7 +208,9 @@ def run_campaign(
     ``resume_id``, experiments whose ``summary.json`` exists are skipped.
     ``pythons`` maps a backend to the interpreter of the environment it is
     installed in (vLLM and TensorRT-LLM never share one); its workers validate
-    their experiment there before running it.
+    their experiment there before running it. With ``report``, ``report.html``
+    is written in the run directory at the end (a failure to write it is a
+    warning, never a failed run).
     """
     out = stdout if stdout is not None else sys.stdout
     root = Path(out_dir)
@@ -174,7 +229,9 @@ def run_campaign(
             ) from None
     lock = lock_run(run_dir)
     try:
-        return _run_locked(loaded, run_dir, run_id, in_process, resume_id is not None, quiet, as_json, out, pythons)
+        return _run_locked(
+            loaded, run_dir, run_id, in_process, resume_id is not None, quiet, as_json, out, pythons, report
+        )
     finally:
         lock.release()
 
@@ -240,6 +297,7 @@ def _run_locked(
     as_json: bool,
     out: TextIO,
     pythons: Mapping[str, str] | None,
+    report: bool = True,
 ) -> bool:
     write_json(
         run_dir / "run.json",
@@ -284,15 +342,19 @@ def _run_locked(
             if not quiet:
                 print(f"{prefix}{exp.id}: FAILED: {outcome.reason}", file=sys.stderr)
     rows = [experiment_status(run_dir / e.id) for e in loaded.experiments]
+    report_path = _write_report(run_dir, quiet) if report else None
     if as_json:
         docs = []
         for e in loaded.experiments:
             d = run_dir / e.id
             name = "summary.json" if (d / "summary.json").exists() else "failure.json"
             docs.append(read_json(d / name) if (d / name).exists() else {"experiment_id": e.id, "status": "missing"})
-        json.dump({"run_id": run_id, "results": str(run_dir), "ok": all_ok, "experiments": docs}, out, indent=1)
+        report_text = None if report_path is None else str(report_path)
+        doc = {"run_id": run_id, "results": str(run_dir), "report": report_text, "ok": all_ok, "experiments": docs}
+        json.dump(doc, out, indent=1)
         out.write("\n")
     else:
-        out.write(table(rows) + f"\n\nresults: {run_dir}{os.sep}\n")
+        shown = "" if report_path is None else f"report: {report_path}\n"
+        out.write(table(rows) + f"\n\n{shown}results: {run_dir}{os.sep}\n")
     out.flush()
     return all_ok

@@ -162,6 +162,7 @@ def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
+@click.option("--no-report", is_flag=True, help="Do not write report.html in the run directory at the end.")
 @click.option("--yes", "-y", is_flag=True, help="Run a large sweep without asking.")
 def run(
     file: str,
@@ -175,6 +176,7 @@ def run(
     pythons: tuple[str, ...],
     quiet: bool,
     as_json: bool,
+    no_report: bool,
     yes: bool,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
@@ -191,6 +193,7 @@ def run(
         pythons=interpreters,
         quiet=quiet or as_json,
         as_json=as_json,
+        report=not no_report,
     )
     if not ok:
         sys.exit(1)
@@ -397,6 +400,144 @@ def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as found:
             return f"{path} ({type(found).__name__}: {found})"
     return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
+
+
+@results.command("compare")
+@click.argument("targets", nargs=-1, required=True)
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGETS are relative to.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
+def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
+    """Compare TARGETS side by side (run ids, RUN_ID/EXPERIMENT_ID or paths; a run expands to its experiments).
+
+    Headline figures with 95% CIs and the ratio to the first; a difference is
+    "resolved" by Welch's two-sided t-test at 5% on per-cycle values. Warns when
+    the workloads differ (model, precision, prompt-set digest, token counts,
+    output digests).
+    """
+    from pathlib import Path
+
+    from lem.compare import compare, gather, render
+
+    entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
+    result = compare(entries)
+    if strict and result["warnings"]:
+        for line in result["warnings"]:
+            click.echo(f"lem: error: {line} (--strict)", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from rich.console import Console
+
+        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
+        Console(width=width).print(render(result))
+    for line in result["warnings"]:
+        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
+
+
+@results.command("export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--level",
+    type=click.Choice(["experiment", "cycle", "request"]),
+    default="experiment",
+    show_default=True,
+    help="One row per experiment, per cycle or per request.",
+)
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
+)
+def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
+    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
+    from pathlib import Path
+
+    from lem.export import export
+
+    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
+    if out_file:
+        click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
+
+
+@results.command("plot")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["pareto", "timeline", "cycles", "cdf"]),
+    help="Which plots (repeatable; default: all). pareto: J/output token against throughput, TTFT and TPOT "
+    "across a sweep; timeline: power, temperature and SM clock per cycle; cycles: per-cycle figures with "
+    "mean and 95% CI; cdf: latency CDFs.",
+)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write them (default DIR/plots).")
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["png", "svg"]),
+    help="File format (repeatable; default png).",
+)
+def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, formats: tuple[str, ...]) -> None:
+    """Draw plots of the results in DIRECTORY (a run, an experiment or a results directory) with matplotlib."""
+    from pathlib import Path
+
+    from lem import plots
+    from lem.errors import ResultsError
+    from lem.rundata import read_run
+
+    run = read_run(Path(directory))
+    if not run.experiments:
+        raise ResultsError(f"{directory}: no experiments found (give a run directory, see `lem results list`)")
+    out = Path(out_dir) if out_dir else Path(directory) / "plots"
+    for kind in kinds or plots.KINDS:
+        for plot in plots.draw(kind, run):
+            if plot.skipped is not None:
+                click.echo(f"{kind}: {plot.name} not drawn: {plot.skipped}", err=True)
+                continue
+            for path in plots.save(plot, out, formats or ("png",)):
+                click.echo(str(path))
+
+
+@cli.command("report")
+@click.argument("target")
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGET is relative to.",
+)
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
+def report(target: str, directory: str, out_file: str | None) -> None:
+    """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
+    from pathlib import Path
+
+    from lem.errors import ResultsError
+    from lem.report import write_report
+    from lem.results import resolve
+    from lem.rundata import read_run
+
+    run_dir = resolve(target, Path(directory))
+    if not read_run(run_dir).experiments:
+        raise ResultsError(f"{target}: no experiments in {run_dir} (give a run directory, see `lem results list`)")
+    done = write_report(run_dir, Path(out_file) if out_file else None)
+    if not done.plots_available:
+        from lem.plots import INSTALL_HINT
+
+        click.echo(f"lem: {INSTALL_HINT} (the report was written without them)", err=True)
+    for line in done.skipped:
+        click.echo(f"not drawn: {line}", err=True)
+    click.echo(str(done.path))
 
 
 def main() -> None:

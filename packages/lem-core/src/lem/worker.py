@@ -108,7 +108,11 @@ def main() -> None:
         from lem.progress import Progress
         from lem.runner import run_experiment
 
-        run_experiment(exp, Path(exp_dir), run_id, Progress(prefix, quiet=quiet, heartbeat=beat))
+        progress = Progress(prefix, quiet=quiet, heartbeat=beat)
+        try:
+            run_experiment(exp, Path(exp_dir), run_id, progress)
+        finally:
+            progress.close()  # a stage ended by an exception must not leave its live line running
         send("ok")
     except BaseException as exc:  # everything is reported to the parent, which records it
         send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
@@ -224,10 +228,13 @@ def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, p
     from lem.progress import Progress
     from lem.runner import run_experiment
 
+    progress = Progress(prefix, quiet=quiet)
     try:
-        run_experiment(exp, exp_dir, run_id, Progress(prefix, quiet=quiet))
+        run_experiment(exp, exp_dir, run_id, progress)
     except (Exception, LemError) as exc:
         return Outcome(False, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+    finally:
+        progress.close()  # a stage ended by an exception must not leave its live line running
     return Outcome(True)
 
 

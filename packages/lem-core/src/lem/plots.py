@@ -1,0 +1,345 @@
+"""Plots of a run with matplotlib (the ``plots`` extra): Pareto fronts, power timelines, cycles, latency CDFs.
+
+Each ``draw_*`` function returns :class:`Plot` records: a matplotlib figure, or
+the reason it was not drawn. A figure that would be empty or misleading (no
+energy measured, a Pareto "front" of one experiment, one cycle with no
+interval) is skipped with that reason instead. Figures are built with
+``matplotlib.figure.Figure`` on an Agg canvas, never through pyplot: no
+global state, no display, nothing left open.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lem.errors import LemError
+from lem.rundata import ExperimentData, RunData, ci, cycles, energy_reason, figure, label, mean, number, timelines
+
+KINDS = ("pareto", "timeline", "cycles", "cdf")
+INSTALL_HINT = "plots need matplotlib: pip install 'lem-core[plots]'"
+
+#: Pareto x axes: figure name, axis label, whether a larger value is better.
+PARETO_AXES: tuple[tuple[str, str, bool], ...] = (
+    ("output_tokens_per_s", "output throughput (tok/s)", True),
+    ("ttft_s.p50", "TTFT p50 (ms)", False),
+    ("ttft_s.p99", "TTFT p99 (ms)", False),
+    ("tpot_s.p50", "TPOT p50 (ms)", False),
+    ("tpot_s.p99", "TPOT p99 (ms)", False),
+)
+#: Figures shown cycle by cycle: name, label.
+CYCLE_FIGURES: tuple[tuple[str, str], ...] = (
+    ("output_tokens_per_s", "output tok/s"),
+    ("ttft_s.p50", "TTFT p50 (ms)"),
+    ("tpot_s.p50", "TPOT p50 (ms)"),
+    ("energy.j_per_output_token", "J / output token"),
+    ("energy.dynamic_j_per_output_token", "dynamic J / output token (above idle)"),
+    ("energy.mean_power_w", "mean power (W)"),
+)
+#: Timeline columns drawn (when the meter sampled them): column, axis label.
+TIMELINE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("power_w", "power (W)"),
+    ("temperature_c", "temperature (°C)"),
+    ("sm_clock_mhz", "SM clock (MHz)"),
+)
+LATENCIES: tuple[tuple[str, str], ...] = (("ttft_s", "TTFT"), ("itl_s", "ITL"), ("tpot_s", "TPOT"), ("e2e_s", "E2E"))
+
+
+@attrs.frozen
+class Plot:
+    """One figure (``figure``), or why it was not drawn (``skipped``); ``name`` is its file stem."""
+
+    name: str
+    title: str
+    figure: Any = None
+    skipped: str | None = None
+
+
+def matplotlib_available() -> bool:
+    """Whether matplotlib can be imported (the ``plots`` extra is installed)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _figure(width: float, height: float) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _scale(name: str) -> float:
+    # Latencies are stored in seconds and read best in milliseconds.
+    return 1e3 if name.split(".")[0] in ("ttft_s", "itl_s", "tpot_s", "e2e_s") else 1.0
+
+
+def _ok(run: RunData) -> list[ExperimentData]:
+    return [e for e in run.experiments if e.status == "ok"]
+
+
+def _known(exp: ExperimentData, name: str) -> float:
+    value = mean(exp, name)
+    assert value is not None  # callers filter on it first
+    return value
+
+
+def pareto_front(points: Sequence[tuple[float, float]], x_larger_better: bool) -> list[int]:
+    """Indices of the points no other point beats on both axes (y: smaller is better), in order of x."""
+    sign = -1.0 if x_larger_better else 1.0
+
+    def beats(a: tuple[float, float], b: tuple[float, float]) -> bool:
+        ax, bx = sign * a[0], sign * b[0]
+        return ax <= bx and a[1] <= b[1] and (ax < bx or a[1] < b[1])
+
+    front = [i for i, p in enumerate(points) if not any(beats(q, p) for j, q in enumerate(points) if j != i)]
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def draw_pareto(run: RunData) -> list[Plot]:
+    """J per output token against throughput and against TTFT / TPOT p50 and p99, one figure per axis."""
+    exps = _ok(run)
+    if len(exps) < 2:
+        why = f"a Pareto front needs at least 2 experiments with results; this run has {len(exps)}"
+        return [Plot("pareto", "Pareto fronts", skipped=why)]
+    y_name = "energy.j_per_output_token"
+    with_energy = [e for e in exps if mean(e, y_name) is not None]
+    if len(with_energy) < 2:
+        reason = energy_reason(exps) or "no experiment has J per output token"
+        return [Plot("pareto", "Pareto fronts", skipped=f"needs energy measured in 2+ experiments ({reason})")]
+    methods = sorted({str((e.summary or {}).get("methods", {}).get("energy")) for e in with_energy})
+    out = []
+    for x_name, x_label, larger in PARETO_AXES:
+        name, title = f"pareto-{x_name.replace('.', '-')}", f"J per output token vs {x_label}"
+        shown = [e for e in with_energy if mean(e, x_name) is not None]
+        if len(shown) < 2:
+            out.append(Plot(name, title, skipped=f"{x_name} is known for {len(shown)} experiment(s); 2+ needed"))
+            continue
+        fig = _figure(6.4, 4.4)
+        ax = fig.add_subplot()
+        sx = _scale(x_name)
+        pts = [(_known(e, x_name) * sx, _known(e, y_name)) for e in shown]
+        front = pareto_front(pts, larger)
+        for i, (e, (x, y)) in enumerate(zip(shown, pts, strict=True)):
+            xci, yci = ci(e, x_name), ci(e, y_name)
+            xerr = None if xci is None else [[x - xci[0] * sx], [xci[1] * sx - x]]
+            yerr = None if yci is None else [[y - yci[0]], [yci[1] - y]]
+            on = i in front
+            face, edge = ("C3", "C3") if on else ("white", "C0")
+            ax.errorbar(
+                x, y, xerr=xerr, yerr=yerr, fmt="o", ms=8 if on else 6, capsize=3, mfc=face, mec=edge, ecolor="0.6"
+            )
+            ax.annotate(label(e), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C3", label="Pareto front")
+        ax.plot([], [], "o", mfc="white", mec="C0", label="dominated")
+        ax.set_xlabel(x_label + ("  (better →)" if larger else "  (← better)"))
+        ax.set_ylabel("J / output token  (← better)")
+        ax.set_title(title, fontsize=10)
+        ax.margins(0.15)  # room for the point labels
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        missing = [label(e) for e in exps if e not in shown]
+        note = f"energy method: {', '.join(methods)}; bars: 95% CI over cycles where known"
+        note += f"; not shown (not measured): {', '.join(missing)}" if missing else ""
+        fig.supxlabel(note, fontsize=7, color="0.35", wrap=True)
+        out.append(Plot(name, title, fig))
+    return out
+
+
+def _timeline_plot(exp: ExperimentData) -> Plot:
+    name, title = f"timeline-{exp.id}", f"{label(exp)}: power, temperature and clock per cycle"
+    tls = timelines(exp)
+    if not tls:
+        reason = energy_reason([exp]) or "the meter recorded no samples"
+        return Plot(name, title, skipped=f"no timeline-NNN.csv files ({reason})")
+    columns = [
+        (c, lab) for c, lab in TIMELINE_COLUMNS if any(number(r.get(c)) is not None for _, rs in tls for r in rs)
+    ]
+    if not columns:
+        return Plot(name, title, skipped="the timeline files have no power, temperature or clock column")
+    docs = {int(d.get("cycle", 0)): d for d in cycles(exp)}
+    devices = sorted({r.get("device", "") for _, rs in tls for r in rs})
+    fig = _figure(9.0, 1.2 + 2.0 * len(columns))
+    axes = fig.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]
+    offset, gap, drew_idle = 0.0, 0.0, False
+    spans = []
+    for c, rows in tls:
+        doc = docs.get(c, {})
+        ts = [number(r.get("t_s")) or 0.0 for r in rows]
+        window = number((doc.get("energy_window") or {}).get("duration_s")) or number(
+            (doc.get("window") or {}).get("duration_s")
+        )
+        dur = window if window is not None else (max(ts) if ts else 0.0)
+        gap = gap or max(dur * 0.08, 0.05)
+        spans.append((c, offset, offset + dur))
+        for k, (col, _) in enumerate(columns):
+            for i, dev in enumerate(devices):
+                pts = [
+                    (offset + t, number(r.get(col))) for t, r in zip(ts, rows, strict=True) if r.get("device") == dev
+                ]
+                pts = [(t, v) for t, v in pts if v is not None]
+                if pts:
+                    marker = "o" if len(pts) < 20 else None
+                    lab = f"device {dev}" if c == tls[0][0] else None
+                    axes[k].plot(*zip(*pts, strict=True), color=f"C{i}", marker=marker, ms=3, lw=1, label=lab)
+        idle = {
+            str(d.get("device")): number(d.get("idle_power_w")) for d in (doc.get("energy") or {}).get("devices") or ()
+        }
+        for i, dev in enumerate(devices):
+            if idle.get(dev) is not None and columns[0][0] == "power_w":
+                drew_idle = True
+                lab = "idle baseline" if c == tls[0][0] and i == 0 else None
+                axes[0].hlines(idle[dev], offset, offset + dur, colors=f"C{i}", linestyles="--", lw=1, label=lab)
+        offset += dur + gap
+    for ax in axes:
+        for _, a, b in spans:
+            ax.axvspan(a, b, color="0.5", alpha=0.12, lw=0)
+        ax.grid(alpha=0.3)
+    for (_, lab), ax in zip(columns, axes, strict=True):
+        ax.set_ylabel(lab)
+    for c, a, b in spans:
+        axes[0].text((a + b) / 2, 1.01, f"cycle {c}", transform=axes[0].get_xaxis_transform(), ha="center", fontsize=8)
+    if columns[0][0] == "power_w" and not drew_idle:
+        axes[0].text(0.01, 0.02, "no idle baseline measured", transform=axes[0].transAxes, fontsize=8, color="0.35")
+    axes[0].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    axes[-1].set_xlabel("time in the measured windows (s); shaded: each cycle's window, laid end to end")
+    fig.suptitle(title, fontsize=10)
+    return Plot(name, title, fig)
+
+
+def draw_timeline(run: RunData) -> list[Plot]:
+    """Power (and temperature, SM clock) over time, one figure per experiment, every cycle's window shaded."""
+    exps = [e for e in run.experiments if e.status in ("ok", "incomplete")]
+    if not exps:
+        return [Plot("timeline", "timelines", skipped="no experiment has measured cycles")]
+    return [_timeline_plot(e) for e in exps]
+
+
+def _cycles_plot(exp: ExperimentData) -> Plot:
+    name, title = f"cycles-{exp.id}", f"{label(exp)}: figures per cycle, mean and 95% CI"
+    n = int((exp.summary or {}).get("cycles") or 0)
+    if n < 2:
+        return Plot(name, title, skipped=f"{n} cycle(s): no confidence interval to draw (run at least 2 cycles)")
+    shown = [(f, lab) for f, lab in CYCLE_FIGURES if (figure(exp, f) or {}).get("n")]
+    fig = _figure(9.0, 2.6 * math.ceil(len(shown) / 3))
+    axes = fig.subplots(math.ceil(len(shown) / 3), 3, squeeze=False).ravel()
+    for ax, (f, lab) in zip(axes, shown, strict=False):
+        entry, s = figure(exp, f) or {}, _scale(f)
+        values = [number(v) for v in entry.get("values") or ()]
+        pts = [(i + 1, v * s) for i, v in enumerate(values) if v is not None]
+        ax.plot(*zip(*pts, strict=True), "o", color="C0")
+        m, band = mean(exp, f), ci(exp, f)
+        if m is not None:
+            ax.axhline(m * s, color="C3", lw=1, label="mean")
+        if band is not None:
+            ax.axhspan(band[0] * s, band[1] * s, color="C3", alpha=0.15, lw=0, label="95% CI")
+        ax.set_title(lab, fontsize=9)
+        ax.set_xlabel("cycle", fontsize=8)
+        ax.set_xticks(range(1, len(values) + 1))
+        ax.grid(alpha=0.3)
+    for ax in axes[len(shown) :]:
+        ax.set_visible(False)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    return Plot(name, title, fig)
+
+
+def draw_cycles(run: RunData) -> list[Plot]:
+    """Per-cycle values of the headline figures with their mean and 95% CI band, one figure per experiment."""
+    exps = _ok(run)
+    if not exps:
+        return [Plot("cycles", "cycles", skipped="no experiment has a summary")]
+    return [_cycles_plot(e) for e in exps]
+
+
+def _latencies(exp: ExperimentData) -> dict[str, list[float]]:
+    from lem.metrics import request_metrics
+    from lem.results import traces_from_json
+
+    out: dict[str, list[float]] = {k: [] for k, _ in LATENCIES}
+    for doc in cycles(exp):
+        try:
+            per_request = [request_metrics(t) for t in traces_from_json(doc.get("requests") or ())]
+        except (KeyError, TypeError, ValueError):
+            continue
+        for r in per_request:
+            for k in ("ttft_s", "tpot_s", "e2e_s"):
+                if r.get(k) is not None:
+                    out[k].append(float(r[k]))
+            out["itl_s"] += [float(x) for x in r.get("itl_s") or ()]
+    for k in ("itl_s", "tpot_s"):
+        # A backend that could not stream (beam search) has no ITL or TPOT: its summary says so with null.
+        entry = figure(exp, f"{k}.p50")
+        if entry is not None and not entry.get("n"):
+            out[k] = []
+    return out
+
+
+def draw_cdf(run: RunData) -> list[Plot]:
+    """Latency CDFs (TTFT, ITL, TPOT, E2E) from the raw cycle files, one line per experiment."""
+    exps = [e for e in run.experiments if e.status in ("ok", "incomplete")]
+    data = [(e, _latencies(e)) for e in exps]
+    panels = [(k, lab) for k, lab in LATENCIES if any(d[k] for _, d in data)]
+    if not panels:
+        return [Plot("cdf", "latency CDFs", skipped="no request latencies in the cycle files")]
+    fig = _figure(min(4.0 * len(panels), 14.0), 3.6)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (k, lab) in zip(axes, panels, strict=True):
+        for i, (e, d) in enumerate(data):
+            xs = sorted(v * 1e3 for v in d[k])
+            if xs:
+                ys = [0.0] + [(j + 1) / len(xs) for j in range(len(xs))]
+                ax.step([xs[0], *xs], ys, where="post", color=f"C{i % 10}", label=f"{label(e)} (n={len(xs)})")
+        ax.set_title(lab, fontsize=10)
+        ax.set_xlabel(f"{lab} (ms)")
+        ax.set_ylim(0, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("fraction of requests (ITL: of tokens)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("latency CDFs over every request of every cycle", fontsize=10)
+    return [Plot("cdf", "latency CDFs", fig)]
+
+
+DRAW: dict[str, Callable[[RunData], list[Plot]]] = {
+    "pareto": draw_pareto,
+    "timeline": draw_timeline,
+    "cycles": draw_cycles,
+    "cdf": draw_cdf,
+}
+
+
+def draw(kind: str, run: RunData) -> list[Plot]:
+    """The plots of one kind; :class:`LemError` when matplotlib is missing or the kind is unknown."""
+    if kind not in DRAW:
+        raise LemError(f"--kind {kind}: unknown plot kind; choose one of {', '.join(KINDS)}")
+    if not matplotlib_available():
+        raise LemError(INSTALL_HINT)
+    return DRAW[kind](run)
+
+
+def render(plot: Plot, fmt: str) -> bytes:
+    """The figure as ``png`` or ``svg`` bytes (SVG text as paths: no fonts needed to show it)."""
+    buf = io.BytesIO()
+    meta = {"Date": None} if fmt == "svg" else {}
+    plot.figure.savefig(buf, format=fmt, dpi=110, metadata=meta)
+    return buf.getvalue()
+
+
+def save(plot: Plot, out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write the figure to ``out_dir/<name>.<fmt>`` for each format; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for fmt in formats:
+        path = out_dir / f"{plot.name}.{fmt}"
+        path.write_bytes(render(plot, fmt))
+        paths.append(path)
+    return paths

@@ -1,0 +1,177 @@
+"""A run's files read for people: what the plots and the HTML report show.
+
+Everything here reads defensively. A report is written at the end of every
+run, over results of any schema version lem has written (1 and 2), over
+experiments that failed or never finished, and over files damaged by hand: a
+file that cannot be read becomes a line in ``problems``, never an exception
+that would lose the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+_CYCLE = re.compile(r"^cycle-(\d{3,})\.json$")
+_TIMELINE = re.compile(r"^timeline-(\d{3,})\.csv$")
+
+
+@attrs.frozen
+class ExperimentData:
+    """One experiment directory: its status and whichever of its files could be read."""
+
+    path: Path
+    id: str
+    status: str  # "ok", "failed", "incomplete" or "not started"
+    summary: Mapping[str, Any] | None
+    failure: Mapping[str, Any] | None
+    setup: Mapping[str, Any] | None
+    environment: Mapping[str, Any] | None
+    config_toml: str | None
+    problems: tuple[str, ...]
+
+
+@attrs.frozen
+class RunData:
+    """A run directory (``run.json`` and its experiments), or any directory holding experiments."""
+
+    path: Path
+    run: Mapping[str, Any] | None
+    experiments: tuple[ExperimentData, ...]
+    problems: tuple[str, ...]
+
+
+def read_doc(path: Path, problems: list[str]) -> dict[str, Any] | None:
+    """A JSON object from ``path``, or ``None`` (absent, or damaged: then a line is added to ``problems``)."""
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        problems.append(f"{path}: unreadable ({exc})")
+        return None
+    if not isinstance(doc, dict):
+        problems.append(f"{path}: not a JSON object")
+        return None
+    return doc
+
+
+def read_experiment(exp_dir: Path) -> ExperimentData:
+    """Read one experiment directory."""
+    problems: list[str] = []
+    summary = read_doc(exp_dir / "summary.json", problems)
+    failure = read_doc(exp_dir / "failure.json", problems)
+    setup = read_doc(exp_dir / "setup.json", problems)
+    environment = read_doc(exp_dir / "environment.json", problems)
+    try:
+        config_toml: str | None = (exp_dir / "experiment.toml").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        config_toml = None
+    if summary is not None:
+        status = "ok"
+    elif failure is not None:
+        status = "failed"
+    elif setup is not None or any(_CYCLE.match(p.name) for p in exp_dir.iterdir()):
+        status = "incomplete"
+    else:
+        status = "not started"
+    return ExperimentData(
+        exp_dir, exp_dir.name, status, summary, failure, setup, environment, config_toml, tuple(problems)
+    )
+
+
+def read_run(directory: Path) -> RunData:
+    """Read a run directory (or an experiment directory, or a results directory of several runs)."""
+    problems: list[str] = []
+    run = read_doc(directory / "run.json", problems)
+    if (directory / "experiment.toml").exists():
+        dirs = [directory]
+    else:
+        dirs = sorted(p.parent for p in directory.glob("*/experiment.toml"))
+        if not dirs:
+            dirs = sorted(p.parent for p in directory.glob("*/*/experiment.toml"))
+    if run is not None:
+        # run.json lists the experiments in the order they ran; keep that order.
+        order = {name: i for i, name in enumerate(run.get("experiments") or ())}
+        dirs.sort(key=lambda d: (order.get(d.name, len(order)), str(d)))
+    return RunData(directory, run, tuple(read_experiment(d) for d in dirs), tuple(problems))
+
+
+def cycles(exp: ExperimentData) -> list[dict[str, Any]]:
+    """The experiment's cycle files in cycle order (damaged ones are left out)."""
+    found = sorted((int(m.group(1)), p) for p in exp.path.iterdir() if (m := _CYCLE.match(p.name)))
+    docs = [read_doc(p, []) for _, p in found]
+    return [d for d in docs if d is not None]
+
+
+def timelines(exp: ExperimentData) -> list[tuple[int, list[dict[str, str]]]]:
+    """``(cycle, rows)`` of every ``timeline-NNN.csv`` of the experiment, in cycle order; values as text."""
+    out = []
+    for p in sorted(exp.path.iterdir()):
+        m = _TIMELINE.match(p.name)
+        if m is None:
+            continue
+        try:
+            with p.open(encoding="utf-8", newline="") as f:
+                out.append((int(m.group(1)), list(csv.DictReader(f))))
+        except (OSError, UnicodeDecodeError, csv.Error):
+            continue
+    return out
+
+
+def number(value: Any) -> float | None:
+    """``value`` as a float, or ``None`` (empty CSV cell, null, text)."""
+    if isinstance(value, bool) or value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def figure(exp: ExperimentData, name: str) -> Mapping[str, Any] | None:
+    """The summary's entry for one headline figure (``{n, mean, ci95_low, ...}``), or ``None``."""
+    if exp.summary is None:
+        return None
+    figs = exp.summary.get("figures")
+    entry = figs.get(name) if isinstance(figs, Mapping) else None
+    return entry if isinstance(entry, Mapping) else None
+
+
+def mean(exp: ExperimentData, name: str) -> float | None:
+    """The cycle mean of a headline figure, or ``None`` when it was not measured."""
+    entry = figure(exp, name)
+    return None if entry is None else number(entry.get("mean"))
+
+
+def ci(exp: ExperimentData, name: str) -> tuple[float, float] | None:
+    """The 95% confidence interval of a headline figure, or ``None`` when unknown."""
+    entry = figure(exp, name)
+    if entry is None:
+        return None
+    low, high = number(entry.get("ci95_low")), number(entry.get("ci95_high"))
+    return None if low is None or high is None else (low, high)
+
+
+def label(exp: ExperimentData) -> str:
+    """A short name for plots: the sweep values (``batch_size=8``), else the experiment id."""
+    doc = exp.summary or exp.failure or exp.setup or {}
+    values = doc.get("sweep_values")
+    if isinstance(values, Mapping) and values:
+        return ", ".join(f"{str(k).rsplit('.', 1)[-1]}={v}" for k, v in values.items())
+    return exp.id
+
+
+def energy_reason(exps: Sequence[ExperimentData]) -> str | None:
+    """Why energy was not measured, from the first experiment that says."""
+    for e in exps:
+        for doc in (e.summary, e.setup):
+            if doc and (doc.get("energy_reason") or doc.get("meter_reason")):
+                return str(doc.get("energy_reason") or doc.get("meter_reason"))
+    return None
