@@ -3,12 +3,15 @@
 TensorRT-LLM cannot be installed on the machines these tests run on (see
 ``tests/fake/tensorrt_llm/__init__.py``). The fake directory goes first on
 ``sys.path`` (and on ``PYTHONPATH`` for the ``lem`` subprocesses), so
-``import tensorrt_llm`` and ``import pynvml`` find the fakes. Tests marked
-``gpu`` and ``tensorrt`` run the real library in a clean subprocess instead.
+``import tensorrt_llm`` finds the fake. A fake ``pynvml`` (``tests/fake_nvml``: GPUs
+are hardware this machine lacks) answers the compute-capability check: it is put in
+``sys.modules`` for these tests only, and on the subprocesses' ``PYTHONPATH``.
+Tests marked ``gpu`` and ``tensorrt`` run the real library in a clean subprocess.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
@@ -19,8 +22,18 @@ from typing import Any
 import pytest
 
 FAKE = Path(__file__).resolve().parent / "fake"
+FAKE_NVML = Path(__file__).resolve().parent / "fake_nvml"
 sys.path.insert(0, str(FAKE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _fake_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("pynvml", FAKE_NVML / "pynvml.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,7 +2,7 @@
 
 TensorRT-LLM cannot run here (see ``tests/fake/tensorrt_llm/__init__.py``): the
 ``lem`` subprocess gets ``tests/fake`` on ``PYTHONPATH``, so its worker imports
-the fake ``tensorrt_llm`` (and the fake ``pynvml`` for the compute-capability
+the fake ``tensorrt_llm`` (and ``tests/fake_nvml``'s ``pynvml`` for the compute-capability
 check; energy metering is off). Everything else is the real ``lem``: the TOML
 file, config validation with this plugin, the worker process, the runner, the
 shared serving driver and the results files. The fake's log shows
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE, read_log
+from conftest import FAKE, FAKE_NVML, read_log
 
 EXPERIMENT = """
 model = "{model}"
@@ -57,7 +57,7 @@ def lem(tmp_path: Path, model: Path, script: dict[str, Any], tokens: int = 8, *f
     (tmp_path / "exp.toml").write_text(EXPERIMENT.format(model=model, tokens=tokens))
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(FAKE), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(FAKE), str(FAKE_NVML), os.environ.get("PYTHONPATH", "")]),
         "LEM_FAKE_TRTLLM": json.dumps({"log": str(tmp_path / "fake.jsonl"), **script}),
         "HF_HUB_OFFLINE": "1",
     }

@@ -193,7 +193,7 @@ def test_other_backends_are_not_ours(tiny_llama: Path) -> None:
 def test_compute_capability_is_checked_before_the_engine_starts(
     load: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, cc: str, tables: dict[str, Any], message: str
 ) -> None:
-    monkeypatch.setenv("LEM_FAKE_CC", cc)  # the fake pynvml's answer (tests/fake/pynvml.py)
+    monkeypatch.setenv("LEM_FAKE_CC", cc)  # the fake pynvml's answer (tests/fake_nvml/pynvml.py)
     with pytest.raises(BackendError, match=message):
         load(**tables)
 

@@ -60,7 +60,7 @@ def mapping_problems(surface: dict[str, Any]) -> list[str]:
         name = surface_check.resolve(surface, cls)
         if name not in surface["classes"]:
             problems.append(f"tensorrt.{key} -> {cls}: no such class")
-        elif field not in surface_check.fields(surface, name):
+        elif field not in surface_check.field_names(surface, name):
             problems.append(f"tensorrt.{key} -> {cls}.{field}: no such field")
     for key, field in options.CORE_OPTIONS.items():
         if field not in surface_check.fields(surface, "TorchLlmArgs"):
@@ -197,6 +197,7 @@ class StrictBaseModel: ...
 class KvCacheConfig(StrictBaseModel):
     free_gpu_memory_fraction: Optional[float] = Field(default=0.9, ge=0, le=1, description="x")
     _private: int = 0
+    speculative_model: Optional[str] = Field(default=None, validation_alias=AliasChoices("speculative_model", "old"))
 class CapacitySchedulerPolicy(StrEnum):
     MAX_UTILIZATION = "MAX_UTILIZATION"
 class BaseLlmArgs(StrictBaseModel):
@@ -223,7 +224,13 @@ def test_extractor_parses_source_without_importing_it(tmp_path: Path, monkeypatc
     surface = extract_api.extract(tmp_path, "v9.9.9", "a" * 40, {})
     kv = surface["classes"]["KvCacheConfig"]
     assert kv["fields"] == {
-        "free_gpu_memory_fraction": {"annotation": "Optional[float]", "default": "0.9", "required": False}
+        "free_gpu_memory_fraction": {"annotation": "Optional[float]", "default": "0.9", "required": False},
+        "speculative_model": {
+            "annotation": "Optional[str]",
+            "default": "None",
+            "required": False,
+            "aliases": ["old"],
+        },
     }
     assert surface["classes"]["CapacitySchedulerPolicy"]["members"] == {"MAX_UTILIZATION": "MAX_UTILIZATION"}
     base = surface["classes"]["BaseLlmArgs"]["fields"]

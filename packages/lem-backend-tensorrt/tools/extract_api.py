@@ -48,6 +48,20 @@ WANTED: dict[str, tuple[str, ...]] = {
 ENUM_BASES = {"Enum", "StrEnum", "IntEnum"}
 
 
+def _aliases(value: ast.expr | None) -> list[str]:
+    """Other names pydantic accepts for a field (``Field(validation_alias=AliasChoices("a", "b"))``)."""
+    if not isinstance(value, ast.Call):
+        return []
+    for kw in value.keywords:
+        if kw.arg in ("validation_alias", "alias"):
+            node = kw.value
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                return [node.value]
+            if isinstance(node, ast.Call):
+                return [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+    return []
+
+
 def _default(value: ast.expr | None) -> tuple[bool, str | None]:
     """(required, default as source text) of a class-body assignment's value."""
     if value is None:
@@ -105,6 +119,9 @@ def _class(node: ast.ClassDef) -> dict[str, Any]:
                 "default": default,
                 "required": required,
             }
+            aliases = [a for a in _aliases(item.value) if a != name]
+            if aliases:
+                info["fields"][name]["aliases"] = aliases
         elif is_enum and isinstance(item, ast.Assign) and isinstance(item.targets[0], ast.Name):
             info["members"][item.targets[0].id] = ast.literal_eval(item.value)
         elif isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):

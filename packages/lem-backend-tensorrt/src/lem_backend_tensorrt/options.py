@@ -49,7 +49,8 @@ TENSORRT_OPTIONS: dict[str, tuple[str, str]] = {
     "cuda_graph_padding": ("CudaGraphConfig", "enable_padding"),
     "capacity_scheduler_policy": ("SchedulerConfig", "capacity_scheduler_policy"),
     "context_chunking_policy": ("SchedulerConfig", "context_chunking_policy"),
-    "draft_model": ("DraftTargetDecodingConfig", "speculative_model"),
+    # speculative_model_dir: the 1.x name, still accepted (an alias) where the field is now speculative_model.
+    "draft_model": ("DraftTargetDecodingConfig", "speculative_model_dir"),
     "num_draft_tokens": ("DraftTargetDecodingConfig", "max_draft_len"),
 }
 

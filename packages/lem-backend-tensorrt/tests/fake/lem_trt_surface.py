@@ -53,6 +53,15 @@ def fields(surface: Mapping[str, Any], cls: str) -> dict[str, Any]:
     return out
 
 
+def field_names(surface: Mapping[str, Any], cls: str) -> dict[str, str]:
+    """Every name ``cls`` accepts for a field (its own and pydantic aliases) -> the field."""
+    names: dict[str, str] = {}
+    for name, field in fields(surface, cls).items():
+        names[name] = name
+        names.update(dict.fromkeys(field.get("aliases", ()), name))
+    return names
+
+
 def accepts(surface: Mapping[str, Any], annotation: str, value: Any) -> bool:
     """Whether ``value`` fits the annotation (source text) as TensorRT-LLM would validate it."""
     return _fits(surface, ast.parse(annotation, mode="eval").body, value)
@@ -112,17 +121,21 @@ def _fits(surface: Mapping[str, Any], node: ast.expr, value: Any) -> bool:
 def check_kwargs(surface: Mapping[str, Any], cls: str, kwargs: Mapping[str, Any]) -> list[str]:
     """One line per keyword argument ``cls`` does not have or whose value does not fit; required ones missing."""
     known = fields(surface, cls)
+    names = field_names(surface, cls)
     problems = []
     for key, value in kwargs.items():
-        if key not in known:
+        if key not in names:
             problems.append(f"{cls}.{key}: no such field in TensorRT-LLM")
-        elif not accepts(surface, known[key]["annotation"], value):
-            problems.append(f"{cls}.{key}: {value!r} does not fit {known[key]['annotation']}")
+            continue
+        annotation = known[names[key]]["annotation"]
+        if not accepts(surface, annotation, value):
+            problems.append(f"{cls}.{key}: {value!r} does not fit {annotation}")
             if isinstance(value, Mapping):  # say which field of the nested config is wrong
-                for nested in _config_classes(surface, known[key]["annotation"]):
+                for nested in _config_classes(surface, annotation):
                     problems += check_kwargs(surface, nested, value)
+    given = {names.get(key, key) for key in kwargs}
     for key, field in known.items():
-        if field["required"] and key not in kwargs:
+        if field["required"] and key not in given:
             problems.append(f"{cls}.{key}: required, not given")
     return problems
 
