@@ -21,6 +21,7 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "lem-energy-nvml": (),
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer
     "lem-energy-rapl": (),
+    "lem-energy-codecarbon": (),
 }
 TEST_TOOLS = ("pytest", "hypothesis")
 

@@ -120,3 +120,9 @@ def test_validate_config_warns_about_interval_and_short_idle():
     assert plugin.validate_config(config(sampling_interval_ms=5000))[0].value == 5000
     assert plugin.validate_config(config()) == []
     assert plugin.validate_config(config(sampling_interval_ms=5, energy_meter="none")) == []
+
+
+def test_validate_config_checks_nvml_in_a_list_of_meters():
+    (problem,) = plugin.validate_config(config(sampling_interval_ms=5, energy_meter=("nvml", "rapl")))
+    assert problem.path == "measurement.sampling_interval_ms"
+    assert plugin.validate_config(config(sampling_interval_ms=5, energy_meter=("rapl", "codecarbon"))) == []

@@ -159,6 +159,8 @@ class DeviceEnergy:
     :param component: what was metered: ``"gpu"`` (the default), ``"cpu"``
         (a CPU package) or ``"dram"`` (main memory).
     :param meter: the meter that produced the figure, when several are combined.
+    :param co2eq_kg: CO2-equivalent of ``energy_j`` (kg) where the meter knows
+        the grid's carbon intensity (CodeCarbon); ``None`` otherwise.
     """
 
     device: int
@@ -170,6 +172,7 @@ class DeviceEnergy:
     peak_power_w: float | None = None
     component: str = "gpu"
     meter: str | None = None
+    co2eq_kg: float | None = None
 
 
 @attrs.frozen

@@ -73,7 +73,7 @@ def measure_energy(meter: str, devices: Sequence[int], config: ExperimentConfig)
 def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Check ``[measurement]`` settings that matter when NVML is (or may be) the meter."""
     m = config.measurement
-    if m.energy_meter not in (NAME, "auto"):
+    if NAME not in m.energy_meters and m.energy_meters != ("auto",):
         return []
     problems = []
     interval = m.sampling_interval_ms

@@ -1,0 +1,81 @@
+"""The ``codecarbon`` lem plugin: ``measure_energy`` and ``validate_config`` (the ``[codecarbon]`` table).
+
+CodeCarbon is imported only when a meter is opened or its table is checked.
+It never answers ``energy_meter = "auto"``: most of its figures are
+estimates on a machine without RAPL, so it is used only when named.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from lem import hookimpl
+from lem.errors import MeterUnavailable
+from lem.types import Problem, error, warning
+from lem_energy_codecarbon.meter import CodecarbonMeter
+from lem_energy_codecarbon.options import OPTIONS, TRACKING_MODES, country_codes, tracker_kwargs
+
+if TYPE_CHECKING:
+    from lem.config import ExperimentConfig
+
+NAME = "codecarbon"
+
+
+@hookimpl
+def measure_energy(meter: str, devices: Sequence[int], config: ExperimentConfig) -> CodecarbonMeter | None:
+    """Open a CodeCarbon meter when ``meter`` is ``"codecarbon"``; its GPU part covers ``devices`` (all if none)."""
+    if meter != NAME:
+        return None
+    table = dict(config.options_for(NAME))
+    try:
+        return CodecarbonMeter(tracker_kwargs(table, list(devices) or None), co2="country_iso_code" in table)
+    except ImportError as exc:
+        raise MeterUnavailable(
+            f"CodeCarbon meter: codecarbon cannot be imported ({exc}); pip install codecarbon"
+        ) from exc
+
+
+@hookimpl
+def validate_config(config: ExperimentConfig) -> list[Problem]:
+    """Check the ``[codecarbon]`` table when CodeCarbon is a chosen meter (and warn when it is not)."""
+    table = dict(config.options_for(NAME))
+    if NAME not in config.measurement.energy_meters:
+        if table:
+            return [warning(NAME, "table for the codecarbon meter, which this experiment does not use; it is ignored")]
+        return []
+    problems = []
+    for key, value in table.items():
+        path = f"{NAME}.{key}"
+        if key not in OPTIONS:
+            close = difflib.get_close_matches(key, list(OPTIONS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(OPTIONS)}"
+            problems.append(error(path, "is not a codecarbon option", hint))
+            continue
+        _, types, what = OPTIONS[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            problems.append(error(path, f"must be {' or '.join(t.__name__ for t in types)} ({what})", value=value))
+        elif key == "tracking_mode" and value not in TRACKING_MODES:
+            problems.append(error(path, "is not a tracking mode", f"use one of {', '.join(TRACKING_MODES)}", value))
+        elif key.endswith("_power_w") and value <= 0:
+            problems.append(error(path, "must be > 0 (watts)", value=value))
+    code = table.get("country_iso_code")
+    if isinstance(code, str) and code not in country_codes():
+        problems.append(
+            error(
+                f"{NAME}.country_iso_code",
+                "is not a country CodeCarbon has a carbon intensity for",
+                "use a 3-letter ISO 3166 code such as 'FRA', 'DEU' or 'USA'",
+                code,
+            )
+        )
+    if code is None:
+        problems.append(
+            warning(
+                NAME,
+                "no country_iso_code: energy is measured, but its CO2-equivalent is not reported",
+                "set [codecarbon] country_iso_code = 'FRA' (the grid the machine draws from)",
+            )
+        )
+    return problems
