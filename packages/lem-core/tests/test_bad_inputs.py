@@ -523,6 +523,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     monkeypatch.chdir(tmp_path)
     if case.subprocess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **case.env}
+        if "PYTHONPATH" in case.env and os.environ.get("PYTHONPATH"):  # keep the path lem itself may come from
+            env["PYTHONPATH"] = case.env["PYTHONPATH"] + os.pathsep + os.environ["PYTHONPATH"]
         done = subprocess.run(
             [sys.executable, "-m", "lem", *case.args], capture_output=True, text=True, timeout=300, env=env
         )
