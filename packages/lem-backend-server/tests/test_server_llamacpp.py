@@ -128,6 +128,16 @@ def test_failed_request_is_recorded_and_others_go_on(model: LoadedModel, config:
     assert last[0].error is None and last[1].error is None and _tokens(events)[0] >= 8
 
 
+def test_request_timeout_fails_the_request(model: LoadedModel, config: Any) -> None:
+    import attrs
+
+    # The same server and client, with server.request_timeout_s far below a 400-token generation.
+    hurried = attrs.evolve(model, handle=attrs.evolve(model.handle, request_timeout_s=0.05))
+    cfg = attrs.evolve(config, generation=attrs.evolve(config.generation, max_output_tokens=400))
+    last = [e for e in _run(hurried, cfg, _requests(1)) if e.finished]
+    assert len(last) == 1 and last[0].error == "timed out after 0.05 s"
+
+
 def test_external_mode(model: LoadedModel, tiny_gguf: Path, tiny_llama: Path, make_config: Any) -> None:
     url = model.info["url"]
     cfg = make_config(str(tiny_gguf), {"url": url, "engine": "llamacpp", "tokenizer": str(tiny_llama)})

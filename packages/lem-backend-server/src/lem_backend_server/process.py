@@ -95,6 +95,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 def _die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent (the worker) dies.
+    # Linux sends it when the *thread* that forked exits: start() is called from load_model on the worker's
+    # main thread, which lives as long as the experiment.
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
