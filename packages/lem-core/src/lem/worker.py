@@ -74,14 +74,35 @@ def _register(carried: list[tuple[str, str | None, Any]]) -> None:
             pm.register(importlib.import_module(module) if module else obj, name=name)
 
 
+#: Seconds a worker whose parent is gone has to stop the way Ctrl-C stops it (closing the model ends a
+#: serving engine's processes) before it exits regardless.
+PARENT_GONE_GRACE_S = 90.0
+
+_state = {"interrupted": False, "done": False}
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    # The first SIGINT stops the experiment; a second one (Ctrl-C reaching the whole process group while
+    # the parent also tells us to stop) must not break the clean-up the first one started.
+    if _state["interrupted"] or _state["done"]:
+        return
+    _state["interrupted"] = True
+    raise KeyboardInterrupt
+
+
 def _exit_with_parent(fd: int) -> None:
-    # The parent holds our stdin open for as long as it lives: EOF means it is gone.
+    # The parent holds our stdin open for as long as it lives: EOF means it is gone or wants us to stop.
     def watch() -> None:
         # A raw read: a daemon thread blocked in the buffered reader would abort interpreter shutdown.
         while os.read(fd, 1 << 16):
             pass
+        if _state["done"]:
+            return
+        os.kill(os.getpid(), signal.SIGINT)  # unwind like Ctrl-C: `finally` blocks and atexit close engines
+        time.sleep(PARENT_GONE_GRACE_S)
         os._exit(70)
 
+    signal.signal(signal.SIGINT, _interrupt_once)
     threading.Thread(target=watch, daemon=True, name="lem-parent-watch").start()
 
 
@@ -117,6 +138,7 @@ def main() -> None:
     except BaseException as exc:  # everything is reported to the parent, which records it
         send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
     finally:
+        _state["done"] = True
         report.close()
 
 
@@ -204,9 +226,16 @@ def run_in_worker(
                 hung = True
                 break
     finally:
-        if result is None:
-            proc.kill()  # hung, or we were interrupted (Ctrl-C): take the worker down with us
+        # EOF on its stdin: the worker stops as Ctrl-C stops it, closing its model (a vLLM engine's processes
+        # end with it); killed at once, it could not. Only a hung worker, or a second Ctrl-C, is killed.
         proc.stdin.close()
+        if result is None:
+            try:
+                if hung:
+                    proc.kill()
+                proc.wait(PARENT_GONE_GRACE_S)
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):
+                proc.kill()
         proc.wait(60)
         reports.close()
     if hung:
