@@ -10,13 +10,13 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "typecheck", "tests", "e2e", "llamacpp", "vllm"]
+nox.options.sessions = ["lint", "typecheck", "tests", "e2e", "llamacpp", "vllm", "report"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 
 #: Package -> extra requirements its tests need beyond its own dependencies.
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow"),
+    "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow", "matplotlib"),
     "lem-backend-pytorch": ("peft",),
     "lem-energy-nvml": (),
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer
@@ -86,8 +86,25 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy, strict on lem-core."""
-    session.install(*CONSTRAINTS, "mypy", "./packages/lem-core", "pytest")
+    session.install(*CONSTRAINTS, "mypy", "./packages/lem-core[plots]", "pytest")
     session.run("mypy", "--strict", "packages/lem-core/src/lem")
+
+
+@nox.session
+def report(session: nox.Session) -> None:
+    """The HTML report opened in headless Chromium (Debian's chromium; installed here when missing and root)."""
+    import os
+    import shutil
+
+    if shutil.which("chromium") is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True)
+        quiet_apt = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=quiet_apt)
+    elif shutil.which("chromium") is None:
+        session.log("chromium is not installed and this is not root: the browser test will skip")
+    # playwright drives the system's chromium; its own browser download is never used.
+    _install(session, "./packages/lem-core[plots]", "playwright")
+    session.run("pytest", "packages/lem-core/tests/test_report_browser.py", "-q", "-rs", *session.posargs)
 
 
 @nox.session(default=False)

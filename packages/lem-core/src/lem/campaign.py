@@ -136,7 +136,10 @@ def _figure_cell(row: Mapping[str, Any], key: str, scale: float, spec: str, half
     if value is None:
         return "-"
     text = format(value * scale, spec)
-    return f"{text} ± {half[key] * scale:.2g}" if key in half else text
+    if key not in half:
+        return text
+    # A fixed-point figure keeps its decimals; a figure of a few significant digits shows two of its CI's.
+    return f"{text} ± {format(half[key] * scale, spec if spec.endswith('f') else '.2g')}"
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:

@@ -60,7 +60,8 @@ th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}t
 td.num{text-align:right;white-space:nowrap}small{color:#666}.na{color:#999}.flag{color:#b35c00}
 .failed{color:#b00020;font-weight:600}.meta{color:#555}ul.warn li{margin:2px 0}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
-.plots.single{grid-template-columns:1fr}figure{margin:0;border:1px solid #eee;padding:8px}
+.plots.single{grid-template-columns:1fr}.plots.single img{width:100%;max-width:1100px}
+figure{margin:0;border:1px solid #eee;padding:8px}
 figure img{max-width:100%;height:auto}
 figcaption{color:#555;font-size:12px}pre{background:#f7f7f9;padding:8px;overflow:auto;font-size:12px}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:4px 0}dt{color:#555}dd{margin:0}
@@ -93,7 +94,9 @@ def _cell(exp: ExperimentData, name: str, scale: float) -> str:
         why = "not measured" if n in (None, 0) else "unknown"
         return f'<td class="num na" title="{_e(name)}: {why}">n/a</td>'
     band = ci(exp, name)
-    flag = band is not None and band[0] < 0 and name not in MAY_BE_NEGATIVE
+    flag = bool((entry or {}).get("ci95_low_impossible")) or (
+        band is not None and band[0] < 0 and name not in MAY_BE_NEGATIVE
+    )
     ci_text = "no CI (1 cycle)" if band is None else f"[{_num(band[0] * scale)}, {_num(band[1] * scale)}]"
     mark = ' <span class="flag" title="impossible negative CI bound: run more cycles">⚠</span>' if flag else ""
     return f'<td class="num">{_num(m * scale)}{mark}<br><small>{_e(ci_text)}</small></td>'
@@ -157,12 +160,13 @@ def _labels(exp: ExperimentData) -> list[tuple[str, str]]:
         if key in _SHOWN:
             continue
         if isinstance(value, Mapping) and key == "methods":
-            out += [(f"methods.{k}", _text(v)) for k, v in value.items()]
-        else:
+            out += [(f"methods.{k}", _text(v)) for k, v in value.items() if v is not None]
+        elif value is not None:  # a null reason or digest says nothing; a measured 0 or an empty flag list does
             out.append((key, _text(value)))
     for name, entry in (summary.get("figures") or {}).items():
         if isinstance(entry, Mapping):
-            out += [(f"figures.{name}.{k}", _text(v)) for k, v in entry.items() if k not in _FIGURE_FIELDS]
+            # Flags on a figure (``ci95_low_impossible``...) are shown where they are raised, not where they are not.
+            out += [(f"figures.{name}.{k}", _text(v)) for k, v in entry.items() if k not in _FIGURE_FIELDS and v]
     return out
 
 
