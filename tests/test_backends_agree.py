@@ -18,31 +18,31 @@ their weights differ from the float32 model by design, so their tokens may
 legitimately differ; only the f32 case proves the backends compute the same
 function.
 
-The token ids come from each backend's ``generate_stream`` called through
-lem's plugin manager, with the prompts lem's own prompt loader made with
-that backend's tokenizer.
+Each backend runs through the real ``lem run`` command (a subprocess, a
+TOML file); the input token counts and generated ids are read from the cycle
+files (``requests[i].input_tokens``, ``token_ids``, ``output_digest``) and the
+prompt-set digest from the summary (``prompts.digest``).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from lem.loading import config_from_dict
-from lem.plugins import get_plugin_manager
-from lem.prompts import load_prompts
-from lem.traffic import make_requests
+import tomli_w
 
 OUTPUT_TOKENS = 32
 NUM_PROMPTS = 6
 #: Smallest top-two logit gap allowed along the reference outputs. Float32 implementations of the same model
-#: differ by ~1e-5 in a logit here; a gap 100x that cannot be flipped by reordered sums.
+#: differ by ~1e-5 in a logit here (llama.cpp with an f32 KV cache, measured); a gap 100x that cannot be
+#: flipped by reordered sums.
 MIN_LOGIT_GAP = 1e-3
 
 BACKEND_TABLES: dict[str, dict[str, Any]] = {
@@ -54,56 +54,52 @@ BACKEND_TABLES: dict[str, dict[str, Any]] = {
 PACKAGES = {"pytorch": "lem_backend_pytorch", "llamacpp": "lem_backend_llamacpp", "vllm": "lem_backend_vllm"}
 
 
-def _config(model: Path, backend: str) -> Any:
-    doc: dict[str, Any] = {
+def experiment(model: Path, backend: str) -> dict[str, Any]:
+    """The experiment, in TOML shape: the same prompts and decoding for every backend."""
+    return {
         "model": str(model),
         "backend": backend,
         "precision": "float32",
         "dataset": {"source": "builtin", "num_prompts": NUM_PROMPTS},
         "generation": {"max_output_tokens": OUTPUT_TOKENS, "ignore_eos": True, "do_sample": False},
+        "measurement": {"cycles": 1, "warmup_requests": 1, "idle_seconds": 0, "energy_meter": "none"},
         **BACKEND_TABLES[backend],
     }
-    return config_from_dict(doc)
 
 
-def _environment(backend: str) -> Iterator[None]:
-    if backend != "vllm":
-        yield
-        return
-    mp = pytest.MonkeyPatch()
-    mp.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-    mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
-    mp.setenv("VLLM_CACHE_ROOT", tempfile.mkdtemp(prefix="lem-vllm-cache-"))
-    mp.setenv("VLLM_NO_USAGE_STATS", "1")
-    try:
-        yield
-    finally:
-        mp.undo()
+def _environment(backend: str) -> dict[str, str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    if backend == "vllm":
+        env.update(
+            VLLM_ENABLE_V1_MULTIPROCESSING="0",
+            VLLM_CPU_KVCACHE_SPACE="1",
+            VLLM_CACHE_ROOT=tempfile.mkdtemp(prefix="lem-vllm-cache-"),
+            VLLM_NO_USAGE_STATS="1",
+        )
+    return env
 
 
-def run_backend(model_dir: Path, backend: str) -> dict[str, Any]:
-    """Input token counts and generated ids per prompt, from ``backend``'s own tokenizer and stream."""
-    config = _config(model_dir, backend)
-    pm = get_plugin_manager()
-    for _ in _environment(backend):
-        loaded = pm.hook.load_model(backend=backend, config=config)
-        try:
-            vocab = loaded.model_config.get("vocab_size")
-            prompts = load_prompts(config.dataset, tokenizer=loaded.tokenizer, seed=config.seed, vocab_size=vocab)
-            requests = make_requests(prompts.prompts, [0] * len(prompts.prompts))
-            events = list(
-                pm.hook.generate_stream(model=loaded, requests=requests, params=config.generation, config=config)
-            )
-        finally:
-            loaded.close()
-    ids = {r.id: [t for e in events if e.request_id == r.id for t in e.token_ids] for r in requests}
-    counts = {r.id: sum(e.n_tokens for e in events if e.request_id == r.id) for r in requests}
+def run_backend(model_dir: Path, backend: str, where: Path) -> dict[str, Any]:
+    """``lem run`` the experiment on ``backend``; what its cycle file and summary say about the workload."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "exp.toml").write_text(tomli_w.dumps(experiment(model_dir, backend)))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lem", "run", "exp.toml", "--out", "res", "--quiet", "--no-report"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        env=_environment(backend),
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    (cycle_file,) = where.glob("res/*/*/cycle-001.json")
+    requests = sorted(json.loads(cycle_file.read_text())["requests"], key=lambda r: r["id"])
+    summary = json.loads((cycle_file.parent / "summary.json").read_text())
     return {
-        "inputs": [r.input_tokens for r in requests],
-        "prompt_ids": [list(r.prompt_token_ids) if r.prompt_token_ids else None for r in requests],
-        "prompts": [r.prompt for r in requests],
-        "outputs": [ids[r.id] for r in requests],
-        "counts": [counts[r.id] for r in requests],
+        "inputs": [r["input_tokens"] for r in requests],
+        "outputs": [r["token_ids"] for r in requests],
+        "digests": [r["output_digest"] for r in requests],
+        "prompt_digest": summary["prompts"]["digest"],
     }
 
 
@@ -117,45 +113,58 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(model_dir: Path) -> dict[str, Any]:
+def reference(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """pytorch's result, checked to be a fair judge: full length, diverse, far from any tie."""
-    result = run_backend(model_dir, "pytorch")
-    assert result["counts"] == [OUTPUT_TOKENS] * NUM_PROMPTS
+    result = run_backend(model_dir, "pytorch", tmp_path_factory.mktemp("pytorch"))
+    assert [len(out) for out in result["outputs"]] == [OUTPUT_TOKENS] * NUM_PROMPTS
     assert all(len(set(out)) >= 28 for out in result["outputs"]), [len(set(o)) for o in result["outputs"]]
     assert _min_logit_gap(model_dir, result) > MIN_LOGIT_GAP
     return result
 
 
 def _min_logit_gap(model_dir: Path, result: dict[str, Any]) -> float:
-    """The smallest top-1 minus top-2 logit over every generated position (transformers, float32)."""
+    """The smallest top-1 minus top-2 logit over every generated position (transformers, float32).
+
+    The prompts are rebuilt the way ``lem run`` built them (lem's prompt loader, the model's tokenizer).
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    from lem.loading import config_from_dict
+    from lem.prompts import load_prompts
+
+    config = config_from_dict(experiment(model_dir, "pytorch"))
     tok = AutoTokenizer.from_pretrained(model_dir)
+    prompts = load_prompts(config.dataset, tokenizer=tok, seed=config.seed, vocab_size=tok.vocab_size).prompts
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     gaps = []
-    for text, ids, out in zip(result["prompts"], result["prompt_ids"], result["outputs"], strict=True):
-        prompt = ids if ids is not None else tok.encode(text)
+    for p, n_input, out in zip(prompts, result["inputs"], result["outputs"], strict=True):
+        ids = list(p.token_ids) if p.token_ids is not None else tok.encode(p.text)
+        assert len(ids) == n_input
         with torch.no_grad():
-            logits = model(torch.tensor([prompt + out])).logits[0, len(prompt) - 1 : -1]
-        top = logits.topk(2).values
+            logits = model(torch.tensor([ids + out])).logits[0, len(ids) - 1 : -1]
         assert logits.argmax(-1).tolist() == out  # the reference really is greedy
+        top = logits.topk(2).values
         gaps.append(float((top[:, 0] - top[:, 1]).min()))
     return min(gaps)
 
 
-@pytest.mark.parametrize("backend", ["llamacpp", "vllm"])
-def test_backend_generates_the_same_tokens_as_pytorch(backend: str, model_dir: Path, reference: dict) -> None:
-    if importlib.util.find_spec(PACKAGES[backend]) is None:
-        pytest.skip(f"{PACKAGES[backend]} is not installed in this session (it runs in the '{backend}' nox session)")
-    result = run_backend(model_dir, backend)
+def _installed(backend: str) -> Any:
+    # A mark, not a skip inside the test: the pytorch reference is not run for nothing.
+    missing = importlib.util.find_spec(PACKAGES[backend]) is None
+    reason = f"{PACKAGES[backend]} is not installed here (this case runs in the '{backend}' nox session)"
+    return pytest.param(backend, marks=pytest.mark.skipif(missing, reason=reason))
+
+
+@pytest.mark.parametrize("backend", [_installed("llamacpp"), _installed("vllm")])
+def test_backend_generates_the_same_tokens_as_pytorch(
+    backend: str, model_dir: Path, reference: dict[str, Any], tmp_path: Path
+) -> None:
+    result = run_backend(model_dir, backend, tmp_path)
+    assert result["prompt_digest"] == reference["prompt_digest"]
     assert result["inputs"] == reference["inputs"]
-    assert result["counts"] == [OUTPUT_TOKENS] * NUM_PROMPTS
     for i, (ours, theirs) in enumerate(zip(result["outputs"], reference["outputs"], strict=True)):
-        assert ours == theirs, f"prompt {i}: {backend} diverged from pytorch at token " + str(
-            next(j for j, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
-        )
-
-
-# vLLM reads these at import time when its session collects this file.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        assert len(ours) == OUTPUT_TOKENS
+        diverged = next((j for j, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b), None)
+        assert diverged is None, f"prompt {i}: {backend} diverged from pytorch at generated token {diverged}"
+    assert result["digests"] == reference["digests"]

@@ -32,6 +32,7 @@ KNOWN_DISTRIBUTIONS = {
     "pytorch": "lem-backend-pytorch",
     "vllm": "lem-backend-vllm",
     "tensorrt": "lem-backend-tensorrt",
+    "llamacpp": "lem-backend-llamacpp",
     "nvml": "lem-energy-nvml",
     "rapl": "lem-energy-rapl",
     "codecarbon": "lem-energy-codecarbon",
