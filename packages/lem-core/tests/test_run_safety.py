@@ -188,3 +188,30 @@ def test_result_files_follow_the_umask(tmp_path: Path) -> None:
     files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
     assert {p.name for p in files} >= {"run.json", "summary.json", "cycle-001.json", "setup.json"}
     assert {oct(p.stat().st_mode & 0o777) for p in files} == {oct(0o640)}
+
+
+def test_a_large_sweep_asks_on_a_terminal_and_no_means_nothing_runs(tmp_path: Path) -> None:
+    import pty
+
+    (tmp_path / "sweep.toml").write_text(FAST + "[sweep]\nseed = " + str(list(range(150))) + "\n")
+    master, slave = pty.openpty()  # stdin is a terminal, as when a user types the command
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lem", "run", "sweep.toml", "--out", "out"],
+            cwd=tmp_path,
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(),
+        )
+        os.write(master, b"n\n")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert proc.returncode == 2, err
+    assert "150 experiments; estimated at least 12 min" in err  # 150 worker starts of 5 s, no idle (no meter)
+    assert "Run all 150 experiments? [y/N]" in err
+    assert "not started" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
