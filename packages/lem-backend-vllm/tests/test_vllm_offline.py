@@ -48,6 +48,8 @@ def test_offline_events_per_request_with_vllm_timestamps(offline: tuple[LoadedMo
     model, config = offline
     assert model.info["mode"] == "offline"
     assert "RequestOutput.metrics" in model.info["timing"] and "not observed" in model.info["timing"]
+    eff = model.info["effective_config"]
+    assert eff["max_model_len"] == 256 and eff["kv_cache_blocks"] > 0 and eff["block_size"] > 0
     stream = plugin.generate_stream(model=model, requests=_requests(3), params=config.generation, config=config)
     assert stream is not None
     events = list(stream)

@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from lem.types import LoadedModel, Request, TokenEvent
-from lem_backend_vllm import plugin
+from lem_backend_vllm import plugin, processes
 
 MAX_NUM_SEQS = 8
 
@@ -71,6 +71,16 @@ def test_loaded_model_facts(model: LoadedModel) -> None:
     assert model.devices == ()  # CPU: nothing for an energy meter
     assert model.info["mode"] == "stream" and "per token" in model.info["timing"]
     assert model.model_config["hidden_size"] == 128
+    # What the engine resolved, beside what lem asked for: KV-cache size comes from the engine core.
+    eff = model.info["effective_config"]
+    vllm_config = model.handle.engine.vllm_config
+    assert eff["max_num_seqs"] == MAX_NUM_SEQS and eff["max_model_len"] == 256
+    assert eff["block_size"] == vllm_config.cache_config.block_size > 0
+    assert eff["kv_cache_blocks"] == vllm_config.cache_config.num_gpu_blocks > 0
+    assert eff["kv_cache_tokens"] >= eff["kv_cache_blocks"]
+    assert eff["kv_cache_dtype"] == "float32" and eff["dtype"] == "float32"  # "auto" resolved to the model's
+    assert isinstance(eff["enable_chunked_prefill"], bool) and isinstance(eff["enable_prefix_caching"], bool)
+    assert "block_size" not in model.info["engine_args"]  # lem did not ask: only the engine knows
     assert model.tokenizer.decode(model.tokenizer.encode("energy model")).strip().endswith("energy model")
     model.synchronize()
 
@@ -175,25 +185,39 @@ def test_consumer_stopping_early_aborts_requests(model: LoadedModel, make_config
     assert llm.get_num_unfinished_requests() == 0
 
 
+def _mapped_by_others(exclude: set[int]) -> set[str]:
+    """/dev/shm files mapped by live processes outside ``exclude`` (other programs on a shared machine)."""
+    out: set[str] = set()
+    for proc in psutil.process_iter():
+        if proc.pid not in exclude:
+            out |= processes.shm_mapped(proc.pid)
+    return out
+
+
 def test_close_leaves_no_processes_or_shared_memory(model: LoadedModel, before: dict[str, Any]) -> None:
     # Python's multiprocessing resource tracker stays until this process exits (then it frees what leaked);
     # it is not an engine process.
-    running = {
-        p.pid
+    running = [
+        p
         for p in psutil.Process().children(recursive=True)
         if p.pid not in before["children"] and "resource_tracker" not in " ".join(p.cmdline())
-    }
+    ]
     assert running, "the engine core runs in its own process"
+    engine_shm = {name for p in running for name in processes.shm_mapped(p.pid)}
+    assert engine_shm, "vLLM's message queues live in /dev/shm"
     engine_ref = weakref.ref(model.handle.engine)
     model.close()
     model.close()  # idempotent
     gc.collect()
     assert engine_ref() is None  # nothing keeps the AsyncLLM alive (its __del__ would shut down again at exit)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        alive = [pid for pid in running if psutil.pid_exists(pid) and psutil.Process(pid).status() != "zombie"]
-        if not alive:
-            break
-        time.sleep(0.2)
+    # close() returns once the engine processes have exited; a loaded machine may still be reaping them.
+    deadline = time.monotonic() + 30
+    alive = running
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        time.sleep(0.1)
     assert alive == []
-    assert _shm() - before["shm"] == set()
+    assert {n for n in engine_shm if os.path.exists(f"/dev/shm/{n}")} == set()
+    # Nothing else new either, but for what other programs on this machine map right now.
+    left = _shm() - before["shm"] - _mapped_by_others({os.getpid(), *(p.pid for p in running)})
+    assert left == set()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -284,3 +285,52 @@ def check_against_vllm(args: Mapping[str, Any]) -> None:
                 f"{where}: vLLM {vllm.__version__} has no engine argument '{name}' "
                 f"({_did_you_mean(name, sorted(fields))}); remove the option or install a vLLM that accepts it"
             )
+
+
+#: What the running engine resolved (``setup.json`` ``info.effective_config``) -> where vLLM keeps it on its
+#: ``VllmConfig``. Read after start-up, when the engine core has reported its KV-cache size back.
+EFFECTIVE_CONFIG: dict[str, str] = {
+    "max_num_seqs": "scheduler_config.max_num_seqs",
+    "max_num_batched_tokens": "scheduler_config.max_num_batched_tokens",
+    "enable_chunked_prefill": "scheduler_config.enable_chunked_prefill",
+    "enable_prefix_caching": "cache_config.enable_prefix_caching",
+    "block_size": "cache_config.block_size",
+    "kv_cache_dtype": "cache_config.cache_dtype",
+    "kv_cache_blocks": "cache_config.num_gpu_blocks",
+    "kv_cache_tokens": "cache_config.kv_cache_size_tokens",
+    "kv_cache_max_concurrency": "cache_config.kv_cache_max_concurrency",
+    "kv_cache_memory_bytes": "cache_config.kv_cache_memory_bytes",
+    "gpu_memory_utilization": "cache_config.gpu_memory_utilization",
+    "max_model_len": "model_config.max_model_len",
+    "dtype": "model_config.dtype",
+    "quantization": "model_config.quantization",
+    "enforce_eager": "model_config.enforce_eager",
+    "tensor_parallel_size": "parallel_config.tensor_parallel_size",
+    "pipeline_parallel_size": "parallel_config.pipeline_parallel_size",
+    "distributed_backend": "parallel_config.distributed_executor_backend",
+    "speculative_method": "speculative_config.method",
+    "num_speculative_tokens": "speculative_config.num_speculative_tokens",
+}
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value).removeprefix("torch.")
+
+
+def effective_config(vllm_config: Any) -> dict[str, Any]:
+    """The engine's resolved settings by :data:`EFFECTIVE_CONFIG` (``None`` where this vLLM does not have one)."""
+    out: dict[str, Any] = {}
+    for key, path in EFFECTIVE_CONFIG.items():
+        value: Any = vllm_config
+        for attr in path.split("."):
+            value = getattr(value, attr, None)
+        out[key] = _plain(value)
+    if out["kv_cache_dtype"] == "auto":
+        out["kv_cache_dtype"] = out["dtype"]  # vLLM's "auto": the KV cache is stored in the model's dtype
+    if out["kv_cache_tokens"] is None and out["kv_cache_blocks"] is not None and out["block_size"] is not None:
+        out["kv_cache_tokens"] = out["kv_cache_blocks"] * out["block_size"]
+    # On the CPU the KV cache's size is set by this variable (GiB), not by gpu_memory_utilization.
+    out["cpu_kvcache_space_gib"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+    return out

@@ -40,6 +40,12 @@ def _facts(engine: engines.Engine) -> tuple[Any, dict[str, Any]]:
     return _tokenizer(llm, engine.mode), model_config.hf_config.to_dict()
 
 
+def _effective(engine: engines.Engine) -> dict[str, Any]:
+    """What the engine resolved (``options.EFFECTIVE_CONFIG``); its own function for the reason given in ``_facts``."""
+    llm = engine.engine
+    return options.effective_config(llm.llm_engine.vllm_config if engine.mode == "offline" else llm.vllm_config)
+
+
 def _devices(count: int) -> tuple[int, ...]:
     from vllm.platforms import current_platform
 
@@ -88,7 +94,9 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
                 "(RequestOutput.metrics) where reported, else completion only; ITL between first and last "
                 "token is not observed"
             ),
+            # What lem asked for, and what the engine made of it (users compare the latter).
             "engine_args": {k: (str(v) if not isinstance(v, (int, float, bool, str)) else v) for k, v in args.items()},
+            "effective_config": _effective(engine),
             "random_weights": args.get("load_format") == "dummy",
         }
         # Pipeline stages occupy GPUs too: the engine uses tensor x pipeline parallel devices.

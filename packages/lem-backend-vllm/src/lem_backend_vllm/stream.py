@@ -1,11 +1,14 @@
 """Serving requests through vLLM and turning its outputs into ``TokenEvent``s.
 
-Streaming mode: every request goes to ``AsyncLLM.generate`` with delta
-outputs when it arrives (``Request.arrival_ns``), or, under closed-loop
-traffic, as soon as fewer than ``traffic.concurrency`` are in flight, so the
-engine batches them continuously as it would in production. Each delta vLLM
-emits becomes one event, stamped with ``time.monotonic_ns()`` when it reaches
-us: TTFT and ITL are measured from the stream, not estimated.
+Streaming mode: lem's serving driver (:mod:`lem.serving`) submits every
+request to ``AsyncLLM.generate`` with delta outputs when it arrives
+(``Request.arrival_ns``), or, under closed-loop traffic, as soon as fewer than
+``traffic.concurrency`` are in flight, so the engine batches them continuously
+as it would in production. Each delta vLLM emits becomes one event, stamped
+with ``time.monotonic_ns()`` when it reaches us: TTFT and ITL are measured
+from the stream, not estimated. A request vLLM fails on its own (its
+``generate`` raises ``EngineGenerateError``, or the engine aborts it) is a
+failed request; a dead engine ends the stream with its exception.
 
 Offline mode: ``LLM.generate`` on all requests at once. There is no stream,
 so each request gets its submission event and then the engine's own
@@ -16,18 +19,15 @@ completion. :func:`offline_timing` says which, and the model's ``info`` records 
 
 from __future__ import annotations
 
-import asyncio
-import queue
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
+from lem import serving
 from lem.config import TrafficConfig
 from lem.types import Request, TokenEvent
 from lem_backend_vllm.engine import Engine
-
-_DONE = object()
 
 LoraFor = Callable[[Request], Any]
 
@@ -39,74 +39,35 @@ def _prompt(req: Request) -> Any:
     return req.prompt
 
 
-async def _one(llm: Any, req: Request, sp: Any, request_id: str, lora: Any, put: Callable[[Any], None]) -> None:
-    async for out in llm.generate(_prompt(req), sp, request_id, lora_request=lora):
-        t_ns = time.monotonic_ns()
-        ids = tuple(tid for completion in out.outputs for tid in completion.token_ids)
-        if ids or out.finished:
-            put(TokenEvent(req.id, t_ns, len(ids), out.finished, ids))
+def _submitter(llm: Any, sp: Any, lora_for: LoraFor) -> serving.Submit:
+    """``submit(request)`` for lem's serving driver: ``AsyncLLM.generate`` with delta outputs."""
+    from vllm.exceptions import VLLMClientError
+    from vllm.v1.engine.exceptions import EngineGenerateError
 
-
-async def _serve(
-    llm: Any,
-    requests: Sequence[Request],
-    sp: Any,
-    traffic: TrafficConfig,
-    lora_for: LoraFor,
-    put: Callable[[Any], None],
-) -> None:
     tag = uuid.uuid4().hex[:8]  # engine request ids must be unique across cycles
-    closed_loop = traffic.mode == "concurrency"
-    slots = asyncio.Semaphore(traffic.concurrency or 1) if closed_loop else None
-    tasks: list[asyncio.Task[None]] = []
 
-    async def run(req: Request) -> None:
+    async def submit(req: Request) -> AsyncIterator[serving.Delta]:
         try:
-            await _one(llm, req, sp, f"lem-{tag}-{req.id}", lora_for(req), put)
-        finally:
-            if slots is not None:
-                slots.release()
+            async for out in llm.generate(_prompt(req), sp, f"lem-{tag}-{req.id}", lora_request=lora_for(req)):
+                ids = tuple(tid for completion in out.outputs for tid in completion.token_ids)
+                failed = [c.finish_reason for c in out.outputs if c.finish_reason in ("abort", "error")]
+                if out.finished and failed:
+                    raise serving.RequestFailed(f"vLLM finished the request with finish_reason={failed[0]!r}")
+                yield serving.Delta(ids, finished=out.finished)
+        except (EngineGenerateError, VLLMClientError) as exc:
+            # One request failed (vLLM says recoverable); EngineDeadError and the rest end the stream.
+            cause = exc.__cause__ or exc
+            raise serving.RequestFailed(f"vLLM: {type(cause).__name__}: {cause}") from exc
 
-    try:
-        for req in sorted(requests, key=lambda r: r.arrival_ns or 0):
-            if slots is not None:
-                await slots.acquire()
-            elif req.arrival_ns is not None:
-                delay = (req.arrival_ns - time.monotonic_ns()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            if closed_loop or req.arrival_ns is None:
-                # The request arrives now, when we submit it: tell the core so latencies count from here.
-                put(TokenEvent(req.id, time.monotonic_ns(), 0))
-            tasks.append(asyncio.create_task(run(req)))
-        await asyncio.gather(*tasks)
-    except BaseException:
-        # Cancelling generate() makes AsyncLLM abort the request inside the engine.
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        raise
-    finally:
-        put(_DONE)
+    return submit
 
 
 def stream(
     engine: Engine, requests: Sequence[Request], sp: Any, traffic: TrafficConfig, lora_for: LoraFor
 ) -> Iterator[TokenEvent]:
-    """Start serving ``requests`` on the engine's loop and return the events as they arrive."""
-    events: queue.Queue[Any] = queue.Queue()
-    future = engine.submit(_serve(engine.engine, requests, sp, traffic, lora_for, events.put))
-
-    def drain() -> Iterator[TokenEvent]:
-        try:
-            while (item := events.get()) is not _DONE:
-                yield item
-            future.result()  # re-raise what failed on the loop
-        finally:
-            if not future.done():  # the consumer stopped early: abort what is still running
-                future.cancel()
-
-    return drain()
+    """Serve ``requests`` on the engine's loop through lem's serving driver; the events as they arrive."""
+    assert engine.loop is not None, "offline engines have no event loop"
+    return serving.stream(engine.loop, requests, traffic, _submitter(engine.engine, sp, lora_for))
 
 
 def offline_timing(output: Any) -> tuple[int, int] | None:
