@@ -136,7 +136,7 @@ def main() -> None:
             progress.close()  # a stage ended by an exception must not leave its live line running
         send("ok")
     except BaseException as exc:  # everything is reported to the parent, which records it
-        send("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        send("error", failure_reason(exc), traceback.format_exc())
     finally:
         _state["done"] = True
         report.close()
@@ -261,7 +261,7 @@ def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, p
     try:
         run_experiment(exp, exp_dir, run_id, progress)
     except (Exception, LemError) as exc:
-        return Outcome(False, f"{type(exc).__name__}: {exc}", traceback.format_exc())
+        return Outcome(False, failure_reason(exc), traceback.format_exc())
     finally:
         progress.close()  # a stage ended by an exception must not leave its live line running
     return Outcome(True)
