@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,13 +67,17 @@ def test_lem_run_wrote_a_self_contained_report(sweep_with_failure: Path) -> None
     assert "script" not in tags and "link" not in tags  # no scripts, no external stylesheets
     # Nothing is fetched: the only URLs are the page's own anchors and data: images.
     urls = [v for _, a in page.tags for k, v in a.items() if k in ("src", "href") and v]
-    assert urls and all(u.startswith(("data:image/svg+xml;base64,", "#exp-")) for u in urls), urls
+    assert urls and all(u.startswith(("data:image/svg+xml;base64,", "data:image/png;base64,", "#exp-")) for u in urls)
     assert not re.search(r"url\(|@import|https?://", text.split("<body>")[0])  # the CSS loads nothing either
     images = [a for t, a in page.tags if t == "img"]
     assert len(images) == 10  # 5 Pareto axes, 2 timelines, 2 cycle plots, 1 CDF
     for img in images:
-        svg = base64.b64decode(str(img["src"]).split(",", 1)[1]).decode("utf-8")
-        assert "<svg" in svg and "http://www.w3.org/2000/svg" in svg and "<image" not in svg
+        data = base64.b64decode(str(img["src"]).split(",", 1)[1])
+        if str(img["src"]).startswith("data:image/png"):  # timelines: every sample, kept small as a picture
+            assert data.startswith(b"\x89PNG") and "power" in str(img["alt"])
+        else:
+            svg = data.decode("utf-8")
+            assert "<svg" in svg and "http://www.w3.org/2000/svg" in svg and "<image" not in svg
     rows = [a["data-id"] for t, a in page.tags if t == "tr" and a.get("class") == "experiment"]
     assert rows == ["000-batch_size=1", "001-batch_size=2", "002-batch_size=4"]
 
@@ -166,3 +171,54 @@ def test_report_command_by_run_id(sweep_with_failure: Path) -> None:
     assert done.stdout.strip() == str(sweep_with_failure / "report.html")
     missing = lem("report", "no-such-run", "--dir", str(sweep_with_failure.parent))
     assert missing.returncode == 2 and "no such run" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_large_sweep_keeps_per_experiment_plots_to_a_few(
+    sweep_with_failure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("matplotlib", reason="plots need the plots extra")
+    import lem.report
+
+    monkeypatch.setattr(lem.report, "MAX_PER_EXPERIMENT", 1)
+    done = write_report(sweep_with_failure, tmp_path / "r.html")
+    names = [a["data-name"] for t, a in Page(done.path.read_text(encoding="utf-8")).tags if t == "figure"]
+    assert [n for n in names if n and n.startswith(("timeline-", "cycles-"))] == [
+        "timeline-000-batch_size=1",
+        "cycles-000-batch_size=1",
+    ]
+    assert "timeline: 2 more experiment(s) left out of the page; `lem results plot` draws all" in done.skipped
+
+
+def test_a_report_that_cannot_be_written_is_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok, run_dir = reportrun.run(tmp_path, [reportrun.experiment("exp", 1, meter="none")])
+    assert ok and (run_dir / "report.html").is_file()
+    (run_dir / "report.html").unlink()
+    (run_dir / "report.html").mkdir()  # nothing can be written there now
+    capsys.readouterr()
+    ok, _ = reportrun.run(tmp_path, [reportrun.experiment("exp", 1, meter="none")], resume_id=run_dir.name)
+    captured = capsys.readouterr()
+    assert ok  # the run's outcome is the experiments', not the report's
+    assert "lem: warning: report.html not written (" in captured.err and f"lem report {run_dir}" in captured.err
+    assert "report:" not in captured.out and captured.out.rstrip().endswith(f"results: {run_dir}/")
+    assert (run_dir / "exp" / "summary.json").exists()
+
+
+def test_lem_run_writes_the_report_unless_no_report(tmp_path: Path) -> None:
+    """The real `lem run` on the PyTorch backend and a tiny random model."""
+    exp = tmp_path / "exp.toml"
+    exp.write_text(
+        'model = "random:tiny-llama"\nbackend = "pytorch"\nprecision = "float32"\npreset = "quick-test"\n'
+        '[generation]\nmax_output_tokens = 4\nignore_eos = true\n[measurement]\nenergy_meter = "none"\n'
+    )
+    env = {**os.environ, "LEM_PLUGINS": "pytorch"}
+    args = [sys.executable, "-m", "lem", "run", str(exp), "--in-process"]
+    done = subprocess.run([*args, "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    (run_dir,) = (tmp_path / "a").iterdir()
+    assert f"report: {run_dir / 'report.html'}" in done.stdout.splitlines()
+    assert "exp" in " ".join(Page((run_dir / "report.html").read_text(encoding="utf-8")).text)
+    off = [*args, "--out", str(tmp_path / "b"), "--no-report", "--json"]
+    done = subprocess.run(off, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["report"] is None and not (Path(doc["results"]) / "report.html").exists()

@@ -48,6 +48,10 @@ _KIND_TITLES = {
     "cycles": "Cycle by cycle",
     "cdf": "Latency distributions",
 }
+#: Plot kinds drawn once per experiment, and how many experiments' of them the page holds.
+PER_EXPERIMENT = ("timeline", "cycles")
+MAX_PER_EXPERIMENT = 12
+_MIME = {"svg": "svg+xml", "png": "png"}
 _FIGURE_FIELDS = {"n", "missing", "values", "mean", "std", "ci95_low", "ci95_high"}
 
 CSS = """
@@ -254,8 +258,14 @@ def _plots(run: RunData) -> tuple[str, int, list[str], bool]:
         return f'<p class="note" id="no-plots">{_e(plots.INSTALL_HINT)}</p>', 0, [], False
     parts, skipped, drawn = [], [], 0
     for kind in plots.KINDS:
+        shown = run
+        if kind in PER_EXPERIMENT and len(run.experiments) > MAX_PER_EXPERIMENT:
+            # One figure per experiment: a large sweep would make a page too big to open.
+            shown = attrs.evolve(run, experiments=run.experiments[:MAX_PER_EXPERIMENT])
+            rest = len(run.experiments) - MAX_PER_EXPERIMENT
+            skipped.append(f"{kind}: {rest} more experiment(s) left out of the page; `lem results plot` draws all")
         try:
-            made = plots.draw(kind, run)
+            made = plots.draw(kind, shown)
         except Exception as exc:  # a plot that fails must not cost the report
             made = [plots.Plot(kind, kind, skipped=f"could not be drawn: {type(exc).__name__}: {exc}")]
         figures = []
@@ -263,15 +273,17 @@ def _plots(run: RunData) -> tuple[str, int, list[str], bool]:
             if plot.skipped is not None:
                 skipped.append(f"{plot.name}: {plot.skipped}")
                 continue
+            # A timeline holds every sample of every device: as a picture it stays small where SVG would not.
+            fmt = "png" if kind == "timeline" else "svg"
             try:
-                data = base64.b64encode(plots.render(plot, "svg")).decode("ascii")
+                data = base64.b64encode(plots.render(plot, fmt)).decode("ascii")
             except Exception as exc:
                 skipped.append(f"{plot.name}: could not be drawn: {type(exc).__name__}: {exc}")
                 continue
             drawn += 1
             figures.append(
                 f'<figure class="plot" data-name="{_e(plot.name)}"><img alt="{_e(plot.title)}" '
-                f'src="data:image/svg+xml;base64,{data}"><figcaption>{_e(plot.title)}</figcaption></figure>'
+                f'src="data:image/{_MIME[fmt]};base64,{data}"><figcaption>{_e(plot.title)}</figcaption></figure>'
             )
         if figures:
             # Pareto panels are small and sit side by side; the others are wide and get a row each.
