@@ -116,11 +116,16 @@ def run_lem(model: Any, config: Any, requests: list[Any], outside: list[float] |
     return elapsed
 
 
-def run_plain(model: Any, config: Any, requests: list[Any], compile_mode: str | None = None) -> float:
+def run_plain(
+    model: Any, config: Any, requests: list[Any], compile_mode: str | None = None, streamer: bool = False
+) -> float:
     """Seconds for one bare ``model.generate`` on the same model and inputs.
 
     Eager with transformers' dynamic cache, or with ``compile_mode`` a static cache
     and ``compile_config``: transformers' own way to compile the decode step.
+    With ``streamer``, a streamer whose ``put()`` does nothing is passed: what
+    transformers' own streaming path costs (it copies each step's tokens to the
+    host), apart from anything lem does with the steps.
     """
     import torch
 
@@ -143,12 +148,69 @@ def run_plain(model: Any, config: Any, requests: list[Any], compile_mode: str | 
             do_sample=False,
             eos_token_id=None,
             pad_token_id=handle.pad_token_id,
+            streamer=_null_streamer() if streamer else None,
             **extra,
         )
     model.synchronize()
     elapsed = time.perf_counter() - start
     assert out.shape[1] - ids.shape[1] == config.generation.max_output_tokens
     return elapsed
+
+
+def _null_streamer() -> Any:
+    from transformers.generation.streamers import BaseStreamer
+
+    class Null(BaseStreamer):  # type: ignore[misc]
+        def put(self, value: Any) -> None:
+            pass
+
+        def end(self) -> None:
+            pass
+
+    return Null()
+
+
+def copy_bandwidth_bytes_per_s(device: Any) -> float | None:
+    """Device-memory bandwidth measured by copying 2 GiB on the GPU (read + write counted), best of 5."""
+    import torch
+
+    if getattr(device, "type", str(device)) != "cuda":
+        return None
+    src = torch.empty(1 << 30, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    best = math.inf
+    for _ in range(6):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        dst.copy_(src)
+        end.record()
+        end.synchronize()
+        best = min(best, start.elapsed_time(end) / 1e3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * (1 << 30) / best
+
+
+def roofline(model: Any, precision: str, batch_size: int, input_len: int, output_len: int) -> dict[str, Any]:
+    """Batch-``batch_size`` decode roofline: bytes read per step (weights + mean KV cache) / copy bandwidth."""
+    cfg = model.model_config
+    params = model.num_parameters or 0
+    elem = 4 if precision == "float32" else 2
+    layers = int(cfg.get("num_hidden_layers", 0))
+    heads = int(cfg.get("num_attention_heads", 1))
+    kv_heads = int(cfg.get("num_key_value_heads", heads))
+    head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
+    mean_ctx = input_len + output_len / 2
+    weights = params * elem
+    kv = 2 * layers * kv_heads * head_dim * elem * mean_ctx * batch_size
+    bandwidth = copy_bandwidth_bytes_per_s(model.handle.device)
+    step_s = None if bandwidth is None else (weights + kv) / bandwidth
+    return {
+        "weights_bytes_per_step": weights,
+        "kv_bytes_per_step": kv,
+        "copy_bandwidth_bytes_per_s": bandwidth,
+        "tok_s": None if step_s is None else batch_size / step_s,
+    }
 
 
 def ratio_summary(numerator: list[float], denominator: list[float]) -> dict[str, Any]:
@@ -205,6 +267,10 @@ def compare(name: str, sides: dict[str, Callable[[], float]], tokens: int, repea
     }
     if "plain again" in tps:
         row["control"] = ratio_summary(tps["plain again"], tps["plain"])
+    if "plain+streamer" in tps:
+        # transformers' streaming path alone, and lem against a plain loop that streams too
+        row["streamer_cost"] = ratio_summary(tps["plain+streamer"], tps["plain"])
+        row["lem_vs_streaming_plain"] = ratio_summary(tps["lem"], tps["plain+streamer"])
     return row
 
 
@@ -240,6 +306,12 @@ def main() -> None:
     )
     parser.add_argument("--preset", default=None, help="also compare lem with this preset at batch 1 vs plain eager")
     parser.add_argument("--target", type=float, default=0.98, help="the ratio lem must stay above")
+    parser.add_argument(
+        "--null-streamer",
+        action="store_true",
+        help="add a side: plain generate with a do-nothing streamer (separates transformers' streaming path from lem)",
+    )
+    parser.add_argument("--roofline", action="store_true", help="print the HBM roofline of batch 1 (GPU only)")
     parser.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     parser.add_argument("--save", default=None, metavar="PATH", help="also write the JSON rows to PATH")
     args = parser.parse_args()
@@ -261,6 +333,8 @@ def main() -> None:
         }
         if not args.no_control:
             sides["plain again"] = sides["plain"]
+        if args.null_streamer:
+            sides["plain+streamer"] = partial(run_plain, model, config, requests, args.compile, True)
         row = compare(f"batch {bs}", sides, bs * args.output, args.repeats, warmup)
         timed = outside[-args.repeats :]  # the warm-up runs are not counted
         row["lem_outside_generate_s"] = statistics.median(timed)
@@ -281,6 +355,7 @@ def main() -> None:
         row["compile_seconds"] = optimized.info.get("compile_seconds")
         rows.append(row)
         optimized.close()
+    roof = roofline(model, args.precision, 1, args.input, args.output) if args.roofline else None
     facts = {
         "model": args.model,
         "device": model.info.get("device"),
@@ -292,6 +367,7 @@ def main() -> None:
         "warmup": warmup,
         "versions": model.info.get("versions"),
         "host": host_facts(),
+        "roofline_batch1": roof,
     }
     model.close()
     if args.save:
@@ -312,6 +388,22 @@ def main() -> None:
             f"{r['case']:<42} {r['lem_tok_s']:>9.1f} {r['plain_tok_s']:>9.1f} {fmt_ratio(r['ratio'])}"
             f" {r['ratio']['min']:.2f}-{r['ratio']['max']:.2f} {control:>20}  {note}"
         )
+    for r in rows:
+        for key, label in (
+            ("streamer_cost", "plain+null streamer / plain"),
+            ("lem_vs_streaming_plain", "lem / plain+null streamer"),
+        ):
+            if key in r:
+                print(f"{r['case']}: {label} {fmt_ratio(r[key])}")
+    if roof is not None and roof["tok_s"] is not None:
+        print(
+            f"HBM roofline, batch 1: ({roof['weights_bytes_per_step'] / 1e9:.2f} GB weights + "
+            f"{roof['kv_bytes_per_step'] / 1e9:.3f} GB KV cache per step) / "
+            f"{roof['copy_bandwidth_bytes_per_s'] / 1e12:.2f} TB/s measured copy bandwidth = {roof['tok_s']:.1f} tok/s"
+        )
+        for r in rows:
+            if r["case"].startswith("batch 1"):
+                print(f"{r['case']}: lem reaches {r['lem_tok_s'] / roof['tok_s']:.1%} of the roofline")
     for r in rows:
         if "lem_outside_generate_s" in r:
             print(
