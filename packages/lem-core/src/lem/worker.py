@@ -134,8 +134,12 @@ def main() -> None:
             run_experiment(exp, Path(exp_dir), run_id, progress)
         finally:
             progress.close()  # a stage ended by an exception must not leave its live line running
+        # Done before the result is sent: the parent closes our stdin once it has read it, and that
+        # EOF must not interrupt us while we still write the message or close the report pipe.
+        _state["done"] = True
         send("ok")
     except BaseException as exc:  # everything is reported to the parent, which records it
+        _state["done"] = True
         send("error", failure_reason(exc), traceback.format_exc())
     finally:
         _state["done"] = True
