@@ -185,6 +185,16 @@ def test_consumer_stopping_early_aborts_requests(model: LoadedModel, make_config
     assert llm.get_num_unfinished_requests() == 0
 
 
+def test_a_request_vllm_rejects_fails_alone(model: LoadedModel, make_config: Any) -> None:
+    config = make_config(model.info["engine_args"]["model"], generation={"max_output_tokens": 4})
+    ok = _requests(1)[0]
+    too_long = Request(1, "", 300, prompt_token_ids=(7,) * 300)  # max_model_len is 256
+    per = _by_request([e for _, e in _run(model, config, [ok, too_long])])
+    assert per[1][-1].finished and per[1][-1].n_tokens == 0
+    assert per[1][-1].error is not None and "VLLMValidationError" in per[1][-1].error and "300" in per[1][-1].error
+    assert per[0][-1].finished and per[0][-1].error is None and sum(e.n_tokens for e in per[0]) == 4
+
+
 def _mapped_by_others(exclude: set[int]) -> set[str]:
     """/dev/shm files mapped by live processes outside ``exclude`` (other programs on a shared machine)."""
     out: set[str] = set()
