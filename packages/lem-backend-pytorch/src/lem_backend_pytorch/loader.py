@@ -39,6 +39,8 @@ class TorchModel:
     device: Any
     options: PytorchOptions
     assistant: Any = None
+    #: The running :class:`~lem_backend_pytorch.continuous.ContinuousEngine` when ``engine = "continuous"``.
+    continuous: Any = None
 
 
 def _version(dist: str) -> str | None:
@@ -233,6 +235,11 @@ def _closer(handle: TorchModel) -> Callable[[], None]:
     def close() -> None:
         import torch
 
+        if handle.continuous is not None:
+            from lem_backend_pytorch.continuous import close as close_engine
+
+            engine, handle.continuous = handle.continuous, None
+            close_engine(engine)
         handle.model = None
         handle.assistant = None
         gc.collect()
@@ -279,6 +286,7 @@ def load(config: ExperimentConfig) -> LoadedModel:
         "checkpoint_generation_defaults_ignored": hub_defaults,
         "adapter": config.adapter,
         "assistant_model": options.assistant_model,
+        "engine": options.engine,
     }
     if architectures.is_builtin(config.model):
         info["tokenizer"] = "lem built-in byte-level BPE (not the real model's tokenizer)"
@@ -299,6 +307,11 @@ def load(config: ExperimentConfig) -> LoadedModel:
         from lem_backend_pytorch.streaming import compile_warmup
 
         info["compile_seconds"] = compile_warmup(loaded, config)
+    if options.engine == "continuous":
+        from lem_backend_pytorch.continuous import start
+
+        handle.continuous = start(loaded, config.generation, config)
+        info["continuous"] = handle.continuous.info
     return loaded
 
 

@@ -22,6 +22,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 CACHE_IMPLEMENTATIONS = ("dynamic", "static", "offloaded", "offloaded_static", "sliding_window", "hybrid", "quantized")
 DEVICES = ("auto", "cpu", "cuda")
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential", "cpu", "cuda")
+#: ``static``: batches through ``model.generate``; ``continuous``: transformers' continuous batching manager.
+ENGINES = ("static", "continuous")
 
 
 def _is(*kinds: type) -> Callable[[Any], bool]:
@@ -76,6 +78,18 @@ OPTIONS: dict[str, tuple[Any, Callable[[Any], bool], str, str]] = {
     ),
     "assistant_model": (None, _is(str), "a model id, path or random:<name>", "generate(assistant_model=)"),
     "use_cache": (True, _is(bool), "a boolean", "generate(use_cache=)"),
+    "engine": (
+        "static",
+        _one_of(ENGINES),
+        f"one of {ENGINES}",
+        "static: model.generate batches; continuous: model.init_continuous_batching()",
+    ),
+    "continuous": (
+        None,
+        lambda v: isinstance(v, Mapping),
+        "a table (see the README's [pytorch.continuous] table)",
+        "ContinuousBatchingConfig(...) (lem_backend_pytorch.continuous_options.CONTINUOUS)",
+    ),
 }
 
 
@@ -92,6 +106,9 @@ class PytorchOptions:
     cache_implementation: str | None = None
     assistant_model: str | None = None
     use_cache: bool = True
+    engine: str = "static"
+    #: ``[pytorch.continuous]``, checked by :mod:`lem_backend_pytorch.continuous_options`.
+    continuous: Mapping[str, Any] | None = None
 
 
 def check(table: Mapping[str, Any]) -> Iterator[Problem]:

@@ -19,6 +19,8 @@ from lem_backend_pytorch import options as opts
 from lem_backend_pytorch.presets import PRESETS
 
 NAME = "pytorch"
+#: Problem paths of checks that only concern the static engine.
+_STATIC_ONLY = ("generation.num_beams", "pytorch.assistant_model", "pytorch.torch_compile", "batching")
 
 
 @hookimpl
@@ -38,6 +40,10 @@ def generate_stream(
     """Serve ``requests`` on a model this backend loaded: one event per sequence per decode step."""
     if model.backend != NAME:
         return None
+    if model.handle.options.engine == "continuous":
+        from lem_backend_pytorch import continuous
+
+        return continuous.stream(model, requests, params, config)
     from lem_backend_pytorch.streaming import stream
 
     return stream(model, requests, params, config)
@@ -196,4 +202,13 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
     problems = list(opts.check(config.options_for(NAME)))
     if problems:
         return problems
-    return list(_combinations(config, opts.resolve(config)))
+    o = opts.resolve(config)
+    if o.engine == "continuous":
+        from lem_backend_pytorch.continuous_options import problems as continuous_problems
+
+        # The static engine's own checks (beams, assisted batching, compile) give way to the continuous ones.
+        shared = [p for p in _combinations(config, o) if not p.path.startswith(_STATIC_ONLY)]
+        return [*shared, *continuous_problems(config, o, _on_cpu(o))]
+    if o.continuous is not None:
+        problems.append(warning("pytorch.continuous", "is only used with engine = 'continuous'"))
+    return [*problems, *_combinations(config, o)]

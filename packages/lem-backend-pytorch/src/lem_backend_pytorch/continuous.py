@@ -1,0 +1,196 @@
+"""``[pytorch] engine = "continuous"``: requests served through transformers' continuous batching.
+
+``model.init_continuous_batching(...)`` returns a ``ContinuousBatchingManager``:
+a paged KV cache, a scheduler and a generation thread of its own that admits
+requests between decode steps. lem's serving driver (:mod:`lem.serving`)
+submits each request with ``add_request(..., streaming=True)`` when it arrives
+(open loop) or when a slot frees (closed loop), so requests join the running
+batch as they would on a server.
+
+The bridge from the manager's thread to the driver's asyncio loop is the
+manager's own ``register_result_handler``: registered from the loop before the
+request is added, it makes the manager hand each output to the loop with
+``call_soon_threadsafe``, where it lands on that request's ``asyncio.Queue``.
+A streaming output carries all tokens so far; the delta is what is new, capped
+at ``max_output_tokens`` so counts are exact. EOS ends a request (counted)
+unless ``ignore_eos``, which passes no EOS id (``-1``), as the static engine does.
+
+The manager and its event loop are built in ``load_model`` (so their cache
+allocation and any CUDA-graph capture fall in the load window, not in a cycle)
+for ``[generation]``; ``generate_stream`` rebuilds them only if called with other
+decoding parameters. ``close`` stops the generation thread (hard stop: nothing
+is pending by then) and the loop; no thread is left. A request the driver
+cancels (timeout, a consumer that stops early, Ctrl-C) is cancelled in the manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import itertools
+import uuid
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from lem import serving
+from lem.config import ExperimentConfig, GenerationConfig
+from lem.errors import BackendError
+from lem.types import LoadedModel, Request, TokenEvent
+from lem_backend_pytorch.continuous_options import config_kwargs, transformers_version
+from lem_backend_pytorch.decoding import build_generation_config
+
+#: Seconds between checks, while a request waits for its next token, that the generation thread is alive.
+POLL_S = 1.0
+#: Seconds ``close`` waits for the generation thread to end.
+STOP_TIMEOUT_S = 30.0
+
+
+@attrs.define
+class ContinuousEngine:
+    """A started manager, the event loop its requests are served from, and what it was built for."""
+
+    manager: Any
+    loop: serving.EventLoop
+    params: GenerationConfig
+    info: dict[str, Any]
+    tag: str = attrs.field(factory=lambda: uuid.uuid4().hex[:8])
+    counter: Iterator[int] = attrs.field(factory=itertools.count)
+
+
+def _resolved(cb_config: Any) -> dict[str, Any]:
+    """The manager's ContinuousBatchingConfig after it sized the cache, as plain values (for ``info``)."""
+    plain = (str, int, float, bool, type(None))
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cb_config):
+        value = getattr(cb_config, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value if isinstance(value, plain) else str(value)
+    return out
+
+
+def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
+    """Build the manager for ``params`` on the loaded model, warm it up (CUDA graphs, compile) and start its thread."""
+    import torch
+    from transformers import ContinuousBatchingConfig
+
+    handle = model.handle
+    generation_config = build_generation_config(params, handle.eos_token_ids, handle.pad_token_id, handle.options)
+    if generation_config.eos_token_id is None:
+        generation_config.eos_token_id = -1  # transformers' "no EOS" (requests pass their own anyway)
+    kwargs = config_kwargs(handle.options.continuous, config.seed)
+    loop = serving.EventLoop("lem-pytorch-continuous")
+    try:
+        # The manager's thread runs in the inference mode of the thread that starts it.
+        with torch.inference_mode():
+            manager = handle.model.init_continuous_batching(
+                generation_config=generation_config,
+                continuous_batching_config=ContinuousBatchingConfig(**kwargs),
+            )
+            manager.warmup()
+            manager.start()
+    except BaseException:
+        loop.close()
+        raise
+    info = {
+        "transformers": transformers_version(),
+        "continuous_batching_config_passed": dict(kwargs),
+        "continuous_batching_config": _resolved(manager.continuous_batching_config),
+        "attn_implementation_used": str(getattr(handle.model.config, "_attn_implementation", None)),
+    }
+    return ContinuousEngine(manager, loop, params, info)
+
+
+def close(engine: ContinuousEngine) -> None:
+    """Stop the manager's generation thread, then the event loop (safe to call twice)."""
+    manager = engine.manager
+    try:
+        if manager.is_running():
+            manager.stop(block=True, timeout=STOP_TIMEOUT_S, hard_stop=True)
+        destroy = getattr(manager, "destroy", None)
+        if callable(destroy):
+            destroy()
+    finally:
+        engine.loop.close()
+
+
+def _prompt_ids(handle: Any, request: Request) -> list[int]:
+    if request.prompt_token_ids is not None:
+        return list(request.prompt_token_ids)
+    ids: list[int] = handle.tokenizer(request.prompt)["input_ids"]
+    return ids
+
+
+def _gone(manager: Any) -> BackendError:
+    status = getattr(manager, "background_thread_status", None)
+    fatal = getattr(status, "fatal_error", None)
+    why = f": {type(fatal).__name__}: {fatal}" if fatal is not None else ""
+    return BackendError(f"transformers' continuous batching thread stopped{why}")
+
+
+def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) -> serving.Submit:
+    """``submit(request)`` for lem's serving driver: one ``add_request`` and its streamed outputs."""
+    manager = engine.manager
+    max_new = params.max_output_tokens
+    eos: int | list[int] = -1 if params.ignore_eos or not handle.eos_token_ids else list(handle.eos_token_ids)
+    cycle = next(engine.counter)
+
+    async def submit(req: Request) -> AsyncIterator[serving.Delta]:
+        rid = f"lem-{engine.tag}-{cycle}-{req.id}"  # unique across cycles: the manager outlives them
+        outputs: asyncio.Queue[Any] = asyncio.Queue()
+        # Registered before the request exists, so not even its first token goes to the shared queue.
+        manager.register_result_handler(rid, outputs.put_nowait)
+        added = manager.add_request(
+            _prompt_ids(handle, req), request_id=rid, max_new_tokens=max_new, streaming=True, eos_token_id=eos
+        )
+        if added is None:
+            raise _gone(manager)
+        seen = 0
+        done = False
+        try:
+            while not done:
+                try:
+                    out = await asyncio.wait_for(outputs.get(), POLL_S)
+                except TimeoutError:
+                    if not manager.is_running():
+                        raise _gone(manager) from None
+                    continue
+                if out.error is not None:
+                    if getattr(manager.background_thread_status, "fatal_error", None) is not None:
+                        raise _gone(manager)
+                    raise serving.RequestFailed(f"transformers continuous batching: {out.error}")
+                new = out.generated_tokens[seen:max_new]
+                seen += len(new)
+                done = out.is_finished() or seen >= max_new
+                if new or done:
+                    yield serving.Delta(tuple(new), finished=done)
+        finally:
+            if not done:
+                manager.cancel_request(rid)  # aborted by the driver: free its cache blocks
+                router = getattr(manager, "output_router", None)
+                if router is not None:
+                    router.result_handlers.pop(rid, None)  # a cancelled request may never deliver its last output
+
+    return submit
+
+
+def engine_for(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
+    """The model's running engine, rebuilt when ``params`` differ from the ones it was built for."""
+    handle = model.handle
+    engine: ContinuousEngine | None = handle.continuous
+    if engine is not None and engine.params == params and engine.manager.is_running():
+        return engine
+    if engine is not None:
+        handle.continuous = None
+        close(engine)
+    engine = start(model, params, config)
+    handle.continuous = engine
+    return engine
+
+
+def stream(
+    model: LoadedModel, requests: Sequence[Request], params: GenerationConfig, config: ExperimentConfig
+) -> Iterator[TokenEvent]:
+    """Serve ``requests`` through the manager on the traffic schedule; the events as the tokens arrive."""
+    engine = engine_for(model, params, config)
+    return serving.stream(engine.loop, requests, config.traffic, _submitter(engine, model.handle, params))

@@ -1,0 +1,233 @@
+"""``[pytorch.continuous]``: the continuous engine's settings, mapped onto transformers' ``ContinuousBatchingConfig``.
+
+:data:`CONTINUOUS` is the one visible table. Transformers renamed fields
+between 5.x releases (``block_size`` in 5.17 is ``page_size`` from 5.18 on),
+so each key lists the field names it may go to, newest first, and
+:func:`config_kwargs` picks the one the installed ``ContinuousBatchingConfig``
+has. A key that no installed field takes is an error naming the key and the
+installed version, never silently dropped.
+
+:func:`problems` also refuses what continuous batching cannot do: beam search,
+assisted generation, a static-cache compile, and the logits processors the
+installed transformers marks as unsupported under continuous batching
+(``supports_continuous_batching``), which it would otherwise drop with a log line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from importlib import metadata
+from typing import Any
+
+from lem.config import ExperimentConfig
+from lem.errors import BackendError
+from lem.types import Problem, error, warning
+from lem_backend_pytorch.options import PytorchOptions
+
+
+def _int_at_least(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+
+
+def _fraction(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
+
+
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _str(v: Any) -> bool:
+    return isinstance(v, str)
+
+
+#: our key -> (type check, what it must be, ContinuousBatchingConfig field names, newest first).
+#: Unset keys are not passed: transformers then sizes the cache from free memory and decides itself.
+CONTINUOUS: dict[str, tuple[Callable[[Any], bool], str, tuple[str, ...]]] = {
+    "page_size": (_int_at_least(1), "a positive integer (tokens per KV page)", ("page_size", "block_size")),
+    "num_blocks": (_int_at_least(1), "a positive integer (KV cache blocks)", ("num_blocks",)),
+    "max_batch_tokens": (_int_at_least(1), "a positive integer (tokens per forward)", ("max_batch_tokens",)),
+    "max_requests_per_batch": (_int_at_least(1), "a positive integer", ("max_requests_per_batch",)),
+    "max_memory_percent": (_fraction, "a fraction in (0, 1] of free memory for the cache", ("max_memory_percent",)),
+    "cuda_graphs": (_bool, "a boolean", ("use_cuda_graph",)),
+    "compile_level": (_int_at_least(0, 3), "an integer 0-3 (0: no torch.compile)", ("default_compile_level",)),
+    "scheduler": (_str, "a scheduler name of the installed transformers", ("scheduler_type",)),
+    "prefix_sharing": (_bool, "a boolean", ("allow_block_sharing",)),
+    "async_batching": (_bool, "a boolean", ("use_async_batching",)),
+}
+
+#: [generation] keys with a non-neutral value -> the transformers logits processor they create.
+PROCESSORS = {
+    "min_output_tokens": "MinNewTokensLengthLogitsProcessor",
+    "repetition_penalty": "RepetitionPenaltyLogitsProcessor",
+    "no_repeat_ngram_size": "NoRepeatNGramLogitsProcessor",
+    "min_p": "MinPLogitsWarper",
+}
+
+
+def transformers_version() -> str:
+    """The installed transformers version ("not installed" when absent)."""
+    try:
+        return metadata.version("transformers")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+@cache
+def installed_fields() -> frozenset[str] | None:
+    """Field names of the installed ``ContinuousBatchingConfig``; ``None`` when transformers has none."""
+    try:
+        from transformers import ContinuousBatchingConfig
+    except ImportError:
+        return None
+    return frozenset(f.name for f in dataclasses.fields(ContinuousBatchingConfig))
+
+
+@cache
+def installed_schedulers() -> tuple[str, ...]:
+    """Scheduler names the installed transformers knows (``SCHEDULER_MAPPING``)."""
+    try:
+        from transformers.generation.continuous_batching.scheduler import SCHEDULER_MAPPING
+    except ImportError:
+        return ()
+    return tuple(SCHEDULER_MAPPING)
+
+
+def _field(key: str, fields: frozenset[str]) -> str | None:
+    return next((name for name in CONTINUOUS[key][2] if name in fields), None)
+
+
+def check(table: Mapping[str, Any]) -> Iterator[Problem]:
+    """Unknown keys, wrong types, and keys or values the installed transformers does not take."""
+    fields = installed_fields()
+    if fields is None:
+        yield error(
+            "pytorch.engine",
+            f"transformers {transformers_version()} has no continuous batching (ContinuousBatchingConfig)",
+            "pip install 'transformers>=5.17', or use engine = 'static'",
+            "continuous",
+        )
+        return
+    for key, value in table.items():
+        path = f"pytorch.continuous.{key}"
+        if key not in CONTINUOUS:
+            close = difflib.get_close_matches(key, list(CONTINUOUS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONTINUOUS)}"
+            yield error(path, "unknown key", hint)
+            continue
+        ok, must, names = CONTINUOUS[key]
+        if not ok(value):
+            yield error(path, f"must be {must}", "see the lem-backend-pytorch README", value)
+        elif _field(key, fields) is None:
+            yield error(
+                path,
+                f"transformers {transformers_version()}'s ContinuousBatchingConfig has no {' or '.join(names)}",
+                "remove the key, or install a transformers release that has it",
+                value,
+            )
+        elif key == "scheduler" and value not in installed_schedulers():
+            yield error(
+                path,
+                f"transformers {transformers_version()} has no scheduler {value!r}",
+                f"use one of {installed_schedulers()}",
+                value,
+            )
+
+
+def config_kwargs(table: Mapping[str, Any] | None, seed: int) -> dict[str, Any]:
+    """Keyword arguments of the installed ``ContinuousBatchingConfig`` for a (validated) table."""
+    fields = installed_fields()
+    if fields is None:
+        raise BackendError(f"transformers {transformers_version()} has no continuous batching")
+    kwargs: dict[str, Any] = {}
+    for key, value in (table or {}).items():
+        name = _field(key, fields)
+        if name is None:
+            raise BackendError(f"pytorch.continuous.{key}: transformers {transformers_version()} does not take it")
+        kwargs[name] = value
+    if "seed" in fields:
+        kwargs["seed"] = seed  # sampling in the manager draws from its own generator
+    if "auto_switch_to_flash" in fields:
+        # The attention is what pytorch.attn_implementation says, as with the static engine: comparable runs.
+        kwargs["auto_switch_to_flash"] = False
+    return kwargs
+
+
+def _unsupported_processors(config: ExperimentConfig) -> Iterator[Problem]:
+    from transformers.generation import logits_process
+
+    g = config.generation
+    active = {
+        "min_output_tokens": g.min_output_tokens > 0,
+        "repetition_penalty": g.repetition_penalty != 1.0,
+        "no_repeat_ngram_size": g.no_repeat_ngram_size > 0,
+        "min_p": not g.greedy and g.min_p > 0,
+    }
+    for key, used in active.items():
+        cls = getattr(logits_process, PROCESSORS[key], None)
+        if used and getattr(cls, "supports_continuous_batching", None) is not True:
+            yield error(
+                f"generation.{key}",
+                f"transformers {transformers_version()} does not apply it under continuous batching "
+                f"({PROCESSORS[key]} is not marked as supported)",
+                "leave it at its default, or use [pytorch] engine = 'static'",
+                getattr(g, key),
+            )
+
+
+def problems(config: ExperimentConfig, o: PytorchOptions, on_cpu: bool) -> Iterator[Problem]:
+    """What ``engine = "continuous"`` cannot do with this config (errors), and what it ignores (warnings)."""
+    table = o.continuous or {}
+    yield from check(table)
+    if installed_fields() is None:
+        return
+    hint = "use [pytorch] engine = 'static' for it"
+    if config.generation.num_beams > 1:
+        yield error(
+            "generation.num_beams", "continuous batching does not do beam search", hint, config.generation.num_beams
+        )
+    if o.assistant_model:
+        yield error("pytorch.assistant_model", "continuous batching does not do assisted generation", hint)
+    if o.torch_compile:
+        yield error(
+            "pytorch.torch_compile",
+            "the continuous engine compiles through [pytorch.continuous] compile_level, not a static cache",
+            "set torch_compile = false and pytorch.continuous.compile_level = 1-3",
+            o.torch_compile,
+        )
+    if o.cache_implementation is not None or not o.use_cache:
+        yield error(
+            "pytorch.cache_implementation" if o.cache_implementation else "pytorch.use_cache",
+            "the continuous engine always uses its paged KV cache",
+            "leave cache_implementation unset and use_cache = true",
+        )
+    if o.attn_implementation == "flex_attention":
+        yield error(
+            "pytorch.attn_implementation",
+            "transformers' continuous batching takes eager, sdpa or flash attention",
+            "use attn_implementation = 'sdpa'",
+            o.attn_implementation,
+        )
+    if isinstance(o.device_map, Mapping) or o.device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        yield error(
+            "pytorch.device_map",
+            "the continuous engine runs a model on one device",
+            'use device = "cuda" (or device_map = "cuda:N")',
+        )
+    yield from _unsupported_processors(config)
+    b = config.batching
+    if b.batch_size != 1 or b.strategy != "static" or b.max_tokens_per_batch is not None:
+        yield warning(
+            "batching",
+            "is ignored by the continuous engine: its scheduler forms the batches",
+            "size them with [pytorch.continuous] max_requests_per_batch and max_batch_tokens",
+        )
+    if on_cpu and "num_blocks" not in table:
+        yield warning(
+            "pytorch.continuous.num_blocks",
+            "unset on the CPU: transformers sizes the paged cache from system memory (thousands of blocks, slow)",
+            "set num_blocks (and page_size, max_batch_tokens) to what the workload needs",
+        )

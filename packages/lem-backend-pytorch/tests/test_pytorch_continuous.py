@@ -1,0 +1,297 @@
+"""engine = "continuous": transformers' ContinuousBatchingManager run for real on the CPU with the tiny Llama."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from pytorch_helpers import load, make_config, per_request, serve, token_requests
+
+from lem.plugins import get_plugin_manager
+from lem.types import LoadedModel, Request, TokenEvent
+
+#: A cache sized for the tests: transformers would size it from system memory on the CPU (slow).
+CACHE = {"num_blocks": 64, "page_size": 16, "max_batch_tokens": 256}
+GEN = {"max_output_tokens": 6, "ignore_eos": True}
+
+
+def _config(model: str, generation: dict[str, Any] | None = None, **tables: Any) -> Any:
+    pytorch = {"engine": "continuous", "continuous": dict(CACHE), **tables.pop("pytorch", {})}
+    return make_config(model, generation=generation or GEN, pytorch=pytorch, **tables)
+
+
+def _threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.is_alive()}
+
+
+@pytest.fixture(scope="module")
+def cb_model(tiny_llama: Path) -> Iterator[LoadedModel]:
+    """The tiny Llama served by a continuous batching manager, built once for the module."""
+    model = load(_config(str(tiny_llama)))
+    yield model
+    model.close()
+
+
+def _arriving(requests: list[Request], gaps_s: list[float]) -> list[Request]:
+    t0 = time.monotonic_ns() + 20_000_000
+    return [attrs.evolve(r, arrival_ns=t0 + int(g * 1e9)) for r, g in zip(requests, gaps_s, strict=True)]
+
+
+def test_one_event_per_token_and_exact_counts(cb_model: LoadedModel, tiny_llama: Path) -> None:
+    config = _config(str(tiny_llama))
+    events = serve(cb_model, token_requests(3), config)
+    for evs in per_request(events).values():
+        assert evs[0].n_tokens == 0  # submitted (no arrival time given)
+        assert [e.n_tokens for e in evs[1:]] == [1] * 6
+        assert [e.finished for e in evs] == [False] * 6 + [True]
+        assert all(len(e.token_ids) == e.n_tokens for e in evs)
+        assert [e.t_ns for e in evs] == sorted(e.t_ns for e in evs)
+    assert cb_model.info["engine"] == "continuous"
+    assert cb_model.info["continuous"]["continuous_batching_config"]["num_blocks"] == CACHE["num_blocks"]
+
+
+def test_greedy_tokens_equal_the_static_engine(
+    cb_model: LoadedModel, tiny_model: LoadedModel, tiny_llama: Path
+) -> None:
+    requests = token_requests(4)
+    static = make_config(str(tiny_llama), generation=GEN)
+    want = {
+        i: [t for e in evs for t in e.token_ids] for i, evs in per_request(serve(tiny_model, requests, static)).items()
+    }
+    got = serve(cb_model, requests, _config(str(tiny_llama)))
+    assert {i: [t for e in evs for t in e.token_ids] for i, evs in per_request(got).items()} == want
+
+
+def test_open_loop_requests_join_the_running_batch_never_before_arrival(
+    cb_model: LoadedModel, tiny_llama: Path
+) -> None:
+    config = _config(str(tiny_llama), generation={"max_output_tokens": 48, "ignore_eos": True})
+    requests = _arriving(token_requests(3), [0.0, 0.01, 0.02])
+    by_id = per_request(serve(cb_model, requests, config))
+    for r in requests:
+        evs = by_id[r.id]
+        assert r.arrival_ns is not None and evs[0].t_ns >= r.arrival_ns
+        assert sum(e.n_tokens for e in evs) == 48 and evs[-1].finished
+    # Continuous batching: a later arrival starts while the first request is still decoding.
+    assert by_id[1][0].t_ns < by_id[0][-1].t_ns
+
+
+def test_closed_loop_keeps_concurrency_in_flight(cb_model: LoadedModel, tiny_llama: Path) -> None:
+    config = _config(str(tiny_llama), traffic={"mode": "concurrency", "concurrency": 2})
+    events = serve(cb_model, token_requests(5), config)
+    spans = {i: (evs[0].t_ns, evs[-1].t_ns) for i, evs in per_request(events).items()}
+    assert len(spans) == 5 and all(sum(e.n_tokens for e in evs) == 6 for evs in per_request(events).values())
+    for i, (start, _) in spans.items():
+        in_flight = [j for j, (s, end) in spans.items() if j != i and s <= start < end]
+        assert len(in_flight) <= 1, f"request {i} started with {in_flight} in flight"
+
+
+def test_eos_ends_a_request_counted_unless_ignore_eos(cb_model: LoadedModel, tiny_llama: Path, tmp_path: Path) -> None:
+    (request,) = token_requests(1)
+    tokens = [t for e in serve(cb_model, [request], _config(str(tiny_llama))) for t in e.token_ids]
+    eos = tokens[2]  # a token the model is known to produce at step 3
+    model_dir = tmp_path / "eos"
+    shutil.copytree(tiny_llama, model_dir)
+    for name in ("config.json", "generation_config.json"):
+        doc = json.loads((model_dir / name).read_text())
+        doc["eos_token_id"] = eos
+        (model_dir / name).write_text(json.dumps(doc))
+    model = load(_config(str(model_dir), generation={"max_output_tokens": 6}))
+    try:
+        stopped = [
+            t for e in serve(model, [request], _config(str(model_dir), {"max_output_tokens": 6})) for t in e.token_ids
+        ]
+        assert stopped == tokens[: tokens.index(eos) + 1]
+        full = serve(model, [request], _config(str(model_dir)))  # ignore_eos: other parameters, engine rebuilt
+        assert [t for e in full for t in e.token_ids] == tokens
+    finally:
+        model.close()
+
+
+def test_every_option_reaches_the_manager(tiny_llama: Path) -> None:
+    table = {
+        "page_size": 32,
+        "num_blocks": 24,
+        "max_batch_tokens": 96,
+        "max_requests_per_batch": 3,
+        "max_memory_percent": 0.5,
+        "cuda_graphs": False,
+        "compile_level": 0,
+        "scheduler": "prefill_first",
+        "prefix_sharing": False,
+        "async_batching": False,
+    }
+    from lem_backend_pytorch.continuous_options import CONTINUOUS
+
+    assert set(table) == set(CONTINUOUS)  # every key of the table is exercised here
+    model = load(make_config(str(tiny_llama), generation=GEN, pytorch={"engine": "continuous", "continuous": table}))
+    try:
+        cb = model.handle.continuous.manager.continuous_batching_config
+        got = {
+            "page_size": getattr(cb, "page_size", None) or cb.block_size,
+            "num_blocks": cb.num_blocks,
+            "max_batch_tokens": cb.max_batch_tokens,
+            "max_requests_per_batch": cb.max_requests_per_batch,
+            "max_memory_percent": cb.max_memory_percent,
+            "cuda_graphs": cb.use_cuda_graph in (False, (False, False)),
+            "compile_level": cb.default_compile_level,
+            "scheduler": cb.scheduler_type,
+            "prefix_sharing": cb.allow_block_sharing,
+            "async_batching": cb.use_async_batching,
+        }
+        assert got == {**table, "cuda_graphs": True}
+        assert cb.seed == 42 and model.info["continuous"]["attn_implementation_used"] == "sdpa"
+        assert (
+            sum(e.n_tokens for e in serve(model, token_requests(2), make_config(str(tiny_llama), generation=GEN))) == 12
+        )
+    finally:
+        model.close()
+
+
+def test_consumer_stopping_early_cancels_and_the_engine_goes_on(cb_model: LoadedModel, tiny_llama: Path) -> None:
+    config = _config(str(tiny_llama), generation={"max_output_tokens": 200, "ignore_eos": True})
+    it = get_plugin_manager().hook.generate_stream(
+        model=cb_model, requests=token_requests(3), params=config.generation, config=config
+    )
+    seen = [next(it) for _ in range(8)]
+    it.close()  # returns once what was in flight is cancelled
+    assert all(isinstance(e, TokenEvent) for e in seen)
+    manager = cb_model.handle.continuous.manager
+    assert not manager.output_router.result_handlers  # no handler left for the cancelled requests
+    after = serve(cb_model, token_requests(2), config)
+    assert sum(e.n_tokens for e in after) == 400
+
+
+def test_close_leaves_no_thread_running(tiny_llama: Path) -> None:
+    before = _threads()
+    model = load(_config(str(tiny_llama)))
+    assert len(_threads() - before) == 2  # the manager's generation thread and lem's event loop
+    serve(model, token_requests(2), _config(str(tiny_llama)))
+    model.close()
+    model.close()  # idempotent
+    assert _threads() - before == set()
+
+
+def test_a_stopped_manager_is_rebuilt(tiny_llama: Path) -> None:
+    model = load(_config(str(tiny_llama)))
+    try:
+        model.handle.continuous.manager.stop(block=True, timeout=10)
+        assert sum(e.n_tokens for e in serve(model, token_requests(2), _config(str(tiny_llama)))) == 12
+        assert model.handle.continuous.manager.is_running()
+    finally:
+        model.close()
+
+
+def test_lem_run_serves_poisson_traffic_end_to_end(tiny_llama: Path, tmp_path: Path) -> None:
+    toml = tmp_path / "exp.toml"
+    toml.write_text(
+        f"""model = "{tiny_llama}"
+backend = "pytorch"
+precision = "float32"
+[dataset]
+num_prompts = 6
+input_length = 16
+[generation]
+max_output_tokens = 8
+ignore_eos = true
+[traffic]
+mode = "poisson"
+rate = 50.0
+[measurement]
+warmup_requests = 2
+cycles = 1
+idle_seconds = 0.0
+energy_meter = "none"
+[pytorch]
+engine = "continuous"
+[pytorch.continuous]
+num_blocks = 64
+page_size = 16
+max_batch_tokens = 256
+"""
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    lem = [sys.executable, "-m", "lem", "run", str(toml), "--in-process", "--quiet", "--out", str(tmp_path / "out")]
+    done = subprocess.run(lem, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (cycle,) = (tmp_path / "out").glob("*/exp/cycle-001.json")
+    metrics = json.loads(cycle.read_text())["metrics"]
+    assert (metrics["completed_requests"], metrics["output_tokens"]) == (6, 48)
+    assert metrics["ttft_s"]["n"] == 6
+
+
+def _problems(**tables: Any) -> list[Any]:
+    from lem.loading import structure, validate
+
+    doc = {"model": "random:tiny-llama", "pytorch": {"engine": "continuous", "continuous": dict(CACHE)}}
+    for key, value in tables.items():
+        doc[key] = {**doc.get(key, {}), **value} if isinstance(value, dict) else value
+    config, problems = structure(doc)
+    return problems if config is None else validate(config)
+
+
+def _at(problems: list[Any], path: str) -> list[str]:
+    return [p.severity for p in problems if p.path == path]
+
+
+@pytest.mark.parametrize(
+    ("tables", "path"),
+    [
+        ({"generation": {"num_beams": 2}}, "generation.num_beams"),
+        ({"pytorch": {"assistant_model": "random:tiny-llama"}}, "pytorch.assistant_model"),
+        ({"pytorch": {"torch_compile": "default"}}, "pytorch.torch_compile"),
+        ({"pytorch": {"cache_implementation": "static"}}, "pytorch.cache_implementation"),
+        ({"pytorch": {"attn_implementation": "flex_attention"}}, "pytorch.attn_implementation"),
+        ({"pytorch": {"device_map": "auto"}}, "pytorch.device_map"),
+        ({"generation": {"repetition_penalty": 1.2}}, "generation.repetition_penalty"),
+        ({"generation": {"min_output_tokens": 2}}, "generation.min_output_tokens"),
+        ({"pytorch": {"continuous": {"page_sise": 16}}}, "pytorch.continuous.page_sise"),
+        ({"pytorch": {"continuous": {"num_blocks": "many"}}}, "pytorch.continuous.num_blocks"),
+        ({"pytorch": {"continuous": {"compile_level": 4}}}, "pytorch.continuous.compile_level"),
+        ({"pytorch": {"continuous": {"scheduler": "lifo"}}}, "pytorch.continuous.scheduler"),
+    ],
+)
+def test_what_continuous_batching_cannot_do_is_an_error(tables: dict[str, Any], path: str) -> None:
+    problems = _problems(**tables)
+    assert _at(problems, path) == ["error"], problems
+
+
+def test_did_you_mean_and_warnings() -> None:
+    (typo,) = [
+        p for p in _problems(pytorch={"continuous": {"num_block": 8}}) if p.path == "pytorch.continuous.num_block"
+    ]
+    assert "num_blocks" in typo.hint
+    assert _at(_problems(batching={"batch_size": 8}), "batching") == ["warning"]
+    sized = _problems(pytorch={"device": "cpu", "continuous": {"num_blocks": 1}})
+    assert _at(sized, "pytorch.continuous.num_blocks") == []
+    assert _at(_problems(pytorch={"device": "cpu", "continuous": {}}), "pytorch.continuous.num_blocks") == ["warning"]
+    assert _at(_problems(pytorch={"engine": "static"}), "pytorch.continuous") == ["warning"]
+    clean = _problems(generation={"do_sample": True, "temperature": 0.7, "top_p": 0.9, "top_k": 20})
+    assert [p for p in clean if p.severity == "error"] == []
+
+
+def test_older_field_names_are_detected(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stands in for transformers 5.17, whose ContinuousBatchingConfig says block_size (not installed here)."""
+    from lem_backend_pytorch import continuous_options as co
+
+    fields_517 = (co.installed_fields() or frozenset()) - {"page_size", "auto_switch_to_flash"} | {"block_size"}
+    monkeypatch.setattr(co, "installed_fields", lambda: fields_517)
+    assert co.config_kwargs({"page_size": 64, "prefix_sharing": False}, seed=1) == {
+        "block_size": 64,
+        "allow_block_sharing": False,
+        "seed": 1,
+    }
+    monkeypatch.setattr(co, "installed_fields", lambda: fields_517 - {"default_compile_level"})
+    (problem,) = co.check({"compile_level": 2})
+    assert problem.severity == "error" and co.transformers_version() in problem.message
+    assert "default_compile_level" in problem.message
