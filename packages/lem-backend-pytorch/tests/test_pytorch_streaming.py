@@ -133,7 +133,7 @@ def test_beam_parameters_reach_generate_and_end_in_one_event(tiny_model: Any, sp
     by_id = per_request(serve(tiny_model, token_requests(2), config))
     gc = calls[0]["generation_config"]
     assert (gc.num_beams, gc.length_penalty, gc.early_stopping) == (2, 0.5, True)
-    assert calls[0]["streamer"] is None  # transformers cannot stream beams
+    assert calls[0]["stopping_criteria"] is None  # no step clock: transformers cannot stream beams
     for evs in by_id.values():
         assert [(e.n_tokens, e.finished) for e in evs] == [(0, False), (6, True)]
 
@@ -287,3 +287,30 @@ def test_events_carry_step_times_not_delivery_times(tiny_llama: Path) -> None:
     stamps = [e.t_ns for _, e in tokens if e.request_id == tokens[0][1].request_id]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # one distinct instant per step
     model.close()
+
+
+def test_step_clock_turns_lengths_into_per_step_tokens() -> None:
+    # One token per step, then an assisted step that added three, then a step transformers undid (no tokens).
+    from lem_backend_pytorch.streaming import StepClock, steps
+
+    clock = StepClock("cpu")
+    clock.lengths, clock.marks = [5, 6, 9, 10], [100, 200, 300, 400]
+    new = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10]]
+    assert list(steps(clock, new, prompt_len=4)) == [
+        (100, [1, 6]),
+        (200, [2, 7]),
+        (300, [[3, 4, 5], [8, 9, 10]]),
+    ]
+
+
+def test_step_clock_never_stops_generation_and_stamps_each_call(tiny_model: Any) -> None:
+    import torch
+
+    from lem_backend_pytorch.streaming import StepClock
+
+    clock = StepClock("cpu")
+    ids = torch.zeros((3, 5), dtype=torch.long)
+    for width in (4, 5):
+        out = clock(ids[:, :width], None)
+        assert out.dtype == torch.bool and out.shape == (3,) and not out.any()
+    assert clock.lengths == [4, 5] and clock.stamps_ns() == sorted(clock.stamps_ns())
