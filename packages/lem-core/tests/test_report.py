@@ -135,6 +135,11 @@ def test_impossible_ci_and_negative_dynamic_energy_are_flagged(sweep_with_failur
     shutil.copytree(sweep_with_failure, copy)
     path = copy / "000-batch_size=1" / "summary.json"
     doc = json.loads(path.read_text())
+    # A schema-1 summary carries no flags of its own: the report works them out.
+    doc["schema_version"] = 1
+    doc.pop("flags", None)
+    for entry in doc["figures"].values():
+        entry.pop("ci95_low_impossible", None)
     doc["figures"]["energy.j_per_output_token"].update({"mean": 0.5, "ci95_low": -0.2, "ci95_high": 1.2})
     doc["figures"]["energy.dynamic_j_per_output_token"].update({"mean": -0.1, "ci95_low": -0.3, "ci95_high": 0.1})
     path.write_text(json.dumps(doc))
@@ -222,3 +227,18 @@ def test_lem_run_writes_the_report_unless_no_report(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
     assert doc["report"] is None and not (Path(doc["results"]) / "report.html").exists()
+
+
+def test_schema_2_flags_are_the_summarys_own_and_said_once(sweep_with_failure: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(sweep_with_failure, copy)
+    path = copy / "000-batch_size=1" / "summary.json"
+    doc = json.loads(path.read_text())
+    assert "flags" in doc  # written by this lem: schema 2
+    doc["figures"]["energy.mean_power_w"].update({"ci95_low": -5.0, "ci95_low_impossible": True})
+    doc["warnings"].append("the 95% interval of energy.mean_power_w reaches below zero: run more cycles")
+    path.write_text(json.dumps(doc))
+    text = write_report(copy).path.read_text(encoding="utf-8")
+    words = " ".join(Page(text).text)
+    assert words.count("energy.mean_power_w reaches below zero") == 1 and "95% CI lower bound" not in words
+    assert "figures.energy.mean_power_w.ci95_low_impossible" in words and "impossible negative CI bound" in text

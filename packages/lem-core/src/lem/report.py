@@ -142,6 +142,8 @@ def warnings(run: RunData) -> list[str]:
             if not isinstance(entry, Mapping):
                 continue
             low, m = number(entry.get("ci95_low")), number(entry.get("mean"))
+            if "ci95_low_impossible" in entry or "flags" in summary:
+                continue  # schema 2: the summary flags these itself, and its warnings say so
             if name in MAY_BE_NEGATIVE:
                 if m is not None and m < 0:
                     out.append(
