@@ -172,6 +172,20 @@ def test_consumer_stopping_early_cancels_and_the_engine_goes_on(cb_model: Loaded
     assert sum(e.n_tokens for e in after) == 400
 
 
+def test_a_hard_stop_fails_the_requests_in_flight(cb_model: LoadedModel, tiny_llama: Path) -> None:
+    config = _config(str(tiny_llama), generation={"max_output_tokens": 500, "ignore_eos": True})
+    it = get_plugin_manager().hook.generate_stream(
+        model=cb_model, requests=token_requests(2), params=config.generation, config=config
+    )
+    events = [next(it) for _ in range(6)]
+    cb_model.handle.continuous.manager.stop(block=False, hard_stop=True)
+    events += list(it)
+    last = {e.request_id: e for e in events}
+    assert all(e.finished and e.error for e in last.values()), last
+    # The next call finds the manager stopped and builds a new one.
+    assert sum(e.n_tokens for e in serve(cb_model, token_requests(1), _config(str(tiny_llama)))) == 6
+
+
 def test_close_leaves_no_thread_running(tiny_llama: Path) -> None:
     before = _threads()
     model = load(_config(str(tiny_llama)))

@@ -41,7 +41,7 @@ from lem.types import LoadedModel, Request, TokenEvent
 from lem_backend_pytorch.continuous_options import config_kwargs, transformers_version
 from lem_backend_pytorch.decoding import build_generation_config
 
-#: Seconds between checks, while a request waits for its next token, that the generation thread is alive.
+#: Seconds between the watchdog's checks that the generation thread is alive.
 POLL_S = 1.0
 #: Seconds ``close`` waits for the generation thread to end.
 STOP_TIMEOUT_S = 30.0
@@ -57,6 +57,22 @@ class ContinuousEngine:
     info: dict[str, Any]
     tag: str = attrs.field(factory=lambda: uuid.uuid4().hex[:8])
     counter: Iterator[int] = attrs.field(factory=itertools.count)
+    #: The output queue of every request in flight (the watchdog wakes them if the thread dies).
+    waiting: dict[str, asyncio.Queue[Any]] = attrs.field(factory=dict)
+    watchdog: asyncio.Task[None] | None = None
+
+
+#: Put on a request's queue by the watchdog: the generation thread is gone.
+_STOPPED = object()
+
+
+async def _watch(engine: ContinuousEngine) -> None:
+    """Wake every waiting request once the generation thread has died (it would otherwise wait forever)."""
+    while True:
+        await asyncio.sleep(POLL_S)
+        if not engine.manager.is_running():
+            for outputs in list(engine.waiting.values()):
+                outputs.put_nowait(_STOPPED)
 
 
 def _resolved(cb_config: Any) -> dict[str, Any]:
@@ -138,6 +154,9 @@ def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) 
     async def submit(req: Request) -> AsyncIterator[serving.Delta]:
         rid = f"lem-{engine.tag}-{cycle}-{req.id}"  # unique across cycles: the manager outlives them
         outputs: asyncio.Queue[Any] = asyncio.Queue()
+        if engine.watchdog is None:
+            engine.watchdog = asyncio.create_task(_watch(engine))
+        engine.waiting[rid] = outputs
         # Registered before the request exists, so not even its first token goes to the shared queue.
         manager.register_result_handler(rid, outputs.put_nowait)
         added = manager.add_request(
@@ -149,12 +168,10 @@ def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) 
         done = False
         try:
             while not done:
-                try:
-                    out = await asyncio.wait_for(outputs.get(), POLL_S)
-                except TimeoutError:
-                    if not manager.is_running():
-                        raise _gone(manager) from None
-                    continue
+                # A plain get, not wait_for: no task per token on the loop, whose thread shares the GIL with decoding.
+                out = await outputs.get()
+                if out is _STOPPED:
+                    raise _gone(manager)
                 if out.error is not None:
                     if getattr(manager.background_thread_status, "fatal_error", None) is not None:
                         raise _gone(manager)
@@ -165,6 +182,7 @@ def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) 
                 if new or done:
                     yield serving.Delta(tuple(new), finished=done)
         finally:
+            engine.waiting.pop(rid, None)
             if not done:
                 manager.cancel_request(rid)  # aborted by the driver: free its cache blocks
                 router = getattr(manager, "output_router", None)
