@@ -112,8 +112,13 @@ def test_eos_ends_a_request_counted_unless_ignore_eos(cb_model: LoadedModel, tin
             t for e in serve(model, [request], _config(str(model_dir), {"max_output_tokens": 6})) for t in e.token_ids
         ]
         assert stopped == tokens[: tokens.index(eos) + 1]
-        full = serve(model, [request], _config(str(model_dir)))  # ignore_eos: other parameters, engine rebuilt
+        manager = model.handle.continuous.manager
+        full = serve(model, [request], _config(str(model_dir)))  # ignore_eos goes with the request
         assert [t for e in full for t in e.token_ids] == tokens
+        assert model.handle.continuous.manager is manager  # not rebuilt for another length or EOS rule
+        sampled = _config(str(model_dir), {**GEN, "do_sample": True, "temperature": 0.7})
+        assert sum(e.n_tokens for e in serve(model, [request], sampled)) == 6
+        assert model.handle.continuous.manager is not manager  # rebuilt for other decoding parameters
     finally:
         model.close()
 

@@ -18,7 +18,8 @@ unless ``ignore_eos``, which passes no EOS id (``-1``), as the static engine doe
 The manager and its event loop are built in ``load_model`` (so their cache
 allocation and any CUDA-graph capture fall in the load window, not in a cycle)
 for ``[generation]``; ``generate_stream`` rebuilds them only if called with other
-decoding parameters. ``close`` stops the generation thread (hard stop: nothing
+decoding parameters (``max_output_tokens`` and ``ignore_eos`` go with each request:
+a prefill-only pass of one token does not rebuild). ``close`` stops the generation thread (hard stop: nothing
 is pending by then) and the loop; no thread is left. A request the driver
 cancels (timeout, a consumer that stops early, Ctrl-C) is cancelled in the manager.
 """
@@ -192,11 +193,16 @@ def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) 
     return submit
 
 
+def _same_manager(built: GenerationConfig, params: GenerationConfig) -> bool:
+    # Output length and EOS go with each request; only the decoding parameters are the manager's own.
+    return attrs.evolve(built, max_output_tokens=params.max_output_tokens, ignore_eos=params.ignore_eos) == params
+
+
 def engine_for(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
-    """The model's running engine, rebuilt when ``params`` differ from the ones it was built for."""
+    """The model's running engine, rebuilt when its decoding parameters differ (or its thread stopped)."""
     handle = model.handle
     engine: ContinuousEngine | None = handle.continuous
-    if engine is not None and engine.params == params and engine.manager.is_running():
+    if engine is not None and _same_manager(engine.params, params) and engine.manager.is_running():
         return engine
     if engine is not None:
         handle.continuous = None
