@@ -37,6 +37,10 @@ FIGURES: tuple[tuple[str, str, float, str], ...] = (
     ("energy.j_per_output_token", "J/output token", 1.0, "J"),
     ("energy.dynamic_j_per_output_token", "dynamic J/output token", 1.0, "J"),
     ("energy.mean_power_w", "mean power", 1.0, "W"),
+    # Shown only when an experiment has an [slo] (lem.goodput).
+    ("goodput.share", "SLO attainment", 100.0, "%"),
+    ("goodput.requests_per_s", "goodput", 1.0, "req/s"),
+    ("goodput.j_per_good_request", "J/request within SLO", 1.0, "J"),
 )
 
 
@@ -122,6 +126,8 @@ def fairness(entries: Sequence[Entry]) -> list[str]:
     check("prompt-set digest", lambda e: (e.summary.get("prompts") or {}).get("digest"), lambda v: v is not None)
     check("input tokens per cycle", lambda e: _per_cycle(e.input_tokens), lambda v: v != "unknown")
     check("output tokens per cycle", lambda e: _per_cycle(e.output_tokens), lambda v: v != "unknown")
+    # Goodput against different objectives is not comparable (schema 2 before [slo]: no objective either).
+    check("SLO ([slo])", lambda e: (e.summary.get("slo") or {}).get("slo"))
     check("generated-output digest", lambda e: e.summary.get("output_digest"), lambda v: v is not None)
     return problems
 
@@ -141,7 +147,10 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     from lem.stats import welch_test
 
     figures = []
+    has_slo = any((e.summary.get("slo") or {}).get("slo") for e in entries)
     for name, label, scale, unit in FIGURES:
+        if name.startswith("goodput.") and not has_slo:
+            continue
         base = _values(entries[0].summary, name)
         base_mean = _figure(entries[0].summary, name).get("mean")
         cells = []

@@ -150,6 +150,30 @@ class MeasurementConfig:
 
 
 @attrs.frozen
+class SloConfig:
+    """``[slo]``: service-level objectives a request must meet to count in goodput (see docs/configuration.md).
+
+    A target left out is not checked; with no target at all no goodput is computed (its figures are null
+    with the reason). ``percentile`` is the share of requests (in %) each latency must keep within its target.
+    """
+
+    #: Time to first token, in milliseconds.
+    ttft_ms: float | None = None
+    #: Time per output token after the first, in milliseconds (a one-token request meets it).
+    tpot_ms: float | None = None
+    #: End-to-end latency, in milliseconds.
+    e2e_ms: float | None = None
+    #: The percentile each configured latency is checked at (99: p99, as MLPerf's server scenario).
+    percentile: float = 99.0
+
+    @property
+    def targets_ms(self) -> dict[str, float]:
+        """The configured targets, ``{"ttft_ms": 200.0, ...}`` (empty when none is set)."""
+        found = {"ttft_ms": self.ttft_ms, "tpot_ms": self.tpot_ms, "e2e_ms": self.e2e_ms}
+        return {k: float(v) for k, v in found.items() if v is not None}
+
+
+@attrs.frozen
 class ShardingConfig:
     """``[sharding]``: model parallelism."""
 
@@ -191,6 +215,7 @@ class ExperimentConfig:
     measurement: MeasurementConfig = attrs.field(factory=MeasurementConfig)
     sharding: ShardingConfig = attrs.field(factory=ShardingConfig)
     quantization: QuantizationConfig = attrs.field(factory=QuantizationConfig)
+    slo: SloConfig = attrs.field(factory=SloConfig)
     #: Backend-owned tables (``[pytorch]``, ``[vllm]``, ...), by table name.
     backend_options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
@@ -208,4 +233,5 @@ CORE_TABLES = (
     "measurement",
     "sharding",
     "quantization",
+    "slo",
 )

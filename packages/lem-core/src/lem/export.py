@@ -152,6 +152,8 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
             "output_digest": metrics["output_digest"],
             "energy_method": energy["method"],
             "energy_reason": energy["reason"],
+            "goodput.good_requests": metrics["goodput"]["good_requests"],
+            "goodput.met": metrics["goodput"]["met"],
         }
         row.update({name: dig(block, path) for name, path in HEADLINE})
         rows.append(row)

@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lem import goodput
 from lem.digests import cycle_output_digest, ids_digest
 from lem.metrics import (
     ENERGY_FIGURES,
@@ -45,6 +46,8 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
     *((f"energy.{key}", ("energy", key)) for key in ENERGY_FIGURES),
     ("flops.total", ("metrics", "flops", "total")),
     ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
+    # Requests that met the [slo] (lem.goodput).
+    *((f"goodput.{key}", ("metrics", "goodput", key)) for key in goodput.GOODPUT_FIGURES),
 )
 
 #: Results written before schema 2 recorded neither prompt ids nor output ids.
@@ -115,6 +118,9 @@ def compute_cycle(raw: Mapping[str, Any], setup: Mapping[str, Any]) -> tuple[dic
         idle.get("reason"),
         metrics["output_tokens"],
     )
+    config = setup.get("config") or {}
+    per = [request_metrics(t) for t in traces]
+    metrics["goodput"] = goodput.cycle_goodput(per, metrics["duration_s"], energy, config, num_beams(setup))
     return metrics, energy, warnings + ewarn
 
 
@@ -142,6 +148,10 @@ def headline_figures(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
             label = next((dig(b, path[:-1]) for b in blocks if dig(b, path[:-1])), None) or {}
             if label.get("reason"):
                 fig["reason"] = label["reason"]
+        if not present and name.startswith("goodput."):
+            why = goodput.figure_reason([dig(b, path[:-1]) or {} for b in blocks], path[-1])
+            if why:
+                fig["reason"] = why
         if name.startswith("ttft_s."):
             note = next((dig(b, ("metrics", "ttft_s", "note")) for b in blocks), None)
             if note:
@@ -272,6 +282,7 @@ def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> 
         "cycles": len(cycles),
         "figures": figures,
         "latency_pooled": pooled,
+        "slo": goodput.summary_block(setup.get("config") or {}, [m["goodput"] for m in metrics], per_request),
         "failed_requests": failed,
         "failure_reasons": reasons,
         "workload": {

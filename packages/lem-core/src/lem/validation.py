@@ -80,6 +80,11 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.sampling_interval_ms", lambda v: v <= 60_000, "must be <= 60000 ms"),
     ("measurement.stall_timeout_s", lambda v: v <= 7 * 86400, "must be <= 604800 seconds (a week)"),
     ("measurement.thermal_floor_c", lambda v: v is None or 0 < v <= 150, "must be in (0, 150] degrees Celsius"),
+    *(
+        (f"slo.{key}", lambda v: v is None or 0 < v <= MAX_WAIT_S * 1e3, "must be in (0, 3600000] milliseconds")
+        for key in ("ttft_ms", "tpot_ms", "e2e_ms")
+    ),
+    ("slo.percentile", lambda v: 0 < v <= 100, "must be in (0, 100] (99 checks p99)"),
 ]
 
 
@@ -117,6 +122,12 @@ def _ranges(config: ExperimentConfig) -> Iterator[Problem]:
         if key not in bad and not ok(value):
             bad.add(key)
             yield error(key, must, value=value)
+    if config.slo.tpot_ms is not None and config.generation.num_beams > 1:
+        yield warning(
+            "slo.tpot_ms",
+            "cannot be checked under beam search (generation.num_beams > 1: tokens do not stream): goodput is null",
+            hint="drop slo.tpot_ms, or use num_beams = 1",
+        )
     g, d = config.generation, config.dataset
     if g.min_output_tokens > g.max_output_tokens:
         yield error(
