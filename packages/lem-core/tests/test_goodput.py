@@ -239,3 +239,60 @@ def test_good_slo_validates_and_tpot_under_beam_search_warns(tmp_path: Path) -> 
     assert ok.returncode == 0, ok.stderr
     beam = _validate(tmp_path, "tpot_ms = 50\n[generation]\nnum_beams = 2")
     assert beam.returncode == 0 and "slo.tpot_ms" in beam.stderr and "beam search" in beam.stderr
+
+
+# --- a real backend ------------------------------------------------------------------------
+
+PYTORCH = """
+model = "random:tiny-llama"
+backend = "pytorch"
+precision = "float32"
+
+[dataset]
+num_prompts = 4
+input_length = 12
+
+[generation]
+max_output_tokens = 4
+ignore_eos = true
+
+[measurement]
+cycles = 2
+idle_seconds = 0
+warmup_requests = 1
+energy_meter = "none"
+
+[slo]
+ttft_ms = 3600000
+percentile = 50
+
+[sweep]
+"slo.e2e_ms" = [0.001, 3600000]
+"""
+
+
+def test_pytorch_run_goodput_from_its_own_latencies(tmp_path: Path) -> None:
+    """`lem run` on the PyTorch backend (tiny random Llama, CPU), an SLO swept: none and every request meets it."""
+    from lem.plugins import backend_names
+
+    if "pytorch" not in backend_names():
+        pytest.skip("lem-backend-pytorch is not installed")
+    (tmp_path / "exp.toml").write_text(PYTORCH)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lem", "run", "exp.toml", "--out", "res", "--json"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    by_e2e = {s["config"]["slo.e2e_ms"]: s for s in json.loads(proc.stdout)["experiments"]}
+    tight, loose = by_e2e[0.001], by_e2e[3600000.0]
+    assert tight["figures"]["goodput.share"]["values"] == [0.0, 0.0]
+    assert tight["figures"]["goodput.j_per_good_request"]["reason"]  # no energy here, and no good request
+    assert loose["figures"]["goodput.share"]["values"] == [1.0, 1.0]
+    assert loose["slo"]["slo"] == {"ttft_ms": 3600000.0, "tpot_ms": None, "e2e_ms": 3600000.0, "percentile": 50.0}
+    # Independently from the raw rows: every request finished, so goodput = 4 requests / window.
+    (exp,) = [p for p in (tmp_path / "res").glob("*/*") if p.is_dir() and _read(p / "summary.json") == loose]
+    for c in (1, 2):
+        cycle = _read(exp / f"cycle-{c:03d}.json")
+        assert all(r["finished"] and r["error"] is None for r in cycle["requests"])
+        expected = len(cycle["requests"]) / cycle["window"]["duration_s"]
+        assert loose["figures"]["goodput.requests_per_s"]["values"][c - 1] == pytest.approx(expected)
