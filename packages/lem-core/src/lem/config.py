@@ -128,6 +128,17 @@ class MeasurementConfig:
     warmup_window: int = 5
     warmup_max_requests: int = 50
     cycles: int = 3
+    #: A cycle serves the prompt set again (new request ids, same prompts) until its window lasts at
+    #: least this many seconds; 0 serves it once. The number of passes is recorded per cycle.
+    min_window_s: float = 0.0
+    #: After ``cycles``, keep running cycles until the 95% CI half-width of J/output token and of
+    #: output tok/s, relative to their mean, are both within this (0.02 = ±2%), or ``max_cycles``.
+    target_rel_ci: float | None = None
+    #: The most cycles a precision target may run (default: 10 × ``cycles``, at least 20).
+    max_cycles: int | None = None
+    #: Each cycle also serves its requests again with one output token, in a meter window of its
+    #: own: prefill J per input token, decode J = total - prefill, measured.
+    prefill_pass: bool = False
     #: Seconds of idle baseline with the model resident; 0 skips it.
     idle_seconds: float = 5.0
     #: Energy meter plugin name, or a list of them measured together
@@ -142,6 +153,13 @@ class MeasurementConfig:
     devices: tuple[int, ...] | None = None
     #: A worker that shows no progress for this many seconds is declared hung and killed.
     stall_timeout_s: float = 1800.0
+
+    @property
+    def cycle_limit(self) -> int:
+        """The most cycles this experiment runs: ``cycles``, or up to ``max_cycles`` under a precision target."""
+        if self.target_rel_ci is None:
+            return self.cycles
+        return self.max_cycles if self.max_cycles is not None else max(20, 10 * self.cycles)
 
     @property
     def energy_meters(self) -> tuple[str, ...]:

@@ -140,8 +140,8 @@ def read_json_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any]
         return None
 
 
-def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write a meter's timeline as CSV: ``t_s``, ``device``, then every other column seen."""
+def timeline_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """A meter's timeline as CSV text: ``t_s``, ``device``, then every other column seen."""
     columns = ["t_s", "device"]
     for row in rows:
         columns += [k for k in row if k not in columns]
@@ -149,7 +149,50 @@ def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_atomic(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write a meter's timeline as CSV (see :func:`timeline_csv`)."""
+    write_atomic(path, timeline_csv(rows))
+
+
+def _cell(text: str) -> Any:
+    """A timeline CSV cell as a value: int, float, text; empty is ``None``."""
+    if text == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_timeline(text: str) -> list[dict[str, Any]]:
+    """Timeline rows from the text of a ``timeline-NNN.csv`` (cells typed by :func:`_cell`)."""
+    return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+
+
+def read_timeline(path: Path) -> list[dict[str, Any]] | None:
+    """The rows of a ``timeline-NNN.csv``, or ``None`` when there is none."""
+    return parse_timeline(path.read_text()) if path.exists() else None
+
+
+def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Timeline rows as :func:`read_timeline` gives them back once written: figures computed in the run
+    from these equal those that ``lem results aggregate`` recomputes from the file."""
+    return parse_timeline(timeline_csv(rows))
+
+
+def cycle_timelines(exp_dir: Path, cycles: Sequence[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
+    """``{cycle: rows}`` of the cycles' ``timeline-NNN.csv`` files that exist."""
+    out = {}
+    for c in cycles:
+        rows = read_timeline(exp_dir / f"timeline-{int(c['cycle']):03d}.csv")
+        if rows is not None:
+            out[int(c["cycle"])] = rows
+    return out
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -197,7 +240,7 @@ def aggregate_experiment(exp_dir: Path) -> dict[str, Any]:
     cycles = [read_json(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
-    summary = summarize(setup, cycles)
+    summary = summarize(setup, cycles, cycle_timelines(exp_dir, cycles))
     write_json(exp_dir / "summary.json", "summary", summary)
     return summary
 
@@ -222,9 +265,10 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
         figures_by_exp.append((s, raw))
     # Each cycle is computed with its own experiment's setup (its own idle baseline), then pooled.
     blocks = []
-    for s, raw in figures_by_exp:
+    for d, (s, raw) in zip(exp_dirs, figures_by_exp, strict=True):
+        timelines = cycle_timelines(d, raw)
         for c in raw:
-            m, e, _ = compute_cycle(c, s)
+            m, e, _ = compute_cycle(c, s, timelines.get(int(c["cycle"])))
             blocks.append({"metrics": m, "energy": e})
     return {
         "experiments": [str(d) for d in exp_dirs],

@@ -2,31 +2,36 @@
 
 Order per experiment: environment capture → energy meter → load the model
 (its time and energy recorded apart) → idle baseline with the model resident
-→ warm-up → N measured cycles → summary. Each cycle's energy window opens and
+→ warm-up → N measured cycles (more under ``measurement.target_rel_ci``, until
+the precision target holds) → summary. Each cycle's energy window opens and
 closes around exactly the measured requests, with a device synchronize at
-both edges. Files are written as soon as they exist (see :mod:`lem.results`).
+both edges; it serves the prompt set again until it lasts
+``measurement.min_window_s``; under ``measurement.prefill_pass`` a second
+window serves the same requests with one output token each. Files are written
+as soon as they exist (see :mod:`lem.results`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from lem import environment, traffic
+from lem import environment, precision, traffic
 from lem.config import ExperimentConfig
 from lem.digests import prompt_digest
 from lem.errors import BackendError, MeterUnavailable
 from lem.loading import Experiment, unstructure
-from lem.metrics import collect, device_key, peak_total_power, request_metrics
+from lem.metrics import device_key, peak_total_power, request_metrics
+from lem.passes import prefill_config, serve, serve_passes
 from lem.progress import Progress
-from lem.results import flat_config, write_json, write_timeline
+from lem.results import as_written, flat_config, write_json, write_timeline
 from lem.summary import compute_cycle, summarize, traces_to_json
-from lem.types import EnergyMeter, EnergyWindow, LoadedModel, Request, TokenEvent
+from lem.types import EnergyMeter, EnergyWindow, LoadedModel
 
 NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"
 #: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
@@ -95,25 +100,6 @@ def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:
         keys = [device_key(attrs.asdict(d)) for d in window.devices]
         out["peak_power_w"] = peak_total_power(window.timeline, keys)
     return out
-
-
-def serve(model: LoadedModel, requests: Sequence[Request], config: ExperimentConfig, progress: Progress) -> Any:
-    """Send ``requests`` to the model's backend and collect the traces."""
-    from lem.plugins import get_plugin_manager
-
-    stream = get_plugin_manager().hook.generate_stream(
-        model=model, requests=requests, params=config.generation, config=config
-    )
-    if stream is None:
-        raise BackendError(f"no installed backend serves models loaded by '{model.backend}'")
-    return collect(requests, _checked(stream), on_finished=progress.advance)
-
-
-def _checked(stream: Iterable[Any]) -> Iterator[TokenEvent]:
-    for ev in stream:
-        if not isinstance(ev, TokenEvent):
-            raise BackendError(f"backend yielded {type(ev).__name__}, expected lem.types.TokenEvent")
-        yield ev
 
 
 def load_prompts(config: ExperimentConfig, model: LoadedModel) -> Any:
@@ -289,6 +275,12 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             progress.end()
 
         warmup = warm_up(model, prompts, config, progress)
+        if config.measurement.prefill_pass and prompts:
+            # One unmeasured prefill-only pass: a backend that compiles per output length compiles here.
+            progress.stage("prefill warm-up", total=len(prompts))
+            serve_passes(model, prompts, prefill_config(config), progress, 0, time.monotonic_ns(), passes=1)
+            progress.end()
+            warmup["prefill_pass_requests"] = len(prompts)
         digest, digest_of = prompt_digest(prompts)
         setup: dict[str, Any] = {
             "experiment_id": exp.id,
@@ -327,11 +319,18 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
         }
         write_json(exp_dir / "setup.json", "setup", setup)
 
-        cycles = []
-        for c in range(1, config.measurement.cycles + 1):
+        m = config.measurement
+        cycles: list[dict[str, Any]] = []
+        timelines: dict[int, list[dict[str, Any]]] = {}
+        for c in range(1, m.cycle_limit + 1):
             notes = _cool_down(meter, config, progress) if c > 1 else []
-            cycles.append(_cycle(c, model, meter, meter_reason, prompts, config, setup, exp_dir, progress, notes))
-        summary = summarize(setup, cycles)
+            raw, timeline = _cycle(c, model, meter, meter_reason, prompts, config, setup, exp_dir, progress, notes)
+            cycles.append(raw)
+            if timeline is not None:
+                timelines[c] = timeline
+            if m.target_rel_ci is not None and c >= max(2, m.cycles) and _precise(cycles, m.target_rel_ci, progress):
+                break
+        summary = summarize(setup, cycles, timelines)
         write_json(exp_dir / "summary.json", "summary", summary)
         return summary
     finally:
@@ -339,6 +338,15 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             model.close()
         if meter is not None:
             meter.close()
+
+
+def _precise(cycles: Sequence[dict[str, Any]], target: float, progress: Progress) -> bool:
+    """Whether the precision target holds over ``cycles``; shows the current relative CIs."""
+    met, rels, applies = precision.check(cycles, target)
+    shown = ", ".join(f"{name} ±{rels[name]:.2%}" if rels[name] is not None else f"{name} unknown" for name in applies)
+    verdict = "met" if met else "not yet"
+    progress.note(f"precision after {len(cycles)} cycles: 95% CI {shown} (target ±{target:.2%}: {verdict})")
+    return met
 
 
 def _cycle(
@@ -352,31 +360,62 @@ def _cycle(
     exp_dir: Path,
     progress: Progress,
     notes: Sequence[str] = (),
-) -> dict[str, Any]:
-    n = config.measurement.cycles
-    offsets = traffic.arrival_offsets_ns(config.traffic, len(prompts), traffic.cycle_seed(config.seed, c))
-    progress.stage(f"cycle {c}/{n}", total=len(prompts))
+) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
+    """One measured cycle: its raw record (written to ``cycle-NNN.json``) and its timeline as written."""
+    m = config.measurement
+    of = f"{m.cycles}" if m.target_rel_ci is None else f"{m.cycles}-{m.cycle_limit}"
+    progress.stage(f"cycle {c}/{of}", total=len(prompts) if m.min_window_s <= 0 else None)
     model.synchronize()
     with _Window(meter) as w:
         t0 = time.monotonic_ns()
-        requests = traffic.make_requests(prompts, offsets, t0_ns=t0)
-        traces = serve(model, requests, config, progress)
+        traces, passes = serve_passes(model, prompts, config, progress, c, t0)
         model.synchronize()
     raw: dict[str, Any] = {
         "experiment_id": setup["experiment_id"],
         "cycle": c,
-        "window": {"duration_s": (w.t1 - t0) / 1e9},
+        # The timeline's t_s counts from the meter window's opening, timeline_offset_s before t0.
+        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
+        "passes": passes,
         "requests": traces_to_json(traces, t0),
         "energy_window": window_json(w.window),
         "energy_reason": meter_reason,
         # What happened around the cycle that the raw data cannot show (a thermal floor not reached...).
         "notes": list(notes),
     }
-    metrics, energy, warnings = compute_cycle(raw, setup)
+    if m.prefill_pass:
+        raw["prefill"] = _prefill_pass(c, model, meter, prompts, config, progress, passes)
+    timeline = as_written(w.window.timeline) if w.window is not None and w.window.timeline else None
+    metrics, energy, warnings = compute_cycle(raw, setup, timeline)
     raw.update({"metrics": metrics, "energy": energy, "warnings": warnings})
-    if w.window is not None and w.window.timeline:
+    if timeline is not None and w.window is not None:
         write_timeline(exp_dir / f"timeline-{c:03d}.csv", list(w.window.timeline))
     write_json(exp_dir / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
     jpt = energy["j_per_output_token"]
-    progress.end(f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else ""))
-    return raw
+    detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else "")
+    progress.end(detail + (f", {passes} passes" if passes > 1 else ""))
+    return raw, timeline
+
+
+def _prefill_pass(
+    c: int,
+    model: LoadedModel,
+    meter: EnergyMeter | None,
+    prompts: Sequence[Any],
+    config: ExperimentConfig,
+    progress: Progress,
+    passes: int,
+) -> dict[str, Any]:
+    """The cycle's requests again (same prompts, same number of passes), one output token each, metered apart."""
+    progress.stage(f"prefill {c}", total=len(prompts) * passes)
+    model.synchronize()
+    with _Window(meter) as w:
+        t0 = time.monotonic_ns()
+        traces, _ = serve_passes(model, prompts, prefill_config(config), progress, c, t0, passes=passes)
+        model.synchronize()
+    progress.end()
+    return {
+        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
+        "passes": passes,
+        "requests": traces_to_json(traces, t0),
+        "energy_window": window_json(w.window),
+    }

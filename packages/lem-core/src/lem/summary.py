@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lem import goodput
+from lem.attribution import per_request, prefill_decode, step_energy
 from lem.digests import cycle_output_digest, ids_digest
 from lem.metrics import (
     ENERGY_FIGURES,
@@ -30,7 +31,10 @@ from lem.metrics import (
     latency_distributions,
     request_metrics,
 )
-from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, interval
+from lem.precision import precision_block, rel_ci
+from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
+from lem.steady import steady_state
+from lem.thermal import thermal_context
 
 #: Figures summarized across cycles: name -> path into a cycle's ``metrics``/``energy`` blocks.
 LATENCIES = ("ttft_s", "itl_s", "tpot_s", "e2e_s")
@@ -48,7 +52,23 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
     # Requests that met the [slo] (lem.goodput).
     *((f"goodput.{key}", ("metrics", "goodput", key)) for key in goodput.GOODPUT_FIGURES),
+    # Steady state (lem.steady): its energy is the power timeline integrated over the window.
+    ("steady_state.output_tokens_per_s", ("metrics", "steady_state", "output_tokens_per_s")),
+    ("steady_state.j_per_output_token", ("metrics", "steady_state", "j_per_output_token")),
+    # Measured by the prefill-only pass (measurement.prefill_pass, lem.attribution).
+    ("energy.prefill_j_per_input_token", ("energy", "prefill_decode", "prefill_j_per_input_token")),
+    ("energy.decode_j_per_output_token", ("energy", "prefill_decode", "decode_j_per_output_token")),
+    ("energy.decode_dynamic_j_per_output_token", ("energy", "prefill_decode", "decode_dynamic_j_per_output_token")),
 )
+
+#: Where the reason of a figure that no cycle could give is found (path of the block holding ``reason``).
+FIGURE_REASONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "steady_state.output_tokens_per_s": (("metrics", "steady_state"), "reason"),
+    "steady_state.j_per_output_token": (("metrics", "steady_state"), "energy_reason"),
+    "energy.prefill_j_per_input_token": (("energy", "prefill_decode"), "reason"),
+    "energy.decode_j_per_output_token": (("energy", "prefill_decode"), "reason"),
+    "energy.decode_dynamic_j_per_output_token": (("energy", "prefill_decode"), "reason"),
+}
 
 #: Results written before schema 2 recorded neither prompt ids nor output ids.
 NOT_RECORDED_V1 = "not recorded: these results were written by lem's schema 1"
@@ -98,8 +118,14 @@ def num_beams(setup: Mapping[str, Any]) -> int:
     return int((setup.get("config") or {}).get("generation.num_beams", 1) or 1)
 
 
-def compute_cycle(raw: Mapping[str, Any], setup: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup."""
+def compute_cycle(
+    raw: Mapping[str, Any], setup: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]] | None = None
+) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
+    """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup.
+
+    ``timeline`` is the cycle's meter timeline (``timeline-NNN.csv`` as :func:`lem.results.read_timeline`
+    gives it): the steady-state energy, the energy per step and the thermal context come from it.
+    """
     traces = traces_from_json(raw["requests"])
     model = setup.get("model_info", {})
     metrics, warnings = cycle_metrics(
@@ -110,18 +136,32 @@ def compute_cycle(raw: Mapping[str, Any], setup: Mapping[str, Any]) -> tuple[dic
         num_beams=num_beams(setup),
     )
     metrics["output_digest"] = cycle_output_digest(raw["requests"])
+    # Passes over the prompt set (measurement.min_window_s); results before it served the set once.
+    metrics["passes"] = int(raw.get("passes", 1))
+    offset = float(raw["window"].get("timeline_offset_s", 0.0))
+    metrics["steady_state"] = steady_state(traces, timeline, offset)
     idle = setup.get("idle", {})
+    idle_w = idle_power(idle.get("window"))
     energy, ewarn = energy_figures(
-        raw.get("energy_window"),
-        raw.get("energy_reason"),
-        idle_power(idle.get("window")),
-        idle.get("reason"),
-        metrics["output_tokens"],
+        raw.get("energy_window"), raw.get("energy_reason"), idle_w, idle.get("reason"), metrics["output_tokens"]
     )
+    prefill = raw.get("prefill")
+    prefill_energy = None
+    if prefill is not None:
+        out_tokens = sum(n for r in prefill["requests"] for _, n in r["events"])
+        prefill_energy, pwarn = energy_figures(
+            prefill.get("energy_window"), raw.get("energy_reason"), idle_w, idle.get("reason"), out_tokens
+        )
+        ewarn += [f"prefill pass: {w}" for w in pwarn]
+    energy["prefill_pass"] = prefill_energy
+    energy["prefill_decode"] = prefill_decode(energy["total_j"], energy["idle_j"], traces, prefill, prefill_energy)
+    energy["steps"] = step_energy(traces, timeline, offset)
+    energy["per_request"] = per_request(traces, energy["total_j"], energy["prefill_decode"])
+    energy["thermal"], twarn = thermal_context(timeline)
     config = setup.get("config") or {}
     per = [request_metrics(t) for t in traces]
     metrics["goodput"] = goodput.cycle_goodput(per, metrics["duration_s"], energy, config, num_beams(setup))
-    return metrics, energy, warnings + ewarn
+    return metrics, energy, warnings + ewarn + twarn
 
 
 def dig(doc: Mapping[str, Any], path: Sequence[str]) -> Any:
@@ -152,6 +192,10 @@ def headline_figures(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
             why = goodput.figure_reason([dig(b, path[:-1]) or {} for b in blocks], path[-1])
             if why:
                 fig["reason"] = why
+        if not present and name in FIGURE_REASONS:
+            where, key = FIGURE_REASONS[name]
+            fig["reason"] = next((dig(b, (*where, key)) for b in blocks if dig(b, (*where, key))), None)
+        fig["rel_ci95"] = rel_ci(fig["values"])
         if name.startswith("ttft_s."):
             note = next((dig(b, ("metrics", "ttft_s", "note")) for b in blocks), None)
             if note:
@@ -227,12 +271,18 @@ def _prompts(setup: Mapping[str, Any]) -> dict[str, Any] | None:
     return out
 
 
-def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The summary of an experiment, recomputed from ``setup.json`` and raw cycle records.
+def summarize(
+    setup: Mapping[str, Any],
+    cycles: Sequence[Mapping[str, Any]],
+    timelines: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The summary of an experiment, recomputed from ``setup.json``, raw cycle records and their timelines.
 
-    ``setup["config"]`` is the flattened resolved config (see :func:`lem.results.flat_config`).
+    ``setup["config"]`` is the flattened resolved config (see :func:`lem.results.flat_config`);
+    ``timelines`` maps a cycle number to its timeline rows (see :func:`compute_cycle`).
     """
-    computed = [compute_cycle(c, setup) for c in cycles]
+    timelines = timelines or {}
+    computed = [compute_cycle(c, setup, timelines.get(int(c["cycle"]))) for c in cycles]
     metrics = [m for m, _, _ in computed]
     energies = [e for _, e, _ in computed]
     figures = headline_figures([{"metrics": m, "energy": e} for m, e, _ in computed])
@@ -269,6 +319,14 @@ def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> 
             f"the 95% interval of {', '.join(impossible)} reaches below zero though the figure cannot be negative: "
             "the interval is too wide to say much; run more cycles (measurement.cycles)"
         )
+    precision = precision_block(setup.get("config") or {}, [{"metrics": m, "energy": e} for m, e, _ in computed])
+    if precision is not None and not precision["met"]:
+        warnings.append(
+            f"precision target not met: 95% CI within ±{precision['target_rel_ci']:.1%} of the mean not reached "
+            f"in {len(cycles)} cycle(s) (measurement.max_cycles); achieved: "
+            + ", ".join(f"{k} ±{v:.1%}" if v is not None else f"{k} unknown" for k, v in precision["rel_ci95"].items())
+        )
+    throttled = [int(c["cycle"]) for c, e in zip(cycles, energies, strict=True) if _throttled(e)]
     run_id, exp_id = setup.get("run_id"), setup.get("experiment_id")
     return {
         "key": f"{run_id}/{exp_id}",
@@ -290,7 +348,11 @@ def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> 
             "input_tokens": [m["input_tokens"] for m in metrics],
             "output_tokens": [m["output_tokens"] for m in metrics],
             "failed_requests": [m["failed_requests"] for m in metrics],
+            "passes": [m["passes"] for m in metrics],
         },
+        "precision": precision,
+        "per_request_energy": _per_request_energy(energies),
+        "thermal": {"throttled_cycles": throttled},
         **_outputs(cycles, metrics),
         "flags": {"negative_dynamic_energy_cycles": negative, "ci95_low_impossible": impossible},
         "methods": {
@@ -299,6 +361,14 @@ def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> 
             "idle": next((e["idle_method"] for e in energies if e["idle_method"]), None),
             "peak_power": next((e["peak_power_method"] for e in energies if e["peak_power_method"]), None),
             "flops": next((m["flops"]["method"] for m in metrics), None),
+            "steady_state": next((m["steady_state"]["definition"] for m in metrics), None),
+            "steady_state_energy": next(
+                (m["steady_state"]["energy_method"] for m in metrics if m["steady_state"]["energy_method"]), None
+            ),
+            "prefill_decode": next(
+                (e["prefill_decode"]["method"] for e in energies if e["prefill_decode"]["method"]), None
+            ),
+            "steps": next((e["steps"]["method"] for e in energies), None),
         },
         "energy_reason": next((e["reason"] for e in energies if e["reason"]), None),
         "idle_reason": next((e["idle_reason"] for e in energies if e["idle_reason"]), None),
@@ -308,3 +378,16 @@ def summarize(setup: Mapping[str, Any], cycles: Sequence[Mapping[str, Any]]) -> 
         "warmup": setup.get("warmup"),
         "warnings": list(dict.fromkeys(warnings)),
     }
+
+
+def _throttled(energy: Mapping[str, Any]) -> bool:
+    return any(d["throttled"] for d in (energy.get("thermal") or {}).get("devices", ()))
+
+
+def _per_request_energy(energies: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Energy per request pooled over cycles: an estimate by token share (see :mod:`lem.attribution`)."""
+    blocks = [e["per_request"] for e in energies if e.get("per_request")]
+    values = [j for b in blocks for j in (b["j"] or ())]
+    method = next((b["method"] for b in blocks if b["method"]), None)
+    reason = None if values else next((b["reason"] for b in blocks if b["reason"]), "no energy was measured")
+    return {"estimate": True, "method": method, "reason": reason, "j": distribution(values)}

@@ -55,6 +55,9 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.warmup_window", lambda v: v >= 2, "must be >= 2"),
     ("measurement.warmup_max_requests", lambda v: v >= 1, "must be >= 1"),
     ("measurement.cycles", lambda v: v >= 1, "must be >= 1"),
+    ("measurement.min_window_s", lambda v: v >= 0, "must be >= 0 seconds (0 serves the prompt set once)"),
+    ("measurement.target_rel_ci", lambda v: v is None or 0 < v < 1, "must be in (0, 1) (0.02 means ±2%)"),
+    ("measurement.max_cycles", lambda v: v is None or v >= 2, "must be >= 2 (a confidence interval needs 2)"),
     ("measurement.idle_seconds", lambda v: v >= 0, "must be >= 0 (0 skips the idle baseline)"),
     ("measurement.sampling_interval_ms", lambda v: v > 0, "must be > 0"),
     ("measurement.cooldown_seconds", lambda v: v >= 0, "must be >= 0"),
@@ -75,6 +78,8 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.warmup_requests", lambda v: v <= 1_000_000, "must be <= 1000000"),
     ("measurement.warmup_max_requests", lambda v: v <= 1_000_000, "must be <= 1000000"),
     ("measurement.cycles", lambda v: v <= 10_000, "must be <= 10000"),
+    ("measurement.max_cycles", lambda v: v is None or v <= 10_000, "must be <= 10000"),
+    ("measurement.min_window_s", lambda v: v <= MAX_WAIT_S, f"must be <= {MAX_WAIT_S:g} seconds (an hour)"),
     ("measurement.idle_seconds", lambda v: v <= MAX_WAIT_S, f"must be <= {MAX_WAIT_S:g} seconds (an hour)"),
     ("measurement.cooldown_seconds", lambda v: v <= MAX_WAIT_S, f"must be <= {MAX_WAIT_S:g} seconds (an hour)"),
     ("measurement.sampling_interval_ms", lambda v: v <= 60_000, "must be <= 60000 ms"),
@@ -122,6 +127,15 @@ def _ranges(config: ExperimentConfig) -> Iterator[Problem]:
         if key not in bad and not ok(value):
             bad.add(key)
             yield error(key, must, value=value)
+    m = config.measurement
+    if m.max_cycles is not None and m.max_cycles < m.cycles and "measurement.max_cycles" not in bad:
+        yield error("measurement.max_cycles", f"is smaller than measurement.cycles ({m.cycles})", value=m.max_cycles)
+    if m.max_cycles is not None and m.target_rel_ci is None:
+        yield warning(
+            "measurement.max_cycles",
+            "has no effect without measurement.target_rel_ci",
+            hint="set measurement.target_rel_ci (e.g. 0.02), or drop max_cycles",
+        )
     if config.slo.tpot_ms is not None and config.generation.num_beams > 1:
         yield warning(
             "slo.tpot_ms",

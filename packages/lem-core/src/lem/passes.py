@@ -1,0 +1,90 @@
+"""Serving the prompt set to the backend: one request set, passes of the prompt set, the prefill-only pass.
+
+A cycle serves the prompt set once, or again and again (new request ids, the
+same prompts) until its window lasts ``measurement.min_window_s``; the
+prefill-only pass (``measurement.prefill_pass``) serves the same requests
+with one output token each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import attrs
+
+from lem import traffic
+from lem.config import ExperimentConfig
+from lem.errors import BackendError
+from lem.metrics import collect
+from lem.progress import Progress
+from lem.types import LoadedModel, Request, TokenEvent
+
+
+def serve(
+    model: LoadedModel,
+    requests: Sequence[Request],
+    config: ExperimentConfig,
+    progress: Progress,
+    done_before: int = 0,
+) -> Any:
+    """Send ``requests`` to the model's backend and collect the traces.
+
+    :param done_before: requests of the current stage finished before these (progress counts on).
+    """
+    from lem.plugins import get_plugin_manager
+
+    stream = get_plugin_manager().hook.generate_stream(
+        model=model, requests=requests, params=config.generation, config=config
+    )
+    if stream is None:
+        raise BackendError(f"no installed backend serves models loaded by '{model.backend}'")
+    return collect(requests, _checked(stream), on_finished=lambda n: progress.advance(done_before + n))
+
+
+def prefill_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The experiment with one output token per request: the prefill-only pass (``measurement.prefill_pass``)."""
+    gen = attrs.evolve(
+        config.generation, max_output_tokens=1, min_output_tokens=min(1, config.generation.min_output_tokens)
+    )
+    return attrs.evolve(config, generation=gen)
+
+
+def serve_passes(
+    model: LoadedModel,
+    prompts: Sequence[Any],
+    config: ExperimentConfig,
+    progress: Progress,
+    c: int,
+    t0: int,
+    passes: int | None = None,
+) -> tuple[list[Any], int]:
+    """Serve the prompt set ``passes`` times, or until ``measurement.min_window_s`` has passed since ``t0``.
+
+    Each pass has new request ids (pass p's are ``p·len(prompts) ...``), the same prompts, and arrivals
+    drawn for that pass (pass 1's are the cycle's, as without a minimum window). ``(traces, passes)``.
+    """
+    traces: list[Any] = []
+    done = 0
+    min_ns = config.measurement.min_window_s * 1e9
+    while True:
+        done += 1
+        seed = traffic.cycle_seed(config.seed, c)
+        offsets = traffic.arrival_offsets_ns(
+            config.traffic, len(prompts), seed if done == 1 else traffic.cycle_seed(seed, done)
+        )
+        start = t0 if done == 1 else time.monotonic_ns()
+        requests = traffic.make_requests(prompts, offsets, t0_ns=start, first_id=(done - 1) * len(prompts))
+        traces += serve(model, requests, config, progress, done_before=len(traces))
+        if passes is not None and done >= passes:
+            return traces, done
+        if passes is None and time.monotonic_ns() - t0 >= min_ns:
+            return traces, done
+
+
+def _checked(stream: Iterable[Any]) -> Iterator[TokenEvent]:
+    for ev in stream:
+        if not isinstance(ev, TokenEvent):
+            raise BackendError(f"backend yielded {type(ev).__name__}, expected lem.types.TokenEvent")
+        yield ev
