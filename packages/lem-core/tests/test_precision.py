@@ -419,3 +419,34 @@ def test_cycle_limit() -> None:
     assert MeasurementConfig(cycles=3).cycle_limit == 3
     assert MeasurementConfig(cycles=3, target_rel_ci=0.02).cycle_limit == 30
     assert MeasurementConfig(cycles=3, target_rel_ci=0.02, max_cycles=7).cycle_limit == 7
+
+
+def test_export_rows_and_a_damaged_timeline(tmp_path: Path) -> None:
+    """Fake meter (no GPU). Exported cycle rows carry the timeline's figures; a damaged CSV only nulls them."""
+    from lem.export import cycle_rows
+
+    exp = _run(tmp_path, _energy_doc())
+    (row, _) = cycle_rows(exp)
+    assert row["steady_state.j_per_output_token"] == pytest.approx(200.0 * 1.984 / 398, rel=1e-6)
+    (exp / "timeline-001.csv").write_text("t_s,device,power_w\nnot,a,number\n")
+    summary = aggregate_experiment(exp)
+    fig = summary["figures"]["steady_state.j_per_output_token"]
+    assert fig["values"][0] is None and fig["values"][1] is not None
+
+
+def test_lem_results_aggregate_command_reproduces_the_summary(tmp_path: Path) -> None:
+    """Fake meter (no GPU); the real `lem results aggregate` in a subprocess, from the raw files alone."""
+    import subprocess
+    import sys
+
+    exp = _run(tmp_path, _energy_doc(measurement={"prefill_pass": True, "min_window_s": 0.0}))
+    written = _read(exp / "summary.json")
+    (exp / "summary.json").unlink()
+    proc = subprocess.run(
+        [sys.executable, "-c", "from lem.cli import main; main()", "results", "aggregate", str(exp.parent)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    again = _read(exp / "summary.json")
+    for key in ("figures", "per_request_energy", "thermal", "methods", "warnings", "precision"):
+        assert again[key] == written[key], key

@@ -132,11 +132,14 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[st
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
+    from lem.results import read_timeline
     from lem.summary import HEADLINE, compute_cycle, dig
 
     rows = []
     for setup, raw in _cycles(exp_dir, warn):
-        metrics, energy, _ = compute_cycle(raw, setup)
+        # The timeline gives the steady-state energy and the thermal context (lem.steady, lem.thermal).
+        timeline = read_timeline(exp_dir / f"timeline-{int(raw['cycle']):03d}.csv")
+        metrics, energy, _ = compute_cycle(raw, setup, timeline)
         block = {"metrics": metrics, "energy": energy}
         row: dict[str, Any] = {
             "key": _key(exp_dir),

@@ -50,7 +50,7 @@ def check(blocks: Sequence[Mapping[str, Any]], target: float) -> tuple[bool, dic
         if name.startswith("energy.") and (not values or any(v is None for v in values)):
             continue
         applies.append(name)
-    met = all(rels[n] is not None and rels[n] <= target for n in applies)  # type: ignore[operator]
+    met = all((r := rels[n]) is not None and r <= target for n in applies)
     return met, rels, applies
 
 

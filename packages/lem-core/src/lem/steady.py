@@ -48,12 +48,17 @@ def power_series(timeline: Iterable[Mapping[str, Any]]) -> dict[DeviceKey, list[
     """Sorted ``(t_s, power_w)`` per device of a timeline (rows without power are skipped)."""
     series: dict[DeviceKey, list[tuple[float, float]]] = {}
     for row in timeline:
-        if row.get("power_w") is None or row.get("device") is None or row.get("t_s") is None:
+        # A cell that is not a number (a damaged CSV) is skipped like a missing one.
+        if not all(_number(row.get(k)) for k in ("power_w", "t_s")) or not isinstance(row.get("device"), int):
             continue
         series.setdefault(device_key(row), []).append((float(row["t_s"]), float(row["power_w"])))
     for points in series.values():
         points.sort()
     return series
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _at(points: Sequence[tuple[float, float]], t: float) -> float:

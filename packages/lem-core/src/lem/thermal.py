@@ -18,6 +18,10 @@ THROTTLING = ("sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_pow
 COLUMNS = ("temperature_c", "sm_clock_mhz", "throttle_reasons")
 
 
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _reasons(value: Any) -> list[str]:
     return [r for r in str(value).split("|") if r] if value not in (None, "") else []
 
@@ -37,20 +41,20 @@ def thermal_context(timeline: Sequence[Mapping[str, Any]] | None) -> tuple[dict[
         return {"devices": [], "reason": "no timeline for this window"}, []
     by_device: dict[int, list[Mapping[str, Any]]] = {}
     for row in timeline:
-        if (row.get("component") or "gpu") == "gpu" and row.get("device") is not None:
+        if (row.get("component") or "gpu") == "gpu" and isinstance(row.get("device"), int) and _num(row.get("t_s")):
             if any(row.get(c) not in (None, "") for c in COLUMNS) or "throttle_reasons" in row:
                 by_device.setdefault(int(row["device"]), []).append(row)
     if not by_device:
         return {"devices": [], "reason": "the meter's timeline has no temperature, clock or throttle columns"}, []
     devices, warnings = [], []
     for device, rows in sorted(by_device.items()):
-        rows = sorted(rows, key=lambda r: float(r.get("t_s") or 0.0))
+        rows = sorted(rows, key=lambda r: float(r["t_s"]))
         seen: dict[str, int] = {}
         for r in rows:
             for name in _reasons(r.get("throttle_reasons")):
                 if name in THROTTLING:
                     seen[name] = seen.get(name, 0) + 1
-        temps = [float(r["temperature_c"]) for r in rows if r.get("temperature_c") not in (None, "")]
+        temps = [float(r["temperature_c"]) for r in rows if _num(r.get("temperature_c"))]
         devices.append(
             {
                 "device": device,
