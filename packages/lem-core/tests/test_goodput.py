@@ -239,6 +239,8 @@ def test_good_slo_validates_and_tpot_under_beam_search_warns(tmp_path: Path) -> 
     assert ok.returncode == 0, ok.stderr
     beam = _validate(tmp_path, "tpot_ms = 50\n[generation]\nnum_beams = 2")
     assert beam.returncode == 0 and "slo.tpot_ms" in beam.stderr and "beam search" in beam.stderr
+    alone = _validate(tmp_path, "percentile = 90")
+    assert alone.returncode == 0 and "slo.percentile" in alone.stderr and "no effect without a target" in alone.stderr
 
 
 # --- a real backend ------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 
 import attrs
 
-from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig
+from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig, SloConfig
 from lem.hookspecs import hookimpl
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
 from lem.types import Problem, error, warning
@@ -141,6 +141,12 @@ def _ranges(config: ExperimentConfig) -> Iterator[Problem]:
             "slo.tpot_ms",
             "cannot be checked under beam search (generation.num_beams > 1: tokens do not stream): goodput is null",
             hint="drop slo.tpot_ms, or use num_beams = 1",
+        )
+    if not config.slo.targets_ms and config.slo.percentile != SloConfig().percentile:
+        yield warning(
+            "slo.percentile",
+            "has no effect without a target: no goodput is computed",
+            hint="set slo.ttft_ms, slo.tpot_ms or slo.e2e_ms",
         )
     g, d = config.generation, config.dataset
     if g.min_output_tokens > g.max_output_tokens:
