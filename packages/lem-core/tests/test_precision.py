@@ -137,14 +137,15 @@ def test_without_min_window_one_pass(tmp_path: Path) -> None:
 
 @pytest.mark.skipif("pytorch" not in backend_names(), reason="lem-backend-pytorch is not installed")
 def test_min_window_on_the_pytorch_backend(tmp_path: Path) -> None:
-    """The real PyTorch backend with a tiny random Llama on the CPU: passes, ids and token counts exact."""
+    """The real PyTorch backend with a tiny random Llama on the CPU: passes, ids and token counts exact,
+    and the prefill-only pass (no meter here: its energy is null, its requests and tokens are checked)."""
     path = tmp_path / "exp.toml"
     path.write_text(
         'model = "random:tiny-llama"\nbackend = "pytorch"\nprecision = "float32"\n'
         "[dataset]\nnum_prompts = 3\ninput_length = 8\n"
         "[generation]\nmax_output_tokens = 4\nignore_eos = true\n"
         "[batching]\nbatch_size = 2\n"
-        "[measurement]\ncycles = 1\nidle_seconds = 0\nwarmup_requests = 2\nmin_window_s = 1.5\n"
+        "[measurement]\ncycles = 1\nidle_seconds = 0\nwarmup_requests = 2\nmin_window_s = 1.5\nprefill_pass = true\n"
     )
     out = tmp_path / "res"
     assert run_campaign(load(path), out_dir=out, in_process=True, quiet=True, report=False)
@@ -161,6 +162,11 @@ def test_min_window_on_the_pytorch_backend(tmp_path: Path) -> None:
     for r in cycle["requests"]:
         by_prompt.setdefault(r["id"] % 3, set()).add(tuple(r["token_ids"]))
     assert all(len(v) == 1 for v in by_prompt.values())
+    # The prefill-only pass: the same requests, one token each, and it is the cycle's first token (greedy).
+    pre = cycle["prefill"]
+    assert pre["passes"] == passes and [r["id"] for r in pre["requests"]] == list(range(3 * passes))
+    assert [r["token_ids"] for r in pre["requests"]] == [r["token_ids"][:1] for r in cycle["requests"]]
+    assert cycle["energy"]["prefill_decode"]["prefill_input_tokens"] == cycle["metrics"]["input_tokens"]
 
 
 # --- precision targets ----------------------------------------------------------------------
