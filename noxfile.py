@@ -16,7 +16,8 @@ CONSTRAINTS = ("-c", "constraints.txt")
 
 #: Package -> extra requirements its tests need beyond its own dependencies.
 PACKAGES: dict[str, tuple[str, ...]] = {
-    "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow", "matplotlib"),
+    # ray: the Ray campaign tests start a multi-node cluster on this machine (~1 min).
+    "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow", "matplotlib", "ray"),
     "lem-backend-pytorch": ("peft",),
     "lem-energy-nvml": (),
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer

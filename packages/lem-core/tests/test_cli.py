@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-HEAVY = ("torch", "transformers", "vllm", "tensorrt_llm", "pynvml", "datasets", "pyarrow")
+HEAVY = ("torch", "transformers", "vllm", "tensorrt_llm", "pynvml", "datasets", "pyarrow", "ray")
 
 
 def lem(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from lem import __version__
 from lem.errors import DiskFull, Interrupted, ResultsError
@@ -24,6 +24,9 @@ from lem.results import (
 )
 from lem.rundir import check_resume_id, lock_run
 from lem.worker import Outcome, run_here, run_in_worker
+
+if TYPE_CHECKING:
+    from lem.distributed import RayOptions
 
 
 def new_run_id() -> str:
@@ -203,6 +206,7 @@ def run_campaign(
     stdout: TextIO | None = None,
     pythons: Mapping[str, str] | None = None,
     report: bool = True,
+    ray: RayOptions | None = None,
 ) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
@@ -213,11 +217,13 @@ def run_campaign(
     installed in (vLLM and TensorRT-LLM never share one); its workers validate
     their experiment there before running it. With ``report``, ``report.html``
     is written in the run directory at the end (a failure to write it is a
-    warning, never a failed run).
+    warning, never a failed run). With ``ray``, each experiment is a task on
+    that Ray cluster (:mod:`lem.distributed`); its meters are checked on its node.
     """
     out = stdout if stdout is not None else sys.stdout
     root = Path(out_dir)
-    check_meters(loaded.experiments, pythons or {})
+    if ray is None:
+        check_meters(loaded.experiments, pythons or {})
     if resume_id is not None:
         run_dir = check_resume_id(resume_id, root)
         run_id = resume_id
@@ -233,7 +239,7 @@ def run_campaign(
     lock = lock_run(run_dir)
     try:
         return _run_locked(
-            loaded, run_dir, run_id, in_process, resume_id is not None, quiet, as_json, out, pythons, report
+            loaded, run_dir, run_id, in_process, resume_id is not None, quiet, as_json, out, pythons, report, ray
         )
     finally:
         lock.release()
@@ -301,6 +307,7 @@ def _run_locked(
     out: TextIO,
     pythons: Mapping[str, str] | None,
     report: bool = True,
+    ray: RayOptions | None = None,
 ) -> bool:
     write_json(
         run_dir / "run.json",
@@ -316,7 +323,11 @@ def _run_locked(
     )
     total = len(loaded.experiments)
     all_ok = True
-    for i, exp in enumerate(loaded.experiments, 1):
+    if ray is not None:  # one Ray task per experiment; the table and report below are the same
+        from lem.distributed import run_on_ray
+
+        all_ok = run_on_ray(loaded, run_dir, run_id, resuming, quiet, pythons or {}, ray)
+    for i, exp in enumerate(() if ray is not None else loaded.experiments, 1):
         prefix = f"[{i}/{total}] " if total > 1 else ""
         exp_dir = run_dir / exp.id
         try:

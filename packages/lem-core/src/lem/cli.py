@@ -164,6 +164,34 @@ def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html in the run directory at the end.")
 @click.option("--yes", "-y", is_flag=True, help="Run a large sweep without asking.")
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="",
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run each experiment as a task on a Ray cluster (ADDRESS, or `auto`; none: RAY_ADDRESS or a local one).",
+)
+@click.option("--ray-cpus", type=click.FloatRange(min=0), default=1.0, show_default=True, help="CPUs per Ray task.")
+@click.option(
+    "--ray-gpus", type=click.FloatRange(min=0), help="GPUs per Ray task [default: tensor × pipeline parallel]."
+)
+@click.option("--ray-memory", "ray_memory_gb", type=click.FloatRange(min=0), help="Memory (GB) per Ray task.")
+@click.option(
+    "--ray-resource", multiple=True, metavar="NAME=AMOUNT", help="A custom Ray resource per task. Repeatable."
+)
+@click.option("--ray-label", multiple=True, metavar="KEY=VALUE", help="Only nodes with this Ray label. Repeatable.")
+@click.option(
+    "--max-retries",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Re-runs of a Ray task whose node or worker died.",
+)
+@click.option(
+    "--ray-shared-out", is_flag=True, help="Ray tasks write under --out themselves (a filesystem all nodes share)."
+)
 def run(
     file: str,
     preset: str | None,
@@ -178,11 +206,14 @@ def run(
     as_json: bool,
     no_report: bool,
     yes: bool,
+    ray_address: str | None,
+    **ray_args: Any,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
     from lem.campaign import run_campaign
 
     interpreters = _interpreters(pythons, in_process)
+    ray = _ray_options(ray_address, in_process, **ray_args)
     loaded = _load(file, preset, overrides, model, backend, external_backends=interpreters)
     _confirm(loaded, yes, quiet or as_json)
     ok = run_campaign(
@@ -194,9 +225,50 @@ def run(
         quiet=quiet or as_json,
         as_json=as_json,
         report=not no_report,
+        ray=ray,
     )
     if not ok:
         sys.exit(1)
+
+
+def _pairs(option: str, values: tuple[str, ...], convert: Any) -> dict[str, Any]:
+    out = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError
+            out[key] = convert(raw)
+        except ValueError:
+            raise LemError(
+                f"{option} {value}: expected KEY=VALUE ({convert.__name__} value), e.g. {option} H100=1"
+            ) from None
+    return out
+
+
+def _ray_options(address: str | None, in_process: bool, **args: Any) -> Any:
+    """The ``--ray*`` options as :class:`lem.distributed.RayOptions`; ``None`` without ``--ray``."""
+    if address is None:
+        used = [k for k in ("ray_gpus", "ray_memory_gb") if args[k] is not None]
+        used += [k for k in ("ray_resource", "ray_label", "ray_shared_out") if args[k]]
+        if used:
+            raise LemError(f"--{used[0].replace('_gb', '').replace('_', '-')} needs --ray")
+        return None
+    if in_process:
+        raise LemError("--ray and --in-process exclude each other: a Ray task runs each experiment in its worker")
+    from lem.distributed import RayOptions, import_ray
+
+    import_ray()  # a missing Ray is one line before anything starts
+    return RayOptions(
+        address=address or None,
+        num_cpus=args["ray_cpus"],
+        num_gpus=args["ray_gpus"],
+        memory_gb=args["ray_memory_gb"],
+        resources=_pairs("--ray-resource", args["ray_resource"], float),
+        labels=_pairs("--ray-label", args["ray_label"], str),
+        max_retries=args["max_retries"],
+        shared_out=args["ray_shared_out"],
+    )
 
 
 @cli.command()
@@ -402,71 +474,6 @@ def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
     return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
 
 
-@results.command("compare")
-@click.argument("targets", nargs=-1, required=True)
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGETS are relative to.",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
-def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
-    """Compare TARGETS side by side (run ids, RUN_ID/EXPERIMENT_ID or paths; a run expands to its experiments).
-
-    Headline figures with 95% CIs and the ratio to the first; a difference is
-    "resolved" by Welch's two-sided t-test at 5% on per-cycle values. Warns when
-    the workloads differ (model, precision, prompt-set digest, token counts,
-    output digests).
-    """
-    from pathlib import Path
-
-    from lem.compare import compare, gather, render
-
-    entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
-    result = compare(entries)
-    if strict and result["warnings"]:
-        for line in result["warnings"]:
-            click.echo(f"lem: error: {line} (--strict)", err=True)
-        sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        from rich.console import Console
-
-        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
-        Console(width=width).print(render(result))
-    for line in result["warnings"]:
-        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
-
-
-@results.command("export")
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
-@click.option(
-    "--level",
-    type=click.Choice(["experiment", "cycle", "request"]),
-    default="experiment",
-    show_default=True,
-    help="One row per experiment, per cycle or per request.",
-)
-@click.option(
-    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
-)
-def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
-    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
-    from pathlib import Path
-
-    from lem.export import export
-
-    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
-    if out_file:
-        click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
-
-
 @results.command("plot")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True))
 @click.option(
@@ -538,6 +545,71 @@ def report(target: str, directory: str, out_file: str | None) -> None:
     for line in done.skipped:
         click.echo(f"not drawn: {line}", err=True)
     click.echo(str(done.path))
+
+
+@results.command("compare")
+@click.argument("targets", nargs=-1, required=True)
+@click.option(
+    "--dir",
+    "directory",
+    default="results",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Results directory that TARGETS are relative to.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
+def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
+    """Compare TARGETS side by side (run ids, RUN_ID/EXPERIMENT_ID or paths; a run expands to its experiments).
+
+    Headline figures with 95% CIs and the ratio to the first; a difference is
+    "resolved" by Welch's two-sided t-test at 5% on per-cycle values. Warns when
+    the workloads differ (model, precision, prompt-set digest, token counts,
+    output digests).
+    """
+    from pathlib import Path
+
+    from lem.compare import compare, gather, render
+
+    entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
+    result = compare(entries)
+    if strict and result["warnings"]:
+        for line in result["warnings"]:
+            click.echo(f"lem: error: {line} (--strict)", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        from rich.console import Console
+
+        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
+        Console(width=width).print(render(result))
+    for line in result["warnings"]:
+        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
+
+
+@results.command("export")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--level",
+    type=click.Choice(["experiment", "cycle", "request"]),
+    default="experiment",
+    show_default=True,
+    help="One row per experiment, per cycle or per request.",
+)
+@click.option(
+    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
+)
+def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
+    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
+    from pathlib import Path
+
+    from lem.export import export
+
+    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
+    if out_file:
+        click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
 
 
 def main() -> None:

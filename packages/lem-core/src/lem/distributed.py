@@ -1,0 +1,341 @@
+"""Campaigns on a Ray cluster (``lem run --ray``): one Ray task per experiment, results written as a local run does.
+
+Ray schedules; lem does not. Each experiment becomes one Ray task that asks
+for the resources the experiment needs and runs the same worker as a local
+run (a fresh ``python -m lem.worker`` subprocess inside the task, so a crash
+kills only that experiment). The task measures into a directory of its own
+node and returns the experiment's files; the driver writes them atomically
+under ``--out`` with exactly the local layout, so ``--resume`` and
+``lem results aggregate`` work unchanged. With ``shared_out`` the task writes
+straight into the run directory instead (a filesystem every node mounts at
+the same path), for large timelines.
+
+Ray is optional (``pip install 'lem-core[ray]'``) and imported only here,
+inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from lem.errors import Interrupted, LemError
+from lem.loading import Experiment, LoadedFile
+from lem.worker import Outcome
+
+INSTALL_HINT = "Ray is not installed in this environment: pip install 'lem-core[ray]'"
+
+
+@attrs.frozen
+class RayOptions:
+    """How a campaign's experiments become Ray tasks (the CLI's ``--ray*`` options; see :data:`TASK_OPTIONS`)."""
+
+    #: Cluster address (``ray start --head`` prints it, ``auto`` finds a local one); ``None``: ``ray.init()``'s own
+    #: choice (``RAY_ADDRESS``, else a new local cluster).
+    address: str | None = None
+    num_cpus: float = 1.0
+    #: ``None``: tensor × pipeline parallel size (0 for a CPU experiment).
+    num_gpus: float | None = None
+    memory_gb: float | None = None
+    resources: Mapping[str, float] = attrs.field(factory=dict)
+    labels: Mapping[str, str] = attrs.field(factory=dict)
+    max_retries: int = 1
+    #: The task writes into the run directory itself (a shared filesystem) instead of returning the files.
+    shared_out: bool = False
+
+
+#: Our option -> the Ray task option it sets (``ray.remote(...).options(**...)``), in :func:`task_options`.
+TASK_OPTIONS = {
+    "--ray-cpus": "num_cpus",
+    "--ray-gpus": "num_gpus (default: sharding.tensor_parallel_size × pipeline_parallel_size; 0 on the CPU)",
+    "--ray-memory (GB)": "memory (bytes)",
+    "--ray-resource NAME=AMOUNT": "resources",
+    "--ray-label KEY=VALUE": "label_selector",
+    "--max-retries": "max_retries, and retry_exceptions=[WorkerDied] (a killed worker is re-run too)",
+    "--python BACKEND=PYTHON": "runtime_env = {'py_executable': PYTHON} for that backend's tasks",
+}
+
+
+class WorkerDied(Exception):
+    """Raised in a task whose worker process died or hung, so that Ray's ``max_retries`` re-runs it."""
+
+    def __init__(self, reason: str, exit_code: int | None) -> None:
+        super().__init__(reason, exit_code)
+        self.reason, self.exit_code = reason, exit_code
+
+    def __str__(self) -> str:
+        return self.reason
+
+
+def import_ray() -> Any:
+    """``ray``, or a :class:`LemError` saying how to install it."""
+    import importlib
+
+    try:
+        # Imported as an untyped module: lem-core type-checks without Ray installed.
+        return importlib.import_module("ray")
+    except ImportError:
+        raise LemError(f"--ray: {INSTALL_HINT}") from None
+
+
+def _cpu_only(exp: Experiment) -> bool:
+    # The backends that can run on the CPU say so in their own table (pytorch's device / device_map).
+    table = exp.config.options_for(exp.config.backend)
+    return table.get("device") == "cpu" or table.get("device_map") == "cpu"
+
+
+def task_options(
+    exp: Experiment, opts: RayOptions, pythons: Mapping[str, str], cluster_has_gpus: bool = True
+) -> dict[str, Any]:
+    """The Ray task options for ``exp``: its resources, pins, retries and runtime environment."""
+    sharding = exp.config.sharding
+    gpus = opts.num_gpus
+    if gpus is None:
+        wanted = sharding.tensor_parallel_size * sharding.pipeline_parallel_size
+        gpus = 0 if _cpu_only(exp) or not cluster_has_gpus else wanted
+    out: dict[str, Any] = {
+        "num_cpus": opts.num_cpus,
+        "num_gpus": gpus,
+        "max_retries": opts.max_retries,
+        "retry_exceptions": [WorkerDied],
+        "name": f"lem:{exp.id}",
+    }
+    if opts.memory_gb is not None:
+        out["memory"] = int(opts.memory_gb * 2**30)
+    if opts.resources:
+        out["resources"] = dict(opts.resources)
+    if opts.labels:
+        out["label_selector"] = dict(opts.labels)
+    python = pythons.get(exp.config.backend)
+    if python is not None:
+        out["runtime_env"] = {"py_executable": python}
+    return out
+
+
+def _node() -> dict[str, Any]:
+    ray = import_ray()
+    ctx = ray.get_runtime_context()
+    return {
+        "node_id": ctx.get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),
+        "hostname": socket.gethostname(),
+        "python": sys.executable,
+    }
+
+
+def _record_node(exp_dir: Path, node: Mapping[str, Any]) -> None:
+    """Add the Ray node to ``environment.json`` (written by the worker, which does not know it ran under Ray)."""
+    from lem.results import write_atomic
+
+    path = exp_dir / "environment.json"
+    if path.exists():
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc["ray"] = dict(node)
+        write_atomic(path, json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
+
+
+def run_task(
+    exp: Experiment,
+    run_id: str,
+    quiet: bool,
+    prefix: str,
+    carried: list[tuple[str, str | None, Any]],
+    validate: bool,
+    shared_dir: str | None,
+) -> dict[str, Any]:
+    """The Ray task of one experiment: run it in a fresh worker on this node; its files and outcome.
+
+    A worker that died or hung raises :class:`WorkerDied` (Ray retries it); any other failure is returned.
+    """
+    from lem.campaign import _clear_partial
+    from lem.worker import _register, run_in_worker
+
+    node = _node()
+    if not quiet:
+        print(f"{prefix}{exp.id}: running on node {node['node_ip']} ({node['node_id'][:12]})", file=sys.stderr)
+    _register(carried)  # plugins registered at run time on the driver (a test backend) exist here too
+    tmp = None if shared_dir else tempfile.mkdtemp(prefix="lem-ray-")
+    exp_dir = Path(shared_dir or str(tmp)) / exp.id
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        _clear_partial(exp_dir)  # a retry on a shared directory must not keep an earlier attempt's cycles
+        python = sys.executable if validate else None  # a pinned environment: its worker validates the backend
+        outcome = run_in_worker(exp, exp_dir, run_id, quiet, prefix, python=python)
+        if not outcome.ok and _died(outcome):
+            raise WorkerDied(outcome.reason or "worker died", outcome.exit_code)
+        _record_node(exp_dir, node)
+        files = {}
+        if tmp is not None:
+            for p in sorted(exp_dir.iterdir()):
+                if p.is_file() and not p.name.startswith(".") and p.name != "experiment.toml":
+                    files[p.name] = p.read_text(encoding="utf-8")
+        return {"outcome": attrs.asdict(outcome), "node": node, "files": files}
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _died(outcome: Outcome) -> bool:
+    # Reported by lem.worker.run_in_worker when no result came back: a signal, os._exit, a native crash or a hang.
+    return (outcome.reason or "").startswith(("worker process", "worker hung", "worker did not exit"))
+
+
+def _write_files(exp_dir: Path, files: Mapping[str, str]) -> None:
+    from lem.results import write_atomic
+
+    # summary.json last: its presence is what marks the experiment finished for --resume.
+    for name in sorted(files, key=lambda n: n == "summary.json"):
+        write_atomic(exp_dir / name, files[name])
+
+
+def _outcome_of(ray: Any, ref: Any, opts: RayOptions) -> tuple[Outcome, dict[str, Any] | None, dict[str, str]]:
+    """Wait for one task: its outcome, the node it ran on and its files; Ray's own failures become outcomes."""
+    attempts = f"{opts.max_retries + 1} attempt{'s' if opts.max_retries else ''}"
+    try:
+        done = ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = exc.cause
+        if isinstance(cause, WorkerDied):
+            return Outcome(False, f"{cause.reason} ({attempts})", exit_code=cause.exit_code), None, {}
+        return Outcome(False, f"{type(cause).__name__}: {cause}", str(exc)), None, {}
+    except (
+        ray.exceptions.RayError
+    ) as exc:  # the node died, the task's worker process was killed, the task could not be placed
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return Outcome(False, f"Ray {type(exc).__name__} ({attempts}): {first}", str(exc)), None, {}
+    return Outcome(**done["outcome"]), done["node"], done["files"]
+
+
+def run_on_ray(
+    loaded: LoadedFile,
+    run_dir: Path,
+    run_id: str,
+    resuming: bool,
+    quiet: bool,
+    pythons: Mapping[str, str],
+    opts: RayOptions,
+) -> bool:
+    """Dispatch every unfinished experiment as a Ray task and record each as it ends; ``True`` if all succeeded.
+
+    Ctrl-C cancels the outstanding tasks (each stops its worker the way Ctrl-C does) and marks them
+    interrupted; finished experiments are kept.
+    """
+    from lem.campaign import _interrupted, _prepare, _record_failure
+    from lem.worker import carried_plugins
+
+    ray = import_ray()
+    started = _connect(ray, opts.address)
+    try:
+        node_gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+        has_gpus = max(node_gpus, default=0.0) > 0
+        remote = ray.remote(run_task)
+        carried = carried_plugins()
+        shared = str(run_dir.resolve()) if opts.shared_out else None
+        pending: dict[Any, tuple[str, Experiment]] = {}
+        total = len(loaded.experiments)
+        all_ok = True
+        try:
+            for i, exp in enumerate(loaded.experiments, 1):
+                prefix = f"[{i}/{total}] " if total > 1 else ""
+                if not _prepare(exp, run_dir, resuming):
+                    if not quiet:
+                        print(f"{prefix}{exp.id}: finished in an earlier attempt, skipped", file=sys.stderr)
+                    continue
+                options = task_options(exp, opts, pythons, has_gpus)
+                if options["num_gpus"] > max(node_gpus, default=0.0) and has_gpus:
+                    # Ray would keep an infeasible task pending for ever: fail it now and go on.
+                    all_ok = False
+                    why = f"needs {options['num_gpus']:g} GPUs on one node; the largest node has {max(node_gpus):g}"
+                    _record_failure(exp, run_dir / exp.id, run_id, Outcome(False, why))
+                    if not quiet:
+                        print(f"{prefix}{exp.id}: FAILED: {why}", file=sys.stderr)
+                    continue
+                validate = exp.config.backend in pythons
+                ref = remote.options(**options).remote(exp, run_id, quiet, prefix, carried, validate, shared)
+                pending[ref] = (prefix, exp)
+                if not quiet:
+                    print(
+                        f"{prefix}{exp.id}: {exp.config.backend} {exp.config.model}: queued on Ray"
+                        f" ({options['num_cpus']:g} CPU, {options['num_gpus']:g} GPU)",
+                        file=sys.stderr,
+                    )
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+                for ref in done:
+                    prefix, exp = pending.pop(ref)
+                    all_ok = _finish(ray, ref, exp, prefix, run_dir, run_id, quiet, opts) and all_ok
+        except KeyboardInterrupt:
+            _cancel(ray, list(pending))
+            for _, exp in pending.values():
+                _interrupted(exp, run_dir / exp.id, run_id)
+            stopped = ", ".join(exp.id for _, exp in pending.values()) or "none"
+            raise Interrupted(
+                f"interrupted: Ray tasks cancelled (experiments {stopped}) of run {run_id}; finished experiments are"
+                f" kept (continue with `lem run {loaded.source} --resume {run_id} --out {run_dir.parent}"
+                f" --ray {opts.address or ''}`)"
+            ) from None
+        return all_ok
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _finish(
+    ray: Any, ref: Any, exp: Experiment, prefix: str, run_dir: Path, run_id: str, quiet: bool, opts: RayOptions
+) -> bool:
+    """Record one ended task under the run directory as a local run would; ``True`` if it succeeded."""
+    from lem.campaign import _record_failure
+
+    outcome, node, files = _outcome_of(ray, ref, opts)
+    exp_dir = run_dir / exp.id
+    _write_files(exp_dir, files)
+    where = f" on node {node['node_ip']} ({node['node_id'][:12]})" if node else ""
+    if outcome.ok:
+        if not quiet:
+            print(f"{prefix}{exp.id}: done{where}", file=sys.stderr)
+        return True
+    _record_failure(exp, exp_dir, run_id, outcome)
+    if not quiet:
+        print(f"{prefix}{exp.id}: FAILED{where}: {outcome.reason}", file=sys.stderr)
+    return False
+
+
+#: Seconds the driver waits, after Ctrl-C, for cancelled tasks to stop their workers.
+CANCEL_WAIT_S = 30.0
+
+
+def _cancel(ray: Any, refs: list[Any]) -> None:
+    # force=False raises KeyboardInterrupt in the task: lem.worker.run_in_worker then closes its worker's stdin and
+    # the worker stops as Ctrl-C stops it (closing its engine). A task still queued is simply dropped.
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    deadline = time.monotonic() + CANCEL_WAIT_S
+    left = refs
+    while left and time.monotonic() < deadline:
+        try:
+            _, left = ray.wait(left, num_returns=len(left), timeout=1.0)
+        except KeyboardInterrupt:  # a second Ctrl-C: stop waiting, Ray kills the tasks when the driver exits
+            return
+
+
+def _connect(ray: Any, address: str | None) -> bool:
+    """Connect to the cluster; ``True`` if this call did (the campaign then disconnects at its end)."""
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, configure_logging=True, logging_level="WARNING")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise LemError(
+            f"--ray {address or ''}: cannot connect to a Ray cluster ({exc}); start one with `ray start --head`"
+            " and pass the address it prints"
+        ) from None
+    return True
