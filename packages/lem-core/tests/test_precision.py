@@ -162,6 +162,11 @@ def test_min_window_on_the_pytorch_backend(tmp_path: Path) -> None:
     for r in cycle["requests"]:
         by_prompt.setdefault(r["id"] % 3, set()).add(tuple(r["token_ids"]))
     assert all(len(v) == 1 for v in by_prompt.values())
+    assert cycle["metrics"]["outputs_identical_across_passes"] is True
+    # The cycle's output digest is its first pass's (cycles of different pass counts still compare).
+    from lem.digests import cycle_output_digest
+
+    assert cycle["metrics"]["output_digest"] == cycle_output_digest(cycle["requests"][:3])
     # The prefill-only pass: the same requests, one token each, and it is the cycle's first token (greedy).
     pre = cycle["prefill"]
     assert pre["passes"] == passes and [r["id"] for r in pre["requests"]] == list(range(3 * passes))

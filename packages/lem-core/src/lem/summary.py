@@ -135,9 +135,15 @@ def compute_cycle(
         model.get("num_parameters"),
         num_beams=num_beams(setup),
     )
-    metrics["output_digest"] = cycle_output_digest(raw["requests"])
     # Passes over the prompt set (measurement.min_window_s); results before it served the set once.
-    metrics["passes"] = int(raw.get("passes", 1))
+    metrics["passes"] = passes = int(raw.get("passes", 1))
+    # The digest is the first pass's, so cycles with different numbers of passes compare; every pass
+    # of the same prompts is checked against it.
+    rows = sorted(raw["requests"], key=lambda r: int(r["id"]))
+    size = len(rows) // passes if passes > 0 and len(rows) % passes == 0 else len(rows)
+    digests = [cycle_output_digest(rows[i : i + size]) for i in range(0, len(rows), size)] if size else [None]
+    metrics["output_digest"] = digests[0]
+    metrics["outputs_identical_across_passes"] = None if None in digests else len(set(digests)) == 1
     offset = float(raw["window"].get("timeline_offset_s", 0.0))
     metrics["steady_state"] = steady_state(traces, timeline, offset)
     idle = setup.get("idle", {})
