@@ -183,8 +183,12 @@ def test_a_hard_stop_fails_the_requests_in_flight(cb_model: LoadedModel, tiny_ll
         model=cb_model, requests=token_requests(2), params=config.generation, config=config
     )
     events = [next(it) for _ in range(6)]
-    cb_model.handle.continuous.manager.stop(block=False, hard_stop=True)
+    # From another thread with block=True: transformers' stop(block=False) drops the batch processor
+    # while the generation thread may still be stepping (which then dies with a fatal error instead).
+    stopper = threading.Thread(target=cb_model.handle.continuous.manager.stop, kwargs={"hard_stop": True})
+    stopper.start()
     events += list(it)
+    stopper.join()
     last = {e.request_id: e for e in events}
     assert all(e.finished and e.error for e in last.values()), last
     # The next call finds the manager stopped and builds a new one.
