@@ -119,6 +119,7 @@ def test_eos_ends_a_request_counted_unless_ignore_eos(cb_model: LoadedModel, tin
         sampled = _config(str(model_dir), {**GEN, "do_sample": True, "temperature": 0.7})
         assert sum(e.n_tokens for e in serve(model, [request], sampled)) == 6
         assert model.handle.continuous.manager is not manager  # rebuilt for other decoding parameters
+        assert model.info["continuous"] is model.handle.continuous.info
     finally:
         model.close()
 

@@ -209,6 +209,8 @@ def engine_for(model: LoadedModel, params: GenerationConfig, config: ExperimentC
         close(engine)
     engine = start(model, params, config)
     handle.continuous = engine
+    if isinstance(model.info, dict):
+        model.info["continuous"] = engine.info  # what the results record is the manager now serving
     return engine
 
 
