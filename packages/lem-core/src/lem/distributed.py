@@ -226,8 +226,8 @@ def run_on_ray(
 ) -> bool:
     """Dispatch every unfinished experiment as a Ray task and record each as it ends; ``True`` if all succeeded.
 
-    Ctrl-C cancels the outstanding tasks (each stops its worker the way Ctrl-C does) and marks them
-    interrupted; finished experiments are kept.
+    Ctrl-C cancels the outstanding tasks (each one's worker then stops the way Ctrl-C stops it) and marks
+    them interrupted; finished experiments are kept.
     """
     from lem.campaign import _interrupted, _prepare, _record_failure
     from lem.worker import carried_plugins
@@ -314,10 +314,11 @@ CANCEL_WAIT_S = 30.0
 
 
 def _cancel(ray: Any, refs: list[Any]) -> None:
-    # force=False raises KeyboardInterrupt in the task: lem.worker.run_in_worker then closes its worker's stdin and
-    # the worker stops as Ctrl-C stops it (closing its engine). A task still queued is simply dropped.
+    # force=True ends the task's Ray worker process: its lem worker sees its stdin close and stops the way Ctrl-C
+    # stops it (closing its engine). force=False, documented to raise KeyboardInterrupt in the task, left a task
+    # blocked in run_in_worker running to its end (Ray 2.60). A task still queued is simply dropped.
     for ref in refs:
-        ray.cancel(ref, force=False)
+        ray.cancel(ref, force=True)
     deadline = time.monotonic() + CANCEL_WAIT_S
     left = refs
     while left and time.monotonic() < deadline:
