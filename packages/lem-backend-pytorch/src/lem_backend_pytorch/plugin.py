@@ -8,6 +8,7 @@ unless a check needs to know whether a GPU is there).
 from __future__ import annotations
 
 import importlib.util
+import os
 from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Any
@@ -98,7 +99,13 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
             "pip install bitsandbytes",
             q.method,
         )
-    if config.adapter and not _installed("peft"):
+    # An adapter path that does not exist is already the core's error: fix the path before installing peft.
+    adapter_missing = (
+        config.adapter is not None
+        and config.adapter.startswith(("/", ".", "~"))
+        and not (os.path.exists(os.path.expanduser(config.adapter)))
+    )
+    if config.adapter and not adapter_missing and not _installed("peft"):
         yield error(
             "adapter",
             "a LoRA adapter needs the peft package, which is not installed",
