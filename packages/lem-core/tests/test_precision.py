@@ -119,7 +119,11 @@ def test_min_window_serves_the_prompt_set_again_until_the_window_is_long_enough(
     exp = _run(tmp_path, _with(measurement={"min_window_s": 0.1, "cycles": 1}, scripted={"sleep": True}))
     cycle = _read(exp / "cycle-001.json")
     passes = cycle["passes"]
-    assert passes >= 4 and cycle["window"]["duration_s"] >= 0.1
+    # At least as long as asked, and no pass more than needed: the last pass began before 0.1 s.
+    # (How many passes that takes depends on the machine's load: ~32 ms a pass when idle.)
+    assert passes >= 2 and cycle["window"]["duration_s"] >= 0.1
+    last_pass_start = min(r["origin_ns"] for r in cycle["requests"][-4:])
+    assert last_pass_start < 0.1e9
     ids = [r["id"] for r in cycle["requests"]]
     assert ids == list(range(4 * passes))  # new ids, pass after pass
     assert cycle["metrics"]["output_tokens"] == 3 * 4 * passes  # exact

@@ -296,10 +296,10 @@ def peak_total_power(timeline: Iterable[Mapping[str, Any]], devices: Sequence[De
     for points in series.values():
         points.sort()
     instants = sorted({t for points in series.values() for t, _ in points})
-    return max(sum(_power_at(points, t) for points in series.values()) for t in instants)
+    return max(sum(power_at(points, t) for points in series.values()) for t in instants)
 
 
-def _power_at(points: Sequence[tuple[float, float]], t: float) -> float:
+def power_at(points: Sequence[tuple[float, float]], t: float) -> float:
     """Linear interpolation in sorted ``(t, power)`` points, flat outside them."""
     i = bisect.bisect_left(points, (t, float("-inf")))
     if i == 0:

@@ -23,12 +23,11 @@ later.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lem.metrics import DeviceKey, RequestTrace, device_key
+from lem.metrics import DeviceKey, RequestTrace, device_key, power_at
 
 NS = 1e9
 #: Fewer power samples than this per device inside the window: its energy is not given.
@@ -61,22 +60,12 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _at(points: Sequence[tuple[float, float]], t: float) -> float:
-    i = bisect.bisect_left(points, (t, float("-inf")))
-    if i == 0:
-        return points[0][1]
-    if i == len(points):
-        return points[-1][1]
-    (t0, p0), (t1, p1) = points[i - 1], points[i]
-    return p1 if t1 == t0 else p0 + (p1 - p0) * (t - t0) / (t1 - t0)
-
-
 def integrate(points: Sequence[tuple[float, float]], a: float, b: float) -> float:
     """Joules of a piecewise-linear power curve (held flat beyond its samples) from ``a`` to ``b`` seconds."""
     if b <= a or not points:
         return 0.0
     knots = [a, *(t for t, _ in points if a < t < b), b]
-    return sum((t1 - t0) * (_at(points, t0) + _at(points, t1)) / 2 for t0, t1 in itertools.pairwise(knots))
+    return sum((t1 - t0) * (power_at(points, t0) + power_at(points, t1)) / 2 for t0, t1 in itertools.pairwise(knots))
 
 
 def interval_energy(
