@@ -49,6 +49,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     mp = pytest.MonkeyPatch()
     mp.setenv("LEM_CACHE_DIR", str(tmp_path_factory.mktemp("lem-cache")))
     mp.setenv("HF_HUB_OFFLINE", "1")
+    # Every node, driver and worker on 127.0.0.1: Ray otherwise binds to the machine's own address. This is
+    # Ray's single-machine mode (its default on macOS and Windows); the cluster's processes read the variable,
+    # this already-imported Ray the constant.
+    mp.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    mp.setattr(ray._private.ray_constants, "ENABLE_RAY_CLUSTER", False)
     # A dead node is noticed within ~2 s (the default takes ~30 s).
     fast_health = {"health_check_period_ms": 500, "health_check_failure_threshold": 4, "health_check_timeout_ms": 500}
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "_system_config": fast_health})
@@ -98,6 +103,7 @@ def test_a_sweep_spreads_over_two_nodes_with_the_local_layout(cluster: Any, tmp_
     nodes = {_node_of(run_dir / e.id)["node_id"] for e in exps}
     workers = {n.node_id for n in cluster.worker_nodes}
     assert nodes == workers  # one CPU per node, one CPU per task: both nodes ran one experiment at once
+    assert cluster.address.startswith("127.0.0.1:") and _node_of(run_dir / "one")["node_ip"] == "127.0.0.1"
     # The same files as a local run of the same experiments.
     assert run_campaign(LoadedFile("t.toml", exps[:1], ()), out_dir=tmp_path / "local", quiet=True, report=False)
     (local_dir,) = (tmp_path / "local").iterdir()
