@@ -315,3 +315,22 @@ def test_without_ray_lem_run_says_how_to_install_it(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code, "run", str(exp), "--ray"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == "lem: --ray: Ray is not installed in this environment: pip install 'lem-core[ray]'"
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--ray-resource", "H100"],
+            "lem: --ray-resource H100: expected KEY=VALUE (float value), e.g. --ray-resource H100=1",
+        ),
+        (["--ray-label", "gpu=h100", "--in-process"], None),
+    ],
+)
+def test_bad_ray_options_are_one_line(tmp_path: Path, args: list[str], said: str | None) -> None:
+    exp = tmp_path / "exp.toml"
+    exp.write_text('model = "random:tiny-llama"\n')
+    cmd = [sys.executable, "-m", "lem", "run", str(exp), *args] + ([] if said is None else ["--ray"])
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    expected = said or "lem: --ray-label needs --ray"
+    assert done.returncode == 2 and done.stderr.strip() == expected

@@ -79,7 +79,11 @@ class WorkerDied(Exception):
 def import_ray() -> Any:
     """``ray``, or a :class:`LemError` saying how to install it."""
     import importlib
+    import os
 
+    # Ray folds look-alike lines of different tasks into "[repeated Nx across cluster]": progress would lose
+    # which experiment a line belongs to. Read when Ray is imported.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         # Imported as an untyped module: lem-core type-checks without Ray installed.
         return importlib.import_module("ray")
