@@ -158,7 +158,28 @@ def chunk_count(choice: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
 
 
 async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> AsyncIterator[Any]:
-    """Stream one completion; yields :class:`~lem.serving.Delta` s (see the module doc)."""
+    """Stream one completion; yields :class:`~lem.serving.Delta` s (see the module doc).
+
+    A connection from the pool that the server had closed fails before any
+    response arrives (llama.cpp's server closes it after a request it could not
+    serve): then the request is sent once more, on a fresh connection. Nothing
+    reached the engine the first time, so nothing is counted twice.
+    """
+    try:
+        async for delta in _complete(client, target, payload):
+            yield delta
+    except _NoResponse:
+        async for delta in _complete(client, target, payload, retried=True):
+            yield delta
+
+
+class _NoResponse(Exception):
+    """The connection broke before the server answered (a stale pooled connection)."""
+
+
+async def _complete(
+    client: Any, target: Target, payload: Mapping[str, Any], retried: bool = False
+) -> AsyncIterator[Any]:
     import httpx
 
     from lem.serving import Delta, RequestFailed
@@ -166,8 +187,10 @@ async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> A
     counted = 0
     usage: int | None = None
     done = False
+    answered = False
     try:
         async with client.stream("POST", f"{target.url}/v1/completions", json=payload, headers=target.headers) as r:
+            answered = True
             if r.status_code != 200:
                 text = (await r.aread()).decode("utf-8", "replace").strip().replace("\n", " ")
                 raise RequestFailed(f"HTTP {r.status_code}: {text[:300]}")
@@ -189,6 +212,8 @@ async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> A
                         counted += n
                         yield Delta(token_ids=ids, n_tokens=n)
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        if not answered and not retried:
+            raise _NoResponse from exc
         raise RequestFailed(f"the stream broke: {type(exc).__name__}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise RequestFailed(f"unreadable chunk in the stream: {exc}") from None
