@@ -24,7 +24,7 @@ from lem.cli import cli
 from lem.compare import compare, gather
 from lem.export import cycle_rows
 from lem.goodput import FAILED_AT_PERCENTILE, NO_GOOD, NO_SLO, NO_TPOT_UNDER_BEAM, checks, cycle_goodput
-from lem.loading import LoadedFile
+from lem.loading import LoadedFile, deep_merge
 from lem.metrics import RequestTrace, request_metrics
 from lem.testing import registered
 
@@ -111,10 +111,7 @@ BASE: dict[str, dict[str, Any]] = {
 
 
 def _doc(**tables: dict[str, Any]) -> dict[str, Any]:
-    doc = {k: dict(v) for k, v in BASE.items()}
-    for k, v in tables.items():
-        doc[k] = {**doc.get(k, {}), **v}
-    return doc
+    return deep_merge(BASE, tables)
 
 
 def _run(out: Path, *docs: dict[str, Any]) -> Path:

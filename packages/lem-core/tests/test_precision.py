@@ -19,7 +19,7 @@ import lem.testing.scripted as scripted
 from lem import hookimpl
 from lem.campaign import run_campaign
 from lem.errors import ConfigError
-from lem.loading import LoadedFile, load
+from lem.loading import LoadedFile, deep_merge, load
 from lem.metrics import RequestTrace
 from lem.plugins import backend_names
 from lem.precision import check, rel_ci
@@ -92,10 +92,7 @@ BASE: dict[str, dict[str, Any]] = {
 
 
 def _with(**tables: dict[str, Any]) -> dict[str, Any]:
-    doc = {k: dict(v) for k, v in BASE.items()}
-    for k, v in tables.items():
-        doc[k] = {**doc.get(k, {}), **v}
-    return doc
+    return deep_merge(BASE, tables)
 
 
 def _run(tmp_path: Path, doc: dict[str, Any]) -> Path:

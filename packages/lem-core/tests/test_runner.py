@@ -13,7 +13,7 @@ import lem.testing.scripted as scripted
 from lem import hookimpl
 from lem.campaign import run_campaign
 from lem.errors import MeterUnavailable, ResultsError
-from lem.loading import LoadedFile
+from lem.loading import LoadedFile, deep_merge
 from lem.metrics import energy_figures
 from lem.progress import Progress
 from lem.runner import run_experiment, window_json
@@ -48,10 +48,7 @@ BASE = {
 
 
 def _with(**tables: dict[str, Any]) -> dict[str, Any]:
-    doc = {k: dict(v) for k, v in BASE.items()}
-    for k, v in tables.items():
-        doc[k] = {**doc.get(k, {}), **v}
-    return doc
+    return deep_merge(BASE, tables)
 
 
 def test_offline_batch_one_queues_into_ttft(tmp_path: Path) -> None:
