@@ -208,8 +208,26 @@ def test_resume_skips_finished_experiments(tmp_path: Path) -> None:
     assert (run_dir / "a" / "summary.json").stat().st_mtime_ns == first
     assert (run_dir / "b" / "summary.json").exists() and not list((run_dir / "b").glob(".*.tmp"))
     changed = scripted.experiment(_with(generation={"max_output_tokens": 4}), exp_id="a")
-    with pytest.raises(ResultsError, match="different config"):
+    with pytest.raises(ResultsError, match=r"different config \(generation.max_output_tokens: \d+ then, 4 now\)"):
         _run(tmp_path, changed, resume_id=run_dir.name)
+
+
+def test_resume_accepts_a_stored_config_that_lacks_keys_added_with_their_defaults(tmp_path: Path) -> None:
+    # An older lem wrote experiment.toml without keys a later version added: those read as their defaults.
+    import tomli_w
+    import tomllib
+
+    a = scripted.experiment(_with(), exp_id="a")
+    b = scripted.experiment(_with(), exp_id="b")
+    ok, run_dir = _run(tmp_path, a, b)
+    stored = run_dir / "b" / "experiment.toml"
+    doc = tomllib.loads(stored.read_text())
+    dropped = doc["measurement"].pop("prefill_pass")  # as if the key were newer than the run
+    stored.write_text(tomli_w.dumps(doc))
+    assert dropped is a.config.measurement.prefill_pass is type(a.config.measurement)().prefill_pass
+    (run_dir / "b" / "summary.json").unlink()
+    ok, again = _run(tmp_path, a, b, resume_id=run_dir.name)
+    assert ok and again == run_dir and (run_dir / "b" / "summary.json").exists()
 
 
 def test_failure_is_recorded_and_the_campaign_goes_on(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from lem.rundir import check_resume_id, lock_run
 from lem.worker import Outcome, run_here, run_in_worker
 
 if TYPE_CHECKING:
+    from lem.config import ExperimentConfig
     from lem.distributed import RayOptions
 
 
@@ -76,16 +77,45 @@ def _clear_partial(exp_dir: Path) -> None:
     remove_stale_temporaries(exp_dir)
 
 
+def _config_difference(stored: Path, config: ExperimentConfig) -> str | None:
+    """Where ``stored`` (a resumed run's experiment.toml) and ``config`` differ; ``None`` if they do not.
+
+    Compared as configs, not as text: a key a later lem version added with its
+    default reads the same from the stored file, so such a run still resumes.
+    """
+    text = stored.read_text(encoding="utf-8")
+    if text == dumps(config):
+        return None
+    import tomllib
+
+    from lem.loading import structure, unstructure
+    from lem.results import flat_config
+
+    try:
+        before, problems = structure(tomllib.loads(text))
+    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        return f"the stored file does not parse: {exc}"
+    if before is None:
+        return "the stored config is not valid now: " + "; ".join(str(p) for p in problems[:2])
+    old, new = flat_config(unstructure(before)), flat_config(unstructure(config))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if not changed:
+        return None
+    shown = ", ".join(f"{k}: {old.get(k)!r} then, {new.get(k)!r} now" for k in changed[:3])
+    return shown + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
+
+
 def _prepare(exp: Experiment, run_dir: Path, resuming: bool) -> bool:
     """Write the experiment's config; ``False`` if a resumed run already finished it."""
     exp_dir = run_dir / exp.id
     toml = dumps(exp.config)
     stored = exp_dir / "experiment.toml"
     if resuming and stored.exists():
-        if stored.read_text(encoding="utf-8") != toml:
+        differs = _config_difference(stored, exp.config)
+        if differs is not None:
             raise ResultsError(
-                f"{stored}: experiment {exp.id} of run {run_dir.name} was run with a different config; "
-                "start a new run instead of --resume"
+                f"{stored}: experiment {exp.id} of run {run_dir.name} was run with a different config"
+                f" ({differs}); start a new run instead of --resume"
             )
         if (exp_dir / "summary.json").exists():
             return False
