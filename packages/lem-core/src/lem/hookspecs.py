@@ -16,6 +16,7 @@ import pluggy
 
 if TYPE_CHECKING:
     from lem.config import ExperimentConfig, GenerationConfig
+    from lem.phases import LoadPhases
     from lem.types import EnergyMeter, LoadedModel, Problem, Request, TokenEvent
 
 hookspec = pluggy.HookspecMarker("lem")
@@ -23,7 +24,7 @@ hookimpl = pluggy.HookimplMarker("lem")
 
 
 @hookspec(firstresult=True)
-def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
+def load_model(backend: str, config: ExperimentConfig, phases: LoadPhases) -> LoadedModel | None:
     """Load the experiment's model if ``backend`` is yours.
 
     Called once per experiment, before the idle baseline. Loading time and
@@ -31,6 +32,10 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
 
     :param backend: the backend name the experiment asks for (``config.backend``).
     :param config: the resolved experiment; your own table is ``config.options_for(backend)``.
+    :param phases: optional to accept. ``with phases("build"): ...`` meters the block as
+        its own phase of the load (``load.phases.build``: time and energy apart from
+        the rest of the load); finish the block's device work before it ends. Phases
+        do not nest and each name is used once (see :mod:`lem.phases`).
     :returns: a :class:`~lem.types.LoadedModel`, or ``None`` if ``backend`` is not yours.
 
     Stops at first non-None result.

@@ -222,6 +222,18 @@ def _environments(run: RunData) -> str:
     return "".join(parts)
 
 
+def _phase_text(phase: Any) -> str | None:
+    """A load phase (an engine build): its time and, where measured, its energy."""
+    seconds = number((phase or {}).get("duration_s"))
+    if seconds is None:
+        return None
+    window = (phase or {}).get("energy_window") or {}
+    energies = [number(d.get("energy_j")) for d in window.get("devices") or ()]
+    known = [e for e in energies if e is not None]
+    energy = f", {sum(known):.4g} J" if known and len(known) == len(energies) else ", energy not measured"
+    return f"{seconds:.3g} s{energy}"
+
+
 def _experiment(exp: ExperimentData) -> str:
     summary, setup = exp.summary or {}, exp.setup or {}
     prompts = summary.get("prompts") or setup.get("prompts") or {}
@@ -238,6 +250,7 @@ def _experiment(exp: ExperimentData) -> str:
         ("prompts", f"{prompts.get('count', '?')}: {prompts.get('description', '')}" if prompts else None),
         ("prompt-set digest", prompts.get("digest")),
         ("load", None if number(load.get("duration_s")) is None else f"{number(load.get('duration_s')):.3g} s"),
+        *((f"load phase: {name}", _phase_text(phase)) for name, phase in (load.get("phases") or {}).items()),
         ("idle power", None if idle is None else f"{idle:.4g} W (summed over metered devices)"),
         *_labels(exp),
     ]

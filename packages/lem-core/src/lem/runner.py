@@ -1,7 +1,8 @@
 """One experiment's lifecycle, and the campaign that runs every experiment of a file.
 
 Order per experiment: environment capture → energy meter → load the model
-(its time and energy recorded apart) → idle baseline with the model resident
+(its time and energy recorded apart, and any phase the backend reports apart
+from that: :mod:`lem.phases`) → idle baseline with the model resident
 → warm-up → N measured cycles (more under ``measurement.target_rel_ci``, until
 the precision target holds) → summary. Each cycle's energy window opens and
 closes around exactly the measured requests, with a device synchronize at
@@ -28,6 +29,7 @@ from lem.errors import BackendError, MeterUnavailable
 from lem.loading import Experiment, unstructure
 from lem.metrics import device_key, peak_total_power, request_metrics
 from lem.passes import prefill_config, serve, serve_passes
+from lem.phases import LoadPhases
 from lem.progress import Progress
 from lem.results import as_written, flat_config, write_json, write_timeline
 from lem.summary import compute_cycle, summarize, traces_to_json
@@ -229,12 +231,17 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
         _write_environment(exp_dir, meter, meter_reason)
 
         progress.stage("load")
-        with _Window(meter) as load:
-            model = get_plugin_manager().hook.load_model(backend=config.backend, config=config)
+        # A backend may split off a metered phase of its load (an engine build): see lem.phases.
+        load = LoadPhases(meter)
+        load.open()
+        try:
+            model = get_plugin_manager().hook.load_model(backend=config.backend, config=config, phases=load)
             if model is None:
                 raise BackendError(f"backend = {config.backend!r}: no installed plugin loads models for it")
             model.synchronize()
-        load_s = (load.t1 - load.t0) / 1e9
+        finally:
+            load.close()
+        load_s, load_window = load.duration_s, load.window
         progress.end()
         load_metered, load_reason = metered, meter_reason
         if meter is not None and model.devices and set(model.devices) != set(metered):
@@ -309,9 +316,18 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
             },
             "load": {
                 "duration_s": load_s,
-                "energy_window": window_json(load.window),
+                "energy_window": window_json(load_window),
                 "energy_reason": load_reason,
-                "metered_devices": list(load_metered) if load.window is not None else [],
+                "metered_devices": list(load_metered) if load_window is not None else [],
+                # Metered phases the backend reported (an engine build), each apart from load's own figures.
+                "phases": {
+                    name: {
+                        "duration_s": (p.t1 - p.t0) / 1e9,
+                        "energy_window": window_json(p.window),
+                        "energy_reason": load_reason,
+                    }
+                    for name, p in load.phases.items()
+                },
             },
             "idle": idle,
             "warmup": warmup,
