@@ -86,6 +86,24 @@ def _resolved(cb_config: Any) -> dict[str, Any]:
     return out
 
 
+def _grad_mode(torch: Any) -> Any:
+    """The autograd mode to build, warm up and start the manager in: the one its thread will run in.
+
+    Since transformers 5.2x the manager's thread adopts the inference mode of the
+    thread that starts it (``_run_generation_loop(use_inference_mode=...)``).
+    Before that (5.17 on an H200: "Inplace update to inference tensor outside
+    InferenceMode") the thread runs under ``no_grad`` only, and a paged cache
+    allocated in inference mode cannot be written there.
+    """
+    import inspect
+
+    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
+
+    loop = getattr(ContinuousBatchingManager, "_run_generation_loop", None)
+    adopts = loop is not None and "use_inference_mode" in inspect.signature(loop).parameters
+    return torch.inference_mode() if adopts else torch.no_grad()
+
+
 def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
     """Build the manager for ``params`` on the loaded model, warm it up (CUDA graphs, compile) and start its thread."""
     import torch
@@ -98,8 +116,7 @@ def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig
     kwargs = config_kwargs(handle.options.continuous, config.seed)
     loop = serving.EventLoop("lem-pytorch-continuous")
     try:
-        # The manager's thread runs in the inference mode of the thread that starts it.
-        with torch.inference_mode():
+        with _grad_mode(torch):
             manager = handle.model.init_continuous_batching(
                 generation_config=generation_config,
                 continuous_batching_config=ContinuousBatchingConfig(**kwargs),
