@@ -114,8 +114,22 @@ def test_compare_json_ratios_verdicts_and_fairness(run_dir: Path) -> None:
     # c's prompts are longer: the prompt digest and the input tokens differ from a's.
     warnings = result["warnings"]
     assert any(w.startswith("prompt-set digest differs") and "/c has" in w for w in warnings)
-    assert any(w.startswith("input tokens per cycle differs") and "has 12," in w and "has 18" in w for w in warnings)
+    assert any(w.startswith("input tokens per pass differs") and "has 12," in w and "has 18" in w for w in warnings)
     assert not any("/b has" in w for w in warnings)
+
+
+def test_fairness_compares_the_work_of_one_pass_not_of_a_cycle(tmp_path: Path) -> None:
+    # min_window_s makes a faster engine serve the prompt set more often per cycle: the same workload.
+    from lem.compare import Entry, fairness
+
+    def entry(key: str, outs: tuple[int, ...], passes: tuple[int, ...]) -> Entry:
+        summary = {"model": "m", "prompts": {"digest": "d"}}
+        return Entry(key, tmp_path, summary, {"precision": "float32"}, tuple(128 * p for p in passes), outs, passes)
+
+    slow = entry("slow", (256, 256), (1, 1))
+    assert fairness([slow, entry("fast", (768, 1024), (3, 4))]) == []
+    (line,) = fairness([slow, entry("other", (512, 512), (1, 1))])
+    assert line.startswith("output tokens per pass differs: slow has 256, other has 512")
 
 
 def test_compare_table_and_strict(run_dir: Path) -> None:

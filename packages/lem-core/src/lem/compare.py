@@ -54,15 +54,20 @@ class Entry:
     config: Mapping[str, Any]
     input_tokens: tuple[int, ...]
     output_tokens: tuple[int, ...]
+    #: Passes over the prompt set per cycle (``measurement.min_window_s``); 1 before passes existed.
+    passes: tuple[int, ...] = ()
 
 
-def _workload(exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], None]) -> tuple[list[int], list[int]]:
-    """Input and output tokens per cycle: from the summary (schema 2) or the cycle files (schema 1)."""
+def _workload(
+    exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], None]
+) -> tuple[list[int], list[int], list[int]]:
+    """Input tokens, output tokens and passes per cycle: from the summary (schema 2) or the cycle files (schema 1)."""
     from lem.results import cycle_paths, read_json_or_warn
 
     work = summary.get("workload")
     if work:
-        return list(work["input_tokens"]), list(work["output_tokens"])
+        ins, outs = list(work["input_tokens"]), list(work["output_tokens"])
+        return ins, outs, list(work.get("passes") or [1] * len(ins))
     ins, outs = [], []
     for p in cycle_paths(exp_dir):
         cycle = read_json_or_warn(p, warn)
@@ -70,7 +75,7 @@ def _workload(exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], N
         if "input_tokens" in metrics:
             ins.append(int(metrics["input_tokens"]))
             outs.append(int(metrics["output_tokens"]))
-    return ins, outs
+    return ins, outs, [1] * len(ins)
 
 
 def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None]) -> list[Entry]:
@@ -93,20 +98,31 @@ def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None
             summary = read_json_or_warn(d / "summary.json", warn)
             if summary is None:
                 continue
-            ins, outs = _workload(d, summary, warn)
+            ins, outs, passes = _workload(d, summary, warn)
             key = summary.get("key") or f"{d.parent.name}/{d.name}"
             config = summary.get("config") or experiment_config(d)
-            entries.append(Entry(key, d, summary, config, tuple(ins), tuple(outs)))
+            entries.append(Entry(key, d, summary, config, tuple(ins), tuple(outs), tuple(passes)))
     if len(entries) < 2:
         raise ResultsError(f"compare needs at least 2 experiments with a summary; found {len(entries)}")
     return entries
 
 
-def _per_cycle(tokens: Sequence[int]) -> str:
+def _per_cycle(tokens: Sequence[float]) -> str:
     if not tokens:
         return "unknown"
     values = sorted(set(tokens))
     return str(values[0]) if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def _per_pass(tokens: Sequence[int], passes: Sequence[int]) -> str:
+    """Tokens per pass over the prompt set, per cycle: the workload, whatever number of passes a window took.
+
+    Two engines given the same ``min_window_s`` run different numbers of passes
+    (the faster one more); the work of each pass is what must match.
+    """
+    if not tokens or len(passes) != len(tokens) or any(p < 1 for p in passes):
+        return _per_cycle(tokens)
+    return _per_cycle([t // p if t % p == 0 else t / p for t, p in zip(tokens, passes, strict=True)])
 
 
 def fairness(entries: Sequence[Entry]) -> list[str]:
@@ -124,8 +140,8 @@ def fairness(entries: Sequence[Entry]) -> list[str]:
     check("model", lambda e: e.summary.get("model"))
     check("precision", lambda e: e.config.get("precision"), lambda v: v is not None)
     check("prompt-set digest", lambda e: (e.summary.get("prompts") or {}).get("digest"), lambda v: v is not None)
-    check("input tokens per cycle", lambda e: _per_cycle(e.input_tokens), lambda v: v != "unknown")
-    check("output tokens per cycle", lambda e: _per_cycle(e.output_tokens), lambda v: v != "unknown")
+    check("input tokens per pass", lambda e: _per_pass(e.input_tokens, e.passes), lambda v: v != "unknown")
+    check("output tokens per pass", lambda e: _per_pass(e.output_tokens, e.passes), lambda v: v != "unknown")
     # Goodput against different objectives is not comparable (schema 2 before [slo]: no objective either).
     check("SLO ([slo])", lambda e: (e.summary.get("slo") or {}).get("slo"))
     check("generated-output digest", lambda e: e.summary.get("output_digest"), lambda v: v is not None)
