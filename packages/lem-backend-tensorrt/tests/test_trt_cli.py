@@ -53,8 +53,11 @@ gpu_memory_utilization = 0.5
 """
 
 
-def lem(tmp_path: Path, model: Path, script: dict[str, Any], tokens: int = 8, *flags: str, **popen: Any) -> Any:
-    (tmp_path / "exp.toml").write_text(EXPERIMENT.format(model=model, tokens=tokens))
+def lem(
+    tmp_path: Path, model: Path, script: dict[str, Any], tokens: int = 8, *flags: str, extra: str = "", **popen: Any
+) -> Any:
+    """``lem run`` in a subprocess on the fake; ``extra`` is appended to the file (inside its ``[tensorrt]`` table)."""
+    (tmp_path / "exp.toml").write_text(EXPERIMENT.format(model=model, tokens=tokens) + extra)
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(FAKE), str(FAKE_NVML), os.environ.get("PYTHONPATH", "")]),
@@ -82,6 +85,29 @@ def test_lem_run_through_the_cli_in_a_worker(tmp_path: Path, tiny_llama: Path) -
     assert [e["event"] for e in log if e["event"] != "in_flight"] == ["init", "shutdown"]
     assert {e["pid"] for e in log} != {os.getpid()}  # the worker ran the engine, not this process
     assert max(e["n"] for e in log if e["event"] == "in_flight") <= 2
+
+
+def test_lem_run_builds_a_tensorrt_engine_once_and_reuses_it(tmp_path: Path, tiny_llama: Path) -> None:
+    # runtime = "tensorrt": the first run builds (its own phase in setup.json), the second loads the cached engine.
+    extra = f'runtime = "tensorrt"\nengine_cache_dir = "{tmp_path / "engines"}"\nmax_input_len = 64\n'
+    first = lem(tmp_path, tiny_llama, {"build_s": 0.05}, extra=extra)
+    assert first.returncode == 0, first.stderr
+    second = lem(tmp_path, tiny_llama, {}, extra=extra)
+    assert second.returncode == 0, second.stderr
+    setups = sorted((tmp_path / "out").glob("*/*/setup.json"))
+    assert len(setups) == 2
+    built, reused = (json.loads(p.read_text()) for p in setups)
+    assert built["load"]["phases"]["build"]["duration_s"] >= 0.05
+    assert built["load"]["phases"]["build"]["energy_reason"].startswith("energy metering is off")
+    assert reused["load"]["phases"] == {}
+    info, again = built["model_info"]["info"]["engine_build"], reused["model_info"]["info"]["engine_build"]
+    assert (info["cache"], again["cache"]) == ("miss", "hit") and info["path"] == again["path"]
+    assert info["build_config"] == {"max_batch_size": 8, "max_input_len": 64}
+    events = [e["event"] for e in read_log(tmp_path / "fake.jsonl") if e["event"] != "in_flight"]
+    build, load = ["init", "build", "save", "shutdown"], ["init", "load_engine", "shutdown"]
+    assert events == [*build, *load, *load]  # built, saved and shut down; then the saved engine loaded, twice
+    cycle = json.loads(next(setups[1].parent.glob("cycle-001.json")).read_text())
+    assert cycle["metrics"]["output_tokens"] == 4 * 8
 
 
 def test_an_engine_failure_is_recorded_and_the_engine_shut_down(tmp_path: Path, tiny_llama: Path) -> None:

@@ -41,10 +41,72 @@ def test_unknown_key_suggests_the_right_one() -> None:
     assert problem.hint == "did you mean 'max_batch_size'?"
 
 
-@pytest.mark.parametrize("key", list(options.REFUSED))
-def test_engine_flow_keys_are_refused_with_the_reason(key: str) -> None:
-    found = problems(tensorrt={key: "x"})
-    assert "no engine flow" in found[f"tensorrt.{key}"]
+def test_builder_opt_level_is_refused_with_the_reason() -> None:
+    found = problems(tensorrt={"runtime": "tensorrt", "builder_opt_level": 3})
+    assert "not a field of TensorRT-LLM's BuildConfig" in found["tensorrt.builder_opt_level"]
+
+
+@pytest.mark.parametrize("key", ["engine_cache_dir", "force_rebuild", "strongly_typed", "extra_build_args"])
+def test_engine_flow_keys_need_the_tensorrt_runtime(key: str) -> None:
+    value = {"engine_cache_dir": "/tmp/x", "force_rebuild": True, "strongly_typed": True, "extra_build_args": {}}[key]
+    found = problems(tensorrt={key: value})
+    assert "tensorrt.runtime = 'pytorch'" in found[f"tensorrt.{key}"]
+    assert f"tensorrt.{key}" not in problems(tensorrt={"runtime": "tensorrt", key: value})
+
+
+@pytest.mark.parametrize("key", list(options.PYTORCH_ONLY))
+def test_pytorch_runtime_keys_are_errors_in_the_engine_flow(key: str) -> None:
+    exp, _ = structure({"model": "org/model", "backend": "tensorrt", "tensorrt": {"runtime": "tensorrt", key: 1}})
+    messages = [p.message for p in plugin.validate_config(config=exp) if p.path == f"tensorrt.{key}"]
+    assert any("is an option of the PyTorch runtime" in m for m in messages), messages
+
+
+def test_runtime_and_engine_path(tmp_path: Path) -> None:
+    assert "must be 'pytorch' or 'tensorrt'" in problems(tensorrt={"runtime": "trt"})["tensorrt.runtime"]
+    assert "is not a directory" in problems(tensorrt={"engine_path": str(tmp_path / "no")})["tensorrt.engine_path"]
+    # engine_path implies the engine flow; build options beside it are warned about (nothing is built).
+    found = problems(tensorrt={"engine_path": str(tmp_path), "force_rebuild": True})
+    assert found == {
+        "tensorrt.force_rebuild": "warning: has no effect with tensorrt.engine_path: that engine is "
+        "loaded as it is, not built"
+    }
+    exp = config("org/model", tensorrt={"engine_path": str(tmp_path)})
+    assert options.runtime(exp) == "tensorrt" and options.llm_args(exp)["model"] == str(tmp_path)
+
+
+def test_the_engine_flow_maps_build_limits_onto_build_config() -> None:
+    exp = config(
+        "org/model",
+        batching={"batch_size": 8},
+        tensorrt={
+            "runtime": "tensorrt",
+            "max_batch_size": 16,
+            "max_input_len": 256,
+            "max_output_len": 64,
+            "max_num_tokens": 2048,
+            "strongly_typed": False,
+            "gpu_memory_utilization": 0.8,
+            "extra_build_args": {"opt_num_tokens": 512},
+        },
+    )
+    build = options.build_config_args(exp)
+    assert build == {
+        "max_batch_size": 16,
+        "max_input_len": 256,
+        "max_seq_len": 320,
+        "max_num_tokens": 2048,
+        "strongly_typed": False,
+        "opt_num_tokens": 512,
+    }
+    args = options.llm_args(exp)
+    assert not {"max_batch_size", "max_input_len", "max_seq_len", "max_num_tokens"} & set(args)
+    assert args["kv_cache_config"] == {"free_gpu_memory_fraction": 0.8}
+    assert (
+        options.build_config_args(config("org/model", batching={"batch_size": 4}, tensorrt={"runtime": "tensorrt"}))[
+            "max_batch_size"
+        ]
+        == 4
+    )
 
 
 def test_mode_and_traffic() -> None:
@@ -133,11 +195,28 @@ def test_cuda_graphs_off_and_extra_runtime_args() -> None:
     assert args["max_batch_size"] == 2
 
 
-def test_an_argument_the_installed_library_lacks_is_a_clear_error() -> None:
+def test_an_argument_the_installed_library_lacks_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     from lem.errors import BackendError
 
-    with pytest.raises(BackendError, match=r"tensorrt.extra_runtime_args.max_batch: TensorRT-LLM .* no LLM argument"):
+    with pytest.raises(
+        BackendError, match=r"tensorrt.extra_runtime_args.max_batch: TensorRT-LLM .* no TorchLlmArgs argument"
+    ):
         options.check_against_installed({"model": "m", "max_batch": 2})
+    # A BuildConfig (a dataclass in the source) that renamed max_input_len: the key that maps to it is named.
+    import dataclasses
+
+    import tensorrt_llm.llmapi
+
+    renamed = dataclasses.make_dataclass("BuildConfig", [("max_input_length", int, 1024)])
+    with monkeypatch.context() as m:
+        m.setattr(tensorrt_llm.llmapi, "BuildConfig", renamed)
+        with pytest.raises(BackendError, match=r"tensorrt.max_input_len: TensorRT-LLM .* no BuildConfig field"):
+            options.check_against_installed({"model": "m"}, {"max_input_len": 2})
+    options.check_against_installed({"model": "m"}, {"max_input_len": 2})
+    with pytest.raises(BackendError, match=r"extra_build_args.opt_level: .* no BuildConfig field"):
+        options.check_against_installed({"model": "m"}, {"opt_level": 2})
+    with pytest.raises(BackendError, match=r"no TrtLlmArgs argument 'cuda_graph_config'"):
+        options.check_against_installed({"model": "m", "cuda_graph_config": None}, {})
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
@@ -166,7 +245,7 @@ def test_fp8_preset_needs_hopper() -> None:
 def test_unknown_key_in_a_real_toml_file_is_one_line(tmp_path: Path) -> None:
     path = tmp_path / "exp.toml"
     path.write_text('model = "org/model"\nbackend = "tensorrt"\n[tensorrt]\nengine_path = "/engines/x"\n')
-    with pytest.raises(ConfigError, match=r"tensorrt.engine_path = '/engines/x'.*no engine flow"):
+    with pytest.raises(ConfigError, match=r"tensorrt.engine_path = '/engines/x'.*is not a directory"):
         load(path)
 
 

@@ -71,6 +71,25 @@ def mapping_problems(surface: dict[str, Any]) -> list[str]:
     for key, field in sampling.SAMPLING_OPTIONS.items():
         if field not in surface_check.fields(surface, "SamplingParams"):
             problems.append(f"generation.{key} -> SamplingParams.{field}: no such field")
+    # The engine flow (runtime = "tensorrt"): its own targets, and the shared keys on TrtLlmArgs.
+    for key, (cls, field) in options.ENGINE_OPTIONS.items():
+        if cls not in surface["classes"]:
+            problems.append(f"tensorrt.{key} -> {cls}: no such class")
+        elif field not in surface_check.field_names(surface, cls):
+            problems.append(f"tensorrt.{key} -> {cls}.{field}: no such field (runtime = 'tensorrt')")
+    for key, field in options.ENGINE_CORE_OPTIONS.items():
+        if field not in surface_check.fields(surface, "BuildConfig"):
+            problems.append(f"{key} -> BuildConfig.{field}: no such field (runtime = 'tensorrt')")
+    trt_fields = surface_check.fields(surface, "TrtLlmArgs") if "TrtLlmArgs" in surface["classes"] else {}
+    for key, (cls, field) in options.TENSORRT_OPTIONS.items():
+        if key in options.ENGINE_OPTIONS or key in options.PYTORCH_ONLY:
+            continue
+        target = field if cls == "TorchLlmArgs" else options.NESTED[cls]
+        if target not in trt_fields:
+            problems.append(f"tensorrt.{key} -> TrtLlmArgs.{target}: no such field (runtime = 'tensorrt')")
+    for field in ("build_config", "tokenizer", "model"):
+        if field not in trt_fields:
+            problems.append(f"TrtLlmArgs.{field}: no such field (lem's engine flow passes it)")
     return problems
 
 
@@ -123,6 +142,40 @@ def test_every_argument_lem_passes_has_a_compatible_type() -> None:
     assert args["max_seq_len"] == 2048 + 512
 
 
+#: Every [tensorrt] key the engine flow (runtime = "tensorrt") passes on, with a value.
+ENGINE_KEYS: dict[str, Any] = {
+    **{k: v for k, v in EVERY_KEY.items() if k not in options.PYTORCH_ONLY},
+    "runtime": "tensorrt",
+    "strongly_typed": True,
+    "extra_build_args": {"opt_num_tokens": 1024},
+    "extra_runtime_args": {"normalize_log_probs": False},
+}
+
+
+def test_every_argument_of_the_engine_flow_fits_trt_llm_args_and_build_config() -> None:
+    exp = config("org/model", precision="float16", batching={"batch_size": 8}, tensorrt=ENGINE_KEYS)
+    args = options.llm_args(exp)
+    assert surface_check.check_kwargs(SURFACE, "TrtLlmArgs", {**args, "tokenizer": "org/model"}) == []
+    build = options.build_config_args(exp)
+    assert build["max_seq_len"] == 2048 + 512 and build["strongly_typed"] is True
+    assert surface_check.check_kwargs(SURFACE, "BuildConfig", build) == []
+    assert surface_check.check_call(SURFACE, "TrtLLM.__init__", [args["model"]], {}) == []
+    assert surface_check.check_call(SURFACE, "TrtLLM.save", ["/engines/x"], {}) == []
+
+
+def test_a_renamed_build_config_field_fails_and_names_itself() -> None:
+    renamed = copy.deepcopy(SURFACE)
+    bc = renamed["classes"]["BuildConfig"]["fields"]
+    bc["max_sequence_len"] = bc.pop("max_seq_len")
+    assert mapping_problems(renamed) == [
+        "tensorrt.max_output_len -> BuildConfig.max_seq_len: no such field (runtime = 'tensorrt')"
+    ]
+    build = options.build_config_args(config("org/model", tensorrt={"runtime": "tensorrt", "max_output_len": 8}))
+    assert surface_check.check_kwargs(renamed, "BuildConfig", build) == [
+        "BuildConfig.max_seq_len: no such field in TensorRT-LLM"
+    ]
+
+
 def test_a_value_of_the_wrong_type_is_caught() -> None:
     args = options.llm_args(
         config("org/model", tensorrt={"capacity_scheduler_policy": "FASTEST", "max_batch_size": 2.5})
@@ -173,8 +226,12 @@ def test_streaming_outputs_expose_new_tokens_as_lem_reads_them() -> None:
 def test_constants_agree_with_the_source_defaults() -> None:
     base = surface_check.fields(SURFACE, "BaseLlmArgs")
     assert base["max_input_len"]["default"] == str(options.TRTLLM_DEFAULT_MAX_INPUT_LEN)
-    # No TensorRT engine flow in this source: that is why REFUSED exists.
-    assert not {"TrtLlmArgs", "BuildConfig"} & set(SURFACE["classes"])
+    # builder_opt_level is refused because BuildConfig has no such field (nor any "opt_level").
+    assert not [f for f in surface_check.fields(SURFACE, "BuildConfig") if "opt" in f and "level" in f]
+    assert set(options.REFUSED) == {"builder_opt_level"}
+    # The engine flow's LLM saves what it built; lem loads the saved directory as the model.
+    assert [p["name"] for p in SURFACE["classes"]["TrtLLM"]["methods"]["save"]["params"]] == ["engine_dir"]
+    assert surface_check.fields(SURFACE, "TrtLlmArgs")["enable_build_cache"]["default"] == "False"
     assert set(options.QUANTIZATION) == {"none", "fp8", "int8_sq", "int8_weight_only", "int4_awq", "int4_gptq"}
 
 

@@ -10,7 +10,8 @@ targets::
         --out tests/data/trtllm_api.json
 
 ``--file-commit PATH=SHA`` records, per source file, a commit other than
-``--commit`` (for a tree assembled from files read at different commits).
+``--commit``, and ``--file-note PATH=TEXT`` what that copy is (for a tree
+assembled from files read at different commits).
 Nothing here imports TensorRT-LLM: the source is only parsed.
 """
 
@@ -43,6 +44,10 @@ WANTED: dict[str, tuple[str, ...]] = {
     "tensorrt_llm/sampling_params.py": ("SamplingParams",),
     "tensorrt_llm/llmapi/llm.py": ("LLM",),
     "tensorrt_llm/executor/result.py": ("CompletionOutput",),
+    # The TensorRT engine flow: its arguments, its build config and its LLM (which can save an engine).
+    "tensorrt_llm/_tensorrt_engine/llm_args.py": ("TrtLlmArgs",),
+    "tensorrt_llm/_tensorrt_engine/llm.py": ("LLM as TrtLLM",),
+    "tensorrt_llm/builder.py": ("BuildConfig",),
 }
 
 ENUM_BASES = {"Enum", "StrEnum", "IntEnum"}
@@ -134,22 +139,29 @@ def _class(node: ast.ClassDef) -> dict[str, Any]:
 
 
 def extract_file(path: Path, wanted: tuple[str, ...]) -> tuple[dict[str, Any], dict[str, str]]:
-    """The wanted classes of one source file, and its module-level type aliases."""
+    """The wanted classes of one source file, and its module-level type aliases.
+
+    ``"LLM as TrtLLM"`` records class ``LLM`` under the name ``TrtLLM`` (two files define an ``LLM``).
+    """
     if not path.is_file():
         raise SystemExit(f"{path}: no such file (moved in this TensorRT-LLM, or not its source root?)")
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: dict[str, str] = {}  # class in the source -> name in the surface
+    for item in wanted:
+        source, _, as_name = item.partition(" as ")
+        names[source] = as_name or source
     classes: dict[str, Any] = {}
     aliases: dict[str, str] = {}
     for node in tree.body:
-        if isinstance(node, ast.ClassDef) and node.name in wanted:
-            classes[node.name] = _class(node)
+        if isinstance(node, ast.ClassDef) and node.name in names:
+            classes[names[node.name]] = {**_class(node), "source_name": node.name}
         elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             if isinstance(node.value, (ast.Name, ast.Subscript)):
                 aliases[node.targets[0].id] = ast.unparse(node.value)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
             if ast.unparse(node.annotation) == "TypeAlias":
                 aliases[node.target.id] = ast.unparse(node.value)
-    missing = [name for name in wanted if name not in classes]
+    missing = [name for name, as_name in names.items() if as_name not in classes]
     if missing:
         raise SystemExit(f"{path}: no class {', '.join(missing)} (renamed or moved?)")
     return classes, aliases
@@ -185,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", required=True)
     parser.add_argument("--commit", required=True)
     parser.add_argument("--file-commit", action="append", default=[], metavar="PATH=SHA")
+    parser.add_argument("--file-note", action="append", default=[], metavar="PATH=TEXT", help="what one file is")
     parser.add_argument("--note", default="", help="how the tree was obtained, recorded in the file")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -192,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     surface = extract(args.source, args.tag, args.commit, file_commits)
     if args.note:
         surface["source"]["note"] = args.note
+    if args.file_note:
+        surface["source"]["file_notes"] = dict(item.split("=", 1) for item in args.file_note)
     args.out.write_text(json.dumps(surface, indent=1, sort_keys=True) + "\n", encoding="utf-8")
     print(f"{args.out}: {len(surface['classes'])} classes from {len(WANTED)} files", file=sys.stderr)
     return 0

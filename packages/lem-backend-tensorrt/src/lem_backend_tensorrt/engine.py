@@ -139,13 +139,42 @@ def _build(args: Mapping[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def start(mode: str, args: Mapping[str, Any]) -> Engine:
-    """Construct the ``LLM`` (model load, KV cache allocation, warm-up and CUDA-graph capture happen here)."""
-    from tensorrt_llm import LLM
+def _engine_llm() -> Any:
+    """The TensorRT engine flow's ``LLM`` (``_TrtLLM`` up to 1.2, exported there as ``LLM``)."""
+    from tensorrt_llm._tensorrt_engine import LLM
 
+    return LLM
+
+
+def build_engine(args: Mapping[str, Any], build: Mapping[str, Any], target: Path) -> None:
+    """Build an engine from the checkpoint ``args["model"]`` with ``BuildConfig(**build)``; save it to ``target``.
+
+    TensorRT-LLM builds inside ``LLM(...)`` and starts an executor on the engine; that executor is shut down
+    here, and the experiment loads the saved engine like any cached one, so its load is the same whether or
+    not this run built the engine.
+    """
+    from tensorrt_llm.llmapi import BuildConfig
+
+    llm = _engine_llm()(**_build(args), build_config=BuildConfig(**build))
+    try:
+        llm.save(str(target))
+    finally:
+        llm.shutdown()
+
+
+def start(mode: str, args: Mapping[str, Any], engine_flow: bool = False) -> Engine:
+    """Construct the ``LLM`` (model load, KV cache allocation, warm-up and CUDA-graph capture happen here).
+
+    With ``engine_flow``, ``args["model"]`` is a built TensorRT engine and the engine flow's ``LLM`` loads it.
+    """
     loop = EventLoop("lem-tensorrt") if mode == "stream" else None
     try:
-        llm = LLM(**_build(args))
+        if engine_flow:
+            llm = _engine_llm()(**_build(args))
+        else:
+            from tensorrt_llm import LLM
+
+            llm = LLM(**_build(args))
     except BaseException:
         if loop is not None:
             loop.close()

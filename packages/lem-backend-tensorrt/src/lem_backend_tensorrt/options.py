@@ -1,16 +1,19 @@
 """The ``[tensorrt]`` table and the experiment mapped onto TensorRT-LLM's own argument classes, in one table.
 
 :data:`TENSORRT_OPTIONS` is the one visible table: every ``[tensorrt]`` key
-that reaches TensorRT-LLM, with the class and field it becomes (``TorchLlmArgs``
-for the ``LLM(...)`` keyword arguments; ``KvCacheConfig``, ``CudaGraphConfig``,
-``SchedulerConfig`` and ``DraftTargetDecodingConfig`` for the nested configs
-:data:`NESTED` names). :data:`CORE_OPTIONS` adds what comes from the core
-config, :data:`LEM_OPTIONS` the keys lem handles itself and :data:`REFUSED` the
-keys of the TensorRT engine flow, which the TensorRT-LLM source lem is written
-against no longer has (see docs/tensorrt.md). :func:`llm_args` builds the
-arguments as plain data; :mod:`lem_backend_tensorrt.engine` turns the nested
-tables into TensorRT-LLM's classes. The ``[generation]`` parameters are in
-:mod:`lem_backend_tensorrt.sampling`.
+that reaches TensorRT-LLM, with the class and field it becomes under the
+default PyTorch runtime (``TorchLlmArgs`` for the ``LLM(...)`` keyword
+arguments; ``KvCacheConfig``, ``CudaGraphConfig``, ``SchedulerConfig`` and
+``DraftTargetDecodingConfig`` for the nested configs :data:`NESTED` names).
+:data:`ENGINE_OPTIONS` says where a key goes instead under
+``runtime = "tensorrt"``, the TensorRT engine flow (``TrtLlmArgs`` and the
+``BuildConfig`` an engine is built with); :data:`PYTORCH_ONLY` lists the keys
+that runtime does not take. :data:`CORE_OPTIONS` adds what comes from the
+core config, :data:`LEM_OPTIONS` the keys lem handles itself and
+:data:`REFUSED` the keys TensorRT-LLM has no argument for. :func:`llm_args`
+and :func:`build_config_args` build the arguments as plain data;
+:mod:`lem_backend_tensorrt.engine` turns the nested tables into TensorRT-LLM's
+classes. The ``[generation]`` parameters are in :mod:`lem_backend_tensorrt.sampling`.
 
 Nothing here imports TensorRT-LLM.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -75,31 +79,66 @@ CORE_OPTIONS: dict[str, str] = {
     "generation.num_beams": "max_beam_width",
 }
 
+#: Under ``runtime = "tensorrt"`` (the TensorRT engine flow): ``[tensorrt]`` key -> (class, field) where it
+#: differs from :data:`TENSORRT_OPTIONS`. The build-time limits go to the ``BuildConfig`` the engine is built with;
+#: the other keys of :data:`TENSORRT_OPTIONS` not in :data:`PYTORCH_ONLY` go to ``TrtLlmArgs`` unchanged (it
+#: inherits them from ``BaseLlmArgs``).
+ENGINE_OPTIONS: dict[str, tuple[str, str]] = {
+    "max_batch_size": ("BuildConfig", "max_batch_size"),
+    "max_input_len": ("BuildConfig", "max_input_len"),
+    "max_output_len": ("BuildConfig", "max_seq_len"),  # max_input_len + max_output_len
+    "max_num_tokens": ("BuildConfig", "max_num_tokens"),
+    "strongly_typed": ("BuildConfig", "strongly_typed"),
+    "engine_path": ("TrtLlmArgs", "model"),  # a saved engine directory is what TensorRT-LLM loads as the model
+}
+#: Core config -> ``BuildConfig`` field, under ``runtime = "tensorrt"``.
+ENGINE_CORE_OPTIONS: dict[str, str] = {
+    "batching.batch_size": "max_batch_size",
+    "generation.num_beams": "max_beam_width",
+}
+#: Keys only the PyTorch runtime has (``TorchLlmArgs`` fields, or what TrtLlmArgs refuses), with why.
+PYTORCH_ONLY: dict[str, str] = {
+    "attention_backend": "TorchLlmArgs.attn_backend",
+    "disable_overlap_scheduler": "TorchLlmArgs.disable_overlap_scheduler",
+    "stream_interval": "TorchLlmArgs.stream_interval",
+    "cuda_graph_batch_sizes": "TorchLlmArgs.cuda_graph_config",
+    "cuda_graph_max_batch_size": "TorchLlmArgs.cuda_graph_config",
+    "cuda_graph_padding": "TorchLlmArgs.cuda_graph_config",
+    "cuda_graphs": "TorchLlmArgs.cuda_graph_config",
+    # TrtLlmArgs.validate_kv_cache_dtype asserts KvCacheConfig.dtype == "auto".
+    "kv_cache_dtype": "KvCacheConfig.dtype (TrtLlmArgs accepts only 'auto')",
+    "draft_model": "DraftTargetDecodingConfig (an engine is built for one speculative mode)",
+    "num_draft_tokens": "DraftTargetDecodingConfig (an engine is built for one speculative mode)",
+}
+#: Keys that exist only in the engine flow: an error under the PyTorch runtime.
+ENGINE_ONLY = ("engine_path", "engine_cache_dir", "force_rebuild", "strongly_typed", "extra_build_args")
+
 #: ``[tensorrt]`` keys lem handles itself.
 LEM_OPTIONS: dict[str, str] = {
     "mode": '"stream" (generate_async(streaming=True), per-token events; default) or "offline" (LLM.generate)',
+    "runtime": '"pytorch" (tensorrt_llm.LLM; default) or "tensorrt" (tensorrt_llm._tensorrt_engine.LLM: a built '
+    'engine, cached); engine_path implies "tensorrt"',
+    "engine_cache_dir": "where built engines are cached (default $LEM_CACHE_DIR/tensorrt, $XDG_CACHE_HOME/lem/"
+    "tensorrt or ~/.cache/lem/tensorrt)",
+    "force_rebuild": "true: build the engine again even when the cache has it (the new one replaces it)",
     "cuda_graphs": "false: cuda_graph_config = None (no CUDA graphs); default true",
-    "kv_cache_type": '"paged" only: the PyTorch runtime always pages the KV cache',
+    "kv_cache_type": '"paged" only: the PyTorch runtime always pages the KV cache, and lem builds paged engines',
     "quantization": "table: method (none, fp8, int8_sq, int8_weight_only, int4_awq, int4_gptq) of the checkpoint",
+    "extra_build_args": "table passed to BuildConfig(...) unchanged, last (runtime = 'tensorrt')",
     "extra_runtime_args": "table passed to LLM(...) unchanged (overrides everything above)",
 }
 
-#: Keys of the TensorRT engine flow (``TrtLlmArgs``, ``BuildConfig``): refused, with why.
+#: Keys TensorRT-LLM has no argument for: refused, with why.
 REFUSED: dict[str, str] = {
-    "engine_path": "a prebuilt TensorRT engine",
-    "engine_cache_dir": "a cache of built TensorRT engines",
-    "force_rebuild": "rebuilding a cached TensorRT engine",
-    "builder_opt_level": "BuildConfig's builder optimization level",
-    "strongly_typed": "BuildConfig's strongly typed network",
-    "extra_build_args": "BuildConfig arguments",
+    "builder_opt_level": (
+        "TensorRT's builder optimization level is not a field of TensorRT-LLM's BuildConfig (builder.py) "
+        "in the source lem is checked against"
+    ),
 }
-ENGINE_FLOW_GONE = (
-    "is a TensorRT engine-flow option; the TensorRT-LLM API lem is written against has no engine flow "
-    "(TrtLlmArgs/BuildConfig), only the PyTorch runtime"
-)
 
-KNOWN_KEYS = (*TENSORRT_OPTIONS, *LEM_OPTIONS, *REFUSED)
+KNOWN_KEYS = (*TENSORRT_OPTIONS, *LEM_OPTIONS, *ENGINE_OPTIONS, *REFUSED)
 MODES = ("stream", "offline")
+RUNTIMES = ("pytorch", "tensorrt")
 
 #: ``quantization.method`` -> the checkpoint's ModelOpt ``quant_algo`` (``hf_quant_config.json``).
 QUANTIZATION: dict[str, str | None] = {
@@ -145,19 +184,31 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
     """Problems with ``[tensorrt]`` and with core options TensorRT-LLM serves differently."""
     opts = config.options_for("tensorrt")
     problems: list[Problem] = []
+    rt = runtime(config)
     for key in opts:
         if key not in KNOWN_KEYS:
             problems.append(error(f"tensorrt.{key}", "unknown key", _did_you_mean(key, KNOWN_KEYS)))
         elif key in REFUSED:
+            problems.append(error(f"tensorrt.{key}", REFUSED[key], "remove it", value=opts[key]))
+        elif rt == "pytorch" and key in ENGINE_ONLY:
             problems.append(
                 error(
                     f"tensorrt.{key}",
-                    f"({REFUSED[key]}) {ENGINE_FLOW_GONE}",
-                    "remove it; build-time limits map to max_batch_size, max_input_len, max_output_len and "
-                    "max_num_tokens",
+                    "is an option of the TensorRT engine flow, and tensorrt.runtime = 'pytorch'",
+                    "set tensorrt.runtime = 'tensorrt' to build (or load) a TensorRT engine, or remove it",
                     value=opts[key],
                 )
             )
+        elif rt == "tensorrt" and key in PYTORCH_ONLY:
+            problems.append(
+                error(
+                    f"tensorrt.{key}",
+                    f"is an option of the PyTorch runtime ({PYTORCH_ONLY[key]}), and tensorrt.runtime = 'tensorrt'",
+                    "remove it, or use tensorrt.runtime = 'pytorch'",
+                    value=opts[key],
+                )
+            )
+    problems += _check_engine_flow(config, rt)
     mode = opts.get("mode", "stream")
     if mode not in MODES:
         problems.append(error("tensorrt.mode", "must be 'stream' or 'offline'", value=mode))
@@ -180,7 +231,7 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
                 value=opts["kv_cache_type"],
             )
         )
-    for key in ("extra_runtime_args", "quantization"):
+    for key in ("extra_runtime_args", "extra_build_args", "quantization"):
         if key in opts and not isinstance(opts[key], Mapping):
             problems.append(error(f"tensorrt.{key}", "must be a table", value=opts[key]))
     problems += _check_quantization(config)
@@ -242,6 +293,45 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
                 value="tensorrt",
             )
         )
+    return problems
+
+
+def runtime(config: ExperimentConfig) -> str:
+    """``[tensorrt] runtime``: ``"tensorrt"`` when set so or when ``engine_path`` is given, else ``"pytorch"``."""
+    opts = config.options_for("tensorrt")
+    return str(opts.get("runtime") or ("tensorrt" if "engine_path" in opts else "pytorch"))
+
+
+def _check_engine_flow(config: ExperimentConfig, rt: str) -> list[Problem]:
+    opts = config.options_for("tensorrt")
+    problems: list[Problem] = []
+    if rt not in RUNTIMES:
+        problems.append(error("tensorrt.runtime", "must be 'pytorch' or 'tensorrt'", value=opts.get("runtime")))
+    for key in ("engine_path", "engine_cache_dir"):
+        if key in opts and not isinstance(opts[key], str):
+            problems.append(error(f"tensorrt.{key}", "must be a path", value=opts[key]))
+    if "engine_path" in opts and isinstance(opts["engine_path"], str):
+        if not os.path.isdir(os.path.expanduser(opts["engine_path"])):
+            problems.append(
+                error(
+                    "tensorrt.engine_path",
+                    "is not a directory (a TensorRT-LLM engine saved with LLM.save or trtllm-build --output_dir)",
+                    "point it at the engine directory, or remove it to build the engine from model",
+                    value=opts["engine_path"],
+                )
+            )
+        for key in ("force_rebuild", "extra_build_args", "strongly_typed", "engine_cache_dir"):
+            if key in opts:
+                problems.append(
+                    warning(
+                        f"tensorrt.{key}",
+                        "has no effect with tensorrt.engine_path: that engine is loaded as it is, not built",
+                        "remove it, or remove engine_path to build (and cache) the engine",
+                        value=opts[key],
+                    )
+                )
+    if "force_rebuild" in opts and not isinstance(opts["force_rebuild"], bool):
+        problems.append(error("tensorrt.force_rebuild", "must be true or false", value=opts["force_rebuild"]))
     return problems
 
 
@@ -311,6 +401,7 @@ def llm_args(config: ExperimentConfig) -> dict[str, Any]:
     Does not import TensorRT-LLM.
     """
     opts = config.options_for("tensorrt")
+    engine_flow = runtime(config) == "tensorrt"
     model, random_weights = model_path(config)
     args: dict[str, Any] = {
         "model": model,
@@ -322,13 +413,13 @@ def llm_args(config: ExperimentConfig) -> dict[str, Any]:
     }
     if random_weights:
         args["load_format"] = "dummy"
-    if config.batching.batch_size != 1:
+    if config.batching.batch_size != 1 and not engine_flow:
         args["max_batch_size"] = config.batching.batch_size
     if config.generation.num_beams > 1:
         args["max_beam_width"] = config.generation.num_beams
     nested: dict[str, dict[str, Any]] = {}
     for key, (cls, field) in TENSORRT_OPTIONS.items():
-        if key not in opts:
+        if key not in opts or (engine_flow and (key in ENGINE_OPTIONS or key in PYTORCH_ONLY)):
             continue
         value = opts[key]
         if key == "max_output_len":
@@ -340,24 +431,92 @@ def llm_args(config: ExperimentConfig) -> dict[str, Any]:
     if "speculative_config" in nested:
         nested["speculative_config"]["decoding_type"] = "Draft_Target"
     args.update(nested)
-    if opts.get("cuda_graphs") is False:
+    if opts.get("cuda_graphs") is False and not engine_flow:
         args["cuda_graph_config"] = None
+    if engine_flow and "engine_path" in opts:
+        args["model"] = os.path.expanduser(str(opts["engine_path"]))
     args.update(opts.get("extra_runtime_args") or {})
     return {k: v for k, v in args.items() if v is not None or k == "cuda_graph_config"}
 
 
-def check_against_installed(args: Mapping[str, Any]) -> None:
-    """Raise :class:`BackendError` for an argument the installed TensorRT-LLM's ``TorchLlmArgs`` does not have."""
-    import tensorrt_llm
-    from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
+def build_config_args(config: ExperimentConfig) -> dict[str, Any]:
+    """Keyword arguments for the ``BuildConfig`` a TensorRT engine is built with (``runtime = "tensorrt"``).
 
-    fields = set(TorchLlmArgs.model_fields)
-    ours = {field: key for key, (cls, field) in TENSORRT_OPTIONS.items() if cls == "TorchLlmArgs"}
+    Does not import TensorRT-LLM.
+    """
+    opts = config.options_for("tensorrt")
+    args: dict[str, Any] = {}
+    if config.batching.batch_size != 1:
+        args["max_batch_size"] = config.batching.batch_size
+    if config.generation.num_beams > 1:
+        args["max_beam_width"] = config.generation.num_beams
+    for key, (cls, field) in ENGINE_OPTIONS.items():
+        if cls != "BuildConfig" or key not in opts:
+            continue
+        value = opts[key]
+        if key == "max_output_len":
+            value = int(opts.get("max_input_len", TRTLLM_DEFAULT_MAX_INPUT_LEN)) + int(value)
+        args[field] = value
+    args.update(opts.get("extra_build_args") or {})
+    return args
+
+
+def _field_names(cls: Any) -> set[str]:
+    """A pydantic model's fields, or a dataclass's (``BuildConfig`` has been both)."""
+    if hasattr(cls, "model_fields"):
+        return set(cls.model_fields)
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _trt_llm_args() -> Any:
+    """``TrtLlmArgs``: in ``llmapi.llm_args`` up to 1.2, in ``_tensorrt_engine.llm_args`` in the later source."""
+    try:
+        from tensorrt_llm._tensorrt_engine.llm_args import TrtLlmArgs
+    except ImportError:
+        from tensorrt_llm.llmapi.llm_args import TrtLlmArgs
+    return TrtLlmArgs
+
+
+def check_against_installed(args: Mapping[str, Any], build: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`BackendError` for an argument the installed TensorRT-LLM does not have.
+
+    ``LLM(...)`` arguments are checked against ``TorchLlmArgs`` (PyTorch runtime) or, with ``build`` (the
+    engine flow), against ``TrtLlmArgs``, and ``build`` against ``BuildConfig``.
+    """
+    import tensorrt_llm
+
+    if build is None:
+        from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
+
+        cls, fields = "TorchLlmArgs", _field_names(TorchLlmArgs)
+        ours = {field: key for key, (c, field) in TENSORRT_OPTIONS.items() if c == "TorchLlmArgs"}
+    else:
+        from tensorrt_llm.llmapi import BuildConfig
+
+        cls, fields = "TrtLlmArgs", _field_names(_trt_llm_args())
+        ours = {field: key for key, (c, field) in TENSORRT_OPTIONS.items() if c == "TorchLlmArgs"}
+        build_fields = _field_names(BuildConfig)
+        built = {field: key for key, (c, field) in ENGINE_OPTIONS.items() if c == "BuildConfig"}
+        core_built = {field: key for key, field in ENGINE_CORE_OPTIONS.items()}
+        for name in build:
+            if name not in build_fields:
+                where = (
+                    f"tensorrt.{built[name]}"
+                    if name in built
+                    else core_built.get(name, f"tensorrt.extra_build_args.{name}")
+                )
+                raise BackendError(
+                    f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no BuildConfig field '{name}' "
+                    f"({_did_you_mean(name, sorted(build_fields))}); remove the option or install a TensorRT-LLM "
+                    "that accepts it"
+                )
     core = {field: key for key, field in CORE_OPTIONS.items()}
     for name in args:
         if name not in fields:
             where = f"tensorrt.{ours[name]}" if name in ours else core.get(name, f"tensorrt.extra_runtime_args.{name}")
             raise BackendError(
-                f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no LLM argument '{name}' "
+                f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no {cls} argument '{name}' "
                 f"({_did_you_mean(name, sorted(fields))}); remove the option or install a TensorRT-LLM that accepts it"
             )

@@ -6,16 +6,18 @@ so ``lem --help`` and ``validate_config`` stay fast and never touch CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from lem import hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.serving import stream as serve
 from lem.types import LoadedModel, Problem, Request, TokenEvent
+from lem_backend_tensorrt import __version__, engine_cache, options, sampling, stream
 from lem_backend_tensorrt import engine as engines
-from lem_backend_tensorrt import options, sampling, stream
 from lem_backend_tensorrt.presets import PRESETS
 
 NAME = "tensorrt"
@@ -36,25 +38,92 @@ def _tokenizer(llm: Any) -> Any:
     return getattr(tok, "tokenizer", tok)
 
 
+def _no_phases(name: str) -> contextlib.AbstractContextManager[None]:
+    """Stands in for the core's ``phases`` when a caller passes none (a direct hook call)."""
+    return contextlib.nullcontext()
+
+
+def _engine(
+    config: ExperimentConfig,
+    args: dict[str, Any],
+    devices: list[tuple[str, tuple[int, int]]],
+    phases: Callable[[str], contextlib.AbstractContextManager[None]],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The engine to load (``runtime = "tensorrt"``): ``args`` pointing at it, and what ``info["engine"]`` records.
+
+    A given ``engine_path`` is loaded as it is. Otherwise the cache is looked up and, on a miss or with
+    ``force_rebuild``, the engine is built in the load's ``build`` phase (its own time and energy).
+    """
+    import tensorrt_llm
+
+    opts = config.options_for(NAME)
+    build = {} if "engine_path" in opts else options.build_config_args(config)
+    options.check_against_installed(args, build)
+    if "engine_path" in opts:
+        path = str(args["model"])
+        engine_args = dict(args)
+        if not (Path(path) / "tokenizer_config.json").is_file():
+            engine_args.setdefault("tokenizer", options.model_path(config)[0])
+        return engine_args, {"source": "engine_path", "path": path, "build": None, "cache": None}
+    version = str(tensorrt_llm.__version__)
+    entry = engine_cache.entry_for(config, engine_cache.key_inputs(config, args, build, devices, version))
+    meta = None if opts.get("force_rebuild") else engine_cache.read(entry)
+    cache = "hit"
+    if meta is None:
+        cache = "rebuilt" if opts.get("force_rebuild") else "miss"
+        with phases("build"):
+            meta = engine_cache.build(
+                entry,
+                lambda target: engines.build_engine(args, build, target),
+                {"tensorrt_llm": version, "lem_backend_tensorrt": __version__},
+            )
+    # The saved engine is the model now; the checkpoint it was built from still provides the tokenizer.
+    engine_args = {**args, "model": str(entry.engine), "tokenizer": str(args["model"])}
+    engine_args.pop("load_format", None)  # the weights are in the engine
+    info = {
+        "source": "cache",
+        "path": str(entry.engine),
+        "cache": cache,
+        "digest": entry.digest,
+        "build_config": build,
+        "build": {"build_s": meta.get("build_s"), "built_at": meta.get("built_at"), "versions": meta.get("versions")},
+        "metadata": str(entry.metadata_path),
+    }
+    return engine_args, info
+
+
 @hookimpl
-def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
-    """Start a TensorRT-LLM ``LLM`` (PyTorch runtime) for the experiment."""
+def load_model(
+    backend: str,
+    config: ExperimentConfig,
+    phases: Callable[[str], contextlib.AbstractContextManager[None]] | None = None,
+) -> LoadedModel | None:
+    """Start a TensorRT-LLM ``LLM``: the PyTorch runtime, or a built TensorRT engine (``runtime = "tensorrt"``)."""
     if backend != NAME:
         return None
     import tensorrt_llm
 
     mode = config.options_for(NAME).get("mode", "stream")
+    engine_flow = options.runtime(config) == "tensorrt"
     args = options.llm_args(config)
-    options.check_against_installed(args)
+    if not engine_flow:
+        options.check_against_installed(args)
     world = int(args["tensor_parallel_size"]) * int(args["pipeline_parallel_size"])
-    engines.check_capability(config, engines.compute_capabilities(world))
-    engines.check_checkpoint_quantization(config, str(args["model"]))
+    devices = engines.compute_capabilities(world)
+    engines.check_capability(config, devices)
+    hf_model, random_weights = options.model_path(config)
+    engines.check_checkpoint_quantization(config, hf_model)
+    engine_info: dict[str, Any] | None = None
+    if engine_flow:
+        args, engine_info = _engine(config, args, devices, phases or _no_phases)
     t0 = time.monotonic()
-    engine = engines.start(mode, args)
+    engine = engines.start(mode, args, engine_flow=engine_flow)
     try:
         info: dict[str, Any] = {
             "tensorrt_llm_version": tensorrt_llm.__version__,
-            "runtime": "PyTorch (tensorrt_llm.LLM)",
+            "runtime": (
+                "TensorRT engine (tensorrt_llm._tensorrt_engine.LLM)" if engine_flow else "PyTorch (tensorrt_llm.LLM)"
+            ),
             "mode": mode,
             "engine": "generate_async(streaming=True)" if mode == "stream" else "LLM.generate",
             "timing": (
@@ -66,18 +135,19 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
             "llm_args": {
                 k: (v if isinstance(v, (int, float, bool, str, type(None))) else repr(v)) for k, v in args.items()
             },
-            # No TensorRT engine is built: LLM(...) loads the checkpoint, allocates the KV cache, autotunes and
-            # captures CUDA graphs. That time (and its energy) is inside the load phase.
-            "engine_build": None,
+            # The PyTorch runtime builds no engine: LLM(...) loads the checkpoint, allocates the KV cache,
+            # autotunes and captures CUDA graphs, all inside the load. The engine flow's build, when this run
+            # built one, is the load's "build" phase (setup.json load.phases.build).
+            "engine_build": engine_info,
             "llm_construct_s": time.monotonic() - t0,
-            "random_weights": args.get("load_format") == "dummy",
+            "random_weights": random_weights,
         }
         return LoadedModel(
             backend=NAME,
             handle=engine,
             tokenizer=_tokenizer(engine.llm),
             devices=tuple(range(world)),
-            model_config=_hf_config(str(args["model"])),
+            model_config=_hf_config(hf_model),
             info=info,
             # Outputs arrive after the executor finished the step that made them: the window closes after it.
             synchronize=lambda: None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import threading
@@ -58,10 +59,32 @@ class DraftTargetDecodingConfig(_Config):
     surface_class = "DraftTargetDecodingConfig"
 
 
+# BuildConfig is a dataclass in the source read: so is the fake (lem reads its fields with dataclasses.fields).
+_BuildConfigFields = dataclasses.make_dataclass(
+    "_BuildConfigFields",
+    [(name, Any, dataclasses.field(default=None)) for name in surface_check.fields(SURFACE, "BuildConfig")],
+)
+
+
+class BuildConfig(_BuildConfigFields):  # type: ignore[misc,valid-type]
+    surface_class = "BuildConfig"
+
+    def __init__(self, **kwargs: Any) -> None:
+        _checked(self.surface_class, kwargs)
+        super().__init__(**kwargs)
+        self.kwargs = kwargs
+
+
 class TorchLlmArgs:
     """Only what lem reads: the field names (pydantic's ``model_fields``)."""
 
     model_fields = surface_check.fields(SURFACE, "TorchLlmArgs")
+
+
+class TrtLlmArgs:
+    """The engine flow's arguments: only the field names, as for ``TorchLlmArgs``."""
+
+    model_fields = surface_check.fields(SURFACE, "TrtLlmArgs")
 
 
 class SamplingParams:
@@ -148,16 +171,19 @@ class _Tokenizer:
 
 
 class LLM:
+    surface_call, surface_args = "LLM.__init__", "TorchLlmArgs"
+
     def __init__(self, model: str, **kwargs: Any) -> None:
-        problems = surface_check.check_call(SURFACE, "LLM.__init__", [model], {})
-        problems += surface_check.check_kwargs(SURFACE, "TorchLlmArgs", {"model": model, **kwargs})
+        problems = surface_check.check_call(SURFACE, self.surface_call, [model], {})
+        problems += surface_check.check_kwargs(SURFACE, self.surface_args, {"model": model, **kwargs})
         if problems:
             raise TypeError("; ".join(problems))
         if _script().get("fail_load"):
             raise RuntimeError("fake LLM failed to load")
         self.model = model
         self.args = kwargs
-        self.tokenizer = _Tokenizer(str(Path(model))) if Path(model).is_dir() else None
+        tokenizer = str(kwargs.get("tokenizer") or model)
+        self.tokenizer = _Tokenizer(tokenizer) if (Path(tokenizer) / "tokenizer_config.json").is_file() else None
         self._count = 0
         self._in_flight = 0
         self._lock = threading.Lock()
@@ -204,3 +230,51 @@ class LLM:
     def shutdown(self) -> None:
         self.shut_down += 1
         _log("shutdown")
+
+
+#: Called while the fake builds an engine (tests add energy to a fake GPU here).
+ON_BUILD: list[Any] = []
+ENGINE_MARKER = "lem-fake-engine.json"
+
+
+class TrtLLM(LLM):
+    """The engine flow's ``LLM`` (``tensorrt_llm._tensorrt_engine.LLM``): builds from a checkpoint or loads an engine.
+
+    A directory holding what :meth:`save` wrote is an engine and is loaded; anything else is a checkpoint and
+    is "built" (``build_s`` seconds, scripted) with the ``build_config`` given. ``crash_in_save`` (scripted)
+    writes part of the engine and raises, like a build killed half-way.
+    """
+
+    surface_call, surface_args = "TrtLLM.__init__", "TrtLlmArgs"
+
+    def __init__(self, model: str, **kwargs: Any) -> None:
+        build_config = kwargs.get("build_config")
+        if build_config is not None and getattr(build_config, "surface_class", None) != "BuildConfig":
+            raise TypeError(f"build_config must be a BuildConfig, got {build_config!r}")
+        super().__init__(model, **kwargs)
+        self.built = not (Path(model) / ENGINE_MARKER).is_file()
+        if self.built:
+            import time
+
+            time.sleep(float(_script().get("build_s", 0.0)))
+            for hook in ON_BUILD:
+                hook()
+            _log("build", model=model, build_config=getattr(build_config, "kwargs", None))
+        else:
+            _log("load_engine", model=model)
+
+    def save(self, engine_dir: str) -> None:
+        problems = surface_check.check_call(SURFACE, "TrtLLM.save", [engine_dir], {})
+        if problems:
+            raise TypeError("; ".join(problems))
+        if not self.built:
+            raise RuntimeError("The engine is not built yet.")  # TensorRT-LLM's words, for a loaded engine
+        target = Path(engine_dir)
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "rank0.engine").write_bytes(b"fake engine, part 1")
+        if _script().get("crash_in_save"):
+            raise RuntimeError("fake build crashed while saving the engine")
+        build_config = self.args.get("build_config")
+        meta = {"model": self.model, "build_config": getattr(build_config, "kwargs", None)}
+        (target / ENGINE_MARKER).write_text(json.dumps(meta))
+        _log("save", path=str(target))

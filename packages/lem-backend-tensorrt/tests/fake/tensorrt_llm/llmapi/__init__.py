@@ -1,5 +1,12 @@
 """FAKE ``tensorrt_llm.llmapi`` (see ``tensorrt_llm/__init__.py``): config classes checked against the surface."""
 
-from tensorrt_llm._fake import LLM, CudaGraphConfig, DraftTargetDecodingConfig, KvCacheConfig, SchedulerConfig
+from tensorrt_llm._fake import (
+    LLM,
+    BuildConfig,
+    CudaGraphConfig,
+    DraftTargetDecodingConfig,
+    KvCacheConfig,
+    SchedulerConfig,
+)
 
-__all__ = ["LLM", "CudaGraphConfig", "DraftTargetDecodingConfig", "KvCacheConfig", "SchedulerConfig"]
+__all__ = ["LLM", "BuildConfig", "CudaGraphConfig", "DraftTargetDecodingConfig", "KvCacheConfig", "SchedulerConfig"]

@@ -1,5 +1,9 @@
-"""FAKE ``tensorrt_llm.llmapi.llm_args`` (see ``tensorrt_llm/__init__.py``): ``TorchLlmArgs.model_fields`` only."""
+"""FAKE ``tensorrt_llm.llmapi.llm_args`` (see ``tensorrt_llm/__init__.py``): the argument classes' field names.
 
-from tensorrt_llm._fake import TorchLlmArgs
+``TrtLlmArgs`` is here, where TensorRT-LLM 1.2 has it (the later source moved it to
+``tensorrt_llm._tensorrt_engine.llm_args``; lem looks there first).
+"""
 
-__all__ = ["TorchLlmArgs"]
+from tensorrt_llm._fake import TorchLlmArgs, TrtLlmArgs
+
+__all__ = ["TorchLlmArgs", "TrtLlmArgs"]
