@@ -13,6 +13,7 @@ from conftest import FAKE, config
 from lem.errors import ConfigError
 from lem.loading import load, structure
 from lem_backend_tensorrt import options, plugin
+from lem_backend_tensorrt.engine import check_against_installed
 from lem_backend_tensorrt.presets import PRESETS
 
 
@@ -201,7 +202,7 @@ def test_an_argument_the_installed_library_lacks_is_a_clear_error(monkeypatch: p
     with pytest.raises(
         BackendError, match=r"tensorrt.extra_runtime_args.max_batch: TensorRT-LLM .* no TorchLlmArgs argument"
     ):
-        options.check_against_installed({"model": "m", "max_batch": 2})
+        check_against_installed({"model": "m", "max_batch": 2})
     # A BuildConfig (a dataclass in the source) that renamed max_input_len: the key that maps to it is named.
     import dataclasses
 
@@ -211,12 +212,12 @@ def test_an_argument_the_installed_library_lacks_is_a_clear_error(monkeypatch: p
     with monkeypatch.context() as m:
         m.setattr(tensorrt_llm.llmapi, "BuildConfig", renamed)
         with pytest.raises(BackendError, match=r"tensorrt.max_input_len: TensorRT-LLM .* no BuildConfig field"):
-            options.check_against_installed({"model": "m"}, {"max_input_len": 2})
-    options.check_against_installed({"model": "m"}, {"max_input_len": 2})
+            check_against_installed({"model": "m"}, {"max_input_len": 2})
+    check_against_installed({"model": "m"}, {"max_input_len": 2})
     with pytest.raises(BackendError, match=r"extra_build_args.opt_level: .* no BuildConfig field"):
-        options.check_against_installed({"model": "m"}, {"opt_level": 2})
+        check_against_installed({"model": "m"}, {"opt_level": 2})
     with pytest.raises(BackendError, match=r"no TrtLlmArgs argument 'cuda_graph_config'"):
-        options.check_against_installed({"model": "m", "cuda_graph_config": None}, {})
+        check_against_installed({"model": "m", "cuda_graph_config": None}, {})
 
 
 @pytest.mark.parametrize("name", list(PRESETS))

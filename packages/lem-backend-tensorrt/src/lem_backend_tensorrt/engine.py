@@ -1,4 +1,10 @@
-"""Starting and stopping a TensorRT-LLM ``LLM``, and the checks made before it owns the GPU.
+"""Starting and stopping a TensorRT-LLM ``LLM``, building a TensorRT engine, and the checks made before either.
+
+The PyTorch runtime is ``tensorrt_llm.LLM``; the TensorRT engine flow is
+``tensorrt_llm._tensorrt_engine.LLM`` (``_TrtLLM`` up to 1.2), which builds an
+engine from a checkpoint with a ``BuildConfig`` (:func:`build_engine`, which
+saves it) or loads a saved engine (:func:`start`). :func:`check_against_installed`
+checks lem's arguments against the installed library's own classes.
 
 The ``LLM`` (PyTorch runtime) runs its executor in worker processes (MPI or
 its own IPC); requests are submitted with ``generate_async`` from an asyncio
@@ -200,3 +206,65 @@ def close(engine: Engine) -> None:
         llm, engine.llm = engine.llm, None
         if llm is not None:
             llm.shutdown()
+
+
+def _field_names(cls: Any) -> set[str]:
+    """A pydantic model's fields, or a dataclass's (``BuildConfig`` has been both)."""
+    if hasattr(cls, "model_fields"):
+        return set(cls.model_fields)
+    import dataclasses
+
+    return {f.name for f in dataclasses.fields(cls)}
+
+
+def _trt_llm_args() -> Any:
+    """``TrtLlmArgs``: in ``llmapi.llm_args`` up to 1.2, in ``_tensorrt_engine.llm_args`` in the later source."""
+    try:
+        from tensorrt_llm._tensorrt_engine.llm_args import TrtLlmArgs
+    except ImportError:
+        from tensorrt_llm.llmapi.llm_args import TrtLlmArgs
+    return TrtLlmArgs
+
+
+def check_against_installed(args: Mapping[str, Any], build: Mapping[str, Any] | None = None) -> None:
+    """Raise :class:`BackendError` for an argument the installed TensorRT-LLM does not have.
+
+    ``LLM(...)`` arguments are checked against ``TorchLlmArgs`` (PyTorch runtime) or, with ``build`` (the
+    engine flow), against ``TrtLlmArgs``, and ``build`` against ``BuildConfig``.
+    """
+    import tensorrt_llm
+
+    if build is None:
+        from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
+
+        cls, fields = "TorchLlmArgs", _field_names(TorchLlmArgs)
+        ours = {field: key for key, (c, field) in options.TENSORRT_OPTIONS.items() if c == "TorchLlmArgs"}
+    else:
+        from tensorrt_llm.llmapi import BuildConfig
+
+        cls, fields = "TrtLlmArgs", _field_names(_trt_llm_args())
+        ours = {field: key for key, (c, field) in options.TENSORRT_OPTIONS.items() if c == "TorchLlmArgs"}
+        build_fields = _field_names(BuildConfig)
+        built = {field: key for key, (c, field) in options.ENGINE_OPTIONS.items() if c == "BuildConfig"}
+        core_built = {field: key for key, field in options.ENGINE_CORE_OPTIONS.items()}
+        for name in build:
+            if name not in build_fields:
+                where = (
+                    f"tensorrt.{built[name]}"
+                    if name in built
+                    else core_built.get(name, f"tensorrt.extra_build_args.{name}")
+                )
+                raise BackendError(
+                    f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no BuildConfig field '{name}' "
+                    f"({options.did_you_mean(name, sorted(build_fields))}); remove the option or install a "
+                    "TensorRT-LLM that accepts it"
+                )
+    core = {field: key for key, field in options.CORE_OPTIONS.items()}
+    for name in args:
+        if name not in fields:
+            where = f"tensorrt.{ours[name]}" if name in ours else core.get(name, f"tensorrt.extra_runtime_args.{name}")
+            raise BackendError(
+                f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no {cls} argument '{name}' "
+                f"({options.did_you_mean(name, sorted(fields))}); remove the option or install a TensorRT-LLM "
+                "that accepts it"
+            )

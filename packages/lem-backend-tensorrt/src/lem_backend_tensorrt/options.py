@@ -12,8 +12,9 @@ that runtime does not take. :data:`CORE_OPTIONS` adds what comes from the
 core config, :data:`LEM_OPTIONS` the keys lem handles itself and
 :data:`REFUSED` the keys TensorRT-LLM has no argument for. :func:`llm_args`
 and :func:`build_config_args` build the arguments as plain data;
-:mod:`lem_backend_tensorrt.engine` turns the nested tables into TensorRT-LLM's
-classes. The ``[generation]`` parameters are in :mod:`lem_backend_tensorrt.sampling`.
+:mod:`lem_backend_tensorrt.engine` checks them against the installed library
+and turns the nested tables into TensorRT-LLM's classes. The ``[generation]``
+parameters are in :mod:`lem_backend_tensorrt.sampling`.
 
 Nothing here imports TensorRT-LLM.
 """
@@ -161,7 +162,8 @@ MIN_CAPABILITY = (8, 0)
 MIN_FP8_CAPABILITY = (9, 0)
 
 
-def _did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
+def did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
+    """A hint naming the closest of ``choices``, else listing them."""
     close = difflib.get_close_matches(key, list(choices), n=1)
     return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(sorted(choices))
 
@@ -187,7 +189,7 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
     rt = runtime(config)
     for key in opts:
         if key not in KNOWN_KEYS:
-            problems.append(error(f"tensorrt.{key}", "unknown key", _did_you_mean(key, KNOWN_KEYS)))
+            problems.append(error(f"tensorrt.{key}", "unknown key", did_you_mean(key, KNOWN_KEYS)))
         elif key in REFUSED:
             problems.append(error(f"tensorrt.{key}", REFUSED[key], "remove it", value=opts[key]))
         elif rt == "pytorch" and key in ENGINE_ONLY:
@@ -352,7 +354,7 @@ def _check_quantization(config: ExperimentConfig) -> list[Problem]:
     for key in table:
         if key not in ("method", "calibration"):
             problems.append(
-                error(f"tensorrt.quantization.{key}", "unknown key", _did_you_mean(key, ["method", "calibration"]))
+                error(f"tensorrt.quantization.{key}", "unknown key", did_you_mean(key, ["method", "calibration"]))
             )
     method = table.get("method", "none")
     if method not in QUANTIZATION:
@@ -370,7 +372,7 @@ def _check_quantization(config: ExperimentConfig) -> list[Problem]:
                         error(
                             f"tensorrt.quantization.calibration.{key}",
                             "unknown key",
-                            _did_you_mean(key, CALIBRATION_KEYS),
+                            did_you_mean(key, CALIBRATION_KEYS),
                         )
                     )
             problems.append(
@@ -459,64 +461,3 @@ def build_config_args(config: ExperimentConfig) -> dict[str, Any]:
         args[field] = value
     args.update(opts.get("extra_build_args") or {})
     return args
-
-
-def _field_names(cls: Any) -> set[str]:
-    """A pydantic model's fields, or a dataclass's (``BuildConfig`` has been both)."""
-    if hasattr(cls, "model_fields"):
-        return set(cls.model_fields)
-    import dataclasses
-
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _trt_llm_args() -> Any:
-    """``TrtLlmArgs``: in ``llmapi.llm_args`` up to 1.2, in ``_tensorrt_engine.llm_args`` in the later source."""
-    try:
-        from tensorrt_llm._tensorrt_engine.llm_args import TrtLlmArgs
-    except ImportError:
-        from tensorrt_llm.llmapi.llm_args import TrtLlmArgs
-    return TrtLlmArgs
-
-
-def check_against_installed(args: Mapping[str, Any], build: Mapping[str, Any] | None = None) -> None:
-    """Raise :class:`BackendError` for an argument the installed TensorRT-LLM does not have.
-
-    ``LLM(...)`` arguments are checked against ``TorchLlmArgs`` (PyTorch runtime) or, with ``build`` (the
-    engine flow), against ``TrtLlmArgs``, and ``build`` against ``BuildConfig``.
-    """
-    import tensorrt_llm
-
-    if build is None:
-        from tensorrt_llm.llmapi.llm_args import TorchLlmArgs
-
-        cls, fields = "TorchLlmArgs", _field_names(TorchLlmArgs)
-        ours = {field: key for key, (c, field) in TENSORRT_OPTIONS.items() if c == "TorchLlmArgs"}
-    else:
-        from tensorrt_llm.llmapi import BuildConfig
-
-        cls, fields = "TrtLlmArgs", _field_names(_trt_llm_args())
-        ours = {field: key for key, (c, field) in TENSORRT_OPTIONS.items() if c == "TorchLlmArgs"}
-        build_fields = _field_names(BuildConfig)
-        built = {field: key for key, (c, field) in ENGINE_OPTIONS.items() if c == "BuildConfig"}
-        core_built = {field: key for key, field in ENGINE_CORE_OPTIONS.items()}
-        for name in build:
-            if name not in build_fields:
-                where = (
-                    f"tensorrt.{built[name]}"
-                    if name in built
-                    else core_built.get(name, f"tensorrt.extra_build_args.{name}")
-                )
-                raise BackendError(
-                    f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no BuildConfig field '{name}' "
-                    f"({_did_you_mean(name, sorted(build_fields))}); remove the option or install a TensorRT-LLM "
-                    "that accepts it"
-                )
-    core = {field: key for key, field in CORE_OPTIONS.items()}
-    for name in args:
-        if name not in fields:
-            where = f"tensorrt.{ours[name]}" if name in ours else core.get(name, f"tensorrt.extra_runtime_args.{name}")
-            raise BackendError(
-                f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no {cls} argument '{name}' "
-                f"({_did_you_mean(name, sorted(fields))}); remove the option or install a TensorRT-LLM that accepts it"
-            )

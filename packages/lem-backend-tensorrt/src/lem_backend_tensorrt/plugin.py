@@ -58,7 +58,7 @@ def _engine(
 
     opts = config.options_for(NAME)
     build = {} if "engine_path" in opts else options.build_config_args(config)
-    options.check_against_installed(args, build)
+    engines.check_against_installed(args, build)
     if "engine_path" in opts:
         path = str(args["model"])
         engine_args = dict(args)
@@ -107,7 +107,7 @@ def load_model(
     engine_flow = options.runtime(config) == "tensorrt"
     args = options.llm_args(config)
     if not engine_flow:
-        options.check_against_installed(args)
+        engines.check_against_installed(args)
     world = int(args["tensor_parallel_size"]) * int(args["pipeline_parallel_size"])
     devices = engines.compute_capabilities(world)
     engines.check_capability(config, devices)
