@@ -18,7 +18,8 @@ CONSTRAINTS = ("-c", "constraints.txt")
 PACKAGES: dict[str, tuple[str, ...]] = {
     # ray: the Ray campaign tests start a multi-node cluster on this machine (~1 min).
     "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow", "matplotlib", "ray"),
-    "lem-backend-pytorch": ("peft",),
+    # lem-energy-nvml: the tensor-parallel test meters both ranks' (fake) GPUs through it.
+    "lem-backend-pytorch": ("peft", "./packages/lem-energy-nvml"),
     "lem-energy-nvml": (),
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer
     "lem-energy-rapl": (),

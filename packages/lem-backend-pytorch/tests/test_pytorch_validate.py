@@ -100,8 +100,9 @@ def test_compile_needs_a_static_cache() -> None:
     assert any(p.severity == "error" for p in _pt(_problems(doc), "pytorch.torch_compile"))
 
 
-def test_tensor_parallel_is_refused_with_a_hint() -> None:
-    found = _pt(_problems({"model": "random:tiny-llama", "sharding": {"tensor_parallel_size": 2}}), "sharding")
+def test_pipeline_parallel_is_refused_with_a_hint() -> None:
+    doc = {"model": "random:tiny-llama", "sharding": {"pipeline_parallel_size": 2}}
+    found = _pt(_problems(doc), "sharding.pipeline_parallel_size")
     assert found[0].severity == "error" and "device_map" in found[0].hint
 
 

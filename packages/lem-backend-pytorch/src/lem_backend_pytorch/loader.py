@@ -41,6 +41,8 @@ class TorchModel:
     assistant: Any = None
     #: The running :class:`~lem_backend_pytorch.continuous.ContinuousEngine` when ``engine = "continuous"``.
     continuous: Any = None
+    #: The other ranks (:class:`~lem_backend_pytorch.tp.Ranks`) when ``tensor_parallel_size > 1``.
+    ranks: Any = None
 
 
 def _version(dist: str) -> str | None:
@@ -95,11 +97,14 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
     import torch
 
     dtype = getattr(torch, DTYPES[config.precision])
+    tp_size = config.sharding.tensor_parallel_size
+    placement = options.device_map if options.device_map is not None else device
     kwargs: dict[str, Any] = {
         # our key                          -> from_pretrained keyword
         "dtype": dtype,  # precision
         "attn_implementation": options.attn_implementation,  # pytorch.attn_implementation
-        "device_map": options.device_map if options.device_map is not None else device,  # pytorch.device_map / device
+        "device_map": None if tp_size > 1 else placement,  # pytorch.device_map / device
+        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp.py)
         "max_memory": max_memory_for_accelerate(options.max_memory),  # pytorch.max_memory
         "trust_remote_code": config.trust_remote_code,  # trust_remote_code
         "revision": config.revision,  # revision
@@ -109,6 +114,14 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
     if transformers_major() < 5:
         kwargs["low_cpu_mem_usage"] = options.low_cpu_mem_usage
     return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _tp_plan(size: int) -> Any:
+    if size == 1:
+        return None
+    from lem_backend_pytorch.tp import distributed_config
+
+    return distributed_config(size)
 
 
 def _source(model: str, load_format: str) -> tuple[str, bool]:
@@ -140,6 +153,10 @@ def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
         "attn_implementation": kwargs["attn_implementation"],
         "trust_remote_code": config.trust_remote_code,
     }
+    if "distributed_config" in kwargs:  # tensor parallelism: each rank initialises its own shard
+        from lem_backend_pytorch.tp import random_model
+
+        return random_model(hf_config, {k: v for k, v in kwargs.items() if k != "revision"})
     device_map = kwargs["device_map"]
     if isinstance(device_map, str) and device_map not in PLANNED_MAPS:
         # Built directly on the target device in the target dtype: no CPU copy, no cast.
@@ -201,7 +218,7 @@ def _special_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
     return eos_ids, int(pad)
 
 
-def _neutral_generation_config(model: Any) -> dict[str, Any]:
+def neutral_generation_config(model: Any) -> dict[str, Any]:
     """Replace the checkpoint's generation defaults by an empty one; returns what they were (for the record)."""
     from transformers import GenerationConfig
 
@@ -242,6 +259,11 @@ def _closer(handle: TorchModel) -> Callable[[], None]:
             close_engine(engine)
         handle.model = None
         handle.assistant = None
+        if handle.ranks is not None:
+            from lem_backend_pytorch.tp import close as close_ranks
+
+            ranks, handle.ranks = handle.ranks, None
+            close_ranks(ranks)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -260,9 +282,18 @@ def load(config: ExperimentConfig) -> LoadedModel:
     options = resolve(config)
     device = target_device(options)
     torch.manual_seed(config.seed)
-    model, tokenizer, kwargs = build_model(config.model, config, options, device)
+    ranks = None
+    if config.sharding.tensor_parallel_size > 1:
+        from lem_backend_pytorch import tp
+
+        ranks = tp.start(config, _source(config.model, config.load_format)[0], device)
+
+    def build() -> tuple[Any, Any, dict]:
+        return build_model(config.model, config, options, device)
+
+    model, tokenizer, kwargs = build() if ranks is None else tp.on_ranks(ranks, build)
     eos_ids, pad_id = _special_ids(model, tokenizer)
-    hub_defaults = _neutral_generation_config(model)
+    hub_defaults = neutral_generation_config(model)
     if config.adapter:
         from peft import PeftModel
 
@@ -271,12 +302,15 @@ def load(config: ExperimentConfig) -> LoadedModel:
     assistant = None
     if options.assistant_model:
         assistant, _, _ = build_model(options.assistant_model, config, attrs.evolve(options, device_map=None), device)
-        _neutral_generation_config(assistant)
+        neutral_generation_config(assistant)
     devices = cuda_devices(model)
     if assistant is not None:
         devices = tuple(sorted({*devices, *cuda_devices(assistant)}))
+    own_devices = devices  # rank 0 synchronizes its own GPU; a step ends in a collective on every rank
+    if ranks is not None and device == "cuda":
+        devices = tuple(range(ranks.size))  # rank r computes on cuda:r: meter them all
     input_device = next(model.parameters()).device
-    handle = TorchModel(model, tokenizer, eos_ids, pad_id, input_device, options, assistant)
+    handle = TorchModel(model, tokenizer, eos_ids, pad_id, input_device, options, assistant, ranks=ranks)
     info: dict[str, Any] = {
         "versions": {d: _version(d) for d in ("torch", "transformers", "accelerate", "peft", "bitsandbytes")},
         "from_pretrained": _describe(kwargs),
@@ -288,6 +322,8 @@ def load(config: ExperimentConfig) -> LoadedModel:
         "assistant_model": options.assistant_model,
         "engine": options.engine,
     }
+    if ranks is not None:
+        info["tensor_parallel"] = tp.describe(ranks)
     if architectures.is_builtin(config.model):
         info["tokenizer"] = "lem built-in byte-level BPE (not the real model's tokenizer)"
     if transformers_major() >= 5:
@@ -300,7 +336,7 @@ def load(config: ExperimentConfig) -> LoadedModel:
         model_config=_config_dict(model),
         num_parameters=sum(p.numel() for p in model.parameters()),
         info=info,
-        synchronize=_synchronizer(devices),
+        synchronize=_synchronizer(own_devices),
         close=_closer(handle),
     )
     if options.torch_compile:

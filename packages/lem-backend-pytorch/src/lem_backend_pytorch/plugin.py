@@ -160,12 +160,17 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
 
         if transformers_major() >= 5:
             yield warning("pytorch.low_cpu_mem_usage", "transformers >= 5 always loads with low memory; it is ignored")
-    if config.sharding.tensor_parallel_size > 1 or config.sharding.pipeline_parallel_size > 1:
+    if config.sharding.pipeline_parallel_size > 1:
         yield error(
-            "sharding",
-            "the pytorch backend spreads a model over GPUs with accelerate, not tensor or pipeline parallelism",
-            'set [pytorch] device_map = "auto" and leave [sharding] at 1',
+            "sharding.pipeline_parallel_size",
+            "the pytorch backend has no pipeline parallelism",
+            'use tensor_parallel_size, or [pytorch] device_map = "auto" (layers over GPUs), and leave this at 1',
+            config.sharding.pipeline_parallel_size,
         )
+    if config.sharding.tensor_parallel_size > 1:
+        from lem_backend_pytorch.tp_checks import problems as tp_problems
+
+        yield from tp_problems(config, o, _on_cpu(o))
     t = config.traffic
     if t.mode == "concurrency" and t.concurrency and config.batching.batch_size not in (1, t.concurrency):
         yield warning(

@@ -138,6 +138,17 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tupl
     return ids.to(device), mask.to(device)
 
 
+def _generate(handle: TorchModel) -> Callable[..., Any]:
+    """``model.generate``, or under tensor parallelism the same call on every rank (:func:`tp.generate`)."""
+    if handle.ranks is None:
+        return handle.model.generate
+    from functools import partial
+
+    from lem_backend_pytorch import tp
+
+    return partial(tp.generate, handle.ranks, handle.model)
+
+
 def _run(
     handle: TorchModel,
     requests: Sequence[Request],
@@ -156,7 +167,7 @@ def _run(
         input_ids, attention_mask = left_padded(rows, handle.pad_token_id, handle.device)
         clock = StepClock(input_ids.device) if streaming else None
         with torch.inference_mode():
-            result = handle.model.generate(
+            result = _generate(handle)(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
                 generation_config=generation_config,
