@@ -79,3 +79,55 @@ gpu_memory_utilization = 0.3
     [setup] = list((tmp_path / "out").glob("*/*/setup.json"))
     info = json.loads(setup.read_text())["model_info"]["info"]
     assert "fake" not in info["tensorrt_llm_version"]
+
+
+def test_the_engine_flow_on_the_real_tensorrt_llm(tmp_path: Path) -> None:
+    # runtime = "tensorrt": the first run builds and caches an engine (the load's build phase), the second reuses it.
+    (tmp_path / "exp.toml").write_text(
+        f"""
+model = "random:tiny-llama"
+backend = "tensorrt"
+precision = "float16"
+
+[dataset]
+num_prompts = 4
+input_length = 32
+
+[generation]
+max_output_tokens = 16
+ignore_eos = true
+
+[traffic]
+mode = "concurrency"
+concurrency = 2
+
+[measurement]
+warmup_requests = 1
+cycles = 1
+idle_seconds = 0.0
+
+[tensorrt]
+runtime = "tensorrt"
+engine_cache_dir = "{tmp_path / "engines"}"
+max_batch_size = 4
+max_input_len = 64
+max_output_len = 32
+"""
+    )
+    setups = []
+    for out in ("first", "second"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "lem", "run", "exp.toml", "--out", out, "-q"],
+            cwd=tmp_path,
+            env=CLEAN_ENV,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
+        assert proc.returncode == 0, proc.stderr
+        [setup] = list((tmp_path / out).glob("*/*/setup.json"))
+        setups.append(json.loads(setup.read_text()))
+    assert setups[0]["load"]["phases"]["build"]["duration_s"] > 0
+    assert setups[0]["model_info"]["info"]["engine_build"]["cache"] == "miss"
+    assert setups[1]["load"]["phases"] == {}
+    assert setups[1]["model_info"]["info"]["engine_build"]["cache"] == "hit"

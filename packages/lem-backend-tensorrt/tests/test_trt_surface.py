@@ -300,6 +300,25 @@ def test_extractor_parses_source_without_importing_it(tmp_path: Path, monkeypatc
         extract_api.extract(tmp_path, "v9.9.9", "a" * 40, {})
 
 
+def test_extractor_reads_a_1_2_tree_where_the_engine_flow_is_in_llmapi(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Up to 1.2 the engine flow's LLM is llmapi/llm.py's _TrtLLM; _tensorrt_engine/llm.py does not exist.
+    (tmp_path / "tensorrt_llm/llmapi").mkdir(parents=True)
+    (tmp_path / "tensorrt_llm/llmapi/llm.py").write_text(
+        "class _TrtLLM(BaseLLM):\n    def save(self, engine_dir: str) -> None: ...\n"
+    )
+    spec = importlib.util.spec_from_file_location("extract_api", EXTRACTOR)
+    assert spec is not None and spec.loader is not None
+    extract_api = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(extract_api)
+    monkeypatch.setattr(extract_api, "WANTED", {"tensorrt_llm/_tensorrt_engine/llm.py": ("LLM as TrtLLM",)})
+    surface = extract_api.extract(tmp_path, "v1.2.0", "b" * 40, {})
+    assert surface["classes"]["TrtLLM"]["source_name"] == "_TrtLLM"
+    assert "save" in surface["classes"]["TrtLLM"]["methods"]
+    assert list(surface["source"]["files"]) == ["tensorrt_llm/llmapi/llm.py"]
+
+
 def test_extractor_command_line(tmp_path: Path) -> None:
     # The real script on a tree that lacks most of the files the backend relies on: it names them, writes nothing.
     for rel, text in SOURCE_TREE.items():

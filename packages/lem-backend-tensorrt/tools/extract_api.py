@@ -50,6 +50,13 @@ WANTED: dict[str, tuple[str, ...]] = {
     "tensorrt_llm/builder.py": ("BuildConfig",),
 }
 
+#: Where a file of :data:`WANTED` that a tree lacks lives in older releases: up to 1.2 the engine flow's
+#: arguments and LLM are in the llmapi modules (``_TrtLLM``), and ``_tensorrt_engine/`` re-exports them.
+FALLBACKS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "tensorrt_llm/_tensorrt_engine/llm_args.py": ("tensorrt_llm/llmapi/llm_args.py", ("TrtLlmArgs",)),
+    "tensorrt_llm/_tensorrt_engine/llm.py": ("tensorrt_llm/llmapi/llm.py", ("_TrtLLM as TrtLLM",)),
+}
+
 ENUM_BASES = {"Enum", "StrEnum", "IntEnum"}
 
 
@@ -181,6 +188,8 @@ def extract(root: Path, tag: str, commit: str, file_commits: dict[str, str]) -> 
         "aliases": {},
     }
     for rel, wanted in WANTED.items():
+        if not (root / rel).is_file() and rel in FALLBACKS:
+            rel, wanted = FALLBACKS[rel]
         classes, aliases = extract_file(root / rel, wanted)
         module = rel.removesuffix(".py").replace("/", ".")
         for name, info in classes.items():
