@@ -137,13 +137,21 @@ def _info(config: ExperimentConfig, converted: convert.Converted, kwargs: dict[s
 
 
 @hookimpl
-def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
-    """Load the experiment's model with llama.cpp, converting it to GGUF first unless it is one."""
+def load_model(backend: str, config: ExperimentConfig, phases: Any = None) -> LoadedModel | None:
+    """Load the experiment's model with llama.cpp, converting it to GGUF first unless it is one.
+
+    The GGUF step (the cache lookup, and the conversion when the cache lacks the file) is the load's
+    ``convert`` phase: its time and energy are ``load.phases.convert``, apart from the load.
+    """
     if backend != NAME:
         return None
     from llama_cpp import Llama
 
-    converted = convert.gguf_for(config)
+    if phases is None or convert.is_gguf(config.model):
+        converted = convert.gguf_for(config)
+    else:
+        with phases("convert"):
+            converted = convert.gguf_for(config)
     kwargs = options.llama_kwargs(config, str(converted.path))
     options.check_against_llama(kwargs, options.generate_kwargs(config.generation))
     t0 = time.perf_counter()
