@@ -21,7 +21,8 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     # lem-energy-nvml: the tensor-parallel test meters both ranks' (fake) GPUs through it.
     "lem-backend-pytorch": ("peft", "./packages/lem-energy-nvml"),
     "lem-energy-nvml": (),
-    "lem-backend-tensorrt": ("./packages/lem-backend-pytorch",),  # torch + transformers: tiny models, fake tokenizer
+    # torch + transformers: tiny models, fake tokenizer; lem-energy-nvml: an engine build metered by the NVML meter.
+    "lem-backend-tensorrt": ("./packages/lem-backend-pytorch", "./packages/lem-energy-nvml"),
     "lem-energy-rapl": (),
     # llama-cpp-python builds from source (a few minutes, once: pip caches the wheel); torch builds the tiny model.
     "lem-backend-server": ("llama-cpp-python[server]", "gguf", "torch", "psutil"),
