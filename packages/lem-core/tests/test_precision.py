@@ -444,6 +444,42 @@ def test_export_rows_and_a_damaged_timeline(tmp_path: Path) -> None:
     summary = aggregate_experiment(exp)
     fig = summary["figures"]["steady_state.j_per_output_token"]
     assert fig["values"][0] is None and fig["values"][1] is not None
+    assert any("timeline-001.csv: damaged meter timeline" in w and "t_s = 'not'" in w for w in summary["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        (b"t_s,device,power_w\n\xff\xfe\x00 cut", ("timeline-001.csv", "damaged meter timeline", "UnicodeDecodeError")),
+        (b"t_s,device,power_w\n0.0,0,\n0.1,0,lots\n", ("timeline-001.csv", "line 3: power_w = 'lots'")),
+    ],
+    ids=["not text", "text for a number"],
+)
+def test_aggregate_and_export_name_a_damaged_timeline_and_null_only_its_figures(
+    tmp_path: Path, content: bytes, words: tuple[str, ...]
+) -> None:
+    """Fake meter (no GPU). The real CLI: one line naming the file, exit 0, the counter's figures kept."""
+    from click.testing import CliRunner
+
+    from lem.cli import cli
+
+    exp = _run(tmp_path, _energy_doc())
+    before = _read(exp / "summary.json")["figures"]
+    (exp / "timeline-001.csv").write_bytes(content)
+    done = CliRunner().invoke(cli, ["results", "aggregate", str(exp)], catch_exceptions=False)
+    assert done.exit_code == 0 and all(w in done.stderr for w in words), done.stderr
+    after = _read(exp / "summary.json")["figures"]
+    assert before["steady_state.j_per_output_token"]["values"][0] is not None
+    assert after["steady_state.j_per_output_token"]["values"] == [
+        None,
+        before["steady_state.j_per_output_token"]["values"][1],
+    ]
+    assert after["energy.j_per_output_token"] == before["energy.j_per_output_token"]  # from the counter
+    out = tmp_path / "cycles.csv"
+    done = CliRunner().invoke(
+        cli, ["results", "export", str(exp), "--level", "cycle", "--format", "csv", "--out", str(out)]
+    )
+    assert done.exit_code == 0 and "damaged meter timeline" in done.stderr and out.exists(), done.output
 
 
 def test_lem_results_aggregate_command_reproduces_the_summary(tmp_path: Path) -> None:

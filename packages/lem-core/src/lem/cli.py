@@ -442,7 +442,7 @@ def results_aggregate(
     for d in dirs:
         if (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
             try:
-                aggregate_experiment(d)
+                summary = aggregate_experiment(d)
             except ResultsError as exc:  # a damaged file: name it, go on with the rest
                 click.echo(f"lem: {exc}; skipped", err=True)
                 damaged += 1
@@ -451,6 +451,9 @@ def results_aggregate(
                 click.echo(f"lem: {_damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
                 damaged += 1
                 continue
+            for line in summary["warnings"]:
+                if "damaged meter timeline" in line:
+                    click.echo(f"lem: {d}/{line}", err=True)
             click.echo(f"{d}/summary.json: recomputed")
         else:
             click.echo(f"{d}: no cycles, skipped", err=True)
@@ -463,14 +466,21 @@ def results_aggregate(
 
 def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
     """Which of an experiment's raw files does not have the shape a summary needs."""
-    from lem.results import compute_cycle, cycle_paths, read_json
+    from lem.results import compute_cycle, cycle_paths, read_json, read_timeline
 
+    shape_errors = (KeyError, TypeError, ValueError, AttributeError, IndexError)
     setup = read_json(exp_dir / "setup.json")
     for path in cycle_paths(exp_dir):
+        raw = read_json(path)
         try:
-            compute_cycle(read_json(path), setup)
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as found:
+            compute_cycle(raw, setup)
+        except shape_errors as found:
             return f"{path} ({type(found).__name__}: {found})"
+        timeline = path.with_name(path.name.replace("cycle-", "timeline-").replace(".json", ".csv"))
+        try:
+            compute_cycle(raw, setup, read_timeline(timeline))
+        except shape_errors as found:  # the cycle alone is fine: its timeline is not
+            return f"{timeline} ({type(found).__name__}: {found})"
     return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
 
 

@@ -138,7 +138,11 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     rows = []
     for setup, raw in _cycles(exp_dir, warn):
         # The timeline gives the steady-state energy and the thermal context (lem.steady, lem.thermal).
-        timeline = read_timeline(exp_dir / f"timeline-{int(raw['cycle']):03d}.csv")
+        try:
+            timeline = read_timeline(exp_dir / f"timeline-{int(raw['cycle']):03d}.csv")
+        except ResultsError as exc:  # only the figures the timeline gives are lost
+            warn(f"{exc}; exported as null")
+            timeline = None
         metrics, energy, _ = compute_cycle(raw, setup, timeline)
         block = {"metrics": metrics, "energy": energy}
         row: dict[str, Any] = {

@@ -174,9 +174,34 @@ def parse_timeline(text: str) -> list[dict[str, Any]]:
     return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
 
 
+#: Timeline columns named with a unit (``power_w``, ``temperature_c``, ``sm_clock_mhz``, ...) hold numbers
+#: (or are empty where a device offers no reading).
+MEASURED_SUFFIXES = ("_s", "_w", "_j", "_c", "_pct", "_mib", "_mhz")
+
+
 def read_timeline(path: Path) -> list[dict[str, Any]] | None:
-    """The rows of a ``timeline-NNN.csv``, or ``None`` when there is none."""
-    return parse_timeline(path.read_text()) if path.exists() else None
+    """The rows of a ``timeline-NNN.csv``, or ``None`` when there is none.
+
+    A file that is not readable CSV text (binary garbage, cut in a multi-byte
+    character) or has a row without a numeric ``t_s``, or text in a column
+    named with a unit (:data:`MEASURED_SUFFIXES`), is a :class:`ResultsError`
+    naming it.
+    """
+    if not path.exists():
+        return None
+    try:
+        rows = parse_timeline(path.read_text(encoding="utf-8"))
+        for n, row in enumerate(rows, start=2):
+            for key, value in row.items():
+                must = key == "t_s" or (value is not None and str(key).endswith(MEASURED_SUFFIXES))
+                if must and not isinstance(value, (int, float)):
+                    raise ValueError(f"line {n}: {key} = {value!r} is not a number")
+        return rows
+    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        raise ResultsError(
+            f"{path.name}: damaged meter timeline ({type(exc).__name__}: {exc}); the steady-state, step-energy"
+            f" and thermal figures of that cycle need it (the raw file is {path})"
+        ) from None
 
 
 def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -185,11 +210,24 @@ def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return parse_timeline(timeline_csv(rows))
 
 
-def cycle_timelines(exp_dir: Path, cycles: Sequence[Mapping[str, Any]]) -> dict[int, list[dict[str, Any]]]:
-    """``{cycle: rows}`` of the cycles' ``timeline-NNN.csv`` files that exist."""
+def cycle_timelines(
+    exp_dir: Path, cycles: Sequence[Mapping[str, Any]], damaged: list[str] | None = None
+) -> dict[int, list[dict[str, Any]]]:
+    """``{cycle: rows}`` of the cycles' ``timeline-NNN.csv`` files that exist.
+
+    A damaged timeline is left out, so only the figures it gives are ``null``
+    (with the reason that there is no timeline); its one-line description is
+    appended to ``damaged`` when given, else the error is raised.
+    """
     out = {}
     for c in cycles:
-        rows = read_timeline(exp_dir / f"timeline-{int(c['cycle']):03d}.csv")
+        try:
+            rows = read_timeline(exp_dir / f"timeline-{int(c['cycle']):03d}.csv")
+        except ResultsError as exc:
+            if damaged is None:
+                raise
+            damaged.append(f"{exc} (its figures are null)")
+            continue
         if rows is not None:
             out[int(c["cycle"])] = rows
     return out
@@ -240,7 +278,9 @@ def aggregate_experiment(exp_dir: Path) -> dict[str, Any]:
     cycles = [read_json(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
-    summary = summarize(setup, cycles, cycle_timelines(exp_dir, cycles))
+    damaged: list[str] = []
+    summary = summarize(setup, cycles, cycle_timelines(exp_dir, cycles, damaged))
+    summary["warnings"] = [*damaged, *summary["warnings"]]
     write_json(exp_dir / "summary.json", "summary", summary)
     return summary
 
@@ -265,8 +305,9 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
         figures_by_exp.append((s, raw))
     # Each cycle is computed with its own experiment's setup (its own idle baseline), then pooled.
     blocks = []
+    damaged: list[str] = []
     for d, (s, raw) in zip(exp_dirs, figures_by_exp, strict=True):
-        timelines = cycle_timelines(d, raw)
+        timelines = cycle_timelines(d, raw, damaged)
         for c in raw:
             m, e, _ = compute_cycle(c, s, timelines.get(int(c["cycle"])))
             blocks.append({"metrics": m, "energy": e})
@@ -276,6 +317,7 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
         "models": sorted({str(s.get("model")) for s in setups}),
         "cycles": len(blocks),
         "figures": headline_figures(blocks),
+        "warnings": damaged,
     }
 
 
