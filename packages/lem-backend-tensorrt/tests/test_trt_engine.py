@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,6 +145,12 @@ def test_a_build_that_crashes_half_way_is_never_reused(tmp_path: Path, tiny_llam
     assert again["cache"] == "miss" and len(events(log, "build")) == 3  # the crashed one, then two
     assert json.loads((entry / engine_cache.METADATA).read_text())["digest"] == again["digest"]
     assert not leftover.exists()
+    # A build of the same key still running in another process keeps its temporary directory.
+    running = cache / f".{entry.name}.building-{os.getppid()}-x"
+    running.mkdir()
+    load(engine_config(tiny_llama, cache, force_rebuild=True))
+    assert running.is_dir()
+    running.rmdir()
     # Metadata of another key (a copied directory) is not trusted either.
     meta = json.loads((entry / engine_cache.METADATA).read_text())
     (entry / engine_cache.METADATA).write_text(json.dumps({**meta, "digest": "0" * 64}))

@@ -12,7 +12,8 @@ key's inputs, the build time, the versions).
 A build writes into a temporary directory beside the entry and renames it
 into place only when ``save`` and the metadata are complete, so an entry
 that exists is whole: a build that crashed half-way leaves a temporary
-directory that is never read (and is removed by the next build of that key).
+directory that is never read (and is removed by the next build of that key,
+unless the process that made it still runs: two builds of one key may run at once).
 """
 
 from __future__ import annotations
@@ -123,6 +124,19 @@ def read(entry: Entry) -> dict[str, Any] | None:
     return meta
 
 
+def _running(pid: str) -> bool:
+    """Whether the process that named a temporary build directory still runs here (another build's: keep it)."""
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build(entry: Entry, save: Callable[[Path], None], versions: Mapping[str, str]) -> dict[str, Any]:
     """Build into a temporary directory with ``save(engine_dir)``, then move it into place; returns the metadata.
 
@@ -134,8 +148,9 @@ def build(entry: Entry, save: Callable[[Path], None], versions: Mapping[str, str
     except OSError as exc:
         raise BackendError(f"tensorrt.engine_cache_dir = {str(root)!r}: cannot create it ({exc})") from None
     for stale in root.glob(f".{entry.directory.name}.building-*"):
-        shutil.rmtree(stale, ignore_errors=True)  # left by a build that crashed
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.directory.name}.building-", dir=root))
+        if not _running(stale.name.rsplit(".building-", 1)[1].split("-")[0]):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a build whose process is gone
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.directory.name}.building-{os.getpid()}-", dir=root))
     try:
         t0 = time.monotonic()
         save(tmp / ENGINE_DIR)
