@@ -19,9 +19,14 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from lem.loading import structure, validate
 
+GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
+#: CI's tests: gloo ranks on the CPU. Where torch sees a GPU the ranks would run there (see the gpu tests).
+CPU_ONLY = pytest.mark.skipif(GPUS > 0, reason="tensor-parallel ranks run on the GPUs on this machine")
+TWO_GPUS = pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
 HERE = Path(__file__).resolve().parent
 NVML_TESTS = HERE.parents[1] / "lem-energy-nvml" / "tests"
 UUIDS = [f"GPU-{i}aaaaaaa-0000-0000-0000-000000000000" for i in range(3)]
@@ -71,6 +76,7 @@ def _gone(pids: list[int]) -> list[int]:
     return alive
 
 
+@CPU_ONLY
 def test_tp2_through_the_cli_matches_tp1_and_meters_both_gpus(tiny_llama: Path, tmp_path: Path) -> None:
     exp = _toml(tmp_path / "tp.toml", tiny_llama, 'cycles = 1\n[sweep]\n"sharding.tensor_parallel_size" = [1, 2]\n')
     cmd, env = _lem(["run", str(exp), "--quiet", "--out", str(tmp_path / "out")], tmp_path)
@@ -115,8 +121,8 @@ def test_tp2_through_the_cli_matches_tp1_and_meters_both_gpus(tiny_llama: Path, 
     assert _gone([r["pid"] for r in tp["ranks"]]) == []
 
 
-def test_a_killed_follower_fails_the_experiment_with_its_reason(tiny_llama: Path, tmp_path: Path) -> None:
-    exp = _toml(tmp_path / "tp.toml", tiny_llama, "cycles = 200\n[sharding]\ntensor_parallel_size = 2\n")
+def _kill_a_follower(exp: Path, tmp_path: Path) -> None:
+    """Run ``exp`` (many cycles), SIGKILL rank 1 after the second cycle, check the failure and that no rank is left."""
     out = tmp_path / "out"
     cmd, env = _lem(["run", str(exp), "--quiet", "--out", str(out)], tmp_path)
     stderr = ""
@@ -141,6 +147,14 @@ def test_a_killed_follower_fails_the_experiment_with_its_reason(tiny_llama: Path
     assert _gone(pids) == []
 
 
+@CPU_ONLY
+def test_a_killed_follower_fails_the_experiment_with_its_reason(tiny_llama: Path, tmp_path: Path) -> None:
+    _kill_a_follower(
+        _toml(tmp_path / "tp.toml", tiny_llama, "cycles = 200\n[sharding]\ntensor_parallel_size = 2\n"), tmp_path
+    )
+
+
+@CPU_ONLY
 @pytest.mark.parametrize(
     ("tables", "path", "words"),
     [
@@ -163,12 +177,14 @@ def test_combinations_that_cannot_run_are_errors(tables: dict, path: str, words:
     assert len(found) == 1 and words in found[0].message, validate(config)
 
 
+@CPU_ONLY
 def test_a_valid_tp_config_has_no_errors() -> None:
     doc = {"model": "random:tiny-llama", "backend": "pytorch", "sharding": {"tensor_parallel_size": 2}}
     config, _ = structure(doc)
     assert config is not None and [p for p in validate(config) if p.severity == "error"] == []
 
 
+@CPU_ONLY
 def test_device_map_with_tp_is_one_line_from_lem_run(tiny_llama: Path, tmp_path: Path) -> None:
     exp = _toml(
         tmp_path / "bad.toml", tiny_llama, '[sharding]\ntensor_parallel_size = 2\n[pytorch]\ndevice_map = "auto"\n'
@@ -207,3 +223,37 @@ def test_a_follower_exits_when_rank_0_dies(tmp_path: Path) -> None:
     while _gone([follower]) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone([follower]) == []
+
+
+@pytest.mark.gpu
+@TWO_GPUS
+def test_gpu_tp2_meters_both_gpus_with_nvml(tiny_llama: Path, tmp_path: Path) -> None:
+    """On 2 GPUs: NCCL ranks on cuda:0 and cuda:1, both real NVML counters, their sum is the total."""
+    body = 'cycles = 2\n[pytorch]\ndevice = "cuda"\n[sweep]\n"sharding.tensor_parallel_size" = [1, 2]\n'
+    exp = _toml(tmp_path / "tp.toml", tiny_llama, body)
+    exp.write_text(exp.read_text().replace('energy_meter = "none"', 'energy_meter = "nvml"'))
+    cmd, env = _lem(["run", str(exp), "--quiet", "--out", str(tmp_path / "out")], tmp_path)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {d.name.split("-")[1]: d for d in (tmp_path / "out").glob("*/*") if d.is_dir()}
+    two = runs["tensor_parallel_size=2"]
+    setup = json.loads((two / "setup.json").read_text())
+    tp = setup["model_info"]["info"]["tensor_parallel"]
+    assert tp["backend"] == "nccl" and [r["device"] for r in tp["ranks"]] == ["cuda:0", "cuda:1"]
+    assert setup["metered_devices"] == [0, 1] and setup["model_info"]["devices"] == [0, 1]
+    energy = json.loads((two / "cycle-001.json").read_text())["energy"]
+    gpus = energy["devices"]
+    assert [d["device"] for d in gpus] == [0, 1] and len({d["uuid"] for d in gpus}) == 2
+    assert all(d["energy_j"] > 0 and d["method"] == "counter" for d in gpus)
+    assert energy["total_j"] == pytest.approx(sum(d["energy_j"] for d in gpus))
+    m = json.loads((two / "cycle-001.json").read_text())["metrics"]
+    assert (m["completed_requests"], m["output_tokens"]) == (4, 32)
+    assert _gone([r["pid"] for r in tp["ranks"]]) == []
+
+
+@pytest.mark.gpu
+@TWO_GPUS
+def test_gpu_a_killed_follower_fails_the_experiment(tiny_llama: Path, tmp_path: Path) -> None:
+    """On 2 GPUs: rank 0 does not hang on NCCL after rank 1 dies (the communicators are aborted)."""
+    body = 'cycles = 200\n[pytorch]\ndevice = "cuda"\n[sharding]\ntensor_parallel_size = 2\n'
+    _kill_a_follower(_toml(tmp_path / "tp.toml", tiny_llama, body), tmp_path)
