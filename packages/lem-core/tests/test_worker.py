@@ -127,3 +127,28 @@ def test_the_worker_exits_when_its_campaign_dies(tmp_path: Path) -> None:
     count = len(list(exp_dir.glob("cycle-*.json")))
     time.sleep(2.0)  # a live worker would have written ~2 more cycles by now
     assert len(list(exp_dir.glob("cycle-*.json"))) == count
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="child subreapers are a Linux feature")
+@pytest.mark.parametrize("how", ["hang", "exit"])
+def test_a_killed_workers_own_processes_are_ended(tmp_path: Path, how: str, capfd: pytest.CaptureFixture[str]) -> None:
+    # The scripted backend starts a child at load, as an engine would; the worker then hangs (and is
+    # SIGKILLed by the stall watchdog) or os._exits: it never gets to end that child itself.
+    pid_file = tmp_path / "child.pid"
+    exp = _exp("orphan", fail=how, fail_at="load", child_pid_file=str(pid_file))
+    exp = attrs.evolve(exp, config=attrs.evolve(exp.config, measurement=attrs.evolve(
+        exp.config.measurement, stall_timeout_s=1.5)))  # fmt: skip
+    (tmp_path / "orphan").mkdir()
+    outcome = run_in_worker(exp, tmp_path / "orphan", "run", quiet=True)
+    assert not outcome.ok
+    child = int(pid_file.read_text())
+    assert not _alive(child)
+    assert f"the worker left 1 process(es) of its own behind (pids {child}); ended them" in capfd.readouterr().err

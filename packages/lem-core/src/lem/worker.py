@@ -6,7 +6,8 @@ out-of-memory killer) kills only that experiment: the parent records why and
 goes on. The worker sends a heartbeat on every progress update; one that stays
 silent longer than the stall timeout is treated as hung and killed. A worker
 whose parent dies exits at once, so a killed campaign leaves no orphan
-holding a GPU.
+holding a GPU; the processes of a worker that was killed (its engine's) are
+adopted by the campaign process and ended (:mod:`lem.reaper`).
 """
 
 from __future__ import annotations
@@ -200,12 +201,31 @@ def run_in_worker(
         stdout = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a notebook's or a test's stderr has no descriptor
         stdout = 2
-    proc = subprocess.Popen(
-        [python or sys.executable, "-m", "lem.worker", str(wfd)],
-        stdin=subprocess.PIPE,
-        stdout=stdout,
-        pass_fds=(wfd,),
-    )
+    from lem.reaper import Adopter
+
+    with Adopter() as adopter:  # a killed worker's engine processes are re-parented here (lem.reaper)
+        proc = subprocess.Popen(
+            [python or sys.executable, "-m", "lem.worker", str(wfd)],
+            stdin=subprocess.PIPE,
+            stdout=stdout,
+            pass_fds=(wfd,),
+        )
+        try:
+            return _supervise(exp, proc, rfd, wfd, job, timeout_s)
+        finally:  # also on Ctrl-C: the worker has been waited for by then
+            left = adopter.end_orphans(proc.pid)
+            if left:
+                print(
+                    f"lem: {prefix}the worker left {len(left)} process(es) of its own behind"
+                    f" (pids {', '.join(map(str, left))}); ended them",
+                    file=sys.stderr,
+                )
+
+
+def _supervise(
+    exp: Experiment, proc: subprocess.Popen[bytes], rfd: int, wfd: int, job: bytes, timeout_s: float | None
+) -> Outcome:
+    """Hand the worker its job, follow its reports and heartbeats, and say how it ended."""
     os.close(wfd)  # only the worker writes: EOF then means it is gone
     assert proc.stdin is not None
     proc.stdin.write(job)

@@ -20,6 +20,8 @@ key                       meaning                                               
 ``fail`` / ``fail_at``    ``raise``, ``exit`` (os._exit), ``hang`` at ``load`` or    none / "generate"
                           on ``generate`` call number ``fail_call`` (1-based)
 ``idle_w`` / ``busy_w``   the scripted meter's power when idle / while generating   100.0 / 300.0
+``child_pid_file``        start a child process at load (an engine's process) and   none
+                          write its pid to this file
 ========================  ========================================================  =========================
 
 The server model is simple and exact: it opens at the first arrival (closed
@@ -74,6 +76,16 @@ def _maybe_fail(opts: dict[str, Any], where: str) -> None:
     raise RuntimeError(f"scripted failure at {where}")
 
 
+def _start_child(pid_file: str) -> None:
+    """A long-lived child, as an engine's own process would be; nothing here ever ends it."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    with open(pid_file, "w") as f:
+        f.write(str(child.pid))
+
+
 @hookimpl
 def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
     """Load nothing; sleep ``load_ms``; report the configured architecture."""
@@ -83,6 +95,8 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
 
     opts = _opts(config)
     _calls[0] = 0
+    if opts.get("child_pid_file"):
+        _start_child(str(opts["child_pid_file"]))
     _maybe_fail(opts, "load")
     time.sleep(float(opts.get("load_ms", 0.0)) / 1000)
     return LoadedModel(
