@@ -83,6 +83,8 @@ class Ranks:
     #: Why a follower ended before it was told to (the experiment's failure reason), else ``None``.
     failure: str | None = None
     closing: bool = False
+    #: Rank 0 is inside a ``generate`` (the followers too, possibly blocked in one of its collectives).
+    busy: bool = False
     saved_env: dict[str, str | None] = attrs.field(factory=dict)
     saved_threads: int | None = None
     monitor: threading.Thread | None = None
@@ -342,10 +344,13 @@ def generate(ranks: Ranks, model: Any, input_ids: Any, attention_mask: Any, **kw
     )
     for f in ranks.followers:
         _send(ranks, f.proc, command)
+    ranks.busy = True
     try:
-        return model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        result = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
     except Exception as exc:
         raise explained(ranks, exc) from exc
+    ranks.busy = False
+    return result
 
 
 def _kill(ranks: Ranks) -> None:
@@ -367,11 +372,12 @@ def close(ranks: Ranks) -> None:
             f.proc.stdin.close()
         except OSError:
             pass
-    deadline = time.monotonic() + STOP_GRACE_S
+    # A generate left midway (Ctrl-C) has the followers waiting in a collective that will never come.
+    deadline = time.monotonic() + (0.0 if ranks.busy else STOP_GRACE_S)
     for f in ranks.followers:
         try:
             f.proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:  # blocked in a collective rank 0 left (an interrupted generate)
+        except subprocess.TimeoutExpired:
             f.proc.kill()
             f.proc.wait()
         f.reader.join(2.0)
