@@ -155,6 +155,31 @@ def test_a_killed_follower_fails_the_experiment_with_its_reason(tiny_llama: Path
 
 
 @CPU_ONLY
+def test_a_follower_dying_at_start_fails_the_experiment_at_once(tiny_llama: Path, tmp_path: Path) -> None:
+    """Rank 1 exits with status 3 as it starts (a sitecustomize on its PYTHONPATH makes it): rank 0 does not
+    wait in the rendezvous, the failure names the rank, its exit status and its last output."""
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "if os.environ.get('RANK') == '1' and 'LEM_TP_PARENT' in os.environ:\n"
+        "    sys.stderr.write('RuntimeError: rank 1 cannot start\\n')\n"
+        "    sys.stderr.flush()\n"
+        "    os._exit(3)\n"
+    )
+    exp = _toml(tmp_path / "tp.toml", tiny_llama, "[sharding]\ntensor_parallel_size = 2\n")
+    out = tmp_path / "out"
+    cmd, env = _lem(["run", str(exp), "--quiet", "--out", str(out)], tmp_path)
+    env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0
+    (failure,) = out.glob("*/exp/failure.json")
+    reason = json.loads(failure.read_text())["reason"]
+    assert "tensor-parallel rank 1 of 2" in reason and "exited with status 3" in reason, reason
+    assert reason.endswith("its last output: RuntimeError: rank 1 cannot start"), reason
+
+
+@CPU_ONLY
 @pytest.mark.parametrize(
     ("tables", "path", "words"),
     [
