@@ -200,8 +200,25 @@ def launch(config: ExperimentConfig, device_type: str) -> Ranks:
     """Start ranks 1..N-1 and make this process rank 0 of the group (see the module docstring)."""
     size = config.sharding.tensor_parallel_size
     ranks = Ranks(size, device_type, "nccl" if device_type == "cuda" else "gloo", free_port())
-    job = pickle.dumps(config)
+    ranks.saved_env = {k: os.environ.get(k) for k in ENV_KEYS}
+    if device_type == "cpu":
+        import torch
+
+        ranks.saved_threads = torch.get_num_threads()
     atexit.register(_kill, ranks)  # whatever happens to this process's Python, no follower outlives it
+    try:
+        _start_followers(ranks, pickle.dumps(config))
+        os.environ.update(rank_env(0, size, ranks.port))
+        bind_device(0, size, device_type)
+        _join_watching(ranks)
+    except BaseException:
+        close(ranks)  # no follower is left waiting for a rank 0 that gave up
+        raise
+    return ranks
+
+
+def _start_followers(ranks: Ranks, job: bytes) -> None:
+    size = ranks.size
     for rank in range(1, size):
         env = {**os.environ, **rank_env(rank, size, ranks.port)}
         proc = subprocess.Popen(
@@ -218,15 +235,6 @@ def launch(config: ExperimentConfig, device_type: str) -> Ranks:
         _send(ranks, proc, job)
     ranks.monitor = threading.Thread(target=_watch, args=(ranks,), daemon=True, name="lem-tp-monitor")
     ranks.monitor.start()
-    ranks.saved_env = {k: os.environ.get(k) for k in ENV_KEYS}
-    os.environ.update(rank_env(0, size, ranks.port))
-    if device_type == "cpu":
-        import torch
-
-        ranks.saved_threads = torch.get_num_threads()
-    bind_device(0, size, device_type)
-    _join_watching(ranks)
-    return ranks
 
 
 def _join_watching(ranks: Ranks) -> None:
