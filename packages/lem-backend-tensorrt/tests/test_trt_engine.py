@@ -213,3 +213,42 @@ def test_build_time_and_energy_are_their_own_phase(
     # Second run: the cached engine, no build phase.
     again = run(tmp_path / "second")
     assert again["load"]["phases"] == {} and again["model_info"]["info"]["engine_build"]["cache"] == "hit"
+
+
+def test_quantization_is_built_into_the_engine_and_part_of_the_key(
+    tmp_path: Path, tiny_llama: Path, fake_script: Any
+) -> None:
+    log = fake_script()
+    cache = tmp_path / "engines"
+    awq = {"method": "int4_awq", "calibration": {"dataset": "cnn_dailymail", "num_samples": 16, "max_length": 128}}
+    first = load(engine_config(tiny_llama, cache, quantization=awq))["engine_build"]
+    [built] = events(log, "build")
+    assert built["quant_config"] == {"quant_algo": "W4A16_AWQ"}
+    assert built["calib_config"] == {
+        "calib_batch_size": 1,
+        "calib_dataset": "cnn_dailymail",
+        "calib_batches": 16,
+        "calib_max_seq_length": 128,
+    }
+    more = {**awq, "calibration": {**awq["calibration"], "num_samples": 64}}
+    second = load(engine_config(tiny_llama, cache, quantization=more))["engine_build"]
+    plain = load(engine_config(tiny_llama, cache))["engine_build"]
+    assert len({first["digest"], second["digest"], plain["digest"]}) == 3
+
+
+def test_a_checkpoint_quantized_beforehand_is_built_as_it_is(
+    tmp_path: Path, tiny_llama: Path, fake_script: Any
+) -> None:
+    import shutil
+
+    log = fake_script()
+    model = tmp_path / "awq-model"
+    shutil.copytree(tiny_llama, model)
+    (model / "hf_quant_config.json").write_text(json.dumps({"quantization": {"quant_algo": "W4A16_AWQ"}}))
+    load(engine_config(model, tmp_path / "engines", quantization={"method": "int4_awq"}))
+    [built] = events(log, "build")
+    assert built["quant_config"] is None and built["calib_config"] is None
+    from lem.errors import BackendError
+
+    with pytest.raises(BackendError, match="expects quant_algo 'FP8'"):
+        load(engine_config(model, tmp_path / "engines", quantization={"method": "fp8"}))

@@ -143,6 +143,22 @@ def test_quantization_table() -> None:
     assert "does not calibrate" in found["tensorrt.quantization.calibration"]
 
 
+def test_the_engine_flow_quantizes_while_it_builds() -> None:
+    table = {"method": "fp8", "calibration": {"dataset": "cnn_dailymail", "num_samples": 32, "max_length": 512}}
+    assert problems(tensorrt={"runtime": "tensorrt", "quantization": table}) == {}
+    args = options.llm_args(config("org/model", tensorrt={"runtime": "tensorrt", "quantization": table}))
+    assert args["quant_config"] == {"quant_algo": "FP8"}
+    assert args["calib_config"]["calib_batches"] == 32 and args["calib_config"]["calib_batch_size"] == 1
+    # The core's [quantization] method works too; the PyTorch runtime passes no quant_config.
+    core = config("org/model", quantization={"method": "awq"}, tensorrt={"runtime": "tensorrt"})
+    assert options.llm_args(core)["quant_config"] == {"quant_algo": "W4A16_AWQ"}
+    assert "quant_config" not in options.llm_args(config("org/model", tensorrt={"quantization": {"method": "fp8"}}))
+    found = problems(tensorrt={"runtime": "tensorrt", "quantization": {"method": "fp8", "calibration": {"split": "t"}}})
+    assert "takes no dataset split" in found["tensorrt.quantization.calibration.split"]
+    found = problems(tensorrt={"runtime": "tensorrt", "quantization": {"calibration": {"num_samples": 8}}})
+    assert "needs tensorrt.quantization.method" in found["tensorrt.quantization.calibration"]
+
+
 def test_kv_cache_type_and_draft_pairing() -> None:
     assert "paged" in problems(tensorrt={"kv_cache_type": "continuous"})["tensorrt.kv_cache_type"]
     assert "go together" in problems(tensorrt={"draft_model": "org/draft"})["tensorrt.draft_model"]

@@ -87,6 +87,15 @@ def mapping_problems(surface: dict[str, Any]) -> list[str]:
         target = field if cls == "TorchLlmArgs" else options.NESTED[cls]
         if target not in trt_fields:
             problems.append(f"tensorrt.{key} -> TrtLlmArgs.{target}: no such field (runtime = 'tensorrt')")
+    for key, (cls, field) in options.ENGINE_QUANTIZATION.items():
+        if cls not in surface["classes"] or field not in surface_check.fields(surface, cls):
+            problems.append(f"tensorrt.quantization.{key} -> {cls}.{field}: no such field (runtime = 'tensorrt')")
+    for cls, field in options.ENGINE_NESTED.items():
+        if field not in trt_fields:
+            problems.append(f"TrtLlmArgs.{field}: no such field (lem passes {cls} as it)")
+    for method, algo in options.QUANTIZATION.items():
+        if algo is not None and algo not in surface["classes"].get("QuantAlgo", {}).get("members", {}):
+            problems.append(f"tensorrt.quantization.method = {method!r} -> QuantAlgo.{algo}: no such member")
     for field in ("build_config", "tokenizer", "model"):
         if field not in trt_fields:
             problems.append(f"TrtLlmArgs.{field}: no such field (lem's engine flow passes it)")
@@ -149,6 +158,10 @@ ENGINE_KEYS: dict[str, Any] = {
     "strongly_typed": True,
     "extra_build_args": {"opt_num_tokens": 1024},
     "extra_runtime_args": {"normalize_log_probs": False},
+    "quantization": {
+        "method": "int4_awq",
+        "calibration": {"dataset": "cnn_dailymail", "num_samples": 64, "max_length": 256},
+    },
 }
 
 
@@ -156,11 +169,27 @@ def test_every_argument_of_the_engine_flow_fits_trt_llm_args_and_build_config() 
     exp = config("org/model", precision="float16", batching={"batch_size": 8}, tensorrt=ENGINE_KEYS)
     args = options.llm_args(exp)
     assert surface_check.check_kwargs(SURFACE, "TrtLlmArgs", {**args, "tokenizer": "org/model"}) == []
+    assert args["quant_config"] == {"quant_algo": "W4A16_AWQ"}
+    assert args["calib_config"] == {
+        "calib_batch_size": 1,
+        "calib_dataset": "cnn_dailymail",
+        "calib_batches": 64,
+        "calib_max_seq_length": 256,
+    }
     build = options.build_config_args(exp)
     assert build["max_seq_len"] == 2048 + 512 and build["strongly_typed"] is True
     assert surface_check.check_kwargs(SURFACE, "BuildConfig", build) == []
     assert surface_check.check_call(SURFACE, "TrtLLM.__init__", [args["model"]], {}) == []
     assert surface_check.check_call(SURFACE, "TrtLLM.save", ["/engines/x"], {}) == []
+
+
+def test_a_renamed_quantization_algorithm_fails_and_names_itself() -> None:
+    renamed = copy.deepcopy(SURFACE)
+    members = renamed["classes"]["QuantAlgo"]["members"]
+    members["W4A16_AWQ_V2"] = members.pop("W4A16_AWQ")
+    assert mapping_problems(renamed) == [
+        "tensorrt.quantization.method = 'int4_awq' -> QuantAlgo.W4A16_AWQ: no such member"
+    ]
 
 
 def test_a_renamed_build_config_field_fails_and_names_itself() -> None:

@@ -48,6 +48,9 @@ WANTED: dict[str, tuple[str, ...]] = {
     "tensorrt_llm/_tensorrt_engine/llm_args.py": ("TrtLlmArgs",),
     "tensorrt_llm/_tensorrt_engine/llm.py": ("LLM as TrtLLM",),
     "tensorrt_llm/builder.py": ("BuildConfig",),
+    # Quantizing while the engine is built: TrtLlmArgs.quant_config and its algorithm names.
+    "tensorrt_llm/models/modeling_utils.py": ("QuantConfig",),
+    "tensorrt_llm/quantization/mode.py": ("QuantAlgo",),
 }
 
 #: Where a file of :data:`WANTED` that a tree lacks lives in older releases: up to 1.2 the engine flow's
@@ -57,7 +60,7 @@ FALLBACKS: dict[str, tuple[str, tuple[str, ...]]] = {
     "tensorrt_llm/_tensorrt_engine/llm.py": ("tensorrt_llm/llmapi/llm.py", ("_TrtLLM as TrtLLM",)),
 }
 
-ENUM_BASES = {"Enum", "StrEnum", "IntEnum"}
+ENUM_BASES = {"Enum", "StrEnum", "IntEnum"}  # a base written with metaclass=... still counts
 
 
 def _aliases(value: ast.expr | None) -> list[str]:
@@ -116,6 +119,13 @@ def _param(arg: ast.arg, default: ast.expr | None, kind: str) -> dict[str, Any]:
     }
 
 
+def _member_value(name: str, value: ast.expr) -> Any:
+    """An enum member's value; ``auto()`` of the ``strenum`` package's ``StrEnum`` (TensorRT-LLM's) is the name."""
+    if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "auto":
+        return name
+    return ast.literal_eval(value)
+
+
 def _class(node: ast.ClassDef) -> dict[str, Any]:
     bases = [ast.unparse(b) for b in node.bases]
     info: dict[str, Any] = {"bases": bases, "fields": {}, "members": {}, "methods": {}, "properties": []}
@@ -135,7 +145,7 @@ def _class(node: ast.ClassDef) -> dict[str, Any]:
             if aliases:
                 info["fields"][name]["aliases"] = aliases
         elif is_enum and isinstance(item, ast.Assign) and isinstance(item.targets[0], ast.Name):
-            info["members"][item.targets[0].id] = ast.literal_eval(item.value)
+            info["members"][item.targets[0].id] = _member_value(item.targets[0].id, item.value)
         elif isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef)):
             decorators = {ast.unparse(d) for d in item.decorator_list}
             if "property" in decorators:

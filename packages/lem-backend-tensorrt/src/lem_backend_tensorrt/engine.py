@@ -111,26 +111,33 @@ def check_capability(config: ExperimentConfig, devices: list[tuple[str, tuple[in
             )
 
 
-def check_checkpoint_quantization(config: ExperimentConfig, model: str) -> None:
-    """A quantized method needs a checkpoint quantized that way (ModelOpt's hf_quant_config.json says how)."""
+def check_checkpoint_quantization(config: ExperimentConfig, model: str) -> bool:
+    """A quantized method needs a checkpoint quantized that way (ModelOpt's hf_quant_config.json says how).
+
+    In the engine flow a checkpoint without ``hf_quant_config.json`` is quantized while the engine is built.
+    Returns whether the checkpoint is quantized already (then nothing is to be quantized at the build).
+    """
     method = options.quantization_method(config)
     if method is None:
-        return
+        return False
     expected = options.QUANTIZATION[method]
     path = Path(model) / "hf_quant_config.json"
     if not path.is_file():
+        if options.runtime(config) == "tensorrt":
+            return False
         if Path(model).is_dir():
             raise BackendError(
                 f"tensorrt.quantization.method = {method!r}: {model} has no hf_quant_config.json; TensorRT-LLM's "
                 "PyTorch runtime serves pre-quantized checkpoints: quantize it with NVIDIA ModelOpt first"
             )
-        return  # a hub id: TensorRT-LLM reads the quantization when it downloads the checkpoint
+        return True  # a hub id: TensorRT-LLM reads the quantization when it downloads the checkpoint
     algo = json.loads(path.read_text()).get("quantization", {}).get("quant_algo")
     if algo != expected:
         raise BackendError(
             f"tensorrt.quantization.method = {method!r} expects quant_algo {expected!r}, but {path} says {algo!r}; "
             "set the method the checkpoint was quantized with"
         )
+    return True
 
 
 def _build(args: Mapping[str, Any]) -> dict[str, Any]:
@@ -138,9 +145,11 @@ def _build(args: Mapping[str, Any]) -> dict[str, Any]:
     from tensorrt_llm import llmapi
 
     kwargs = dict(args)
-    for cls, field in options.NESTED.items():
+    for cls, field in {**options.NESTED, **options.ENGINE_NESTED}.items():
         value = kwargs.get(field)
         if isinstance(value, Mapping):
+            if cls == "QuantConfig":  # the algorithm by name -> TensorRT-LLM's QuantAlgo
+                value = {**value, "quant_algo": llmapi.QuantAlgo(value["quant_algo"])}
             kwargs[field] = getattr(llmapi, cls)(**value)
     return kwargs
 

@@ -99,6 +99,7 @@ def key_inputs(
         "precision": config.precision,
         "build_config": dict(build),
         "quantization": options.quantization_method(config),
+        "quant_args": {k: args[k] for k in ("quant_config", "calib_config") if k in args},
         "tensor_parallel_size": args.get("tensor_parallel_size", 1),
         "pipeline_parallel_size": args.get("pipeline_parallel_size", 1),
         "gpus": [{"name": name, "compute_capability": f"{cap[0]}.{cap[1]}"} for name, cap in devices],

@@ -92,6 +92,17 @@ ENGINE_OPTIONS: dict[str, tuple[str, str]] = {
     "strongly_typed": ("BuildConfig", "strongly_typed"),
     "engine_path": ("TrtLlmArgs", "model"),  # a saved engine directory is what TensorRT-LLM loads as the model
 }
+#: Under ``runtime = "tensorrt"``, TensorRT-LLM quantizes while it builds: ``[tensorrt.quantization]`` ->
+#: (class, field) of ``TrtLlmArgs.quant_config`` / ``calib_config``. The method's algorithm is :data:`QUANTIZATION`'s.
+ENGINE_QUANTIZATION: dict[str, tuple[str, str]] = {
+    "method": ("QuantConfig", "quant_algo"),
+    "calibration.dataset": ("CalibConfig", "calib_dataset"),
+    "calibration.num_samples": ("CalibConfig", "calib_batches"),  # batches of calib_batch_size = 1
+    "calibration.max_length": ("CalibConfig", "calib_max_seq_length"),
+}
+#: Those classes -> the ``TrtLlmArgs`` argument they are passed as.
+ENGINE_NESTED: dict[str, str] = {"QuantConfig": "quant_config", "CalibConfig": "calib_config"}
+
 #: Core config -> ``BuildConfig`` field, under ``runtime = "tensorrt"``.
 ENGINE_CORE_OPTIONS: dict[str, str] = {
     "batching.batch_size": "max_batch_size",
@@ -375,14 +386,47 @@ def _check_quantization(config: ExperimentConfig) -> list[Problem]:
                             did_you_mean(key, CALIBRATION_KEYS),
                         )
                     )
-            problems.append(
-                error(
-                    "tensorrt.quantization.calibration",
-                    "TensorRT-LLM's PyTorch runtime does not calibrate: it serves checkpoints quantized beforehand",
-                    "quantize and calibrate with NVIDIA ModelOpt (hf_ptq.py), then point model at its output",
+            if runtime(config) != "tensorrt":
+                problems.append(
+                    error(
+                        "tensorrt.quantization.calibration",
+                        "TensorRT-LLM's PyTorch runtime does not calibrate: it serves checkpoints quantized beforehand",
+                        "set tensorrt.runtime = 'tensorrt' (the engine is quantized while it is built), or quantize "
+                        "and calibrate with NVIDIA ModelOpt (hf_ptq.py) and point model at its output",
+                    )
                 )
-            )
+            elif "split" in calibration:
+                problems.append(
+                    error(
+                        "tensorrt.quantization.calibration.split",
+                        "TensorRT-LLM's CalibConfig takes no dataset split (calib_dataset names the dataset only)",
+                        "remove it",
+                        value=calibration["split"],
+                    )
+                )
+            if method in (None, "none"):
+                problems.append(
+                    error("tensorrt.quantization.calibration", "calibration needs tensorrt.quantization.method")
+                )
     return problems
+
+
+def quantization_args(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """``quant_config`` and ``calib_config`` for the engine flow as plain data (empty without quantization)."""
+    method = quantization_method(config)
+    if method is None:
+        return {}
+    out: dict[str, dict[str, Any]] = {"quant_config": {"quant_algo": QUANTIZATION[method]}}
+    table = config.options_for("tensorrt").get("quantization") or {}
+    calibration = table.get("calibration") if isinstance(table, Mapping) else None
+    if isinstance(calibration, Mapping):
+        calib: dict[str, Any] = {"calib_batch_size": 1}
+        for key, (_, field) in ENGINE_QUANTIZATION.items():
+            name = key.removeprefix("calibration.")
+            if key.startswith("calibration.") and name in calibration:
+                calib[field] = calibration[name]
+        out["calib_config"] = calib
+    return out
 
 
 def model_path(config: ExperimentConfig) -> tuple[str, bool]:
@@ -437,6 +481,8 @@ def llm_args(config: ExperimentConfig) -> dict[str, Any]:
         args["cuda_graph_config"] = None
     if engine_flow and "engine_path" in opts:
         args["model"] = os.path.expanduser(str(opts["engine_path"]))
+    elif engine_flow:
+        args.update(quantization_args(config))
     args.update(opts.get("extra_runtime_args") or {})
     return {k: v for k, v in args.items() if v is not None or k == "cuda_graph_config"}
 

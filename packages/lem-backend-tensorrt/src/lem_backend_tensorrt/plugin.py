@@ -112,7 +112,10 @@ def load_model(
     devices = engines.compute_capabilities(world)
     engines.check_capability(config, devices)
     hf_model, random_weights = options.model_path(config)
-    engines.check_checkpoint_quantization(config, hf_model)
+    if engines.check_checkpoint_quantization(config, hf_model):
+        # Quantized beforehand: TensorRT-LLM reads the checkpoint's own quantization; nothing to quantize.
+        args.pop("quant_config", None)
+        args.pop("calib_config", None)
     engine_info: dict[str, Any] | None = None
     if engine_flow:
         args, engine_info = _engine(config, args, devices, phases or _no_phases)

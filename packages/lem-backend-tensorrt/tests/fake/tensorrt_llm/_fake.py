@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import json
 import os
 import threading
@@ -73,6 +74,23 @@ class BuildConfig(_BuildConfigFields):  # type: ignore[misc,valid-type]
         _checked(self.surface_class, kwargs)
         super().__init__(**kwargs)
         self.kwargs = kwargs
+
+
+QuantAlgo = enum.Enum("QuantAlgo", {m: v for m, v in SURFACE["classes"]["QuantAlgo"]["members"].items()}, type=str)
+QuantAlgo.surface_class = "QuantAlgo"  # type: ignore[attr-defined]
+
+
+class QuantConfig(_Config):
+    surface_class = "QuantConfig"
+
+    def __init__(self, **kwargs: Any) -> None:
+        if not isinstance(kwargs.get("quant_algo"), (QuantAlgo, type(None))):
+            raise TypeError(f"QuantConfig.quant_algo must be a QuantAlgo, got {kwargs.get('quant_algo')!r}")
+        super().__init__(**{k: v.value if isinstance(v, QuantAlgo) else v for k, v in kwargs.items()})
+
+
+class CalibConfig(_Config):
+    surface_class = "CalibConfig"
 
 
 class TorchLlmArgs:
@@ -259,7 +277,8 @@ class TrtLLM(LLM):
             time.sleep(float(_script().get("build_s", 0.0)))
             for hook in ON_BUILD:
                 hook()
-            _log("build", model=model, build_config=getattr(build_config, "kwargs", None))
+            quant = {k: getattr(kwargs.get(k), "kwargs", None) for k in ("quant_config", "calib_config")}
+            _log("build", model=model, build_config=getattr(build_config, "kwargs", None), **quant)
         else:
             _log("load_engine", model=model)
 

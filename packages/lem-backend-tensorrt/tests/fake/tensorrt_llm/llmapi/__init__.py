@@ -3,10 +3,23 @@
 from tensorrt_llm._fake import (
     LLM,
     BuildConfig,
+    CalibConfig,
     CudaGraphConfig,
     DraftTargetDecodingConfig,
     KvCacheConfig,
+    QuantAlgo,
+    QuantConfig,
     SchedulerConfig,
 )
 
-__all__ = ["LLM", "BuildConfig", "CudaGraphConfig", "DraftTargetDecodingConfig", "KvCacheConfig", "SchedulerConfig"]
+__all__ = [
+    "LLM",
+    "BuildConfig",
+    "CalibConfig",
+    "CudaGraphConfig",
+    "DraftTargetDecodingConfig",
+    "KvCacheConfig",
+    "QuantAlgo",
+    "QuantConfig",
+    "SchedulerConfig",
+]
