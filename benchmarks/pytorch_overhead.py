@@ -317,11 +317,12 @@ def main() -> None:
     args = parser.parse_args()
     warmup = args.warmup if args.warmup is not None else (2 if args.compile else 1)
 
+    from lem.phases import unmetered
     from lem.plugins import get_plugin_manager
 
     hook = get_plugin_manager().hook
     rows: list[dict[str, Any]] = []
-    model = hook.load_model(backend="pytorch", config=make_config(args, max(args.batch_sizes)))
+    model = hook.load_model(backend="pytorch", config=make_config(args, max(args.batch_sizes)), phases=unmetered())
     vocab = int(model.model_config.get("vocab_size") or 1000)
     for bs in args.batch_sizes:
         config = make_config(args, bs)
@@ -344,7 +345,7 @@ def main() -> None:
         rows.append(row)
     if args.preset:
         config = make_config(args, 1, args.preset)
-        optimized = hook.load_model(backend="pytorch", config=config)
+        optimized = hook.load_model(backend="pytorch", config=config, phases=unmetered())
         requests = make_requests(1, args.input, vocab)
         eager_config = make_config(args, 1)
         sides = {

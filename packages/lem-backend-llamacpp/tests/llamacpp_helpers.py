@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from lem.loading import config_from_dict
+from lem.phases import unmetered
 from lem.plugins import get_plugin_manager
 from lem.types import LoadedModel, Request, TokenEvent
 
@@ -20,7 +21,7 @@ def make_config(model: str, **tables: Any) -> Any:
 
 def load(config: Any) -> LoadedModel:
     """load_model through the plugin manager."""
-    model: LoadedModel = get_plugin_manager().hook.load_model(backend=config.backend, config=config)
+    model: LoadedModel = get_plugin_manager().hook.load_model(backend=config.backend, config=config, phases=unmetered())
     return model
 
 

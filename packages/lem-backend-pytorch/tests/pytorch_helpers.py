@@ -6,6 +6,7 @@ import os
 from typing import Any
 
 from lem.loading import config_from_dict
+from lem.phases import unmetered
 from lem.plugins import get_plugin_manager
 from lem.types import LoadedModel, Request, TokenEvent
 
@@ -22,7 +23,7 @@ def make_config(model: str, **tables: Any) -> Any:
 
 def load(config: Any) -> LoadedModel:
     """load_model through the plugin manager, as the runner calls it."""
-    return get_plugin_manager().hook.load_model(backend=config.backend, config=config)
+    return get_plugin_manager().hook.load_model(backend=config.backend, config=config, phases=unmetered())
 
 
 def serve(model: LoadedModel, requests: list[Request], config: Any) -> list[TokenEvent]:

@@ -11,6 +11,7 @@ import pytest
 from lem import hookspecs
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.hookspecs import hookimpl
+from lem.phases import unmetered
 from lem.plugins import get_plugin_manager
 from lem.testing import registered
 from lem.types import LoadedModel, Request, TokenEvent, error
@@ -64,9 +65,9 @@ class Mine:
 def test_hook_load_model():
     hook = get_plugin_manager().hook
     with registered(Other(), "other"), registered(Mine(), "mine"):
-        loaded = hook.load_model(backend="mine", config=CONFIG)
+        loaded = hook.load_model(backend="mine", config=CONFIG, phases=unmetered())
         assert loaded.backend == "mine"
-        assert hook.load_model(backend="nobody", config=CONFIG) is None
+        assert hook.load_model(backend="nobody", config=CONFIG, phases=unmetered()) is None
 
 
 def test_hook_generate_stream():

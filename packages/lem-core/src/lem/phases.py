@@ -101,6 +101,13 @@ class LoadPhases:
         return merge_windows([(s.t0, s.window) for s in self.segments if s.window is not None])
 
 
+def unmetered() -> LoadPhases:
+    """A ``phases`` argument for calling ``load_model`` outside a run (tests, benchmarks): times, no meter."""
+    phases = LoadPhases(None)
+    phases.open()
+    return phases
+
+
 def _sum(values: Sequence[float | None]) -> float | None:
     return None if any(v is None for v in values) else sum(v for v in values if v is not None)
 
