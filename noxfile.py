@@ -10,7 +10,7 @@ from __future__ import annotations
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "typecheck", "tests", "e2e", "llamacpp", "vllm", "report"]
+nox.options.sessions = ["lint", "typecheck", "tests", "pytorch_oldest", "e2e", "llamacpp", "vllm", "report"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 
@@ -43,6 +43,18 @@ def tests(session: nox.Session, package: str) -> None:
     own = () if package == "lem-core" else (f"./packages/{package}",)
     _install(session, *own, *PACKAGES[package])
     session.run("pytest", f"packages/{package}/tests", "-q", *session.posargs)
+
+
+#: The oldest transformers the pytorch backend is tested with (the GPU machine's; its continuous-batching
+#: manager and tensor-parallel API differ from later 5.x releases), and the huggingface-hub it requires.
+OLDEST_TRANSFORMERS = ("transformers==5.17.0", "huggingface-hub>=1.5,<2")
+
+
+@nox.session
+def pytorch_oldest(session: nox.Session) -> None:
+    """The pytorch backend's CPU tests against the oldest supported transformers."""
+    _install(session, "./packages/lem-backend-pytorch", *PACKAGES["lem-backend-pytorch"], *OLDEST_TRANSFORMERS)
+    session.run("pytest", "packages/lem-backend-pytorch/tests", "-q", *session.posargs)
 
 
 @nox.session
