@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import click
@@ -373,16 +373,22 @@ def results_list(directory: str, as_json: bool) -> None:
         click.echo(f"{directory}: no results yet")
 
 
+def _results_dir(targets: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--dir`` option of the results commands: the directory their ``targets`` argument is relative to."""
+    verb = "are" if targets.endswith("S") else "is"
+    return click.option(
+        "--dir",
+        "directory",
+        default="results",
+        show_default=True,
+        type=click.Path(file_okay=False),
+        help=f"Results directory that {targets} {verb} relative to.",
+    )
+
+
 @results.command("show")
 @click.argument("target")
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGET is relative to.",
-)
+@_results_dir("TARGET")
 def results_show(target: str, directory: str) -> None:
     """Print the full summary (JSON) of TARGET: RUN_ID, RUN_ID/EXPERIMENT_ID or a path."""
     from pathlib import Path
@@ -408,14 +414,7 @@ def results_show(target: str, directory: str) -> None:
 
 @results.command("aggregate")
 @click.argument("targets", nargs=-1)
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGETS are relative to.",
-)
+@_results_dir("TARGETS")
 @click.option(
     "--pool",
     "pool_out",
@@ -526,14 +525,7 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
 
 @cli.command("report")
 @click.argument("target")
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGET is relative to.",
-)
+@_results_dir("TARGET")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
 def report(target: str, directory: str, out_file: str | None) -> None:
     """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
@@ -559,14 +551,7 @@ def report(target: str, directory: str, out_file: str | None) -> None:
 
 @results.command("compare")
 @click.argument("targets", nargs=-1, required=True)
-@click.option(
-    "--dir",
-    "directory",
-    default="results",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Results directory that TARGETS are relative to.",
-)
+@_results_dir("TARGETS")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
 def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
