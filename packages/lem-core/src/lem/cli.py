@@ -440,8 +440,9 @@ def results_aggregate(
     damaged = 0
     for d in dirs:
         if (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
+            timelines: list[str] = []
             try:
-                summary = aggregate_experiment(d)
+                aggregate_experiment(d, timelines)
             except ResultsError as exc:  # a damaged file: name it, go on with the rest
                 click.echo(f"lem: {exc}; skipped", err=True)
                 damaged += 1
@@ -450,9 +451,8 @@ def results_aggregate(
                 click.echo(f"lem: {_damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
                 damaged += 1
                 continue
-            for line in summary["warnings"]:
-                if "damaged meter timeline" in line:
-                    click.echo(f"lem: {d}/{line}", err=True)
+            for line in timelines:
+                click.echo(f"lem: {d}/{line}", err=True)
             click.echo(f"{d}/summary.json: recomputed")
         else:
             click.echo(f"{d}: no cycles, skipped", err=True)
@@ -465,7 +465,7 @@ def results_aggregate(
 
 def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
     """Which of an experiment's raw files does not have the shape a summary needs."""
-    from lem.results import compute_cycle, cycle_paths, read_json, read_timeline
+    from lem.results import compute_cycle, cycle_paths, cycle_timelines, read_json, timeline_path
 
     shape_errors = (KeyError, TypeError, ValueError, AttributeError, IndexError)
     setup = read_json(exp_dir / "setup.json")
@@ -473,11 +473,12 @@ def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
         raw = read_json(path)
         try:
             compute_cycle(raw, setup)
+            timeline = timeline_path(exp_dir, raw["cycle"])
+            rows = cycle_timelines(exp_dir, [raw], []).get(int(raw["cycle"]))  # an unreadable one is left out
         except shape_errors as found:
             return f"{path} ({type(found).__name__}: {found})"
-        timeline = path.with_name(path.name.replace("cycle-", "timeline-").replace(".json", ".csv"))
         try:
-            compute_cycle(raw, setup, read_timeline(timeline))
+            compute_cycle(raw, setup, rows)
         except shape_errors as found:  # the cycle alone is fine: its timeline is not
             return f"{timeline} ({type(found).__name__}: {found})"
     return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"

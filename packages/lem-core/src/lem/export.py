@@ -132,17 +132,16 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[st
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
-    from lem.results import read_timeline
+    from lem.results import cycle_timelines
     from lem.summary import HEADLINE, compute_cycle, dig
 
     rows = []
     for setup, raw in _cycles(exp_dir, warn):
         # The timeline gives the steady-state energy and the thermal context (lem.steady, lem.thermal).
-        try:
-            timeline = read_timeline(exp_dir / f"timeline-{int(raw['cycle']):03d}.csv")
-        except ResultsError as exc:  # only the figures the timeline gives are lost
-            warn(f"{exc}; exported as null")
-            timeline = None
+        damaged: list[str] = []  # a damaged timeline: only the figures it gives are lost
+        timeline = cycle_timelines(exp_dir, [raw], damaged).get(int(raw["cycle"]))
+        for line in damaged:
+            warn(line)
         metrics, energy, _ = compute_cycle(raw, setup, timeline)
         block = {"metrics": metrics, "energy": energy}
         row: dict[str, Any] = {

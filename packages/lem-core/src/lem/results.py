@@ -210,6 +210,11 @@ def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return parse_timeline(timeline_csv(rows))
 
 
+def timeline_path(exp_dir: Path, cycle: Any) -> Path:
+    """The ``timeline-NNN.csv`` of cycle number ``cycle`` (as its cycle file's ``cycle`` holds it)."""
+    return exp_dir / f"timeline-{int(cycle):03d}.csv"
+
+
 def cycle_timelines(
     exp_dir: Path, cycles: Sequence[Mapping[str, Any]], damaged: list[str] | None = None
 ) -> dict[int, list[dict[str, Any]]]:
@@ -222,7 +227,7 @@ def cycle_timelines(
     out = {}
     for c in cycles:
         try:
-            rows = read_timeline(exp_dir / f"timeline-{int(c['cycle']):03d}.csv")
+            rows = read_timeline(timeline_path(exp_dir, c["cycle"]))
         except ResultsError as exc:
             if damaged is None:
                 raise
@@ -272,15 +277,21 @@ def read_setup(exp_dir: Path) -> dict[str, Any]:
     return setup
 
 
-def aggregate_experiment(exp_dir: Path) -> dict[str, Any]:
-    """Recompute an experiment's ``summary.json`` from its raw files and write it."""
+def aggregate_experiment(exp_dir: Path, damaged: list[str] | None = None) -> dict[str, Any]:
+    """Recompute an experiment's ``summary.json`` from its raw files and write it.
+
+    A damaged timeline's line (see :func:`cycle_timelines`) goes into the
+    summary's warnings, and is appended to ``damaged`` when given.
+    """
     setup = read_setup(exp_dir)
     cycles = [read_json(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
-    damaged: list[str] = []
-    summary = summarize(setup, cycles, cycle_timelines(exp_dir, cycles, damaged))
-    summary["warnings"] = [*damaged, *summary["warnings"]]
+    found: list[str] = []
+    summary = summarize(setup, cycles, cycle_timelines(exp_dir, cycles, found))
+    summary["warnings"] = [*found, *summary["warnings"]]
+    if damaged is not None:
+        damaged += found
     write_json(exp_dir / "summary.json", "summary", summary)
     return summary
 
