@@ -226,8 +226,9 @@ def test_a_follower_exits_when_rank_0_dies(tmp_path: Path) -> None:
     """A follower whose parent (rank 0) dies exits at once: here it has its job and waits for rank 0 to join."""
     parent = (
         "import os, pickle, subprocess, sys\n"
+        "from lem.processes import free_port\n"
         "from lem_backend_pytorch import tp\n"
-        "env = {**os.environ, **tp.rank_env(1, 2, tp.free_port())}\n"
+        "env = {**os.environ, **tp.rank_env(1, 2, free_port())}\n"
         "p = subprocess.Popen([sys.executable, '-m', 'lem_backend_pytorch.tp_rank'], stdin=subprocess.PIPE, env=env)\n"
         "from lem.loading import config_from_dict\n"
         "p.stdin.write(pickle.dumps(config_from_dict({'model': 'random:tiny-llama'})))\n"

@@ -34,7 +34,6 @@ import collections
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,6 +46,7 @@ import attrs
 from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
+from lem.processes import free_port
 
 T = TypeVar("T")
 #: Seconds a collective may wait for the other ranks (loading a large checkpoint included).
@@ -88,13 +88,6 @@ class Ranks:
     saved_env: dict[str, str | None] = attrs.field(factory=dict)
     saved_threads: int | None = None
     monitor: threading.Thread | None = None
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (rank 0's store binds it a moment later)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rank_env(rank: int, size: int, port: int) -> dict[str, str]:

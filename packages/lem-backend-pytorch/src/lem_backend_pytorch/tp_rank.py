@@ -11,7 +11,6 @@ pid as well. Ctrl-C is left to rank 0, which stops the followers itself.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import pickle
 import signal
@@ -20,16 +19,11 @@ import threading
 import time
 from typing import Any
 
-#: ``prctl`` option: a signal the kernel sends this process when its parent exits (Linux).
-PR_SET_PDEATHSIG = 1
-
 
 def _exit_with_parent(parent: int) -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        except (OSError, AttributeError):  # no prctl: the watching thread below still works
-            pass
+    from lem.processes import set_parent_death_signal
+
+    set_parent_death_signal(signal.SIGKILL)  # where there is no prctl, the watching thread below still works
 
     def watch() -> None:
         while os.getppid() == parent:

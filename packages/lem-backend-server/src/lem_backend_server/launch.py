@@ -20,6 +20,7 @@ import attrs
 from lem import architectures
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
+from lem.processes import free_port
 from lem.types import Request, TokenEvent
 from lem_backend_server import client, options, process
 from lem_backend_server.engines import ENGINES, Engine, launch_command
@@ -158,7 +159,7 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
         _wait_external(url, opts.get("health_path") or (spec.health if spec else "/health"), config, headers)
     else:
         host = options.get(config, "host")
-        port = int(options.get(config, "port")) or process.free_port(host)
+        port = int(options.get(config, "port")) or free_port(host)
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         model, random = _model(config)
         cmd = _command(config, spec, model, random, host, port)

@@ -23,11 +23,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import datetime
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -39,6 +37,7 @@ from typing import Any
 import attrs
 
 from lem.errors import BackendError
+from lem.processes import set_parent_death_signal
 
 #: Lines of the server's log quoted in an error.
 LOG_TAIL_LINES = 20
@@ -73,13 +72,6 @@ class Server:
     exit_code: int | None = None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last ``lines`` lines of a log file, indented, for an error message."""
     try:
@@ -97,11 +89,7 @@ def _die_with_parent() -> None:
     # Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent (the worker) dies.
     # Linux sends it when the *thread* that forked exits: start() is called from load_model on the worker's
     # main thread, which lives as long as the experiment.
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
+    set_parent_death_signal(signal.SIGTERM)
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

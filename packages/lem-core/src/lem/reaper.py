@@ -15,44 +15,11 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 
-PR_SET_CHILD_SUBREAPER = 36  # linux/prctl.h
+from lem.processes import children, set_child_subreaper
+
 GRACE_S = 5.0
-
-
-def _prctl_subreaper(on: bool) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        return int(libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0)) == 0
-    except (OSError, AttributeError):
-        return False
-
-
-def children() -> set[int]:
-    """The pids whose parent is this process (from ``/proc``; empty where there is none)."""
-    me, found = os.getpid(), set[int]()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return found
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:  # it ended meanwhile
-            continue
-        fields = stat[stat.rfind(b")") + 2 :].split()  # after "pid (comm) ": state, ppid, ...
-        if len(fields) > 1 and int(fields[1]) == me:
-            found.add(int(name))
-    return found
 
 
 class Adopter:
@@ -64,12 +31,12 @@ class Adopter:
 
     def __enter__(self) -> Adopter:
         self.before = children()
-        self.active = _prctl_subreaper(True)
+        self.active = set_child_subreaper(True)
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.active:
-            _prctl_subreaper(False)
+            set_child_subreaper(False)
 
     def end_orphans(self, worker_pid: int) -> list[int]:
         """End and reap the worker's orphans (children that are new and are not the worker); their pids.
