@@ -77,15 +77,12 @@ def _clear_partial(exp_dir: Path) -> None:
     remove_stale_temporaries(exp_dir)
 
 
-def _config_difference(stored: Path, config: ExperimentConfig) -> str | None:
-    """Where ``stored`` (a resumed run's experiment.toml) and ``config`` differ; ``None`` if they do not.
+def _config_difference(text: str, config: ExperimentConfig) -> str | None:
+    """Where ``text`` (a resumed run's experiment.toml) and ``config`` differ; ``None`` if they do not.
 
     Compared as configs, not as text: a key a later lem version added with its
     default reads the same from the stored file, so such a run still resumes.
     """
-    text = stored.read_text(encoding="utf-8")
-    if text == dumps(config):
-        return None
     import tomllib
 
     from lem.loading import structure, unstructure
@@ -111,7 +108,8 @@ def _prepare(exp: Experiment, run_dir: Path, resuming: bool) -> bool:
     toml = dumps(exp.config)
     stored = exp_dir / "experiment.toml"
     if resuming and stored.exists():
-        differs = _config_difference(stored, exp.config)
+        text = stored.read_text(encoding="utf-8")
+        differs = None if text == toml else _config_difference(text, exp.config)
         if differs is not None:
             raise ResultsError(
                 f"{stored}: experiment {exp.id} of run {run_dir.name} was run with a different config"
