@@ -16,7 +16,7 @@ from lem import hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.serving import stream as serve
 from lem.types import LoadedModel, Problem, Request, TokenEvent
-from lem_backend_tensorrt import __version__, engine_cache, options, sampling, stream
+from lem_backend_tensorrt import __version__, checks, engine_cache, options, sampling, stream
 from lem_backend_tensorrt import engine as engines
 from lem_backend_tensorrt.presets import PRESETS
 
@@ -181,7 +181,7 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Check ``[tensorrt]`` and the core options TensorRT-LLM serves differently (only when the backend is tensorrt)."""
     if config.backend != NAME:
         return []
-    return options.check_options(config)
+    return checks.check_options(config)
 
 
 @hookimpl
