@@ -104,7 +104,7 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
         "dtype": dtype,  # precision
         "attn_implementation": options.attn_implementation,  # pytorch.attn_implementation
         "device_map": None if tp_size > 1 else placement,  # pytorch.device_map / device
-        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp.py)
+        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp_shard.py)
         "max_memory": max_memory_for_accelerate(options.max_memory),  # pytorch.max_memory
         "trust_remote_code": config.trust_remote_code,  # trust_remote_code
         "revision": config.revision,  # revision
@@ -119,7 +119,7 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
 def _tp_plan(size: int) -> Any:
     if size == 1:
         return None
-    from lem_backend_pytorch.tp import distributed_config
+    from lem_backend_pytorch.tp_shard import distributed_config
 
     return distributed_config(size)
 
@@ -154,7 +154,7 @@ def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
         "trust_remote_code": config.trust_remote_code,
     }
     if "distributed_config" in kwargs:  # tensor parallelism: each rank initialises its own shard
-        from lem_backend_pytorch.tp import random_model
+        from lem_backend_pytorch.tp_shard import random_model
 
         return random_model(hf_config, {k: v for k, v in kwargs.items() if k != "revision"})
     device_map = kwargs["device_map"]

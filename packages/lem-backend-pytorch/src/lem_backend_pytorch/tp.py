@@ -7,7 +7,9 @@ rendezvous on 127.0.0.1 and a free port (``MASTER_ADDR``, ``MASTER_PORT``,
 Every rank then joins one process group (gloo on the CPU, NCCL on GPUs, rank r
 on ``cuda:r``) and builds the model with transformers' own tensor-parallel plan
 (``from_pretrained(distributed_config=DistributedConfig(tp_plan="auto"))``,
-present in transformers 5.17 and 5.24), so each rank holds its shard.
+present in transformers 5.17 and 5.24), so each rank holds its shard: what
+every rank does for that is :mod:`lem_backend_pytorch.tp_shard`; this module is
+rank 0's part, starting the followers, feeding them and watching them.
 
 Only rank 0 serves traffic and emits TokenEvents. Before each ``generate``
 call it sends the call's inputs (token ids, attention mask, the
@@ -47,10 +49,9 @@ from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
 from lem.processes import free_port
+from lem_backend_pytorch.tp_shard import bind_device, device_for, join_group, leave_group
 
 T = TypeVar("T")
-#: Seconds a collective may wait for the other ranks (loading a large checkpoint included).
-PG_TIMEOUT_S = 1800.0
 #: Seconds followers have to exit after being told to stop, before they are killed.
 STOP_GRACE_S = 5.0
 #: Seconds rank 0 waits, after a failed generate, for a follower's death to explain it.
@@ -100,69 +101,6 @@ def rank_env(rank: int, size: int, port: int) -> dict[str, str]:
         "WORLD_SIZE": str(size),
         "LEM_TP_PARENT": str(os.getpid()),
     }
-
-
-def device_for(device_type: str, rank: int) -> str:
-    """The device rank ``rank`` computes on: ``cuda:<rank>`` or ``cpu``."""
-    return f"cuda:{rank}" if device_type == "cuda" else "cpu"
-
-
-def bind_device(rank: int, size: int, device_type: str) -> None:
-    """Make ``cuda:<rank>`` this thread's device; on the CPU give the rank its share of the cores."""
-    import torch
-
-    if device_type == "cuda":
-        torch.cuda.set_device(rank)
-    else:
-        # Ranks share the machine's cores: N ranks each with every core would oversubscribe them.
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // size))
-
-
-def join_group(rank: int, size: int, device_type: str) -> None:
-    """Join the process group from the env:// variables (blocks until every rank has joined)."""
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
-    dist.init_process_group(
-        backend="nccl" if device_type == "cuda" else "gloo",
-        init_method="env://",
-        rank=rank,
-        world_size=size,
-        timeout=timedelta(seconds=PG_TIMEOUT_S),
-    )
-
-
-def distributed_config(size: int) -> Any:
-    """``from_pretrained(distributed_config=)``: transformers' own tensor-parallel plan over ``size`` ranks."""
-    try:
-        from transformers.distributed.configuration_utils import DistributedConfig
-    except ImportError:
-        from transformers import __version__
-
-        raise BackendError(
-            f"sharding.tensor_parallel_size = {size}: the installed transformers {__version__} has no "
-            "transformers.distributed.DistributedConfig (hint: pip install 'transformers>=5.17')"
-        ) from None
-    return DistributedConfig(tp_plan="auto", tp_size=size)
-
-
-def random_model(hf_config: Any, kwargs: dict[str, Any]) -> Any:
-    """A random-weight model sharded by the plan: ``from_pretrained`` of a checkpoint that holds no tensors.
-
-    transformers then initialises every (missing) weight itself, each rank its own shard, on its
-    device; the same seed on every rank keeps the replicated weights identical. The numbers differ
-    from a ``tp = 1`` random model's (each shard is drawn on its own), the shapes and cost do not.
-    """
-    import tempfile
-
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
-    with tempfile.TemporaryDirectory(prefix="lem-tp-random-") as path:
-        hf_config.save_pretrained(path)
-        save_file({}, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
 
 
 def start(config: ExperimentConfig, path: str, device_type: str) -> Ranks:
@@ -232,7 +170,7 @@ def _start_followers(ranks: Ranks, job: bytes) -> None:
 
 def _join_watching(ranks: Ranks) -> None:
     # Rank 0's rendezvous waits for every follower; one that died before joining would keep it waiting
-    # for PG_TIMEOUT_S. It joins on a helper thread, so the wait ends as soon as the monitor saw a death.
+    # for tp_shard.PG_TIMEOUT_S. It joins on a helper thread, so the wait ends as soon as the monitor saw a death.
     errors: list[BaseException] = []
 
     def join() -> None:
@@ -307,7 +245,7 @@ def _abort_nccl() -> None:
         from torch.distributed.distributed_c10d import _abort_process_group
 
         _abort_process_group()
-    except Exception as exc:  # the process group's own timeout (PG_TIMEOUT_S) is the backstop
+    except Exception as exc:  # the process group's own timeout (tp_shard.PG_TIMEOUT_S) is the backstop
         print(f"lem: could not abort the NCCL process group ({exc})", file=sys.stderr, flush=True)
 
 
@@ -385,7 +323,7 @@ def close(ranks: Ranks) -> None:
     if ranks.monitor is not None:
         ranks.monitor.join(2.0)
     atexit.unregister(_kill)
-    _leave_group()
+    leave_group()
     for key, value in ranks.saved_env.items():
         if value is None:
             os.environ.pop(key, None)
@@ -395,16 +333,6 @@ def close(ranks: Ranks) -> None:
         import torch
 
         torch.set_num_threads(ranks.saved_threads)
-
-
-def _leave_group() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception as exc:  # after a dead rank the group may be broken already; nothing to free then
-            print(f"lem: leaving the process group: {exc}", file=sys.stderr, flush=True)
 
 
 def describe(ranks: Ranks) -> dict[str, Any]:

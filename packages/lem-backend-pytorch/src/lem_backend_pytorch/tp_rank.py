@@ -38,11 +38,11 @@ def _exit_with_parent(parent: int) -> None:
 def _build(config: Any, rank: int, size: int, device_type: str) -> Any:
     import torch
 
-    from lem_backend_pytorch import loader, tp
+    from lem_backend_pytorch import loader, tp_shard
     from lem_backend_pytorch.options import resolve
 
-    tp.bind_device(rank, size, device_type)
-    tp.join_group(rank, size, device_type)
+    tp_shard.bind_device(rank, size, device_type)
+    tp_shard.join_group(rank, size, device_type)
     torch.manual_seed(config.seed)  # as rank 0 does: replicated random weights stay identical
     model, _, _ = loader.build_model(config.model, config, resolve(config), device_type)
     loader.neutral_generation_config(model)
@@ -77,12 +77,12 @@ def main() -> None:
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     stdin = sys.stdin.buffer
     config = pickle.load(stdin)
-    from lem_backend_pytorch import loader, tp
+    from lem_backend_pytorch import loader, tp_shard
     from lem_backend_pytorch.options import resolve
 
     device_type = loader.target_device(resolve(config))
     model = _build(config, rank, size, device_type)
-    _serve(model, tp.device_for(device_type, rank), device_type, stdin)
+    _serve(model, tp_shard.device_for(device_type, rank), device_type, stdin)
     import torch.distributed as dist
 
     dist.destroy_process_group()
