@@ -306,6 +306,13 @@ CASES = [
         ("101 experiments", "pass --yes"),
         {"exp.toml": _sweep(101)},
     ),
+    Case(
+        "sweep of TOML dates",
+        V,
+        2,
+        ("seed", "expected int, got date"),
+        {"exp.toml": OK + "[sweep]\nseed = [1979-05-27]\n"},
+    ),
     # --- command-line options
     Case(
         "--set with invalid TOML",

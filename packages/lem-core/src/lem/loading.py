@@ -237,7 +237,8 @@ def _flatten(table: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, 
 
 
 def _slug(value: Any) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    # default=str: TOML has dates and times, which JSON has not.
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
     # ASCII only: other alphanumerics (and look-alike separators) have no place in a directory name.
     keep = "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in text)
     return keep[:40]
