@@ -161,6 +161,20 @@ CASES = [
         ("generation.temperatur", "did you mean 'temperature'"),
         {"exp.toml": _with("generation", "temperatur = 1.0")},
     ),
+    Case(
+        "string where a list of integers is expected (one line, not one per character)",
+        V,
+        2,
+        ("measurement.devices", "expected a list of integers, got str"),
+        {"exp.toml": _with("measurement", 'devices = "0,1,2,3"')},
+    ),
+    Case(
+        "table where a list of integers is expected",
+        V,
+        2,
+        ("measurement.devices", "expected a list of integers, got dict"),
+        {"exp.toml": _with("measurement", "devices = {}")},
+    ),
     # --- names
     Case(
         "misspelled random: built-in",

@@ -90,7 +90,21 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _strict(bool, (bool,)))
     conv.register_structure_hook_func(_is_literal, _literal)
     conv.register_structure_hook(str | tuple[str, ...], _names)
+    conv.register_structure_hook_func(lambda t: t == tuple[int, ...], _ints)
     return conv
+
+
+def _ints(value: Any, _: Any) -> tuple[int, ...]:
+    """A list of integers (``measurement.devices``): a string or a table is refused as a whole.
+
+    cattrs would iterate them: ``"0,1"`` would give one error per character, ``{}`` no devices at all.
+    """
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list of integers, got {type(value).__name__} {value!r:.60}")
+    bad = [v for v in value if isinstance(v, bool) or not isinstance(v, int)]
+    if bad:
+        raise TypeError(f"expected a list of integers, got {type(bad[0]).__name__} {bad[0]!r:.60} in it")
+    return tuple(value)
 
 
 def _names(value: Any, _: Any) -> str | tuple[str, ...]:
