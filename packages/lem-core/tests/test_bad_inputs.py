@@ -327,7 +327,28 @@ CASES = [
         ("seed", "expected int, got date"),
         {"exp.toml": OK + "[sweep]\nseed = [1979-05-27]\n"},
     ),
+    Case(
+        "sweep of presets",
+        V,
+        2,
+        ("sweep.preset", "cannot be swept", "--preset"),
+        {"exp.toml": OK + '[sweep]\npreset = ["quick-test", "benchmark"]\n'},
+    ),
     # --- command-line options
+    Case(
+        "--set preset= unknown is checked like --preset",
+        (*V, "--set", "preset=quikc-test"),
+        2,
+        ("preset = 'quikc-test'", "did you mean 'quick-test'"),
+        {"exp.toml": OK},
+    ),
+    Case(
+        "--set preset= contradicting --preset",
+        (*V, "--preset", "quick-test", "--set", "preset=benchmark"),
+        2,
+        ("preset='benchmark' contradicts --preset quick-test",),
+        {"exp.toml": OK},
+    ),
     Case(
         "--set with invalid TOML",
         (*V, "--set", "measurement.cycles=[1,"),
@@ -590,3 +611,15 @@ def test_sweep_keys_and_values_never_nest_directories(tmp_path: Path) -> None:
         name = experiment_id(0, values)
         assert "/" not in name and "\\" not in name and "\0" not in name and not name.startswith(".")
         assert (tmp_path / name).parent == tmp_path
+
+
+def test_set_preset_applies_the_preset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--set preset=NAME`` merges that preset under the file, as ``--preset NAME`` does (it was once ignored)."""
+    (tmp_path / "exp.toml").write_text(OK)
+    monkeypatch.chdir(tmp_path)
+    runs = [
+        CliRunner().invoke(cli, ["config", "show", "exp.toml", *extra]) for extra in ((), ("--preset", "quick-test"))
+    ]
+    via_set = CliRunner().invoke(cli, ["config", "show", "exp.toml", "--set", "preset=quick-test"])
+    assert via_set.exit_code == 0, via_set.output
+    assert via_set.stdout == runs[1].stdout != runs[0].stdout
