@@ -175,6 +175,21 @@ CASES = [
         ("measurement.devices", "expected a list of integers, got dict"),
         {"exp.toml": _with("measurement", "devices = {}")},
     ),
+    Case(
+        "empty model",
+        V,
+        2,
+        ("model = ''", "is empty"),
+        {"exp.toml": 'model = ""\n[measurement]\nenergy_meter = "none"\n'},
+    ),
+    Case("blank adapter", V, 2, ("adapter = ' '", "is empty"), {"exp.toml": 'adapter = " "\n' + OK}),
+    Case(
+        "control character in a name",
+        V,
+        2,
+        ("revision", "control character"),
+        {"exp.toml": 'revision = "main\\u0000"\n' + OK},
+    ),
     # --- names
     Case(
         "misspelled random: built-in",

@@ -295,6 +295,15 @@ def _model(config: ExperimentConfig) -> Iterator[Problem]:
             close = difflib.get_close_matches(config.model, known, n=1)
             hint = f"did you mean '{close[0]}'?" if close else "see `lem models`"
             yield error("model", f"unknown built-in architecture (known: {', '.join(known)})", hint, config.model)
+    if not config.model.strip():
+        yield error("model", "is empty", 'name a model, e.g. model = "random:tiny-llama"', config.model)
+    if config.adapter is not None and not config.adapter.strip():
+        yield error("adapter", "is empty", "name an adapter, or remove the key for none", config.adapter)
+    for key in ("model", "adapter", "revision", "dataset.path", "dataset.name"):
+        value = get(config, key)
+        if isinstance(value, str) and any(ord(c) < 32 for c in value):
+            # A path or an id never holds control characters; a NUL would fail only when the model loads.
+            yield error(key, "holds a control character", "check the quoting of this value", value)
     for key, value in (("model", config.model), ("adapter", config.adapter)):
         if (
             value
