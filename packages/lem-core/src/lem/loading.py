@@ -449,9 +449,25 @@ def load(
     doc = read_toml(path)
     parsed = [parse_override(o) for o in overrides]
     problems: list[Problem] = []
+    # The preset is merged under the file before --set applies: `--set preset=X` is --preset X
+    # (set over the merged document it would name a preset that was never applied).
+    set_presets = [value for key, value in parsed if key == "preset"]
+    parsed = [(key, value) for key, value in parsed if key != "preset"]
+    if set_presets and preset is not None and set_presets[-1] != preset:
+        problems.append(error("--set", f"preset={set_presets[-1]!r} contradicts --preset {preset}", "give one"))
+    elif set_presets:
+        preset = set_presets[-1]
 
     axes, sweep_problems = _check_sweep(doc.pop("sweep", {}))
     problems += sweep_problems
+    if "preset" in axes:
+        problems.append(
+            error(
+                "sweep.preset",
+                "a preset cannot be swept: it is merged under the file before the sweep expands",
+                "write one file per preset, or run the file once per preset with --preset NAME",
+            )
+        )
     count = math.prod(len(v) for v in axes.values())
     if count > MAX_EXPERIMENTS:
         sizes = " x ".join(str(len(v)) for v in axes.values())
