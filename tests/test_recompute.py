@@ -12,8 +12,7 @@ timestamps, energy windows, the idle baseline, the timelines — following the d
 (and the docstrings it points to for FLOPs and steady state), and compares it with ``summary.json``:
 ``math.isclose(rel_tol=1e-9)``, exact for integers. Every leaf of the summary must be recomputed, or be a
 label (text), or be listed in :data:`NOT_RECOMPUTED` with the reason: a figure lem adds without a
-recomputation here fails the test by name. Known differences between lem and the documented definition are in
-:data:`KNOWN_DIFFERENCES` with an xfail test each.
+recomputation here fails the test by name.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import itertools
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -163,17 +161,6 @@ NOT_RECOMPUTED = {
 #: latencies, the prompt-set digest) with nothing to recompute them from; compared with setup.json's own copy
 #: (except the prompt statistics, which are recomputed).
 COPIED_FROM_SETUP = ("load", "warmup", "prompts")
-#: Differences between lem and the documented definition, kept visible: path pattern -> what differs.
-#: Each is compared within the stated tolerance by the main test and exactly by an xfail test.
-KNOWN_DIFFERENCES = {
-    r"^(figures/[^/]+/(ci95_low|ci95_high|rel_ci95)|precision/rel_ci95/.+)$": (
-        "lem's Student-t quantile comes from a table rounded to 4 decimals (lem/stats.py: 'exact to 4 "
-        "decimals'; t(0.975, 2) = 4.3027 where it is 4.3026527...), so the 95% CI half-width is off by up to "
-        "5e-5 x s/sqrt(n); docs/results.md says only 'Student t, 95%'"
-    ),
-}
-#: How far a known difference may go: the 4th decimal of t, times s / sqrt(n).
-T_TABLE_ROUNDING = 5e-5
 REL_TOL = 1e-9
 #: Differences of energies of ~100 J (total - idle) and sums of ~1e-3 s latencies carry rounding of ~1e-14
 #: absolute: rel_tol alone would fail a figure that is exactly 0 in one computation and 1e-17 in the other.
@@ -618,23 +605,13 @@ def cycle_figures(
 # --- the summary ----------------------------------------------------------------------------------------
 
 
-def recompute(exp: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], float]]:
-    """``(expected summary, {path: absolute tolerance})`` from the raw files of one experiment directory.
-
-    The tolerances are those of :data:`KNOWN_DIFFERENCES` (the CI bounds: lem's 4-decimal t quantile).
-    """
+def recompute(exp: Path) -> dict[str, Any]:
+    """The expected summary, from the raw files of one experiment directory."""
     setup, cycles, timelines = read_experiment(exp)
     config = setup["config"]
     per_cycle = [cycle_figures(c, setup, timelines.get(c["cycle"])) for c in cycles]
     names = list(per_cycle[0]["figures"])
     figures = {name: across_cycles([pc["figures"][name] for pc in per_cycle]) for name in names}
-    loose: dict[tuple[Any, ...], float] = {}
-    for name, fig in figures.items():
-        if fig["std"] is not None:
-            slack = T_TABLE_ROUNDING * fig["std"] / math.sqrt(fig["n"])
-            loose[("figures", name, "ci95_low")] = loose[("figures", name, "ci95_high")] = slack
-            if fig["mean"]:
-                loose[("figures", name, "rel_ci95")] = slack / abs(fig["mean"])
     every = [r for pc in per_cycle for r in pc["per"]]
     first = sorted(cycles[0]["requests"], key=lambda r: r["id"])[
         : len(cycles[0]["requests"]) // cycles[0].get("passes", 1)
@@ -681,8 +658,6 @@ def recompute(exp: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], float]]:
             "applies_to": list(applies),
             "rel_ci95": rels,
         }
-        for k in applies:
-            loose[("precision", "rel_ci95", k)] = loose[("figures", k, "rel_ci95")]
     digests = [pc["digest"] for pc in per_cycle]
     method_cycles: dict[str, int] = {}
     for pc in per_cycle:
@@ -731,7 +706,7 @@ def recompute(exp: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], float]]:
         "count": len(prompt_tokens),
         "stats": dist(prompt_tokens, ("n", "mean", "std", "min", "p50", "p90", "p99", "max")),
     }
-    return expected, loose
+    return expected
 
 
 # --- comparing ------------------------------------------------------------------------------------------
@@ -776,45 +751,24 @@ def same(got: Any, want: Any, abs_tol: float = ABS_TOL) -> bool:
     return bool(got == want)
 
 
-def known(path: Sequence[Any]) -> str | None:
-    text = "/".join(str(p) for p in path)
-    return next((why for pattern, why in KNOWN_DIFFERENCES.items() if re.match(pattern, text)), None)
-
-
-def compare(
-    summary: Mapping[str, Any],
-    expected: Mapping[str, Any],
-    loose: Mapping[tuple[Any, ...], float],
-    strict_known: bool = False,
-) -> list[str]:
-    """One line per figure of ``summary`` that the recomputation disagrees with, misses, or lacks.
-
-    ``strict_known``: compare the known differences exactly too (and report nothing else).
-    """
+def compare(summary: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """One line per figure of ``summary`` that the recomputation disagrees with, misses, or lacks."""
     got, want = flatten(summary), flatten(expected)
     problems = []
     for path, value in got.items():
         if path in want:
-            tol = loose.get(path, ABS_TOL) if known(path) and not strict_known else ABS_TOL
-            if strict_known and not known(path):
-                continue
-            if not same(value, want[path], tol):
+            if not same(value, want[path]):
                 problems.append(f"{show(path)}: lem {value!r}, recomputed {want[path]!r}")
-        elif strict_known:
-            continue
         elif path[0] in NOT_RECOMPUTED or is_label(path, value):
             continue
         else:
             problems.append(f"{show(path)} = {value!r}: not recomputed here (add it, or list it in NOT_RECOMPUTED)")
-    if not strict_known:
-        problems += [f"{show(p)}: recomputed but absent from summary.json" for p in want.keys() - got.keys()]
+    problems += [f"{show(p)}: recomputed but absent from summary.json" for p in want.keys() - got.keys()]
     return problems
 
 
-def check(exp: Path, strict_known: bool = False) -> list[str]:
-    summary = json.loads((exp / "summary.json").read_text())
-    expected, loose = recompute(exp)
-    return compare(summary, expected, loose, strict_known)
+def check(exp: Path) -> list[str]:
+    return compare(json.loads((exp / "summary.json").read_text()), recompute(exp))
 
 
 # --- the tests ------------------------------------------------------------------------------------------
@@ -842,13 +796,6 @@ def test_every_summary_figure_is_recomputed_from_the_raw_files(runs: dict[str, P
         assert max(summary["workload"]["passes"]) > 1 and summary["precision"] is not None
     problems = check(exp)
     assert not problems, f"{len(problems)} figure(s) of {exp.name}/summary.json disagree:\n" + "\n".join(problems)
-
-
-@pytest.mark.xfail(strict=True, reason=next(iter(KNOWN_DIFFERENCES.values())))
-def test_confidence_intervals_use_the_exact_t_quantile(runs: dict[str, Path]) -> None:
-    """KNOWN_DIFFERENCES, compared exactly: passes (and so fails, strict) once lem's t quantile is exact."""
-    problems = check(runs["base"], strict_known=True)
-    assert not problems, "\n".join(problems[:10])
 
 
 def _copy(exp: Path, tmp_path: Path) -> Path:
@@ -904,11 +851,11 @@ def test_a_perturbed_raw_file_is_detected_and_lem_agrees_once_it_reaggregates(
 def test_a_figure_lem_adds_without_a_recomputation_fails_by_name(runs: dict[str, Path]) -> None:
     exp = runs["base"]
     summary = json.loads((exp / "summary.json").read_text())
-    expected, loose = recompute(exp)
+    expected = recompute(exp)
     summary["figures"]["energy.new_figure_j"] = dict(summary["figures"]["energy.total_j"])
     summary["latency_pooled"]["ttft_s"]["p999"] = 1.0
     del summary["workload"]["passes"]
-    problems = compare(summary, expected, loose)
+    problems = compare(summary, expected)
     assert any(p.startswith("figures/energy.new_figure_j/mean = ") and "not recomputed" in p for p in problems)
     assert any(p.startswith("latency_pooled/ttft_s/p999 = 1.0: not recomputed") for p in problems)
     assert "workload/passes[0]: recomputed but absent from summary.json" in problems

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given
@@ -11,19 +12,46 @@ from hypothesis import strategies as st
 
 from lem.stats import distribution, interval, percentile, std, t_quantile_975
 
-# Published t_{0.975} quantiles (any statistics table) beyond the built-in table.
+# Published t_{0.975} quantiles (any statistics table, 4 decimals) beyond the closed forms below.
 TABLE = {1: 12.7062, 2: 4.3027, 10: 2.2281, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}
 
 
 @pytest.mark.parametrize(("df", "expected"), TABLE.items())
 def test_t_quantile_matches_tables(df: int, expected: float) -> None:
-    assert t_quantile_975(df) == pytest.approx(expected, abs=1e-4)
+    assert t_quantile_975(df) == pytest.approx(expected, abs=5e-5)
+
+
+def test_t_quantile_has_the_closed_forms_of_one_two_and_four_degrees_of_freedom() -> None:
+    p = 0.975
+    assert math.isclose(t_quantile_975(1), math.tan(math.pi * (p - 0.5)), rel_tol=1e-14)
+    assert math.isclose(t_quantile_975(2), (2 * p - 1) / math.sqrt(2 * p * (1 - p)), rel_tol=1e-14)
+    alpha = 4 * p * (1 - p)
+    q = math.cos(math.acos(math.sqrt(alpha)) / 3) / math.sqrt(alpha)
+    assert math.isclose(t_quantile_975(4), 2 * math.sqrt(q - 1), rel_tol=1e-14)
+
+
+def _simpson(f: Callable[[float], float], a: float, b: float, n: int = 4000) -> float:
+    h = (b - a) / n
+    inner = sum((4 if i % 2 else 2) * f(a + i * h) for i in range(1, n))
+    return h / 3 * (f(a) + inner + f(b))
+
+
+@pytest.mark.parametrize("df", [3, 7, 30, 120, 499, 501, 5000])
+def test_t_quantile_leaves_two_and_a_half_percent_in_each_tail(df: int) -> None:
+    # The density integrated numerically (Simpson), not the series lem solves: P(0 < T < t) must be 0.475.
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+
+    def density(x: float) -> float:
+        return math.exp(log_norm - (df + 1) / 2 * math.log1p(x * x / df))
+
+    assert _simpson(density, 0.0, t_quantile_975(df)) == pytest.approx(0.475, abs=1e-12)
 
 
 def test_t_quantile_tends_to_normal_and_decreases() -> None:
-    values = [t_quantile_975(df) for df in range(1, 500)]
+    values = [t_quantile_975(df) for df in range(1, 700)]
     assert all(a > b for a, b in itertools.pairwise(values))
-    assert t_quantile_975(100_000) == pytest.approx(1.95996, abs=1e-4)
+    z = 1.959963984540054  # the normal quantile, approached from above as 1 / df
+    assert z < t_quantile_975(100_000) < z + 3e-5
     with pytest.raises(ValueError):
         t_quantile_975(0)
 
