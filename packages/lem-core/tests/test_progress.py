@@ -38,6 +38,21 @@ def test_plain_lines_when_not_a_terminal() -> None:
     assert len(beats) == 2 + 1 + 4 + 1  # stage+end, stage, every advance, end
 
 
+def test_a_substage_has_its_own_line_and_the_outer_stage_ends_with_its_own_name_and_count() -> None:
+    # A cycle's prefill pass runs between the cycle's requests and the cycle's result line.
+    stream = io.StringIO()
+    p = Progress(stream=stream)
+    p.stage("cycle 1/3", total=4)
+    p.advance(4)
+    with p.substage("  prefill pass of cycle 1", total=8):
+        p.advance(8)
+    p.end("12.0 tok/s")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("  prefill pass of cycle 1 done in ") and lines[0].endswith(" s 8/8 requests")
+    assert lines[1].startswith("cycle 1/3    done in ") and lines[1].endswith(" s 4/4 requests  12.0 tok/s")
+    assert len(lines) == 2
+
+
 def test_quiet_writes_nothing_but_still_beats() -> None:
     beats: list[int] = []
     stream = Tty()

@@ -17,9 +17,10 @@ ends, with one plain line.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TextIO
 
 
@@ -114,6 +115,20 @@ class Progress:
         count = f" {self._done}/{self._total} requests" if self._total else ""
         self._line(f"{self._stage:<12} done in {elapsed:.1f} s{count}{'  ' + detail if detail else ''}")
         self._beat()
+
+    @contextlib.contextmanager
+    def substage(self, name: str, total: int | None = None) -> Iterator[None]:
+        """A stage within the current one (a cycle's prefill pass): its own line, then the outer stage again.
+
+        The outer stage's clock runs on through it, so the outer line's time includes it.
+        """
+        outer = (self._stage, self._total, self._done, self._t0)
+        self.stage(name, total)
+        try:
+            yield
+        finally:
+            self.end()
+            self._stage, self._total, self._done, self._t0 = outer
 
     def note(self, text: str) -> None:
         """A line of its own (a warning, a skipped experiment)."""

@@ -422,13 +422,12 @@ def _prefill_pass(
     passes: int,
 ) -> dict[str, Any]:
     """The cycle's requests again (same prompts, same number of passes), one output token each, metered apart."""
-    progress.stage(f"prefill {c}", total=len(prompts) * passes)
-    model.synchronize()
-    with _Window(meter) as w:
-        t0 = time.monotonic_ns()
-        traces, _ = serve_passes(model, prompts, prefill_config(config), progress, c, t0, passes=passes)
+    with progress.substage(f"  prefill pass of cycle {c}", total=len(prompts) * passes):
         model.synchronize()
-    progress.end()
+        with _Window(meter) as w:
+            t0 = time.monotonic_ns()
+            traces, _ = serve_passes(model, prompts, prefill_config(config), progress, c, t0, passes=passes)
+            model.synchronize()
     return {
         "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
         "passes": passes,
