@@ -55,8 +55,10 @@ class Case:
     words: tuple[str, ...]
     #: Files to create (relative to the working directory): text, or bytes as they are.
     files: dict[str, str | bytes] = attrs.field(factory=dict)
-    #: Damage to a real run copied to ./results: (glob under it, new content).
-    damage: tuple[str, str | bytes] | None = None
+    #: Damage to a real run copied to ./results: (glob under it, new content; None: a directory instead).
+    damage: tuple[str, str | bytes | None] | None = None
+    #: Files of that run to delete first (globs under ./results).
+    remove: tuple[str, ...] = ()
     subprocess: bool = False
     env: dict[str, str] = attrs.field(factory=dict)
     needs: Callable[[], str | None] | None = None
@@ -526,6 +528,38 @@ CASES = [
         ("cycle-001.json", "wrong JSON shape"),
         damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
     ),
+    Case(
+        "aggregate: a directory where summary.json goes",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("summary.json", "is a directory", "skipped"),
+        damage=("*/000-*/summary.json", None),
+    ),
+    Case(
+        "resume: a directory where a cycle file goes",
+        ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
+        2,
+        ("cycle-001.json", "is a directory", "--resume"),
+        {"run.toml": RUN},
+        damage=("*/000-*/cycle-001.json", None),
+        remove=("*/000-*/summary.json",),
+    ),
+    Case(
+        "resume: stored experiment.toml not UTF-8",
+        ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
+        2,
+        ("experiment.toml", "cannot be read", "start a new run"),
+        {"run.toml": RUN},
+        damage=("*/000-*/experiment.toml", b'model = "\xff"\n'),
+    ),
+    Case(
+        "resume: stored experiment.toml is a directory",
+        ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
+        2,
+        ("experiment.toml", "cannot be read", "Is a directory"),
+        {"run.toml": RUN},
+        damage=("*/000-*/experiment.toml", None),
+    ),
 ]
 
 
@@ -550,7 +584,9 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _error_lines(text: str) -> list[str]:
     # click's own usage errors add a usage line and a "Try ... --help" line around the one error line.
-    return [line for line in text.splitlines() if line.strip() and not line.startswith(("Usage:", "Try "))]
+    # Warnings that come before the error (what was left out) are not error lines.
+    skip = ("Usage:", "Try ", "lem: warning:")
+    return [line for line in text.splitlines() if line.strip() and not line.startswith(skip)]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -570,13 +606,23 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     if case.damage:
         shutil.copytree(request.getfixturevalue("real_run"), tmp_path / "results")
         pattern, content = case.damage
+        for gone in case.remove:
+            for path in (tmp_path / "results").glob(gone):
+                path.unlink()
         targets = list((tmp_path / "results").glob(pattern))
         if not targets:  # the failure file: make experiment 001 a failed one first
             target_dir = next((tmp_path / "results").glob(pattern.rsplit("/", 1)[0]))
             (target_dir / "summary.json").unlink()
             targets = [target_dir / pattern.rsplit("/", 1)[1]]
         for target in targets:
-            target.write_bytes(content if isinstance(content, bytes) else content.encode())
+            if content is None:
+                target.unlink(missing_ok=True)
+                (target / "someone's").mkdir(parents=True)
+            else:
+                target.write_bytes(content if isinstance(content, bytes) else content.encode())
+    kept = sorted(p for p in (tmp_path / "results").rglob("*") if p.is_file()) if case.damage else []
+    run_id = next(p.name for p in (tmp_path / "results").iterdir()) if case.damage else ""
+    case = attrs.evolve(case, args=tuple(a.replace("{run}", run_id) for a in case.args))
     monkeypatch.chdir(tmp_path)
     if case.subprocess:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **case.env}
@@ -597,6 +643,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
         assert word in text, f"{word!r} not in {text!r}"
     if case.code == 2:
         assert len(_error_lines(err)) == 1, err
+    # Never lose results: every file of the damaged run is still there (a recomputed summary is rewritten).
+    assert [p for p in kept if not p.is_file()] == []
 
 
 def test_resume_of_another_directory_leaves_it_untouched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

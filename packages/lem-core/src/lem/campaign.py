@@ -67,13 +67,18 @@ def duration_text(seconds: float) -> str:
 
 def _clear_partial(exp_dir: Path) -> None:
     # A restarted experiment must not mix cycles from an earlier attempt with new ones.
-    for p in exp_dir.iterdir():
-        if (
-            CYCLE_RE.match(p.name)
-            or p.name.startswith("timeline-")
-            or p.name in ("failure.json", "interrupted.json", "setup.json", "summary.json", "environment.json")
-        ):
-            p.unlink()
+    stale = [
+        p
+        for p in exp_dir.iterdir()
+        if CYCLE_RE.match(p.name)
+        or p.name.startswith("timeline-")
+        or p.name in ("failure.json", "interrupted.json", "setup.json", "summary.json", "environment.json")
+    ]
+    for p in stale:  # checked before any is deleted: a directory there is not lem's to remove
+        if p.is_dir() and not p.is_symlink():
+            raise ResultsError(f"{p}: is a directory where lem keeps a result file; move it away, then --resume again")
+    for p in stale:
+        p.unlink()
     remove_stale_temporaries(exp_dir)
 
 
@@ -107,8 +112,17 @@ def _prepare(exp: Experiment, run_dir: Path, resuming: bool) -> bool:
     exp_dir = run_dir / exp.id
     toml = dumps(exp.config)
     stored = exp_dir / "experiment.toml"
+    if exp_dir.exists() and not exp_dir.is_dir():
+        raise ResultsError(f"{exp_dir}: is a file where experiment {exp.id}'s directory goes; move it away")
     if resuming and stored.exists():
-        text = stored.read_text(encoding="utf-8")
+        try:
+            text = stored.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            # It is the record of how the experiment ran: never overwritten unread.
+            raise ResultsError(
+                f"{stored}: cannot be read ({exc}), so whether experiment {exp.id} of run {run_dir.name} ran with"
+                " this config is unknown; restore the file, or start a new run instead of --resume"
+            ) from None
         differs = None if text == toml else _config_difference(text, exp.config)
         if differs is not None:
             raise ResultsError(

@@ -78,6 +78,8 @@ def write_atomic(path: Path, text: str) -> None:
     A full disk (or any other write error) leaves no partial file and raises a :class:`ResultsError`
     (:class:`~lem.errors.DiskFull` for a full disk) naming the directory.
     """
+    if path.is_dir():  # os.replace cannot put a file there; nor may lem delete what someone put there
+        raise ResultsError(f"{path}: is a directory, not a result file; move it away, then try again")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
