@@ -536,6 +536,20 @@ CASES = [
         damage=("*/000-*/summary.json", None),
     ),
     Case(
+        "aggregate: NaN in a cycle",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "NaN is not a JSON number", "skipped"),
+        damage=("*/000-*/cycle-001.json", '{"schema_version": 2, "kind": "cycle", "cycle": NaN}'),
+    ),
+    Case(
+        "list: JSON nested too deeply",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "summary.json", "nested too deeply"),
+        damage=("*/000-*/summary.json", "[" * 100_000 + "]" * 100_000),
+    ),
+    Case(
         "resume: a directory where a cycle file goes",
         ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
         2,

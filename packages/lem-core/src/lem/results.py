@@ -18,6 +18,7 @@ import csv
 import errno
 import io
 import json
+import math
 import os
 import re
 import tempfile
@@ -108,18 +109,45 @@ _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM
 def write_json(path: Path, kind: str, data: Mapping[str, Any], compact: bool = False) -> None:
     """Write a result file with its ``schema_version`` and ``kind`` (``compact``: one line, for raw data)."""
     doc = {"schema_version": SCHEMA_VERSION, "kind": kind, **data}
-    text = json.dumps(doc, indent=None if compact else 1, allow_nan=False, default=str)
+    try:
+        text = json.dumps(doc, indent=None if compact else 1, allow_nan=False, default=str)
+    except ValueError as exc:  # inf or NaN: computed from absurd raw values (1e308 joules), never measured
+        raise ResultsError(
+            f"{path}: not written: a figure is not a finite number ({exc}); a raw file holds an absurd value"
+        ) from None
     write_atomic(path, text + "\n")
+
+
+class _NotFinite(ValueError):
+    pass
+
+
+def _no_constant(name: str) -> float:
+    # lem writes with allow_nan=False: NaN or Infinity in a result file is damage, never a measurement.
+    raise _NotFinite(f"{name} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise _NotFinite(f"{text[:40]} is beyond the range of a double")
+    return value
 
 
 def read_json(path: Path) -> dict[str, Any]:
     """Read a result file; a missing or damaged file is a :class:`ResultsError`."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except FileNotFoundError:
         raise ResultsError(f"{path}: not found") from None
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}: not valid JSON ({exc}); re-run the experiment") from None
+    except _NotFinite as exc:
+        raise ResultsError(f"{path}: not a file lem wrote ({exc}); re-run the experiment") from None
+    except RecursionError:
+        raise ResultsError(
+            f"{path}: not a file lem wrote (JSON nested too deeply to read); re-run the experiment"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: cannot be read ({exc})") from None
     if not isinstance(doc, dict):
