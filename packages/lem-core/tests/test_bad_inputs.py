@@ -543,6 +543,20 @@ CASES = [
         damage=("*/000-*/cycle-001.json", '{"schema_version": 2, "kind": "cycle", "cycle": NaN}'),
     ),
     Case(
+        "aggregate: timeline row with more cells than its header",
+        ("results", "aggregate", "--dir", "results"),
+        0,
+        ("timeline-001.csv", "more cells than the header", "null"),
+        damage=("*/000-*/timeline-001.csv", "t_s,device,power_w\n0.0,0,100.0,7\n"),
+    ),
+    Case(
+        "aggregate: NaN in a timeline",
+        ("results", "aggregate", "--dir", "results"),
+        0,
+        ("timeline-001.csv", "power_w = nan", "null"),
+        damage=("*/000-*/timeline-001.csv", "t_s,device,power_w\n0.0,0,nan\n"),
+    ),
+    Case(
         "list: JSON nested too deeply",
         ("results", "list", "results"),
         0,

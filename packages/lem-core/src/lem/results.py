@@ -200,8 +200,16 @@ def _cell(text: str) -> Any:
 
 
 def parse_timeline(text: str) -> list[dict[str, Any]]:
-    """Timeline rows from the text of a ``timeline-NNN.csv`` (cells typed by :func:`_cell`)."""
-    return [{k: _cell(v) for k, v in row.items()} for row in csv.DictReader(io.StringIO(text))]
+    """Timeline rows from the text of a ``timeline-NNN.csv`` (cells typed by :func:`_cell`).
+
+    :raises ValueError: for a row with more cells than the header has columns.
+    """
+    rows = []
+    for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+        if None in row:  # csv.DictReader files the cells beyond the header under None
+            raise ValueError(f"line {n}: more cells than the header has columns")
+        rows.append({k: _cell(v) for k, v in row.items()})
+    return rows
 
 
 #: Timeline columns named with a unit (``power_w``, ``temperature_c``, ``sm_clock_mhz``, ...) hold numbers
@@ -213,18 +221,21 @@ def read_timeline(path: Path) -> list[dict[str, Any]] | None:
     """The rows of a ``timeline-NNN.csv``, or ``None`` when there is none.
 
     A file that is not readable CSV text (binary garbage, cut in a multi-byte
-    character) or has a row without a numeric ``t_s``, or text in a column
-    named with a unit (:data:`MEASURED_SUFFIXES`), is a :class:`ResultsError`
-    naming it.
+    character), has a row with more cells than its header or without a finite
+    numeric ``t_s``, or text, NaN or infinity in a column named with a unit
+    (:data:`MEASURED_SUFFIXES`), is a :class:`ResultsError` naming it.
     """
     if not path.exists():
         return None
     try:
         rows = parse_timeline(path.read_text(encoding="utf-8"))
         for n, row in enumerate(rows, start=2):
+            if "t_s" not in row:
+                raise ValueError("no t_s column")
             for key, value in row.items():
                 must = key == "t_s" or (value is not None and str(key).endswith(MEASURED_SUFFIXES))
-                if must and not isinstance(value, (int, float)):
+                # float() reads "nan" and "inf" too: no meter gives them, so the file is damaged.
+                if must and (not isinstance(value, (int, float)) or not math.isfinite(value)):
                     raise ValueError(f"line {n}: {key} = {value!r} is not a number")
         return rows
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
