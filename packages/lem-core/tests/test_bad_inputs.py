@@ -564,6 +564,30 @@ CASES = [
         damage=("*/000-*/summary.json", "[" * 100_000 + "]" * 100_000),
     ),
     Case(
+        "pool: cycle of the wrong shape",
+        ("results", "aggregate", "--pool", "pool.json"),
+        2,
+        ("cycle-001.json", "wrong JSON shape", "nothing pooled"),
+        damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
+    ),
+    Case(
+        "export: cycle of the wrong shape, the other cycles exported",
+        ("results", "export", "results", "--level", "cycle"),
+        0,
+        ("cycle-001.json", "wrong JSON shape", "skipped", "001-batch_size=2"),
+        damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
+    ),
+    Case(
+        "export: request rows of a cycle of the wrong shape",
+        ("results", "export", "results", "--level", "request", "--format", "jsonl"),
+        0,
+        ("cycle-001.json", "wrong JSON shape", "skipped"),
+        damage=(
+            "*/000-*/cycle-001.json",
+            json.dumps({"schema_version": SCHEMA_VERSION, "kind": "cycle", "cycle": 1, "requests": "x"}),
+        ),
+    ),
+    Case(
         "resume: a directory where a cycle file goes",
         ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
         2,

@@ -429,7 +429,7 @@ def results_aggregate(
     from pathlib import Path
 
     from lem.errors import ResultsError
-    from lem.results import aggregate_experiment, experiment_dirs, pool, resolve, write_json
+    from lem.results import SHAPE_ERRORS, aggregate_experiment, damaged_file, experiment_dirs, pool, resolve, write_json
 
     dirs = [d for t in targets or (directory,) for d in experiment_dirs(resolve(t, Path(directory)))]
     if not dirs:
@@ -447,8 +447,8 @@ def results_aggregate(
                 click.echo(f"lem: {exc}; skipped", err=True)
                 damaged += 1
                 continue
-            except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-                click.echo(f"lem: {_damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
+            except SHAPE_ERRORS as exc:
+                click.echo(f"lem: {damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
                 damaged += 1
                 continue
             for line in timelines:
@@ -461,27 +461,6 @@ def results_aggregate(
         click.echo(f"{pool_out}: {pooled['cycles']} cycles of {len(dirs)} experiments pooled")
     if damaged:
         sys.exit(1)
-
-
-def _damaged_file(exp_dir: Any, exc: BaseException) -> str:
-    """Which of an experiment's raw files does not have the shape a summary needs."""
-    from lem.results import compute_cycle, cycle_paths, cycle_timelines, read_json, timeline_path
-
-    shape_errors = (KeyError, TypeError, ValueError, AttributeError, IndexError)
-    setup = read_json(exp_dir / "setup.json")
-    for path in cycle_paths(exp_dir):
-        raw = read_json(path)
-        try:
-            compute_cycle(raw, setup)
-            timeline = timeline_path(exp_dir, raw["cycle"])
-            rows = cycle_timelines(exp_dir, [raw], []).get(int(raw["cycle"]))  # an unreadable one is left out
-        except shape_errors as found:
-            return f"{path} ({type(found).__name__}: {found})"
-        try:
-            compute_cycle(raw, setup, rows)
-        except shape_errors as found:  # the cycle alone is fine: its timeline is not
-            return f"{timeline} ({type(found).__name__}: {found})"
-    return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
 
 
 @results.command("plot")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lem.errors import ResultsError
+from lem.results import SHAPE_ERRORS
 
 LEVELS = ("experiment", "cycle", "request")
 FORMATS = ("csv", "parquet", "jsonl")
@@ -113,8 +114,8 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     return row
 
 
-def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    """``(setup, raw cycle)`` of every readable cycle of an experiment."""
+def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[str, Any], Path]]:
+    """``(setup, raw cycle, its path)`` of every readable cycle of an experiment."""
     from lem.results import cycle_paths, read_json_or_warn, read_setup
 
     if not (exp_dir / "setup.json").exists():
@@ -127,7 +128,13 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[st
     for path in cycle_paths(exp_dir):
         raw = read_json_or_warn(path, warn)
         if raw is not None:
-            yield setup, raw
+            yield setup, raw, path
+
+
+def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> None:
+    from lem.results import damaged_file
+
+    warn(f"{damaged_file(exp_dir, exc, only=path)}: damaged (wrong JSON shape); that cycle is skipped")
 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
@@ -136,13 +143,17 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     from lem.summary import HEADLINE, compute_cycle, dig
 
     rows = []
-    for setup, raw in _cycles(exp_dir, warn):
+    for setup, raw, path in _cycles(exp_dir, warn):
         # The timeline gives the steady-state energy and the thermal context (lem.steady, lem.thermal).
         damaged: list[str] = []  # a damaged timeline: only the figures it gives are lost
-        timeline = cycle_timelines(exp_dir, [raw], damaged).get(int(raw["cycle"]))
+        try:
+            timeline = cycle_timelines(exp_dir, [raw], damaged).get(int(raw["cycle"]))
+            metrics, energy, _ = compute_cycle(raw, setup, timeline)
+        except SHAPE_ERRORS as exc:
+            _skip_damaged(exp_dir, path, exc, warn)
+            continue
         for line in damaged:
             warn(line)
-        metrics, energy, _ = compute_cycle(raw, setup, timeline)
         block = {"metrics": metrics, "energy": energy}
         row: dict[str, Any] = {
             "key": _key(exp_dir),
@@ -172,10 +183,15 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     from lem.summary import traces_from_json
 
     rows = []
-    for _, raw in _cycles(exp_dir, warn):
-        raw_rows = {int(r["id"]): r for r in raw["requests"]}
-        for trace in traces_from_json(raw["requests"]):
-            m = request_metrics(trace)
+    for _, raw, path in _cycles(exp_dir, warn):
+        try:
+            raw_rows = {int(r["id"]): r for r in raw["requests"]}
+            metrics = [request_metrics(trace) for trace in traces_from_json(raw["requests"])]
+            digests = {m["id"]: raw_rows[m["id"]].get("output_digest") for m in metrics}
+        except SHAPE_ERRORS as exc:
+            _skip_damaged(exp_dir, path, exc, warn)
+            continue
+        for m in metrics:
             rows.append(
                 {
                     "key": _key(exp_dir),
@@ -190,7 +206,7 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
                     "tpot_s": m["tpot_s"],
                     "finished": m["finished"],
                     "error": m["error"],
-                    "output_digest": raw_rows[m["id"]].get("output_digest"),
+                    "output_digest": digests[m["id"]],
                 }
             )
     return rows

@@ -252,8 +252,14 @@ def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def timeline_path(exp_dir: Path, cycle: Any) -> Path:
-    """The ``timeline-NNN.csv`` of cycle number ``cycle`` (as its cycle file's ``cycle`` holds it)."""
-    return exp_dir / f"timeline-{int(cycle):03d}.csv"
+    """The ``timeline-NNN.csv`` of cycle number ``cycle`` (as its cycle file's ``cycle`` holds it).
+
+    :raises ValueError: for a ``cycle`` that is not a cycle number (a damaged cycle file).
+    """
+    number = int(cycle)
+    if isinstance(cycle, bool) or not 0 <= number < 10**6:
+        raise ValueError(f"cycle {cycle!r} is not a cycle number")
+    return exp_dir / f"timeline-{number:03d}.csv"
 
 
 def cycle_timelines(
@@ -283,6 +289,30 @@ def remove_stale_temporaries(directory: Path) -> None:
     """Delete temporary files left by a killed run (they never hold a result)."""
     for tmp in directory.glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
+
+
+#: What computing figures from a raw file of the wrong JSON shape raises (text where a number was,
+#: a list where a table was, a number too large for a float, ...).
+SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
+
+
+def damaged_file(exp_dir: Path, exc: BaseException, only: Path | None = None) -> str:
+    """Which of an experiment's raw files (of cycle file ``only``, when given) does not have the shape a
+    summary needs, with the error it gives: ``"<path> (TypeError: ...)"``; ``exc`` is the error first seen."""
+    setup = read_setup(exp_dir)
+    for path in [only] if only is not None else cycle_paths(exp_dir):
+        raw = read_json(path)
+        try:
+            compute_cycle(raw, setup)
+            timeline = timeline_path(exp_dir, raw["cycle"])
+            rows = cycle_timelines(exp_dir, [raw], []).get(int(raw["cycle"]))  # an unreadable one is left out
+        except SHAPE_ERRORS as found:
+            return f"{path} ({type(found).__name__}: {found})"
+        try:
+            compute_cycle(raw, setup, rows)
+        except SHAPE_ERRORS as found:  # the cycle alone is fine: its timeline is not
+            return f"{timeline} ({type(found).__name__}: {found})"
+    return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
 
 
 def cycle_paths(exp_dir: Path) -> list[Path]:
@@ -359,10 +389,15 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
     blocks = []
     damaged: list[str] = []
     for d, (s, raw) in zip(exp_dirs, figures_by_exp, strict=True):
-        timelines = cycle_timelines(d, raw, damaged)
-        for c in raw:
-            m, e, _ = compute_cycle(c, s, timelines.get(int(c["cycle"])))
-            blocks.append({"metrics": m, "energy": e})
+        try:
+            timelines = cycle_timelines(d, raw, damaged)
+            for c in raw:
+                m, e, _ = compute_cycle(c, s, timelines.get(int(c["cycle"])))
+                blocks.append({"metrics": m, "energy": e})
+        except SHAPE_ERRORS as exc:
+            raise ResultsError(
+                f"{damaged_file(d, exc)}: damaged (wrong JSON shape); nothing pooled: leave {d} out or re-run it"
+            ) from None
     return {
         "experiments": [str(d) for d in exp_dirs],
         "backends": backends,
