@@ -92,6 +92,11 @@ def _summary_damaged_shape() -> str:
     return json.dumps({"schema_version": SCHEMA_VERSION, "kind": "summary", "figures": [1, 2]})
 
 
+def _summary_with_figure(value: object) -> str:
+    figures = {"output_tokens_per_s": value}
+    return json.dumps({"schema_version": SCHEMA_VERSION, "kind": "summary", "status": "ok", "figures": figures})
+
+
 V = ("config", "validate", "exp.toml")
 R = ("run", "exp.toml", "--out", "out")
 CASES = [
@@ -564,6 +569,13 @@ CASES = [
         damage=("*/000-*/summary.json", "[" * 100_000 + "]" * 100_000),
     ),
     Case(
+        "list: a figure that is text",
+        ("results", "list", "results"),
+        0,
+        ("damaged", "figures.output_tokens_per_s"),
+        damage=("*/000-*/summary.json", _summary_with_figure("x")),
+    ),
+    Case(
         "pool: cycle of the wrong shape",
         ("results", "aggregate", "--pool", "pool.json"),
         2,
@@ -586,6 +598,20 @@ CASES = [
             "*/000-*/cycle-001.json",
             json.dumps({"schema_version": SCHEMA_VERSION, "kind": "cycle", "cycle": 1, "requests": "x"}),
         ),
+    ),
+    Case(
+        "export: a figure that is not a table",
+        ("results", "export", "results"),
+        0,
+        ("summary.json", "damaged", "its figures are left out"),
+        damage=("*/000-*/summary.json", _summary_with_figure(3)),
+    ),
+    Case(
+        "compare: a figure that is text",
+        ("results", "compare", "{run}", "--dir", "results"),
+        2,
+        ("summary.json", "damaged", "left out", "at least 2 experiments"),
+        damage=("*/000-*/summary.json", _summary_with_figure({"mean": "fast"})),
     ),
     Case(
         "resume: a directory where a cycle file goes",

@@ -169,7 +169,10 @@ def _half_widths(row: Mapping[str, Any]) -> dict[str, float]:
     doc = read_doc(Path(row["path"]) / "summary.json", []) if row.get("status") == "ok" and row.get("path") else None
     out = {}
     for _, key, _, _ in TABLE_FIGURES:
-        entry = ((doc or {}).get("figures") or {}).get(key) or {}
+        figures = (doc or {}).get("figures")
+        entry = figures.get(key) if isinstance(figures, Mapping) else None
+        if not isinstance(entry, Mapping):
+            continue
         low, high = number(entry.get("ci95_low")), number(entry.get("ci95_high"))
         if low is not None and high is not None:
             out[key] = (high - low) / 2

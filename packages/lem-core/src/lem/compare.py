@@ -78,6 +78,39 @@ def _workload(
     return ins, outs, [1] * len(ins)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def shape_problem(summary: Mapping[str, Any]) -> str | None:
+    """What in a summary does not have the shape a comparison reads (``None``: it is fine)."""
+    figures = summary.get("figures")
+    if not isinstance(figures, Mapping):
+        return "no 'figures' table"
+    for name, *_ in FIGURES:
+        fig = figures.get(name)
+        if fig is None:
+            continue
+        if not isinstance(fig, Mapping):
+            return f"figures.{name} is not a table"
+        for stat in ("mean", "ci95_low", "ci95_high"):
+            if fig.get(stat) is not None and not _number(fig[stat]):
+                return f"figures.{name}.{stat} = {fig[stat]!r:.40} is not a number"
+        values = fig.get("values")
+        if values is not None and not (isinstance(values, list) and all(v is None or _number(v) for v in values)):
+            return f"figures.{name}.values is not a list of numbers"
+    for table in ("config", "workload", "prompts", "slo"):
+        if summary.get(table) is not None and not isinstance(summary[table], Mapping):
+            return f"{table} is not a table"
+    work = summary.get("workload") or {}
+    for key in ("input_tokens", "output_tokens", "passes"):
+        if work.get(key) is not None and not (
+            isinstance(work[key], list) and all(_number(v) and v >= 0 for v in work[key])
+        ):
+            return f"workload.{key} is not a list of counts"
+    return None
+
+
 def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None]) -> list[Entry]:
     """The experiments named by ``targets`` (run ids expand to their experiments), in order.
 
@@ -98,7 +131,14 @@ def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None
             summary = read_json_or_warn(d / "summary.json", warn)
             if summary is None:
                 continue
-            ins, outs, passes = _workload(d, summary, warn)
+            problem = shape_problem(summary)
+            try:
+                ins, outs, passes = _workload(d, summary, warn)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                problem = problem or f"workload: {type(exc).__name__}: {exc}"
+            if problem is not None:
+                warn(f"{d / 'summary.json'}: damaged ({problem}); left out")
+                continue
             key = summary.get("key") or f"{d.parent.name}/{d.name}"
             config = summary.get("config") or experiment_config(d)
             entries.append(Entry(key, d, summary, config, tuple(ins), tuple(outs), tuple(passes)))

@@ -80,6 +80,12 @@ def _status(exp_dir: Path, summary: Any, failure: Any) -> str:
     return "incomplete" if (exp_dir / "setup.json").exists() else "not started"
 
 
+def _in(doc: Mapping[str, Any], table: str, key: str) -> Any:
+    """``doc[table][key]``, ``None`` where either is missing or ``doc[table]`` is not a table."""
+    node = doc.get(table)
+    return node.get(key) if isinstance(node, Mapping) else None
+
+
 def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     """One experiment as a flat row: identity, status, flattened config, every figure, environment facts."""
     from lem.results import experiment_config
@@ -96,21 +102,33 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
         "model": doc.get("model"),
         "cycles": doc.get("cycles"),
         "failed_requests": doc.get("failed_requests"),
-        "prompts.digest": (doc.get("prompts") or {}).get("digest"),
+        "prompts.digest": _in(doc, "prompts", "digest"),
         "output_digest": doc.get("output_digest"),
         "outputs_identical_across_cycles": doc.get("outputs_identical_across_cycles"),
-        "energy_method": (doc.get("methods") or {}).get("energy"),
+        "energy_method": _in(doc, "methods", "energy"),
         "energy_reason": doc.get("energy_reason"),
         "failure_reason": (failure or {}).get("reason"),
     }
     config = doc.get("config") or experiment_config(exp_dir)
-    row.update({f"config.{k}": v for k, v in config.items()})
-    if row["backend"] is None:
-        row["backend"], row["model"] = config.get("backend"), config.get("model")
-    for name, fig in (doc.get("figures") or {}).items():
-        for stat in ("mean", "std", "ci95_low", "ci95_high"):
-            row[f"{name}.{stat}"] = fig.get(stat)
-    row.update(environment_facts(_doc(exp_dir, "environment.json", warn)))
+    try:
+        row.update({f"config.{k}": v for k, v in config.items()})
+        if row["backend"] is None:
+            row["backend"], row["model"] = config.get("backend"), config.get("model")
+        for name, fig in (doc.get("figures") or {}).items():
+            for stat in ("mean", "std", "ci95_low", "ci95_high"):
+                value = fig.get(stat)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                    raise TypeError(f"figures.{name}.{stat} = {value!r:.40} is not a number")
+                row[f"{name}.{stat}"] = value
+    except SHAPE_ERRORS as exc:  # keep the identity and what was read; say which file is damaged
+        source = "summary.json" if summary is not None else "failure.json"
+        warn(f"{exp_dir / source}: damaged (wrong JSON shape, {type(exc).__name__}: {exc}); its figures are left out")
+        row = {k: v for k, v in row.items() if not k.startswith("config.")} | {"status": "damaged"}
+    env = _doc(exp_dir, "environment.json", warn)
+    try:
+        row.update(environment_facts(env))
+    except SHAPE_ERRORS as exc:
+        warn(f"{exp_dir / 'environment.json'}: damaged (wrong JSON shape, {type(exc).__name__}: {exc}); left out")
     return row
 
 
@@ -279,8 +297,16 @@ def to_parquet(table: Sequence[Mapping[str, Any]], path: Path) -> None:
         import pyarrow  # noqa: F401  (to_parquet's engine; fail with the install line, not pandas' message)
     except ImportError:
         raise ResultsError(f"pyarrow is not installed: {EXTRA}") from None
+    import pyarrow as pa
+
     frame = dataframe_of([{k: _cell(v) for k, v in row.items()} for row in table])
-    frame.to_parquet(path, index=False)
+    try:
+        frame.to_parquet(path, index=False)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # e.g. text in one row's figure, numbers in the others'
+        raise ResultsError(
+            f"{path}: cannot write Parquet ({exc}); a damaged result file gave that column values of mixed types:"
+            " export --format csv or jsonl, or leave that experiment out"
+        ) from None
 
 
 def export(root: Path, fmt: str, level: str, out: Path | None, warn: Warn = _stderr) -> int:

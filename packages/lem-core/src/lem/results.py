@@ -473,7 +473,11 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     figs = doc.get("figures")
     for key in ("output_tokens_per_s", "ttft_s.p50", "energy.j_per_output_token"):
         cell = figs.get(key) if isinstance(figs, Mapping) else None
-        row[key] = cell.get("mean") if isinstance(cell, Mapping) else None
+        mean = cell.get("mean") if isinstance(cell, Mapping) else None
+        number = mean is None or (isinstance(mean, int | float) and not isinstance(mean, bool))
+        row[key] = mean if number else None
+        if row["status"] == "ok" and (not number or (cell is not None and not isinstance(cell, Mapping))):
+            row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (figures.{key} is not a figure)")
     if row["status"] == "ok" and not isinstance(figs, Mapping):
         row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (no 'figures' table)")
     if row["status"] in ("failed", "interrupted"):
