@@ -631,6 +631,14 @@ CASES = [
         damage=("*/000-*/experiment.toml", b'model = "\xff"\n'),
     ),
     Case(
+        "resume: a finished experiment whose experiment.toml is missing is not re-run (it deleted its results)",
+        ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
+        2,
+        ("experiment.toml is missing", "results are kept"),
+        {"run.toml": RUN},
+        remove=("*/000-*/experiment.toml",),
+    ),
+    Case(
         "resume: stored experiment.toml is a directory",
         ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
         2,
@@ -681,12 +689,14 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
             path.write_text(content, encoding="utf-8")
     if case.id == "--out without permission":
         (tmp_path / "ro").chmod(0o500)
-    if case.damage:
+    damaged = case.damage is not None or bool(case.remove)
+    if damaged:
         shutil.copytree(request.getfixturevalue("real_run"), tmp_path / "results")
-        pattern, content = case.damage
         for gone in case.remove:
             for path in (tmp_path / "results").glob(gone):
                 path.unlink()
+    if case.damage:
+        pattern, content = case.damage
         targets = list((tmp_path / "results").glob(pattern))
         if not targets:  # the failure file: make experiment 001 a failed one first
             target_dir = next((tmp_path / "results").glob(pattern.rsplit("/", 1)[0]))
@@ -698,8 +708,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
                 (target / "someone's").mkdir(parents=True)
             else:
                 target.write_bytes(content if isinstance(content, bytes) else content.encode())
-    kept = sorted(p for p in (tmp_path / "results").rglob("*") if p.is_file()) if case.damage else []
-    run_id = next(p.name for p in (tmp_path / "results").iterdir()) if case.damage else ""
+    kept = sorted(p for p in (tmp_path / "results").rglob("*") if p.is_file()) if damaged else []
+    run_id = next(p.name for p in (tmp_path / "results").iterdir()) if damaged else ""
     case = attrs.evolve(case, args=tuple(a.replace("{run}", run_id) for a in case.args))
     monkeypatch.chdir(tmp_path)
     if case.subprocess:

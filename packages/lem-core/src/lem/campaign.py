@@ -131,6 +131,12 @@ def _prepare(exp: Experiment, run_dir: Path, resuming: bool) -> bool:
             )
         if (exp_dir / "summary.json").exists():
             return False
+    elif resuming and (exp_dir / "summary.json").exists():
+        # Finished, but which config it ran is gone: re-running it would delete its results.
+        raise ResultsError(
+            f"{exp_dir}: experiment {exp.id} finished (summary.json) but its experiment.toml is missing;"
+            " restore that file, or start a new run instead of --resume (its results are kept)"
+        )
     exp_dir.mkdir(parents=True, exist_ok=True)
     _clear_partial(exp_dir)
     write_atomic(stored, toml)
