@@ -774,3 +774,15 @@ def test_set_preset_applies_the_preset(tmp_path: Path, monkeypatch: pytest.Monke
     via_set = CliRunner().invoke(cli, ["config", "show", "exp.toml", "--set", "preset=quick-test"])
     assert via_set.exit_code == 0, via_set.output
     assert via_set.stdout == runs[1].stdout != runs[0].stdout
+
+
+def test_report_names_a_file_nested_too_deeply(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, real_run: Path) -> None:
+    """``lem report`` over a summary.json nested too deeply to parse still writes the report, naming the file."""
+    shutil.copytree(real_run, tmp_path / "results")
+    (summary,) = (tmp_path / "results").glob("*/000-*/summary.json")
+    summary.write_text("[" * 100_000 + "]" * 100_000)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["report", summary.parent.parent.name, "--out", "r.html"])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "r.html").read_text()
+    assert "summary.json" in html and "nested too deeply" in html

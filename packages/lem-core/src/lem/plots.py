@@ -166,7 +166,8 @@ def _timeline_plot(exp: ExperimentData) -> Plot:
     ]
     if not columns:
         return Plot(name, title, skipped="the timeline files have no power, temperature or clock column")
-    docs = {int(d.get("cycle", 0)): d for d in cycles(exp)}
+    # A cycle file whose number is damaged (null, text) is left out of the window shading, not fatal.
+    docs = {int(n): d for d in cycles(exp) if (n := number(d.get("cycle"))) is not None and n.is_integer()}
     devices = sorted({r.get("device", "") for _, rs in tls for r in rs})
     fig = _figure(9.0, 1.2 + 2.0 * len(columns))
     axes = fig.subplots(len(columns), 1, sharex=True, squeeze=False)[:, 0]

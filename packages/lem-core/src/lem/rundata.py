@@ -56,6 +56,9 @@ def read_doc(path: Path, problems: list[str]) -> dict[str, Any] | None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         problems.append(f"{path}: unreadable ({exc})")
         return None
+    except RecursionError:
+        problems.append(f"{path}: unreadable (JSON nested too deeply)")
+        return None
     if not isinstance(doc, dict):
         problems.append(f"{path}: not a JSON object")
         return None
