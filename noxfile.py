@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import shutil
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,21 @@ PACKAGES: dict[str, tuple[str, ...]] = {
 TEST_TOOLS = ("pytest", "hypothesis")
 
 
+def _llama_cpp_build_env() -> dict[str, str]:
+    """Compiler flags for building llama-cpp-python from source: the native CPU build without AMX.
+
+    On a CPU with AMX (Intel Sapphire Rapids and later) the native build repacks quantized weights for
+    llama.cpp's AMX kernels, which segfault in the first decode of a q8_0 or q4_k_m model
+    (ggml-org/llama.cpp#20824; seen on this project's CI machines). -mno-amx-* leaves every other native
+    feature on. pip's wheel cache ignores the flags: `pip cache remove llama_cpp_python` drops a wheel
+    built without them.
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return {}
+    flags = "-mno-amx-int8 -mno-amx-tile -mno-amx-bf16"
+    return {name: f"{os.environ.get(name, '')} {flags}".strip() for name in ("CFLAGS", "CXXFLAGS")}
+
+
 def _session(func: Callable[..., None] | None = None, **options: Any) -> Any:
     """`nox.session` whose virtualenv is removed when the session ends, unless it is being reused."""
 
@@ -63,7 +79,8 @@ def _session(func: Callable[..., None] | None = None, **options: Any) -> Any:
 
 def _install(session: nox.Session, *packages: str) -> None:
     """Install lem-core plus the given packages and the test tools, honouring constraints.txt."""
-    session.install(*CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS)
+    env = _llama_cpp_build_env() if any("llama" in p for p in packages) else {}
+    session.install(*CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS, env=env)
 
 
 @_session
@@ -114,8 +131,8 @@ def vllm(session: nox.Session) -> None:
 @_session
 def llamacpp(session: nox.Session) -> None:
     """llama.cpp backend tests and the pytorch/llama.cpp agreement test, llama.cpp running for real on the CPU."""
-    # llama-cpp-python ships no CPU wheel: pip builds it from source (~5 min on 2 cores) and keeps the wheel in
-    # its cache, so later sessions and runs on the same machine reuse it.
+    # llama-cpp-python ships no CPU wheel: pip builds it from source (~5 min on 2 cores, without AMX: see
+    # _llama_cpp_build_env) and keeps the wheel in its cache, so later sessions and runs on this machine reuse it.
     _install(session, "./packages/lem-backend-llamacpp[convert]", "./packages/lem-backend-pytorch")
     session.run("pytest", "packages/lem-backend-llamacpp/tests", "tests/test_backends_agree.py", "-q", *session.posargs)
 

@@ -38,3 +38,21 @@ def token_requests(n: int, length: int = 8, start: int = 10, arrival_ns: int | N
     return [
         Request(i, "", length, tuple(start + (5 * i + j) % 500 for j in range(length)), arrival_ns) for i in range(n)
     ]
+
+
+def refuse_amx_build() -> None:
+    """Fail (one test, not the run) where llama.cpp was built with its AMX kernels.
+
+    They segfault in the first decode of a q8_0 or q4_k_m model on AMX CPUs (ggml-org/llama.cpp#20824),
+    taking the whole pytest process with them; nox builds llama-cpp-python without them.
+    """
+    import llama_cpp
+    import pytest
+
+    if "AMX_INT8 = 1" in llama_cpp.llama_print_system_info().decode(errors="replace"):
+        pytest.fail(
+            "llama-cpp-python was built with llama.cpp's AMX kernels, which segfault on quantized models "
+            "(ggml-org/llama.cpp#20824): `pip cache remove llama_cpp_python`, then rebuild it through nox "
+            "(noxfile.py _llama_cpp_build_env)",
+            pytrace=False,
+        )

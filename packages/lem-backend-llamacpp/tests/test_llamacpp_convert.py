@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from llamacpp_helpers import load, make_config, serve, token_requests
+from llamacpp_helpers import load, make_config, refuse_amx_build, serve, token_requests
 
 from lem.errors import BackendError, ConfigError
 from lem_backend_llamacpp import convert
@@ -54,6 +54,8 @@ def test_each_kind_of_type_converts_loads_and_streams(quant: str, tmp_path: Path
     """f16/bf16/q8_0 are written by the gguf package; q4_k_m by llama.cpp's quantizer from the f32 file."""
     import gguf
 
+    if quant in ("q8_0", "q4_k_m"):
+        refuse_amx_build()
     config = make_config(
         "random:tiny-llama", generation=GEN, llamacpp={"quantization": quant, "cache_dir": str(tmp_path)}
     )

@@ -213,7 +213,8 @@ def test_an_interval_below_zero_of_a_non_negative_figure_is_flagged(tmp_path: Pa
     values = fig["values"]
     mean = sum(values) / 3
     sd = (sum((v - mean) ** 2 for v in values) / 2) ** 0.5
-    assert fig["ci95_low"] == pytest.approx(mean - 4.3027 * sd / 3**0.5)  # raw bound kept (t 0.975, df 2)
+    t = 0.95 / (2 * 0.975 * 0.025) ** 0.5  # t 0.975 with df 2, in closed form: (2p - 1) / sqrt(2p(1 - p))
+    assert fig["ci95_low"] == pytest.approx(mean - t * sd / 3**0.5)  # raw bound kept
     assert fig["ci95_low"] < 0 and fig["ci95_low_impossible"] is True
     summary = read_json(exp / "summary.json")
     assert "ttft_s.mean" in summary["flags"]["ci95_low_impossible"]

@@ -99,11 +99,10 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
             "pip install bitsandbytes",
             q.method,
         )
-    # An adapter path that does not exist is already the core's error: fix the path before installing peft.
-    adapter_missing = (
-        config.adapter is not None
-        and config.adapter.startswith(("/", ".", "~"))
-        and not (os.path.exists(os.path.expanduser(config.adapter)))
+    # An adapter path that does not exist, or a blank one, is already the core's error: fix it before installing peft.
+    adapter_missing = config.adapter is not None and (
+        not config.adapter.strip()
+        or (config.adapter.startswith(("/", ".", "~")) and not os.path.exists(os.path.expanduser(config.adapter)))
     )
     if config.adapter and not adapter_missing and not _installed("peft"):
         yield error(
