@@ -379,8 +379,8 @@ def test_aggregate_reproduces_every_new_figure(tmp_path: Path) -> None:
     assert written["figures"]["steady_state.j_per_output_token"]["mean"] is not None
     assert written["figures"]["energy.prefill_j_per_input_token"]["mean"] is not None
     # Each cycle's recorded blocks match their recomputation too.
-    from lem.results import cycle_timelines
     from lem.summary import compute_cycle
+    from lem.timelines import cycle_timelines
 
     setup = _read(exp / "setup.json")
     cycles = [_read(p) for p in sorted(exp.glob("cycle-*.json"))]

@@ -2,7 +2,8 @@
 
 Imports are kept inside the commands: ``lem --help`` must not import the
 plugins, torch or anything heavy. Errors a user can cause (:class:`LemError`)
-become one line on stderr and exit status 2.
+become one line on stderr and exit status 2. The results commands
+(``lem results ...``, ``lem report``) are in :mod:`lem.cli_results`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Any
 
 import click
 
 from lem import __version__
+from lem.cli_results import report, results
 from lem.errors import LemError
 
 
@@ -345,246 +347,8 @@ def config_expand(
         click.echo(f"{row['id']}  {values}".rstrip())
 
 
-@cli.group()
-def results() -> None:
-    """List, show and re-aggregate results."""
-
-
-@results.command("list")
-@click.argument("directory", default="results", type=click.Path(file_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def results_list(directory: str, as_json: bool) -> None:
-    """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
-    from pathlib import Path
-
-    from lem.campaign import table
-    from lem.errors import ResultsError
-    from lem.results import experiment_dirs, experiment_status
-
-    root = Path(directory)
-    if not root.is_dir():
-        raise ResultsError(f"{directory}: no such results directory (run `lem run FILE --out {directory}` first)")
-    rows = [experiment_status(d) for d in experiment_dirs(root)]
-    if as_json:
-        click.echo(json.dumps(rows, indent=2))
-    elif rows:
-        click.echo(table(rows))
-    else:
-        click.echo(f"{directory}: no results yet")
-
-
-def _results_dir(targets: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """The ``--dir`` option of the results commands: the directory their ``targets`` argument is relative to."""
-    verb = "are" if targets.endswith("S") else "is"
-    return click.option(
-        "--dir",
-        "directory",
-        default="results",
-        show_default=True,
-        type=click.Path(file_okay=False),
-        help=f"Results directory that {targets} {verb} relative to.",
-    )
-
-
-@results.command("show")
-@click.argument("target")
-@_results_dir("TARGET")
-def results_show(target: str, directory: str) -> None:
-    """Print the full summary (JSON) of TARGET: RUN_ID, RUN_ID/EXPERIMENT_ID or a path."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
-    from lem.results import experiment_dirs, read_json, resolve
-
-    docs = []
-    damaged = 0
-    names = ("summary.json", "failure.json", "interrupted.json", "setup.json")
-    for d in experiment_dirs(resolve(target, Path(directory))):
-        name = next((n for n in names if (d / n).exists()), None)
-        try:
-            docs.append(read_json(d / name) if name else {"experiment": str(d), "status": "not started"})
-        except ResultsError as exc:  # name the damaged file, show the rest
-            click.echo(f"lem: {exc}; skipped", err=True)
-            damaged += 1
-    if docs:
-        click.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
-    if damaged:
-        sys.exit(1)
-
-
-@results.command("aggregate")
-@click.argument("targets", nargs=-1)
-@_results_dir("TARGETS")
-@click.option(
-    "--pool",
-    "pool_out",
-    type=click.Path(dir_okay=False),
-    help="Also pool the cycles of all TARGETS into one summary written to this JSON file.",
-)
-@click.option("--allow-mixed-backends", is_flag=True, help="Allow pooling experiments run on different backends.")
-def results_aggregate(
-    targets: tuple[str, ...], directory: str, pool_out: str | None, allow_mixed_backends: bool
-) -> None:
-    """Recompute the summaries of TARGETS (runs or experiments; default: all of --dir) from their raw cycles."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
-    from lem.results import SHAPE_ERRORS, aggregate_experiment, damaged_file, experiment_dirs, pool, resolve, write_json
-
-    dirs = [d for t in targets or (directory,) for d in experiment_dirs(resolve(t, Path(directory)))]
-    if not dirs:
-        where = ", ".join(targets) or directory
-        raise ResultsError(f"{where}: no experiments found, nothing to aggregate (see `lem results list`)")
-    if pool_out:
-        pooled = pool(dirs, allow_mixed_backends=allow_mixed_backends)  # refuses mixed backends before writing
-    damaged = 0
-    for d in dirs:
-        if (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
-            timelines: list[str] = []
-            try:
-                aggregate_experiment(d, timelines)
-            except ResultsError as exc:  # a damaged file: name it, go on with the rest
-                click.echo(f"lem: {exc}; skipped", err=True)
-                damaged += 1
-                continue
-            except SHAPE_ERRORS as exc:
-                click.echo(f"lem: {damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
-                damaged += 1
-                continue
-            for line in timelines:
-                click.echo(f"lem: {d}/{line}", err=True)
-            click.echo(f"{d}/summary.json: recomputed")
-        else:
-            click.echo(f"{d}: no cycles, skipped", err=True)
-    if pool_out:
-        write_json(Path(pool_out), "pooled-summary", pooled)
-        click.echo(f"{pool_out}: {pooled['cycles']} cycles of {len(dirs)} experiments pooled")
-    if damaged:
-        sys.exit(1)
-
-
-@results.command("plot")
-@click.argument("directory", type=click.Path(file_okay=False, exists=True))
-@click.option(
-    "--kind",
-    "kinds",
-    multiple=True,
-    type=click.Choice(["pareto", "timeline", "cycles", "cdf"]),
-    help="Which plots (repeatable; default: all). pareto: J/output token against throughput, TTFT and TPOT "
-    "across a sweep; timeline: power, temperature and SM clock per cycle; cycles: per-cycle figures with "
-    "mean and 95% CI; cdf: latency CDFs.",
-)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write them (default DIR/plots).")
-@click.option(
-    "--format",
-    "formats",
-    multiple=True,
-    type=click.Choice(["png", "svg"]),
-    help="File format (repeatable; default png).",
-)
-def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, formats: tuple[str, ...]) -> None:
-    """Draw plots of the results in DIRECTORY (a run, an experiment or a results directory) with matplotlib."""
-    from pathlib import Path
-
-    from lem import plots
-    from lem.errors import ResultsError
-    from lem.rundata import read_run
-
-    run = read_run(Path(directory))
-    if not run.experiments:
-        raise ResultsError(f"{directory}: no experiments found (give a run directory, see `lem results list`)")
-    out = Path(out_dir) if out_dir else Path(directory) / "plots"
-    for kind in kinds or plots.KINDS:
-        for plot in plots.draw(kind, run):
-            if plot.skipped is not None:
-                click.echo(f"{kind}: {plot.name} not drawn: {plot.skipped}", err=True)
-                continue
-            for path in plots.save(plot, out, formats or ("png",)):
-                click.echo(str(path))
-
-
-@cli.command("report")
-@click.argument("target")
-@_results_dir("TARGET")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
-def report(target: str, directory: str, out_file: str | None) -> None:
-    """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
-    from lem.report import write_report
-    from lem.results import resolve
-    from lem.rundata import read_run
-
-    run_dir = resolve(target, Path(directory))
-    if not read_run(run_dir).experiments:
-        raise ResultsError(f"{target}: no experiments in {run_dir} (give a run directory, see `lem results list`)")
-    done = write_report(run_dir, Path(out_file) if out_file else None)
-    if not done.plots_available:
-        from lem.plots import INSTALL_HINT
-
-        click.echo(f"lem: {INSTALL_HINT} (the report was written without them)", err=True)
-    for line in done.skipped:
-        click.echo(f"not drawn: {line}", err=True)
-    click.echo(str(done.path))
-
-
-@results.command("compare")
-@click.argument("targets", nargs=-1, required=True)
-@_results_dir("TARGETS")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-@click.option("--strict", is_flag=True, help="Workload differences are errors (exit 1), not warnings.")
-def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, strict: bool) -> None:
-    """Compare TARGETS side by side (run ids, RUN_ID/EXPERIMENT_ID or paths; a run expands to its experiments).
-
-    Headline figures with 95% CIs and the ratio to the first; a difference is
-    "resolved" by Welch's two-sided t-test at 5% on per-cycle values. Warns when
-    the workloads differ (model, precision, prompt-set digest, token counts,
-    output digests).
-    """
-    from pathlib import Path
-
-    from lem.compare import compare, gather, render
-
-    entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
-    result = compare(entries)
-    if strict and result["warnings"]:
-        for line in result["warnings"]:
-            click.echo(f"lem: error: {line} (--strict)", err=True)
-        sys.exit(1)
-    if as_json:
-        click.echo(json.dumps(result, indent=2))
-    else:
-        from rich.console import Console
-
-        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
-        Console(width=width).print(render(result))
-    for line in result["warnings"]:
-        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
-
-
-@results.command("export")
-@click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
-@click.option(
-    "--level",
-    type=click.Choice(["experiment", "cycle", "request"]),
-    default="experiment",
-    show_default=True,
-    help="One row per experiment, per cycle or per request.",
-)
-@click.option(
-    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
-)
-def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
-    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
-    from pathlib import Path
-
-    from lem.export import export
-
-    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
-    if out_file:
-        click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
+cli.add_command(results)
+cli.add_command(report)
 
 
 def main() -> None:

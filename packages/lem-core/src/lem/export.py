@@ -157,8 +157,8 @@ def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
-    from lem.results import cycle_timelines
     from lem.summary import HEADLINE, compute_cycle, dig
+    from lem.timelines import cycle_timelines
 
     rows = []
     for setup, raw, path in _cycles(exp_dir, warn):

@@ -14,9 +14,7 @@ from ``setup.json`` and the cycle files.
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import json
 import math
 import os
@@ -28,6 +26,7 @@ from typing import Any
 
 from lem.errors import DiskFull, ResultsError
 from lem.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
+from lem.timelines import cycle_timelines, timeline_csv, timeline_path
 
 __all__ = [
     "HEADLINE",
@@ -170,119 +169,9 @@ def read_json_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any]
         return None
 
 
-def timeline_csv(rows: Sequence[Mapping[str, Any]]) -> str:
-    """A meter's timeline as CSV text: ``t_s``, ``device``, then every other column seen."""
-    columns = ["t_s", "device"]
-    for row in rows:
-        columns += [k for k in row if k not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, restval="", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write a meter's timeline as CSV (see :func:`timeline_csv`)."""
+    """Write a meter's timeline as CSV (see :func:`lem.timelines.timeline_csv`)."""
     write_atomic(path, timeline_csv(rows))
-
-
-def _cell(text: str) -> Any:
-    """A timeline CSV cell as a value: int, float, text; empty is ``None``."""
-    if text == "":
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_timeline(text: str) -> list[dict[str, Any]]:
-    """Timeline rows from the text of a ``timeline-NNN.csv`` (cells typed by :func:`_cell`).
-
-    :raises ValueError: for a row with more cells than the header has columns.
-    """
-    rows = []
-    for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-        if None in row:  # csv.DictReader files the cells beyond the header under None
-            raise ValueError(f"line {n}: more cells than the header has columns")
-        rows.append({k: _cell(v) for k, v in row.items()})
-    return rows
-
-
-#: Timeline columns named with a unit (``power_w``, ``temperature_c``, ``sm_clock_mhz``, ...) hold numbers
-#: (or are empty where a device offers no reading).
-MEASURED_SUFFIXES = ("_s", "_w", "_j", "_c", "_pct", "_mib", "_mhz")
-
-
-def read_timeline(path: Path) -> list[dict[str, Any]] | None:
-    """The rows of a ``timeline-NNN.csv``, or ``None`` when there is none.
-
-    A file that is not readable CSV text (binary garbage, cut in a multi-byte
-    character), has a row with more cells than its header or without a finite
-    numeric ``t_s``, or text, NaN or infinity in a column named with a unit
-    (:data:`MEASURED_SUFFIXES`), is a :class:`ResultsError` naming it.
-    """
-    if not path.exists():
-        return None
-    try:
-        rows = parse_timeline(path.read_text(encoding="utf-8"))
-        for n, row in enumerate(rows, start=2):
-            if "t_s" not in row:
-                raise ValueError("no t_s column")
-            for key, value in row.items():
-                must = key == "t_s" or (value is not None and str(key).endswith(MEASURED_SUFFIXES))
-                # float() reads "nan" and "inf" too: no meter gives them, so the file is damaged.
-                if must and (not isinstance(value, (int, float)) or not math.isfinite(value)):
-                    raise ValueError(f"line {n}: {key} = {value!r} is not a number")
-        return rows
-    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        raise ResultsError(
-            f"{path.name}: damaged meter timeline ({type(exc).__name__}: {exc}); the steady-state, step-energy"
-            f" and thermal figures of that cycle need it (the raw file is {path})"
-        ) from None
-
-
-def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Timeline rows as :func:`read_timeline` gives them back once written: figures computed in the run
-    from these equal those that ``lem results aggregate`` recomputes from the file."""
-    return parse_timeline(timeline_csv(rows))
-
-
-def timeline_path(exp_dir: Path, cycle: Any) -> Path:
-    """The ``timeline-NNN.csv`` of cycle number ``cycle`` (as its cycle file's ``cycle`` holds it).
-
-    :raises ValueError: for a ``cycle`` that is not a cycle number (a damaged cycle file).
-    """
-    number = int(cycle)
-    if isinstance(cycle, bool) or not 0 <= number < 10**6:
-        raise ValueError(f"cycle {cycle!r} is not a cycle number")
-    return exp_dir / f"timeline-{number:03d}.csv"
-
-
-def cycle_timelines(
-    exp_dir: Path, cycles: Sequence[Mapping[str, Any]], damaged: list[str] | None = None
-) -> dict[int, list[dict[str, Any]]]:
-    """``{cycle: rows}`` of the cycles' ``timeline-NNN.csv`` files that exist.
-
-    A damaged timeline is left out, so only the figures it gives are ``null``
-    (with the reason that there is no timeline); its one-line description is
-    appended to ``damaged`` when given, else the error is raised.
-    """
-    out = {}
-    for c in cycles:
-        try:
-            rows = read_timeline(timeline_path(exp_dir, c["cycle"]))
-        except ResultsError as exc:
-            if damaged is None:
-                raise
-            damaged.append(f"{exc} (its figures are null)")
-            continue
-        if rows is not None:
-            out[int(c["cycle"])] = rows
-    return out
 
 
 def remove_stale_temporaries(directory: Path) -> None:
@@ -430,8 +319,8 @@ def resolve(target: str, results_dir: Path) -> Path:
 
 
 def _toml(path: Path) -> dict[str, Any]:
+    from lem.documents import read_toml
     from lem.errors import ConfigError
-    from lem.loading import read_toml
 
     try:
         return read_toml(path)

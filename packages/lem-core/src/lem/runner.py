@@ -31,8 +31,9 @@ from lem.metrics import device_key, peak_total_power, request_metrics
 from lem.passes import prefill_config, serve, serve_passes
 from lem.phases import LoadPhases
 from lem.progress import Progress
-from lem.results import as_written, flat_config, write_json, write_timeline
+from lem.results import flat_config, write_json, write_timeline
 from lem.summary import compute_cycle, summarize, traces_to_json
+from lem.timelines import as_written
 from lem.types import EnergyMeter, EnergyWindow, LoadedModel
 
 NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"

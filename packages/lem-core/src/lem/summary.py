@@ -123,7 +123,7 @@ def compute_cycle(
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup.
 
-    ``timeline`` is the cycle's meter timeline (``timeline-NNN.csv`` as :func:`lem.results.read_timeline`
+    ``timeline`` is the cycle's meter timeline (``timeline-NNN.csv`` as :func:`lem.timelines.read_timeline`
     gives it): the steady-state energy, the energy per step and the thermal context come from it.
     """
     traces = traces_from_json(raw["requests"])
