@@ -170,12 +170,22 @@ def test_values_out_of_range(tmp_path, toml, key):
     assert any(key in line for line in lines), lines
 
 
+def _uninstalled_backend() -> str:
+    """A backend the project publishes that this environment lacks (each nox session installs a few)."""
+    from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names
+
+    missing = [n for n, d in KNOWN_DISTRIBUTIONS.items() if d.startswith("lem-backend-") and n not in backend_names()]
+    if not missing:
+        pytest.skip("every published backend is installed here")
+    return missing[0]
+
+
 def test_unknown_backend_lists_installed_and_names_distribution(tmp_path):
-    # tensorrt is a known distribution with no entry point yet, so it is never installed.
-    [line] = problems_of(write(tmp_path, 'model = "m"\nbackend = "tensorrt"\n'))
-    assert "backend = 'tensorrt'" in line
+    name = _uninstalled_backend()
+    [line] = problems_of(write(tmp_path, f'model = "m"\nbackend = "{name}"\n'))
+    assert f"backend = '{name}'" in line
     assert "installed: " in line and "fakeback" in line.split("installed: ")[1]
-    assert "pip install lem-backend-tensorrt" in line
+    assert f"pip install lem-backend-{name}" in line
 
 
 def test_misspelled_backend_gets_did_you_mean(tmp_path):
@@ -190,11 +200,30 @@ def test_unknown_meter(tmp_path):
 
 
 def test_section_of_uninstalled_backend_is_a_warning(tmp_path):
-    loaded = load(write(tmp_path, 'model = "m"\n[tensorrt]\nmax_batch_size = 8\n'))
-    assert [w.path for w in loaded.warnings] == ["tensorrt"]
-    assert "pip install lem-backend-tensorrt" in loaded.warnings[0].format()
+    name = _uninstalled_backend()
+    loaded = load(write(tmp_path, f'model = "m"\n[{name}]\nmax_batch_size = 8\n'))
+    assert [w.path for w in loaded.warnings] == [name]
+    assert f"pip install lem-backend-{name}" in loaded.warnings[0].format()
     # The table is passed through untouched for its backend.
-    assert loaded.experiments[0].config.options_for("tensorrt") == {"max_batch_size": 8}
+    assert loaded.experiments[0].config.options_for(name) == {"max_batch_size": 8}
+
+
+def test_every_published_plugin_is_known_by_its_distribution():
+    """Each packages/* distribution's entry points are in KNOWN_DISTRIBUTIONS, so a config naming one that is
+    not installed says what to install."""
+    from lem.documents import read_toml
+    from lem.plugins import KNOWN_DISTRIBUTIONS
+
+    root = Path(__file__).resolve().parents[2]
+    published = {}
+    for pyproject in root.glob("lem-*/pyproject.toml"):
+        project = read_toml(pyproject)["project"]
+        for name in project.get("entry-points", {}).get("lem", {}):
+            if project["name"] != "lem-core":
+                published[name] = project["name"]
+    if not published:
+        pytest.skip("not run from a checkout of the repository")
+    assert published == KNOWN_DISTRIBUTIONS
 
 
 def test_unknown_preset(tmp_path):

@@ -33,6 +33,7 @@ KNOWN_DISTRIBUTIONS = {
     "vllm": "lem-backend-vllm",
     "tensorrt": "lem-backend-tensorrt",
     "llamacpp": "lem-backend-llamacpp",
+    "server": "lem-backend-server",
     "nvml": "lem-energy-nvml",
     "rapl": "lem-energy-rapl",
     "codecarbon": "lem-energy-codecarbon",
