@@ -95,8 +95,17 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
 
 
 def mean(values: Sequence[float]) -> float:
-    """Arithmetic mean (``fsum``, so long sums of small latencies stay exact)."""
-    return math.fsum(values) / len(values)
+    """Arithmetic mean (``fsum``, so long sums of small latencies stay exact), corrected once.
+
+    ``fsum / n`` rounds twice: n copies of x can average to x +- 1 ulp, and then
+    show a spread (std ~1e-17 x, a Welch t of 1e16 between two constant figures
+    instead of an exact difference). One correction step, by the residual
+    sum(values) - n m rounded once by ``fsum``, gives x back exactly, and
+    otherwise a mean within an ulp of the exact one.
+    """
+    n = len(values)
+    m = math.fsum(values) / n
+    return m + math.fsum([*values, *[-m] * n]) / n
 
 
 def std(values: Sequence[float]) -> float | None:
