@@ -40,6 +40,18 @@ def _key(exp_dir: Path) -> str:
     return f"{exp_dir.parent.name}/{exp_dir.name}"
 
 
+def _identity(exp_dir: Path, setup: Mapping[str, Any]) -> dict[str, Any]:
+    """``key``, ``run_id``, ``experiment_id`` as the files record them (as the summary's ``key``).
+
+    A run directory copied or renamed keeps its recorded identity, so cycle and
+    request rows join the experiment row on ``key``; the directory names stand
+    in only where setup.json lacks them.
+    """
+    run_id = setup.get("run_id") if isinstance(setup.get("run_id"), str) else exp_dir.parent.name
+    exp_id = setup.get("experiment_id") if isinstance(setup.get("experiment_id"), str) else exp_dir.name
+    return {"key": f"{run_id}/{exp_id}", "run_id": run_id, "experiment_id": exp_id}
+
+
 def _doc(exp_dir: Path, name: str, warn: Warn) -> dict[str, Any] | None:
     from lem.results import read_json_or_warn
 
@@ -174,9 +186,7 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
             warn(line)
         block = {"metrics": metrics, "energy": energy}
         row: dict[str, Any] = {
-            "key": _key(exp_dir),
-            "run_id": exp_dir.parent.name,
-            "experiment_id": exp_dir.name,
+            **_identity(exp_dir, setup),
             "cycle": raw.get("cycle"),
             "requests": metrics["requests"],
             "completed_requests": metrics["completed_requests"],
@@ -201,7 +211,7 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     from lem.summary import traces_from_json
 
     rows = []
-    for _, raw, path in _cycles(exp_dir, warn):
+    for setup, raw, path in _cycles(exp_dir, warn):
         try:
             raw_rows = {int(r["id"]): r for r in raw["requests"]}
             metrics = [request_metrics(trace) for trace in traces_from_json(raw["requests"])]
@@ -212,9 +222,7 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
         for m in metrics:
             rows.append(
                 {
-                    "key": _key(exp_dir),
-                    "run_id": exp_dir.parent.name,
-                    "experiment_id": exp_dir.name,
+                    **_identity(exp_dir, setup),
                     "cycle": raw.get("cycle"),
                     "request": m["id"],
                     "input_tokens": m["input_tokens"],
