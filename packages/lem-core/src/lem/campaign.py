@@ -320,7 +320,10 @@ def check_meters(experiments: Sequence[Experiment], pythons: Mapping[str, str]) 
         meter.close()
 
 
-def _interrupted(exp: Experiment, exp_dir: Path, run_id: str) -> None:
+def _interrupted(exp: Experiment, exp_dir: Path, run_id: str) -> bool:
+    """Record the interruption of ``exp``; ``False`` if it had finished (its summary written) first."""
+    if (exp_dir / "summary.json").exists():  # the Ctrl-C came as the worker reported: nothing to redo
+        return False
     # Recorded so that `lem results list` says "interrupted", not "incomplete"; a resume redoes it.
     if exp_dir.is_dir():
         write_json(
@@ -334,6 +337,7 @@ def _interrupted(exp: Experiment, exp_dir: Path, run_id: str) -> None:
                 "interrupted_unix": time.time(),
             },
         )
+    return True
 
 
 def _record_failure(exp: Experiment, exp_dir: Path, run_id: str, outcome: Outcome) -> None:
@@ -396,9 +400,9 @@ def _run_locked(
             if not outcome.ok and (outcome.reason or "").startswith("KeyboardInterrupt"):
                 raise KeyboardInterrupt  # the worker saw the Ctrl-C first
         except KeyboardInterrupt:
-            _interrupted(exp, exp_dir, run_id)
+            what = "stopped" if _interrupted(exp, exp_dir, run_id) else "had finished"
             raise Interrupted(
-                f"interrupted: experiment {exp.id} of run {run_id} stopped; finished experiments are kept"
+                f"interrupted: experiment {exp.id} of run {run_id} {what}; finished experiments are kept"
                 f" (continue with `lem run {loaded.source} --resume {run_id} --out {run_dir.parent}`)"
             ) from None
         if not outcome.ok:

@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 @click.group()
@@ -107,7 +110,14 @@ def results_aggregate(
         pooled = pool(dirs, allow_mixed_backends=allow_mixed_backends)  # refuses mixed backends before writing
     damaged = 0
     for d in dirs:
-        if (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
+        short = _cut_short(d)
+        if short is not None:  # its summary would make `lem results list` say ok and --resume skip it
+            click.echo(
+                f"lem: {d}: did not finish ({short}); skipped, no summary written"
+                f" (`lem run FILE --resume {d.parent.name}` runs it again)",
+                err=True,
+            )
+        elif (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
             timelines: list[str] = []
             try:
                 aggregate_experiment(d, timelines)
@@ -129,6 +139,24 @@ def results_aggregate(
         click.echo(f"{pool_out}: {pooled['cycles']} cycles of {len(dirs)} experiments pooled")
     if damaged:
         sys.exit(1)
+
+
+def _cut_short(exp_dir: Path) -> str | None:
+    """How an experiment without a summary stopped partway (killed, interrupted, failed); ``None`` if it did not.
+
+    A run killed while it wrote the summary has all its cycles: that one is aggregated.
+    """
+    from lem.errors import ResultsError
+    from lem.precision import unfinished
+    from lem.results import SHAPE_ERRORS, cycle_paths, read_json, read_setup
+
+    if (exp_dir / "summary.json").exists() or not (exp_dir / "setup.json").exists():
+        return None
+    try:
+        config = read_setup(exp_dir).get("config")
+        return unfinished(config, [read_json(p) for p in cycle_paths(exp_dir)]) if isinstance(config, dict) else None
+    except (ResultsError, *SHAPE_ERRORS):  # a damaged file: the aggregation names it
+        return None
 
 
 @results.command("plot")

@@ -83,3 +83,23 @@ def precision_block(config: Mapping[str, Any], blocks: Sequence[Mapping[str, Any
         "rel_ci95": rels,
         "note": note,
     }
+
+
+def unfinished(config: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the runner would not have stopped after ``blocks`` (an experiment cut short); ``None`` if it would.
+
+    The runner's stop rule replayed: ``measurement.cycles`` cycles, or under a precision target the first
+    count (at least ``cycles``) at which it held, else the cycle limit. A config without ``cycles`` (an
+    old result) cannot tell, and counts as finished.
+    """
+    cycles = config.get("measurement.cycles")
+    if not isinstance(cycles, int):
+        return None
+    target = config.get("measurement.target_rel_ci")
+    if target is None:
+        return None if len(blocks) >= cycles else f"{len(blocks)} of {cycles} cycles"
+    limit = config.get("measurement.max_cycles") or max(20, 10 * cycles)
+    block = precision_block(config, blocks)
+    if len(blocks) >= limit or (block is not None and block["met_after_cycles"] is not None):
+        return None
+    return f"{len(blocks)} cycles, neither the precision target met nor the limit of {limit} reached"

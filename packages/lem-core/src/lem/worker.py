@@ -110,12 +110,17 @@ def _exit_with_parent(fd: int) -> None:
 def main() -> None:
     """``python -m lem.worker FD``: read the job (pickle) from stdin, report on file descriptor FD."""
     report = os.fdopen(int(sys.argv[1]), "w", buffering=1, encoding="utf-8")
-    exp, exp_dir, run_id, quiet, prefix, carried, validate = pickle.load(sys.stdin.buffer)
-    _exit_with_parent(sys.stdin.fileno())
+    try:
+        exp, exp_dir, run_id, quiet, prefix, carried, validate = pickle.load(sys.stdin.buffer)
+    except (EOFError, pickle.UnpicklingError):  # the campaign died before it handed the whole job over
+        sys.exit(70)
     last = [0.0]
 
     def send(*msg: Any) -> None:
-        report.write(json.dumps(msg) + "\n")
+        try:
+            report.write(json.dumps(msg) + "\n")
+        except BrokenPipeError:  # the campaign is gone (killed): nobody reads the report any more
+            pass
 
     def beat() -> None:
         now = time.monotonic()
@@ -124,6 +129,7 @@ def main() -> None:
             send("beat")
 
     try:
+        _exit_with_parent(sys.stdin.fileno())  # in the try: the campaign may already be gone
         _register(carried)
         if validate:
             _validate_here(exp)
@@ -144,7 +150,10 @@ def main() -> None:
         send("error", failure_reason(exc), traceback.format_exc())
     finally:
         _state["done"] = True
-        report.close()
+        try:
+            report.close()
+        except BrokenPipeError:  # a report line still buffered for a campaign that is gone
+            pass
 
 
 def failure_reason(exc: BaseException) -> str:
