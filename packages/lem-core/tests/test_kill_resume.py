@@ -101,3 +101,22 @@ def test_the_stop_rule_replayed_tells_a_finished_experiment_from_a_cut_short_one
     assert unfinished(target, spread) == "3 cycles, neither the precision target met nor the limit of 4 reached"
     assert unfinished(target, [*spread, *blocks(30)]) is None  # the cycle limit
     assert unfinished({}, blocks(10)) is None  # an old result without the key: cannot tell
+
+
+def test_sigterm_interrupts_like_ctrl_c_and_the_run_resumes(tmp_path: Path) -> None:
+    """A batch scheduler's stop (SIGTERM to `lem run` alone): recorded as an interruption, exit 130, resumable."""
+    (tmp_path / "slow.toml").write_text(TWO_CYCLES)
+    proc = start(tmp_path, "slow.toml", "--out", "out")
+    try:
+        wait_for("out/*/exp/cycle-001.json", tmp_path)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "interrupted: experiment exp" in err and "--resume" in err, err[-3000:]
+    [exp_dir] = (tmp_path / "out").glob("*/exp")
+    doc = json.loads((exp_dir / "interrupted.json").read_text())
+    assert "SIGTERM" in doc["reason"] and doc["cycles_written"] == 1
+    resumed = lem(tmp_path, "run", "slow.toml", "--out", "out", "--resume", exp_dir.parent.name)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (exp_dir / "summary.json").exists() and not (exp_dir / "interrupted.json").exists()

@@ -332,7 +332,7 @@ def _interrupted(exp: Experiment, exp_dir: Path, run_id: str) -> bool:
             {
                 "experiment_id": exp.id,
                 "run_id": run_id,
-                "reason": "interrupted by the user (Ctrl-C / SIGINT)",
+                "reason": "interrupted (Ctrl-C / SIGINT, or SIGTERM)",
                 "cycles_written": len(list(exp_dir.glob("cycle-*.json"))),
                 "interrupted_unix": time.time(),
             },

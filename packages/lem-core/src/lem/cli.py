@@ -214,6 +214,7 @@ def run(
     """Run the experiment(s) in FILE and write results under --out."""
     from lem.campaign import run_campaign
 
+    _stop_on_sigterm()
     interpreters = _interpreters(pythons, in_process)
     ray = _ray_options(ray_address, in_process, **ray_args)
     loaded = _load(file, preset, overrides, model, backend, external_backends=interpreters)
@@ -231,6 +232,18 @@ def run(
     )
     if not ok:
         sys.exit(1)
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a batch scheduler's stop, `kill`) interrupts the run as Ctrl-C does: the experiment in
+    progress is recorded as interrupted, finished ones are kept, and the run can be resumed."""
+    import signal
+
+    def interrupt(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # once: a second one must not break the clean-up
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _pairs(option: str, values: tuple[str, ...], convert: Any) -> dict[str, Any]:

@@ -104,6 +104,7 @@ def _exit_with_parent(fd: int) -> None:
         os._exit(70)
 
     signal.signal(signal.SIGINT, _interrupt_once)
+    signal.signal(signal.SIGTERM, _interrupt_once)  # a SIGTERM to the process group closes engines too
     threading.Thread(target=watch, daemon=True, name="lem-parent-watch").start()
 
 
