@@ -176,28 +176,34 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not (NVML_TESTS / "fake_pynvml.py").is_file() or importlib.util.find_spec("lem_energy_nvml") is None:
         pytest.skip("needs lem-energy-nvml and its fake pynvml (packages/lem-energy-nvml/tests)")
     root = tmp_path_factory.mktemp("recompute")
+    return run_side_by_side(root, {"base": BASE, "precision": PRECISION}, "res")
+
+
+def run_side_by_side(root: Path, tomls: Mapping[str, str], out_prefix: str) -> dict[str, Path]:
+    """``{name: experiment dir}``: one real ``lem run NAME.toml --out OUT_PREFIX-NAME`` per file, side by side,
+    with the fake pynvml on the path (two GPUs) and a model cache of its own each."""
     shim = root / "shim"
-    shim.mkdir()
+    shim.mkdir(exist_ok=True)
     (shim / "pynvml.py").write_text(FAKE_PYNVML)
     procs = {}
-    for name, body in (("base", BASE), ("precision", PRECISION)):
+    for name, body in tomls.items():
         (root / f"{name}.toml").write_text(body)
         env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
         env.update(
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_VERBOSITY="error",
-            LEM_CACHE_DIR=str(root / f"cache-{name}"),  # two runs build the tiny model at once: no shared cache
+            LEM_CACHE_DIR=str(root / f"cache-{name}"),  # runs build the tiny model at once: no shared cache
             PYTHONPATH=os.pathsep.join([str(shim), str(NVML_TESTS), os.environ.get("PYTHONPATH", "")]),
         )
-        cmd = [sys.executable, "-m", "lem", "run", f"{name}.toml", "--out", f"res-{name}", "--quiet", "--no-report"]
+        cmd = [sys.executable, "-m", "lem", "run", f"{name}.toml", "--out", f"{out_prefix}-{name}", "--quiet"]
         procs[name] = subprocess.Popen(
-            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [*cmd, "--no-report"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
     out = {}
     for name, proc in procs.items():
         stdout, stderr = proc.communicate(timeout=300)
         assert proc.returncode == 0, f"lem run {name}.toml failed:\n{stdout[-2000:]}\n{stderr[-3000:]}"
-        [exp] = (root / f"res-{name}").glob("*/exp")
+        [exp] = (root / f"{out_prefix}-{name}").glob("*/exp")
         out[name] = exp
     return out
 

@@ -30,7 +30,6 @@ from typing import Any
 
 import pytest
 from test_recompute import (
-    FAKE_PYNVML,
     NVML_TESTS,
     across_cycles,
     cycle_figures,
@@ -40,6 +39,7 @@ from test_recompute import (
     read_experiment,
     recompute,
     request_figures,
+    run_side_by_side,
     slo_of,
     t975,
 )
@@ -121,30 +121,12 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not (NVML_TESTS / "fake_pynvml.py").is_file():
         pytest.skip("needs lem-energy-nvml's fake pynvml (packages/lem-energy-nvml/tests)")
     root = tmp_path_factory.mktemp("compare-export")
-    (root / "shim").mkdir()
-    (root / "shim" / "pynvml.py").write_text(FAKE_PYNVML)
-    procs = {}
-    for name, values in VARIANTS.items():
-        (root / f"{name}.toml").write_text(TEMPLATE.format(**values))
-        env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-        env.update(
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_VERBOSITY="error",
-            LEM_CACHE_DIR=str(root / f"cache-{name}"),
-            PYTHONPATH=os.pathsep.join([str(root / "shim"), str(NVML_TESTS), os.environ.get("PYTHONPATH", "")]),
-        )
-        cmd = [sys.executable, "-m", "lem", "run", f"{name}.toml", "--out", f"out-{name}", "--quiet", "--no-report"]
-        procs[name] = subprocess.Popen(
-            cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-    out = {}
-    for name, proc in procs.items():
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, f"lem run {name}.toml failed:\n{stdout[-2000:]}\n{stderr[-3000:]}"
-        [exp] = (root / f"out-{name}").glob("*/exp")
-        # One results directory holding the three runs: what `export` reads.
-        out[name] = Path(shutil.move(exp.parent, root / "results" / exp.parent.name)) / "exp"
-    return out
+    made = run_side_by_side(root, {name: TEMPLATE.format(**values) for name, values in VARIANTS.items()}, "out")
+    # One results directory holding the three runs: what `export` reads.
+    (root / "results").mkdir(exist_ok=True)
+    return {
+        name: Path(shutil.move(exp.parent, root / "results" / exp.parent.name)) / "exp" for name, exp in made.items()
+    }
 
 
 # --- the raw facts of one experiment -----------------------------------------------------------------
