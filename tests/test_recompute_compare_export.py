@@ -430,14 +430,17 @@ def experiment_expected(f: Mapping[str, Any]) -> dict[str, Any]:
 STATS = ("mean", "std", "ci95_low", "ci95_high")
 
 
+def identity(f: Mapping[str, Any]) -> dict[str, Any]:
+    """A cycle or request row's ``key``, ``run_id`` and ``experiment_id``: the experiment's, from setup.json."""
+    return {"key": f["key"], "run_id": f["setup"]["run_id"], "experiment_id": f["setup"]["experiment_id"]}
+
+
 def cycle_expected(f: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for cycle, pc in zip(f["cycles"], f["per_cycle"], strict=True):
         rows.append(
             {
-                "key": f["key"],
-                "run_id": f["setup"]["run_id"],
-                "experiment_id": f["setup"]["experiment_id"],
+                **identity(f),
                 "cycle": cycle["cycle"],
                 "requests": pc["requests"],
                 "completed_requests": sum(r["completed"] for r in pc["per"]),
@@ -463,9 +466,7 @@ def request_expected(f: Mapping[str, Any]) -> list[dict[str, Any]]:
             m = request_figures(r)
             rows.append(
                 {
-                    "key": f["key"],
-                    "run_id": f["setup"]["run_id"],
-                    "experiment_id": f["setup"]["experiment_id"],
+                    **identity(f),
                     "cycle": cycle["cycle"],
                     "request": r["id"],
                     "input_tokens": m["input"],

@@ -116,6 +116,14 @@ class TrafficConfig:
     concurrency: int | None = None
 
 
+def cycle_limit(cycles: int, target_rel_ci: float | None, max_cycles: int | None) -> int:
+    """The most cycles an experiment runs: ``cycles``, or up to ``max_cycles`` under a precision target
+    (default ``max(20, 10 * cycles)``)."""
+    if target_rel_ci is None:
+        return cycles
+    return max_cycles if max_cycles is not None else max(20, 10 * cycles)
+
+
 @attrs.frozen
 class MeasurementConfig:
     """``[measurement]``: warm-up, cycles, idle baseline and energy metering."""
@@ -156,10 +164,8 @@ class MeasurementConfig:
 
     @property
     def cycle_limit(self) -> int:
-        """The most cycles this experiment runs: ``cycles``, or up to ``max_cycles`` under a precision target."""
-        if self.target_rel_ci is None:
-            return self.cycles
-        return self.max_cycles if self.max_cycles is not None else max(20, 10 * self.cycles)
+        """The most cycles this experiment runs (see :func:`cycle_limit`)."""
+        return cycle_limit(self.cycles, self.target_rel_ci, self.max_cycles)
 
     @property
     def energy_meters(self) -> tuple[str, ...]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lem.config import cycle_limit
 from lem.stats import interval
 
 #: The figures a precision target applies to: name in the summary -> path in a cycle's blocks.
@@ -98,7 +99,7 @@ def unfinished(config: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -
     target = config.get("measurement.target_rel_ci")
     if target is None:
         return None if len(blocks) >= cycles else f"{len(blocks)} of {cycles} cycles"
-    limit = config.get("measurement.max_cycles") or max(20, 10 * cycles)
+    limit = cycle_limit(cycles, target, config.get("measurement.max_cycles"))
     block = precision_block(config, blocks)
     if len(blocks) >= limit or (block is not None and block["met_after_cycles"] is not None):
         return None
