@@ -170,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from lem.campaign import run_campaign
-    from lem.loading import load
+    from lem.campaign.loop import run_campaign
+    from lem.configfile.loading import load
 
     out = Path(args.out or tempfile.mkdtemp(prefix="lem-precision-"))
     results = []

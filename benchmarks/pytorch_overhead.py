@@ -44,7 +44,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 def make_config(args: argparse.Namespace, batch_size: int, preset: str | None = None) -> Any:
     """The benchmark's experiment config (``--compile`` included), optionally on top of a preset."""
-    from lem.loading import config_from_dict, deep_merge, presets
+    from lem.configfile.loading import config_from_dict, deep_merge, presets
 
     doc: dict[str, Any] = {
         "model": args.model,
@@ -215,7 +215,7 @@ def roofline(model: Any, precision: str, batch_size: int, input_len: int, output
 
 def ratio_summary(numerator: list[float], denominator: list[float]) -> dict[str, Any]:
     """Per-repeat throughput ratios: median, geometric mean with its Student-t 95% CI, range."""
-    from lem.stats import interval
+    from lem.figures.stats import interval
 
     ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
     logs = interval([math.log(r) for r in ratios])

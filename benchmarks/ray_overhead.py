@@ -20,9 +20,9 @@ import ray
 from ray.cluster_utils import Cluster
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.distributed import RayOptions
-from lem.loading import LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.campaign.ray_executor import RayOptions
+from lem.configfile.loading import LoadedFile
 from lem.testing import registered
 
 TABLES = {

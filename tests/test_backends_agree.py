@@ -130,7 +130,7 @@ def _min_logit_gap(model_dir: Path, result: dict[str, Any]) -> float:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from lem.loading import config_from_dict
+    from lem.configfile.loading import config_from_dict
     from lem.prompts import load_prompts
 
     config = config_from_dict(experiment(model_dir, "pytorch"))

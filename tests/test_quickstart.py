@@ -7,7 +7,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from lem.loading import load_one
+from lem.configfile.loading import load_one
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -344,7 +344,7 @@ def latencies(per: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def flops(cfg: Mapping[str, Any], sizes: Sequence[tuple[int, int]]) -> int:
-    """Forward FLOPs of (input, output) requests: the analytical count documented in lem/flops.py's docstring.
+    """Forward FLOPs of (input, output) requests: the analytical count documented in lem/figures/flops.py's docstring.
 
     A matmul m x k by k x n costs 2mkn. Per token and layer: Q, K, V, O projections (grouped-query) and a
     gated MLP (Llama: gate, up, down); causal attention 4 x heads x head_dim per context position; the LM head

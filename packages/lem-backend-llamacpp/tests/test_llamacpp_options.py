@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from llamacpp_helpers import load, make_config, serve, token_requests
 
+from lem.configfile.loading import config_from_dict, structure
 from lem.errors import BackendError, ConfigError
-from lem.loading import config_from_dict, structure
 from lem.plugins import get_plugin_manager
 from lem_backend_llamacpp import options
 

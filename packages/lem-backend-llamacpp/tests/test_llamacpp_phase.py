@@ -7,8 +7,8 @@ from pathlib import Path
 
 from llamacpp_helpers import make_config
 
-from lem.campaign import run_campaign
-from lem.loading import Experiment, LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import Experiment, LoadedFile
 
 
 def _setup(out: Path, cache: Path) -> dict:

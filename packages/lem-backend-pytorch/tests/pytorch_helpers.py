@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lem.loading import config_from_dict
+from lem.configfile.loading import config_from_dict
 from lem.phases import unmetered
 from lem.plugins import get_plugin_manager
 from lem.types import LoadedModel, Request, TokenEvent

@@ -256,7 +256,7 @@ max_batch_tokens = 256
 
 
 def _problems(**tables: Any) -> list[Any]:
-    from lem.loading import structure, validate
+    from lem.configfile.loading import structure, validate
 
     doc = {"model": "random:tiny-llama", "pytorch": {"engine": "continuous", "continuous": dict(CACHE)}}
     for key, value in tables.items():

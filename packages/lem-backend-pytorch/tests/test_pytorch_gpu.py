@@ -47,13 +47,13 @@ def test_batch_streams_per_token_on_the_gpu() -> None:
 
 
 def test_compile_preset_compiles_in_load_model_and_reports_it() -> None:
-    from lem.loading import deep_merge, presets
+    from lem.configfile.loading import deep_merge, presets
 
     doc = deep_merge(
         presets()["pytorch-optimized"],
         {"model": "random:llama-3.2-1b", "generation": GEN, "dataset": {"input_length": 16}},
     )
-    from lem.loading import config_from_dict
+    from lem.configfile.loading import config_from_dict
 
     config = config_from_dict(doc)
     model = load(config)

@@ -155,7 +155,7 @@ def test_missing_bitsandbytes_is_a_clear_error(tiny_llama: Path) -> None:
 
     if importlib.util.find_spec("bitsandbytes") is not None:
         pytest.skip("bitsandbytes is installed here")
-    from lem.loading import structure
+    from lem.configfile.loading import structure
 
     config, _ = structure({"model": str(tiny_llama), "quantization": {"method": "bnb-8bit"}})
     with pytest.raises(BackendError, match="pip install bitsandbytes"):
@@ -163,7 +163,7 @@ def test_missing_bitsandbytes_is_a_clear_error(tiny_llama: Path) -> None:
 
 
 def test_pre_quantized_method_on_a_plain_checkpoint_is_refused(tiny_llama: Path) -> None:
-    from lem.loading import structure
+    from lem.configfile.loading import structure
 
     config, _ = structure({"model": str(tiny_llama), "quantization": {"method": "awq"}})
     with pytest.raises(BackendError, match="not a awq checkpoint"):
@@ -171,7 +171,7 @@ def test_pre_quantized_method_on_a_plain_checkpoint_is_refused(tiny_llama: Path)
 
 
 def test_unknown_builtin_is_a_clear_error() -> None:
-    from lem.loading import structure
+    from lem.configfile.loading import structure
 
     config, _ = structure({"model": "random:llama-9"})
     with pytest.raises(BackendError, match="unknown built-in architecture"):

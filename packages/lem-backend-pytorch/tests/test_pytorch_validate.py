@@ -1,4 +1,4 @@
-"""validate_config of the pytorch backend and its presets, through real TOML files and lem.loading."""
+"""validate_config of the pytorch backend and its presets, through real TOML files and lem.configfile.loading."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from lem.configfile.loading import load, presets, structure, validate
 from lem.errors import ConfigError
-from lem.loading import load, presets, structure, validate
 
 
 def _problems(doc: dict) -> list:

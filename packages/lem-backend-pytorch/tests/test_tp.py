@@ -21,7 +21,7 @@ import psutil
 import pytest
 import torch
 
-from lem.loading import structure, validate
+from lem.configfile.loading import structure, validate
 
 GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 #: CI's tests: gloo ranks on the CPU. Where torch sees a GPU the ranks would run there (see the gpu tests).
@@ -230,7 +230,7 @@ def test_a_follower_exits_when_rank_0_dies(tmp_path: Path) -> None:
         "from lem_backend_pytorch import tp\n"
         "env = {**os.environ, **tp.rank_env(1, 2, free_port())}\n"
         "p = subprocess.Popen([sys.executable, '-m', 'lem_backend_pytorch.tp_rank'], stdin=subprocess.PIPE, env=env)\n"
-        "from lem.loading import config_from_dict\n"
+        "from lem.configfile.loading import config_from_dict\n"
         "p.stdin.write(pickle.dumps(config_from_dict({'model': 'random:tiny-llama'})))\n"
         "p.stdin.flush()\n"
         "print(p.pid, flush=True)\n"

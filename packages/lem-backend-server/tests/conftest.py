@@ -23,7 +23,7 @@ def server_config(model: str, server: dict[str, Any], check: bool = True, **tabl
 
     ``check=False`` skips validation (for tests of what validation says).
     """
-    from lem.loading import config_from_dict, structure
+    from lem.configfile.loading import config_from_dict, structure
 
     doc: dict[str, Any] = {
         "model": model,

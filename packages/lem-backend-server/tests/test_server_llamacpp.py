@@ -95,8 +95,7 @@ def test_token_counts_are_the_servers(model: LoadedModel, config: Any) -> None:
 def test_traffic_patterns(model: LoadedModel, config: Any, make_config: Any, mode: str) -> None:
     import attrs
 
-    from lem import traffic
-
+    from lem.run import traffic
     tcfg = {"mode": mode, "rate": 20.0} if mode in ("constant", "poisson") else {"mode": mode}
     if mode == "concurrency":
         tcfg["concurrency"] = 2

@@ -61,7 +61,7 @@ def read_log(path: Path) -> list[dict[str, Any]]:
 
 def config(model: str, **tables: Any) -> Any:
     """An experiment on the tensorrt backend, tables merged over small defaults (validated by lem's loader)."""
-    from lem.loading import config_from_dict
+    from lem.configfile.loading import config_from_dict
 
     doc: dict[str, Any] = {
         "model": model,

@@ -178,8 +178,8 @@ def test_build_time_and_energy_are_their_own_phase(
 ) -> None:
     from tensorrt_llm import _fake
 
-    from lem.campaign import run_campaign
-    from lem.loading import Experiment, LoadedFile
+    from lem.campaign.loop import run_campaign
+    from lem.configfile.loading import Experiment, LoadedFile
 
     gpu = _nvml(monkeypatch)
 

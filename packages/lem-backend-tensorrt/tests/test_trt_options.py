@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from conftest import FAKE, config
 
+from lem.configfile.loading import load, structure
 from lem.errors import ConfigError
-from lem.loading import load, structure
 from lem_backend_tensorrt import options, plugin
 from lem_backend_tensorrt.engine import check_against_installed
 from lem_backend_tensorrt.presets import PRESETS

@@ -17,7 +17,7 @@ os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
 
 def tiny_config(model: str, **tables: object) -> object:
     """An experiment on the tiny model, float32 (bf16 with enforce_eager dies with SIGILL on this CPU)."""
-    from lem.loading import config_from_dict
+    from lem.configfile.loading import config_from_dict
 
     doc: dict[str, object] = {
         "model": model,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 
-from lem.loading import config_from_dict
+from lem.configfile.loading import config_from_dict
 from lem.types import Request
 
 

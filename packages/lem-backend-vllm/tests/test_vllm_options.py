@@ -11,8 +11,8 @@ from vllm import SamplingParams
 from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
 from vllm.sampling_params import RequestOutputKind
 
+from lem.configfile.loading import load, structure
 from lem.errors import BackendError, ConfigError
-from lem.loading import load, structure
 from lem_backend_vllm import options, plugin, sampling
 
 

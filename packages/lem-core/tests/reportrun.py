@@ -18,8 +18,8 @@ import attrs
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign import run_campaign
-from lem.loading import Experiment, LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import Experiment, LoadedFile
 from lem.testing import registered
 from lem.types import EnergyWindow, Problem
 

@@ -1,7 +1,7 @@
 """Bad input through the real CLI, one table: each case is the input, the exit status, the words the
 error line must contain, and no traceback.
 
-Most cases run the real ``lem`` command in this process (click's CliRunner on ``lem.cli.cli``): none of
+Most cases run the real ``lem`` command in this process (click's CliRunner on ``lem.cli.main.cli``): none of
 them gets as far as starting a worker. Cases marked ``subprocess`` run ``python -m lem`` as a user
 would. Damaged result files are made by damaging a real run's files (one real run per module).
 """
@@ -20,9 +20,9 @@ import attrs
 import pytest
 from click.testing import CliRunner
 
-from lem.cli import cli
+from lem.cli.main import cli
 from lem.plugins import backend_names, meter_names
-from lem.results import SCHEMA_VERSION
+from lem.results.files import SCHEMA_VERSION
 
 OK = 'model = "random:tiny-llama"\n[measurement]\nenergy_meter = "none"\n'
 RUN = (
@@ -750,7 +750,7 @@ def test_resume_of_another_directory_leaves_it_untouched(tmp_path: Path, monkeyp
 
 def test_sweep_keys_and_values_never_nest_directories(tmp_path: Path) -> None:
     """Experiment ids are one directory name, whatever a sweep's keys and values hold."""
-    from lem.loading import experiment_id
+    from lem.configfile.loading import experiment_id
 
     for values in (
         {"pytorch.x/../../y": "../../etc"},

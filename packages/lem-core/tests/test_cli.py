@@ -27,7 +27,7 @@ def lem(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 def test_help_imports_nothing_heavy():
     code = (
         "import sys\n"
-        "from lem.cli import cli\n"
+        "from lem.cli.main import cli\n"
         "try:\n    cli(['--help'], prog_name='lem')\nexcept SystemExit:\n    pass\n"
         f"print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
     )

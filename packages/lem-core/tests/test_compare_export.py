@@ -23,11 +23,12 @@ from typing import Any
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.loading import LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import LoadedFile
+from lem.figures.stats import welch_test
 from lem.plugins import backend_names
-from lem.results import load, read_json
-from lem.stats import welch_test
+from lem.results import load
+from lem.results.files import read_json
 from lem.testing import registered
 
 BASE: dict[str, Any] = {
@@ -62,7 +63,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 def lem(*args: str, cwd: Path | None = None, code: str = "") -> subprocess.CompletedProcess[str]:
     """The `lem` command in a subprocess (``code`` runs first, e.g. to hide pandas)."""
-    script = f"{code}\nfrom lem.cli import main\nmain()"
+    script = f"{code}\nfrom lem.cli.main import main\nmain()"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.run(
         [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
@@ -120,7 +121,7 @@ def test_compare_json_ratios_verdicts_and_fairness(run_dir: Path) -> None:
 
 def test_fairness_compares_the_work_of_one_pass_not_of_a_cycle(tmp_path: Path) -> None:
     # min_window_s makes a faster engine serve the prompt set more often per cycle: the same workload.
-    from lem.compare import Entry, fairness
+    from lem.results.compare import Entry, fairness
 
     def entry(key: str, outs: tuple[int, ...], passes: tuple[int, ...]) -> Entry:
         summary = {"model": "m", "prompts": {"digest": "d"}}

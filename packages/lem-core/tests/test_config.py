@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from lem.config import ExperimentConfig
+from lem.configfile.loading import dumps, load, load_one
 from lem.errors import ConfigError
 from lem.hookspecs import hookimpl
-from lem.loading import dumps, load, load_one
 from lem.testing import registered
 from lem.types import Problem
 
@@ -26,7 +26,6 @@ class _Backend:
 def fake_backend():
     """A throwaway backend, so these tests do not depend on which real backends are installed."""
     from lem import plugins
-
     with registered(_Backend(), "fakeback"):
         plugins._dists["fakeback"] = "lem-backend-fakeback"
         yield
@@ -211,7 +210,7 @@ def test_section_of_uninstalled_backend_is_a_warning(tmp_path):
 def test_every_published_plugin_is_known_by_its_distribution():
     """Each packages/* distribution's entry points are in KNOWN_DISTRIBUTIONS, so a config naming one that is
     not installed says what to install."""
-    from lem.documents import read_toml
+    from lem.configfile.documents import read_toml
     from lem.plugins import KNOWN_DISTRIBUTIONS
 
     root = Path(__file__).resolve().parents[2]

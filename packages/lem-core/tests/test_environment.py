@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from lem.environment import capture
+from lem.run.environment import capture
 
 
 def test_capture_has_the_facts() -> None:
@@ -22,7 +22,7 @@ def test_capture_has_the_facts() -> None:
 
 def test_capture_imports_no_inference_library() -> None:
     code = (
-        "import sys, lem.environment as e; e.capture();"
+        "import sys, lem.run.environment as e; e.capture();"
         "print([m for m in ('torch', 'transformers', 'vllm', 'pynvml', 'tensorrt_llm') if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

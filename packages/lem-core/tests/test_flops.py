@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lem.architectures import config_dict
-from lem.flops import ANALYTICAL, PARAMETERS, cycle_flops, matmul_flops_per_token, request_flops, shapes
+from lem.figures.flops import ANALYTICAL, PARAMETERS, cycle_flops, matmul_flops_per_token, request_flops, shapes
 
 
 def test_tiny_llama_by_hand() -> None:

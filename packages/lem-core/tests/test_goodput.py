@@ -19,13 +19,13 @@ import pytest
 from click.testing import CliRunner
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.cli import cli
-from lem.compare import compare, gather
-from lem.export import cycle_rows
-from lem.goodput import FAILED_AT_PERCENTILE, NO_GOOD, NO_SLO, NO_TPOT_UNDER_BEAM, checks, cycle_goodput
-from lem.loading import LoadedFile, deep_merge
-from lem.metrics import RequestTrace, request_metrics
+from lem.campaign.loop import run_campaign
+from lem.cli.main import cli
+from lem.configfile.loading import LoadedFile, deep_merge
+from lem.figures.goodput import FAILED_AT_PERCENTILE, NO_GOOD, NO_SLO, NO_TPOT_UNDER_BEAM, checks, cycle_goodput
+from lem.figures.metrics import RequestTrace, request_metrics
+from lem.results.compare import compare, gather
+from lem.results.export import cycle_rows
 from lem.testing import registered
 
 MS = 1_000_000  # ns

@@ -115,7 +115,7 @@ def test_hook_register_presets():
         def register_presets(self):
             return {"mine-fast": {"batching": {"batch_size": 2}}}
 
-    from lem.loading import presets
+    from lem.configfile.loading import presets
 
     with registered(Plugin(), "mine"):
         assert presets()["mine-fast"] == {"batching": {"batch_size": 2}}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from test_run_safety import FAST, lem, start, stop, wait_for
 
-from lem.precision import unfinished
+from lem.figures.precision import unfinished
 
 #: Two cycles 4 s apart: a kill after cycle 1 cuts the experiment short, and a resume is still quick.
 TWO_CYCLES = FAST + "cycles = 2\ncooldown_seconds = 4\n"
@@ -20,7 +20,7 @@ TWO_CYCLES = FAST + "cycles = 2\ncooldown_seconds = 4\n"
 # 5 s to exit (an engine's slow shutdown), so a Ctrl-C can come after the summary and before its report.
 SLOW_EXIT = """
 import atexit, sys, time
-if sys.orig_argv[1:3] == ["-m", "lem.worker"]:
+if sys.orig_argv[1:3] == ["-m", "lem.campaign.worker"]:
     atexit.register(time.sleep, 5)
 """
 

@@ -18,10 +18,10 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign import run_campaign
-from lem.loading import LoadedFile, deep_merge
-from lem.meters import CompositeMeter
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import LoadedFile, deep_merge
 from lem.phases import LoadPhases, merge_windows
+from lem.run.meters import CompositeMeter
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -138,8 +138,8 @@ def test_without_a_meter_the_phase_has_its_time_and_a_null_energy_with_the_reaso
 
 
 def test_the_report_shows_the_phase(tmp_path: Path) -> None:
-    from lem.report import render
-    from lem.rundata import read_run
+    from lem.results.report import render
+    from lem.results.rundata import read_run
 
     with registered(StrictMeterPlugin(), "strict-meter"), registered(BuildingBackend(), "building"):
         exp_dir = _run(tmp_path, {})

@@ -1,4 +1,4 @@
-"""Several meters at once (lem.meters): per-component figures, one total, nothing counted twice.
+"""Several meters at once (lem.run.meters): per-component figures, one total, nothing counted twice.
 
 The meters here are the scripted GPU meter of lem.testing and small in-test
 meters for a CPU and for a meter that reads the GPU as well (CodeCarbon's
@@ -17,11 +17,11 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign import run_campaign
+from lem.campaign.loop import run_campaign
 from lem.config import MeasurementConfig
+from lem.configfile.loading import LoadedFile, converter
 from lem.errors import MeterUnavailable
-from lem.loading import LoadedFile, converter
-from lem.meters import CompositeMeter, choose, combine, open_meters
+from lem.run.meters import CompositeMeter, choose, combine, open_meters
 from lem.testing import registered
 from lem.types import ALL_DEVICES, DeviceEnergy, EnergyWindow
 
@@ -187,8 +187,8 @@ def test_energy_meter_takes_a_name_or_a_list_of_names() -> None:
 
 
 def test_a_list_with_a_non_name_is_a_config_error_at_its_key(installed: None, tmp_path: Path) -> None:
+    from lem.configfile.loading import load
     from lem.errors import ConfigError
-    from lem.loading import load
 
     path = tmp_path / "exp.toml"
     path.write_text('model = "m"\nbackend = "scripted"\n[measurement]\nenergy_meter = ["scripted", 3]\n')
@@ -202,7 +202,6 @@ def test_a_list_with_a_non_name_is_a_config_error_at_its_key(installed: None, tm
 def installed(plugin: MeterPlugin) -> Iterator[None]:
     """The scripted backend and the test meters count as installed plugins, so only meter names are checked."""
     from lem import plugins
-
     plugins._dists.update({"scripted": "lem-core", "test-meters": "lem-core"})
     try:
         yield
@@ -221,8 +220,8 @@ def installed(plugin: MeterPlugin) -> Iterator[None]:
     ],
 )
 def test_bad_meter_lists_are_config_errors(installed: None, tmp_path: Path, value: str, message: str) -> None:
+    from lem.configfile.loading import load
     from lem.errors import ConfigError
-    from lem.loading import load
 
     path = tmp_path / "exp.toml"
     path.write_text(f'model = "m"\nbackend = "scripted"\n[measurement]\nenergy_meter = {value}\n')
@@ -233,7 +232,7 @@ def test_bad_meter_lists_are_config_errors(installed: None, tmp_path: Path, valu
 
 
 def test_a_list_of_installed_meters_is_valid(installed: None, tmp_path: Path) -> None:
-    from lem.loading import load
+    from lem.configfile.loading import load
 
     path = tmp_path / "exp.toml"
     path.write_text('model = "m"\nbackend = "scripted"\n[measurement]\nenergy_meter = ["scripted", "test-meters"]\n')

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lem.metrics import (
+from lem.figures.metrics import (
     PEAK_FROM_TIMELINE,
     PEAK_ONE_DEVICE,
     PEAK_SUM_OF_PEAKS,

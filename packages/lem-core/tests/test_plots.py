@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import reportrun
 
-from lem.plots import pareto_front
+from lem.results.plots import pareto_front
 
 pytest.importorskip("matplotlib", reason="the plot tests need the plots extra (pip install 'lem-core[plots]')")
 
@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def lem(*args: str, block_matplotlib: bool = False) -> subprocess.CompletedProcess[str]:
     """The real `lem` command in a subprocess; ``block_matplotlib`` makes `import matplotlib` fail in it."""
     prelude = "import sys\n" + ("sys.modules['matplotlib'] = None\n" if block_matplotlib else "")
-    code = prelude + "from lem.cli import main\nsys.argv = ['lem', *sys.argv[1:]]\nmain()\n"
+    code = prelude + "from lem.cli.main import main\nsys.argv = ['lem', *sys.argv[1:]]\nmain()\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 

@@ -30,7 +30,6 @@ def make_dist(site: Path, dist: str, entry_points: dict[str, str], modules: dict
 
 GOOD = """
 from lem import hookimpl
-
 @hookimpl
 def load_model(backend, config):
     return None
@@ -42,7 +41,6 @@ def validate_config(config):
 
 METER = """
 from lem import hookimpl
-
 @hookimpl
 def measure_energy(meter, devices, config):
     return None
@@ -52,7 +50,6 @@ BROKEN = "raise ImportError('needs a library that is not installed')\n"
 
 TYPO = """
 from lem import hookimpl
-
 @hookimpl
 def load_modle(backend, config):
     return None

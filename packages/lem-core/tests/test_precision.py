@@ -17,17 +17,17 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign import run_campaign
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import LoadedFile, deep_merge, load
+from lem.configfile.presets import BUILTIN_PRESETS
 from lem.errors import ConfigError
-from lem.loading import LoadedFile, deep_merge, load
-from lem.metrics import RequestTrace
+from lem.figures.metrics import RequestTrace
+from lem.figures.precision import check, rel_ci
+from lem.figures.steady import integrate, steady_bounds
 from lem.plugins import backend_names
-from lem.precision import check, rel_ci
-from lem.presets import BUILTIN_PRESETS
-from lem.progress import Progress
-from lem.results import aggregate_experiment
-from lem.runner import _precise
-from lem.steady import integrate, steady_bounds
+from lem.results.files import aggregate_experiment
+from lem.run.progress import Progress
+from lem.run.runner import _precise
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -165,7 +165,7 @@ def test_min_window_on_the_pytorch_backend(tmp_path: Path) -> None:
     assert all(len(v) == 1 for v in by_prompt.values())
     assert cycle["metrics"]["outputs_identical_across_passes"] is True
     # The cycle's output digest is its first pass's (cycles of different pass counts still compare).
-    from lem.digests import cycle_output_digest
+    from lem.figures.digests import cycle_output_digest
 
     assert cycle["metrics"]["output_digest"] == cycle_output_digest(cycle["requests"][:3])
     # The prefill-only pass: the same requests, one token each, and it is the cycle's first token (greedy).
@@ -379,8 +379,8 @@ def test_aggregate_reproduces_every_new_figure(tmp_path: Path) -> None:
     assert written["figures"]["steady_state.j_per_output_token"]["mean"] is not None
     assert written["figures"]["energy.prefill_j_per_input_token"]["mean"] is not None
     # Each cycle's recorded blocks match their recomputation too.
-    from lem.summary import compute_cycle
-    from lem.timelines import cycle_timelines
+    from lem.figures.summary import compute_cycle
+    from lem.results.timelines import cycle_timelines
 
     setup = _read(exp / "setup.json")
     cycles = [_read(p) for p in sorted(exp.glob("cycle-*.json"))]
@@ -435,7 +435,7 @@ def test_cycle_limit() -> None:
 
 def test_export_rows_and_a_damaged_timeline(tmp_path: Path) -> None:
     """Fake meter (no GPU). Exported cycle rows carry the timeline's figures; a damaged CSV only nulls them."""
-    from lem.export import cycle_rows
+    from lem.results.export import cycle_rows
 
     exp = _run(tmp_path, _energy_doc())
     (row, _) = cycle_rows(exp)
@@ -461,7 +461,7 @@ def test_aggregate_and_export_name_a_damaged_timeline_and_null_only_its_figures(
     """Fake meter (no GPU). The real CLI: one line naming the file, exit 0, the counter's figures kept."""
     from click.testing import CliRunner
 
-    from lem.cli import cli
+    from lem.cli.main import cli
 
     exp = _run(tmp_path, _energy_doc())
     before = _read(exp / "summary.json")["figures"]
@@ -491,7 +491,7 @@ def test_lem_results_aggregate_command_reproduces_the_summary(tmp_path: Path) ->
     written = _read(exp / "summary.json")
     (exp / "summary.json").unlink()
     proc = subprocess.run(
-        [sys.executable, "-c", "from lem.cli import main; main()", "results", "aggregate", str(exp.parent)],
+        [sys.executable, "-c", "from lem.cli.main import main; main()", "results", "aggregate", str(exp.parent)],
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

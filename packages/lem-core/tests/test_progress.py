@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from lem.progress import Progress
+from lem.run.progress import Progress
 
 
 class Tty(io.StringIO):
@@ -116,7 +116,7 @@ def test_close_stops_the_live_line_of_a_stage_ended_by_an_exception() -> None:
 def test_progress_imports_rich_only_on_a_terminal() -> None:
     code = (
         "import io, sys\n"
-        "from lem.progress import Progress\n"
+        "from lem.run.progress import Progress\n"
         "p = Progress(stream=io.StringIO())\n"
         "p.stage('load'); p.end()\n"
         "print('rich' in sys.modules)\n"
@@ -129,7 +129,7 @@ def test_help_imports_no_plotting_table_or_http_library() -> None:
     """`lem --help` stays fast: rich, matplotlib, pandas and httpx are imported only by the commands that use them."""
     heavy = ("rich", "matplotlib", "pandas", "httpx", "pyarrow", "torch")
     code = (
-        "import sys\nfrom lem.cli import cli\n"
+        "import sys\nfrom lem.cli.main import cli\n"
         "try:\n    cli(['--help'], prog_name='lem')\nexcept SystemExit:\n    pass\n"
         f"print('LOADED', sorted(m for m in {heavy!r} if m in sys.modules))\n"
     )

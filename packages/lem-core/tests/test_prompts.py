@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 
 from lem.config import DatasetConfig
+from lem.configfile.loading import config_from_dict
+from lem.configfile.validation import validate_config
 from lem.errors import PromptError
-from lem.loading import config_from_dict
 from lem.prompts import PromptSet, load_prompts, token_stats
 from lem.prompts.builtin import SUBSETS, read_builtin
-from lem.validation import validate_config
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_token_stats_match_numpy_percentiles() -> None:
 
 
 def _dataset_problems(dataset: dict[str, Any]) -> list[tuple[str, str]]:
-    from lem.loading import structure
+    from lem.configfile.loading import structure
 
     config, problems = structure({"model": "random:tiny-llama", "dataset": dataset})
     assert config is not None, problems
@@ -219,7 +219,7 @@ def test_validation_of_dataset_companions() -> None:
 
 
 def test_dataset_table_from_a_toml_file_reaches_the_prompts(tmp_path: Path, tokenizer: Any) -> None:
-    from lem.loading import load_one
+    from lem.configfile.loading import load_one
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"q": f"question number {i}?"}) for i in range(10)))

@@ -1,5 +1,5 @@
 """Campaigns on a real multi-node Ray cluster on this machine (ray.cluster_utils.Cluster: one head and worker
-nodes, each a raylet of its own), running the scripted test backend in real ``lem.worker`` processes."""
+nodes, each a raylet of its own), running the scripted test backend in real ``lem.campaign.worker`` processes."""
 
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ import attrs
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.distributed import RayOptions, task_options
-from lem.loading import LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.campaign.ray_executor import RayOptions, task_options
+from lem.configfile.loading import LoadedFile
 from lem.plugins import backend_names
 from lem.testing import registered
 
@@ -71,7 +71,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def _scripted() -> Iterator[None]:
-    # A module plugin travels to the Ray task, and on to its worker, by name (lem.worker.carried_plugins).
+    # A module plugin travels to the Ray task, and on to its worker, by name (lem.campaign.worker.carried_plugins).
     with registered(scripted, "scripted"):
         yield
 
@@ -116,9 +116,9 @@ def test_a_sweep_spreads_over_two_nodes_with_the_local_layout(cluster: Any, tmp_
 DRIVER = """
 import sys
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.distributed import RayOptions
-from lem.loading import LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.campaign.ray_executor import RayOptions
+from lem.configfile.loading import LoadedFile
 from lem.testing import registered
 
 sys.path.insert(0, sys.argv[3])
@@ -292,7 +292,7 @@ def test_lem_run_ray_pins_a_backend_to_a_runtime_environment_and_a_node(cluster:
     (tmp_path / "exp.toml").write_text(PYTORCH)
     args = ["run", "exp.toml", "--out", "res", "--ray", cluster.address, "--python", f"pytorch={python}"]
     proc = subprocess.run(
-        [sys.executable, "-c", "from lem.cli import main; main()", *args, "--ray-label", "lem-node=b"],
+        [sys.executable, "-c", "from lem.cli.main import main; main()", *args, "--ray-label", "lem-node=b"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -311,7 +311,7 @@ def test_lem_run_ray_pins_a_backend_to_a_runtime_environment_and_a_node(cluster:
 def test_without_ray_lem_run_says_how_to_install_it(tmp_path: Path) -> None:
     exp = tmp_path / "exp.toml"
     exp.write_text('model = "random:tiny-llama"\n')
-    code = "import sys; sys.modules['ray'] = None; from lem.cli import cli; cli(sys.argv[1:])"
+    code = "import sys; sys.modules['ray'] = None; from lem.cli.main import cli; cli(sys.argv[1:])"
     done = subprocess.run([sys.executable, "-c", code, "run", str(exp), "--ray"], capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == "lem: --ray: Ray is not installed in this environment: pip install 'lem-core[ray]'"

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import reportrun
 
-from lem.report import write_report
+from lem.results.report import write_report
 from lem.types import Problem
 
 HOSTILE = "<script>alert('x')</script> & \"quoted\""
@@ -25,7 +25,7 @@ HOSTILE = "<script>alert('x')</script> & \"quoted\""
 def lem(*args: str, block_matplotlib: bool = False) -> subprocess.CompletedProcess[str]:
     """The real `lem` command in a subprocess; ``block_matplotlib`` makes `import matplotlib` fail in it."""
     prelude = "import sys\n" + ("sys.modules['matplotlib'] = None\n" if block_matplotlib else "")
-    code = prelude + "from lem.cli import main\nsys.argv = ['lem', *sys.argv[1:]]\nmain()\n"
+    code = prelude + "from lem.cli.main import main\nsys.argv = ['lem', *sys.argv[1:]]\nmain()\n"
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
 
 
@@ -182,9 +182,9 @@ def test_a_large_sweep_keeps_per_experiment_plots_to_a_few(
     sweep_with_failure: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     pytest.importorskip("matplotlib", reason="plots need the plots extra")
-    import lem.report
+    import lem.results.report
 
-    monkeypatch.setattr(lem.report, "MAX_PER_EXPERIMENT", 1)
+    monkeypatch.setattr(lem.results.report, "MAX_PER_EXPERIMENT", 1)
     done = write_report(sweep_with_failure, tmp_path / "r.html")
     names = [a["data-name"] for t, a in Page(done.path.read_text(encoding="utf-8")).tags if t == "figure"]
     assert [n for n in names if n and n.startswith(("timeline-", "cycles-"))] == [

@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.cli import cli
+from lem.campaign.loop import run_campaign
+from lem.cli.main import cli
+from lem.configfile.loading import LoadedFile
 from lem.errors import ResultsError
-from lem.loading import LoadedFile
-from lem.results import aggregate_experiment, pool, read_json, write_atomic, write_json
+from lem.results.files import aggregate_experiment, pool, read_json, write_atomic, write_json
 from lem.testing import registered
 
 TABLES = {

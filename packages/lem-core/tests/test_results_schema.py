@@ -19,12 +19,12 @@ from click.testing import CliRunner
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign import run_campaign
-from lem.cli import cli
-from lem.loading import LoadedFile
-from lem.metrics import energy_figures
-from lem.results import SCHEMA_VERSION, aggregate_experiment, read_json, read_setup, write_json
-from lem.summary import compute_cycle, group_warnings
+from lem.campaign.loop import run_campaign
+from lem.cli.main import cli
+from lem.configfile.loading import LoadedFile
+from lem.figures.metrics import energy_figures
+from lem.figures.summary import compute_cycle, group_warnings
+from lem.results.files import SCHEMA_VERSION, aggregate_experiment, read_json, read_setup, write_json
 from lem.testing import registered
 
 V1_RUN = Path(__file__).parent / "data" / "results-v1" / "20261122-120000-0001"
@@ -108,7 +108,7 @@ def test_summary_describes_itself_with_key_config_and_digests(tmp_path: Path) ->
     assert summary["config"]["batching.batch_size"] == 2 and summary["config"]["dataset.num_prompts"] == 4
     assert summary["config"]["scripted.ttft_ms"] == 4.0
     # The prompt digest is over the synthetic prompts' ids in order, recomputed here from the prompt source.
-    from lem.loading import structure
+    from lem.configfile.loading import structure
     from lem.prompts import load_prompts
 
     config, _ = structure({"model": "random:tiny-llama", **_tables(batching={"batch_size": 2})})

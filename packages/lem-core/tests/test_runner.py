@@ -11,12 +11,12 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign import run_campaign
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import LoadedFile, deep_merge
 from lem.errors import MeterUnavailable, ResultsError
-from lem.loading import LoadedFile, deep_merge
-from lem.metrics import energy_figures
-from lem.progress import Progress
-from lem.runner import run_experiment, window_json
+from lem.figures.metrics import energy_figures
+from lem.run.progress import Progress
+from lem.run.runner import run_experiment, window_json
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -262,7 +262,7 @@ def test_progress_lines_on_stderr_unless_quiet(tmp_path: Path, capsys: pytest.Ca
 def test_live_progress_line_on_a_terminal() -> None:
     import io
 
-    from lem.progress import Progress
+    from lem.run.progress import Progress
 
     class Tty(io.StringIO):
         def isatty(self) -> bool:
@@ -279,10 +279,10 @@ def test_live_progress_line_on_a_terminal() -> None:
 
 
 def test_cooldown_and_thermal_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lem.runner
+    import lem.run.runner
 
-    monkeypatch.setattr(lem.runner, "THERMAL_PROBE_S", 0.01)
-    monkeypatch.setattr(lem.runner, "THERMAL_WAIT_MAX_S", 0.05)
+    monkeypatch.setattr(lem.run.runner, "THERMAL_PROBE_S", 0.01)
+    monkeypatch.setattr(lem.run.runner, "THERMAL_WAIT_MAX_S", 0.05)
     # The scripted meter reports 40 °C: a floor of 50 °C is met at once, one of 30 °C never is.
     cool = _with(measurement={"energy_meter": "scripted", "cooldown_seconds": 0.01, "thermal_floor_c": 50.0})
     ok, run_dir = _run(tmp_path, scripted.experiment(cool))

@@ -45,7 +45,7 @@ def test_lem_run_end_to_end(tmp_path: Path) -> None:
     (tmp_path / "exp.toml").write_text(EXPERIMENT)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-c", "from lem.cli import main; main()", "run", "exp.toml", "--out", "res", "--json"],
+        [sys.executable, "-c", "from lem.cli.main import main; main()", "run", "exp.toml", "--out", "res", "--json"],
         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

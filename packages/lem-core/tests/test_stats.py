@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from lem.stats import distribution, interval, mean, percentile, std, t_quantile_975, welch_test
+from lem.figures.stats import distribution, interval, mean, percentile, std, t_quantile_975, welch_test
 
 # Published t_{0.975} quantiles (any statistics table, 4 decimals) beyond the closed forms below.
 TABLE = {1: 12.7062, 2: 4.3027, 10: 2.2281, 30: 2.0423, 40: 2.0211, 60: 2.0003, 120: 1.9799}

@@ -6,7 +6,7 @@ import pytest
 
 from lem.config import TrafficConfig
 from lem.prompts.promptset import Prompt
-from lem.traffic import arrival_offsets_ns, cycle_seed, make_requests
+from lem.run.traffic import arrival_offsets_ns, cycle_seed, make_requests
 
 
 def test_offline_all_at_zero_and_closed_loop_has_no_arrivals() -> None:

@@ -16,10 +16,10 @@ import attrs
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.loading import LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.campaign.worker import run_in_worker
+from lem.configfile.loading import LoadedFile
 from lem.testing import registered
-from lem.worker import run_in_worker
 
 FAST = {
     "dataset": {"num_prompts": 2, "input_length": 4},
@@ -35,7 +35,7 @@ def _exp(exp_id: str, **scripted_opts: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def _scripted() -> Iterator[None]:
-    # A module plugin travels to the worker by name (lem.worker.carried_plugins).
+    # A module plugin travels to the worker by name (lem.campaign.worker.carried_plugins).
     with registered(scripted, "scripted"):
         yield
 
@@ -71,8 +71,8 @@ def test_a_hung_worker_is_killed_and_reported(tmp_path: Path) -> None:
 SLOW_RUN = """
 import sys
 import lem.testing.scripted as scripted
-from lem.loading import LoadedFile
-from lem.campaign import run_campaign
+from lem.configfile.loading import LoadedFile
+from lem.campaign.loop import run_campaign
 from lem.testing import registered
 
 tables = {
@@ -107,7 +107,7 @@ def test_sigkill_mid_cycle_leaves_no_half_written_file(tmp_path: Path) -> None:
         elif path.suffix == ".csv":
             assert text.endswith("\n")
     assert not (exp_dir / "summary.json").exists()
-    from lem.results import experiment_status
+    from lem.results.files import experiment_status
 
     assert experiment_status(exp_dir)["status"] == "incomplete"
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
-from lem.loading import LoadedFile
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import LoadedFile
 from lem.testing import registered
 from lem_energy_codecarbon import plugin
 from lem_energy_codecarbon.meter import J_PER_KWH, CodecarbonMeter

@@ -20,9 +20,9 @@ import pytest
 from fake_powercap import FakePowercap
 
 import lem.testing.scripted as scripted
-from lem.campaign import run_campaign
+from lem.campaign.loop import run_campaign
+from lem.configfile.loading import LoadedFile
 from lem.errors import MeterUnavailable
-from lem.loading import LoadedFile
 from lem.testing import registered
 from lem_energy_rapl import plugin
 

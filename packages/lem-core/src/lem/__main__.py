@@ -1,5 +1,5 @@
 """``python -m lem`` is the ``lem`` command."""
 
-from lem.cli import main
+from lem.cli.main import main
 
 main()

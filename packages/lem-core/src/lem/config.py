@@ -1,14 +1,14 @@
 """The experiment configuration: what one TOML experiment file says.
 
 Each TOML table is one frozen attrs class below; :data:`converter` (in
-:mod:`lem.loading`) structures a TOML document into :class:`ExperimentConfig`
+:mod:`lem.configfile.loading`) structures a TOML document into :class:`ExperimentConfig`
 strictly. Tables named after a backend (``[pytorch]``, ``[vllm]``,
 ``[tensorrt]``, or any installed backend plugin) are not described here: they
 are passed through untouched in :attr:`ExperimentConfig.backend_options` and
 validated by that backend's ``validate_config``.
 
 Ranges (non-negative sizes, ``top_p`` in (0, 1], ...) are checked by the
-core's own ``validate_config`` in :mod:`lem.validation`, so every problem in a
+core's own ``validate_config`` in :mod:`lem.configfile.validation`, so every problem in a
 file is reported at once rather than stopping at the first.
 """
 

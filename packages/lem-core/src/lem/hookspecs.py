@@ -85,7 +85,7 @@ def measure_energy(meter: str, devices: Sequence[int], config: ExperimentConfig)
     records energy as ``null`` with that reason.
 
     :param meter: ``config.measurement.energy_meter``, or one name of its list
-        (several meters are opened one by one and combined by :mod:`lem.meters`).
+        (several meters are opened one by one and combined by :mod:`lem.run.meters`).
     :param devices: CUDA device ordinals as this process sees them
         (``CUDA_VISIBLE_DEVICES`` applies); map them to hardware by UUID.
     :param config: the experiment (``config.measurement.sampling_interval_ms``...).

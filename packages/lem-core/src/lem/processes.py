@@ -2,7 +2,7 @@
 
 Backends that start processes of their own (the server backend's managed
 server, the pytorch backend's tensor-parallel ranks) and the campaign runner's
-worker supervision (:mod:`lem.reaper`) use these, so each Linux mechanism is
+worker supervision (:mod:`lem.campaign.reaper`) use these, so each Linux mechanism is
 written once. Off Linux the ``prctl`` calls do nothing and return ``False``.
 """
 

@@ -55,7 +55,7 @@ def token_stats(lengths: Sequence[int]) -> dict[str, float | int | None]:
     ``std`` is the sample standard deviation (n - 1), like every other figure
     (``None`` for one prompt); ``n``, ``min`` and ``max`` are integers.
     """
-    from lem.stats import std
+    from lem.figures.stats import std
 
     values = sorted(int(v) for v in lengths)
     n = len(values)

@@ -210,9 +210,9 @@ def measure_energy(meter: str, devices: Sequence[int], config: ExperimentConfig)
 
 
 def experiment(tables: dict[str, Any] | None = None, exp_id: str = "exp", **top: Any) -> Any:
-    """An :class:`~lem.loading.Experiment` on the scripted backend from TOML-shaped tables (not validated:
+    """An :class:`~lem.configfile.loading.Experiment` on the scripted backend from TOML-shaped tables (not validated:
     ``scripted`` is not an installed entry point, so the core's name checks would refuse it)."""
-    from lem.loading import Experiment, structure
+    from lem.configfile.loading import Experiment, structure
 
     doc: dict[str, Any] = {"model": "random:tiny-llama", "backend": NAME, **top}
     doc.update(tables or {})

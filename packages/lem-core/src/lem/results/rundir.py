@@ -27,7 +27,7 @@ def check_resume_id(resume_id: str, root: Path) -> Path:
     ``--resume`` can never reach (and overwrite files in) a directory outside
     ``--out``. The directory must hold the ``run.json`` that lem writes first.
     """
-    from lem.results import read_json
+    from lem.results.files import read_json
 
     seps = {"/", os.sep, os.altsep or "/"}
     if (

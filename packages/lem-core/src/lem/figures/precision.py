@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lem.config import cycle_limit
-from lem.stats import interval
+from lem.figures.stats import interval
 
 #: The figures a precision target applies to: name in the summary -> path in a cycle's blocks.
 TARGET_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (

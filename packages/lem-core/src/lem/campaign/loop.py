@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from lem import __version__
+from lem.campaign.worker import Outcome, run_here, run_in_worker
+from lem.configfile.loading import Experiment, LoadedFile, dumps
 from lem.errors import DiskFull, Interrupted, ResultsError
-from lem.loading import Experiment, LoadedFile, dumps
-from lem.results import (
+from lem.results.files import (
     CYCLE_RE,
     experiment_status,
     read_json,
@@ -22,12 +23,12 @@ from lem.results import (
     write_atomic,
     write_json,
 )
-from lem.rundir import check_resume_id, lock_run
-from lem.worker import Outcome, run_here, run_in_worker
+from lem.results.rundir import check_resume_id, lock_run
+from lem.run.meters import check_meters
 
 if TYPE_CHECKING:
+    from lem.campaign.ray_executor import RayOptions
     from lem.config import ExperimentConfig
-    from lem.distributed import RayOptions
 
 
 def new_run_id() -> str:
@@ -90,8 +91,8 @@ def _config_difference(text: str, config: ExperimentConfig) -> str | None:
     """
     import tomllib
 
-    from lem.loading import structure, unstructure
-    from lem.results import flat_config
+    from lem.configfile.loading import structure, unstructure
+    from lem.results.files import flat_config
 
     try:
         before, problems = structure(tomllib.loads(text))
@@ -170,7 +171,7 @@ TABLE_FIGURES = (
 
 def _half_widths(row: Mapping[str, Any]) -> dict[str, float]:
     """Half-widths of the 95% CIs of the table's figures, from the experiment's summary (none when unknown)."""
-    from lem.rundata import number, read_doc
+    from lem.results.rundata import number, read_doc
 
     doc = read_doc(Path(row["path"]) / "summary.json", []) if row.get("status") == "ok" and row.get("path") else None
     out = {}
@@ -230,7 +231,7 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 def _write_report(run_dir: Path, quiet: bool) -> Path | None:
     """Write the run's ``report.html``; a failure costs one warning line, never the run's results or status."""
     try:
-        from lem.report import write_report
+        from lem.results.report import write_report
 
         done = write_report(run_dir)
     except Exception as exc:  # the results are on disk already: no report is worth losing them
@@ -241,7 +242,7 @@ def _write_report(run_dir: Path, quiet: bool) -> Path | None:
         )
         return None
     if not done.plots_available and not quiet:
-        from lem.plots import INSTALL_HINT
+        from lem.results.plots import INSTALL_HINT
 
         print(f"lem: report.html written without plots: {INSTALL_HINT}", file=sys.stderr)
     return done.path
@@ -269,7 +270,7 @@ def run_campaign(
     their experiment there before running it. With ``report``, ``report.html``
     is written in the run directory at the end (a failure to write it is a
     warning, never a failed run). With ``ray``, each experiment is a task on
-    that Ray cluster (:mod:`lem.distributed`); its meters are checked on its node.
+    that Ray cluster (:mod:`lem.campaign.ray_executor`); its meters are checked on its node.
     """
     out = stdout if stdout is not None else sys.stdout
     root = Path(out_dir)
@@ -294,30 +295,6 @@ def run_campaign(
         )
     finally:
         lock.release()
-
-
-def check_meters(experiments: Sequence[Experiment], pythons: Mapping[str, str]) -> None:
-    """Stop before any model loads if an explicitly named meter cannot work here (``auto`` may find none).
-
-    Experiments of a backend run in another interpreter (``--python``) are checked by their worker.
-    """
-    from lem.errors import MeterUnavailable
-    from lem.runner import meter_devices, open_meter
-
-    seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
-    for exp in experiments:
-        names = exp.config.measurement.energy_meters
-        devices = meter_devices(exp.config)
-        if names in (("auto",), ("none",)) or exp.config.backend in pythons or (names, devices) in seen:
-            continue
-        seen.add((names, devices))
-        meter, reason = open_meter(exp.config, devices)
-        if meter is None:
-            raise MeterUnavailable(
-                f"{exp.id}: measurement.energy_meter = {' + '.join(names)} cannot work here: {reason}"
-                " (set energy_meter = 'auto' to run without energy figures where no meter works, or 'none')"
-            )
-        meter.close()
 
 
 def _interrupted(exp: Experiment, exp_dir: Path, run_id: str) -> bool:
@@ -379,7 +356,7 @@ def _run_locked(
     total = len(loaded.experiments)
     all_ok = True
     if ray is not None:  # one Ray task per experiment; the table and report below are the same
-        from lem.distributed import run_on_ray
+        from lem.campaign.ray_executor import run_on_ray
 
         all_ok = run_on_ray(loaded, run_dir, run_id, resuming, quiet, pythons or {}, ray)
     for i, exp in enumerate(() if ray is not None else loaded.experiments, 1):

@@ -1,6 +1,6 @@
 """The results commands of ``lem``: ``lem results list|show|aggregate|plot|compare|export`` and ``lem report``.
 
-Registered on the ``lem`` group by :mod:`lem.cli`; imports stay inside the commands, as there.
+Registered on the ``lem`` group by :mod:`lem.cli.main`; imports stay inside the commands, as there.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ def results_list(directory: str, as_json: bool) -> None:
     """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
     from pathlib import Path
 
-    from lem.campaign import table
+    from lem.campaign.loop import table
     from lem.errors import ResultsError
-    from lem.results import experiment_dirs, experiment_status
+    from lem.results.files import experiment_dirs, experiment_status
 
     root = Path(directory)
     if not root.is_dir():
@@ -65,7 +65,7 @@ def results_show(target: str, directory: str) -> None:
     from pathlib import Path
 
     from lem.errors import ResultsError
-    from lem.results import experiment_dirs, read_json, resolve
+    from lem.results.files import experiment_dirs, read_json, resolve
 
     docs = []
     damaged = 0
@@ -100,7 +100,15 @@ def results_aggregate(
     from pathlib import Path
 
     from lem.errors import ResultsError
-    from lem.results import SHAPE_ERRORS, aggregate_experiment, damaged_file, experiment_dirs, pool, resolve, write_json
+    from lem.results.files import (
+        SHAPE_ERRORS,
+        aggregate_experiment,
+        damaged_file,
+        experiment_dirs,
+        pool,
+        resolve,
+        write_json,
+    )
 
     dirs = [d for t in targets or (directory,) for d in experiment_dirs(resolve(t, Path(directory)))]
     if not dirs:
@@ -147,8 +155,8 @@ def _cut_short(exp_dir: Path) -> str | None:
     A run killed while it wrote the summary has all its cycles: that one is aggregated.
     """
     from lem.errors import ResultsError
-    from lem.precision import unfinished
-    from lem.results import SHAPE_ERRORS, cycle_paths, read_json, read_setup
+    from lem.figures.precision import unfinished
+    from lem.results.files import SHAPE_ERRORS, cycle_paths, read_json, read_setup
 
     if (exp_dir / "summary.json").exists() or not (exp_dir / "setup.json").exists():
         return None
@@ -182,9 +190,9 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
     """Draw plots of the results in DIRECTORY (a run, an experiment or a results directory) with matplotlib."""
     from pathlib import Path
 
-    from lem import plots
     from lem.errors import ResultsError
-    from lem.rundata import read_run
+    from lem.results import plots
+    from lem.results.rundata import read_run
 
     run = read_run(Path(directory))
     if not run.experiments:
@@ -208,16 +216,16 @@ def report(target: str, directory: str, out_file: str | None) -> None:
     from pathlib import Path
 
     from lem.errors import ResultsError
-    from lem.report import write_report
-    from lem.results import resolve
-    from lem.rundata import read_run
+    from lem.results.files import resolve
+    from lem.results.report import write_report
+    from lem.results.rundata import read_run
 
     run_dir = resolve(target, Path(directory))
     if not read_run(run_dir).experiments:
         raise ResultsError(f"{target}: no experiments in {run_dir} (give a run directory, see `lem results list`)")
     done = write_report(run_dir, Path(out_file) if out_file else None)
     if not done.plots_available:
-        from lem.plots import INSTALL_HINT
+        from lem.results.plots import INSTALL_HINT
 
         click.echo(f"lem: {INSTALL_HINT} (the report was written without them)", err=True)
     for line in done.skipped:
@@ -240,7 +248,7 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
     """
     from pathlib import Path
 
-    from lem.compare import compare, gather, render
+    from lem.results.compare import compare, gather, render
 
     entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
     result = compare(entries)
@@ -276,7 +284,7 @@ def results_export(directory: str, fmt: str, level: str, out_file: str | None) -
     """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
     from pathlib import Path
 
-    from lem.export import export
+    from lem.results.export import export
 
     n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
     if out_file:

@@ -5,7 +5,7 @@
 product; each experiment is structured by one strict cattrs converter and
 checked by every plugin's ``validate_config``. All problems of all
 experiments are reported together. The steps on plain dicts (reading,
-overrides, merging, sweep expansion) are in :mod:`lem.documents`.
+overrides, merging, sweep expansion) are in :mod:`lem.configfile.documents`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import cattrs
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from lem.config import CORE_TABLES, ExperimentConfig
-from lem.documents import (
+from lem.configfile.documents import (
     MAX_EXPERIMENTS,
     check_sweep,
     deep_merge,

@@ -2,7 +2,7 @@
 
 Ray schedules; lem does not. Each experiment becomes one Ray task that asks
 for the resources the experiment needs and runs the same worker as a local
-run (a fresh ``python -m lem.worker`` subprocess inside the task, so a crash
+run (a fresh ``python -m lem.campaign.worker`` subprocess inside the task, so a crash
 kills only that experiment). The task measures into a directory of its own
 node and returns the experiment's files; the driver writes them atomically
 under ``--out`` with exactly the local layout, so ``--resume`` and
@@ -28,9 +28,9 @@ from typing import Any
 
 import attrs
 
+from lem.campaign.worker import Outcome
+from lem.configfile.loading import Experiment, LoadedFile
 from lem.errors import Interrupted, LemError
-from lem.loading import Experiment, LoadedFile
-from lem.worker import Outcome
 
 INSTALL_HINT = "Ray is not installed in this environment: pip install 'lem-core[ray]'"
 
@@ -138,7 +138,7 @@ def _node() -> dict[str, Any]:
 
 def _record_node(exp_dir: Path, node: Mapping[str, Any]) -> None:
     """Add the Ray node to ``environment.json`` (written by the worker, which does not know it ran under Ray)."""
-    from lem.results import write_atomic
+    from lem.results.files import write_atomic
 
     path = exp_dir / "environment.json"
     if path.exists():
@@ -160,8 +160,8 @@ def run_task(
 
     A worker that died or hung raises :class:`WorkerDied` (Ray retries it); any other failure is returned.
     """
-    from lem.campaign import _clear_partial
-    from lem.worker import _register, run_in_worker
+    from lem.campaign.loop import _clear_partial
+    from lem.campaign.worker import _register, run_in_worker
 
     node = _node()
     if not quiet:
@@ -189,12 +189,13 @@ def run_task(
 
 
 def _died(outcome: Outcome) -> bool:
-    # Reported by lem.worker.run_in_worker when no result came back: a signal, os._exit, a native crash or a hang.
+    # Reported by lem.campaign.worker.run_in_worker when no result came back: a signal, os._exit, a native
+    # crash or a hang.
     return (outcome.reason or "").startswith(("worker process", "worker hung", "worker did not exit"))
 
 
 def _write_files(exp_dir: Path, files: Mapping[str, str]) -> None:
-    from lem.results import write_atomic
+    from lem.results.files import write_atomic
 
     # summary.json last: its presence is what marks the experiment finished for --resume.
     for name in sorted(files, key=lambda n: n == "summary.json"):
@@ -233,8 +234,8 @@ def run_on_ray(
     Ctrl-C cancels the outstanding tasks (each one's worker then stops the way Ctrl-C stops it) and marks
     them interrupted; finished experiments are kept.
     """
-    from lem.campaign import _interrupted, _prepare, _record_failure
-    from lem.worker import carried_plugins
+    from lem.campaign.loop import _interrupted, _prepare, _record_failure
+    from lem.campaign.worker import carried_plugins
 
     ray = import_ray()
     started = _connect(ray, opts.address)
@@ -297,7 +298,7 @@ def _finish(
     ray: Any, ref: Any, exp: Experiment, prefix: str, run_dir: Path, run_id: str, quiet: bool, opts: RayOptions
 ) -> bool:
     """Record one ended task under the run directory as a local run would; ``True`` if it succeeded."""
-    from lem.campaign import _record_failure
+    from lem.campaign.loop import _record_failure
 
     outcome, node, files = _outcome_of(ray, ref, opts)
     exp_dir = run_dir / exp.id

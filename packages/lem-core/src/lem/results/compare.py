@@ -4,7 +4,7 @@ Each figure is the mean over cycles with its 95% confidence interval (Student
 t) and its ratio to the first experiment's. Whether a difference from the
 first is *resolved* is Welch's two-sided t-test at 5% on the per-cycle values
 (Welch-Satterthwaite degrees of freedom, rounded down; see
-:func:`lem.stats.welch_test`). A comparison is only fair when the workloads
+:func:`lem.figures.stats.welch_test`). A comparison is only fair when the workloads
 match: model, precision, prompt-set digest, input and output token counts and,
 where recorded, the generated-output digest; every mismatch is a warning
 (``--strict``: an error).
@@ -37,7 +37,7 @@ FIGURES: tuple[tuple[str, str, float, str], ...] = (
     ("energy.j_per_output_token", "J/output token", 1.0, "J"),
     ("energy.dynamic_j_per_output_token", "dynamic J/output token", 1.0, "J"),
     ("energy.mean_power_w", "mean power", 1.0, "W"),
-    # Shown only when an experiment has an [slo] (lem.goodput).
+    # Shown only when an experiment has an [slo] (lem.figures.goodput).
     ("goodput.share", "SLO attainment", 100.0, "%"),
     ("goodput.requests_per_s", "goodput", 1.0, "req/s"),
     ("goodput.j_per_good_request", "J/request within SLO", 1.0, "J"),
@@ -62,7 +62,7 @@ def _workload(
     exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], None]
 ) -> tuple[list[int], list[int], list[int]]:
     """Input tokens, output tokens and passes per cycle: from the summary (schema 2) or the cycle files (schema 1)."""
-    from lem.results import cycle_paths, read_json_or_warn
+    from lem.results.files import cycle_paths, read_json_or_warn
 
     work = summary.get("workload")
     if work:
@@ -116,7 +116,7 @@ def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None
 
     An experiment without a readable summary is reported through ``warn`` and left out.
     """
-    from lem.results import experiment_config, experiment_dirs, read_json_or_warn, resolve
+    from lem.results.files import experiment_config, experiment_dirs, read_json_or_warn, resolve
 
     entries = []
     for target in targets:
@@ -200,7 +200,7 @@ def _values(summary: Mapping[str, Any], name: str) -> list[float]:
 
 def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     """The comparison as JSON-ready data: experiments, figures (mean, CI, ratio, Welch verdict), warnings."""
-    from lem.stats import welch_test
+    from lem.figures.stats import welch_test
 
     figures = []
     has_slo = any((e.summary.get("slo") or {}).get("slo") for e in entries)

@@ -14,11 +14,11 @@ from typing import Any
 
 import attrs
 
-from lem import traffic
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
-from lem.metrics import collect
-from lem.progress import Progress
+from lem.figures.metrics import collect
+from lem.run import traffic
+from lem.run.progress import Progress
 from lem.types import LoadedModel, Request, TokenEvent
 
 

@@ -9,7 +9,7 @@ closes around exactly the measured requests, with a device synchronize at
 both edges; it serves the prompt set again until it lasts
 ``measurement.min_window_s``; under ``measurement.prefill_pass`` a second
 window serves the same requests with one output token each. Files are written
-as soon as they exist (see :mod:`lem.results`).
+as soon as they exist (see :mod:`lem.results.files`).
 """
 
 from __future__ import annotations
@@ -22,72 +22,26 @@ from typing import Any
 
 import attrs
 
-from lem import environment, precision, traffic
 from lem.config import ExperimentConfig
-from lem.digests import prompt_digest
+from lem.configfile.loading import Experiment, unstructure
 from lem.errors import BackendError, MeterUnavailable
-from lem.loading import Experiment, unstructure
-from lem.metrics import device_key, peak_total_power, request_metrics
-from lem.passes import prefill_config, serve, serve_passes
+from lem.figures import precision
+from lem.figures.digests import prompt_digest
+from lem.figures.metrics import device_key, peak_total_power, request_metrics
+from lem.figures.summary import compute_cycle, summarize, traces_to_json
 from lem.phases import LoadPhases
-from lem.progress import Progress
-from lem.results import flat_config, write_json, write_timeline
-from lem.summary import compute_cycle, summarize, traces_to_json
-from lem.timelines import as_written
+from lem.results.files import flat_config, write_json, write_timeline
+from lem.results.timelines import as_written
+from lem.run import environment, traffic
+from lem.run.meters import meter_devices, open_meter
+from lem.run.passes import prefill_config, serve, serve_passes
+from lem.run.progress import Progress
 from lem.types import EnergyMeter, EnergyWindow, LoadedModel
 
-NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"
 #: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
 THERMAL_WAIT_MAX_S = 600.0
 #: Length of the meter window read to learn the temperature while waiting.
 THERMAL_PROBE_S = 1.0
-
-
-def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
-    """The devices to meter: ``measurement.devices``, else one per tensor × pipeline rank."""
-    if config.measurement.devices is not None:
-        return tuple(config.measurement.devices)
-    return tuple(range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size))
-
-
-def open_meter(config: ExperimentConfig, devices: Sequence[int]) -> tuple[EnergyMeter | None, str | None]:
-    """The experiment's energy meter over ``devices``, or ``None`` and the reason there is none."""
-    from lem.plugins import get_plugin_manager
-
-    names = config.measurement.energy_meters
-    if len(names) > 1:
-        from lem.meters import open_meters
-
-        return open_meters(names, devices, config)
-    name = names[0]
-    if name == "none":
-        return None, "energy metering is off (measurement.energy_meter = 'none')"
-    devices = tuple(devices)
-    try:
-        meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
-    except MeterUnavailable as exc:
-        return None, f"energy meter '{name}' is unavailable: {exc}"
-    if meter is None:
-        reason = _why_no_meter(config, devices) if name == "auto" else None
-        return None, reason or f"no installed plugin provides energy meter '{name}'"
-    return meter, None
-
-
-def _why_no_meter(config: ExperimentConfig, devices: Sequence[int]) -> str:
-    """Under ``auto`` every meter declined; ask each by name, so the result says why (no driver, ...)."""
-    from lem.plugins import get_plugin_manager, meter_names
-
-    reasons = []
-    for name in meter_names():
-        try:
-            meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
-        except MeterUnavailable as exc:
-            reasons.append(f"{name}: {exc}")
-            continue
-        if meter is not None:  # works when named, declined 'auto': say so rather than guess
-            meter.close()
-            reasons.append(f"{name}: declined 'auto'; set measurement.energy_meter = '{name}' to use it")
-    return f"no energy meter works here ({'; '.join(reasons)})" if reasons else NO_METER
 
 
 def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:

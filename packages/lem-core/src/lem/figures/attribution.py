@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lem.metrics import RequestTrace
-from lem.stats import distribution
-from lem.steady import integrate, power_series
+from lem.figures.metrics import RequestTrace
+from lem.figures.stats import distribution
+from lem.figures.steady import integrate, power_series
 
 NS = 1e9
 #: Token events closer than this belong to one engine step (a batch's sequences are streamed one by one).

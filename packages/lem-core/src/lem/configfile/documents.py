@@ -1,6 +1,6 @@
 """TOML documents before they are configs: reading a file, ``--set`` overrides, merging, sweeps.
 
-Everything here works on plain dicts; :mod:`lem.loading` turns the results into
+Everything here works on plain dicts; :mod:`lem.configfile.loading` turns the results into
 checked :class:`~lem.config.ExperimentConfig` objects.
 """
 

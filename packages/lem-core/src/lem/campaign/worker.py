@@ -1,4 +1,4 @@
-"""Process isolation: each experiment runs in a fresh worker process, ``python -m lem.worker``.
+"""Process isolation: each experiment runs in a fresh worker process, ``python -m lem.campaign.worker``.
 
 A new interpreter (not a fork) means CUDA and the backend
 begin from clean state, and whatever kills it (a segfault, ``os._exit``, the
@@ -7,7 +7,7 @@ goes on. The worker sends a heartbeat on every progress update; one that stays
 silent longer than the stall timeout is treated as hung and killed. A worker
 whose parent dies exits at once, so a killed campaign leaves no orphan
 holding a GPU; the processes of a worker that was killed (its engine's) are
-adopted by the campaign process and ended (:mod:`lem.reaper`).
+adopted by the campaign process and ended (:mod:`lem.campaign.reaper`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import attrs
 
-from lem.loading import Experiment
+from lem.configfile.loading import Experiment
 
 
 @attrs.frozen
@@ -109,7 +109,7 @@ def _exit_with_parent(fd: int) -> None:
 
 
 def main() -> None:
-    """``python -m lem.worker FD``: read the job (pickle) from stdin, report on file descriptor FD."""
+    """``python -m lem.campaign.worker FD``: read the job (pickle) from stdin, report on file descriptor FD."""
     report = os.fdopen(int(sys.argv[1]), "w", buffering=1, encoding="utf-8")
     try:
         exp, exp_dir, run_id, quiet, prefix, carried, validate = pickle.load(sys.stdin.buffer)
@@ -134,8 +134,8 @@ def main() -> None:
         _register(carried)
         if validate:
             _validate_here(exp)
-        from lem.progress import Progress
-        from lem.runner import run_experiment
+        from lem.run.progress import Progress
+        from lem.run.runner import run_experiment
 
         progress = Progress(prefix, quiet=quiet, heartbeat=beat)
         try:
@@ -169,8 +169,8 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def _validate_here(exp: Experiment) -> None:
+    from lem.configfile.loading import validate
     from lem.errors import ConfigError
-    from lem.loading import validate
 
     errors = [p for p in validate(exp.config) if p.severity == "error"]
     if errors:
@@ -199,7 +199,7 @@ def run_in_worker(
     timeout_s: float | None = None,
     python: str | None = None,
 ) -> Outcome:
-    """Run one experiment in a fresh ``python -m lem.worker`` process and report how it ended.
+    """Run one experiment in a fresh ``python -m lem.campaign.worker`` process and report how it ended.
 
     :param python: the interpreter to run it with (another environment's, for a backend installed there).
     """
@@ -211,11 +211,11 @@ def run_in_worker(
         stdout = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a notebook's or a test's stderr has no descriptor
         stdout = 2
-    from lem.reaper import Adopter
+    from lem.campaign.reaper import Adopter
 
-    with Adopter() as adopter:  # a killed worker's engine processes are re-parented here (lem.reaper)
+    with Adopter() as adopter:  # a killed worker's engine processes are re-parented here (lem.campaign.reaper)
         proc = subprocess.Popen(
-            [python or sys.executable, "-m", "lem.worker", str(wfd)],
+            [python or sys.executable, "-m", "lem.campaign.worker", str(wfd)],
             stdin=subprocess.PIPE,
             stdout=stdout,
             pass_fds=(wfd,),
@@ -288,8 +288,8 @@ def _supervise(
 def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, prefix: str = "") -> Outcome:
     """Run one experiment in this process (``--in-process``); exceptions become a failed outcome."""
     from lem.errors import LemError
-    from lem.progress import Progress
-    from lem.runner import run_experiment
+    from lem.run.progress import Progress
+    from lem.run.runner import run_experiment
 
     progress = Progress(prefix, quiet=quiet)
     try:

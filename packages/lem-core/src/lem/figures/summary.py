@@ -18,10 +18,10 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lem import goodput
-from lem.attribution import per_request, prefill_decode, step_energy
-from lem.digests import cycle_output_digest, ids_digest
-from lem.metrics import (
+from lem.figures import goodput
+from lem.figures.attribution import per_request, prefill_decode, step_energy
+from lem.figures.digests import cycle_output_digest, ids_digest
+from lem.figures.metrics import (
     ENERGY_FIGURES,
     RequestTrace,
     cycle_metrics,
@@ -31,10 +31,10 @@ from lem.metrics import (
     latency_distributions,
     request_metrics,
 )
-from lem.precision import precision_block, rel_ci
-from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
-from lem.steady import steady_state
-from lem.thermal import thermal_context
+from lem.figures.precision import precision_block, rel_ci
+from lem.figures.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
+from lem.figures.steady import steady_state
+from lem.figures.thermal import thermal_context
 
 #: Figures summarized across cycles: name -> path into a cycle's ``metrics``/``energy`` blocks.
 LATENCIES = ("ttft_s", "itl_s", "tpot_s", "e2e_s")
@@ -50,12 +50,12 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
     *((f"energy.{key}", ("energy", key)) for key in ENERGY_FIGURES),
     ("flops.total", ("metrics", "flops", "total")),
     ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
-    # Requests that met the [slo] (lem.goodput).
+    # Requests that met the [slo] (lem.figures.goodput).
     *((f"goodput.{key}", ("metrics", "goodput", key)) for key in goodput.GOODPUT_FIGURES),
-    # Steady state (lem.steady): its energy is the power timeline integrated over the window.
+    # Steady state (lem.figures.steady): its energy is the power timeline integrated over the window.
     ("steady_state.output_tokens_per_s", ("metrics", "steady_state", "output_tokens_per_s")),
     ("steady_state.j_per_output_token", ("metrics", "steady_state", "j_per_output_token")),
-    # Measured by the prefill-only pass (measurement.prefill_pass, lem.attribution).
+    # Measured by the prefill-only pass (measurement.prefill_pass, lem.figures.attribution).
     ("energy.prefill_j_per_input_token", ("energy", "prefill_decode", "prefill_j_per_input_token")),
     ("energy.decode_j_per_output_token", ("energy", "prefill_decode", "decode_j_per_output_token")),
     ("energy.decode_dynamic_j_per_output_token", ("energy", "prefill_decode", "decode_dynamic_j_per_output_token")),
@@ -123,7 +123,7 @@ def compute_cycle(
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
     """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup.
 
-    ``timeline`` is the cycle's meter timeline (``timeline-NNN.csv`` as :func:`lem.timelines.read_timeline`
+    ``timeline`` is the cycle's meter timeline (``timeline-NNN.csv`` as :func:`lem.results.timelines.read_timeline`
     gives it): the steady-state energy, the energy per step and the thermal context come from it.
     """
     traces = traces_from_json(raw["requests"])
@@ -284,7 +284,7 @@ def summarize(
 ) -> dict[str, Any]:
     """The summary of an experiment, recomputed from ``setup.json``, raw cycle records and their timelines.
 
-    ``setup["config"]`` is the flattened resolved config (see :func:`lem.results.flat_config`);
+    ``setup["config"]`` is the flattened resolved config (see :func:`lem.results.files.flat_config`);
     ``timelines`` maps a cycle number to its timeline rows (see :func:`compute_cycle`).
     """
     timelines = timelines or {}
@@ -391,7 +391,7 @@ def _throttled(energy: Mapping[str, Any]) -> bool:
 
 
 def _per_request_energy(energies: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Energy per request pooled over cycles: an estimate by token share (see :mod:`lem.attribution`)."""
+    """Energy per request pooled over cycles: an estimate by token share (see :mod:`lem.figures.attribution`)."""
     blocks = [e["per_request"] for e in energies if e.get("per_request")]
     values = [j for b in blocks for j in (b["j"] or ())]
     method = next((b["method"] for b in blocks if b["method"]), None)

@@ -1,7 +1,7 @@
 """Meter timelines (``timeline-NNN.csv``): CSV text, reading it back typed and checked, one per cycle.
 
 The run computes its figures from :func:`as_written` rows, so they equal what
-``lem results aggregate`` recomputes from the files; :func:`lem.results.write_timeline`
+``lem results aggregate`` recomputes from the files; :func:`lem.results.files.write_timeline`
 writes them atomically.
 """
 

@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import DiskFull, ResultsError
-from lem.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
-from lem.timelines import cycle_timelines, timeline_csv, timeline_path
+from lem.figures.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
+from lem.results.timelines import cycle_timelines, timeline_csv, timeline_path
 
 __all__ = [
     "HEADLINE",
@@ -170,7 +170,7 @@ def read_json_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any]
 
 
 def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write a meter's timeline as CSV (see :func:`lem.timelines.timeline_csv`)."""
+    """Write a meter's timeline as CSV (see :func:`lem.results.timelines.timeline_csv`)."""
     write_atomic(path, timeline_csv(rows))
 
 
@@ -319,7 +319,7 @@ def resolve(target: str, results_dir: Path) -> Path:
 
 
 def _toml(path: Path) -> dict[str, Any]:
-    from lem.documents import read_toml
+    from lem.configfile.documents import read_toml
     from lem.errors import ConfigError
 
     try:
@@ -374,16 +374,3 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     row["energy_reason"] = doc.get("energy_reason")
     return row
 
-
-def load(directory: str | Path, level: str = "experiment") -> Any:
-    """The results under ``directory`` as a pandas ``DataFrame``: the table ``lem results export`` writes.
-
-    :param directory: a results directory, a run directory or one experiment directory.
-    :param level: ``"experiment"`` (one row per experiment: flattened config, every figure's mean, std
-        and 95% CI, environment facts, status), ``"cycle"`` or ``"request"``.
-    :raises ResultsError: when pandas is not installed (``pip install 'lem-core[export]'``) or the
-        directory holds no experiments. Damaged files are reported as warnings and left out.
-    """
-    from lem.export import dataframe
-
-    return dataframe(Path(directory), level)

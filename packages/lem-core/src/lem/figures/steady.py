@@ -27,7 +27,7 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lem.metrics import DeviceKey, RequestTrace, device_key, power_at
+from lem.figures.metrics import DeviceKey, RequestTrace, device_key, power_at
 
 NS = 1e9
 #: Fewer power samples than this per device inside the window: its energy is not given.

@@ -29,8 +29,8 @@ from typing import Any
 
 import attrs
 
-from lem import flops as flops_mod
-from lem.stats import MIN_SAMPLES_FOR_PERCENTILES, distribution
+from lem.figures import flops as flops_mod
+from lem.figures.stats import MIN_SAMPLES_FOR_PERCENTILES, distribution
 from lem.types import Request, TokenEvent
 
 NS = 1e9

@@ -16,16 +16,20 @@ left out are named in the window's warnings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from lem.errors import MeterUnavailable
+from lem.plugins import get_plugin_manager, meter_names
 from lem.types import ALL_DEVICES, DeviceEnergy, EnergyMeter, EnergyWindow
 
 if TYPE_CHECKING:
     from lem.config import ExperimentConfig
+    from lem.configfile.loading import Experiment
+
+NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"
 
 #: Preference between two meters that read the same component (lower wins).
 METHOD_RANK = {"counter": 0, "power-integration": 1, "estimate": 2}
@@ -149,8 +153,6 @@ def open_meters(
     Every named meter must open: a total that silently lost a component would
     not be the total the configuration asked for.
     """
-    from lem.plugins import get_plugin_manager
-
     hook = get_plugin_manager().hook.measure_energy
     which = f"energy meters {' + '.join(names)}"
     fix = "fix it, or remove it from measurement.energy_meter to measure the others"
@@ -169,3 +171,65 @@ def open_meters(
     finally:
         for meter in opened:  # a later meter failed: release the ones already open
             meter.close()
+
+
+def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
+    """The devices to meter: ``measurement.devices``, else one per tensor × pipeline rank."""
+    if config.measurement.devices is not None:
+        return tuple(config.measurement.devices)
+    return tuple(range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size))
+
+
+def open_meter(config: ExperimentConfig, devices: Sequence[int]) -> tuple[EnergyMeter | None, str | None]:
+    """The experiment's energy meter over ``devices``, or ``None`` and the reason there is none."""
+    names = config.measurement.energy_meters
+    if len(names) > 1:
+        return open_meters(names, devices, config)
+    name = names[0]
+    if name == "none":
+        return None, "energy metering is off (measurement.energy_meter = 'none')"
+    devices = tuple(devices)
+    try:
+        meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
+    except MeterUnavailable as exc:
+        return None, f"energy meter '{name}' is unavailable: {exc}"
+    if meter is None:
+        reason = _why_no_meter(config, devices) if name == "auto" else None
+        return None, reason or f"no installed plugin provides energy meter '{name}'"
+    return meter, None
+
+
+def _why_no_meter(config: ExperimentConfig, devices: Sequence[int]) -> str:
+    """Under ``auto`` every meter declined; ask each by name, so the result says why (no driver, ...)."""
+    reasons = []
+    for name in meter_names():
+        try:
+            meter = get_plugin_manager().hook.measure_energy(meter=name, devices=devices, config=config)
+        except MeterUnavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        if meter is not None:  # works when named, declined 'auto': say so rather than guess
+            meter.close()
+            reasons.append(f"{name}: declined 'auto'; set measurement.energy_meter = '{name}' to use it")
+    return f"no energy meter works here ({'; '.join(reasons)})" if reasons else NO_METER
+
+
+def check_meters(experiments: Sequence[Experiment], pythons: Mapping[str, str]) -> None:
+    """Stop before any model loads if an explicitly named meter cannot work here (``auto`` may find none).
+
+    Experiments of a backend run in another interpreter (``--python``) are checked by their worker.
+    """
+    seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
+    for exp in experiments:
+        names = exp.config.measurement.energy_meters
+        devices = meter_devices(exp.config)
+        if names in (("auto",), ("none",)) or exp.config.backend in pythons or (names, devices) in seen:
+            continue
+        seen.add((names, devices))
+        meter, reason = open_meter(exp.config, devices)
+        if meter is None:
+            raise MeterUnavailable(
+                f"{exp.id}: measurement.energy_meter = {' + '.join(names)} cannot work here: {reason}"
+                " (set energy_meter = 'auto' to run without energy figures where no meter works, or 'none')"
+            )
+        meter.close()

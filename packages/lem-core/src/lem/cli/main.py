@@ -3,7 +3,7 @@
 Imports are kept inside the commands: ``lem --help`` must not import the
 plugins, torch or anything heavy. Errors a user can cause (:class:`LemError`)
 become one line on stderr and exit status 2. The results commands
-(``lem results ...``, ``lem report``) are in :mod:`lem.cli_results`.
+(``lem results ...``, ``lem report``) are in :mod:`lem.cli.results`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from lem import __version__
-from lem.cli_results import report, results
+from lem.cli.results import report, results
 from lem.errors import LemError
 
 
@@ -72,7 +72,7 @@ def _load(
     backend: str | None,
     external_backends: Collection[str] = (),
 ) -> Any:
-    from lem.loading import load
+    from lem.configfile.loading import load
 
     extra = [f"model={json.dumps(model)}"] if model else []
     extra += [f"backend={json.dumps(backend)}"] if backend else []
@@ -105,7 +105,7 @@ def _check_interpreter(value: str, python: str) -> None:
     """``python`` must be a Python that can start lem's worker (lem-core installed there)."""
     import subprocess
 
-    probe = "import lem.worker; print('lem-worker-ok')"
+    probe = "import lem.campaign.worker; print('lem-worker-ok')"
     try:
         done = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -120,7 +120,7 @@ def _check_interpreter(value: str, python: str) -> None:
 
 def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
     """Say how many experiments a sweep runs and how long they take at least; ask above a threshold."""
-    from lem.campaign import CONFIRM_ABOVE, duration_text, estimate_s
+    from lem.campaign.loop import CONFIRM_ABOVE, duration_text, estimate_s
 
     n = len(loaded.experiments)
     if n <= 1:
@@ -212,7 +212,7 @@ def run(
     **ray_args: Any,
 ) -> None:
     """Run the experiment(s) in FILE and write results under --out."""
-    from lem.campaign import run_campaign
+    from lem.campaign.loop import run_campaign
 
     _stop_on_sigterm()
     interpreters = _interpreters(pythons, in_process)
@@ -262,7 +262,7 @@ def _pairs(option: str, values: tuple[str, ...], convert: Any) -> dict[str, Any]
 
 
 def _ray_options(address: str | None, in_process: bool, **args: Any) -> Any:
-    """The ``--ray*`` options as :class:`lem.distributed.RayOptions`; ``None`` without ``--ray``."""
+    """The ``--ray*`` options as :class:`lem.campaign.ray_executor.RayOptions`; ``None`` without ``--ray``."""
     if address is None:
         used = [k for k in ("ray_gpus", "ray_memory_gb") if args[k] is not None]
         used += [k for k in ("ray_resource", "ray_label", "ray_shared_out") if args[k]]
@@ -271,7 +271,7 @@ def _ray_options(address: str | None, in_process: bool, **args: Any) -> Any:
         return None
     if in_process:
         raise LemError("--ray and --in-process exclude each other: a Ray task runs each experiment in its worker")
-    from lem.distributed import RayOptions, import_ray
+    from lem.campaign.ray_executor import RayOptions, import_ray
 
     import_ray()  # a missing Ray is one line before anything starts
     return RayOptions(
@@ -333,7 +333,7 @@ def config_show(
     file: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None
 ) -> None:
     """Print the resolved config of every experiment in FILE as TOML."""
-    from lem.loading import dumps
+    from lem.configfile.loading import dumps
 
     loaded = _load(file, preset, overrides, model, backend)
     for i, exp in enumerate(loaded.experiments):

@@ -1,0 +1,1 @@
+"""The ``lem`` command: ``main`` (run, config, plugins, models) and ``results`` (results and report)."""
