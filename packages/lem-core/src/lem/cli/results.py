@@ -1,6 +1,7 @@
 """The results commands of ``lem``: ``lem results list|show|aggregate|plot|compare|export`` and ``lem report``.
 
-Registered on the ``lem`` group by :mod:`lem.cli.main`; imports stay inside the commands, as there.
+Registered on the ``lem`` group by :mod:`lem.cli.main`. Each command imports what it needs when it runs, so
+that `lem --help` stays fast (target < 0.3 s; benchmarks/cli_startup.py).
 """
 
 from __future__ import annotations
@@ -8,12 +9,12 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from pathlib import Path
+from lem.errors import ResultsError
 
 
 @click.group()
@@ -26,10 +27,8 @@ def results() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def results_list(directory: str, as_json: bool) -> None:
     """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
-    from pathlib import Path
-
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.campaign.loop import table
-    from lem.errors import ResultsError
     from lem.results.files import experiment_dirs, experiment_status
 
     root = Path(directory)
@@ -62,9 +61,7 @@ def _results_dir(targets: str) -> Callable[[Callable[..., Any]], Callable[..., A
 @_results_dir("TARGET")
 def results_show(target: str, directory: str) -> None:
     """Print the full summary (JSON) of TARGET: RUN_ID, RUN_ID/EXPERIMENT_ID or a path."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.files import experiment_dirs, read_json, resolve
 
     docs = []
@@ -97,9 +94,7 @@ def results_aggregate(
     targets: tuple[str, ...], directory: str, pool_out: str | None, allow_mixed_backends: bool
 ) -> None:
     """Recompute the summaries of TARGETS (runs or experiments; default: all of --dir) from their raw cycles."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.files import (
         SHAPE_ERRORS,
         aggregate_experiment,
@@ -154,7 +149,7 @@ def _cut_short(exp_dir: Path) -> str | None:
 
     A run killed while it wrote the summary has all its cycles: that one is aggregated.
     """
-    from lem.errors import ResultsError
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.figures.precision import unfinished
     from lem.results.files import SHAPE_ERRORS, cycle_paths, read_json, read_setup
 
@@ -188,9 +183,7 @@ def _cut_short(exp_dir: Path) -> str | None:
 )
 def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, formats: tuple[str, ...]) -> None:
     """Draw plots of the results in DIRECTORY (a run, an experiment or a results directory) with matplotlib."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results import plots
     from lem.results.rundata import read_run
 
@@ -213,9 +206,7 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
 def report(target: str, directory: str, out_file: str | None) -> None:
     """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
-    from pathlib import Path
-
-    from lem.errors import ResultsError
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.files import resolve
     from lem.results.report import write_report
     from lem.results.rundata import read_run
@@ -225,6 +216,7 @@ def report(target: str, directory: str, out_file: str | None) -> None:
         raise ResultsError(f"{target}: no experiments in {run_dir} (give a run directory, see `lem results list`)")
     done = write_report(run_dir, Path(out_file) if out_file else None)
     if not done.plots_available:
+        # deferred: `lem --help` imports this module; a command's code loads when it runs
         from lem.results.plots import INSTALL_HINT
 
         click.echo(f"lem: {INSTALL_HINT} (the report was written without them)", err=True)
@@ -246,8 +238,7 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
     the workloads differ (model, precision, prompt-set digest, token counts,
     output digests).
     """
-    from pathlib import Path
-
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.compare import compare, gather, render
 
     entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
@@ -282,8 +273,7 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
 )
 def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
     """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
-    from pathlib import Path
-
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.export import export
 
     n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)

@@ -34,6 +34,7 @@ from lem.configfile.documents import (
     set_dotted,
 )
 from lem.errors import ConfigError
+from lem.plugins import get_plugin_manager
 from lem.types import MISSING, Problem, error
 
 
@@ -245,8 +246,6 @@ def dumps(config: ExperimentConfig) -> str:
 
 def presets() -> dict[str, Mapping[str, Any]]:
     """Every preset, built-in and contributed by plugins."""
-    from lem.plugins import get_plugin_manager
-
     merged: dict[str, Mapping[str, Any]] = {}
     for contribution in get_plugin_manager().hook.register_presets():
         merged.update(contribution)
@@ -255,8 +254,6 @@ def presets() -> dict[str, Mapping[str, Any]]:
 
 def validate(config: ExperimentConfig) -> list[Problem]:
     """Every plugin's ``validate_config`` problems for one config."""
-    from lem.plugins import get_plugin_manager
-
     problems: list[Problem] = []
     for found in get_plugin_manager().hook.validate_config(config=config):
         problems.extend(found or [])

@@ -14,9 +14,13 @@ from typing import Any
 
 import attrs
 
+from lem import architectures
 from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig, SloConfig
+from lem.errors import PromptError
 from lem.hookspecs import hookimpl
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
+from lem.prompts.builtin import SUBSETS
+from lem.prompts.files import check_file
 from lem.types import Problem, error, warning
 
 #: Largest prompt or output length accepted, in tokens (no model has a context near it).
@@ -174,8 +178,6 @@ _DATASET_KEYS_USED_BY = {
 
 
 def _dataset_companions(config: ExperimentConfig) -> Iterator[Problem]:
-    from lem.prompts.builtin import SUBSETS
-
     d = config.dataset
     defaults = DatasetConfig()
     for key, sources in _DATASET_KEYS_USED_BY.items():
@@ -229,8 +231,6 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
 
 def _prompt_file(d: DatasetConfig) -> Iterator[Problem]:
     """A prompt file is local: read it now, so that its errors come before a model is loaded."""
-    from lem.errors import PromptError
-    from lem.prompts.files import check_file
 
     path = os.path.expanduser(d.path or "")
     if os.path.isdir(path):
@@ -246,8 +246,6 @@ def _prompt_file(d: DatasetConfig) -> Iterator[Problem]:
 
 def _lengths(config: ExperimentConfig) -> Iterator[Problem]:
     """Synthetic prompts that would not fit in memory, or in a built-in model's context."""
-    from lem import architectures
-
     d, g = config.dataset, config.generation
     sizes = (d.input_length, g.max_output_tokens, d.input_length_max or 1, d.max_input_tokens or 1)
     if d.source != "synthetic" or not all(0 < v <= MAX_TOKENS for v in sizes) or not 0 < d.num_prompts <= 1_000_000:
@@ -285,8 +283,6 @@ def _looks_local(name: str) -> bool:
 
 
 def _model(config: ExperimentConfig) -> Iterator[Problem]:
-    from lem import architectures
-
     if architectures.is_builtin(config.model):
         try:
             architectures.builtin_name(config.model)

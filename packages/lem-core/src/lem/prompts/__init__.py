@@ -21,7 +21,12 @@ from __future__ import annotations
 from typing import Any
 
 from lem.config import DatasetConfig
+from lem.errors import PromptError
+from lem.prompts.builtin import load_builtin
+from lem.prompts.files import load_file
+from lem.prompts.hub import load_hub
 from lem.prompts.promptset import Prompt, PromptSet, token_stats
+from lem.prompts.synthetic import load_synthetic
 
 __all__ = ["Prompt", "PromptSet", "load_prompts", "token_stats"]
 
@@ -41,22 +46,13 @@ def load_prompts(
     :raises lem.errors.PromptError: when prompts cannot be produced (the message says why and what to do).
     """
     if dataset.source == "synthetic":
-        from lem.prompts.synthetic import load_synthetic
-
         return load_synthetic(dataset, tokenizer, seed=seed, vocab_size=vocab_size)
     if dataset.source == "builtin":
-        from lem.prompts.builtin import load_builtin
-
         return load_builtin(dataset, tokenizer, seed=seed)
     if dataset.source == "file":
-        from lem.prompts.files import load_file
-
         return load_file(dataset, tokenizer, seed=seed)
     if dataset.source == "huggingface":
-        from lem.prompts.hub import load_hub
-
         return load_hub(dataset, tokenizer, seed=seed)
-    from lem.errors import PromptError
 
     raise PromptError(
         f"dataset.source = {dataset.source!r}: unknown source (use 'synthetic', 'builtin', 'file' or 'huggingface')"

@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import attrs
 
+from lem.figures.stats import std
+
 
 @attrs.frozen
 class Prompt:
@@ -55,8 +57,6 @@ def token_stats(lengths: Sequence[int]) -> dict[str, float | int | None]:
     ``std`` is the sample standard deviation (n - 1), like every other figure
     (``None`` for one prompt); ``n``, ``min`` and ``max`` are integers.
     """
-    from lem.figures.stats import std
-
     values = sorted(int(v) for v in lengths)
     n = len(values)
     if n == 0:

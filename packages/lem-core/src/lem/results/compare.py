@@ -19,6 +19,9 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
+from lem.results.files import cycle_paths, read_json_or_warn
+from lem.results.files import experiment_config, experiment_dirs, read_json_or_warn, resolve
+from lem.figures.stats import welch_test
 
 TEST = (
     "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "
@@ -62,8 +65,6 @@ def _workload(
     exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], None]
 ) -> tuple[list[int], list[int], list[int]]:
     """Input tokens, output tokens and passes per cycle: from the summary (schema 2) or the cycle files (schema 1)."""
-    from lem.results.files import cycle_paths, read_json_or_warn
-
     work = summary.get("workload")
     if work:
         ins, outs = list(work["input_tokens"]), list(work["output_tokens"])
@@ -116,8 +117,6 @@ def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None
 
     An experiment without a readable summary is reported through ``warn`` and left out.
     """
-    from lem.results.files import experiment_config, experiment_dirs, read_json_or_warn, resolve
-
     entries = []
     for target in targets:
         dirs = experiment_dirs(resolve(target, results_dir))
@@ -200,8 +199,6 @@ def _values(summary: Mapping[str, Any], name: str) -> list[float]:
 
 def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     """The comparison as JSON-ready data: experiments, figures (mean, CI, ratio, Welch verdict), warnings."""
-    from lem.figures.stats import welch_test
-
     figures = []
     has_slo = any((e.summary.get("slo") or {}).get("slo") for e in entries)
     for name, label, scale, unit in FIGURES:

@@ -21,6 +21,16 @@ from typing import Any, TextIO
 
 from lem.errors import ResultsError
 from lem.results.files import SHAPE_ERRORS
+from lem.results.files import read_json_or_warn
+from lem.results.files import experiment_config
+from lem.results.files import cycle_paths, read_json_or_warn, read_setup
+from lem.results.files import damaged_file
+from lem.figures.summary import HEADLINE, compute_cycle, dig
+from lem.results.timelines import cycle_timelines
+from lem.figures.metrics import request_metrics
+from lem.figures.summary import traces_from_json
+from lem.results.files import experiment_dirs
+from lem.results.files import write_atomic
 
 LEVELS = ("experiment", "cycle", "request")
 FORMATS = ("csv", "parquet", "jsonl")
@@ -53,8 +63,6 @@ def _identity(exp_dir: Path, setup: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _doc(exp_dir: Path, name: str, warn: Warn) -> dict[str, Any] | None:
-    from lem.results.files import read_json_or_warn
-
     path = exp_dir / name
     return read_json_or_warn(path, warn) if path.exists() else None
 
@@ -100,8 +108,6 @@ def _in(doc: Mapping[str, Any], table: str, key: str) -> Any:
 
 def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     """One experiment as a flat row: identity, status, flattened config, every figure, environment facts."""
-    from lem.results.files import experiment_config
-
     summary = _doc(exp_dir, "summary.json", warn)
     failure = _doc(exp_dir, "failure.json", warn) if summary is None else None
     doc = summary or failure or {}
@@ -146,8 +152,6 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
 
 def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[str, Any], Path]]:
     """``(setup, raw cycle, its path)`` of every readable cycle of an experiment."""
-    from lem.results.files import cycle_paths, read_json_or_warn, read_setup
-
     if not (exp_dir / "setup.json").exists():
         return
     try:
@@ -162,15 +166,11 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[st
 
 
 def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> None:
-    from lem.results.files import damaged_file
-
     warn(f"{damaged_file(exp_dir, exc, only=path)}: damaged (wrong JSON shape); that cycle is skipped")
 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
-    from lem.figures.summary import HEADLINE, compute_cycle, dig
-    from lem.results.timelines import cycle_timelines
 
     rows = []
     for setup, raw, path in _cycles(exp_dir, warn):
@@ -207,8 +207,6 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
 
 def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per request of every cycle: TTFT, E2E, TPOT, token counts, error."""
-    from lem.figures.metrics import request_metrics
-    from lem.figures.summary import traces_from_json
 
     rows = []
     for setup, raw, path in _cycles(exp_dir, warn):
@@ -240,8 +238,6 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
 
 def rows(root: Path, level: str = "experiment", warn: Warn = _stderr) -> list[dict[str, Any]]:
     """The rows of every experiment under ``root`` (a results, run or experiment directory) at ``level``."""
-    from lem.results.files import experiment_dirs
-
     if level not in LEVELS:
         raise ResultsError(f"--level {level}: unknown level (use {', '.join(LEVELS)})")
     if not root.is_dir():
@@ -333,8 +329,6 @@ def export(root: Path, fmt: str, level: str, out: Path | None, warn: Warn = _std
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        from lem.results.files import write_atomic
-
         write_atomic(out, buf.getvalue())
     return len(table)
 

@@ -27,6 +27,8 @@ from typing import Any
 from lem.errors import DiskFull, ResultsError
 from lem.figures.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
 from lem.results.timelines import cycle_timelines, timeline_csv, timeline_path
+from lem.configfile.documents import read_toml
+from lem.errors import ConfigError
 
 __all__ = [
     "HEADLINE",
@@ -319,8 +321,6 @@ def resolve(target: str, results_dir: Path) -> Path:
 
 
 def _toml(path: Path) -> dict[str, Any]:
-    from lem.configfile.documents import read_toml
-    from lem.errors import ConfigError
 
     try:
         return read_toml(path)

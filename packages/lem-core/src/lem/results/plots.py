@@ -20,6 +20,8 @@ import attrs
 
 from lem.errors import LemError
 from lem.results.rundata import ExperimentData, RunData, ci, cycles, energy_reason, figure, label, mean, number, timelines
+from lem.figures.metrics import request_metrics
+from lem.results.files import traces_from_json
 
 KINDS = ("pareto", "timeline", "cycles", "cdf")
 INSTALL_HINT = "plots need matplotlib: pip install 'lem-core[plots]'"
@@ -263,8 +265,6 @@ def draw_cycles(run: RunData) -> list[Plot]:
 
 
 def _latencies(exp: ExperimentData) -> dict[str, list[float]]:
-    from lem.figures.metrics import request_metrics
-    from lem.results.files import traces_from_json
 
     out: dict[str, list[float]] = {k: [] for k, _ in LATENCIES}
     for doc in cycles(exp):

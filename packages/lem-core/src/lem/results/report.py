@@ -21,6 +21,8 @@ import attrs
 
 from lem import __version__
 from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, number, read_run
+from lem.results import plots
+from lem.results.files import write_atomic
 
 #: Summary table columns: figure, heading, scale (seconds -> ms).
 COLUMNS: tuple[tuple[str, str, float], ...] = (
@@ -267,7 +269,6 @@ def _experiment(exp: ExperimentData) -> str:
 
 
 def _plots(run: RunData) -> tuple[str, int, list[str], bool]:
-    from lem.results import plots
     if not plots.matplotlib_available():
         return f'<p class="note" id="no-plots">{_e(plots.INSTALL_HINT)}</p>', 0, [], False
     parts, skipped, drawn = [], [], 0
@@ -342,8 +343,6 @@ def render(run: RunData) -> tuple[str, int, list[str], bool]:
 
 def write_report(run_dir: Path, out: Path | None = None) -> Report:
     """Write ``report.html`` for the run in ``run_dir`` (or to ``out``), atomically; returns what it holds."""
-    from lem.results.files import write_atomic
-
     page, drawn, skipped, available = render(read_run(run_dir))
     path = out if out is not None else run_dir / "report.html"
     write_atomic(path, page)
