@@ -28,7 +28,7 @@ def results_list(directory: str, as_json: bool) -> None:
     """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
     from pathlib import Path
 
-    from lem.campaign.loop import table
+    from lem.campaign.ending import table
     from lem.errors import ResultsError
     from lem.results.files import experiment_dirs, experiment_status
 
