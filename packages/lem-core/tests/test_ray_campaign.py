@@ -71,7 +71,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 @pytest.fixture(autouse=True)
 def _scripted() -> Iterator[None]:
-    # A module plugin travels to the Ray task, and on to its worker, by name (lem.campaign.worker.carried_plugins).
+    # A module plugin travels to the Ray task, and on to its worker, by name (lem.campaign.job.carried_plugins).
     with registered(scripted, "scripted"):
         yield
 

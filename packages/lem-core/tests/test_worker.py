@@ -16,9 +16,12 @@ import attrs
 import pytest
 
 import lem.testing.scripted as scripted
+from lem import hookimpl
+from lem.campaign.job import carried_plugins, experiment_of, from_json, job_for, to_json
 from lem.campaign.loop import run_campaign
 from lem.campaign.worker import run_in_worker
 from lem.configfile.loading import LoadedFile
+from lem.errors import LemError
 from lem.testing import registered
 
 FAST = {
@@ -35,7 +38,7 @@ def _exp(exp_id: str, **scripted_opts: Any) -> Any:
 
 @pytest.fixture(autouse=True)
 def _scripted() -> Iterator[None]:
-    # A module plugin travels to the worker by name (lem.campaign.worker.carried_plugins).
+    # A module plugin travels to the worker by name (lem.campaign.job.carried_plugins).
     with registered(scripted, "scripted"):
         yield
 
@@ -63,15 +66,61 @@ def test_a_hung_worker_is_killed_and_reported(tmp_path: Path) -> None:
         exp.config.measurement, stall_timeout_s=1.5)))  # fmt: skip
     (tmp_path / "hangs").mkdir()
     start = time.monotonic()
-    outcome = run_in_worker(exp, tmp_path / "hangs", "run", quiet=True)
+    outcome = run_in_worker(job_for(exp, tmp_path / "hangs", "run", quiet=True))
     assert not outcome.ok and "no progress for 1.5 s (measurement.stall_timeout_s)" in (outcome.reason or "")
     assert time.monotonic() - start < 30
+
+
+class _FlatMeterPlugin:
+    """A plugin that is an object, not a module: it travels to a worker as ``test_worker:FLAT_METER``."""
+
+    @hookimpl
+    def measure_energy(self, meter: str, devices: Any, config: Any) -> Any:
+        return scripted.ScriptedMeter(devices, 50.0, 50.0) if meter == "flat" else None
+
+
+FLAT_METER = _FlatMeterPlugin()
+
+
+def test_the_job_is_plain_json_that_gives_back_the_experiment(tmp_path: Path) -> None:
+    exp = attrs.evolve(_exp("json", itl_ms=3.0), sweep_values={"generation.max_output_tokens": 2})
+    job = job_for(exp, tmp_path / "json", "run-1", quiet=True, prefix="[1/2] ", validate=True)
+    doc = json.loads(to_json(job))
+    assert doc["experiment_id"] == "json" and doc["exp_dir"] == str(tmp_path / "json") and doc["validate"] is True
+    assert ["scripted", "lem.testing.scripted"] in doc["plugins"]  # a module travels by name
+    assert from_json(to_json(job)) == job
+    again = experiment_of(from_json(to_json(job)))
+    assert again.config == exp.config and again.id == "json" and again.sweep_values == exp.sweep_values
+    with pytest.raises(LemError, match="worker job: not a job lem wrote"):
+        from_json('{"experiment_id": "x"}')
+
+
+def test_an_object_plugin_travels_by_its_module_level_name_and_a_local_one_stays() -> None:
+    local = _FlatMeterPlugin()
+    with registered(FLAT_METER, "flat-meter"), registered(local, "local-meter"):
+        carried = dict(carried_plugins())
+    assert carried["flat-meter"] == f"{__name__}:FLAT_METER" and carried["scripted"] == "lem.testing.scripted"
+    assert "local-meter" not in carried  # no module-level name reaches it: it cannot travel
+
+
+def test_a_worker_registers_an_object_plugin_by_reference(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The worker imports this test module by name, as pytest did: it needs this folder on its path.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    exp = _exp("flat")
+    exp = attrs.evolve(exp, config=attrs.evolve(exp.config, measurement=attrs.evolve(
+        exp.config.measurement, energy_meter="flat")))  # fmt: skip
+    with registered(FLAT_METER, "flat-meter"):
+        assert run_campaign(LoadedFile("t.toml", (exp,), ()), out_dir=tmp_path, quiet=True, report=False)
+    (run_dir,) = list(tmp_path.iterdir())
+    energy = json.loads((run_dir / "flat" / "cycle-001.json").read_text())["energy"]
+    assert energy["total_j"] > 0 and [d["uuid"] for d in energy["devices"]] == ["SCRIPTED-0"]
 
 
 SLOW_RUN = """
 import sys
 import lem.testing.scripted as scripted
 from lem.configfile.loading import LoadedFile
+from lem.errors import LemError
 from lem.campaign.loop import run_campaign
 from lem.testing import registered
 
@@ -147,7 +196,7 @@ def test_a_killed_workers_own_processes_are_ended(tmp_path: Path, how: str, capf
     exp = attrs.evolve(exp, config=attrs.evolve(exp.config, measurement=attrs.evolve(
         exp.config.measurement, stall_timeout_s=1.5)))  # fmt: skip
     (tmp_path / "orphan").mkdir()
-    outcome = run_in_worker(exp, tmp_path / "orphan", "run", quiet=True)
+    outcome = run_in_worker(job_for(exp, tmp_path / "orphan", "run", quiet=True))
     assert not outcome.ok
     child = int(pid_file.read_text())
     assert not _alive(child)

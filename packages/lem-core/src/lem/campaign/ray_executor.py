@@ -10,27 +10,39 @@ under ``--out`` with exactly the local layout, so ``--resume`` and
 straight into the run directory instead (a filesystem every node mounts at
 the same path), for large timelines.
 
-Ray is optional (``pip install 'lem-core[ray]'``) and imported only here,
-inside functions.
+The campaign (:mod:`lem.campaign.loop`) prepares each experiment and
+records how it ended, as for a local run; :class:`RayExecutor` only turns each
+prepared experiment into a task (its job is the same plain JSON a local worker
+reads, :mod:`lem.campaign.job`) and yields each as it ends, in the order
+they end.
+
+Ray is optional (``pip install 'lem-core[ray]'``) and imported only by
+:func:`import_ray`, when a campaign uses it.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import shutil
 import socket
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from lem.campaign.worker import Outcome
-from lem.configfile.loading import Experiment, LoadedFile
-from lem.errors import Interrupted, LemError
+from lem.campaign.executors import Finished, Task
+from lem.campaign.job import Outcome, from_json, job_for, to_json
+from lem.campaign.records import clear_partial
+from lem.campaign.worker import run_in_worker
+from lem.configfile.loading import Experiment
+from lem.errors import LemError
+from lem.results.files import write_atomic
 
 INSTALL_HINT = "Ray is not installed in this environment: pip install 'lem-core[ray]'"
 
@@ -78,9 +90,6 @@ class WorkerDied(Exception):
 
 def import_ray() -> Any:
     """``ray``, or a :class:`LemError` saying how to install it."""
-    import importlib
-    import os
-
     # Ray folds look-alike lines of different tasks into "[repeated Nx across cluster]": progress would lose
     # which experiment a line belongs to. Read when Ray is imported.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -138,8 +147,6 @@ def _node() -> dict[str, Any]:
 
 def _record_node(exp_dir: Path, node: Mapping[str, Any]) -> None:
     """Add the Ray node to ``environment.json`` (written by the worker, which does not know it ran under Ray)."""
-    from lem.results.files import write_atomic
-
     path = exp_dir / "environment.json"
     if path.exists():
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -147,33 +154,25 @@ def _record_node(exp_dir: Path, node: Mapping[str, Any]) -> None:
         write_atomic(path, json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
 
 
-def run_task(
-    exp: Experiment,
-    run_id: str,
-    quiet: bool,
-    prefix: str,
-    carried: list[tuple[str, str | None, Any]],
-    validate: bool,
-    shared_dir: str | None,
-) -> dict[str, Any]:
-    """The Ray task of one experiment: run it in a fresh worker on this node; its files and outcome.
+def run_task(job_json: str, shared_dir: str | None) -> dict[str, Any]:
+    """The Ray task of one experiment: run its job in a fresh worker on this node; its files and outcome.
 
-    A worker that died or hung raises :class:`WorkerDied` (Ray retries it); any other failure is returned.
+    The files are measured into a temporary directory and returned, or with ``shared_dir`` written into
+    the run directory there. A worker that died or hung raises :class:`WorkerDied` (Ray retries it); any
+    other failure is returned.
     """
-    from lem.campaign.loop import _clear_partial
-    from lem.campaign.worker import _register, run_in_worker
-
+    job = from_json(job_json)
     node = _node()
-    if not quiet:
-        print(f"{prefix}{exp.id}: running on node {node['node_ip']} ({node['node_id'][:12]})", file=sys.stderr)
-    _register(carried)  # plugins registered at run time on the driver (a test backend) exist here too
+    if not job.quiet:
+        where = f"running on node {node['node_ip']} ({node['node_id'][:12]})"
+        print(f"{job.prefix}{job.experiment_id}: {where}", file=sys.stderr)
     tmp = None if shared_dir else tempfile.mkdtemp(prefix="lem-ray-")
-    exp_dir = Path(shared_dir or str(tmp)) / exp.id
+    exp_dir = Path(shared_dir or str(tmp)) / job.experiment_id
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
-        _clear_partial(exp_dir)  # a retry on a shared directory must not keep an earlier attempt's cycles
-        python = sys.executable if validate else None  # a pinned environment: its worker validates the backend
-        outcome = run_in_worker(exp, exp_dir, run_id, quiet, prefix, python=python)
+        clear_partial(exp_dir)  # a retry on a shared directory must not keep an earlier attempt's cycles
+        python = sys.executable if job.validate else None  # a pinned environment: its worker validates the backend
+        outcome = run_in_worker(attrs.evolve(job, exp_dir=str(exp_dir)), python)
         if not outcome.ok and _died(outcome):
             raise WorkerDied(outcome.reason or "worker died", outcome.exit_code)
         _record_node(exp_dir, node)
@@ -195,8 +194,6 @@ def _died(outcome: Outcome) -> bool:
 
 
 def _write_files(exp_dir: Path, files: Mapping[str, str]) -> None:
-    from lem.results.files import write_atomic
-
     # summary.json last: its presence is what marks the experiment finished for --resume.
     for name in sorted(files, key=lambda n: n == "summary.json"):
         write_atomic(exp_dir / name, files[name])
@@ -220,98 +217,75 @@ def _outcome_of(ray: Any, ref: Any, opts: RayOptions) -> tuple[Outcome, dict[str
     return Outcome(**done["outcome"]), done["node"], done["files"]
 
 
-def run_on_ray(
-    loaded: LoadedFile,
-    run_dir: Path,
-    run_id: str,
-    resuming: bool,
-    quiet: bool,
-    pythons: Mapping[str, str],
-    opts: RayOptions,
-) -> bool:
-    """Dispatch every unfinished experiment as a Ray task and record each as it ends; ``True`` if all succeeded.
+@attrs.frozen
+class RayExecutor:
+    """Each experiment as one Ray task (:func:`run_task`), as many at once as the cluster places."""
 
-    Ctrl-C cancels the outstanding tasks (each one's worker then stops the way Ctrl-C stops it) and marks
-    them interrupted; finished experiments are kept.
-    """
-    from lem.campaign.loop import _interrupted, _prepare, _record_failure
-    from lem.campaign.worker import carried_plugins
+    run_id: str
+    quiet: bool
+    pythons: Mapping[str, str]
+    opts: RayOptions
+    run_dir: Path
 
-    ray = import_ray()
-    started = _connect(ray, opts.address)
-    try:
-        node_gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
-        has_gpus = max(node_gpus, default=0.0) > 0
-        remote = ray.remote(run_task)
-        carried = carried_plugins()
-        shared = str(run_dir.resolve()) if opts.shared_out else None
-        pending: dict[Any, tuple[str, Experiment]] = {}
-        total = len(loaded.experiments)
-        all_ok = True
+    @property
+    def resume_flags(self) -> str:
+        """``--ray ADDRESS`` again, for the ``--resume`` line."""
+        return f" --ray {self.opts.address or ''}"
+
+    def run(self, tasks: Iterator[Task]) -> Generator[Finished, None, None]:
+        """Queue every task on Ray, then yield each as it ends.
+
+        Ctrl-C (or closing this generator) cancels the outstanding tasks: each one's worker then stops the
+        way Ctrl-C stops it.
+        """
+        ray = import_ray()
+        started = _connect(ray, self.opts.address)
+        pending: dict[Any, Task] = {}
         try:
-            for i, exp in enumerate(loaded.experiments, 1):
-                prefix = f"[{i}/{total}] " if total > 1 else ""
-                if not _prepare(exp, run_dir, resuming):
-                    if not quiet:
-                        print(f"{prefix}{exp.id}: finished in an earlier attempt, skipped", file=sys.stderr)
-                    continue
-                options = task_options(exp, opts, pythons, has_gpus)
-                if options["num_gpus"] > max(node_gpus, default=0.0) and has_gpus:
+            node_gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in ray.nodes() if n.get("Alive")]
+            largest = max(node_gpus, default=0.0)
+            remote = ray.remote(run_task)
+            shared = str(self.run_dir.resolve()) if self.opts.shared_out else None
+            for task in tasks:
+                exp = task.experiment
+                options = task_options(exp, self.opts, self.pythons, largest > 0)
+                if options["num_gpus"] > largest > 0:
                     # Ray would keep an infeasible task pending for ever: fail it now and go on.
-                    all_ok = False
-                    why = f"needs {options['num_gpus']:g} GPUs on one node; the largest node has {max(node_gpus):g}"
-                    _record_failure(exp, run_dir / exp.id, run_id, Outcome(False, why))
-                    if not quiet:
-                        print(f"{prefix}{exp.id}: FAILED: {why}", file=sys.stderr)
+                    why = f"needs {options['num_gpus']:g} GPUs on one node; the largest node has {largest:g}"
+                    yield Finished(task, Outcome(False, why))
                     continue
-                validate = exp.config.backend in pythons
-                ref = remote.options(**options).remote(exp, run_id, quiet, prefix, carried, validate, shared)
-                pending[ref] = (prefix, exp)
-                if not quiet:
+                validate = exp.config.backend in self.pythons
+                job = job_for(exp, task.exp_dir, self.run_id, self.quiet, task.prefix, validate)
+                pending[remote.options(**options).remote(to_json(job), shared)] = task
+                if not self.quiet:
                     print(
-                        f"{prefix}{exp.id}: {exp.config.backend} {exp.config.model}: queued on Ray"
+                        f"{task.prefix}{exp.id}: {exp.config.backend} {exp.config.model}: queued on Ray"
                         f" ({options['num_cpus']:g} CPU, {options['num_gpus']:g} GPU)",
                         file=sys.stderr,
                     )
             while pending:
                 done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
                 for ref in done:
-                    prefix, exp = pending.pop(ref)
-                    all_ok = _finish(ray, ref, exp, prefix, run_dir, run_id, quiet, opts) and all_ok
-        except KeyboardInterrupt:
+                    yield self._finish(ray, ref, pending.pop(ref))
+        except (KeyboardInterrupt, GeneratorExit):
             _cancel(ray, list(pending))
-            for _, exp in pending.values():
-                _interrupted(exp, run_dir / exp.id, run_id)
-            stopped = ", ".join(exp.id for _, exp in pending.values()) or "none"
-            raise Interrupted(
-                f"interrupted: Ray tasks cancelled (experiments {stopped}) of run {run_id}; finished experiments are"
-                f" kept (continue with `lem run {loaded.source} --resume {run_id} --out {run_dir.parent}"
-                f" --ray {opts.address or ''}`)"
-            ) from None
-        return all_ok
-    finally:
-        if started:
-            ray.shutdown()
+            raise
+        finally:
+            if started:
+                ray.shutdown()
 
+    def _finish(self, ray: Any, ref: Any, task: Task) -> Finished:
+        """Write one ended task's files under the run directory as a local run would; how it ended, and where."""
+        outcome, node, files = _outcome_of(ray, ref, self.opts)
+        _write_files(task.exp_dir, files)
+        where = f" on node {node['node_ip']} ({node['node_id'][:12]})" if node else ""
+        if outcome.ok and not self.quiet:
+            print(f"{task.prefix}{task.experiment.id}: done{where}", file=sys.stderr)
+        return Finished(task, outcome, where)
 
-def _finish(
-    ray: Any, ref: Any, exp: Experiment, prefix: str, run_dir: Path, run_id: str, quiet: bool, opts: RayOptions
-) -> bool:
-    """Record one ended task under the run directory as a local run would; ``True`` if it succeeded."""
-    from lem.campaign.loop import _record_failure
-
-    outcome, node, files = _outcome_of(ray, ref, opts)
-    exp_dir = run_dir / exp.id
-    _write_files(exp_dir, files)
-    where = f" on node {node['node_ip']} ({node['node_id'][:12]})" if node else ""
-    if outcome.ok:
-        if not quiet:
-            print(f"{prefix}{exp.id}: done{where}", file=sys.stderr)
-        return True
-    _record_failure(exp, exp_dir, run_id, outcome)
-    if not quiet:
-        print(f"{prefix}{exp.id}: FAILED{where}: {outcome.reason}", file=sys.stderr)
-    return False
+    def stopped(self, interrupted: Sequence[tuple[Experiment, bool]], run_id: str) -> str:
+        """``Ray tasks cancelled (experiments a, b) of run R``."""
+        return f"Ray tasks cancelled (experiments {', '.join(e.id for e, _ in interrupted) or 'none'}) of run {run_id}"
 
 
 #: Seconds the driver waits, after Ctrl-C, for cancelled tasks to stop their workers.

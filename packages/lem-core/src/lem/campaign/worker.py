@@ -8,13 +8,15 @@ silent longer than the stall timeout is treated as hung and killed. A worker
 whose parent dies exits at once, so a killed campaign leaves no orphan
 holding a GPU; the processes of a worker that was killed (its engine's) are
 adopted by the campaign process and ended (:mod:`lem.campaign.reaper`).
+
+The job comes in as one JSON line on stdin (:mod:`lem.campaign.job`); reports
+go out as JSON lines on the file descriptor named on the command line.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import select
 import signal
 import subprocess
@@ -22,58 +24,15 @@ import sys
 import threading
 import time
 import traceback
-import types
 from pathlib import Path
 from typing import Any
 
-import attrs
-
-from lem.configfile.loading import Experiment
-
-
-@attrs.frozen
-class Outcome:
-    """How an experiment ended: ``ok``, or the reason it failed and details (traceback, exit status)."""
-
-    ok: bool
-    reason: str | None = None
-    detail: str | None = None
-    exit_code: int | None = None
-
-
-def carried_plugins() -> list[tuple[str, str | None, Any]]:
-    """Plugins registered at run time (not entry points), to register again in the worker.
-
-    A module travels by name; another object by pickle (skipped if it cannot be pickled).
-    """
-    from lem import plugins
-
-    pm = plugins.get_plugin_manager()
-    out: list[tuple[str, str | None, Any]] = []
-    for name, plugin in pm.list_name_plugin():
-        if name in plugins.DEFAULT_PLUGINS or name in plugins._dists or plugin is None:
-            continue
-        if isinstance(plugin, types.ModuleType):
-            out.append((name, plugin.__name__, None))
-            continue
-        try:
-            pickle.dumps(plugin)
-        except Exception:  # an unpicklable test plugin simply stays in the parent
-            continue
-        out.append((name, None, plugin))
-    return out
-
-
-def _register(carried: list[tuple[str, str | None, Any]]) -> None:
-    import importlib
-
-    from lem.plugins import get_plugin_manager
-
-    pm = get_plugin_manager()
-    for name, module, obj in carried:
-        if pm.get_plugin(name) is None:
-            pm.register(importlib.import_module(module) if module else obj, name=name)
-
+from lem.campaign.job import Job, Outcome, experiment_of, from_json, register, to_json
+from lem.campaign.reaper import Adopter
+from lem.configfile.loading import Experiment, validate
+from lem.errors import ConfigError
+from lem.run.progress import Progress
+from lem.run.runner import run_experiment
 
 #: Seconds a worker whose parent is gone has to stop the way Ctrl-C stops it (closing the model ends a
 #: serving engine's processes) before it exits regardless.
@@ -109,11 +68,13 @@ def _exit_with_parent(fd: int) -> None:
 
 
 def main() -> None:
-    """``python -m lem.campaign.worker FD``: read the job (pickle) from stdin, report on file descriptor FD."""
+    """``python -m lem.campaign.worker FD``: read the job (one JSON line) from stdin, report on descriptor FD.
+
+    Reports are JSON lists, one a line: ``["beat"]``, then ``["ok"]`` or ``["error", reason, traceback]``.
+    """
     report = os.fdopen(int(sys.argv[1]), "w", buffering=1, encoding="utf-8")
-    try:
-        exp, exp_dir, run_id, quiet, prefix, carried, validate = pickle.load(sys.stdin.buffer)
-    except (EOFError, pickle.UnpicklingError):  # the campaign died before it handed the whole job over
+    line = sys.stdin.buffer.readline()
+    if not line.endswith(b"\n"):  # the campaign died before it handed the whole job over
         sys.exit(70)
     last = [0.0]
 
@@ -131,15 +92,14 @@ def main() -> None:
 
     try:
         _exit_with_parent(sys.stdin.fileno())  # in the try: the campaign may already be gone
-        _register(carried)
-        if validate:
+        job = from_json(line)
+        register(job.plugins)  # plugins registered at run time in the campaign (a test backend) exist here too
+        exp = experiment_of(job)
+        if job.validate:
             _validate_here(exp)
-        from lem.run.progress import Progress
-        from lem.run.runner import run_experiment
-
-        progress = Progress(prefix, quiet=quiet, heartbeat=beat)
+        progress = Progress(job.prefix, quiet=job.quiet, heartbeat=beat)
         try:
-            run_experiment(exp, Path(exp_dir), run_id, progress)
+            run_experiment(exp, Path(job.exp_dir), job.run_id, progress)
         finally:
             progress.close()  # a stage ended by an exception must not leave its live line running
         # Done before the result is sent: the parent closes our stdin once it has read it, and that
@@ -169,9 +129,6 @@ def failure_reason(exc: BaseException) -> str:
 
 
 def _validate_here(exp: Experiment) -> None:
-    from lem.configfile.loading import validate
-    from lem.errors import ConfigError
-
     errors = [p for p in validate(exp.config) if p.severity == "error"]
     if errors:
         raise ConfigError(errors, f"{exp.id} (in {sys.executable})")
@@ -190,29 +147,21 @@ def _death(code: int | None) -> str:
     return f"worker process exited with status {code} before reporting a result (os._exit or a native crash)"
 
 
-def run_in_worker(
-    exp: Experiment,
-    exp_dir: Path,
-    run_id: str,
-    quiet: bool = False,
-    prefix: str = "",
-    timeout_s: float | None = None,
-    python: str | None = None,
-) -> Outcome:
-    """Run one experiment in a fresh ``python -m lem.campaign.worker`` process and report how it ended.
+def run_in_worker(job: Job, python: str | None = None, timeout_s: float | None = None) -> Outcome:
+    """Run one job in a fresh ``python -m lem.campaign.worker`` process and report how it ended.
 
     :param python: the interpreter to run it with (another environment's, for a backend installed there).
+    :param timeout_s: seconds without a report after which the worker is hung and killed; default: the
+        experiment's ``measurement.stall_timeout_s``.
     """
-    # In another environment's interpreter, the backend's own checks run there, before anything else.
-    job = pickle.dumps((exp, str(exp_dir), run_id, quiet, prefix, carried_plugins(), python is not None))
+    if timeout_s is None:
+        timeout_s = experiment_of(job).config.measurement.stall_timeout_s
     rfd, wfd = os.pipe()
     # The worker's stdout goes to our stderr: libraries that print must not corrupt `lem run --json`.
     try:
         stdout = sys.stderr.fileno()
     except (AttributeError, OSError, ValueError):  # a notebook's or a test's stderr has no descriptor
         stdout = 2
-    from lem.campaign.reaper import Adopter
-
     with Adopter() as adopter:  # a killed worker's engine processes are re-parented here (lem.campaign.reaper)
         proc = subprocess.Popen(
             [python or sys.executable, "-m", "lem.campaign.worker", str(wfd)],
@@ -221,27 +170,24 @@ def run_in_worker(
             pass_fds=(wfd,),
         )
         try:
-            return _supervise(exp, proc, rfd, wfd, job, timeout_s)
+            return _supervise(proc, rfd, wfd, (to_json(job) + "\n").encode(), timeout_s)
         finally:  # also on Ctrl-C: the worker has been waited for by then
             left = adopter.end_orphans(proc.pid)
             if left:
                 print(
-                    f"lem: {prefix}the worker left {len(left)} process(es) of its own behind"
+                    f"lem: {job.prefix}the worker left {len(left)} process(es) of its own behind"
                     f" (pids {', '.join(map(str, left))}); ended them",
                     file=sys.stderr,
                 )
 
 
-def _supervise(
-    exp: Experiment, proc: subprocess.Popen[bytes], rfd: int, wfd: int, job: bytes, timeout_s: float | None
-) -> Outcome:
+def _supervise(proc: subprocess.Popen[bytes], rfd: int, wfd: int, job: bytes, limit: float) -> Outcome:
     """Hand the worker its job, follow its reports and heartbeats, and say how it ended."""
     os.close(wfd)  # only the worker writes: EOF then means it is gone
     assert proc.stdin is not None
     proc.stdin.write(job)
     proc.stdin.flush()
     reports = os.fdopen(rfd, "r", encoding="utf-8")
-    limit = exp.config.measurement.stall_timeout_s if timeout_s is None else timeout_s
     last = time.monotonic()
     result: list[Any] | None = None
     hung = False
@@ -283,22 +229,6 @@ def _supervise(
     if result[0] == "ok":
         return Outcome(True, exit_code=proc.returncode)
     return Outcome(False, result[1], result[2], proc.returncode)
-
-
-def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, prefix: str = "") -> Outcome:
-    """Run one experiment in this process (``--in-process``); exceptions become a failed outcome."""
-    from lem.errors import LemError
-    from lem.run.progress import Progress
-    from lem.run.runner import run_experiment
-
-    progress = Progress(prefix, quiet=quiet)
-    try:
-        run_experiment(exp, exp_dir, run_id, progress)
-    except (Exception, LemError) as exc:
-        return Outcome(False, failure_reason(exc), traceback.format_exc())
-    finally:
-        progress.close()  # a stage ended by an exception must not leave its live line running
-    return Outcome(True)
 
 
 if __name__ == "__main__":

@@ -12,13 +12,17 @@ import json
 import shutil
 import sys
 from collections.abc import Collection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lem import __version__
 from lem.cli.results import report, results
 from lem.errors import LemError
+
+if TYPE_CHECKING:
+    from lem.campaign.loop import CampaignOptions
+    from lem.campaign.ray_executor import RayOptions
 
 
 class _Group(click.Group):
@@ -120,7 +124,7 @@ def _check_interpreter(value: str, python: str) -> None:
 
 def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
     """Say how many experiments a sweep runs and how long they take at least; ask above a threshold."""
-    from lem.campaign.loop import CONFIRM_ABOVE, duration_text, estimate_s
+    from lem.campaign.loop import CONFIRM_ABOVE, duration_text, estimate_s  # deferred: `lem --help` stays fast
 
     n = len(loaded.experiments)
     if n <= 1:
@@ -200,6 +204,21 @@ def run(
     overrides: tuple[str, ...],
     model: str | None,
     backend: str | None,
+    yes: bool,
+    **flags: Any,
+) -> None:
+    """Run the experiment(s) in FILE and write results under --out."""
+    from lem.campaign.loop import run_campaign  # deferred: `lem --help` must not import the campaign
+
+    _stop_on_sigterm()
+    options = _campaign_options(**flags)
+    loaded = _load(file, preset, overrides, model, backend, external_backends=options.pythons)
+    _confirm(loaded, yes, options.quiet)
+    if not run_campaign(loaded, options):
+        sys.exit(1)
+
+
+def _campaign_options(
     out_dir: str,
     in_process: bool,
     resume_id: str | None,
@@ -207,31 +226,23 @@ def run(
     quiet: bool,
     as_json: bool,
     no_report: bool,
-    yes: bool,
     ray_address: str | None,
     **ray_args: Any,
-) -> None:
-    """Run the experiment(s) in FILE and write results under --out."""
-    from lem.campaign.loop import run_campaign
+) -> CampaignOptions:
+    """``lem run``'s flags as :class:`lem.campaign.loop.CampaignOptions` (``--python`` and ``--ray*`` checked)."""
+    from lem.campaign.loop import CampaignOptions  # deferred: `lem --help` must not import the campaign
 
-    _stop_on_sigterm()
     interpreters = _interpreters(pythons, in_process)
-    ray = _ray_options(ray_address, in_process, **ray_args)
-    loaded = _load(file, preset, overrides, model, backend, external_backends=interpreters)
-    _confirm(loaded, yes, quiet or as_json)
-    ok = run_campaign(
-        loaded,
+    return CampaignOptions(
         out_dir=out_dir,
-        in_process=in_process,
         resume_id=resume_id,
-        pythons=interpreters,
+        in_process=in_process,
         quiet=quiet or as_json,
         as_json=as_json,
         report=not no_report,
-        ray=ray,
+        pythons=interpreters,
+        ray=_ray_options(ray_address, in_process, **ray_args),
     )
-    if not ok:
-        sys.exit(1)
 
 
 def _stop_on_sigterm() -> None:
@@ -261,7 +272,7 @@ def _pairs(option: str, values: tuple[str, ...], convert: Any) -> dict[str, Any]
     return out
 
 
-def _ray_options(address: str | None, in_process: bool, **args: Any) -> Any:
+def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptions | None:
     """The ``--ray*`` options as :class:`lem.campaign.ray_executor.RayOptions`; ``None`` without ``--ray``."""
     if address is None:
         used = [k for k in ("ray_gpus", "ray_memory_gb") if args[k] is not None]
@@ -271,7 +282,7 @@ def _ray_options(address: str | None, in_process: bool, **args: Any) -> Any:
         return None
     if in_process:
         raise LemError("--ray and --in-process exclude each other: a Ray task runs each experiment in its worker")
-    from lem.campaign.ray_executor import RayOptions, import_ray
+    from lem.campaign.ray_executor import RayOptions, import_ray  # deferred: `lem --help` stays fast
 
     import_ray()  # a missing Ray is one line before anything starts
     return RayOptions(

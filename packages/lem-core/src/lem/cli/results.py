@@ -28,7 +28,7 @@ def results() -> None:
 def results_list(directory: str, as_json: bool) -> None:
     """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
     # deferred: `lem --help` imports this module; a command's code loads when it runs
-    from lem.campaign.loop import table
+    from lem.campaign.ending import table
     from lem.results.files import experiment_dirs, experiment_status
 
     root = Path(directory)

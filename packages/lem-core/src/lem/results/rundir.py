@@ -9,6 +9,7 @@ holds the holder's process id only to make the messages useful.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import attrs
 
 from lem.errors import ResultsError, RunLocked
+from lem.results.files import read_json
 
 LOCK_NAME = ".lock"
 
@@ -27,8 +29,6 @@ def check_resume_id(resume_id: str, root: Path) -> Path:
     ``--resume`` can never reach (and overwrite files in) a directory outside
     ``--out``. The directory must hold the ``run.json`` that lem writes first.
     """
-    from lem.results.files import read_json
-
     seps = {"/", os.sep, os.altsep or "/"}
     if (
         not resume_id
@@ -99,8 +99,6 @@ def lock_run(run_dir: Path) -> RunLock:
     A lock file whose process is gone (killed, crashed) is taken over with a
     message on stderr.
     """
-    import fcntl
-
     path = run_dir / LOCK_NAME
     for _ in range(10):
         try:
