@@ -39,7 +39,7 @@ class TorchModel:
     device: Any
     options: PytorchOptions
     assistant: Any = None
-    #: The running :class:`~lem_backend_pytorch.continuous.ContinuousEngine` when ``engine = "continuous"``.
+    #: The running :class:`~lem_backend_pytorch.continuous.engine.ContinuousEngine` when ``engine = "continuous"``.
     continuous: Any = None
     #: The other ranks (:class:`~lem_backend_pytorch.tp.Ranks`) when ``tensor_parallel_size > 1``.
     ranks: Any = None
@@ -253,7 +253,7 @@ def _closer(handle: TorchModel) -> Callable[[], None]:
         import torch
 
         if handle.continuous is not None:
-            from lem_backend_pytorch.continuous import close as close_engine
+            from lem_backend_pytorch.continuous.engine import close as close_engine
 
             engine, handle.continuous = handle.continuous, None
             close_engine(engine)
@@ -344,7 +344,7 @@ def load(config: ExperimentConfig) -> LoadedModel:
 
         info["compile_seconds"] = compile_warmup(loaded, config)
     if options.engine == "continuous":
-        from lem_backend_pytorch.continuous import start
+        from lem_backend_pytorch.continuous.engine import start
 
         handle.continuous = start(loaded, config.generation, config)
         info["continuous"] = handle.continuous.info

@@ -42,7 +42,7 @@ def generate_stream(
     if model.backend != NAME:
         return None
     if model.handle.options.engine == "continuous":
-        from lem_backend_pytorch import continuous
+        from lem_backend_pytorch.continuous import engine as continuous
 
         return continuous.stream(model, requests, params, config)
     from lem_backend_pytorch.streaming import stream
@@ -215,7 +215,7 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
         return problems
     o = opts.resolve(config)
     if o.engine == "continuous":
-        from lem_backend_pytorch.continuous_options import problems as continuous_problems
+        from lem_backend_pytorch.continuous.options import problems as continuous_problems
 
         # The static engine's own checks (beams, assisted batching, compile) give way to the continuous ones.
         shared = [p for p in _combinations(config, o) if not p.path.startswith(_STATIC_ONLY)]

@@ -42,7 +42,7 @@ from lem import serving
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel, Request, TokenEvent
-from lem_backend_pytorch.continuous_options import config_kwargs, transformers_version
+from lem_backend_pytorch.continuous.options import config_kwargs, transformers_version
 from lem_backend_pytorch.decoding import build_generation_config
 
 #: Seconds between the watchdog's checks that the generation thread is alive.
