@@ -41,7 +41,7 @@ class TorchModel:
     assistant: Any = None
     #: The running :class:`~lem_backend_pytorch.continuous.engine.ContinuousEngine` when ``engine = "continuous"``.
     continuous: Any = None
-    #: The other ranks (:class:`~lem_backend_pytorch.tp.Ranks`) when ``tensor_parallel_size > 1``.
+    #: The other ranks (:class:`~lem_backend_pytorch.tp.leader.Ranks`) when ``tensor_parallel_size > 1``.
     ranks: Any = None
 
 
@@ -104,7 +104,7 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
         "dtype": dtype,  # precision
         "attn_implementation": options.attn_implementation,  # pytorch.attn_implementation
         "device_map": None if tp_size > 1 else placement,  # pytorch.device_map / device
-        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp_shard.py)
+        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp/shard.py)
         "max_memory": max_memory_for_accelerate(options.max_memory),  # pytorch.max_memory
         "trust_remote_code": config.trust_remote_code,  # trust_remote_code
         "revision": config.revision,  # revision
@@ -119,7 +119,7 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
 def _tp_plan(size: int) -> Any:
     if size == 1:
         return None
-    from lem_backend_pytorch.tp_shard import distributed_config
+    from lem_backend_pytorch.tp.shard import distributed_config
 
     return distributed_config(size)
 
@@ -154,7 +154,7 @@ def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
         "trust_remote_code": config.trust_remote_code,
     }
     if "distributed_config" in kwargs:  # tensor parallelism: each rank initialises its own shard
-        from lem_backend_pytorch.tp_shard import random_model
+        from lem_backend_pytorch.tp.shard import random_model
 
         return random_model(hf_config, {k: v for k, v in kwargs.items() if k != "revision"})
     device_map = kwargs["device_map"]
@@ -260,7 +260,7 @@ def _closer(handle: TorchModel) -> Callable[[], None]:
         handle.model = None
         handle.assistant = None
         if handle.ranks is not None:
-            from lem_backend_pytorch.tp import close as close_ranks
+            from lem_backend_pytorch.tp.leader import close as close_ranks
 
             ranks, handle.ranks = handle.ranks, None
             close_ranks(ranks)
@@ -284,7 +284,7 @@ def load(config: ExperimentConfig) -> LoadedModel:
     torch.manual_seed(config.seed)
     ranks = None
     if config.sharding.tensor_parallel_size > 1:
-        from lem_backend_pytorch import tp
+        from lem_backend_pytorch.tp import leader as tp
 
         ranks = tp.start(config, _source(config.model, config.load_format)[0], device)
 

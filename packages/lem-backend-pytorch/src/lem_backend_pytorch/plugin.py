@@ -167,7 +167,7 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
             config.sharding.pipeline_parallel_size,
         )
     if config.sharding.tensor_parallel_size > 1:
-        from lem_backend_pytorch.tp_checks import problems as tp_problems
+        from lem_backend_pytorch.tp.checks import problems as tp_problems
 
         yield from tp_problems(config, o, _on_cpu(o))
     t = config.traffic

@@ -139,12 +139,12 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tupl
 
 
 def _generate(handle: TorchModel) -> Callable[..., Any]:
-    """``model.generate``, or under tensor parallelism the same call on every rank (:func:`tp.generate`)."""
+    """``model.generate``, or under tensor parallelism the same call on every rank (:func:`tp.leader.generate`)."""
     if handle.ranks is None:
         return handle.model.generate
     from functools import partial
 
-    from lem_backend_pytorch import tp
+    from lem_backend_pytorch.tp import leader as tp
 
     return partial(tp.generate, handle.ranks, handle.model)
 

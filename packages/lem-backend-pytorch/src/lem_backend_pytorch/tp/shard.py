@@ -5,8 +5,8 @@ joins the one process group from the ``env://`` variables rank 0 set
 (:func:`join_group`; gloo on the CPU, NCCL on GPUs) and builds the model with
 transformers' own tensor-parallel plan (:func:`distributed_config`,
 :func:`random_model` for random weights), so each rank holds its shard.
-Starting, feeding and supervising the ranks is :mod:`lem_backend_pytorch.tp`'s
-part (rank 0); a follower's main loop is :mod:`lem_backend_pytorch.tp_rank`.
+Starting, feeding and supervising the ranks is :mod:`lem_backend_pytorch.tp.leader`'s
+part (rank 0); a follower's main loop is :mod:`lem_backend_pytorch.tp.follower`.
 """
 
 from __future__ import annotations
