@@ -31,12 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import attrs
+import torch
+from transformers import ContinuousBatchingConfig
+from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from lem import serving
 from lem.config import ExperimentConfig, GenerationConfig
@@ -98,10 +102,6 @@ def _grad_mode(torch: Any) -> Any:
     InferenceMode") the thread runs under ``no_grad`` only, and a paged cache
     allocated in inference mode cannot be written there.
     """
-    import inspect
-
-    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
-
     loop = getattr(ContinuousBatchingManager, "_run_generation_loop", None)
     adopts = loop is not None and "use_inference_mode" in inspect.signature(loop).parameters
     return torch.inference_mode() if adopts else torch.no_grad()
@@ -109,9 +109,6 @@ def _grad_mode(torch: Any) -> Any:
 
 def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
     """Build the manager for ``params`` on the loaded model, warm it up (CUDA graphs, compile) and start its thread."""
-    import torch
-    from transformers import ContinuousBatchingConfig
-
     handle = model.handle
     generation_config = build_generation_config(params, handle.eos_token_ids, handle.pad_token_id, handle.options)
     if generation_config.eos_token_id is None:

@@ -44,11 +44,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
+import torch
+from transformers import AutoConfig
 
 from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
 from lem.processes import free_port
+from lem_backend_pytorch.tp.checks import check_model
 from lem_backend_pytorch.tp.shard import bind_device, device_for, join_group, leave_group
 
 T = TypeVar("T")
@@ -105,10 +108,6 @@ def rank_env(rank: int, size: int, port: int) -> dict[str, str]:
 
 def start(config: ExperimentConfig, path: str, device_type: str) -> Ranks:
     """Check that transformers can shard the model at ``path`` over the ranks, then :func:`launch` them."""
-    from transformers import AutoConfig
-
-    from lem_backend_pytorch.tp.checks import check_model
-
     revision = None if architectures.is_builtin(config.model) else config.revision
     hf_config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=config.trust_remote_code)
     check_model(hf_config, config)
@@ -133,8 +132,6 @@ def launch(config: ExperimentConfig, device_type: str) -> Ranks:
     ranks = Ranks(size, device_type, "nccl" if device_type == "cuda" else "gloo", free_port())
     ranks.saved_env = {k: os.environ.get(k) for k in ENV_KEYS}
     if device_type == "cpu":
-        import torch
-
         ranks.saved_threads = torch.get_num_threads()
     atexit.register(_kill, ranks)  # whatever happens to this process's Python, no follower outlives it
     try:
@@ -264,8 +261,6 @@ def explained(ranks: Ranks, exc: BaseException) -> BaseException:
 
 def generate(ranks: Ranks, model: Any, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
     """``model.generate`` on rank 0, the followers running the same call (see the module docstring)."""
-    import torch
-
     if ranks.failure is not None:
         raise BackendError(ranks.failure)
     rng = torch.cuda.get_rng_state(input_ids.device) if ranks.device_type == "cuda" else None
@@ -330,8 +325,6 @@ def close(ranks: Ranks) -> None:
         else:
             os.environ[key] = value
     if ranks.saved_threads is not None:
-        import torch
-
         torch.set_num_threads(ranks.saved_threads)
 
 
