@@ -137,7 +137,7 @@ def test_every_option_reaches_the_manager(tiny_llama: Path) -> None:
         "prefix_sharing": False,
         "async_batching": False,
     }
-    from lem_backend_pytorch.continuous_options import CONTINUOUS
+    from lem_backend_pytorch.continuous.options import CONTINUOUS
 
     assert set(table) == set(CONTINUOUS)  # every key of the table is exercised here
     model = load(make_config(str(tiny_llama), generation=GEN, pytorch={"engine": "continuous", "continuous": table}))
@@ -307,7 +307,7 @@ def test_did_you_mean_and_warnings() -> None:
 
 def test_older_field_names_are_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stands in for transformers 5.17, whose ContinuousBatchingConfig says block_size (not installed here)."""
-    from lem_backend_pytorch import continuous_options as co
+    from lem_backend_pytorch.continuous import options as co
 
     fields_517 = (co.installed_fields() or frozenset()) - {"page_size", "auto_switch_to_flash"} | {"block_size"}
     monkeypatch.setattr(co, "installed_fields", lambda: fields_517)

@@ -1,7 +1,7 @@
 """Tensor parallelism on the CPU: real ``lem run`` workers, real gloo ranks, the real tiny Llama.
 
 Each ``lem run`` here is a real CLI subprocess whose worker is rank 0 and starts rank 1
-(``python -m lem_backend_pytorch.tp_rank``); the ranks meet over env:// on 127.0.0.1.
+(``python -m lem_backend_pytorch.tp.follower``); the ranks meet over env:// on 127.0.0.1.
 There is no GPU here: energy is read from lem-energy-nvml's fake pynvml (three fake boards whose
 counters a thread advances), put in front of the real one on PYTHONPATH.
 """
@@ -227,9 +227,10 @@ def test_a_follower_exits_when_rank_0_dies(tmp_path: Path) -> None:
     parent = (
         "import os, pickle, subprocess, sys\n"
         "from lem.processes import free_port\n"
-        "from lem_backend_pytorch import tp\n"
+        "from lem_backend_pytorch.tp import leader as tp\n"
         "env = {**os.environ, **tp.rank_env(1, 2, free_port())}\n"
-        "p = subprocess.Popen([sys.executable, '-m', 'lem_backend_pytorch.tp_rank'], stdin=subprocess.PIPE, env=env)\n"
+        "follower = [sys.executable, '-m', 'lem_backend_pytorch.tp.follower']\n"
+        "p = subprocess.Popen(follower, stdin=subprocess.PIPE, env=env)\n"
         "from lem.configfile.loading import config_from_dict\n"
         "p.stdin.write(pickle.dumps(config_from_dict({'model': 'random:tiny-llama'})))\n"
         "p.stdin.flush()\n"

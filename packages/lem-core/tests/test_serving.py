@@ -7,14 +7,15 @@ only through ``submit``); real engines drive it in their backends' tests (vLLM o
 from __future__ import annotations
 
 import asyncio
+import atexit
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from lem.config import TrafficConfig
-from lem.serving import Delta, EventLoop, RequestFailed, stream
+from lem.serving import Delta, EngineHandle, EventLoop, RequestFailed, stream
 from lem.types import Request, TokenEvent
 
 MS = 1_000_000
@@ -249,3 +250,66 @@ def test_event_loop_runs_calls_and_closes_once() -> None:
     assert cancelled.is_set() and not ev.thread.is_alive() and ev.loop.is_closed() and ev.closed
     with pytest.raises(RuntimeError, match="closed"):
         ev.run(where())
+
+
+def test_engine_handle_closes_in_order_once_even_from_many_threads() -> None:
+    handle = EngineHandle("lem-test-engine")
+    assert handle.loop is not None and handle.loop.thread.name == "lem-test-engine"
+    engine = Engine(tokens=1000, gap_s=0.005)
+    order: list[str] = []
+
+    def shutdown() -> None:
+        # The requests in flight were cancelled first, and the loop still runs for the backend's own calls.
+        assert handle.loop is not None
+        order.append(f"shutdown: cancelled {sorted(engine.cancelled)}, in flight {engine.in_flight}")
+
+        async def on_loop() -> str:
+            return threading.current_thread().name
+
+        order.append(f"on {handle.loop.call(on_loop())}")
+
+    def release() -> None:
+        assert handle.loop is not None
+        order.append(f"release: loop closed {handle.loop.loop.is_closed()}")
+
+    handle.shutdown, handle.release = shutdown, release
+    events = stream(handle.loop, _requests(2), TrafficConfig("concurrency", concurrency=2), engine.submit)
+    assert next(events).n_tokens == 0  # serving has started; the consumer now leaves it mid-cycle
+    closers = [threading.Thread(target=handle.close) for _ in range(4)]
+    for t in closers:
+        t.start()
+    for t in closers:
+        t.join(10)
+    handle.close()
+    assert order == ["shutdown: cancelled [0, 1], in flight 0", "on lem-test-engine", "release: loop closed True"]
+    assert handle.closed and not handle.loop.thread.is_alive()
+    assert handle.shutdown is None and handle.release is None  # nothing of the engine is kept past its close
+    events.close()  # type: ignore[attr-defined]  # the abandoned iterator ends quietly on a closed loop
+
+
+def test_engine_handle_is_closed_at_exit_until_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    registered: list[Callable[[], None]] = []
+    monkeypatch.setattr(atexit, "register", registered.append)
+    monkeypatch.setattr(atexit, "unregister", registered.remove)
+    handle = EngineHandle("lem-test-atexit", loop=False)
+    assert registered == [handle.close] and handle.loop is None
+    calls: list[str] = []
+    handle.shutdown = lambda: calls.append("shutdown")
+    registered[0]()  # what atexit does when the backend never closed it
+    assert calls == ["shutdown"] and registered == [] and handle.closed
+
+
+def test_engine_handle_runs_every_step_when_one_fails() -> None:
+    handle = EngineHandle("lem-test-failing")
+    released: list[bool] = []
+
+    def shutdown() -> None:
+        raise RuntimeError("the engine would not stop")
+
+    handle.shutdown = shutdown
+    handle.release = lambda: released.append(True)
+    with pytest.raises(RuntimeError, match="would not stop"):
+        handle.close()
+    assert handle.loop is not None and handle.loop.loop.is_closed() and released == [True]
+    handle.close()  # closed is closed, failure or not
+    assert released == [True]

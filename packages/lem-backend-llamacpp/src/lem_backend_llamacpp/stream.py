@@ -16,6 +16,21 @@ arrives. llama.cpp's generator never stops by itself: lem stops at
 ``max_output_tokens`` or at an end-of-generation token (unless
 ``ignore_eos``), and masks end-of-generation tokens until
 ``min_output_tokens``.
+
+Why not lem-core's :func:`lem.serving.stream` with a one-request submit:
+``Llama.generate`` is a blocking C call per token with no asyncio API, so a
+``submit`` would have to run it on a thread of its own and hand every token
+over to the loop (``call_soon_threadsafe``), which stamps it and hands it on
+to the consumer's thread: two thread hand-overs per token, under the GIL, on
+a machine whose cores llama.cpp's own threads are using. Here the token is
+stamped on the thread that decoded it, the moment ``generate`` yields it, and
+no other thread runs. The same design for the pytorch backend's static engine
+(a generate thread and a queue) measured a few percent slower than a bare
+``generate`` (see :mod:`lem_backend_pytorch.streaming`); per-token timing must
+not get worse, and one sequence at a time gains nothing from the driver's
+concurrency. The schedule below is the driver's (arrival times, closed-loop
+submission events) written for one sequence; there is no engine to close
+beyond ``Llama.close()``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from lem.config import BatchingConfig
+from lem.config import BatchingConfig, ExperimentConfig
 from lem.types import Request
 
 
@@ -93,3 +93,10 @@ def batches(
         taken = {id(r) for r in batch}
         pending = [r for r in pending if id(r) not in taken]
         yield batch
+
+
+def batch_size_for(config: ExperimentConfig) -> int:
+    """Rows per batch: the concurrency under closed-loop traffic, else ``batching.batch_size``."""
+    if config.traffic.mode == "concurrency" and config.traffic.concurrency:
+        return config.traffic.concurrency
+    return config.batching.batch_size

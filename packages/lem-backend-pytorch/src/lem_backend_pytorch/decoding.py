@@ -12,6 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from transformers import CompileConfig
+from transformers import GenerationConfig as HFGenerationConfig
+
 from lem.config import GenerationConfig
 from lem_backend_pytorch.options import PytorchOptions
 
@@ -51,8 +54,6 @@ def generation_config_kwargs(
         "cache_implementation": cache_implementation(options),
     }
     if options.torch_compile:
-        from transformers import CompileConfig
-
         # transformers compiles the decoding forward itself when the cache is static.
         kwargs["compile_config"] = CompileConfig(mode=str(options.torch_compile))
     return kwargs
@@ -72,6 +73,4 @@ def build_generation_config(
     options: PytorchOptions,
 ) -> Any:
     """A ``transformers.GenerationConfig`` for ``params`` (see :func:`generation_config_kwargs`)."""
-    from transformers import GenerationConfig as HFGenerationConfig
-
     return HFGenerationConfig(**generation_config_kwargs(params, eos_token_ids, pad_token_id, options))

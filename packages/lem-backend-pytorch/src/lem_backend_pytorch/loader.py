@@ -11,16 +11,23 @@ from __future__ import annotations
 import gc
 import importlib.util
 from collections.abc import Callable
-from importlib import metadata
 from typing import Any
 
 import attrs
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig, GenerationConfig
 
 from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel
+from lem_backend_pytorch.continuous import engine as continuous
+from lem_backend_pytorch.model import TorchModel, transformers_major, version
 from lem_backend_pytorch.options import PytorchOptions, max_memory_for_accelerate, resolve
+from lem_backend_pytorch.sharded import random_sharded
+from lem_backend_pytorch.streaming import compile_warmup
+from lem_backend_pytorch.tp import leader as tp
+from lem_backend_pytorch.tp.shard import distributed_config, random_model
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 #: device_map values that ask accelerate for a plan (anything else names one device).
@@ -28,39 +35,8 @@ PLANNED_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 PRE_QUANTIZED = {"gptq": ("gptq",), "awq": ("awq",), "fp8": ("fp8", "fbgemm_fp8", "compressed-tensors")}
 
 
-@attrs.define
-class TorchModel:
-    """What ``LoadedModel.handle`` holds. Mutable on purpose: ``close`` drops the model to free memory."""
-
-    model: Any
-    tokenizer: Any
-    eos_token_ids: tuple[int, ...]
-    pad_token_id: int
-    device: Any
-    options: PytorchOptions
-    assistant: Any = None
-    #: The running :class:`~lem_backend_pytorch.continuous.ContinuousEngine` when ``engine = "continuous"``.
-    continuous: Any = None
-    #: The other ranks (:class:`~lem_backend_pytorch.tp.Ranks`) when ``tensor_parallel_size > 1``.
-    ranks: Any = None
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def transformers_major() -> int:
-    """Major version of the installed transformers."""
-    return int((_version("transformers") or "0").split(".")[0])
-
-
 def target_device(options: PytorchOptions) -> str:
     """``cuda`` or ``cpu`` for ``[pytorch] device`` (``auto``: the GPU when there is one)."""
-    import torch
-
     if options.device == "cuda" and not torch.cuda.is_available():
         raise BackendError("pytorch.device = 'cuda' but torch sees no GPU (hint: use device = 'auto' or 'cpu')")
     if options.device == "auto":
@@ -80,8 +56,6 @@ def quantization_config(config: ExperimentConfig, dtype: Any) -> Any:
         raise BackendError(
             f"quantization.method = '{q.method}' needs the bitsandbytes package (hint: pip install bitsandbytes)"
         )
-    from transformers import BitsAndBytesConfig
-
     if q.method == "bnb-8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
     return BitsAndBytesConfig(
@@ -94,8 +68,6 @@ def quantization_config(config: ExperimentConfig, dtype: Any) -> Any:
 
 def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, device: str) -> dict[str, Any]:
     """Keyword arguments for ``from_pretrained``: every model option we accept, in one table."""
-    import torch
-
     dtype = getattr(torch, DTYPES[config.precision])
     tp_size = config.sharding.tensor_parallel_size
     placement = options.device_map if options.device_map is not None else device
@@ -104,7 +76,7 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
         "dtype": dtype,  # precision
         "attn_implementation": options.attn_implementation,  # pytorch.attn_implementation
         "device_map": None if tp_size > 1 else placement,  # pytorch.device_map / device
-        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp_shard.py)
+        "distributed_config": _tp_plan(tp_size),  # sharding.tensor_parallel_size (see tp/shard.py)
         "max_memory": max_memory_for_accelerate(options.max_memory),  # pytorch.max_memory
         "trust_remote_code": config.trust_remote_code,  # trust_remote_code
         "revision": config.revision,  # revision
@@ -119,8 +91,6 @@ def from_pretrained_kwargs(config: ExperimentConfig, options: PytorchOptions, de
 def _tp_plan(size: int) -> Any:
     if size == 1:
         return None
-    from lem_backend_pytorch.tp_shard import distributed_config
-
     return distributed_config(size)
 
 
@@ -137,9 +107,6 @@ def _source(model: str, load_format: str) -> tuple[str, bool]:
 
 
 def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -> Any:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     if "quantization_config" in kwargs or config.quantization.method != "none":
         raise BackendError(
             f"quantization.method = '{config.quantization.method}' needs real weights; "
@@ -154,22 +121,16 @@ def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
         "trust_remote_code": config.trust_remote_code,
     }
     if "distributed_config" in kwargs:  # tensor parallelism: each rank initialises its own shard
-        from lem_backend_pytorch.tp_shard import random_model
-
         return random_model(hf_config, {k: v for k, v in kwargs.items() if k != "revision"})
     device_map = kwargs["device_map"]
     if isinstance(device_map, str) and device_map not in PLANNED_MAPS:
         # Built directly on the target device in the target dtype: no CPU copy, no cast.
         with torch.device(device_map):
             return AutoModelForCausalLM.from_config(hf_config, **build)
-    from lem_backend_pytorch.sharded import random_sharded
-
     return random_sharded(hf_config, build, device_map, kwargs.get("max_memory"))
 
 
 def _load_weights(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -> Any:
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     method = config.quantization.method
     if method in PRE_QUANTIZED:
         hf_config = AutoConfig.from_pretrained(
@@ -186,8 +147,6 @@ def _load_weights(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -
 
 
 def _tokenizer(path: str, config: ExperimentConfig, builtin: bool) -> Any:
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(
         path, revision=None if builtin else config.revision, trust_remote_code=config.trust_remote_code
     )
@@ -220,8 +179,6 @@ def _special_ids(model: Any, tokenizer: Any) -> tuple[tuple[int, ...], int]:
 
 def neutral_generation_config(model: Any) -> dict[str, Any]:
     """Replace the checkpoint's generation defaults by an empty one; returns what they were (for the record)."""
-    from transformers import GenerationConfig
-
     hub = model.generation_config.to_diff_dict() if model.generation_config is not None else {}
     # Every decoding value is passed explicitly per call; an empty default means none of the
     # checkpoint's (sampling defaults, eos ids) can come back through transformers' None-filling.
@@ -240,8 +197,6 @@ def _synchronizer(devices: tuple[int, ...]) -> Callable[[], None]:
         return lambda: None
 
     def synchronize() -> None:
-        import torch
-
         for d in devices:
             torch.cuda.synchronize(d)
 
@@ -250,20 +205,14 @@ def _synchronizer(devices: tuple[int, ...]) -> Callable[[], None]:
 
 def _closer(handle: TorchModel) -> Callable[[], None]:
     def close() -> None:
-        import torch
-
         if handle.continuous is not None:
-            from lem_backend_pytorch.continuous import close as close_engine
-
             engine, handle.continuous = handle.continuous, None
-            close_engine(engine)
+            continuous.close(engine)
         handle.model = None
         handle.assistant = None
         if handle.ranks is not None:
-            from lem_backend_pytorch.tp import close as close_ranks
-
             ranks, handle.ranks = handle.ranks, None
-            close_ranks(ranks)
+            tp.close(ranks)
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -277,15 +226,11 @@ def _describe(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def load(config: ExperimentConfig) -> LoadedModel:
     """Load ``config.model`` as the experiment says (see the module docstring)."""
-    import torch
-
     options = resolve(config)
     device = target_device(options)
     torch.manual_seed(config.seed)
     ranks = None
     if config.sharding.tensor_parallel_size > 1:
-        from lem_backend_pytorch import tp
-
         ranks = tp.start(config, _source(config.model, config.load_format)[0], device)
 
     def build() -> tuple[Any, Any, dict]:
@@ -295,7 +240,7 @@ def load(config: ExperimentConfig) -> LoadedModel:
     eos_ids, pad_id = _special_ids(model, tokenizer)
     hub_defaults = neutral_generation_config(model)
     if config.adapter:
-        from peft import PeftModel
+        from peft import PeftModel  # optional (only for [adapter]): not a dependency of this backend
 
         model = PeftModel.from_pretrained(model, config.adapter, revision=config.revision)
         model.eval()
@@ -312,7 +257,7 @@ def load(config: ExperimentConfig) -> LoadedModel:
     input_device = next(model.parameters()).device
     handle = TorchModel(model, tokenizer, eos_ids, pad_id, input_device, options, assistant, ranks=ranks)
     info: dict[str, Any] = {
-        "versions": {d: _version(d) for d in ("torch", "transformers", "accelerate", "peft", "bitsandbytes")},
+        "versions": {d: version(d) for d in ("torch", "transformers", "accelerate", "peft", "bitsandbytes")},
         "from_pretrained": _describe(kwargs),
         "random_weights": architectures.is_builtin(config.model) or config.load_format == "random",
         "device": str(input_device),
@@ -340,13 +285,9 @@ def load(config: ExperimentConfig) -> LoadedModel:
         close=_closer(handle),
     )
     if options.torch_compile:
-        from lem_backend_pytorch.streaming import compile_warmup
-
         info["compile_seconds"] = compile_warmup(loaded, config)
     if options.engine == "continuous":
-        from lem_backend_pytorch.continuous import start
-
-        handle.continuous = start(loaded, config.generation, config)
+        handle.continuous = continuous.start(loaded, config.generation, config)
         info["continuous"] = handle.continuous.info
     return loaded
 

@@ -17,7 +17,11 @@ from lem import hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.types import LoadedModel, Problem, Request, TokenEvent, error, warning
 from lem_backend_pytorch import options as opts
+from lem_backend_pytorch.batching import batch_size_for
+from lem_backend_pytorch.continuous.options import problems as continuous_problems
+from lem_backend_pytorch.model import transformers_major
 from lem_backend_pytorch.presets import PRESETS
+from lem_backend_pytorch.tp.checks import problems as tp_problems
 
 NAME = "pytorch"
 #: Problem paths of checks that only concern the static engine.
@@ -29,6 +33,7 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
     """Load ``config.model`` with Transformers when ``backend`` is ``pytorch``."""
     if backend != NAME:
         return None
+    # The loader brings torch and transformers: imported when a model is loaded, not when lem loads the plugin.
     from lem_backend_pytorch.loader import load
 
     return load(config)
@@ -42,10 +47,11 @@ def generate_stream(
     if model.backend != NAME:
         return None
     if model.handle.options.engine == "continuous":
-        from lem_backend_pytorch import continuous
+        # Serving modules import torch: only once a model is served (see load_model).
+        from lem_backend_pytorch.continuous import engine as continuous
 
         return continuous.stream(model, requests, params, config)
-    from lem_backend_pytorch.streaming import stream
+    from lem_backend_pytorch.streaming import stream  # torch and transformers, as above
 
     return stream(model, requests, params, config)
 
@@ -58,7 +64,7 @@ def register_presets() -> Mapping[str, Mapping[str, Any]]:
 
 @cache
 def _has_cuda() -> bool:
-    import torch
+    import torch  # only when a check needs to know: this module loads with every lem command
 
     return bool(torch.cuda.is_available())
 
@@ -127,8 +133,6 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
             g.num_beams,
         )
     if o.assistant_model:
-        from lem_backend_pytorch.streaming import batch_size_for
-
         if batch_size_for(config) > 1:
             yield error(
                 "pytorch.assistant_model",
@@ -155,8 +159,6 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
     if o.max_memory is not None and o.device_map is None:
         yield warning("pytorch.max_memory", "is only used with a device_map", 'add device_map = "auto"')
     if "low_cpu_mem_usage" in config.options_for(NAME):
-        from lem_backend_pytorch.loader import transformers_major
-
         if transformers_major() >= 5:
             yield warning("pytorch.low_cpu_mem_usage", "transformers >= 5 always loads with low memory; it is ignored")
     if config.sharding.pipeline_parallel_size > 1:
@@ -167,8 +169,6 @@ def _combinations(config: ExperimentConfig, o: opts.PytorchOptions) -> Iterator[
             config.sharding.pipeline_parallel_size,
         )
     if config.sharding.tensor_parallel_size > 1:
-        from lem_backend_pytorch.tp_checks import problems as tp_problems
-
         yield from tp_problems(config, o, _on_cpu(o))
     t = config.traffic
     if t.mode == "concurrency" and t.concurrency and config.batching.batch_size not in (1, t.concurrency):
@@ -215,8 +215,6 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
         return problems
     o = opts.resolve(config)
     if o.engine == "continuous":
-        from lem_backend_pytorch.continuous_options import problems as continuous_problems
-
         # The static engine's own checks (beams, assisted batching, compile) give way to the continuous ones.
         shared = [p for p in _combinations(config, o) if not p.path.startswith(_STATIC_ONLY)]
         return [*shared, *continuous_problems(config, o, _on_cpu(o))]

@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+from accelerate import dispatch_model, infer_auto_device_map
+from accelerate.utils import get_balanced_memory
+from transformers import AutoModelForCausalLM
+
 
 def plan(model: Any, device_map: str | Mapping[str, Any], max_memory: Mapping[Any, Any] | None, dtype: Any) -> dict:
     """The accelerate device map for ``model`` (a meta model)."""
-    from accelerate import infer_auto_device_map
-    from accelerate.utils import get_balanced_memory
-
     if isinstance(device_map, Mapping):
         return dict(device_map)
     no_split = list(getattr(model, "_no_split_modules", None) or [])
@@ -38,10 +40,6 @@ def plan(model: Any, device_map: str | Mapping[str, Any], max_memory: Mapping[An
 
 def random_sharded(hf_config: Any, build: dict[str, Any], device_map: Any, max_memory: Any) -> Any:
     """A random-weight model placed by ``device_map`` (see the module docstring)."""
-    import torch
-    from accelerate import dispatch_model
-    from transformers import AutoModelForCausalLM
-
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(hf_config, **build)
     placement = plan(model, device_map, max_memory, build["dtype"])

@@ -42,16 +42,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
+import attrs
 import torch
 from transformers.generation.stopping_criteria import StoppingCriteria, StoppingCriteriaList
 
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.types import LoadedModel, Request, TokenEvent
-from lem_backend_pytorch.batching import batches
+from lem_backend_pytorch.batching import batch_size_for, batches
 from lem_backend_pytorch.decoding import build_generation_config
-from lem_backend_pytorch.loader import TorchModel
+from lem_backend_pytorch.model import TorchModel
+from lem_backend_pytorch.tp import leader as tp
 
 #: ``(kind, t_ns, payload)``: "batch" (submitted), "step" (one decode step: a token per row, or a list
 #: per row) or "done".
@@ -112,13 +115,6 @@ def steps(clock: StepClock, new_tokens: list[list[int]], prompt_len: int) -> Ite
         done = upto
 
 
-def batch_size_for(config: ExperimentConfig) -> int:
-    """Rows per batch: the concurrency under closed-loop traffic, else ``batching.batch_size``."""
-    if config.traffic.mode == "concurrency" and config.traffic.concurrency:
-        return config.traffic.concurrency
-    return config.batching.batch_size
-
-
 def _token_ids(handle: TorchModel, request: Request) -> list[int]:
     if request.prompt_token_ids is not None:
         return list(request.prompt_token_ids)
@@ -139,13 +135,9 @@ def left_padded(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tupl
 
 
 def _generate(handle: TorchModel) -> Callable[..., Any]:
-    """``model.generate``, or under tensor parallelism the same call on every rank (:func:`tp.generate`)."""
+    """``model.generate``, or under tensor parallelism the same call on every rank (:func:`.tp.leader.generate`)."""
     if handle.ranks is None:
         return handle.model.generate
-    from functools import partial
-
-    from lem_backend_pytorch import tp
-
     return partial(tp.generate, handle.ranks, handle.model)
 
 
@@ -270,8 +262,6 @@ class _Converter:
 
 def compile_warmup(model: LoadedModel, config: ExperimentConfig) -> float:
     """Run the compiled shapes twice (compile, then CUDA-graph capture) before any measurement; seconds taken."""
-    import attrs
-
     d = config.dataset
     length = d.max_input_tokens or d.input_length_max or d.input_length
     vocab = int(model.model_config.get("vocab_size") or 1000)

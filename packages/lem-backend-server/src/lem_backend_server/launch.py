@@ -21,6 +21,7 @@ from lem import architectures
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
 from lem.processes import free_port
+from lem.serving import EngineHandle, stream
 from lem.types import Request, TokenEvent
 from lem_backend_server import client, options, process
 from lem_backend_server.engines import ENGINES, Engine, launch_command
@@ -38,15 +39,14 @@ EXIT_WAIT_S = 5.0
 
 @attrs.define(eq=False)
 class Handle:
-    """A live server and the client that talks to it."""
+    """A live server, the client that talks to it, and the engine handle that serves and closes both."""
 
     target: client.Target
-    loop: Any
+    serving: EngineHandle
     http: Any
     server: process.Server | None
     request_timeout_s: float
     eos_token_id: int | None
-    closed: bool = False
 
 
 def _tokenizer(source: str) -> tuple[Any, dict[str, Any]]:
@@ -135,8 +135,6 @@ def _command(
 
 def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], dict[str, Any]]:
     """Start (or reach) the experiment's server; returns the handle, tokenizer, model config and info."""
-    from lem.serving import EventLoop
-
     opts = config.options_for(options.NAME)
     engine = opts.get("engine")
     spec = ENGINES.get(engine) if engine else None
@@ -187,7 +185,7 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
                 "energy_scope": "the GPUs of this machine, where lem runs the server",
             }
         )
-    loop = None
+    serving: EngineHandle | None = None
     try:
         served = _served_model(config, url, headers)
         version, source = _version(spec, url, headers, python)
@@ -196,17 +194,32 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
         ids = (spec.token_ids if spec is not None else False) if fmt == "auto" else fmt == "token_ids"
         info["prompt_format"] = "token_ids" if ids else "text (the server tokenizes it)"
         target = client.Target(url, served, engine, ids, headers)
-        loop = EventLoop("lem-server")
-        http = loop.call(_client())
+        serving = EngineHandle("lem-server")
+        assert serving.loop is not None
+        http = serving.loop.call(_client())
     except BaseException:
-        if loop is not None:
-            loop.close()
+        if serving is not None:
+            serving.close()
         if server is not None:
             process.stop(server)
         raise
     eos = getattr(tokenizer, "eos_token_id", None)
-    handle = Handle(target, loop, http, server, float(options.get(config, "request_timeout_s")), eos)
+    handle = Handle(target, serving, http, server, float(options.get(config, "request_timeout_s")), eos)
+    serving.shutdown = lambda: _shutdown(handle)
     return handle, tokenizer, model_config, info
+
+
+def _shutdown(handle: Handle) -> None:
+    """Close the client (on the loop), then stop the managed server."""
+    try:
+        assert handle.serving.loop is not None
+        try:
+            handle.serving.loop.call(handle.http.aclose(), timeout=10)
+        except Exception:  # a dead server can leave the client unable to close cleanly; the server still goes
+            pass
+    finally:
+        if handle.server is not None:
+            process.stop(handle.server)
 
 
 def _wait_external(url: str, path: str, config: ExperimentConfig, headers: Mapping[str, str]) -> None:
@@ -241,13 +254,13 @@ def serve(
     handle: Handle, requests: Sequence[Request], params: GenerationConfig, config: ExperimentConfig
 ) -> Iterator[TokenEvent]:
     """The cycle's events from the server, on the traffic schedule of lem's shared driver."""
-    from lem.serving import stream
+    assert handle.serving.loop is not None
 
     def submit(req: Request) -> Any:
         payload = client.body(handle.target, req, params, config, handle.eos_token_id)
         return client.complete(handle.http, handle.target, payload)
 
-    events = stream(handle.loop, requests, config.traffic, submit, request_timeout_s=handle.request_timeout_s)
+    events = stream(handle.serving.loop, requests, config.traffic, submit, request_timeout_s=handle.request_timeout_s)
     return _explained(events, handle)
 
 
@@ -275,17 +288,5 @@ def _explained(events: Iterator[TokenEvent], handle: Handle) -> Iterator[TokenEv
 
 
 def close(handle: Handle) -> None:
-    """Close the client and its loop, then stop the managed server (safe to call twice)."""
-    if handle.closed:
-        return
-    handle.closed = True
-    try:
-        if not handle.loop.closed:
-            try:
-                handle.loop.call(handle.http.aclose(), timeout=10)
-            except Exception:  # a dead server can leave the client unable to close cleanly; the loop still goes
-                pass
-            handle.loop.close()
-    finally:
-        if handle.server is not None:
-            process.stop(handle.server)
+    """Cancel the requests in flight, close the client, stop the managed server, close the loop (safe to call twice)."""
+    handle.serving.close()

@@ -7,13 +7,15 @@ saves it) or loads a saved engine (:func:`start`). :func:`check_against_installe
 checks lem's arguments against the installed library's own classes.
 
 The ``LLM`` (PyTorch runtime) runs its executor in worker processes (MPI or
-its own IPC); requests are submitted with ``generate_async`` from an asyncio
-loop on its own thread (:class:`lem.serving.EventLoop`), because TensorRT-LLM
-binds a request's result queue to the loop it was submitted from.
+its own IPC); requests are submitted with ``generate_async`` from the asyncio
+loop of a :class:`lem.serving.EngineHandle` (its own thread), because
+TensorRT-LLM binds a request's result queue to the loop it was submitted from.
 
-:func:`close` calls ``llm.shutdown()`` (which ends the executor and its MPI
-session) and closes the loop; it is idempotent and registered with ``atexit``,
-so success, an error and Ctrl-C all leave no executor or worker behind.
+The handle closes the engine: it cancels the requests in flight, calls this
+backend's one shutdown, ``llm.shutdown()`` (which ends the executor and its
+MPI session), then closes the loop; idempotent and registered with
+``atexit``, so success, an error and Ctrl-C all leave no executor or worker
+behind.
 
 Compute capability is read through NVML (``pynvml``) when it is installed,
 which does not initialise CUDA; otherwise through ``torch.cuda`` here, at load,
@@ -22,11 +24,8 @@ where the backend owns CUDA anyway.
 
 from __future__ import annotations
 
-import atexit
-import functools
 import json
 import os
-import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,20 +34,17 @@ import attrs
 
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
-from lem.serving import EventLoop
+from lem.serving import EngineHandle
 from lem_backend_tensorrt import options
 
 
 @attrs.define
 class Engine:
-    """A running ``tensorrt_llm.LLM`` and the event loop its streaming requests run on."""
+    """A running ``tensorrt_llm.LLM`` and the handle that closes it (with the loop its streaming requests run on)."""
 
     mode: str
     llm: Any
-    loop: EventLoop | None = None
-    closed: bool = False
-    on_exit: Any = None
-    lock: threading.Lock = attrs.field(factory=threading.Lock)
+    serving: EngineHandle
 
 
 def _visible_ordinals(count: int) -> list[int]:
@@ -182,7 +178,7 @@ def start(mode: str, args: Mapping[str, Any], engine_flow: bool = False) -> Engi
 
     With ``engine_flow``, ``args["model"]`` is a built TensorRT engine and the engine flow's ``LLM`` loads it.
     """
-    loop = EventLoop("lem-tensorrt") if mode == "stream" else None
+    handle = EngineHandle("lem-tensorrt", loop=mode == "stream")
     try:
         if engine_flow:
             llm = _engine_llm()(**_build(args))
@@ -191,30 +187,21 @@ def start(mode: str, args: Mapping[str, Any], engine_flow: bool = False) -> Engi
 
             llm = LLM(**_build(args))
     except BaseException:
-        if loop is not None:
-            loop.close()
+        handle.close()
         raise
-    engine = Engine(mode, llm, loop)
-    engine.on_exit = functools.partial(close, engine)
-    atexit.register(engine.on_exit)
+    engine = Engine(mode, llm, handle)
+
+    def shutdown() -> None:
+        llm, engine.llm = engine.llm, None
+        llm.shutdown()
+
+    handle.shutdown = shutdown
     return engine
 
 
 def close(engine: Engine) -> None:
-    """``llm.shutdown()`` and close the loop (safe to call twice)."""
-    with engine.lock:
-        if engine.closed:
-            return
-        engine.closed = True
-    if engine.on_exit is not None:
-        atexit.unregister(engine.on_exit)
-    try:
-        if engine.loop is not None:
-            engine.loop.close()  # cancels requests still in flight first
-    finally:
-        llm, engine.llm = engine.llm, None
-        if llm is not None:
-            llm.shutdown()
+    """Cancel the requests in flight, ``llm.shutdown()``, close the loop (safe to call twice)."""
+    engine.serving.close()
 
 
 def _field_names(cls: Any) -> set[str]:

@@ -172,8 +172,8 @@ def generate_stream(
     sp = sampling.sampling_params(params, config)
     if engine.mode == "offline":
         return stream.offline(engine.llm, requests, sp)
-    assert engine.loop is not None
-    return serve(engine.loop, requests, config.traffic, stream.submitter(engine.llm, sp))
+    assert engine.serving.loop is not None
+    return serve(engine.serving.loop, requests, config.traffic, stream.submitter(engine.llm, sp))
 
 
 @hookimpl

@@ -1,35 +1,33 @@
 """Starting and stopping vLLM engines.
 
 Streaming mode runs ``AsyncLLM`` (the engine core in its own process) on
-lem's shared event loop thread (:class:`lem.serving.EventLoop`), because the
+the event loop of a :class:`lem.serving.EngineHandle`, because the
 ``generate_stream`` hook is a plain function returning an iterator. Offline mode runs
-``LLM`` (``LLM.generate``). Either way vLLM owns CUDA in its own processes:
-nothing here touches ``torch.cuda``.
+``LLM`` (``LLM.generate``) under a handle without a loop. Either way vLLM owns CUDA in
+its own processes: nothing here touches ``torch.cuda``.
 
-:func:`close` ends the engine and its processes; it is idempotent and is
-also registered with ``atexit`` so an error or Ctrl-C does not leave orphaned
-engine processes or shared-memory segments behind. It is deterministic: it
-gives vLLM :data:`SHUTDOWN_GRACE_S` to end its processes, waits until they
-have exited, and unlinks the ``/dev/shm`` segments they mapped and left
-(see :mod:`lem_backend_vllm.processes` for why they can be left).
+The handle gives the close its order, its idempotence and its ``atexit``
+registration (so an error or Ctrl-C does not leave orphaned engine processes
+or shared-memory segments behind); this module supplies only vLLM's part:
+the shutdown (:data:`SHUTDOWN_GRACE_S` for vLLM to end its processes), and,
+once the loop is closed and nothing holds the engine, the release: wait until
+its processes have exited and unlink the ``/dev/shm`` segments they mapped
+and left (see :mod:`lem_backend_vllm.processes` for why they can be left).
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
 import gc
 import inspect
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import attrs
 
 from lem.errors import BackendError
-from lem.serving import EventLoop
+from lem.serving import EngineHandle
 from lem_backend_vllm import processes, startup
 
 log = logging.getLogger(__name__)
@@ -44,17 +42,13 @@ SHUTDOWN_GRACE_S = 60
 
 @attrs.define
 class Engine:
-    """A running vLLM engine and, in streaming mode, the event loop that drives it."""
+    """A running vLLM engine and the handle that serves and closes it (with an event loop when streaming)."""
 
     mode: Mode
     engine: Any
-    loop: EventLoop | None = None
+    serving: EngineHandle
     #: The engine's own processes (``psutil.Process``: engine core, workers), found when it started.
     processes: list[Any] = attrs.field(factory=list)
-    closed: bool = False
-    #: The ``atexit`` registration, kept so :func:`close` can drop exactly this one.
-    on_exit: Any = None
-    lock: threading.Lock = attrs.field(factory=threading.Lock)
     #: What :func:`close` found and did (processes killed, shared memory unlinked), for the record.
     closing: dict[str, Any] = attrs.field(factory=dict)
 
@@ -77,8 +71,37 @@ def start(mode: Mode, args: Mapping[str, Any]) -> Engine:
             ) from exc
         raise
     engine.processes = processes.started_since(before)
-    engine.on_exit = functools.partial(close, engine)
-    atexit.register(engine.on_exit)
+    shm: set[str] = set()
+
+    def shutdown() -> None:
+        procs = processes.with_descendants(engine.processes)
+        shm.update(name for p in procs for name in processes.shm_mapped(p.pid))
+        engine.processes = procs
+        if engine.mode == "stream":
+            assert engine.serving.loop is not None
+
+            async def on_loop() -> None:
+                _shutdown(engine.engine)
+
+            engine.serving.loop.call(on_loop(), timeout=SHUTDOWN_GRACE_S + 30)
+        else:
+            llm_engine = getattr(engine.engine, "llm_engine", None)
+            core = getattr(llm_engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                _shutdown(core)
+
+    def release() -> None:
+        # After the loop closed: its cancelled tasks (AsyncLLM's output handler) no longer hold the engine.
+        engine.engine = None
+        # Finalize vLLM's objects now, while the interpreter is whole (their __del__ shuts down again).
+        gc.collect()
+        killed = processes.wait_gone(engine.processes, timeout=SHUTDOWN_GRACE_S)
+        unlinked = processes.unlink_left(shm)
+        engine.closing.update(killed=[p.pid for p in killed], unlinked=unlinked)
+        if killed or unlinked:
+            log.warning("vLLM engine close: killed %s, unlinked shared memory %s", killed, unlinked)
+
+    engine.serving.shutdown, engine.serving.release = shutdown, release
     return engine
 
 
@@ -86,20 +109,26 @@ def _start(mode: Mode, args: Mapping[str, Any]) -> Engine:
     if mode == "offline":
         from vllm import LLM
 
-        return Engine("offline", LLM(**args))
+        handle = EngineHandle("lem-vllm", loop=False)
+        try:
+            return Engine("offline", LLM(**args), handle)
+        except BaseException:
+            handle.close()
+            raise
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    loop = EventLoop("lem-vllm-loop")
+    handle = EngineHandle("lem-vllm-loop")
+    assert handle.loop is not None
 
     async def make() -> Any:
         # Built on the loop's thread: AsyncLLM binds its output handler to the running loop.
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
 
     try:
-        return Engine("stream", loop.call(make()), loop)
+        return Engine("stream", handle.loop.call(make()), handle)
     except BaseException:
-        loop.close(timeout=5)
+        handle.close(timeout=5)
         raise
 
 
@@ -113,37 +142,4 @@ def _shutdown(client: Any) -> None:
 
 def close(engine: Engine) -> None:
     """Shut the engine down, wait until its processes have exited and unlink what they left (safe to call twice)."""
-    with engine.lock:
-        if engine.closed:
-            return
-        engine.closed = True
-    if engine.on_exit is not None:
-        atexit.unregister(engine.on_exit)
-    procs = processes.with_descendants(engine.processes)
-    shm = {name for p in procs for name in processes.shm_mapped(p.pid)}
-    try:
-        if engine.mode == "stream":
-            assert engine.loop is not None
-
-            async def shutdown() -> None:
-                _shutdown(engine.engine)
-
-            try:
-                engine.loop.call(shutdown(), timeout=SHUTDOWN_GRACE_S + 30)
-            finally:
-                # Cancels what is left (AsyncLLM's output handler), so nothing keeps the AsyncLLM alive.
-                engine.loop.close()
-        else:
-            llm_engine = getattr(engine.engine, "llm_engine", None)
-            core = getattr(llm_engine, "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                _shutdown(core)
-    finally:
-        engine.engine = None
-        # Finalize vLLM's objects now, while the interpreter is whole (their __del__ shuts down again).
-        gc.collect()
-        killed = processes.wait_gone(procs, timeout=SHUTDOWN_GRACE_S)
-        unlinked = processes.unlink_left(shm)
-        engine.closing.update(killed=[p.pid for p in killed], unlinked=unlinked)
-        if killed or unlinked:
-            log.warning("vLLM engine close: killed %s, unlinked shared memory %s", killed, unlinked)
+    engine.serving.close()

@@ -66,8 +66,8 @@ def stream(
     engine: Engine, requests: Sequence[Request], sp: Any, traffic: TrafficConfig, lora_for: LoraFor
 ) -> Iterator[TokenEvent]:
     """Serve ``requests`` on the engine's loop through lem's serving driver; the events as they arrive."""
-    assert engine.loop is not None, "offline engines have no event loop"
-    return serving.stream(engine.loop, requests, traffic, _submitter(engine.engine, sp, lora_for))
+    assert engine.serving.loop is not None, "offline engines have no event loop"
+    return serving.stream(engine.serving.loop, requests, traffic, _submitter(engine.engine, sp, lora_for))
 
 
 def offline_timing(output: Any) -> tuple[int, int] | None:

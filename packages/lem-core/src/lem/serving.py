@@ -7,11 +7,16 @@ iterator of :class:`Delta` (what the engine streamed for that request at one
 instant), and calls :func:`stream` from its ``generate_stream`` hook. This
 module does the rest, the same way for every engine:
 
-- **The loop.** :class:`EventLoop` runs an asyncio event loop on its own
-  daemon thread, because ``generate_stream`` is a plain function returning an
-  iterator that the core consumes on its own thread. A backend usually starts
-  one with its engine (engines bind to the loop they are built on:
-  ``loop.call(make_engine())``) and closes it after the engine.
+- **The engine's life.** :class:`EngineHandle` owns what every such engine
+  needs around it: an :class:`EventLoop` (an asyncio loop on its own daemon
+  thread, because ``generate_stream`` is a plain function returning an
+  iterator that the core consumes on its own thread; engines bind to the loop
+  they are built on: ``handle.loop.call(make_engine())``), one idempotent,
+  locked :meth:`~EngineHandle.close` that ``atexit`` also calls, and the close
+  order: cancel the requests in flight (so the engine aborts them while it is
+  still up), the backend's ``shutdown``, close the loop, then the backend's
+  ``release`` (what can only be freed once nothing on the loop holds the
+  engine). A backend writes only its ``shutdown`` (and ``release``).
 - **Arrivals.** Open loop (``poisson``, ``constant``, ``offline``): a request
   is submitted at its ``arrival_ns``, never before. Closed loop
   (``concurrency``): ``traffic.concurrency`` requests in flight, the next one
@@ -43,6 +48,7 @@ Serving starts on the first ``next()`` of the returned iterator.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import queue
 import threading
@@ -105,6 +111,8 @@ class EventLoop:
         self.loop = asyncio.new_event_loop()
         self._lock = threading.Lock()
         self._closed = False
+        #: The driver's serving tasks (one per :func:`stream` being consumed): what is in flight.
+        self._streams: set[asyncio.Task[None]] = set()
         ready = threading.Event()
 
         def run() -> None:
@@ -140,6 +148,15 @@ class EventLoop:
                 raise TimeoutError(f"{name} did not finish within {timeout:g} s") from None
             raise
 
+    def cancel_streams(self, timeout: float = 10.0) -> None:
+        """Cancel what :func:`stream` has in flight on this loop and wait (up to ``timeout`` s) until it is."""
+        if self._closed or not self.thread.is_alive():
+            return
+        try:
+            self.call(_cancel_streams(self._streams), timeout)
+        except TimeoutError:
+            pass  # the engine ignored cancellation: its shutdown ends the rest
+
     def close(self, timeout: float = 10.0) -> None:
         """Cancel the tasks left on the loop, stop it and join its thread (safe to call twice)."""
         with self._lock:
@@ -158,12 +175,82 @@ class EventLoop:
             self.loop.close()
 
 
+async def _cancel_streams(streams: set[asyncio.Task[None]]) -> None:
+    # Runs on the loop: the set is only touched there.
+    tasks = list(streams)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _cancel_all() -> None:
     rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     for task in rest:
         task.cancel()
     await asyncio.gather(*rest, return_exceptions=True)
     await asyncio.get_running_loop().shutdown_asyncgens()
+
+
+class EngineHandle:
+    """The life of an engine that takes requests one at a time: its event loop and its one close.
+
+    Made before the engine (which is then built on :attr:`loop`); the backend
+    sets :attr:`shutdown` (and :attr:`release`) once the engine is up, and
+    calls :meth:`close` if building it fails. ``atexit`` calls :meth:`close`
+    too, so an error or Ctrl-C that skips the backend's close leaves no engine
+    behind.
+
+    :param name: the loop thread's name (shown in stack dumps: say which engine).
+    :param loop: start an event loop; ``False`` for an engine served without
+        one (an offline ``LLM.generate``), which still gets the one close.
+    """
+
+    def __init__(self, name: str, *, loop: bool = True) -> None:
+        self.name = name
+        self.loop: EventLoop | None = EventLoop(name) if loop else None
+        #: The backend's own shutdown: runs on the closing thread while the loop still runs
+        #: (``loop.call(...)`` for what must run on it), after what was in flight is cancelled.
+        self.shutdown: Callable[[], None] | None = None
+        #: What the backend frees once the loop is closed and nothing on it holds the engine
+        #: (processes to reap, objects to collect).
+        self.release: Callable[[], None] | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+        atexit.register(self.close)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._closed
+
+    def close(self, timeout: float = CANCEL_WAIT_S) -> None:
+        """Cancel what is in flight, the backend's shutdown, close the loop, the backend's release (safe to call twice).
+
+        Each step runs even when one before it failed; the first failure is raised at the end.
+
+        :param timeout: seconds to wait for cancelled requests, and for the loop's thread to end.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        atexit.unregister(self.close)
+        shutdown, release, loop = self.shutdown, self.release, self.loop
+        self.shutdown = self.release = None  # the handle must not keep the engine alive once it is closed
+        try:
+            try:
+                if loop is not None:
+                    loop.cancel_streams(timeout)  # aborted in the engine while it is still up
+            finally:
+                try:
+                    if shutdown is not None:
+                        shutdown()
+                finally:
+                    if loop is not None:
+                        loop.close(timeout)
+        finally:
+            if release is not None:
+                release()
 
 
 @attrs.frozen
@@ -199,7 +286,7 @@ def _events(
     loop: EventLoop, requests: list[Request], traffic: TrafficConfig, submit: Submit, timeout: float | None
 ) -> Iterator[TokenEvent]:
     items: queue.SimpleQueue[TokenEvent | _End] = queue.SimpleQueue()
-    task = loop.call(_spawn(_serve(requests, traffic, submit, timeout, items.put)))
+    task = loop.call(_spawn(_serve(requests, traffic, submit, timeout, items.put), loop._streams))
     ended = False
     try:
         while True:
@@ -219,8 +306,11 @@ def _events(
                 pass  # the engine ignored cancellation; closing it will end the rest
 
 
-async def _spawn(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    return asyncio.create_task(coro)
+async def _spawn(coro: Coroutine[Any, Any, None], streams: set[asyncio.Task[None]]) -> asyncio.Task[None]:
+    task = asyncio.create_task(coro)
+    streams.add(task)
+    task.add_done_callback(streams.discard)
+    return task
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -17,6 +17,7 @@ from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
 from lem.types import Problem, error
+from lem_backend_pytorch.model import transformers_major
 from lem_backend_pytorch.options import PytorchOptions
 
 PATH = "sharding.tensor_parallel_size"
@@ -76,11 +77,9 @@ def problems(config: ExperimentConfig, o: PytorchOptions, on_cpu: bool) -> Itera
     size = config.sharding.tensor_parallel_size
     for path, message, hint, value in _refused(config, o):
         yield error(path, message, hint or f"set {PATH} = 1 for this", value)
-    from lem_backend_pytorch.loader import transformers_major
-
     if transformers_major() < 5:
         yield error(PATH, "needs transformers 5's tensor parallelism", "pip install 'transformers>=5.17'", size)
-    import torch
+    import torch  # validate_config imports this module: torch only once a check needs the GPU count
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if not on_cpu and gpus and size > gpus:

@@ -5,15 +5,22 @@ joins the one process group from the ``env://`` variables rank 0 set
 (:func:`join_group`; gloo on the CPU, NCCL on GPUs) and builds the model with
 transformers' own tensor-parallel plan (:func:`distributed_config`,
 :func:`random_model` for random weights), so each rank holds its shard.
-Starting, feeding and supervising the ranks is :mod:`lem_backend_pytorch.tp`'s
-part (rank 0); a follower's main loop is :mod:`lem_backend_pytorch.tp_rank`.
+Starting, feeding and supervising the ranks is :mod:`lem_backend_pytorch.tp.leader`'s
+part (rank 0); a follower's main loop is :mod:`lem_backend_pytorch.tp.follower`.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import tempfile
+from datetime import timedelta
 from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
 
 from lem.errors import BackendError
 
@@ -28,8 +35,6 @@ def device_for(device_type: str, rank: int) -> str:
 
 def bind_device(rank: int, size: int, device_type: str) -> None:
     """Make ``cuda:<rank>`` this thread's device; on the CPU give the rank its share of the cores."""
-    import torch
-
     if device_type == "cuda":
         torch.cuda.set_device(rank)
     else:
@@ -39,10 +44,6 @@ def bind_device(rank: int, size: int, device_type: str) -> None:
 
 def join_group(rank: int, size: int, device_type: str) -> None:
     """Join the process group from the env:// variables (blocks until every rank has joined)."""
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
     dist.init_process_group(
         backend="nccl" if device_type == "cuda" else "gloo",
         init_method="env://",
@@ -73,11 +74,6 @@ def random_model(hf_config: Any, kwargs: dict[str, Any]) -> Any:
     device; the same seed on every rank keeps the replicated weights identical. The numbers differ
     from a ``tp = 1`` random model's (each shard is drawn on its own), the shapes and cost do not.
     """
-    import tempfile
-
-    from safetensors.torch import save_file
-    from transformers import AutoModelForCausalLM
-
     with tempfile.TemporaryDirectory(prefix="lem-tp-random-") as path:
         hf_config.save_pretrained(path)
         save_file({}, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
@@ -86,8 +82,6 @@ def random_model(hf_config: Any, kwargs: dict[str, Any]) -> Any:
 
 def leave_group() -> None:
     """Leave the process group, if this process joined one (a broken group is reported, not raised)."""
-    import torch.distributed as dist
-
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()

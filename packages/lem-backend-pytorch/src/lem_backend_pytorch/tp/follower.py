@@ -1,6 +1,6 @@
-"""A tensor-parallel follower: ``python -m lem_backend_pytorch.tp_rank`` (ranks 1..N-1).
+"""A tensor-parallel follower: ``python -m lem_backend_pytorch.tp.follower`` (ranks 1..N-1).
 
-Started by :func:`lem_backend_pytorch.tp.launch` with the env:// variables set.
+Started by :func:`lem_backend_pytorch.tp.leader.launch` with the env:// variables set.
 It reads the experiment (a pickled ``ExperimentConfig``) from stdin, joins the
 process group, builds its shard of the model exactly as rank 0 builds its own,
 then runs every ``generate`` call rank 0 sends (pickled, on stdin) until told
@@ -19,10 +19,16 @@ import threading
 import time
 from typing import Any
 
+import torch
+import torch.distributed as dist
+
+from lem.processes import set_parent_death_signal
+from lem_backend_pytorch import loader
+from lem_backend_pytorch.options import resolve
+from lem_backend_pytorch.tp import shard as tp_shard
+
 
 def _exit_with_parent(parent: int) -> None:
-    from lem.processes import set_parent_death_signal
-
     set_parent_death_signal(signal.SIGKILL)  # where there is no prctl, the watching thread below still works
 
     def watch() -> None:
@@ -36,11 +42,6 @@ def _exit_with_parent(parent: int) -> None:
 
 
 def _build(config: Any, rank: int, size: int, device_type: str) -> Any:
-    import torch
-
-    from lem_backend_pytorch import loader, tp_shard
-    from lem_backend_pytorch.options import resolve
-
     tp_shard.bind_device(rank, size, device_type)
     tp_shard.join_group(rank, size, device_type)
     torch.manual_seed(config.seed)  # as rank 0 does: replicated random weights stay identical
@@ -50,8 +51,6 @@ def _build(config: Any, rank: int, size: int, device_type: str) -> Any:
 
 
 def _serve(model: Any, device: str, device_type: str, stdin: Any) -> None:
-    import torch
-
     while True:
         try:
             kind, call = pickle.load(stdin)
@@ -77,14 +76,9 @@ def main() -> None:
     rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     stdin = sys.stdin.buffer
     config = pickle.load(stdin)
-    from lem_backend_pytorch import loader, tp_shard
-    from lem_backend_pytorch.options import resolve
-
     device_type = loader.target_device(resolve(config))
     model = _build(config, rank, size, device_type)
     _serve(model, tp_shard.device_for(device_type, rank), device_type, stdin)
-    import torch.distributed as dist
-
     dist.destroy_process_group()
 
 

@@ -19,27 +19,34 @@ The manager and its event loop are built in ``load_model`` (so their cache
 allocation and any CUDA-graph capture fall in the load window, not in a cycle)
 for ``[generation]``; ``generate_stream`` rebuilds them only if called with other
 decoding parameters (``max_output_tokens`` and ``ignore_eos`` go with each request:
-a prefill-only pass of one token does not rebuild). ``close`` stops the generation thread (hard stop: nothing
-is pending by then) and the loop; no thread is left. A request the driver
-cancels (timeout, a consumer that stops early, Ctrl-C) is cancelled in the manager.
+a prefill-only pass of one token does not rebuild). The loop is a
+:class:`lem.serving.EngineHandle`'s, whose close (idempotent, also at exit)
+cancels the requests in flight, runs this engine's one shutdown, stopping the
+generation thread (hard stop: nothing is pending by then), and closes the
+loop; no thread is left. A request the driver cancels (timeout, a consumer
+that stops early, Ctrl-C) is cancelled in the manager.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import inspect
 import itertools
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import attrs
+import torch
+from transformers import ContinuousBatchingConfig
+from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from lem import serving
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel, Request, TokenEvent
-from lem_backend_pytorch.continuous_options import config_kwargs, transformers_version
+from lem_backend_pytorch.continuous.options import config_kwargs, transformers_version
 from lem_backend_pytorch.decoding import build_generation_config
 
 #: Seconds between the watchdog's checks that the generation thread is alive.
@@ -53,7 +60,7 @@ class ContinuousEngine:
     """A started manager, the event loop its requests are served from, and what it was built for."""
 
     manager: Any
-    loop: serving.EventLoop
+    serving: serving.EngineHandle
     params: GenerationConfig
     info: dict[str, Any]
     tag: str = attrs.field(factory=lambda: uuid.uuid4().hex[:8])
@@ -95,10 +102,6 @@ def _grad_mode(torch: Any) -> Any:
     InferenceMode") the thread runs under ``no_grad`` only, and a paged cache
     allocated in inference mode cannot be written there.
     """
-    import inspect
-
-    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
-
     loop = getattr(ContinuousBatchingManager, "_run_generation_loop", None)
     adopts = loop is not None and "use_inference_mode" in inspect.signature(loop).parameters
     return torch.inference_mode() if adopts else torch.no_grad()
@@ -106,15 +109,12 @@ def _grad_mode(torch: Any) -> Any:
 
 def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
     """Build the manager for ``params`` on the loaded model, warm it up (CUDA graphs, compile) and start its thread."""
-    import torch
-    from transformers import ContinuousBatchingConfig
-
     handle = model.handle
     generation_config = build_generation_config(params, handle.eos_token_ids, handle.pad_token_id, handle.options)
     if generation_config.eos_token_id is None:
         generation_config.eos_token_id = -1  # transformers' "no EOS" (requests pass their own anyway)
     kwargs = config_kwargs(handle.options.continuous, config.seed)
-    loop = serving.EventLoop("lem-pytorch-continuous")
+    engine_handle = serving.EngineHandle("lem-pytorch-continuous")
     try:
         with _grad_mode(torch):
             manager = handle.model.init_continuous_batching(
@@ -124,28 +124,30 @@ def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig
             manager.warmup()
             manager.start()
     except BaseException:
-        loop.close()
+        engine_handle.close()
         raise
+    engine_handle.shutdown = lambda: _stop(manager)
     info = {
         "transformers": transformers_version(),
         "continuous_batching_config_passed": dict(kwargs),
         "continuous_batching_config": _resolved(manager.continuous_batching_config),
         "attn_implementation_used": str(getattr(handle.model.config, "_attn_implementation", None)),
     }
-    return ContinuousEngine(manager, loop, params, info)
+    return ContinuousEngine(manager, engine_handle, params, info)
+
+
+def _stop(manager: Any) -> None:
+    """Stop the manager's generation thread and free what it holds."""
+    if manager.is_running():
+        manager.stop(block=True, timeout=STOP_TIMEOUT_S, hard_stop=True)
+    destroy = getattr(manager, "destroy", None)
+    if callable(destroy):
+        destroy()
 
 
 def close(engine: ContinuousEngine) -> None:
-    """Stop the manager's generation thread, then the event loop (safe to call twice)."""
-    manager = engine.manager
-    try:
-        if manager.is_running():
-            manager.stop(block=True, timeout=STOP_TIMEOUT_S, hard_stop=True)
-        destroy = getattr(manager, "destroy", None)
-        if callable(destroy):
-            destroy()
-    finally:
-        engine.loop.close()
+    """Cancel the requests in flight, stop the manager's generation thread, then the loop (safe to call twice)."""
+    engine.serving.close()
 
 
 def _prompt_ids(handle: Any, request: Request) -> list[int]:
@@ -236,4 +238,5 @@ def stream(
 ) -> Iterator[TokenEvent]:
     """Serve ``requests`` through the manager on the traffic schedule; the events as the tokens arrive."""
     engine = engine_for(model, params, config)
-    return serving.stream(engine.loop, requests, config.traffic, _submitter(engine, model.handle, params))
+    assert engine.serving.loop is not None
+    return serving.stream(engine.serving.loop, requests, config.traffic, _submitter(engine, model.handle, params))

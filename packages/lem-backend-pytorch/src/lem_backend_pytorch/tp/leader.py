@@ -1,14 +1,14 @@
 """Tensor parallelism (``[sharding] tensor_parallel_size = N``): N ranks, one process each.
 
 The experiment's worker process is rank 0. :func:`launch` starts ranks 1..N-1
-as ``python -m lem_backend_pytorch.tp_rank`` subprocesses with the ``env://``
+as ``python -m lem_backend_pytorch.tp.follower`` subprocesses with the ``env://``
 rendezvous on 127.0.0.1 and a free port (``MASTER_ADDR``, ``MASTER_PORT``,
 ``RANK``, ``LOCAL_RANK``, ``WORLD_SIZE``, which rank 0 sets for itself too).
 Every rank then joins one process group (gloo on the CPU, NCCL on GPUs, rank r
 on ``cuda:r``) and builds the model with transformers' own tensor-parallel plan
 (``from_pretrained(distributed_config=DistributedConfig(tp_plan="auto"))``,
 present in transformers 5.17 and 5.24), so each rank holds its shard: what
-every rank does for that is :mod:`lem_backend_pytorch.tp_shard`; this module is
+every rank does for that is :mod:`lem_backend_pytorch.tp.shard`; this module is
 rank 0's part, starting the followers, feeding them and watching them.
 
 Only rank 0 serves traffic and emits TokenEvents. Before each ``generate``
@@ -44,12 +44,15 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import attrs
+import torch
+from transformers import AutoConfig
 
 from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
 from lem.processes import free_port
-from lem_backend_pytorch.tp_shard import bind_device, device_for, join_group, leave_group
+from lem_backend_pytorch.tp.checks import check_model
+from lem_backend_pytorch.tp.shard import bind_device, device_for, join_group, leave_group
 
 T = TypeVar("T")
 #: Seconds followers have to exit after being told to stop, before they are killed.
@@ -105,10 +108,6 @@ def rank_env(rank: int, size: int, port: int) -> dict[str, str]:
 
 def start(config: ExperimentConfig, path: str, device_type: str) -> Ranks:
     """Check that transformers can shard the model at ``path`` over the ranks, then :func:`launch` them."""
-    from transformers import AutoConfig
-
-    from lem_backend_pytorch.tp_checks import check_model
-
     revision = None if architectures.is_builtin(config.model) else config.revision
     hf_config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=config.trust_remote_code)
     check_model(hf_config, config)
@@ -133,8 +132,6 @@ def launch(config: ExperimentConfig, device_type: str) -> Ranks:
     ranks = Ranks(size, device_type, "nccl" if device_type == "cuda" else "gloo", free_port())
     ranks.saved_env = {k: os.environ.get(k) for k in ENV_KEYS}
     if device_type == "cpu":
-        import torch
-
         ranks.saved_threads = torch.get_num_threads()
     atexit.register(_kill, ranks)  # whatever happens to this process's Python, no follower outlives it
     try:
@@ -153,7 +150,7 @@ def _start_followers(ranks: Ranks, job: bytes) -> None:
     for rank in range(1, size):
         env = {**os.environ, **rank_env(rank, size, ranks.port)}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lem_backend_pytorch.tp_rank"],
+            [sys.executable, "-m", "lem_backend_pytorch.tp.follower"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -170,7 +167,7 @@ def _start_followers(ranks: Ranks, job: bytes) -> None:
 
 def _join_watching(ranks: Ranks) -> None:
     # Rank 0's rendezvous waits for every follower; one that died before joining would keep it waiting
-    # for tp_shard.PG_TIMEOUT_S. It joins on a helper thread, so the wait ends as soon as the monitor saw a death.
+    # for shard.PG_TIMEOUT_S. It joins on a helper thread, so the wait ends as soon as the monitor saw a death.
     errors: list[BaseException] = []
 
     def join() -> None:
@@ -245,7 +242,7 @@ def _abort_nccl() -> None:
         from torch.distributed.distributed_c10d import _abort_process_group
 
         _abort_process_group()
-    except Exception as exc:  # the process group's own timeout (tp_shard.PG_TIMEOUT_S) is the backstop
+    except Exception as exc:  # the process group's own timeout (shard.PG_TIMEOUT_S) is the backstop
         print(f"lem: could not abort the NCCL process group ({exc})", file=sys.stderr, flush=True)
 
 
@@ -264,8 +261,6 @@ def explained(ranks: Ranks, exc: BaseException) -> BaseException:
 
 def generate(ranks: Ranks, model: Any, input_ids: Any, attention_mask: Any, **kwargs: Any) -> Any:
     """``model.generate`` on rank 0, the followers running the same call (see the module docstring)."""
-    import torch
-
     if ranks.failure is not None:
         raise BackendError(ranks.failure)
     rng = torch.cuda.get_rng_state(input_ids.device) if ranks.device_type == "cuda" else None
@@ -330,8 +325,6 @@ def close(ranks: Ranks) -> None:
         else:
             os.environ[key] = value
     if ranks.saved_threads is not None:
-        import torch
-
         torch.set_num_threads(ranks.saved_threads)
 
 
