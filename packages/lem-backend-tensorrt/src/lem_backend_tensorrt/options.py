@@ -219,14 +219,7 @@ def quantization_args(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
 
 def model_path(config: ExperimentConfig) -> tuple[str, bool]:
     """The model TensorRT-LLM loads, and whether it gets random weights (``random:<name>``: ``load_format="dummy"``)."""
-    if architectures.is_builtin(config.model):
-        try:
-            name = architectures.builtin_name(config.model)
-        except KeyError:
-            known = ", ".join(a["model"] for a in architectures.describe())
-            raise BackendError(f"model = {config.model!r}: unknown built-in architecture (known: {known})") from None
-        return str(architectures.materialize(name)), True
-    return config.model, config.load_format == "random"
+    return architectures.resolve(config.model, config.load_format)
 
 
 def llm_args(config: ExperimentConfig) -> dict[str, Any]:

@@ -203,14 +203,7 @@ def model_path(config: ExperimentConfig) -> tuple[str, bool]:
     ``random:<name>`` models are materialized to a directory (config and
     tokenizer, no weights) and loaded with ``load_format="dummy"``.
     """
-    if architectures.is_builtin(config.model):
-        try:
-            name = architectures.builtin_name(config.model)
-        except KeyError:
-            known = ", ".join(a["model"] for a in architectures.describe())
-            raise BackendError(f"model = {config.model!r}: unknown built-in architecture (known: {known})") from None
-        return str(architectures.materialize(name)), True
-    return config.model, config.load_format == "random"
+    return architectures.resolve(config.model, config.load_format)
 
 
 def lora_adapters(config: ExperimentConfig) -> list[tuple[str, str]]:
