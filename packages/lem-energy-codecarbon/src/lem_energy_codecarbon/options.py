@@ -67,6 +67,7 @@ FIXED: dict[str, Any] = {
 #: Without a country the tracker still needs one to start; its CO2 figure is then not reported.
 PLACEHOLDER_COUNTRY = "USA"
 
+
 def tracker_kwargs(table: Mapping[str, Any], gpu_ids: list[int] | None) -> dict[str, Any]:
     """``OfflineEmissionsTracker(**kwargs)`` for a ``[codecarbon]`` table (already validated)."""
     kwargs = dict(FIXED)

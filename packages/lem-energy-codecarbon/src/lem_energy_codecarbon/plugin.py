@@ -14,13 +14,13 @@ from lem import hookimpl, options
 from lem.errors import MeterUnavailable
 from lem.types import Problem, error, warning
 from lem_energy_codecarbon.meter import CodecarbonMeter
-from lem_energy_codecarbon.options import TABLE, TABLES, country_codes, tracker_kwargs
+from lem_energy_codecarbon.options import TABLE, country_codes, tracker_kwargs
+from lem_energy_codecarbon.options import TABLES as TABLES  # lem plugins --options codecarbon
 
 if TYPE_CHECKING:
     from lem.config import ExperimentConfig
 
 NAME = "codecarbon"
-__all__ = ["TABLES", "measure_energy", "validate_config"]
 
 
 @hookimpl
