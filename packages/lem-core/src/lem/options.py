@@ -456,7 +456,7 @@ def unapplied(generation: Any, not_applied: Mapping[str, str], by: str) -> list[
     """
     defaults = type(generation)()
     return [
-        warning(f"generation.{key}", f"is not applied by {by}: it is ignored", hint, getattr(generation, key))
+        warning(f"generation.{key}", f"is not supported by {by} and is ignored", hint, getattr(generation, key))
         for key, hint in not_applied.items()
         if getattr(generation, key) != getattr(defaults, key)
     ]
