@@ -16,10 +16,12 @@ from typing import Any
 from lem import hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.types import LoadedModel, Problem, Request, TokenEvent, error, warning
+from lem_backend_pytorch import continuous_options
 from lem_backend_pytorch import options as opts
 from lem_backend_pytorch.presets import PRESETS
 
 NAME = "pytorch"
+TABLES = (opts.TABLE, continuous_options.TABLE)  # lem plugins --options pytorch
 #: Problem paths of checks that only concern the static engine.
 _STATIC_ONLY = ("generation.num_beams", "pytorch.assistant_model", "pytorch.torch_compile", "batching")
 
@@ -210,7 +212,7 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Check ``[pytorch]`` (unknown keys, types) and combinations this backend cannot serve."""
     if config.backend != NAME:
         return []
-    problems = list(opts.check(config.options_for(NAME)))
+    problems = opts.check(config.options_for(NAME))
     if problems:
         return problems
     o = opts.resolve(config)

@@ -31,7 +31,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -120,6 +120,9 @@ class Table:
             if option.key == key:
                 return option
         raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys)
 
     def __contains__(self, key: object) -> bool:
         return any(o.key == key for o in self.options)
