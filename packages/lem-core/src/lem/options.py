@@ -296,7 +296,8 @@ def describe_choices(option: Option) -> str:
         shown.append(f'a string matching "{option.pattern}"')
     if len(shown) <= 3:
         return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
-    return "one of " + ", ".join(str(c) if isinstance(c, str) else _show(c) for c in option.choices)
+    listed = "one of " + ", ".join(str(c) if isinstance(c, str) else _show(c) for c in option.choices)
+    return listed + (f', or a string matching "{option.pattern}"' if option.pattern else "")
 
 
 def describe_bounds(option: Option) -> str:
@@ -344,7 +345,7 @@ def check_value(option: Option, value: Any, path: str, hint: str = "") -> list[P
         if option.choices and not isinstance(value, Mapping):
             return [error(path, f"must be {describe_choices(option)}", hint, value)]
         return [error(path, f"must be {exc}", hint, value)]
-    if option.choices and not isinstance(value, Mapping) and not _in_choices(option, value):
+    if (option.choices or option.pattern) and not isinstance(value, Mapping) and not _in_choices(option, value):
         # A union (str | table) may take a table beside its string choices.
         return [error(path, f"must be {describe_choices(option)}", hint, value)]
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_bounds(option, value):
