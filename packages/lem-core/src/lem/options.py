@@ -190,7 +190,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _strict_float)
     conv.register_structure_hook(str, _strict_str)
     conv.register_structure_hook(bool, _strict_bool)
-    conv.register_structure_hook(Any, lambda value, _: value)  # type: ignore[arg-type]
+    conv.register_structure_hook(Any, lambda value, _: value)
 
     def union(tp: Any) -> Callable[[Any, Any], Any]:
         members = [m for m in typing.get_args(tp) if m is not type(None)]
