@@ -27,7 +27,7 @@ def test_unknown_key_and_bad_values_are_errors_with_the_dotted_key() -> None:
     assert "did you mean 'n_ctx'" in found["llamacpp.n_ctxx"]
     assert found["llamacpp.split_mode"].startswith("error: llamacpp.split_mode = 'diagonal': must be 'none'")
     found = _problems({"model": "random:tiny-llama", "llamacpp": {"quantization": "q9_9", "type_k": "q1"}})
-    assert "unknown GGUF type" in found["llamacpp.quantization"]
+    assert "must be one of f32" in found["llamacpp.quantization"]
     assert "must be one of f32" in found["llamacpp.type_k"]
 
 
@@ -81,6 +81,7 @@ def test_every_model_option_reaches_llama(monkeypatch: pytest.MonkeyPatch) -> No
         "use_mlock": False,
     }
     assert set(table) == set(options.MODEL_OPTIONS)
+    assert set(options.MODEL_OPTIONS) == {o.key for o in options.TABLE.options if o.call == "Llama"}
     seen: list[dict[str, Any]] = []
     real = llama_cpp.Llama.__init__
 
@@ -93,7 +94,7 @@ def test_every_model_option_reaches_llama(monkeypatch: pytest.MonkeyPatch) -> No
     model = load(make_config("random:tiny-llama", seed=7, llamacpp={**table, "extra": {"last_n_tokens_size": 32}}))
     try:
         (kwargs,) = seen
-        expected = {arg: convert(table[key]) for key, (arg, _, _, convert) in options.MODEL_OPTIONS.items()}
+        expected = {options.TABLE[key].names[0]: options.to_library(key, table[key]) for key in options.MODEL_OPTIONS}
         assert {k: kwargs[k] for k in expected} == expected
         assert (kwargs["seed"], kwargs["last_n_tokens_size"]) == (7, 32)
         assert kwargs["split_mode"] == llama_cpp.LLAMA_SPLIT_MODE_NONE

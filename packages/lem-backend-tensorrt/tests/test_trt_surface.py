@@ -20,7 +20,7 @@ import lem_trt_surface as surface_check
 import pytest
 from conftest import config
 
-from lem_backend_tensorrt import options, sampling
+from lem_backend_tensorrt import options, plugin, sampling
 
 HERE = Path(__file__).resolve().parent
 SURFACE = surface_check.load()
@@ -206,9 +206,13 @@ def test_a_renamed_build_config_field_fails_and_names_itself() -> None:
 
 
 def test_a_value_of_the_wrong_type_is_caught() -> None:
-    args = options.llm_args(
-        config("org/model", tensorrt={"capacity_scheduler_policy": "FASTEST", "max_batch_size": 2.5})
-    )
+    from lem.configfile.loading import structure
+
+    # lem config validate refuses 2.5 first (lem.options); the surface check would catch it behind validation too.
+    doc = {"model": "org/model", "backend": "tensorrt"}
+    exp, _ = structure({**doc, "tensorrt": {"capacity_scheduler_policy": "FASTEST", "max_batch_size": 2.5}})
+    assert [p.path for p in plugin.validate_config(config=exp)] == ["tensorrt.max_batch_size"]
+    args = options.llm_args(exp)
     problems = surface_check.check_kwargs(SURFACE, "TorchLlmArgs", args)
     assert any(p.startswith("TorchLlmArgs.max_batch_size: 2.5") for p in problems)
     assert any(p.startswith("TorchLlmArgs.scheduler_config:") for p in problems)

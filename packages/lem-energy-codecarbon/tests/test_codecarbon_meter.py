@@ -125,7 +125,11 @@ def test_auto_and_other_names_never_open_codecarbon() -> None:
             "codecarbon.country_iso",
             "did you mean 'country_iso_code'?",
         ),
-        ({"country_iso_code": "FRA", "tracking_mode": "gpu"}, "codecarbon.tracking_mode", "not a tracking mode"),
+        (
+            {"country_iso_code": "FRA", "tracking_mode": "gpu"},
+            "codecarbon.tracking_mode",
+            "must be 'machine' or 'process'",
+        ),
         (
             {"country_iso_code": "FRA", "force_cpu_power_w": "90"},
             "codecarbon.force_cpu_power_w",

@@ -121,12 +121,7 @@ def source_for(config: ExperimentConfig) -> Source:
     """The Hugging Face directory behind ``config.model`` (a built-in is materialized; a hub id downloaded)."""
     model = config.model
     if architectures.is_builtin(model):
-        try:
-            name = architectures.builtin_name(model)
-        except KeyError:
-            known = ", ".join(a["model"] for a in architectures.describe())
-            raise BackendError(f"model = {model!r}: unknown built-in architecture (known: {known})") from None
-        return Source(model, architectures.materialize(name), True, None)
+        return Source(model, Path(architectures.resolve(model)[0]), True, None)
     random_weights = config.load_format == "random"
     if Path(model).is_dir():
         return Source(model, Path(model), random_weights, config.revision)

@@ -13,13 +13,12 @@ Nothing here imports llama_cpp at module import time.
 
 from __future__ import annotations
 
-import difflib
-import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
+from lem.options import Option, Table, accepted_arguments, check, did_you_mean, unapplied
 from lem.types import Problem, error, warning
 from lem_backend_llamacpp import convert
 
@@ -48,40 +47,60 @@ def _constant(table: Mapping[str, str]) -> Callable[[Any], Any]:
     return to_library
 
 
-def _same(value: Any) -> Any:
-    return value
+_LLAMA = "Llama"
 
+#: The one visible table: ``[llamacpp]`` key -> ``Llama(...)`` argument (``call=None``: lem handles it).
+TABLE = Table(
+    "llamacpp",
+    (
+        Option("n_gpu_layers", int, "layers offloaded to the GPU (-1: all)", call=_LLAMA, ge=-1),
+        Option("main_gpu", int, "the GPU that holds the model when split_mode = 'none'", call=_LLAMA, ge=0),
+        Option("split_mode", str, "how a model is split over GPUs", call=_LLAMA, choices=tuple(SPLIT_MODES)),
+        Option("tensor_split", list[float], "per-GPU shares of the model", call=_LLAMA),
+        Option("n_ctx", int, "context length (0: the model's training context)", call=_LLAMA, ge=0),
+        Option("n_batch", int, "prompt tokens per llama_decode call", call=_LLAMA, ge=1),
+        Option("n_ubatch", int, "physical batch size", call=_LLAMA, ge=1),
+        Option("n_threads", int, "threads for generation (-1: llama.cpp's choice)", call=_LLAMA, ge=-1),
+        Option("n_threads_batch", int, "threads for prompt processing (-1: llama.cpp's choice)", call=_LLAMA, ge=-1),
+        Option("flash_attn", bool, "flash attention", call=_LLAMA),
+        Option("type_k", str, "KV-cache type of keys", call=_LLAMA, choices=tuple(CACHE_TYPES)),
+        Option("type_v", str, "KV-cache type of values", call=_LLAMA, choices=tuple(CACHE_TYPES)),
+        Option("offload_kqv", bool, "keep the KV cache on the GPU", call=_LLAMA),
+        Option("use_mmap", bool, "memory-map the model file", call=_LLAMA),
+        Option("use_mlock", bool, "lock the model in RAM", call=_LLAMA),
+        Option(
+            "quantization",
+            str,
+            "GGUF type a Hugging Face or random: model is converted to (default: from precision)",
+            choices=convert.QUANTIZATIONS,
+        ),
+        Option(
+            "cache_dir",
+            str,
+            "where converted GGUF files are cached (default $LEM_CACHE_DIR, $XDG_CACHE_HOME/lem or ~/.cache/lem)",
+        ),
+        Option("extra", Mapping[str, Any], "table passed to Llama(...) unchanged, last"),
+    ),
+    doc="llama-cpp-python's Llama: offload, context, threads, KV cache, GGUF conversion",
+    calls={_LLAMA: "llama_cpp:Llama.__init__"},
+)
+TABLES = (TABLE,)
 
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-def _floats(v: Any) -> bool:
-    return isinstance(v, list) and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-
-
-#: ``[llamacpp]`` key -> (``Llama(...)`` argument, check of the TOML value, what it takes, value -> argument).
-MODEL_OPTIONS: dict[str, tuple[str, Callable[[Any], bool], str, Callable[[Any], Any]]] = {
-    "n_gpu_layers": ("n_gpu_layers", _int, "an integer (-1: all layers)", _same),
-    "main_gpu": ("main_gpu", _int, "a device index", _same),
-    "split_mode": ("split_mode", SPLIT_MODES.__contains__, "'none', 'layer' or 'row'", _constant(SPLIT_MODES)),
-    "tensor_split": ("tensor_split", _floats, "a list of per-GPU shares", _same),
-    "n_ctx": ("n_ctx", _int, "an integer (0: the model's training context)", _same),
-    "n_batch": ("n_batch", _int, "an integer", _same),
-    "n_ubatch": ("n_ubatch", _int, "an integer", _same),
-    "n_threads": ("n_threads", _int, "an integer", _same),
-    "n_threads_batch": ("n_threads_batch", _int, "an integer", _same),
-    "flash_attn": ("flash_attn", _bool, "true or false", _same),
-    "type_k": ("type_k", CACHE_TYPES.__contains__, "one of " + ", ".join(CACHE_TYPES), _constant(CACHE_TYPES)),
-    "type_v": ("type_v", CACHE_TYPES.__contains__, "one of " + ", ".join(CACHE_TYPES), _constant(CACHE_TYPES)),
-    "offload_kqv": ("offload_kqv", _bool, "true or false", _same),
-    "use_mmap": ("use_mmap", _bool, "true or false", _same),
-    "use_mlock": ("use_mlock", _bool, "true or false", _same),
+#: Keys whose TOML value is a name of a llama.cpp constant (``split_mode = "row"``).
+TO_LIBRARY: dict[str, Callable[[Any], Any]] = {
+    "split_mode": _constant(SPLIT_MODES),
+    "type_k": _constant(CACHE_TYPES),
+    "type_v": _constant(CACHE_TYPES),
 }
+#: ``[llamacpp]`` keys that reach ``Llama(...)``.
+MODEL_OPTIONS = tuple(o.key for o in TABLE.options if o.call == _LLAMA)
+
+
+def to_library(key: str, value: Any) -> Any:
+    """The ``Llama(...)`` value of ``[llamacpp] key = value``."""
+    convert_value = TO_LIBRARY.get(key)
+    return value if convert_value is None else convert_value(value)
+
 
 #: Core config -> ``Llama(...)`` argument.
 CORE_MODEL_OPTIONS = {
@@ -115,37 +134,14 @@ STREAM_LIMITS = {
     "ignore_eos": "an end-of-generation token does not stop the request",
 }
 
-#: ``[llamacpp]`` keys lem handles itself.
-LEM_OPTIONS: dict[str, str] = {
-    "quantization": "GGUF type a Hugging Face or random: model is converted to: "
-    + ", ".join(convert.QUANTIZATIONS)
-    + " (default: from precision)",
-    "cache_dir": "where converted GGUF files are cached (default $LEM_CACHE_DIR, $XDG_CACHE_HOME/lem or ~/.cache/lem)",
-    "extra": "table passed to Llama(...) unchanged, last",
-}
-KNOWN_KEYS = (*MODEL_OPTIONS, *LEM_OPTIONS)
-
-
-def _did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(sorted(choices))
+#: ``[generation]`` keys llama.cpp does not apply -> what to use instead.
+NOT_APPLIED = {"no_repeat_ngram_size": "use generation.repetition_penalty"}
 
 
 def _check_table(config: ExperimentConfig) -> list[Problem]:
     opts = config.options_for("llamacpp")
-    problems: list[Problem] = []
-    for key, value in opts.items():
-        if key not in KNOWN_KEYS:
-            problems.append(error(f"llamacpp.{key}", "unknown key", _did_you_mean(key, KNOWN_KEYS)))
-        elif key in MODEL_OPTIONS:
-            _, ok, takes, _ = MODEL_OPTIONS[key]
-            if not ok(value):
-                problems.append(error(f"llamacpp.{key}", f"must be {takes}", value=value))
+    problems = check(TABLE, opts)
     quant = opts.get("quantization")
-    if quant is not None and quant not in convert.QUANTIZATIONS:
-        problems.append(
-            error("llamacpp.quantization", "unknown GGUF type", "one of " + ", ".join(convert.QUANTIZATIONS), quant)
-        )
     if quant is not None and convert.is_gguf(config.model):
         problems.append(
             warning(
@@ -155,10 +151,6 @@ def _check_table(config: ExperimentConfig) -> list[Problem]:
                 value=quant,
             )
         )
-    if "cache_dir" in opts and not isinstance(opts["cache_dir"], str):
-        problems.append(error("llamacpp.cache_dir", "must be a path", value=opts["cache_dir"]))
-    if "extra" in opts and not isinstance(opts["extra"], Mapping):
-        problems.append(error("llamacpp.extra", "must be a table of Llama(...) arguments", value=opts["extra"]))
     return problems
 
 
@@ -179,15 +171,7 @@ def _check_core(config: ExperimentConfig) -> list[Problem]:
         problems.append(
             error("generation.num_beams", "llama.cpp has no beam search", "set num_beams = 1", value=g.num_beams)
         )
-    if g.no_repeat_ngram_size:
-        problems.append(
-            warning(
-                "generation.no_repeat_ngram_size",
-                "is not supported by llama.cpp and is ignored",
-                "use generation.repetition_penalty",
-                value=g.no_repeat_ngram_size,
-            )
-        )
+    problems += unapplied(g, NOT_APPLIED, "llama.cpp")
     if config.quantization.method != "none":
         problems.append(
             error(
@@ -224,9 +208,9 @@ def llama_kwargs(config: ExperimentConfig, model_path: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"model_path": model_path, "seed": config.seed, "verbose": False}
     if config.precision == "float32":
         kwargs["type_k"] = kwargs["type_v"] = _constant(CACHE_TYPES)("f32")
-    for key, (argument, _, _, to_library) in MODEL_OPTIONS.items():
+    for key in MODEL_OPTIONS:
         if key in opts:
-            kwargs[argument] = to_library(opts[key])
+            kwargs[TABLE[key].names[0]] = to_library(key, opts[key])
     kwargs.update(opts.get("extra") or {})
     return kwargs
 
@@ -240,11 +224,6 @@ def generate_kwargs(params: GenerationConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _named_parameters(fn: Any) -> set[str]:
-    sig = inspect.signature(fn)
-    return {n for n, p in sig.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-
-
 def check_against_llama(model_kwargs: Mapping[str, Any], sampling_kwargs: Mapping[str, Any]) -> None:
     """Raise :class:`BackendError` for an argument the installed ``Llama`` / ``Llama.generate`` does not name.
 
@@ -253,12 +232,12 @@ def check_against_llama(model_kwargs: Mapping[str, Any], sampling_kwargs: Mappin
     """
     import llama_cpp
 
-    ours = {arg: key for key, (arg, *_) in MODEL_OPTIONS.items()}
+    ours = {TABLE[key].names[0]: key for key in MODEL_OPTIONS}
     for fn, given, where in (
         (llama_cpp.Llama.__init__, model_kwargs, "Llama(...)"),
         (llama_cpp.Llama.generate, sampling_kwargs, "Llama.generate"),
     ):
-        known = _named_parameters(fn)
+        known = accepted_arguments(fn)
         for name in given:
             if name not in known:
                 key = f"llamacpp.{ours[name]}" if name in ours else f"llamacpp.extra.{name}"
@@ -266,5 +245,5 @@ def check_against_llama(model_kwargs: Mapping[str, Any], sampling_kwargs: Mappin
                     key = next((f"generation.{f}" for f, a in SAMPLING.items() if a == name), name)
                 raise BackendError(
                     f"{key}: llama-cpp-python {llama_cpp.__version__} {where} has no argument '{name}' "
-                    f"({_did_you_mean(name, sorted(known))}); remove the option or install a version that accepts it"
+                    f"({did_you_mean(name, known)}); remove the option or install a version that accepts it"
                 )

@@ -20,6 +20,7 @@ from lem.types import LoadedModel, Problem, Request, TokenEvent
 from lem_backend_llamacpp import convert, options, stream
 
 NAME = "llamacpp"
+TABLES = options.TABLES  # lem plugins --options llamacpp
 
 
 def _version(dist: str) -> str | None:

@@ -96,14 +96,7 @@ def _tp_plan(size: int) -> Any:
 
 def _source(model: str, load_format: str) -> tuple[str, bool]:
     """(path or id to read config and tokenizer from, build with random weights?)."""
-    if architectures.is_builtin(model):
-        try:
-            name = architectures.builtin_name(model)
-        except KeyError:
-            known = ", ".join(r["model"] for r in architectures.describe())
-            raise BackendError(f"model = '{model}': unknown built-in architecture (known: {known})") from None
-        return str(architectures.materialize(name)), True
-    return model, load_format == "random"
+    return architectures.resolve(model, load_format)
 
 
 def _random_model(path: str, kwargs: dict[str, Any], config: ExperimentConfig) -> Any:

@@ -18,12 +18,13 @@ from lem.config import ExperimentConfig, GenerationConfig
 from lem.types import LoadedModel, Problem, Request, TokenEvent, error, warning
 from lem_backend_pytorch import options as opts
 from lem_backend_pytorch.batching import batch_size_for
-from lem_backend_pytorch.continuous.options import problems as continuous_problems
+from lem_backend_pytorch.continuous import options as continuous_options
 from lem_backend_pytorch.model import transformers_major
 from lem_backend_pytorch.presets import PRESETS
 from lem_backend_pytorch.tp.checks import problems as tp_problems
 
 NAME = "pytorch"
+TABLES = (opts.TABLE, continuous_options.TABLE)  # lem plugins --options pytorch
 #: Problem paths of checks that only concern the static engine.
 _STATIC_ONLY = ("generation.num_beams", "pytorch.assistant_model", "pytorch.torch_compile", "batching")
 
@@ -210,14 +211,14 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Check ``[pytorch]`` (unknown keys, types) and combinations this backend cannot serve."""
     if config.backend != NAME:
         return []
-    problems = list(opts.check(config.options_for(NAME)))
+    problems = opts.check(config.options_for(NAME))
     if problems:
         return problems
     o = opts.resolve(config)
     if o.engine == "continuous":
         # The static engine's own checks (beams, assisted batching, compile) give way to the continuous ones.
         shared = [p for p in _combinations(config, o) if not p.path.startswith(_STATIC_ONLY)]
-        return [*shared, *continuous_problems(config, o, _on_cpu(o))]
+        return [*shared, *continuous_options.problems(config, o, _on_cpu(o))]
     if o.continuous is not None:
         problems.append(warning("pytorch.continuous", "is only used with engine = 'continuous'"))
     return [*problems, *_combinations(config, o)]

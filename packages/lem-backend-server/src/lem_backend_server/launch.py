@@ -67,9 +67,7 @@ def _tokenizer(source: str) -> tuple[Any, dict[str, Any]]:
 
 
 def _model(config: ExperimentConfig) -> tuple[str, bool]:
-    if architectures.is_builtin(config.model):
-        return str(architectures.materialize(architectures.builtin_name(config.model))), True
-    return config.model, config.load_format == "random"
+    return architectures.resolve(config.model, config.load_format)
 
 
 def _headers(config: ExperimentConfig) -> dict[str, str]:

@@ -13,6 +13,7 @@ from lem.types import LoadedModel, Problem, Request, TokenEvent
 from lem_backend_server import launch, options
 
 NAME = options.NAME
+TABLES = options.TABLES  # lem plugins --options server
 
 
 @hookimpl

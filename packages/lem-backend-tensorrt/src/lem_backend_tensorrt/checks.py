@@ -17,19 +17,12 @@ import os
 from collections.abc import Mapping
 
 from lem.config import ExperimentConfig
+from lem.options import check, unapplied
 from lem.types import Problem, error, warning
-from lem_backend_tensorrt.options import (
-    CALIBRATION_KEYS,
-    ENGINE_ONLY,
-    KNOWN_KEYS,
-    MODES,
-    PYTORCH_ONLY,
-    QUANTIZATION,
-    REFUSED,
-    RUNTIMES,
-    did_you_mean,
-    runtime,
-)
+from lem_backend_tensorrt.options import ENGINE_ONLY, PYTORCH_ONLY, REFUSED, TABLE, runtime
+
+#: ``[generation]`` keys TensorRT-LLM does not apply -> what to use instead.
+NOT_APPLIED = {"min_p": "use top_p or top_k", "no_repeat_ngram_size": "use generation.repetition_penalty"}
 
 
 def check_options(config: ExperimentConfig) -> list[Problem]:
@@ -37,10 +30,9 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
     opts = config.options_for("tensorrt")
     problems: list[Problem] = []
     rt = runtime(config)
+    problems += check(TABLE, {k: v for k, v in opts.items() if k not in REFUSED})
     for key in opts:
-        if key not in KNOWN_KEYS:
-            problems.append(error(f"tensorrt.{key}", "unknown key", did_you_mean(key, KNOWN_KEYS)))
-        elif key in REFUSED:
+        if key in REFUSED:
             problems.append(error(f"tensorrt.{key}", REFUSED[key], "remove it", value=opts[key]))
         elif rt == "pytorch" and key in ENGINE_ONLY:
             problems.append(
@@ -62,8 +54,6 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
             )
     problems += _check_engine_flow(config, rt)
     mode = opts.get("mode", "stream")
-    if mode not in MODES:
-        problems.append(error("tensorrt.mode", "must be 'stream' or 'offline'", value=mode))
     if mode == "offline" and config.traffic.mode != "offline":
         problems.append(
             error(
@@ -74,39 +64,13 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
                 value=mode,
             )
         )
-    if opts.get("kv_cache_type", "paged") != "paged":
-        problems.append(
-            error(
-                "tensorrt.kv_cache_type",
-                "the PyTorch runtime always uses a paged KV cache",
-                "remove it or set 'paged'",
-                value=opts["kv_cache_type"],
-            )
-        )
-    for key in ("extra_runtime_args", "extra_build_args", "quantization"):
-        if key in opts and not isinstance(opts[key], Mapping):
-            problems.append(error(f"tensorrt.{key}", "must be a table", value=opts[key]))
     problems += _check_quantization(config)
     if ("draft_model" in opts) != ("num_draft_tokens" in opts):
         problems.append(
             error("tensorrt.draft_model", "draft_model and num_draft_tokens go together (DraftTargetDecodingConfig)")
         )
     g = config.generation
-    if g.min_p:
-        problems.append(
-            warning(
-                "generation.min_p", "is not applied by the TensorRT-LLM backend", "use top_p or top_k", value=g.min_p
-            )
-        )
-    if g.no_repeat_ngram_size:
-        problems.append(
-            warning(
-                "generation.no_repeat_ngram_size",
-                "is not applied by the TensorRT-LLM backend",
-                "use generation.repetition_penalty",
-                value=g.no_repeat_ngram_size,
-            )
-        )
+    problems += unapplied(g, NOT_APPLIED, "the TensorRT-LLM backend")
     if g.num_beams > 1 and mode != "offline":
         problems.append(
             error(
@@ -151,11 +115,6 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
 def _check_engine_flow(config: ExperimentConfig, rt: str) -> list[Problem]:
     opts = config.options_for("tensorrt")
     problems: list[Problem] = []
-    if rt not in RUNTIMES:
-        problems.append(error("tensorrt.runtime", "must be 'pytorch' or 'tensorrt'", value=opts.get("runtime")))
-    for key in ("engine_path", "engine_cache_dir"):
-        if key in opts and not isinstance(opts[key], str):
-            problems.append(error(f"tensorrt.{key}", "must be a path", value=opts[key]))
     if "engine_path" in opts and isinstance(opts["engine_path"], str):
         if not os.path.isdir(os.path.expanduser(opts["engine_path"])):
             problems.append(
@@ -176,8 +135,6 @@ def _check_engine_flow(config: ExperimentConfig, rt: str) -> list[Problem]:
                         value=opts[key],
                     )
                 )
-    if "force_rebuild" in opts and not isinstance(opts["force_rebuild"], bool):
-        problems.append(error("tensorrt.force_rebuild", "must be true or false", value=opts["force_rebuild"]))
     return problems
 
 
@@ -195,30 +152,10 @@ def _check_quantization(config: ExperimentConfig) -> list[Problem]:
     table = config.options_for("tensorrt").get("quantization")
     if not isinstance(table, Mapping):
         return problems
-    for key in table:
-        if key not in ("method", "calibration"):
-            problems.append(
-                error(f"tensorrt.quantization.{key}", "unknown key", did_you_mean(key, ["method", "calibration"]))
-            )
     method = table.get("method", "none")
-    if method not in QUANTIZATION:
-        problems.append(
-            error("tensorrt.quantization.method", "must be one of " + ", ".join(QUANTIZATION), value=method)
-        )
     calibration = table.get("calibration")
     if calibration is not None:
-        if not isinstance(calibration, Mapping):
-            problems.append(error("tensorrt.quantization.calibration", "must be a table", value=calibration))
-        else:
-            for key in calibration:
-                if key not in CALIBRATION_KEYS:
-                    problems.append(
-                        error(
-                            f"tensorrt.quantization.calibration.{key}",
-                            "unknown key",
-                            did_you_mean(key, CALIBRATION_KEYS),
-                        )
-                    )
+        if isinstance(calibration, Mapping):
             if runtime(config) != "tensorrt":
                 problems.append(
                     error(

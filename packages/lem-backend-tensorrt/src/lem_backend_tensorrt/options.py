@@ -23,40 +23,163 @@ Nothing here imports TensorRT-LLM.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from lem import architectures
 from lem.config import ExperimentConfig
-from lem.errors import BackendError
+from lem.options import Option, Table
+from lem.options import did_you_mean as did_you_mean  # engine.py names installed fields with it
 
-#: ``[tensorrt]`` key -> (TensorRT-LLM class, field). Conversions are in :func:`llm_args`.
+MODES = ("stream", "offline")
+RUNTIMES = ("pytorch", "tensorrt")
+#: ``quantization.method`` -> the checkpoint's ModelOpt ``quant_algo`` (``hf_quant_config.json``).
+QUANTIZATION: dict[str, str | None] = {
+    "none": None,
+    "fp8": "FP8",
+    "int8_sq": "W8A8_SQ_PER_CHANNEL",
+    "int8_weight_only": "W8A16",
+    "int4_awq": "W4A16_AWQ",
+    "int4_gptq": "W4A16_GPTQ",
+}
+_COUNT = {"ge": 1}
+
+
+def _torch(key: str, tp: Any, doc: str, argument: str | None = None, cls: str = "TorchLlmArgs", **b: Any) -> Option:
+    return Option(key, tp, doc, call=cls, argument=argument, **b)
+
+
+#: ``[tensorrt.quantization.calibration]`` -> ``CalibConfig`` (see :data:`ENGINE_QUANTIZATION`).
+CALIBRATION = Table(
+    "tensorrt.quantization.calibration",
+    (
+        Option("dataset", str, "calibration dataset name", call="CalibConfig", argument="calib_dataset"),
+        Option("split", str, "not taken by TensorRT-LLM's CalibConfig (refused with runtime = 'tensorrt')"),
+        Option("num_samples", int, "calibration samples", call="CalibConfig", argument="calib_batches", **_COUNT),
+        Option(
+            "max_length",
+            int,
+            "calibration sequence length",
+            call="CalibConfig",
+            argument="calib_max_seq_length",
+            **_COUNT,
+        ),
+    ),
+)
+#: ``[tensorrt.quantization]``: the checkpoint's (or, in the engine flow, the build's) quantization.
+QUANTIZATION_TABLE = Table(
+    "tensorrt.quantization",
+    (
+        Option(
+            "method",
+            str,
+            "the ModelOpt quant_algo",
+            default="none",
+            call="QuantConfig",
+            argument="quant_algo",
+            choices=tuple(QUANTIZATION),
+        ),
+        Option(
+            "calibration", Mapping[str, Any], "calibration while building (runtime = 'tensorrt')", table=CALIBRATION
+        ),
+    ),
+)
+
+#: The one visible table: ``[tensorrt]`` key -> TensorRT-LLM class and field under the default PyTorch runtime
+#: (``call=None``: lem handles it). :data:`ENGINE_OPTIONS` says where a key goes instead in the engine flow.
+TABLE = Table(
+    "tensorrt",
+    (
+        _torch("max_batch_size", int, "requests per step", **_COUNT),
+        _torch("max_input_len", int, "longest prompt", **_COUNT),
+        _torch("max_output_len", int, "longest output (max_seq_len = max_input_len + this)", "max_seq_len", **_COUNT),
+        _torch("max_num_tokens", int, "tokens per step", **_COUNT),
+        _torch("enable_chunked_context", bool, "chunked prefill", "enable_chunked_prefill"),
+        _torch("tp_size", int, "default: sharding.tensor_parallel_size", "tensor_parallel_size", **_COUNT),
+        _torch("pp_size", int, "default: sharding.pipeline_parallel_size", "pipeline_parallel_size", **_COUNT),
+        _torch("attention_backend", str, "attention kernels", "attn_backend"),
+        _torch("disable_overlap_scheduler", bool, "no CPU/GPU overlap between steps"),
+        _torch("stream_interval", int, "steps between streamed outputs", **_COUNT),
+        _torch(
+            "gpu_memory_utilization",
+            float,
+            "share of free GPU memory for the KV cache",
+            "free_gpu_memory_fraction",
+            "KvCacheConfig",
+            gt=0,
+            le=1,
+        ),
+        _torch("kv_cache_dtype", str, "KV-cache dtype", "dtype", "KvCacheConfig"),
+        _torch("enable_block_reuse", bool, "prefix caching", cls="KvCacheConfig"),
+        _torch("kv_cache_max_tokens", int, "KV-cache size in tokens", "max_tokens", "KvCacheConfig", **_COUNT),
+        _torch("tokens_per_block", int, "tokens per KV-cache block", cls="KvCacheConfig", **_COUNT),
+        _torch("cuda_graph_batch_sizes", list[int], "batch sizes captured", "batch_sizes", "CudaGraphConfig"),
+        _torch("cuda_graph_max_batch_size", int, "largest batch captured", "max_batch_size", "CudaGraphConfig", ge=0),
+        _torch("cuda_graph_padding", bool, "pad batches to a captured size", "enable_padding", "CudaGraphConfig"),
+        _torch("capacity_scheduler_policy", str, "which requests get KV cache", cls="SchedulerConfig"),
+        _torch("context_chunking_policy", str, "how prefills are chunked", cls="SchedulerConfig"),
+        # speculative_model_dir: the 1.x name, still accepted (an alias) where the field is now speculative_model.
+        _torch(
+            "draft_model",
+            str,
+            "draft model (with num_draft_tokens)",
+            "speculative_model_dir",
+            "DraftTargetDecodingConfig",
+        ),
+        _torch(
+            "num_draft_tokens", int, "tokens drafted per step", "max_draft_len", "DraftTargetDecodingConfig", **_COUNT
+        ),
+        _torch("strongly_typed", bool, "runtime = 'tensorrt': build a strongly typed engine", cls="BuildConfig"),
+        _torch(
+            "engine_path",
+            str,
+            "runtime = 'tensorrt': a saved engine directory, loaded as the model",
+            "model",
+            "TrtLlmArgs",
+        ),
+        Option(
+            "mode",
+            str,
+            "stream: generate_async(streaming=True), per-token events; offline: LLM.generate",
+            default="stream",
+            choices=MODES,
+        ),
+        Option(
+            "runtime",
+            str,
+            "pytorch: tensorrt_llm.LLM; tensorrt: a built engine, cached (engine_path implies it)",
+            default="pytorch",
+            choices=RUNTIMES,
+        ),
+        Option(
+            "engine_cache_dir",
+            str,
+            "where built engines are cached (default $LEM_CACHE_DIR/tensorrt, "
+            "$XDG_CACHE_HOME/lem/tensorrt or ~/.cache/lem/tensorrt)",
+        ),
+        Option("force_rebuild", bool, "build the engine again even when the cache has it", default=False),
+        Option("cuda_graphs", bool, "false: cuda_graph_config = None (no CUDA graphs)", default=True),
+        Option(
+            "kv_cache_type",
+            str,
+            "the PyTorch runtime always pages the KV cache, and lem builds paged engines",
+            default="paged",
+            choices=("paged",),
+        ),
+        Option("quantization", Mapping[str, Any], "the [tensorrt.quantization] table", table=QUANTIZATION_TABLE),
+        Option("extra_build_args", Mapping[str, Any], "table passed to BuildConfig(...) unchanged, last"),
+        Option("extra_runtime_args", Mapping[str, Any], "table passed to LLM(...) unchanged (overrides all above)"),
+    ),
+    doc="TensorRT-LLM's LLM API (PyTorch runtime or a built TensorRT engine)",
+)
+TABLES = (TABLE,)
+
+_CLASSES = ("TorchLlmArgs", "KvCacheConfig", "CudaGraphConfig", "SchedulerConfig", "DraftTargetDecodingConfig")
+#: ``[tensorrt]`` key -> (TensorRT-LLM class, field) under the PyTorch runtime; a view of :data:`TABLE`.
+#: Conversions are in :func:`llm_args`.
 TENSORRT_OPTIONS: dict[str, tuple[str, str]] = {
-    "max_batch_size": ("TorchLlmArgs", "max_batch_size"),
-    "max_input_len": ("TorchLlmArgs", "max_input_len"),
-    "max_output_len": ("TorchLlmArgs", "max_seq_len"),  # max_input_len + max_output_len
-    "max_num_tokens": ("TorchLlmArgs", "max_num_tokens"),
-    "enable_chunked_context": ("TorchLlmArgs", "enable_chunked_prefill"),
-    "tp_size": ("TorchLlmArgs", "tensor_parallel_size"),  # default: sharding.tensor_parallel_size
-    "pp_size": ("TorchLlmArgs", "pipeline_parallel_size"),  # default: sharding.pipeline_parallel_size
-    "attention_backend": ("TorchLlmArgs", "attn_backend"),
-    "disable_overlap_scheduler": ("TorchLlmArgs", "disable_overlap_scheduler"),
-    "stream_interval": ("TorchLlmArgs", "stream_interval"),
-    "gpu_memory_utilization": ("KvCacheConfig", "free_gpu_memory_fraction"),
-    "kv_cache_dtype": ("KvCacheConfig", "dtype"),
-    "enable_block_reuse": ("KvCacheConfig", "enable_block_reuse"),  # prefix caching
-    "kv_cache_max_tokens": ("KvCacheConfig", "max_tokens"),
-    "tokens_per_block": ("KvCacheConfig", "tokens_per_block"),
-    "cuda_graph_batch_sizes": ("CudaGraphConfig", "batch_sizes"),
-    "cuda_graph_max_batch_size": ("CudaGraphConfig", "max_batch_size"),
-    "cuda_graph_padding": ("CudaGraphConfig", "enable_padding"),
-    "capacity_scheduler_policy": ("SchedulerConfig", "capacity_scheduler_policy"),
-    "context_chunking_policy": ("SchedulerConfig", "context_chunking_policy"),
-    # speculative_model_dir: the 1.x name, still accepted (an alias) where the field is now speculative_model.
-    "draft_model": ("DraftTargetDecodingConfig", "speculative_model_dir"),
-    "num_draft_tokens": ("DraftTargetDecodingConfig", "max_draft_len"),
+    o.key: (str(o.call), o.names[0]) for o in TABLE.options if o.call in _CLASSES
 }
 
 #: Nested TensorRT-LLM config class -> the ``LLM(...)`` argument it is passed as.
@@ -125,21 +248,6 @@ PYTORCH_ONLY: dict[str, str] = {
 #: Keys that exist only in the engine flow: an error under the PyTorch runtime.
 ENGINE_ONLY = ("engine_path", "engine_cache_dir", "force_rebuild", "strongly_typed", "extra_build_args")
 
-#: ``[tensorrt]`` keys lem handles itself.
-LEM_OPTIONS: dict[str, str] = {
-    "mode": '"stream" (generate_async(streaming=True), per-token events; default) or "offline" (LLM.generate)',
-    "runtime": '"pytorch" (tensorrt_llm.LLM; default) or "tensorrt" (tensorrt_llm._tensorrt_engine.LLM: a built '
-    'engine, cached); engine_path implies "tensorrt"',
-    "engine_cache_dir": "where built engines are cached (default $LEM_CACHE_DIR/tensorrt, $XDG_CACHE_HOME/lem/"
-    "tensorrt or ~/.cache/lem/tensorrt)",
-    "force_rebuild": "true: build the engine again even when the cache has it (the new one replaces it)",
-    "cuda_graphs": "false: cuda_graph_config = None (no CUDA graphs); default true",
-    "kv_cache_type": '"paged" only: the PyTorch runtime always pages the KV cache, and lem builds paged engines',
-    "quantization": "table: method (none, fp8, int8_sq, int8_weight_only, int4_awq, int4_gptq) of the checkpoint",
-    "extra_build_args": "table passed to BuildConfig(...) unchanged, last (runtime = 'tensorrt')",
-    "extra_runtime_args": "table passed to LLM(...) unchanged (overrides everything above)",
-}
-
 #: Keys TensorRT-LLM has no argument for: refused, with why.
 REFUSED: dict[str, str] = {
     "builder_opt_level": (
@@ -148,22 +256,8 @@ REFUSED: dict[str, str] = {
     ),
 }
 
-KNOWN_KEYS = (*TENSORRT_OPTIONS, *LEM_OPTIONS, *ENGINE_OPTIONS, *REFUSED)
-MODES = ("stream", "offline")
-RUNTIMES = ("pytorch", "tensorrt")
-
-#: ``quantization.method`` -> the checkpoint's ModelOpt ``quant_algo`` (``hf_quant_config.json``).
-QUANTIZATION: dict[str, str | None] = {
-    "none": None,
-    "fp8": "FP8",
-    "int8_sq": "W8A8_SQ_PER_CHANNEL",
-    "int8_weight_only": "W8A16",
-    "int4_awq": "W4A16_AWQ",
-    "int4_gptq": "W4A16_GPTQ",
-}
 #: The core ``[quantization] method`` -> ours.
 CORE_QUANTIZATION: dict[str, str | None] = {"none": None, "fp8": "fp8", "awq": "int4_awq", "gptq": "int4_gptq"}
-CALIBRATION_KEYS = ("dataset", "split", "num_samples", "max_length")
 
 #: ``BaseLlmArgs.max_input_len``'s default: ``max_output_len`` alone extends it to ``max_seq_len``.
 TRTLLM_DEFAULT_MAX_INPUT_LEN = 1024
@@ -171,12 +265,6 @@ TRTLLM_DEFAULT_MAX_INPUT_LEN = 1024
 #: Minimum compute capability of the backend, and of fp8 (weights or KV cache).
 MIN_CAPABILITY = (8, 0)
 MIN_FP8_CAPABILITY = (9, 0)
-
-
-def did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
-    """A hint naming the closest of ``choices``, else listing them."""
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(sorted(choices))
 
 
 def quantization_method(config: ExperimentConfig) -> str | None:
@@ -219,14 +307,7 @@ def quantization_args(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
 
 def model_path(config: ExperimentConfig) -> tuple[str, bool]:
     """The model TensorRT-LLM loads, and whether it gets random weights (``random:<name>``: ``load_format="dummy"``)."""
-    if architectures.is_builtin(config.model):
-        try:
-            name = architectures.builtin_name(config.model)
-        except KeyError:
-            known = ", ".join(a["model"] for a in architectures.describe())
-            raise BackendError(f"model = {config.model!r}: unknown built-in architecture (known: {known})") from None
-        return str(architectures.materialize(name)), True
-    return config.model, config.load_format == "random"
+    return architectures.resolve(config.model, config.load_format)
 
 
 def llm_args(config: ExperimentConfig) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from lem_backend_tensorrt import engine as engines
 from lem_backend_tensorrt.presets import PRESETS
 
 NAME = "tensorrt"
+TABLES = options.TABLES  # lem plugins --options tensorrt
 
 
 def _hf_config(model: str) -> dict[str, Any]:

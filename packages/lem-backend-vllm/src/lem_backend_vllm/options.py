@@ -13,8 +13,6 @@ Nothing here imports vLLM at module import time.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,28 +21,8 @@ from typing import Any
 from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
+from lem.options import Option, Table, accepted_arguments, check, did_you_mean, unapplied
 from lem.types import Problem, error, warning
-
-#: ``[vllm]`` key -> ``EngineArgs`` field, passed through as is.
-ENGINE_OPTIONS: dict[str, str] = {
-    "max_num_seqs": "max_num_seqs",
-    "max_num_batched_tokens": "max_num_batched_tokens",
-    "gpu_memory_utilization": "gpu_memory_utilization",
-    "swap_space": "swap_space",
-    "cpu_offload_gb": "cpu_offload_gb",
-    "enable_prefix_caching": "enable_prefix_caching",
-    "enable_chunked_prefill": "enable_chunked_prefill",
-    "kv_cache_dtype": "kv_cache_dtype",
-    "block_size": "block_size",
-    "max_model_len": "max_model_len",
-    "enforce_eager": "enforce_eager",
-    "distributed_backend": "distributed_executor_backend",
-    "attention_backend": "attention_backend",
-    "load_format": "load_format",
-    "max_lora_rank": "max_lora_rank",
-    "max_loras": "max_loras",
-    "tokenizer": "tokenizer",
-}
 
 #: Core config -> ``EngineArgs`` field (see :func:`engine_args` for the conversions).
 CORE_OPTIONS: dict[str, str] = {
@@ -60,20 +38,6 @@ CORE_OPTIONS: dict[str, str] = {
     "quantization.method": "quantization",
     "batching.batch_size": "max_num_seqs",
 }
-
-#: ``[vllm]`` keys lem handles itself (not engine arguments) and what they mean.
-LEM_OPTIONS: dict[str, str] = {
-    "mode": '"stream" (AsyncLLM, per-token events; default) or "offline" (LLM.generate, per-request)',
-    "speculative": "table: method (ngram, draft, eagle, eagle3, mtp), num_speculative_tokens, model, "
-    "prompt_lookup_min, prompt_lookup_max, draft_tensor_parallel_size -> speculative_config",
-    "lora_adapters": "list of adapter paths (or {name, path} tables); requests use them round-robin",
-    "n": "SamplingParams.n: parallel samples per request",
-    "best_of": "SamplingParams.best_of, where the installed vLLM still has it",
-    "extra": "table passed to EngineArgs unchanged (overrides everything above)",
-}
-
-KNOWN_KEYS = (*ENGINE_OPTIONS, *LEM_OPTIONS)
-MODES = ("stream", "offline")
 
 #: ``quantization.method`` -> vLLM ``quantization`` (``None``: not quantized).
 QUANTIZATION: dict[str, str | None] = {
@@ -94,31 +58,92 @@ SPECULATIVE_METHODS: dict[str, str | None] = {
     "eagle3": "eagle3",
     "mtp": "mtp",
 }
-SPECULATIVE_KEYS = (
-    "method",
-    "num_speculative_tokens",
-    "model",
-    "prompt_lookup_min",
-    "prompt_lookup_max",
-    "draft_tensor_parallel_size",
+MODES = ("stream", "offline")
+_ENGINE = "EngineArgs"
+_COUNT = {"ge": 1}
+
+
+def _engine(key: str, tp: Any, doc: str, argument: str | None = None, **bounds: Any) -> Option:
+    return Option(key, tp, doc, call=_ENGINE, argument=argument, **bounds)
+
+
+#: ``[vllm.speculative]`` -> vLLM's ``speculative_config`` dict.
+SPECULATIVE = Table(
+    "vllm.speculative",
+    (
+        Option("method", str, "how drafts are made (draft: a draft model)", choices=tuple(SPECULATIVE_METHODS)),
+        Option("num_speculative_tokens", int, "tokens drafted per step", call="speculative_config", **_COUNT),
+        Option("model", str, "the draft (or EAGLE/MTP head) model", call="speculative_config"),
+        Option("prompt_lookup_min", int, "ngram: shortest match", call="speculative_config", **_COUNT),
+        Option("prompt_lookup_max", int, "ngram: longest match", call="speculative_config", **_COUNT),
+        Option(
+            "draft_tensor_parallel_size", int, "tensor parallel size of the draft", call="speculative_config", **_COUNT
+        ),
+    ),
 )
 
-
-def _did_you_mean(key: str, choices: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(key, list(choices), n=1)
-    return f"did you mean '{close[0]}'?" if close else "known keys: " + ", ".join(sorted(choices))
+#: The one visible table: ``[vllm]`` key -> ``EngineArgs`` field (``call=None``: lem handles it).
+TABLE = Table(
+    "vllm",
+    (
+        _engine("max_num_seqs", int, "sequences per engine step", **_COUNT),
+        _engine("max_num_batched_tokens", int, "tokens per engine step", **_COUNT),
+        _engine("gpu_memory_utilization", float, "share of GPU memory for weights and KV cache", gt=0, le=1),
+        _engine("swap_space", float, "CPU swap space per GPU (GiB)", ge=0),
+        _engine("cpu_offload_gb", float, "weights offloaded to the CPU (GiB)", ge=0),
+        _engine("enable_prefix_caching", bool, "reuse the KV cache of shared prefixes"),
+        _engine("enable_chunked_prefill", bool, "split long prefills over steps"),
+        _engine("kv_cache_dtype", str, "KV-cache dtype (auto: the model's)"),
+        _engine("block_size", int, "tokens per KV-cache block", **_COUNT),
+        _engine("max_model_len", int, "context length", **_COUNT),
+        _engine("enforce_eager", bool, "no CUDA graphs"),
+        _engine("distributed_backend", str, "mp or ray", argument="distributed_executor_backend"),
+        _engine("attention_backend", str, "vLLM's attention backend name"),
+        _engine("load_format", str, "checkpoint format (auto, safetensors, dummy...)"),
+        _engine("max_lora_rank", int, "largest LoRA rank served", **_COUNT),
+        _engine("max_loras", int, "LoRA adapters in one batch", **_COUNT),
+        _engine("tokenizer", str, "tokenizer path or id (default: model)"),
+        Option(
+            "mode",
+            str,
+            "stream: AsyncLLM, per-token events; offline: LLM.generate, per-request",
+            default="stream",
+            choices=MODES,
+        ),
+        Option(
+            "speculative",
+            Mapping[str, Any],
+            "speculative decoding: the [vllm.speculative] table",
+            call=_ENGINE,
+            argument="speculative_config",
+            table=SPECULATIVE,
+        ),
+        Option(
+            "lora_adapters",
+            list[str | dict[str, str]],
+            "adapter paths (or {name, path} tables); requests use them round-robin",
+        ),
+        Option("n", int, "parallel samples per request", call="SamplingParams", **_COUNT),
+        Option("best_of", int, "where the installed vLLM still has it", call="SamplingParams", **_COUNT),
+        Option("extra", Mapping[str, Any], "table passed to EngineArgs unchanged (overrides everything above)"),
+    ),
+    doc="vLLM's engine (EngineArgs) and lem's stream/offline mode",
+    calls={_ENGINE: "vllm.engine.arg_utils:EngineArgs", "SamplingParams": "vllm:SamplingParams"},
+)
+TABLES = (TABLE,)
+#: ``[vllm]`` key -> ``EngineArgs`` field, passed through as is.
+ENGINE_OPTIONS: dict[str, str] = {
+    o.key: o.names[0] for o in TABLE.options if o.call == _ENGINE and o.key != "speculative"
+}
+#: ``[generation]`` keys vLLM does not apply -> what to use instead.
+NOT_APPLIED = {"no_repeat_ngram_size": "use generation.repetition_penalty"}
 
 
 def check_options(config: ExperimentConfig) -> list[Problem]:
     """Problems with the ``[vllm]`` table and with core options vLLM serves differently."""
     opts = config.options_for("vllm")
-    problems: list[Problem] = []
-    for key in opts:
-        if key not in KNOWN_KEYS:
-            problems.append(error(f"vllm.{key}", "unknown key", _did_you_mean(key, KNOWN_KEYS)))
+    problems = check(TABLE, opts)
     mode = opts.get("mode", "stream")
-    if mode not in MODES:
-        problems.append(error("vllm.mode", "must be 'stream' or 'offline'", value=mode))
     if mode == "offline" and config.traffic.mode != "offline":
         problems.append(
             error(
@@ -130,32 +155,14 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
             )
         )
     spec = opts.get("speculative")
-    if spec is not None:
-        if not isinstance(spec, Mapping):
-            problems.append(error("vllm.speculative", "must be a table", value=spec))
-        else:
-            for key in spec:
-                if key not in SPECULATIVE_KEYS:
-                    problems.append(
-                        error(f"vllm.speculative.{key}", "unknown key", _did_you_mean(key, SPECULATIVE_KEYS))
-                    )
-            method = spec.get("method")
-            if method not in SPECULATIVE_METHODS:
-                problems.append(
-                    error(
-                        "vllm.speculative.method",
-                        "must be one of " + ", ".join(SPECULATIVE_METHODS),
-                        value=method,
-                    )
-                )
-            elif method != "ngram" and not spec.get("model"):
-                problems.append(error("vllm.speculative.model", f"is required for method '{method}'"))
-    extra = opts.get("extra")
-    if extra is not None and not isinstance(extra, Mapping):
-        problems.append(error("vllm.extra", "must be a table of EngineArgs fields", value=extra))
-    adapters = opts.get("lora_adapters")
-    if adapters is not None and not isinstance(adapters, list):
-        problems.append(error("vllm.lora_adapters", "must be a list of paths or {name, path} tables", value=adapters))
+    if isinstance(spec, Mapping):
+        method = spec.get("method")
+        if method is None:
+            problems.append(
+                error("vllm.speculative.method", "must be one of " + ", ".join(SPECULATIVE_METHODS), value=method)
+            )
+        elif method in SPECULATIVE_METHODS and method != "ngram" and not spec.get("model"):
+            problems.append(error("vllm.speculative.model", f"is required for method '{method}'"))
     g = config.generation
     if config.batching.batch_size != 1:
         used = "is ignored: vllm.max_num_seqs is set" if "max_num_seqs" in opts else "becomes vllm.max_num_seqs"
@@ -176,15 +183,7 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
                 value="bnb-8bit",
             )
         )
-    if g.no_repeat_ngram_size:
-        problems.append(
-            warning(
-                "generation.no_repeat_ngram_size",
-                "is not supported by vLLM and is ignored",
-                "use generation.repetition_penalty",
-                value=g.no_repeat_ngram_size,
-            )
-        )
+    problems += unapplied(g, NOT_APPLIED, "vLLM")
     if g.num_beams > 1 and mode != "offline":
         problems.append(
             error(
@@ -203,14 +202,7 @@ def model_path(config: ExperimentConfig) -> tuple[str, bool]:
     ``random:<name>`` models are materialized to a directory (config and
     tokenizer, no weights) and loaded with ``load_format="dummy"``.
     """
-    if architectures.is_builtin(config.model):
-        try:
-            name = architectures.builtin_name(config.model)
-        except KeyError:
-            known = ", ".join(a["model"] for a in architectures.describe())
-            raise BackendError(f"model = {config.model!r}: unknown built-in architecture (known: {known})") from None
-        return str(architectures.materialize(name)), True
-    return config.model, config.load_format == "random"
+    return architectures.resolve(config.model, config.load_format)
 
 
 def lora_adapters(config: ExperimentConfig) -> list[tuple[str, str]]:
@@ -275,7 +267,7 @@ def check_against_vllm(args: Mapping[str, Any]) -> None:
     import vllm
     from vllm.engine.arg_utils import EngineArgs
 
-    fields = {f.name for f in dataclasses.fields(EngineArgs)}
+    fields = accepted_arguments(EngineArgs)
     ours = {field: key for key, field in ENGINE_OPTIONS.items()}
     ours.update({field: key for key, field in CORE_OPTIONS.items()})
     for name in args:
@@ -283,7 +275,7 @@ def check_against_vllm(args: Mapping[str, Any]) -> None:
             where = f"vllm.{ours[name]}" if ours.get(name) in ENGINE_OPTIONS else ours.get(name, f"vllm.extra.{name}")
             raise BackendError(
                 f"{where}: vLLM {vllm.__version__} has no engine argument '{name}' "
-                f"({_did_you_mean(name, sorted(fields))}); remove the option or install a vLLM that accepts it"
+                f"({did_you_mean(name, fields)}); remove the option or install a vLLM that accepts it"
             )
 
 

@@ -18,6 +18,7 @@ from lem_backend_vllm import options, sampling, stream
 from lem_backend_vllm.presets import PRESETS
 
 NAME = "vllm"
+TABLES = options.TABLES  # lem plugins --options vllm
 
 
 def _tokenizer(llm: Any, mode: str) -> Any:

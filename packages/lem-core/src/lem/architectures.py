@@ -24,6 +24,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from lem.errors import BackendError
+
 PREFIX = "random:"
 TOKENIZER_VOCAB = 2048
 
@@ -159,6 +161,28 @@ def builtin_name(model: str) -> str:
     if name not in ARCHITECTURES:
         raise KeyError(name)
     return name
+
+
+def resolve(model: str, load_format: str = "auto") -> tuple[str, bool]:
+    """The path or id a backend loads for ``model``, and whether it gets random weights.
+
+    A ``random:<name>`` model is materialized to a local directory (config and
+    tokenizer, no weights: see :func:`materialize`) and always gets random
+    weights; any other model is returned as given, with random weights when
+    ``load_format == "random"``.
+
+    :raises BackendError: for an unknown built-in name (the message lists the known ones).
+    """
+    if not is_builtin(model):
+        return model, load_format == "random"
+    try:
+        name = builtin_name(model)
+    except KeyError:
+        known = ", ".join(a["model"] for a in describe())
+        raise BackendError(
+            f"model = {model!r}: unknown built-in architecture (known: {known}); see `lem models`"
+        ) from None
+    return str(materialize(name)), True
 
 
 def config_dict(name: str) -> dict[str, Any]:

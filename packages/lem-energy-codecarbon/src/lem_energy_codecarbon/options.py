@@ -7,18 +7,55 @@ reports is the hardware's (a PUE multiplier would change it).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
-#: our key -> (OfflineEmissionsTracker argument, accepted Python types, what it is)
-OPTIONS: dict[str, tuple[str, tuple[type, ...], str]] = {
-    "country_iso_code": ("country_iso_code", (str,), "3-letter ISO code of the grid (CO2-equivalent), e.g. 'FRA'"),
-    "region": ("region", (str,), "a US state or Canadian province, for its own carbon intensity"),
-    "tracking_mode": ("tracking_mode", (str,), "'machine' (whole machine) or 'process' (this process's share)"),
-    "force_cpu_power_w": ("force_cpu_power", (int, float), "CPU power to assume (W) instead of measuring"),
-    "force_ram_power_w": ("force_ram_power", (int, float), "RAM power to assume (W) instead of its model"),
-}
+from lem.options import Option, Table, accepted_arguments
+
+TRACKING_MODES = ("machine", "process")
+_TRACKER = "OfflineEmissionsTracker"
+
+#: The one visible table: our key -> ``OfflineEmissionsTracker`` argument.
+TABLE = Table(
+    "codecarbon",
+    (
+        Option(
+            "country_iso_code",
+            str,
+            "3-letter ISO code of the grid (CO2-equivalent), e.g. 'FRA'",
+            call=_TRACKER,
+        ),
+        Option("region", str, "a US state or Canadian province, for its own carbon intensity", call=_TRACKER),
+        Option(
+            "tracking_mode",
+            str,
+            "'machine' (whole machine) or 'process' (this process's share)",
+            default="machine",
+            call=_TRACKER,
+            choices=TRACKING_MODES,
+        ),
+        Option(
+            "force_cpu_power_w",
+            float,
+            "CPU power to assume (W) instead of measuring",
+            call=_TRACKER,
+            argument="force_cpu_power",
+            gt=0,
+        ),
+        Option(
+            "force_ram_power_w",
+            float,
+            "RAM power to assume (W) instead of its model",
+            call=_TRACKER,
+            argument="force_ram_power",
+            gt=0,
+        ),
+    ),
+    doc="the CodeCarbon meter: grid, region and tracking mode",
+    calls={_TRACKER: "codecarbon:OfflineEmissionsTracker"},
+)
+TABLES = (TABLE,)
+
 #: Tracker arguments lem always sets, and why.
 FIXED: dict[str, Any] = {
     "output_methods": [],  # lem writes the results; no emissions.csv, no API
@@ -29,14 +66,13 @@ FIXED: dict[str, Any] = {
 }
 #: Without a country the tracker still needs one to start; its CO2 figure is then not reported.
 PLACEHOLDER_COUNTRY = "USA"
-TRACKING_MODES = ("machine", "process")
 
 
 def tracker_kwargs(table: Mapping[str, Any], gpu_ids: list[int] | None) -> dict[str, Any]:
     """``OfflineEmissionsTracker(**kwargs)`` for a ``[codecarbon]`` table (already validated)."""
     kwargs = dict(FIXED)
     for key, value in table.items():
-        kwargs[OPTIONS[key][0]] = value
+        kwargs[TABLE[key].names[0]] = value
     kwargs.setdefault("country_iso_code", PLACEHOLDER_COUNTRY)
     if gpu_ids is not None:
         kwargs["gpu_ids"] = gpu_ids
@@ -48,9 +84,9 @@ def check_against_library() -> list[str]:
     from codecarbon import OfflineEmissionsTracker
     from codecarbon.emissions_tracker import BaseEmissionsTracker
 
-    accepted = set(inspect.signature(OfflineEmissionsTracker.__init__).parameters)
-    accepted |= set(inspect.signature(BaseEmissionsTracker.__init__).parameters)
-    wanted = {arg for arg, _, _ in OPTIONS.values()} | set(FIXED) | {"gpu_ids"}
+    # The offline tracker passes **kwargs on to its base class: the two signatures together are what it takes.
+    accepted = accepted_arguments(OfflineEmissionsTracker.__init__) | accepted_arguments(BaseEmissionsTracker.__init__)
+    wanted = {o.names[0] for o in TABLE.options} | set(FIXED) | {"gpu_ids"}
     return sorted(wanted - accepted)
 
 

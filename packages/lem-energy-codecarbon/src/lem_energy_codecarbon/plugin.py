@@ -7,15 +7,15 @@ estimates on a machine without RAPL, so it is used only when named.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from lem import hookimpl
+from lem import hookimpl, options
 from lem.errors import MeterUnavailable
 from lem.types import Problem, error, warning
 from lem_energy_codecarbon.meter import CodecarbonMeter
-from lem_energy_codecarbon.options import OPTIONS, TRACKING_MODES, country_codes, tracker_kwargs
+from lem_energy_codecarbon.options import TABLE, country_codes, tracker_kwargs
+from lem_energy_codecarbon.options import TABLES as TABLES  # lem plugins --options codecarbon
 
 if TYPE_CHECKING:
     from lem.config import ExperimentConfig
@@ -45,21 +45,7 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
         if table:
             return [warning(NAME, "table for the codecarbon meter, which this experiment does not use; it is ignored")]
         return []
-    problems = []
-    for key, value in table.items():
-        path = f"{NAME}.{key}"
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(key, list(OPTIONS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(OPTIONS)}"
-            problems.append(error(path, "is not a codecarbon option", hint))
-            continue
-        _, types, what = OPTIONS[key]
-        if isinstance(value, bool) or not isinstance(value, types):
-            problems.append(error(path, f"must be {' or '.join(t.__name__ for t in types)} ({what})", value=value))
-        elif key == "tracking_mode" and value not in TRACKING_MODES:
-            problems.append(error(path, "is not a tracking mode", f"use one of {', '.join(TRACKING_MODES)}", value))
-        elif key.endswith("_power_w") and value <= 0:
-            problems.append(error(path, "must be > 0 (watts)", value=value))
+    problems = options.check(TABLE, table)
     code = table.get("country_iso_code")
     if isinstance(code, str) and code not in country_codes():
         problems.append(

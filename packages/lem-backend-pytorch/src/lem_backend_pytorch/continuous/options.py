@@ -1,6 +1,6 @@
 """``[pytorch.continuous]``: the continuous engine's settings, mapped onto transformers' ``ContinuousBatchingConfig``.
 
-:data:`CONTINUOUS` is the one visible table. Transformers renamed fields
+:data:`TABLE` is the one visible table. Transformers renamed fields
 between 5.x releases (``block_size`` in 5.17 is ``page_size`` from 5.18 on),
 so each key lists the field names it may go to, newest first, and
 :func:`config_kwargs` picks the one the installed ``ContinuousBatchingConfig``
@@ -16,48 +16,51 @@ installed transformers marks as unsupported under continuous batching
 from __future__ import annotations
 
 import dataclasses
-import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import metadata
 from typing import Any
 
+from lem import options
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
+from lem.options import Option, Table, argument_for
 from lem.types import Problem, error, warning
 from lem_backend_pytorch.options import PytorchOptions
 
+_CB = "ContinuousBatchingConfig"
 
-def _int_at_least(low: int, high: int | None = None) -> Callable[[Any], bool]:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
-
-
-def _fraction(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v <= 1
-
-
-def _bool(v: Any) -> bool:
-    return isinstance(v, bool)
-
-
-def _str(v: Any) -> bool:
-    return isinstance(v, str)
-
-
-#: our key -> (type check, what it must be, ContinuousBatchingConfig field names, newest first).
+#: The one visible table: our key -> ``ContinuousBatchingConfig`` field (older names as aliases).
 #: Unset keys are not passed: transformers then sizes the cache from free memory and decides itself.
-CONTINUOUS: dict[str, tuple[Callable[[Any], bool], str, tuple[str, ...]]] = {
-    "page_size": (_int_at_least(1), "a positive integer (tokens per KV page)", ("page_size", "block_size")),
-    "num_blocks": (_int_at_least(1), "a positive integer (KV cache blocks)", ("num_blocks",)),
-    "max_batch_tokens": (_int_at_least(1), "a positive integer (tokens per forward)", ("max_batch_tokens",)),
-    "max_requests_per_batch": (_int_at_least(1), "a positive integer", ("max_requests_per_batch",)),
-    "max_memory_percent": (_fraction, "a fraction in (0, 1] of free memory for the cache", ("max_memory_percent",)),
-    "cuda_graphs": (_bool, "a boolean", ("use_cuda_graph",)),
-    "compile_level": (_int_at_least(0, 3), "an integer 0-3 (0: no torch.compile)", ("default_compile_level",)),
-    "scheduler": (_str, "a scheduler name of the installed transformers", ("scheduler_type",)),
-    "prefix_sharing": (_bool, "a boolean", ("allow_block_sharing",)),
-    "async_batching": (_bool, "a boolean", ("use_async_batching",)),
-}
+TABLE = Table(
+    "pytorch.continuous",
+    (
+        Option("page_size", int, "tokens per KV page", call=_CB, aliases=("block_size",), ge=1),
+        Option("num_blocks", int, "KV cache blocks", call=_CB, ge=1),
+        Option("max_batch_tokens", int, "tokens per forward", call=_CB, ge=1),
+        Option("max_requests_per_batch", int, "requests per forward", call=_CB, ge=1),
+        Option("max_memory_percent", float, "share of free memory for the cache", call=_CB, gt=0, le=1),
+        Option("cuda_graphs", bool, "capture CUDA graphs", call=_CB, argument="use_cuda_graph"),
+        Option(
+            "compile_level",
+            int,
+            "torch.compile level (0: none)",
+            call=_CB,
+            argument="default_compile_level",
+            ge=0,
+            le=3,
+        ),
+        Option("scheduler", str, "a scheduler name of the installed transformers", call=_CB, argument="scheduler_type"),
+        Option("prefix_sharing", bool, "share KV blocks of common prefixes", call=_CB, argument="allow_block_sharing"),
+        Option(
+            "async_batching", bool, "prepare the next batch while one runs", call=_CB, argument="use_async_batching"
+        ),
+    ),
+    doc="transformers' continuous batching manager (engine = 'continuous')",
+    calls={_CB: "transformers:ContinuousBatchingConfig"},
+)
+CONTINUOUS = TABLE
+
 
 #: [generation] keys with a non-neutral value -> the transformers logits processor they create.
 PROCESSORS = {
@@ -97,7 +100,7 @@ def installed_schedulers() -> tuple[str, ...]:
 
 
 def _field(key: str, fields: frozenset[str]) -> str | None:
-    return next((name for name in CONTINUOUS[key][2] if name in fields), None)
+    return argument_for(TABLE[key], fields)
 
 
 def check(table: Mapping[str, Any]) -> Iterator[Problem]:
@@ -111,20 +114,18 @@ def check(table: Mapping[str, Any]) -> Iterator[Problem]:
             "continuous",
         )
         return
+    problems = options.check(TABLE, table)
+    yield from problems
+    wrong = {p.path for p in problems}
     for key, value in table.items():
         path = f"pytorch.continuous.{key}"
-        if key not in CONTINUOUS:
-            close = difflib.get_close_matches(key, list(CONTINUOUS), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(CONTINUOUS)}"
-            yield error(path, "unknown key", hint)
+        if path in wrong:
             continue
-        ok, must, names = CONTINUOUS[key]
-        if not ok(value):
-            yield error(path, f"must be {must}", "see the lem-backend-pytorch README", value)
-        elif _field(key, fields) is None:
+        if _field(key, fields) is None:
             yield error(
                 path,
-                f"transformers {transformers_version()}'s ContinuousBatchingConfig has no {' or '.join(names)}",
+                f"transformers {transformers_version()}'s ContinuousBatchingConfig has no "
+                f"{' or '.join(TABLE[key].names)}",
                 "remove the key, or install a transformers release that has it",
                 value,
             )

@@ -298,11 +298,45 @@ def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptio
 
 
 @cli.command()
-def plugins() -> None:
-    """List installed plugins as JSON (name, distribution, version, hooks)."""
+@click.option("--options", "options_of", metavar="NAME", help="Print the option table a backend or meter declares.")
+@click.option("--json", "as_json", is_flag=True, help="With --options: print JSON instead of a table.")
+@click.option("--markdown", is_flag=True, help="With --options: print the README's Markdown table.")
+def plugins(options_of: str | None, as_json: bool, markdown: bool) -> None:
+    """List installed plugins as JSON (name, distribution, version, hooks), or one plugin's options."""
     from lem.plugins import describe_plugins
 
-    click.echo(json.dumps(describe_plugins(), indent=2))
+    if options_of is None:
+        click.echo(json.dumps(describe_plugins(), indent=2))
+        return
+    from lem import options
+    from lem.errors import PluginError
+    from lem.plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    plugin = pm.get_plugin(options_of)
+    tables = options.tables_of(plugin) if plugin is not None else ()
+    if not tables:
+        declared = sorted(n for n, p in pm.list_name_plugin() if options.tables_of(p))
+        hint = options.did_you_mean(options_of, declared, otherwise="plugins with a table: " + ", ".join(declared))
+        raise PluginError(f"lem plugins --options {options_of}: no installed plugin declares that table ({hint})")
+    if as_json:
+        click.echo(json.dumps({t.name: options.as_json(t) for t in tables}, indent=2))
+        return
+    if markdown:
+        click.echo("\n".join(options.markdown(t) for t in tables), nl=False)
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    for t in tables:
+        view = Table(title=escape(f"[{t.name}] {t.doc}"), title_justify="left")
+        for column in ("key", "type", "default", "bounds", "reaches", "what it does"):
+            view.add_column(column, overflow="fold")
+        for r in options.rows(t):
+            view.add_row(*(escape(c) for c in (r.key, r.type, r.default, r.bounds, r.reaches, r.doc)))
+        console.print(view)
 
 
 @cli.command()

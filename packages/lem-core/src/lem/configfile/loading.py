@@ -11,7 +11,6 @@ overrides, merging, sweep expansion) are in :mod:`lem.configfile.documents`.
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import typing
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
@@ -34,6 +33,7 @@ from lem.configfile.documents import (
     set_dotted,
 )
 from lem.errors import ConfigError
+from lem.options import did_you_mean
 from lem.plugins import get_plugin_manager
 from lem.types import MISSING, Problem, error
 
@@ -133,9 +133,7 @@ def _field_names(cl: type) -> list[str]:
 def _problems_from(exc: BaseException, path: str) -> Iterator[Problem]:
     if isinstance(exc, ForbiddenExtraKeysError):
         for key in sorted(exc.extra_fields):
-            close = difflib.get_close_matches(key, _field_names(exc.cl), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(_field_names(exc.cl))}"
-            yield error(_join(path, key), "unknown key", hint)
+            yield error(_join(path, key), "unknown key", did_you_mean(key, _field_names(exc.cl)))
         return
     if isinstance(exc, (ClassValidationError, IterableValidationError)):
         for sub in exc.exceptions:
@@ -318,8 +316,7 @@ def load(
     if preset_name is not None:
         available = presets()
         if not isinstance(preset_name, str) or preset_name not in available:
-            close = difflib.get_close_matches(str(preset_name), list(available), n=1)
-            hint = f"did you mean '{close[0]}'?" if close else ""
+            hint = did_you_mean(str(preset_name), available, otherwise="")
             problems.append(
                 error("preset", f"unknown preset; available: {', '.join(sorted(available))}", hint, preset_name)
             )

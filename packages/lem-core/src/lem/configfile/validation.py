@@ -18,6 +18,7 @@ from lem import architectures
 from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig, SloConfig
 from lem.errors import PromptError
 from lem.hookspecs import hookimpl
+from lem.options import did_you_mean
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
 from lem.prompts.builtin import SUBSETS
 from lem.prompts.files import check_file
@@ -288,8 +289,7 @@ def _model(config: ExperimentConfig) -> Iterator[Problem]:
             architectures.builtin_name(config.model)
         except KeyError:
             known = [r["model"] for r in architectures.describe()]
-            close = difflib.get_close_matches(config.model, known, n=1)
-            hint = f"did you mean '{close[0]}'?" if close else "see `lem models`"
+            hint = did_you_mean(config.model, known, otherwise="see `lem models`")
             yield error("model", f"unknown built-in architecture (known: {', '.join(known)})", hint, config.model)
     if not config.model.strip():
         yield error("model", "is empty", 'name a model, e.g. model = "random:tiny-llama"', config.model)

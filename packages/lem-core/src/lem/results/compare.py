@@ -19,9 +19,8 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.results.files import cycle_paths, read_json_or_warn
-from lem.results.files import experiment_config, experiment_dirs, read_json_or_warn, resolve
 from lem.figures.stats import welch_test
+from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
 
 TEST = (
     "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "

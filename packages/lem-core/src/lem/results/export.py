@@ -20,17 +20,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lem.errors import ResultsError
-from lem.results.files import SHAPE_ERRORS
-from lem.results.files import read_json_or_warn
-from lem.results.files import experiment_config
-from lem.results.files import cycle_paths, read_json_or_warn, read_setup
-from lem.results.files import damaged_file
-from lem.figures.summary import HEADLINE, compute_cycle, dig
-from lem.results.timelines import cycle_timelines
 from lem.figures.metrics import request_metrics
-from lem.figures.summary import traces_from_json
-from lem.results.files import experiment_dirs
-from lem.results.files import write_atomic
+from lem.figures.summary import HEADLINE, compute_cycle, dig, traces_from_json
+from lem.results.files import (
+    SHAPE_ERRORS,
+    cycle_paths,
+    damaged_file,
+    experiment_config,
+    experiment_dirs,
+    read_json_or_warn,
+    read_setup,
+    write_atomic,
+)
+from lem.results.timelines import cycle_timelines
 
 LEVELS = ("experiment", "cycle", "request")
 FORMATS = ("csv", "parquet", "jsonl")

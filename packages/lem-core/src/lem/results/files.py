@@ -24,17 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem.errors import DiskFull, ResultsError
+from lem.configfile.documents import read_toml
+from lem.errors import ConfigError, DiskFull, ResultsError
 from lem.figures.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
 from lem.results.timelines import cycle_timelines, timeline_csv, timeline_path
-from lem.configfile.documents import read_toml
-from lem.errors import ConfigError
 
 __all__ = [
     "HEADLINE",
     "SCHEMA_VERSION",
     "compute_cycle",
-    "load",
     "summarize",
     "traces_from_json",
     "traces_to_json",
@@ -373,4 +371,3 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
         row["reason"] = doc.get("reason")
     row["energy_reason"] = doc.get("energy_reason")
     return row
-

@@ -19,9 +19,20 @@ from typing import Any
 import attrs
 
 from lem.errors import LemError
-from lem.results.rundata import ExperimentData, RunData, ci, cycles, energy_reason, figure, label, mean, number, timelines
 from lem.figures.metrics import request_metrics
 from lem.results.files import traces_from_json
+from lem.results.rundata import (
+    ExperimentData,
+    RunData,
+    ci,
+    cycles,
+    energy_reason,
+    figure,
+    label,
+    mean,
+    number,
+    timelines,
+)
 
 KINDS = ("pareto", "timeline", "cycles", "cdf")
 INSTALL_HINT = "plots need matplotlib: pip install 'lem-core[plots]'"

@@ -20,9 +20,9 @@ from typing import Any
 import attrs
 
 from lem import __version__
-from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, number, read_run
 from lem.results import plots
 from lem.results.files import write_atomic
+from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, number, read_run
 
 #: Summary table columns: figure, heading, scale (seconds -> ms).
 COLUMNS: tuple[tuple[str, str, float], ...] = (
