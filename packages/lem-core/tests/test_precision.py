@@ -21,8 +21,8 @@ from lem.campaign.loop import run_campaign
 from lem.configfile.loading import LoadedFile, deep_merge, load
 from lem.configfile.presets import BUILTIN_PRESETS
 from lem.errors import ConfigError
-from lem.figures.metrics import RequestTrace
 from lem.figures.precision import check, rel_ci
+from lem.figures.requests import RequestTrace
 from lem.figures.steady import integrate, steady_bounds
 from lem.plugins import backend_names
 from lem.results.files import aggregate_experiment

@@ -14,7 +14,7 @@ from lem import hookimpl
 from lem.campaign.loop import run_campaign
 from lem.configfile.loading import LoadedFile, deep_merge
 from lem.errors import MeterUnavailable, ResultsError
-from lem.figures.metrics import energy_figures
+from lem.figures.energy import energy_figures
 from lem.run.progress import Progress
 from lem.run.runner import run_experiment, window_json
 from lem.testing import registered

@@ -27,7 +27,7 @@ from lem.results.files import cycle_paths, read_json_or_warn, read_setup
 from lem.results.files import damaged_file
 from lem.figures.summary import HEADLINE, compute_cycle, dig
 from lem.results.timelines import cycle_timelines
-from lem.figures.metrics import request_metrics
+from lem.figures.requests import request_metrics
 from lem.figures.summary import traces_from_json
 from lem.results.files import experiment_dirs
 from lem.results.files import write_atomic

@@ -20,7 +20,7 @@ import attrs
 
 from lem.errors import LemError
 from lem.results.rundata import ExperimentData, RunData, ci, cycles, energy_reason, figure, label, mean, number, timelines
-from lem.figures.metrics import request_metrics
+from lem.figures.requests import request_metrics
 from lem.results.files import traces_from_json
 
 KINDS = ("pareto", "timeline", "cycles", "cdf")

@@ -16,7 +16,7 @@ import attrs
 
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
-from lem.figures.metrics import collect
+from lem.figures.requests import collect
 from lem.run import traffic
 from lem.run.progress import Progress
 from lem.types import LoadedModel, Request, TokenEvent

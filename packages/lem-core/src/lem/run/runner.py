@@ -27,7 +27,8 @@ from lem.configfile.loading import Experiment, unstructure
 from lem.errors import BackendError, MeterUnavailable
 from lem.figures import precision
 from lem.figures.digests import prompt_digest
-from lem.figures.metrics import device_key, peak_total_power, request_metrics
+from lem.figures.energy import device_key, peak_total_power
+from lem.figures.requests import request_metrics
 from lem.figures.summary import compute_cycle, summarize, traces_to_json
 from lem.phases import LoadPhases
 from lem.results.files import flat_config, write_json, write_timeline
