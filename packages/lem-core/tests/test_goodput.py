@@ -23,7 +23,7 @@ from lem.campaign.loop import run_campaign
 from lem.cli.main import cli
 from lem.configfile.loading import LoadedFile, deep_merge
 from lem.figures.goodput import FAILED_AT_PERCENTILE, NO_GOOD, NO_SLO, NO_TPOT_UNDER_BEAM, checks, cycle_goodput
-from lem.figures.metrics import RequestTrace, request_metrics
+from lem.figures.requests import RequestTrace, request_metrics
 from lem.results.compare import compare, gather
 from lem.results.export import cycle_rows
 from lem.testing import registered

@@ -21,13 +21,13 @@ from lem.campaign.loop import run_campaign
 from lem.configfile.loading import LoadedFile, deep_merge, load
 from lem.configfile.presets import BUILTIN_PRESETS
 from lem.errors import ConfigError
-from lem.figures.metrics import RequestTrace
 from lem.figures.precision import check, rel_ci
+from lem.figures.requests import RequestTrace
 from lem.figures.steady import integrate, steady_bounds
 from lem.plugins import backend_names
 from lem.results.files import aggregate_experiment
+from lem.run.cycles import precise
 from lem.run.progress import Progress
-from lem.run.runner import _precise
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -196,7 +196,7 @@ def test_check_uses_throughput_only_without_energy() -> None:
 def test_progress_shows_the_current_relative_ci() -> None:
     stream = io.StringIO()
     cycles = [{"metrics": {"output_tokens_per_s": v}, "energy": {"j_per_output_token": None}} for v in (100, 102)]
-    assert not _precise(cycles, 0.001, Progress(stream=stream))
+    assert not precise(cycles, 0.001, Progress(stream=stream))
     line = stream.getvalue()
     assert "precision after 2 cycles" in line and "output_tokens_per_s ±" in line and "not yet" in line
 

@@ -22,7 +22,7 @@ from lem import hookimpl
 from lem.campaign.loop import run_campaign
 from lem.cli.main import cli
 from lem.configfile.loading import LoadedFile
-from lem.figures.metrics import energy_figures
+from lem.figures.energy import energy_figures
 from lem.figures.summary import compute_cycle, group_warnings
 from lem.results.files import SCHEMA_VERSION, aggregate_experiment, read_json, read_setup, write_json
 from lem.testing import registered

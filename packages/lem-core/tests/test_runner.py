@@ -14,9 +14,11 @@ from lem import hookimpl
 from lem.campaign.loop import run_campaign
 from lem.configfile.loading import LoadedFile, deep_merge
 from lem.errors import MeterUnavailable, ResultsError
-from lem.figures.metrics import energy_figures
+from lem.figures.energy import energy_figures
+from lem.run import cycles
+from lem.run.live import window_json
 from lem.run.progress import Progress
-from lem.run.runner import run_experiment, window_json
+from lem.run.runner import run_experiment
 from lem.testing import registered
 from lem.types import DeviceEnergy, EnergyWindow
 
@@ -279,10 +281,8 @@ def test_live_progress_line_on_a_terminal() -> None:
 
 
 def test_cooldown_and_thermal_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import lem.run.runner
-
-    monkeypatch.setattr(lem.run.runner, "THERMAL_PROBE_S", 0.01)
-    monkeypatch.setattr(lem.run.runner, "THERMAL_WAIT_MAX_S", 0.05)
+    monkeypatch.setattr(cycles, "THERMAL_PROBE_S", 0.01)
+    monkeypatch.setattr(cycles, "THERMAL_WAIT_MAX_S", 0.05)
     # The scripted meter reports 40 °C: a floor of 50 °C is met at once, one of 30 °C never is.
     cool = _with(measurement={"energy_meter": "scripted", "cooldown_seconds": 0.01, "thermal_floor_c": 50.0})
     ok, run_dir = _run(tmp_path, scripted.experiment(cool))

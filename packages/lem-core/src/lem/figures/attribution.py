@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lem.figures.metrics import RequestTrace
+from lem.figures.requests import RequestTrace
 from lem.figures.stats import distribution
 from lem.figures.steady import integrate, power_series
 

@@ -1,6 +1,6 @@
 """Goodput: the requests that met the experiment's ``[slo]``, per second and per joule, for every backend.
 
-Computed from the same per-request figures as every latency (:func:`lem.figures.metrics.request_metrics`)
+Computed from the same per-request figures as every latency (:func:`lem.figures.requests.request_metrics`)
 and from the flattened config stored with the results, so ``lem results aggregate`` recomputes it.
 
 Rules (docs/configuration.md, ``[slo]``):
@@ -107,7 +107,7 @@ def cycle_goodput(
     """The goodput block of one cycle: the SLO, good requests, share, req/s, J per good request, checks.
 
     :param per_request: ``request_metrics`` of every request of the cycle.
-    :param energy: the cycle's energy block (:func:`lem.figures.metrics.energy_figures`).
+    :param energy: the cycle's energy block (:func:`lem.figures.energy.energy_figures`).
     :param config: the experiment's flattened config (``setup["config"]``).
     """
     slo = slo_from_config(config)

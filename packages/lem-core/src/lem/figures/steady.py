@@ -27,7 +27,8 @@ import itertools
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from lem.figures.metrics import DeviceKey, RequestTrace, device_key, power_at
+from lem.figures.energy import DeviceKey, device_key, power_at
+from lem.figures.requests import RequestTrace
 
 NS = 1e9
 #: Fewer power samples than this per device inside the window: its energy is not given.

@@ -21,17 +21,9 @@ from typing import Any
 from lem.figures import goodput
 from lem.figures.attribution import per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
-from lem.figures.metrics import (
-    ENERGY_FIGURES,
-    RequestTrace,
-    cycle_metrics,
-    energy_figures,
-    failure_reasons,
-    idle_power,
-    latency_distributions,
-    request_metrics,
-)
+from lem.figures.energy import ENERGY_FIGURES, energy_figures, idle_power
 from lem.figures.precision import precision_block, rel_ci
+from lem.figures.requests import RequestTrace, cycle_metrics, failure_reasons, latency_distributions, request_metrics
 from lem.figures.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
 from lem.figures.steady import steady_state
 from lem.figures.thermal import thermal_context

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from lem.errors import ResultsError
-from lem.figures.metrics import request_metrics
+from lem.figures.requests import request_metrics
 from lem.figures.summary import HEADLINE, compute_cycle, dig, traces_from_json
 from lem.results.files import (
     SHAPE_ERRORS,

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from lem.errors import LemError
-from lem.figures.metrics import request_metrics
+from lem.figures.requests import request_metrics
 from lem.results.files import traces_from_json
 from lem.results.rundata import (
     ExperimentData,

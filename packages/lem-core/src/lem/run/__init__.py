@@ -1,6 +1,7 @@
 """Running one experiment in this process.
 
-``runner`` (load, idle, warm-up, cycles, summary), ``passes`` (one pass of requests), ``traffic``
-(arrival schedules), ``meters`` (opening energy meters), ``progress`` (the live lines),
+``runner`` (the steps: meter, load, idle, warm-up, cycles, summary), ``live`` (the running experiment
+and its energy windows), ``cycles`` (the measured cycles), ``passes`` (serving the prompt set),
+``traffic`` (arrival schedules), ``meters`` (opening energy meters), ``progress`` (the live lines),
 ``environment`` (what the machine is).
 """

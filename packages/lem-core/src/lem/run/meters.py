@@ -12,22 +12,23 @@ estimate; on a tie a per-device reading before a total over all devices,
 then the meter listed first). The choice is made on the first window and
 kept, so every window of an experiment adds up the same things; the figures
 left out are named in the window's warnings.
+
+An experiment's meter is opened here once (:func:`open_metering`), and a
+campaign checks here that every meter it names can open (:func:`check_meters`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 
+from lem.config import ExperimentConfig
+from lem.configfile.loading import Experiment
 from lem.errors import MeterUnavailable
 from lem.plugins import get_plugin_manager, meter_names
 from lem.types import ALL_DEVICES, DeviceEnergy, EnergyMeter, EnergyWindow
-
-if TYPE_CHECKING:
-    from lem.config import ExperimentConfig
-    from lem.configfile.loading import Experiment
 
 NO_METER = "no energy meter installed: install lem-energy-nvml on an NVIDIA GPU machine"
 
@@ -173,6 +174,30 @@ def open_meters(
             meter.close()
 
 
+@attrs.define
+class Metering:
+    """The experiment's energy meter over ``devices``, or no meter and the ``reason`` there is none.
+
+    Mutable: a run reopens the meter once on other devices when the backend placed the model there
+    (``device_map = "auto"``).
+    """
+
+    devices: tuple[int, ...]
+    meter: EnergyMeter | None
+    reason: str | None
+
+
+def named_explicitly(config: ExperimentConfig) -> bool:
+    """Whether ``measurement.energy_meter`` names meters (not ``auto`` nor ``none``): those must work."""
+    return config.measurement.energy_meters not in (("auto",), ("none",))
+
+
+def open_metering(config: ExperimentConfig, devices: Sequence[int]) -> Metering:
+    """The experiment's meter over ``devices`` (:func:`open_meter`) as a :class:`Metering`."""
+    meter, reason = open_meter(config, devices)
+    return Metering(tuple(devices), meter, reason)
+
+
 def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
     """The devices to meter: ``measurement.devices``, else one per tensor × pipeline rank."""
     if config.measurement.devices is not None:
@@ -223,7 +248,7 @@ def check_meters(experiments: Sequence[Experiment], pythons: Mapping[str, str]) 
     for exp in experiments:
         names = exp.config.measurement.energy_meters
         devices = meter_devices(exp.config)
-        if names in (("auto",), ("none",)) or exp.config.backend in pythons or (names, devices) in seen:
+        if not named_explicitly(exp.config) or exp.config.backend in pythons or (names, devices) in seen:
             continue
         seen.add((names, devices))
         meter, reason = open_meter(exp.config, devices)

@@ -16,7 +16,9 @@ import attrs
 
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
-from lem.figures.metrics import collect
+from lem.figures.requests import RequestTrace, collect
+from lem.plugins import get_plugin_manager
+from lem.prompts.promptset import Prompt
 from lem.run import traffic
 from lem.run.progress import Progress
 from lem.types import LoadedModel, Request, TokenEvent
@@ -28,13 +30,11 @@ def serve(
     config: ExperimentConfig,
     progress: Progress,
     done_before: int = 0,
-) -> Any:
+) -> list[RequestTrace]:
     """Send ``requests`` to the model's backend and collect the traces.
 
     :param done_before: requests of the current stage finished before these (progress counts on).
     """
-    from lem.plugins import get_plugin_manager
-
     stream = get_plugin_manager().hook.generate_stream(
         model=model, requests=requests, params=config.generation, config=config
     )
@@ -53,19 +53,19 @@ def prefill_config(config: ExperimentConfig) -> ExperimentConfig:
 
 def serve_passes(
     model: LoadedModel,
-    prompts: Sequence[Any],
+    prompts: Sequence[Prompt],
     config: ExperimentConfig,
     progress: Progress,
     c: int,
     t0: int,
     passes: int | None = None,
-) -> tuple[list[Any], int]:
+) -> tuple[list[RequestTrace], int]:
     """Serve the prompt set ``passes`` times, or until ``measurement.min_window_s`` has passed since ``t0``.
 
     Each pass has new request ids (pass p's are ``p·len(prompts) ...``), the same prompts, and arrivals
     drawn for that pass (pass 1's are the cycle's, as without a minimum window). ``(traces, passes)``.
     """
-    traces: list[Any] = []
+    traces: list[RequestTrace] = []
     done = 0
     min_ns = config.measurement.min_window_s * 1e9
     while True:

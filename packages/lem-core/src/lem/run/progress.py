@@ -51,6 +51,7 @@ class Progress:
             self.heartbeat()
 
     def _start_bar(self) -> None:
+        # Imported on a terminal only: rich costs ~50 ms to import, and a worker writing to a log never draws.
         from rich.console import Console
         from rich.progress import (
             BarColumn,

@@ -1,73 +1,179 @@
-"""One experiment's lifecycle, and the campaign that runs every experiment of a file.
+"""One experiment's lifecycle in this process, step by step as ARCHITECTURE.md's data flow draws it.
 
-Order per experiment: environment capture → energy meter → load the model
-(its time and energy recorded apart, and any phase the backend reports apart
-from that: :mod:`lem.phases`) → idle baseline with the model resident
-→ warm-up → N measured cycles (more under ``measurement.target_rel_ci``, until
-the precision target holds) → summary. Each cycle's energy window opens and
-closes around exactly the measured requests, with a device synchronize at
-both edges; it serves the prompt set again until it lasts
-``measurement.min_window_s``; under ``measurement.prefill_pass`` a second
-window serves the same requests with one output token each. Files are written
-as soon as they exist (see :mod:`lem.results.files`).
+``environment capture ─▶ meter = measure_energy ─▶ model = load_model (load energy+time)
+─▶ idle baseline (GPU idle, model resident) ─▶ warm-up (fixed N or CV convergence)
+─▶ cycles ─▶ summary``
+
+:func:`run_experiment` is that line: one function per step, each reading the
+live experiment (:class:`lem.run.live.Live`). The load's time and energy are
+recorded apart, and any phase the backend reports apart from them
+(:mod:`lem.phases`); the cycles are :mod:`lem.run.cycles`. Files are written
+as soon as they exist (see :mod:`lem.results.files`): ``environment.json``,
+then ``setup.json`` once the warm-up is done, each cycle's files, and
+``summary.json``.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 
-from lem.config import ExperimentConfig
 from lem.configfile.loading import Experiment, unstructure
 from lem.errors import BackendError, MeterUnavailable
-from lem.figures import precision
 from lem.figures.digests import prompt_digest
-from lem.figures.metrics import device_key, peak_total_power, request_metrics
-from lem.figures.summary import compute_cycle, summarize, traces_to_json
+from lem.figures.requests import request_metrics
+from lem.figures.summary import summarize
 from lem.phases import LoadPhases
-from lem.results.files import flat_config, write_json, write_timeline
-from lem.results.timelines import as_written
-from lem.run import environment, traffic
-from lem.run.meters import meter_devices, open_meter
+from lem.plugins import get_plugin_manager
+from lem.prompts import PromptSet, load_prompts
+from lem.results.files import flat_config, write_json
+from lem.run import traffic
+from lem.run.cycles import run_cycles
+from lem.run.live import Live, metered, window_json, write_environment
+from lem.run.meters import Metering, meter_devices, named_explicitly, open_metering
 from lem.run.passes import prefill_config, serve, serve_passes
 from lem.run.progress import Progress
-from lem.types import EnergyMeter, EnergyWindow, LoadedModel
-
-#: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
-THERMAL_WAIT_MAX_S = 600.0
-#: Length of the meter window read to learn the temperature while waiting.
-THERMAL_PROBE_S = 1.0
+from lem.types import LoadedModel
 
 
-def window_json(window: EnergyWindow | None) -> dict[str, Any] | None:
-    """An energy window in JSON form: its timeline goes to CSV, the timeline's peak total power stays here."""
-    if window is None:
-        return None
-    out: dict[str, Any] = {
-        "duration_s": window.duration_s,
-        "devices": [attrs.asdict(d) for d in window.devices],
-        "warnings": list(window.warnings),
-    }
-    if len(window.devices) > 1:  # one device: its own peak is already exact
-        keys = [device_key(attrs.asdict(d)) for d in window.devices]
-        out["peak_power_w"] = peak_total_power(window.timeline, keys)
-    return out
+@attrs.frozen
+class Load:
+    """The model load: the handle, and its time and energy (``phases``) over the devices metered then."""
+
+    model: LoadedModel
+    phases: LoadPhases
+    devices: tuple[int, ...]
+    reason: str | None
 
 
-def load_prompts(config: ExperimentConfig, model: LoadedModel) -> Any:
+def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progress) -> dict[str, Any]:
+    """Run one experiment in this process, writing its files to ``exp_dir``; returns the summary."""
+    config = exp.config
+    metering = open_metering(config, meter_devices(config))
+    if metering.meter is None and named_explicitly(config):
+        # A meter the user named explicitly must work: stop before the model loads, not after the run.
+        raise MeterUnavailable(f"measurement.energy_meter: {metering.reason}")
+    model: LoadedModel | None = None
+    try:
+        write_environment(exp_dir, metering)
+        loaded = load(exp, metering, progress)
+        model = loaded.model
+        placed = follow_placement(exp, metering, model, exp_dir)
+        prompt_set = tokenized_prompts(exp, model)
+        warnings = [*placed, *prompt_set.warnings]
+        live = Live(exp, exp_dir, run_id, progress, metering, model, prompt_set.prompts, warnings)
+        idle = idle_baseline(live)
+        warmup = warm_up(live)
+        setup = write_setup(live, loaded, prompt_set, idle, warmup)
+        cycles, timelines = run_cycles(live, setup)
+        summary = summarize(setup, cycles, timelines)
+        write_json(exp_dir / "summary.json", "summary", summary)
+        return summary
+    finally:
+        if model is not None:
+            model.close()
+        if metering.meter is not None:
+            metering.meter.close()
+
+
+def load(exp: Experiment, metering: Metering, progress: Progress) -> Load:
+    """``model = load_model``: the backend's handle, its load time and energy; the model closes if the load fails."""
+    config = exp.config
+    progress.stage("load")
+    # A backend may split off a metered phase of its load (an engine build): see lem.phases.
+    phases = LoadPhases(metering.meter)
+    phases.open()
+    model: LoadedModel | None = None
+    try:
+        model = get_plugin_manager().hook.load_model(backend=config.backend, config=config, phases=phases)
+        if model is None:
+            raise BackendError(f"backend = {config.backend!r}: no installed plugin loads models for it")
+        model.synchronize()
+    except BaseException:
+        try:
+            phases.close()
+        finally:
+            if model is not None:  # after the load window, as a loaded model closes after the run
+                model.close()
+        raise
+    phases.close()
+    progress.end()
+    return Load(model, phases, metering.devices, metering.reason)
+
+
+def follow_placement(exp: Experiment, metering: Metering, model: LoadedModel, exp_dir: Path) -> list[str]:
+    """Meter the devices the model landed on, if measurement.devices left that to the backend; the warnings.
+
+    Where a backend spreads a model (``device_map = "auto"``) is known only once it has loaded: the
+    meter is reopened on those devices and ``environment.json`` rewritten. The load window covered
+    the devices guessed before.
+    """
+    if metering.meter is None or not model.devices or set(model.devices) == set(metering.devices):
+        return []
+    if exp.config.measurement.devices is not None:
+        return [
+            f"model occupies devices {list(model.devices)} but measurement.devices = {list(metering.devices)}"
+            " are metered"
+        ]
+    guessed = metering.devices
+    metering.meter.close()
+    metering.meter = None  # closed: not closed again at the end should reopening fail
+    reopened = open_metering(exp.config, model.devices)
+    metering.devices, metering.meter, metering.reason = reopened.devices, reopened.meter, reopened.reason
+    write_environment(exp_dir, metering)
+    after = "the idle baseline and every cycle cover all of them" if metering.meter is not None else metering.reason
+    return [
+        f"the model was placed on devices {list(metering.devices)} when it loaded: the load energy covers"
+        f" devices {list(guessed)} only; {after}"
+    ]
+
+
+def tokenized_prompts(exp: Experiment, model: LoadedModel) -> PromptSet:
     """The experiment's prompts (``lem.prompts``), tokenized by the model's tokenizer."""
-    from lem.prompts import load_prompts as load
-
+    config = exp.config
     vocab = model.model_config.get("vocab_size")
-    return load(config.dataset, tokenizer=model.tokenizer, seed=config.seed, vocab_size=vocab)
+    return load_prompts(config.dataset, tokenizer=model.tokenizer, seed=config.seed, vocab_size=vocab)
 
 
-def warm_up(model: LoadedModel, prompts: Sequence[Any], config: ExperimentConfig, progress: Progress) -> dict[str, Any]:
+def idle_baseline(live: Live) -> dict[str, Any]:
+    """The idle baseline: the GPU idle with the model resident for ``measurement.idle_seconds``, or why not."""
+    m, metering = live.config.measurement, live.metering
+    idle: dict[str, Any] = {"seconds": m.idle_seconds, "window": None, "reason": None}
+    if metering.meter is None:
+        idle["reason"] = metering.reason
+    elif m.idle_seconds <= 0:
+        idle["reason"] = "idle baseline skipped (measurement.idle_seconds = 0)"
+    else:
+        live.progress.stage("idle")
+        live.model.synchronize()
+        with metered(metering.meter) as w:
+            time.sleep(m.idle_seconds)
+        idle["window"] = window_json(w.window)
+        live.progress.end()
+    return idle
+
+
+def warm_up(live: Live) -> dict[str, Any]:
+    """The warm-up: requests until latency is warm (:func:`warm_up_requests`), then the prefill-only pass if asked.
+
+    Under ``measurement.prefill_pass`` one unmeasured prefill-only pass follows: a backend that
+    compiles per output length compiles here, not in the first measured prefill window.
+    """
+    record = warm_up_requests(live)
+    prompts, progress = live.prompts, live.progress
+    if live.config.measurement.prefill_pass and prompts:
+        progress.stage("prefill warm-up", total=len(prompts))
+        serve_passes(live.model, prompts, prefill_config(live.config), progress, 0, time.monotonic_ns(), passes=1)
+        progress.end()
+        record["prefill_pass_requests"] = len(prompts)
+    return record
+
+
+def warm_up_requests(live: Live) -> dict[str, Any]:
     """Serve warm-up requests from the prompt set: a fixed number, or until latency settles (CV).
 
     Requests go in rounds of one full batch (or one concurrency's worth)
@@ -77,6 +183,7 @@ def warm_up(model: LoadedModel, prompts: Sequence[Any], config: ExperimentConfig
     a batch would leave the measured batch shape cold (first-cycle slowdowns of
     2-3x were seen on a GPU at batch 8 after a 2-request warm-up).
     """
+    config, prompts, progress = live.config, live.prompts, live.progress
     m = config.measurement
     cv_mode = m.warmup == "cv"
     target = m.warmup_max_requests if cv_mode else m.warmup_requests
@@ -93,7 +200,7 @@ def warm_up(model: LoadedModel, prompts: Sequence[Any], config: ExperimentConfig
         n = per_round
         batch = [prompts[(len(latencies) + i) % len(prompts)] for i in range(n)]
         requests = traffic.make_requests(batch, None if closed else [0] * n, first_id=len(latencies))
-        for tr in serve(model, requests, config, progress):
+        for tr in serve(live.model, requests, config, progress):
             e2e = request_metrics(tr)["e2e_s"]
             latencies.append(e2e if e2e is not None else math.inf)
         progress.advance(len(latencies))
@@ -113,279 +220,56 @@ def warm_up(model: LoadedModel, prompts: Sequence[Any], config: ExperimentConfig
     return record
 
 
-def _cool_down(meter: EnergyMeter | None, config: ExperimentConfig, progress: Progress) -> list[str]:
-    m = config.measurement
-    if m.cooldown_seconds > 0:
-        progress.stage("cool-down")
-        time.sleep(m.cooldown_seconds)
-        progress.end()
-    if m.thermal_floor_c is None:
-        return []
-    if meter is None:
-        return ["measurement.thermal_floor_c ignored: no energy meter to read temperatures from"]
-    deadline = time.monotonic() + THERMAL_WAIT_MAX_S
-    progress.stage("thermal")
-    while True:
-        meter.start()
-        time.sleep(THERMAL_PROBE_S)
-        temps = [r["temperature_c"] for r in meter.stop().timeline if r.get("temperature_c") is not None]
-        progress.advance(0)
-        if not temps:
-            progress.end()
-            return ["measurement.thermal_floor_c ignored: the meter reports no temperature"]
-        if max(temps) <= m.thermal_floor_c:
-            progress.end(f"{max(temps):.0f} °C")
-            return []
-        if time.monotonic() > deadline:
-            progress.end()
-            return [f"GPU stayed above thermal_floor_c {m.thermal_floor_c} °C for {THERMAL_WAIT_MAX_S:.0f} s"]
-
-
-class _Window:
-    """An energy window as a ``with`` block: the meter opens on entry and closes on exit.
-
-    ``t0``/``t1`` are this process's clock just inside the meter's edges; the
-    caller synchronizes the device before entering and before leaving.
-    """
-
-    def __init__(self, meter: EnergyMeter | None) -> None:
-        self.meter = meter
-        self.window: EnergyWindow | None = None
-        self.t0 = self.t1 = 0
-
-    def __enter__(self) -> _Window:
-        if self.meter is not None:
-            self.meter.start()
-        self.t0 = time.monotonic_ns()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.t1 = time.monotonic_ns()
-        if self.meter is not None:
-            self.window = self.meter.stop()
-
-
-def _write_environment(exp_dir: Path, meter: EnergyMeter | None, meter_reason: str | None) -> None:
-    gpus = meter.environment() if meter is not None else None
-    write_json(exp_dir / "environment.json", "environment", environment.capture(gpus, meter_reason))
-
-
-def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progress) -> dict[str, Any]:
-    """Run one experiment in this process, writing its files to ``exp_dir``; returns the summary."""
-    from lem.plugins import get_plugin_manager
-
-    config = exp.config
-    warnings: list[str] = []
-    metered = meter_devices(config)
-    meter, meter_reason = open_meter(config, metered)
-    if meter is None and config.measurement.energy_meters not in (("auto",), ("none",)):
-        # A meter the user named explicitly must work: stop before the model loads, not after the run.
-        raise MeterUnavailable(f"measurement.energy_meter: {meter_reason}")
-    model: LoadedModel | None = None
-    try:
-        _write_environment(exp_dir, meter, meter_reason)
-
-        progress.stage("load")
-        # A backend may split off a metered phase of its load (an engine build): see lem.phases.
-        load = LoadPhases(meter)
-        load.open()
-        try:
-            model = get_plugin_manager().hook.load_model(backend=config.backend, config=config, phases=load)
-            if model is None:
-                raise BackendError(f"backend = {config.backend!r}: no installed plugin loads models for it")
-            model.synchronize()
-        finally:
-            load.close()
-        load_s, load_window = load.duration_s, load.window
-        progress.end()
-        load_metered, load_reason = metered, meter_reason
-        if meter is not None and model.devices and set(model.devices) != set(metered):
-            if config.measurement.devices is None:
-                # Where a backend spreads a model (device_map = "auto") is known only now: meter
-                # those devices from here on. The load window covered the devices guessed before.
-                meter.close()
-                meter = None  # closed: not closed again below should reopening fail
-                metered = tuple(model.devices)
-                meter, meter_reason = open_meter(config, metered)
-                _write_environment(exp_dir, meter, meter_reason)
-                after = "the idle baseline and every cycle cover all of them" if meter is not None else meter_reason
-                warnings.append(
-                    f"the model was placed on devices {list(metered)} when it loaded: the load energy covers"
-                    f" devices {list(load_metered)} only; {after}"
-                )
-            else:
-                warnings.append(
-                    f"model occupies devices {list(model.devices)} but measurement.devices = {list(metered)}"
-                    " are metered"
-                )
-
-        prompt_set = load_prompts(config, model)
-        prompts = list(prompt_set.prompts)
-        warnings += list(prompt_set.warnings)
-
-        idle: dict[str, Any] = {"seconds": config.measurement.idle_seconds, "window": None, "reason": None}
-        if meter is None:
-            idle["reason"] = meter_reason
-        elif config.measurement.idle_seconds <= 0:
-            idle["reason"] = "idle baseline skipped (measurement.idle_seconds = 0)"
-        else:
-            progress.stage("idle")
-            model.synchronize()
-            with _Window(meter) as w:
-                time.sleep(config.measurement.idle_seconds)
-            idle["window"] = window_json(w.window)
-            progress.end()
-
-        warmup = warm_up(model, prompts, config, progress)
-        if config.measurement.prefill_pass and prompts:
-            # One unmeasured prefill-only pass: a backend that compiles per output length compiles here.
-            progress.stage("prefill warm-up", total=len(prompts))
-            serve_passes(model, prompts, prefill_config(config), progress, 0, time.monotonic_ns(), passes=1)
-            progress.end()
-            warmup["prefill_pass_requests"] = len(prompts)
-        digest, digest_of = prompt_digest(prompts)
-        setup: dict[str, Any] = {
-            "experiment_id": exp.id,
-            "run_id": run_id,
-            "backend": config.backend,
-            "model": config.model,
-            "sweep_values": dict(exp.sweep_values),
-            # The resolved config as experiment.toml holds it, flattened: a summary describes itself.
-            "config": flat_config(unstructure(config)),
-            "meter": getattr(meter, "name", None),
-            "meter_reason": meter_reason,
-            "metered_devices": list(metered) if meter is not None else [],
-            "model_info": {
-                "num_parameters": model.num_parameters,
-                "devices": list(model.devices),
-                "model_config": dict(model.model_config),
-                "info": dict(model.info),
-            },
-            "prompts": {
-                "description": prompt_set.description,
-                "stats": dict(prompt_set.stats),
-                "warnings": list(prompt_set.warnings),
-                "count": len(prompts),
-                "digest": digest,
-                "digest_of": digest_of,
-            },
-            "load": {
-                "duration_s": load_s,
-                "energy_window": window_json(load_window),
-                "energy_reason": load_reason,
-                "metered_devices": list(load_metered) if load_window is not None else [],
-                # Metered phases the backend reported (an engine build), each apart from load's own figures.
-                "phases": {
-                    name: {
-                        "duration_s": (p.t1 - p.t0) / 1e9,
-                        "energy_window": window_json(p.window),
-                        "energy_reason": load_reason,
-                    }
-                    for name, p in load.phases.items()
-                },
-            },
-            "idle": idle,
-            "warmup": warmup,
-            "warnings": warnings,
-        }
-        write_json(exp_dir / "setup.json", "setup", setup)
-
-        m = config.measurement
-        cycles: list[dict[str, Any]] = []
-        timelines: dict[int, list[dict[str, Any]]] = {}
-        for c in range(1, m.cycle_limit + 1):
-            notes = _cool_down(meter, config, progress) if c > 1 else []
-            raw, timeline = _cycle(c, model, meter, meter_reason, prompts, config, setup, exp_dir, progress, notes)
-            cycles.append(raw)
-            if timeline is not None:
-                timelines[c] = timeline
-            if m.target_rel_ci is not None and c >= max(2, m.cycles) and _precise(cycles, m.target_rel_ci, progress):
-                break
-        summary = summarize(setup, cycles, timelines)
-        write_json(exp_dir / "summary.json", "summary", summary)
-        return summary
-    finally:
-        if model is not None:
-            model.close()
-        if meter is not None:
-            meter.close()
-
-
-def _precise(cycles: Sequence[dict[str, Any]], target: float, progress: Progress) -> bool:
-    """Whether the precision target holds over ``cycles``; shows the current relative CIs."""
-    met, rels, applies = precision.check(cycles, target)
-    shown = ", ".join(f"{name} ±{rels[name]:.2%}" if rels[name] is not None else f"{name} unknown" for name in applies)
-    verdict = "met" if met else "not yet"
-    progress.note(f"precision after {len(cycles)} cycles: 95% CI {shown} (target ±{target:.2%}: {verdict})")
-    return met
-
-
-def _cycle(
-    c: int,
-    model: LoadedModel,
-    meter: EnergyMeter | None,
-    meter_reason: str | None,
-    prompts: Sequence[Any],
-    config: ExperimentConfig,
-    setup: dict[str, Any],
-    exp_dir: Path,
-    progress: Progress,
-    notes: Sequence[str] = (),
-) -> tuple[dict[str, Any], list[dict[str, Any]] | None]:
-    """One measured cycle: its raw record (written to ``cycle-NNN.json``) and its timeline as written."""
-    m = config.measurement
-    of = f"{m.cycles}" if m.target_rel_ci is None else f"{m.cycles}-{m.cycle_limit}"
-    progress.stage(f"cycle {c}/{of}", total=len(prompts) if m.min_window_s <= 0 else None)
-    model.synchronize()
-    with _Window(meter) as w:
-        t0 = time.monotonic_ns()
-        traces, passes = serve_passes(model, prompts, config, progress, c, t0)
-        model.synchronize()
-    raw: dict[str, Any] = {
-        "experiment_id": setup["experiment_id"],
-        "cycle": c,
-        # The timeline's t_s counts from the meter window's opening, timeline_offset_s before t0.
-        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
-        "passes": passes,
-        "requests": traces_to_json(traces, t0),
-        "energy_window": window_json(w.window),
-        "energy_reason": meter_reason,
-        # What happened around the cycle that the raw data cannot show (a thermal floor not reached...).
-        "notes": list(notes),
-    }
-    if m.prefill_pass:
-        raw["prefill"] = _prefill_pass(c, model, meter, prompts, config, progress, passes)
-    timeline = as_written(w.window.timeline) if w.window is not None and w.window.timeline else None
-    metrics, energy, warnings = compute_cycle(raw, setup, timeline)
-    raw.update({"metrics": metrics, "energy": energy, "warnings": warnings})
-    if timeline is not None and w.window is not None:
-        write_timeline(exp_dir / f"timeline-{c:03d}.csv", list(w.window.timeline))
-    write_json(exp_dir / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
-    jpt = energy["j_per_output_token"]
-    detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else "")
-    progress.end(detail + (f", {passes} passes" if passes > 1 else ""))
-    return raw, timeline
-
-
-def _prefill_pass(
-    c: int,
-    model: LoadedModel,
-    meter: EnergyMeter | None,
-    prompts: Sequence[Any],
-    config: ExperimentConfig,
-    progress: Progress,
-    passes: int,
+def write_setup(
+    live: Live, load: Load, prompt_set: PromptSet, idle: dict[str, Any], warmup: dict[str, Any]
 ) -> dict[str, Any]:
-    """The cycle's requests again (same prompts, same number of passes), one output token each, metered apart."""
-    with progress.substage(f"  prefill pass of cycle {c}", total=len(prompts) * passes):
-        model.synchronize()
-        with _Window(meter) as w:
-            t0 = time.monotonic_ns()
-            traces, _ = serve_passes(model, prompts, prefill_config(config), progress, c, t0, passes=passes)
-            model.synchronize()
-    return {
-        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
-        "passes": passes,
-        "requests": traces_to_json(traces, t0),
-        "energy_window": window_json(w.window),
+    """``setup.json``: what every cycle of the experiment shares, from its config to its warm-up."""
+    exp, model, metering = live.exp, live.model, live.metering
+    digest, digest_of = prompt_digest(live.prompts)
+    load_window = load.phases.window
+    setup: dict[str, Any] = {
+        "experiment_id": exp.id,
+        "run_id": live.run_id,
+        "backend": exp.config.backend,
+        "model": exp.config.model,
+        "sweep_values": dict(exp.sweep_values),
+        # The resolved config as experiment.toml holds it, flattened: a summary describes itself.
+        "config": flat_config(unstructure(exp.config)),
+        "meter": getattr(metering.meter, "name", None),
+        "meter_reason": metering.reason,
+        "metered_devices": list(metering.devices) if metering.meter is not None else [],
+        "model_info": {
+            "num_parameters": model.num_parameters,
+            "devices": list(model.devices),
+            "model_config": dict(model.model_config),
+            "info": dict(model.info),
+        },
+        "prompts": {
+            "description": prompt_set.description,
+            "stats": dict(prompt_set.stats),
+            "warnings": list(prompt_set.warnings),
+            "count": len(live.prompts),
+            "digest": digest,
+            "digest_of": digest_of,
+        },
+        "load": {
+            "duration_s": load.phases.duration_s,
+            "energy_window": window_json(load_window),
+            "energy_reason": load.reason,
+            "metered_devices": list(load.devices) if load_window is not None else [],
+            # Metered phases the backend reported (an engine build), each apart from load's own figures.
+            "phases": {
+                name: {
+                    "duration_s": (p.t1 - p.t0) / 1e9,
+                    "energy_window": window_json(p.window),
+                    "energy_reason": load.reason,
+                }
+                for name, p in load.phases.phases.items()
+            },
+        },
+        "idle": idle,
+        "warmup": warmup,
+        "warnings": live.warnings,
     }
+    write_json(live.directory / "setup.json", "setup", setup)
+    return setup

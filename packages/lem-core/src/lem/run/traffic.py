@@ -12,13 +12,10 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from lem.config import TrafficConfig
+from lem.prompts.promptset import Prompt
 from lem.types import Request
-
-if TYPE_CHECKING:
-    from lem.prompts.promptset import Prompt
 
 
 def arrival_offsets_ns(traffic: TrafficConfig, n: int, seed: int) -> list[int] | None:

@@ -1,0 +1,211 @@
+"""Energy of a window: per-device keys, idle power, total, idle and dynamic joules, peak power.
+
+An energy window (``EnergyWindow`` in JSON form: its duration, one figure per
+device, warnings, and optionally the peak total power found in its timeline)
+and the idle baseline's power give every energy figure of a cycle. Each
+figure says how it was obtained; a figure that cannot be known is ``None``
+with a ``reason``, never 0.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+#: Below this an energy window is too short for a counter that updates every ~100 ms.
+MIN_WINDOW_S = 1.0
+
+
+#: Which figure of a window a value belongs to: a GPU's ordinal, or ``(component, device)`` for a CPU
+#: socket or DRAM (so CPU 0 and GPU 0 never collide; files written before components existed hold GPUs).
+DeviceKey = int | tuple[str, int]
+
+
+def device_key(d: Mapping[str, Any]) -> DeviceKey:
+    """The :data:`DeviceKey` of a device figure or a timeline row (JSON form)."""
+    component = d.get("component") or "gpu"
+    return int(d["device"]) if component == "gpu" else (str(component), int(d["device"]))
+
+
+def idle_power(baseline: Mapping[str, Any] | None) -> dict[DeviceKey, float] | None:
+    """Per-device idle power (W) from an idle-baseline window (JSON form), or ``None`` if unmeasured."""
+    if not baseline or baseline.get("duration_s", 0) <= 0:
+        return None
+    out: dict[DeviceKey, float] = {}
+    for d in baseline["devices"]:
+        if d["energy_j"] is None:
+            return None
+        out[device_key(d)] = d["energy_j"] / baseline["duration_s"]
+    return out
+
+
+#: The per-cycle energy figures that get a confidence interval across cycles.
+ENERGY_FIGURES = (
+    "total_j",
+    "idle_j",
+    "dynamic_j",
+    "j_per_output_token",
+    "dynamic_j_per_output_token",
+    "output_tokens_per_j",
+    "mean_power_w",
+    "peak_power_w",
+)
+
+
+#: How ``peak_power_w`` was obtained, in the energy block.
+PEAK_FROM_TIMELINE = "highest sum over devices of the sampled power, each device interpolated to every sample instant"
+PEAK_ONE_DEVICE = "highest power sample of the device"
+PEAK_SUM_OF_PEAKS = "sum of per-device peaks: an upper bound, as the peaks need not coincide"
+
+
+def peak_total_power(timeline: Iterable[Mapping[str, Any]], devices: Sequence[DeviceKey]) -> float | None:
+    """The highest total power of ``devices`` together in a sampled timeline, or ``None``.
+
+    Devices are read one after another, so their samples never share an
+    instant: at every sample instant of any device, each device's power is
+    interpolated linearly between its neighbouring samples (held flat beyond
+    its first and last), and the highest sum wins. ``None`` when a device has
+    no power sample.
+    """
+    series: dict[DeviceKey, list[tuple[float, float]]] = {d: [] for d in devices}
+    for row in timeline:
+        power = row.get("power_w")
+        if power is not None and row.get("device") is not None and device_key(row) in series:
+            series[device_key(row)].append((float(row["t_s"]), float(power)))
+    if not series or any(not points for points in series.values()):
+        return None
+    for points in series.values():
+        points.sort()
+    instants = sorted({t for points in series.values() for t, _ in points})
+    return max(sum(power_at(points, t) for points in series.values()) for t in instants)
+
+
+def power_at(points: Sequence[tuple[float, float]], t: float) -> float:
+    """Linear interpolation in sorted ``(t, power)`` points, flat outside them."""
+    i = bisect.bisect_left(points, (t, float("-inf")))
+    if i == 0:
+        return points[0][1]
+    if i == len(points):
+        return points[-1][1]
+    (t0, p0), (t1, p1) = points[i - 1], points[i]
+    return p1 if t1 == t0 else p0 + (p1 - p0) * (t - t0) / (t1 - t0)
+
+
+def energy_figures(
+    window: Mapping[str, Any] | None,
+    reason: str | None,
+    idle_w: Mapping[DeviceKey, float] | None,
+    idle_reason: str | None,
+    output_tokens: int,
+) -> tuple[dict[str, Any], list[str]]:
+    """Energy of one cycle from its window (``EnergyWindow`` in JSON form) and the idle power.
+
+    Total J per device and summed, idle J = idle W × window s, dynamic J =
+    total - idle, J per output token (total and dynamic), output tokens per J,
+    mean and peak power, and the method of each. Unknown figures are ``None``
+    with a ``reason``; never 0.
+    """
+    out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w", "peak_power_method", "dynamic_negative"))
+    out.update(
+        {
+            "reason": reason,
+            "idle_reason": idle_reason,
+            "method": None,
+            "idle_method": None,
+            "duration_s": None,
+            "devices": [],
+        }
+    )
+    if window is None:
+        out["reason"] = reason or "no energy was measured"
+        return out, []
+    warnings = list(window.get("warnings", ()))
+    dur = float(window["duration_s"])
+    out["duration_s"] = dur
+    # A meter that warns about the window's length itself knows its counter better: one warning, not two.
+    if dur < MIN_WINDOW_S and not any("shorter than" in w for w in warnings):
+        warnings.append(f"energy window of {dur:.3f} s is shorter than {MIN_WINDOW_S:g} s: the figure is coarse")
+    devices = []
+    for d in window["devices"]:
+        dev = dict(d)
+        w = None if idle_w is None else idle_w.get(device_key(d))
+        dev["idle_power_w"] = w
+        dev["idle_j"] = None if w is None else w * dur
+        dev["dynamic_j"] = None if w is None or d["energy_j"] is None else d["energy_j"] - w * dur
+        devices.append(dev)
+    out["devices"] = devices
+    # What the total adds up (one label per figure: component, device, meter), and the total per component.
+    out["total_includes"] = [_label(d) for d in devices]
+    out["components"] = _per_component(devices)
+    energies = [d["energy_j"] for d in devices]
+    out["method"] = _method([d["method"] for d in devices])
+    if not devices or any(e is None for e in energies):
+        out["reason"] = "; ".join(str(d.get("reason")) for d in devices if d["energy_j"] is None) or (
+            reason or "the meter measured no device"
+        )
+        return out, warnings
+    total = float(sum(energies))
+    out["total_j"] = total
+    out["mean_power_w"] = total / dur if dur > 0 else None
+    out["peak_power_w"], out["peak_power_method"] = _peak(window, devices)
+    if output_tokens > 0:
+        out["j_per_output_token"] = total / output_tokens
+        out["output_tokens_per_j"] = output_tokens / total if total > 0 else None
+    if idle_w is not None and all(d["idle_j"] is not None for d in devices):
+        out["idle_power_w"] = float(sum(d["idle_power_w"] for d in devices))
+        out["idle_j"] = float(sum(d["idle_j"] for d in devices))
+        out["dynamic_j"] = total - out["idle_j"]
+        out["idle_method"] = "idle baseline power × window duration"
+        if output_tokens > 0:
+            out["dynamic_j_per_output_token"] = out["dynamic_j"] / output_tokens
+        out["dynamic_negative"] = out["dynamic_j"] < 0
+        if out["dynamic_negative"]:
+            warnings.append(negative_dynamic_warning(out["dynamic_j"], out["idle_power_w"], out["mean_power_w"]))
+    elif out["idle_reason"] is None:
+        out["idle_reason"] = "the idle baseline does not cover every metered device"
+    return out, warnings
+
+
+def negative_dynamic_warning(dynamic_j: float, idle_w: float, mean_w: float | None) -> str:
+    """What a negative dynamic energy means, in one line."""
+    mean = "unknown" if mean_w is None else f"{mean_w:.1f} W"
+    return (
+        f"dynamic energy is negative ({dynamic_j:.4g} J): the idle baseline ({idle_w:.1f} W) is above the window's "
+        f"mean power ({mean}), so the baseline does not represent this cycle's idle draw (measured warmer, or while "
+        "other work ran) and its dynamic figures are meaningless; re-measure with a longer measurement.idle_seconds"
+    )
+
+
+def _label(d: Mapping[str, Any]) -> str:
+    which = "all" if int(d["device"]) < 0 else str(d["device"])
+    meter = f" ({d['meter']})" if d.get("meter") else ""
+    return f"{d.get('component') or 'gpu'} {which}{meter}"
+
+
+def _per_component(devices: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Energy and method per component (``gpu``, ``cpu``, ``dram``); ``None`` when one of its figures is unknown."""
+    out: dict[str, dict[str, Any]] = {}
+    for d in devices:
+        c = out.setdefault(d.get("component") or "gpu", {"energy_j": 0.0, "methods": []})
+        c["energy_j"] = None if c["energy_j"] is None or d["energy_j"] is None else c["energy_j"] + d["energy_j"]
+        c["methods"].append(d.get("method"))
+    return {k: {"energy_j": v["energy_j"], "method": _method(v["methods"])} for k, v in out.items()}
+
+
+def _peak(window: Mapping[str, Any], devices: Sequence[Mapping[str, Any]]) -> tuple[float | None, str | None]:
+    """``peak_power_w`` of the window and how it was obtained (see the ``PEAK_*`` labels)."""
+    if window.get("peak_power_w") is not None:  # from the timeline, by peak_total_power
+        return float(window["peak_power_w"]), PEAK_FROM_TIMELINE
+    peaks = [d.get("peak_power_w") for d in devices]
+    if not peaks or any(p is None for p in peaks):
+        return None, None
+    return float(sum(p for p in peaks if p is not None)), PEAK_ONE_DEVICE if len(peaks) == 1 else PEAK_SUM_OF_PEAKS
+
+
+def _method(methods: Sequence[str | None]) -> str | None:
+    """The one method several figures share, or ``mixed: ...`` naming each; ``None`` when none is known."""
+    known = sorted({m for m in methods if m is not None})
+    if not known:
+        return None
+    return known[0] if len(known) == 1 else "mixed: " + ", ".join(known)

@@ -1,0 +1,150 @@
+"""The measured cycles: ``[sync ▸ meter window ▸ requests via traffic pattern ▸ generate_stream ▸ sync]``.
+
+Each cycle's energy window opens and closes around exactly the measured
+requests, with a device synchronize at both edges; it serves the prompt set
+again until it lasts ``measurement.min_window_s``; under
+``measurement.prefill_pass`` a second window serves the same requests with
+one output token each. Between cycles the GPU cools down
+(``measurement.cooldown_seconds``, ``measurement.thermal_floor_c``). There are
+``measurement.cycles`` cycles, or more under ``measurement.target_rel_ci``
+until the precision target holds. Each cycle's files are written as soon as
+it ends (``cycle-NNN.json``, ``timeline-NNN.csv``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from lem.figures import precision
+from lem.figures.summary import compute_cycle, traces_to_json
+from lem.results.files import write_json, write_timeline
+from lem.results.timelines import as_written
+from lem.run.live import Live, metered, window_json
+from lem.run.passes import prefill_config, serve_passes
+from lem.run.progress import Progress
+
+#: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
+THERMAL_WAIT_MAX_S = 600.0
+#: Length of the meter window read to learn the temperature while waiting.
+THERMAL_PROBE_S = 1.0
+
+#: One cycle's timeline as written to ``timeline-NNN.csv``, and read back.
+Timeline = list[dict[str, Any]]
+
+
+def run_cycles(live: Live, setup: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[int, Timeline]]:
+    """Every measured cycle of the experiment: their raw records and their timelines by cycle number."""
+    m = live.config.measurement
+    cycles: list[dict[str, Any]] = []
+    timelines: dict[int, Timeline] = {}
+    for c in range(1, m.cycle_limit + 1):
+        notes = cool_down(live) if c > 1 else []
+        raw, timeline = measure_cycle(live, setup, c, notes)
+        cycles.append(raw)
+        if timeline is not None:
+            timelines[c] = timeline
+        if m.target_rel_ci is not None and c >= max(2, m.cycles) and precise(cycles, m.target_rel_ci, live.progress):
+            break
+    return cycles, timelines
+
+
+def measure_cycle(
+    live: Live, setup: Mapping[str, Any], c: int, notes: Sequence[str] = ()
+) -> tuple[dict[str, Any], Timeline | None]:
+    """Cycle ``c``: its raw record (written to ``cycle-NNN.json``) and its timeline as written.
+
+    :param notes: what happened around the cycle that the raw data cannot show (a thermal floor not reached).
+    """
+    config, progress, model = live.config, live.progress, live.model
+    m = config.measurement
+    of = f"{m.cycles}" if m.target_rel_ci is None else f"{m.cycles}-{m.cycle_limit}"
+    progress.stage(f"cycle {c}/{of}", total=len(live.prompts) if m.min_window_s <= 0 else None)
+    model.synchronize()
+    with metered(live.metering.meter) as w:
+        t0 = time.monotonic_ns()
+        traces, passes = serve_passes(model, live.prompts, config, progress, c, t0)
+        model.synchronize()
+    raw: dict[str, Any] = {
+        "experiment_id": setup["experiment_id"],
+        "cycle": c,
+        # The timeline's t_s counts from the meter window's opening, timeline_offset_s before t0.
+        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
+        "passes": passes,
+        "requests": traces_to_json(traces, t0),
+        "energy_window": window_json(w.window),
+        "energy_reason": live.metering.reason,
+        # What happened around the cycle that the raw data cannot show (a thermal floor not reached...).
+        "notes": list(notes),
+    }
+    if m.prefill_pass:
+        raw["prefill"] = prefill_pass(live, c, passes)
+    timeline = as_written(w.window.timeline) if w.window is not None and w.window.timeline else None
+    metrics, energy, warnings = compute_cycle(raw, setup, timeline)
+    raw.update({"metrics": metrics, "energy": energy, "warnings": warnings})
+    if timeline is not None and w.window is not None:
+        write_timeline(live.directory / f"timeline-{c:03d}.csv", list(w.window.timeline))
+    write_json(live.directory / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
+    jpt = energy["j_per_output_token"]
+    detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else "")
+    progress.end(detail + (f", {passes} passes" if passes > 1 else ""))
+    return raw, timeline
+
+
+def prefill_pass(live: Live, c: int, passes: int) -> dict[str, Any]:
+    """Cycle ``c``'s requests again (same prompts, same number of passes), one output token each, metered apart."""
+    model, prompts, config = live.model, live.prompts, prefill_config(live.config)
+    with live.progress.substage(f"  prefill pass of cycle {c}", total=len(prompts) * passes):
+        model.synchronize()
+        with metered(live.metering.meter) as w:
+            t0 = time.monotonic_ns()
+            traces, _ = serve_passes(model, prompts, config, live.progress, c, t0, passes=passes)
+            model.synchronize()
+    return {
+        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
+        "passes": passes,
+        "requests": traces_to_json(traces, t0),
+        "energy_window": window_json(w.window),
+    }
+
+
+def cool_down(live: Live) -> list[str]:
+    """Wait before a cycle: ``measurement.cooldown_seconds``, then until the GPU is below ``thermal_floor_c``.
+
+    Returns the notes for the cycle's record (the floor ignored or not reached).
+    """
+    m, meter, progress = live.config.measurement, live.metering.meter, live.progress
+    if m.cooldown_seconds > 0:
+        progress.stage("cool-down")
+        time.sleep(m.cooldown_seconds)
+        progress.end()
+    if m.thermal_floor_c is None:
+        return []
+    if meter is None:
+        return ["measurement.thermal_floor_c ignored: no energy meter to read temperatures from"]
+    deadline = time.monotonic() + THERMAL_WAIT_MAX_S
+    progress.stage("thermal")
+    while True:
+        meter.start()
+        time.sleep(THERMAL_PROBE_S)
+        temps = [r["temperature_c"] for r in meter.stop().timeline if r.get("temperature_c") is not None]
+        progress.advance(0)
+        if not temps:
+            progress.end()
+            return ["measurement.thermal_floor_c ignored: the meter reports no temperature"]
+        if max(temps) <= m.thermal_floor_c:
+            progress.end(f"{max(temps):.0f} °C")
+            return []
+        if time.monotonic() > deadline:
+            progress.end()
+            return [f"GPU stayed above thermal_floor_c {m.thermal_floor_c} °C for {THERMAL_WAIT_MAX_S:.0f} s"]
+
+
+def precise(cycles: Sequence[dict[str, Any]], target: float, progress: Progress) -> bool:
+    """Whether the precision target holds over ``cycles``; shows the current relative CIs."""
+    met, rels, applies = precision.check(cycles, target)
+    shown = ", ".join(f"{name} ±{rels[name]:.2%}" if rels[name] is not None else f"{name} unknown" for name in applies)
+    verdict = "met" if met else "not yet"
+    progress.note(f"precision after {len(cycles)} cycles: 95% CI {shown} (target ±{target:.2%}: {verdict})")
+    return met
