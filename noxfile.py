@@ -30,10 +30,11 @@ CONSTRAINTS = ("-c", "constraints.txt")
 PACKAGES: dict[str, tuple[str, ...]] = {
     # ray: the Ray campaign tests start a multi-node cluster on this machine (~1 min).
     "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow", "matplotlib", "ray"),
-    # lem-energy-nvml: the tensor-parallel test meters both ranks' (fake) GPUs through it.
+    # lem-energy-nvml: the tensor-parallel test meters both ranks' GPUs through it, faked by lem_energy_nvml.testing.
     "lem-backend-pytorch": ("peft", "./packages/lem-energy-nvml"),
     "lem-energy-nvml": (),
-    # torch + transformers: tiny models, fake tokenizer; lem-energy-nvml: an engine build metered by the NVML meter.
+    # torch + transformers: tiny models, fake tokenizer; lem-energy-nvml: its fake pynvml (lem_energy_nvml.testing)
+    # answers the compute-capability check, and an engine build is metered by the NVML meter.
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch", "./packages/lem-energy-nvml"),
     "lem-energy-rapl": (),
     # llama-cpp-python builds from source (a few minutes, once: pip caches the wheel); torch builds the tiny model.

@@ -1,8 +1,8 @@
 """Every figure of a run's ``summary.json``, recomputed from the raw files by code that is not lem's.
 
 The real ``lem run`` (a subprocess, real worker processes) measures the pytorch backend on the built-in tiny
-Llama on the CPU. This machine has no GPU: lem-energy-nvml reads a fake ``pynvml`` (the one its own tests use,
-``packages/lem-energy-nvml/tests/fake_pynvml.py``) that stands in for two GPU boards, whose energy counters and
+Llama on the CPU. This machine has no GPU: lem-energy-nvml reads a fake ``pynvml`` (the one it ships for tests,
+``lem_energy_nvml.testing``) that stands in for two GPU boards, whose energy counters and
 power readings a thread advances with the worker's CPU use, so the idle baseline is lower than the cycles'
 power and the NVML counter, idle baseline and power timeline are all exercised.
 
@@ -36,14 +36,13 @@ import numpy as np
 import pytest
 
 HERE = Path(__file__).resolve().parent
-NVML_TESTS = HERE.parent / "packages" / "lem-energy-nvml" / "tests"
 NS = 1e9
 
 #: Stands in for GPU hardware: two fake boards; each one's power follows the worker's CPU use (a busy model
 #: draws more than an idle one) and its energy counter (mJ) integrates that power.
 FAKE_PYNVML = """
 import sys, threading, time
-from fake_pynvml import FakeGpu, make_pynvml
+from lem_energy_nvml.testing import FakeGpu, make_pynvml
 GPUS = [FakeGpu(uuid=f"GPU-{i}aaaaaaa-0000-0000-0000-000000000000") for i in range(2)]
 def burn():
     wall, cpu, carry = time.monotonic(), time.process_time(), [0.0, 0.0]
@@ -173,10 +172,15 @@ ABS_TOL = 1e-12
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``{"base": experiment dir, "precision": experiment dir}``, from two real ``lem run``s run side by side."""
-    if not (NVML_TESTS / "fake_pynvml.py").is_file() or importlib.util.find_spec("lem_energy_nvml") is None:
-        pytest.skip("needs lem-energy-nvml and its fake pynvml (packages/lem-energy-nvml/tests)")
+    if not has_fake_pynvml():
+        pytest.skip("needs lem-energy-nvml and its fake pynvml (lem_energy_nvml.testing)")
     root = tmp_path_factory.mktemp("recompute")
     return run_side_by_side(root, {"base": BASE, "precision": PRECISION}, "res")
+
+
+def has_fake_pynvml() -> bool:
+    """lem-energy-nvml, and the fake pynvml it ships (``lem_energy_nvml.testing``), are installed."""
+    return importlib.util.find_spec("lem_energy_nvml") is not None
 
 
 def run_side_by_side(root: Path, tomls: Mapping[str, str], out_prefix: str) -> dict[str, Path]:
@@ -193,7 +197,7 @@ def run_side_by_side(root: Path, tomls: Mapping[str, str], out_prefix: str) -> d
             HF_HUB_OFFLINE="1",
             TRANSFORMERS_VERBOSITY="error",
             LEM_CACHE_DIR=str(root / f"cache-{name}"),  # runs build the tiny model at once: no shared cache
-            PYTHONPATH=os.pathsep.join([str(shim), str(NVML_TESTS), os.environ.get("PYTHONPATH", "")]),
+            PYTHONPATH=os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]),
         )
         cmd = [sys.executable, "-m", "lem", "run", f"{name}.toml", "--out", f"{out_prefix}-{name}", "--quiet"]
         procs[name] = subprocess.Popen(

@@ -30,11 +30,11 @@ from typing import Any
 
 import pytest
 from test_recompute import (
-    NVML_TESTS,
     across_cycles,
     cycle_figures,
     digest,
     good,
+    has_fake_pynvml,
     mean,
     read_experiment,
     recompute,
@@ -118,8 +118,8 @@ def lem(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """``{"a"|"b"|"c": experiment dir}``: three real ``lem run``s side by side, under one results directory."""
-    if not (NVML_TESTS / "fake_pynvml.py").is_file():
-        pytest.skip("needs lem-energy-nvml's fake pynvml (packages/lem-energy-nvml/tests)")
+    if not has_fake_pynvml():
+        pytest.skip("needs lem-energy-nvml's fake pynvml (lem_energy_nvml.testing)")
     root = tmp_path_factory.mktemp("compare-export")
     made = run_side_by_side(root, {name: TEMPLATE.format(**values) for name, values in VARIANTS.items()}, "out")
     # One results directory holding the three runs: what `export` reads.

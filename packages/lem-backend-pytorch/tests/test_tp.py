@@ -2,8 +2,8 @@
 
 Each ``lem run`` here is a real CLI subprocess whose worker is rank 0 and starts rank 1
 (``python -m lem_backend_pytorch.tp.follower``); the ranks meet over env:// on 127.0.0.1.
-There is no GPU here: energy is read from lem-energy-nvml's fake pynvml (three fake boards whose
-counters a thread advances), put in front of the real one on PYTHONPATH.
+There is no GPU here: energy is read from lem-energy-nvml's fake pynvml (``lem_energy_nvml.testing``:
+three fake boards whose counters a thread advances), put in front of the real one on PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -28,12 +28,10 @@ GPUS = torch.cuda.device_count() if torch.cuda.is_available() else 0
 CPU_ONLY = pytest.mark.skipif(GPUS > 0, reason="tensor-parallel ranks run on the GPUs on this machine")
 TWO_GPUS = pytest.mark.skipif(GPUS < 2, reason="needs 2 GPUs")
 HERE = Path(__file__).resolve().parent
-NVML_TESTS = HERE.parents[1] / "lem-energy-nvml" / "tests"
 UUIDS = [f"GPU-{i}aaaaaaa-0000-0000-0000-000000000000" for i in range(3)]
-#: A ``pynvml`` module that is the fake one; board 2 burns twice what board 0 does, board 1 five times.
-FAKE_PYNVML = f"""
-import sys, threading, time
-from fake_pynvml import FakeGpu, make_pynvml
+#: The fake ``pynvml``'s boards; board 2 burns twice what board 0 does, board 1 five times.
+FAKE_BOARDS = f"""
+import threading, time
 GPUS = [FakeGpu(uuid=u) for u in {UUIDS!r}]
 def burn():
     while True:
@@ -42,7 +40,6 @@ def burn():
         GPUS[0].energy_mj += 10
         GPUS[1].energy_mj += 50
 threading.Thread(target=burn, daemon=True).start()
-sys.modules[__name__] = make_pynvml(GPUS)
 """
 
 
@@ -81,13 +78,13 @@ def test_tp2_through_the_cli_matches_tp1_and_meters_both_gpus(tiny_llama: Path, 
     exp = _toml(tmp_path / "tp.toml", tiny_llama, 'cycles = 1\n[sweep]\n"sharding.tensor_parallel_size" = [1, 2]\n')
     cmd, env = _lem(["run", str(exp), "--quiet", "--out", str(tmp_path / "out")], tmp_path)
     # CI's session has lem-energy-nvml (noxfile); elsewhere only the energy part is left out.
-    nvml = NVML_TESTS.is_dir() and importlib.util.find_spec("lem_energy_nvml") is not None
+    nvml = importlib.util.find_spec("lem_energy_nvml") is not None
     if nvml:
+        from lem_energy_nvml.testing import write_pynvml  # here: lem-energy-nvml is optional for this test
+
         exp.write_text(exp.read_text().replace('energy_meter = "none"', 'energy_meter = "nvml"'))
-        shim = tmp_path / "shim"
-        shim.mkdir()
-        (shim / "pynvml.py").write_text(FAKE_PYNVML)
-        env["PYTHONPATH"] = os.pathsep.join([str(shim), str(NVML_TESTS), env.get("PYTHONPATH", "")])
+        shim = write_pynvml(tmp_path / "shim", FAKE_BOARDS)
+        env["PYTHONPATH"] = os.pathsep.join([str(shim), env.get("PYTHONPATH", "")])
         env["CUDA_VISIBLE_DEVICES"] = "2,0"  # CUDA ordinals 0 and 1 are NVML boards 2 and 0
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -3,15 +3,15 @@
 TensorRT-LLM cannot be installed on the machines these tests run on (see
 ``tests/fake/tensorrt_llm/__init__.py``). The fake directory goes first on
 ``sys.path`` (and on ``PYTHONPATH`` for the ``lem`` subprocesses), so
-``import tensorrt_llm`` finds the fake. A fake ``pynvml`` (``tests/fake_nvml``: GPUs
-are hardware this machine lacks) answers the compute-capability check: it is put in
-``sys.modules`` for these tests only, and on the subprocesses' ``PYTHONPATH``.
+``import tensorrt_llm`` finds the fake. lem-energy-nvml's fake ``pynvml``
+(``lem_energy_nvml.testing``: GPUs are hardware this machine lacks) answers the
+compute-capability check: it is put in ``sys.modules`` for these tests only, and
+on the subprocesses' ``PYTHONPATH``.
 Tests marked ``gpu`` and ``tensorrt`` run the real library in a clean subprocess.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -21,19 +21,28 @@ from typing import Any
 
 import pytest
 
+from lem_energy_nvml.testing import FakeGpu, install
+
 FAKE = Path(__file__).resolve().parent / "fake"
-FAKE_NVML = Path(__file__).resolve().parent / "fake_nvml"
 sys.path.insert(0, str(FAKE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+#: The fake boards' source for a subprocess's ``pynvml`` (:func:`lem_energy_nvml.testing.write_pynvml`).
+FAKE_BOARDS = 'GPUS = [FakeGpu(uuid=f"GPU-{i}", name="Fake GPU") for i in range(8)]'
 
 
 @pytest.fixture(autouse=True)
-def _fake_pynvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = importlib.util.spec_from_file_location("pynvml", FAKE_NVML / "pynvml.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setitem(sys.modules, "pynvml", module)
+def fake_gpus(monkeypatch: pytest.MonkeyPatch) -> list[FakeGpu]:
+    """Eight fake boards of compute capability 9.0 behind ``pynvml``; set ``compute_capability`` to change it."""
+    gpus = [FakeGpu(uuid=f"GPU-{i}", name="Fake GPU") for i in range(8)]
+    install(monkeypatch, gpus)
+    return gpus
+
+
+def set_compute_capability(gpus: list[FakeGpu], cc: str) -> None:
+    """Give every fake board the capability ``"major.minor"``."""
+    major, minor = cc.split(".")
+    for gpu in gpus:
+        gpu.compute_capability = (int(major), int(minor))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -2,11 +2,12 @@
 
 TensorRT-LLM cannot run here (see ``tests/fake/tensorrt_llm/__init__.py``): the
 ``lem`` subprocess gets ``tests/fake`` on ``PYTHONPATH``, so its worker imports
-the fake ``tensorrt_llm`` (and ``tests/fake_nvml``'s ``pynvml`` for the compute-capability
-check; energy metering is off). Everything else is the real ``lem``: the TOML
-file, config validation with this plugin, the worker process, the runner, the
-shared serving driver and the results files. The fake's log shows
-``llm.shutdown()`` was called on success, on an engine failure and on Ctrl-C.
+the fake ``tensorrt_llm`` (and lem-energy-nvml's fake ``pynvml``, written by
+``lem_energy_nvml.testing.write_pynvml``, for the compute-capability check;
+energy metering is off). Everything else is the real ``lem``: the TOML file,
+config validation with this plugin, the worker process, the runner, the shared
+serving driver and the results files. The fake's log shows ``llm.shutdown()``
+was called on success, on an engine failure and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FAKE, FAKE_NVML, read_log
+from conftest import FAKE, FAKE_BOARDS, read_log
+
+from lem_energy_nvml.testing import write_pynvml
 
 EXPERIMENT = """
 model = "{model}"
@@ -58,9 +61,10 @@ def lem(
 ) -> Any:
     """``lem run`` in a subprocess on the fake; ``extra`` is appended to the file (inside its ``[tensorrt]`` table)."""
     (tmp_path / "exp.toml").write_text(EXPERIMENT.format(model=model, tokens=tokens) + extra)
+    nvml = write_pynvml(tmp_path / "fake-nvml", FAKE_BOARDS)
     env = {
         **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(FAKE), str(FAKE_NVML), os.environ.get("PYTHONPATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(FAKE), str(nvml), os.environ.get("PYTHONPATH", "")]),
         "LEM_FAKE_TRTLLM": json.dumps({"log": str(tmp_path / "fake.jsonl"), **script}),
         "HF_HUB_OFFLINE": "1",
     }

@@ -13,20 +13,17 @@ that lem-energy-nvml's own tests use: GPUs are hardware this machine lacks).
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import config, read_log
+from conftest import config, read_log, set_compute_capability
 
 from lem_backend_tensorrt import engine_cache, plugin
-
-NVML_TESTS = Path(__file__).resolve().parents[2] / "lem-energy-nvml" / "tests"
+from lem_energy_nvml.testing import FakeGpu, install
 
 
 class Phases:
@@ -101,7 +98,7 @@ def test_force_rebuild_builds_again_in_place(tmp_path: Path, tiny_llama: Path, f
 
 
 def test_a_different_build_option_or_gpu_gives_a_different_key(
-    tmp_path: Path, tiny_llama: Path, fake_script: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_llama: Path, fake_script: Any, fake_gpus: list[FakeGpu]
 ) -> None:
     log = fake_script()
     cache = tmp_path / "engines"
@@ -110,7 +107,7 @@ def test_a_different_build_option_or_gpu_gives_a_different_key(
     assert other["cache"] == "miss" and other["digest"] != base["digest"]
     typed = load(engine_config(tiny_llama, cache, strongly_typed=False))["engine_build"]
     assert typed["digest"] not in (base["digest"], other["digest"])
-    monkeypatch.setenv("LEM_FAKE_CC", "10.0")  # another GPU generation: its engine is built for it
+    set_compute_capability(fake_gpus, "10.0")  # another GPU generation: its engine is built for it
     blackwell = load(engine_config(tiny_llama, cache))["engine_build"]
     assert blackwell["cache"] == "miss" and blackwell["digest"] != base["digest"]
     assert len(events(log, "build")) == 4 and len(list(cache.iterdir())) == 4
@@ -157,22 +154,14 @@ def test_a_build_that_crashes_half_way_is_never_reused(tmp_path: Path, tiny_llam
     assert load(engine_config(tiny_llama, cache))["engine_build"]["cache"] == "miss"
 
 
-def _nvml(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """lem-energy-nvml's fake pynvml (one H100-like board), with the compute capability the backend reads."""
-    spec = importlib.util.spec_from_file_location("fake_pynvml", NVML_TESTS / "fake_pynvml.py")
-    assert spec is not None and spec.loader is not None
-    fake = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, "fake_pynvml", fake)
-    spec.loader.exec_module(fake)
-    gpu = fake.FakeGpu(uuid="GPU-0")
-    module = fake.make_pynvml([gpu])
-    module.nvmlDeviceGetCudaComputeCapability = lambda handle: (9, 0)
-    monkeypatch.setitem(sys.modules, "pynvml", module)
+def _nvml(monkeypatch: pytest.MonkeyPatch) -> FakeGpu:
+    """lem-energy-nvml's fake pynvml over one H100-like board (compute capability 9.0, which the backend reads)."""
+    gpu = FakeGpu(uuid="GPU-0")
+    install(monkeypatch, [gpu])
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     return gpu
 
 
-@pytest.mark.skipif(importlib.util.find_spec("lem_energy_nvml") is None, reason="needs lem-energy-nvml")
 def test_build_time_and_energy_are_their_own_phase(
     tmp_path: Path, tiny_llama: Path, fake_script: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

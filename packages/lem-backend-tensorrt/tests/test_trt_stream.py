@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import config, read_log
+from conftest import config, read_log, set_compute_capability
 
 from lem.errors import BackendError
 from lem.types import LoadedModel, Request
 from lem_backend_tensorrt import engine as engines
 from lem_backend_tensorrt import plugin
+from lem_energy_nvml.testing import FakeGpu
 
 
 def requests(n: int, *, start_ns: int | None = None, gap_ns: int = 0) -> list[Request]:
@@ -191,15 +192,17 @@ def test_other_backends_are_not_ours(tiny_llama: Path) -> None:
     ],
 )
 def test_compute_capability_is_checked_before_the_engine_starts(
-    load: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, cc: str, tables: dict[str, Any], message: str
+    load: Callable[..., Any], fake_gpus: list[FakeGpu], cc: str, tables: dict[str, Any], message: str
 ) -> None:
-    monkeypatch.setenv("LEM_FAKE_CC", cc)  # the fake pynvml's answer (tests/fake_nvml/pynvml.py)
+    set_compute_capability(fake_gpus, cc)  # the fake pynvml's answer (lem_energy_nvml.testing)
     with pytest.raises(BackendError, match=message):
         load(**tables)
 
 
-def test_capability_is_read_through_nvml_without_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LEM_FAKE_CC", "9.0")
+def test_capability_is_read_through_nvml_without_cuda(
+    monkeypatch: pytest.MonkeyPatch, fake_gpus: list[FakeGpu]
+) -> None:
+    set_compute_capability(fake_gpus, "9.0")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     # The fake pynvml answered, so torch.cuda was not asked (it would say no GPU here).
     assert engines.compute_capabilities(2) == [("Fake GPU", (9, 0)), ("Fake GPU", (9, 0))]

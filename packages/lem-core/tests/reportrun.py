@@ -18,9 +18,8 @@ import attrs
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign.loop import run_campaign
-from lem.configfile.loading import Experiment, LoadedFile
-from lem.testing import registered
+from lem.configfile.loading import Experiment
+from lem.testing import registered, run_experiments
 from lem.types import EnergyWindow, Problem
 
 
@@ -75,13 +74,9 @@ def run(
     root: Path, experiments: Sequence[Experiment], warnings: Sequence[Problem] = (), **kwargs: Any
 ) -> tuple[bool, Path]:
     """Run ``experiments`` in-process as one campaign under ``root``; ``(all ok, run directory)``."""
-    kwargs.setdefault("quiet", True)
     with registered(scripted, "scripted"), registered(TimelineMeterPlugin(), "timeline-meter"):
-        ok = run_campaign(
-            LoadedFile("sweep.toml", tuple(experiments), tuple(warnings)), out_dir=root, in_process=True, **kwargs
-        )
-    (run_dir,) = [p for p in root.iterdir() if p.is_dir()]
-    return ok, run_dir
+        run = run_experiments(root, experiments, warnings=warnings, source="sweep.toml", **kwargs)
+    return run.ok, run.run_dir
 
 
 def sweep(root: Path, **kwargs: Any) -> Path:

@@ -23,13 +23,11 @@ from typing import Any
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
-from lem.configfile.loading import LoadedFile
 from lem.figures.stats import welch_test
 from lem.plugins import backend_names
 from lem.results import load
 from lem.results.files import read_json
-from lem.testing import registered
+from lem.testing import registered, run_experiments
 
 BASE: dict[str, Any] = {
     "dataset": {"num_prompts": 3, "input_length": 4},
@@ -56,9 +54,9 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             scripted.experiment(_tables(batching={"batch_size": 3}), exp_id="b"),
             scripted.experiment(_tables(dataset={"input_length": 6}), exp_id="c"),
         )
-        assert run_campaign(LoadedFile("t.toml", exps, ()), out_dir=out, in_process=True, quiet=True)
-    (run,) = list(out.iterdir())
-    yield run
+        run = run_experiments(out, exps)
+    assert run.ok
+    yield run.run_dir
 
 
 def lem(*args: str, cwd: Path | None = None, code: str = "") -> subprocess.CompletedProcess[str]:

@@ -11,30 +11,21 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
 from lem.cli.main import cli
-from lem.configfile.loading import LoadedFile, deep_merge
+from lem.configfile.loading import deep_merge
 from lem.figures.goodput import FAILED_AT_PERCENTILE, NO_GOOD, NO_SLO, NO_TPOT_UNDER_BEAM, checks, cycle_goodput
 from lem.figures.requests import RequestTrace, request_metrics
 from lem.results.compare import compare, gather
 from lem.results.export import cycle_rows
-from lem.testing import registered
+from lem.testing import ScriptedRunner
 
 MS = 1_000_000  # ns
-
-
-@pytest.fixture(autouse=True)
-def _scripted() -> Iterator[None]:
-    with registered(scripted, "scripted"):
-        yield
 
 
 # --- by hand -------------------------------------------------------------------------------
@@ -114,20 +105,12 @@ def _doc(**tables: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(BASE, tables)
 
 
-def _run(out: Path, *docs: dict[str, Any]) -> Path:
-    exps = [scripted.experiment(d, exp_id=f"e{i}") for i, d in enumerate(docs)]
-    assert run_campaign(LoadedFile("test.toml", tuple(exps), ()), out_dir=out, in_process=True, quiet=True)
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    return run_dir
-
-
 def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def test_real_run_goodput_recorded_and_recomputed(tmp_path: Path) -> None:
-    run_dir = _run(tmp_path / "r", _doc(slo={"ttft_ms": 15, "e2e_ms": 20, "tpot_ms": 2.5, "percentile": 50}))
-    exp = run_dir / "e0"
+def test_real_run_goodput_recorded_and_recomputed(run_scripted: ScriptedRunner) -> None:
+    exp = run_scripted(_doc(slo={"ttft_ms": 15, "e2e_ms": 20, "tpot_ms": 2.5, "percentile": 50})).experiment_dir()
     assert "[slo]" in (exp / "experiment.toml").read_text()
     for c in (1, 2):
         cycle = _read(exp / f"cycle-{c:03d}.json")
@@ -164,14 +147,13 @@ def test_real_run_goodput_recorded_and_recomputed(tmp_path: Path) -> None:
     assert [r["goodput.share"] for r in rows] == [0.5, 0.5] and [r["goodput.good_requests"] for r in rows] == [2, 2]
 
 
-def test_real_run_without_slo_or_energy(tmp_path: Path) -> None:
+def test_real_run_without_slo_or_energy(run_scripted: ScriptedRunner) -> None:
     no_energy = {"energy_meter": "none"}
-    run_dir = _run(
-        tmp_path / "r",
+    run_dir = run_scripted(
         _doc(measurement=no_energy),
         _doc(measurement=no_energy, slo={"ttft_ms": 15}),
         _doc(slo={"ttft_ms": 1}),
-    )
+    ).run_dir
     plain, unmetered, strict = (_read(run_dir / f"e{i}" / "summary.json") for i in range(3))
     for name in ("goodput.share", "goodput.requests_per_s", "goodput.j_per_good_request"):
         assert plain["figures"][name]["mean"] is None and plain["figures"][name]["reason"] == NO_SLO
@@ -187,14 +169,16 @@ def test_real_run_without_slo_or_energy(tmp_path: Path) -> None:
     assert strict["slo"]["cycles_met"] == 0 and strict["slo"]["pooled_met"] is False
 
 
-def test_compare_shows_goodput_only_with_an_slo(tmp_path: Path) -> None:
+def test_compare_shows_goodput_only_with_an_slo(run_scripted: ScriptedRunner, tmp_path: Path) -> None:
     def figures(run_dir: Path) -> tuple[list[str], list[str]]:
         result = compare(gather([str(run_dir)], run_dir.parent, warn=lambda _: None))
         return [f["figure"] for f in result["figures"]], result["warnings"]
 
-    names, _ = figures(_run(tmp_path / "plain", _doc(), _doc()))
+    names, _ = figures(run_scripted(_doc(), _doc(), out_dir=tmp_path / "plain").run_dir)
     assert not any(n.startswith("goodput.") for n in names)
-    names, warnings = figures(_run(tmp_path / "slo", _doc(slo={"ttft_ms": 15}), _doc(slo={"ttft_ms": 25})))
+    names, warnings = figures(
+        run_scripted(_doc(slo={"ttft_ms": 15}), _doc(slo={"ttft_ms": 25}), out_dir=tmp_path / "slo").run_dir
+    )
     assert {"goodput.share", "goodput.requests_per_s", "goodput.j_per_good_request"} <= set(names)
     assert any(w.startswith("SLO ([slo]) differs") for w in warnings)
 

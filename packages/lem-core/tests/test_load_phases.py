@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign.loop import run_campaign
-from lem.configfile.loading import LoadedFile, deep_merge
+from lem.configfile.loading import deep_merge
 from lem.phases import LoadPhases, merge_windows
 from lem.run.meters import CompositeMeter
-from lem.testing import registered
+from lem.testing import ScriptedRunner, registered
 from lem.types import DeviceEnergy, EnergyWindow
 
 
@@ -87,23 +84,9 @@ BASE = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _scripted() -> Iterator[None]:
-    with registered(scripted, "scripted"):
-        yield
-
-
-def _run(tmp_path: Path, doc: dict[str, Any]) -> Path:
-    out = tmp_path / "results"
-    exp = scripted.experiment(deep_merge(BASE, doc))
-    assert run_campaign(LoadedFile("test.toml", (exp,), ()), out_dir=out, in_process=True, quiet=True)
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    return run_dir / "exp"
-
-
-def test_a_build_phase_is_metered_apart_from_the_load(tmp_path: Path) -> None:
+def test_a_build_phase_is_metered_apart_from_the_load(run_scripted: ScriptedRunner) -> None:
     with registered(StrictMeterPlugin(), "strict-meter"), registered(BuildingBackend(), "building"):
-        exp_dir = _run(tmp_path, {})
+        exp_dir = run_scripted(BASE).experiment_dir()
     setup = json.loads((exp_dir / "setup.json").read_text())
     load = setup["load"]
     build = load["phases"]["build"]
@@ -121,28 +104,28 @@ def test_a_build_phase_is_metered_apart_from_the_load(tmp_path: Path) -> None:
     assert setup["idle"]["window"]["devices"][0]["energy_j"] == 100.0
 
 
-def test_a_backend_without_phases_reports_none(tmp_path: Path) -> None:
+def test_a_backend_without_phases_reports_none(run_scripted: ScriptedRunner) -> None:
     with registered(StrictMeterPlugin(), "strict-meter"):
-        exp_dir = _run(tmp_path, {})
+        exp_dir = run_scripted(BASE).experiment_dir()
     load = json.loads((exp_dir / "setup.json").read_text())["load"]
     assert load["phases"] == {}
     assert load["energy_window"]["devices"][0]["energy_j"] == 10.0  # the first scripted window: one segment
 
 
-def test_without_a_meter_the_phase_has_its_time_and_a_null_energy_with_the_reason(tmp_path: Path) -> None:
+def test_without_a_meter_the_phase_has_its_time_and_a_null_energy_with_the_reason(run_scripted: ScriptedRunner) -> None:
     with registered(BuildingBackend(), "building"):
-        exp_dir = _run(tmp_path, {"measurement": {"energy_meter": "none"}})
+        exp_dir = run_scripted(deep_merge(BASE, {"measurement": {"energy_meter": "none"}})).experiment_dir()
     build = json.loads((exp_dir / "setup.json").read_text())["load"]["phases"]["build"]
     assert build["energy_window"] is None and "energy metering is off" in build["energy_reason"]
     assert build["duration_s"] >= BuildingBackend.BUILD_S
 
 
-def test_the_report_shows_the_phase(tmp_path: Path) -> None:
+def test_the_report_shows_the_phase(run_scripted: ScriptedRunner) -> None:
     from lem.results.report import render
     from lem.results.rundata import read_run
 
     with registered(StrictMeterPlugin(), "strict-meter"), registered(BuildingBackend(), "building"):
-        exp_dir = _run(tmp_path, {})
+        exp_dir = run_scripted(BASE).experiment_dir()
     html = render(read_run(exp_dir.parent))[0]
     assert "load phase: build" in html and "600 J" in html
 

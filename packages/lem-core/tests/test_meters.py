@@ -11,18 +11,18 @@ import json
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign.loop import run_campaign
 from lem.config import MeasurementConfig
-from lem.configfile.loading import LoadedFile, converter
+from lem.configfile.loading import converter
 from lem.errors import MeterUnavailable
 from lem.run.meters import CompositeMeter, choose, combine, open_meters
-from lem.testing import registered
+from lem.testing import ScriptedRunner, registered
 from lem.types import ALL_DEVICES, DeviceEnergy, EnergyWindow
 
 
@@ -76,9 +76,9 @@ class MeterPlugin:
 
 
 @pytest.fixture
-def plugin() -> Iterator[MeterPlugin]:
+def plugin(scripted_backend: ModuleType) -> Iterator[MeterPlugin]:
     p = MeterPlugin()
-    with registered(scripted, "scripted"), registered(p, "test-meters"):
+    with registered(p, "test-meters"):
         yield p
 
 
@@ -122,7 +122,9 @@ def test_a_component_only_one_meter_reads_is_kept_even_as_an_estimate() -> None:
     ]
 
 
-def test_two_meters_in_a_run_give_per_component_idle_and_a_labelled_total(plugin: MeterPlugin, tmp_path: Path) -> None:
+def test_two_meters_in_a_run_give_per_component_idle_and_a_labelled_total(
+    run_scripted: ScriptedRunner, plugin: MeterPlugin
+) -> None:
     doc = {
         "dataset": {"num_prompts": 4, "input_length": 8},
         "generation": {"max_output_tokens": 3},
@@ -134,9 +136,7 @@ def test_two_meters_in_a_run_give_per_component_idle_and_a_labelled_total(plugin
         },
         "scripted": {"ttft_ms": 20.0, "itl_ms": 10.0, "idle_w": 100.0, "busy_w": 300.0},
     }
-    out = tmp_path / "results"
-    assert run_campaign(LoadedFile("t.toml", (scripted.experiment(doc),), ()), out_dir=out, in_process=True, quiet=True)
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    run_dir = run_scripted(doc).run_dir
     cycle = json.loads((run_dir / "exp" / "cycle-001.json").read_text())
     energy = cycle["energy"]
     by = {(d["component"], d["device"]): d for d in energy["devices"]}
@@ -202,6 +202,7 @@ def test_a_list_with_a_non_name_is_a_config_error_at_its_key(installed: None, tm
 def installed(plugin: MeterPlugin) -> Iterator[None]:
     """The scripted backend and the test meters count as installed plugins, so only meter names are checked."""
     from lem import plugins
+
     plugins._dists.update({"scripted": "lem-core", "test-meters": "lem-core"})
     try:
         yield

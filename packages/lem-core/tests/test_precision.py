@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 import lem.testing.scripted as scripted
 from lem import hookimpl
 from lem.campaign.loop import run_campaign
-from lem.configfile.loading import LoadedFile, deep_merge, load
+from lem.configfile.loading import deep_merge, load
 from lem.configfile.presets import BUILTIN_PRESETS
 from lem.errors import ConfigError
 from lem.figures.precision import check, rel_ci
@@ -28,7 +29,7 @@ from lem.plugins import backend_names
 from lem.results.files import aggregate_experiment
 from lem.run.cycles import precise
 from lem.run.progress import Progress
-from lem.testing import registered
+from lem.testing import ScriptedRunner, registered
 from lem.types import DeviceEnergy, EnergyWindow
 
 
@@ -77,8 +78,8 @@ class _FakeMeterPlugin:
 
 
 @pytest.fixture(autouse=True)
-def _plugins() -> Iterator[None]:
-    with registered(scripted, "scripted"), registered(_FakeMeterPlugin(), "fake-meter"):
+def _plugins(scripted_backend: ModuleType) -> Iterator[None]:
+    with registered(_FakeMeterPlugin(), "fake-meter"):
         yield
     _TimelineMeter.throttle = ""
 
@@ -95,15 +96,6 @@ def _with(**tables: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(BASE, tables)
 
 
-def _run(tmp_path: Path, doc: dict[str, Any]) -> Path:
-    out = tmp_path / "results"
-    exps = (scripted.experiment(doc),)
-    ok = run_campaign(LoadedFile("t.toml", exps, ()), out_dir=out, in_process=True, quiet=True, report=False)
-    assert ok
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    return run_dir / "exp"
-
-
 def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -111,9 +103,11 @@ def _read(path: Path) -> dict[str, Any]:
 # --- min_window_s -----------------------------------------------------------------------
 
 
-def test_min_window_serves_the_prompt_set_again_until_the_window_is_long_enough(tmp_path: Path) -> None:
+def test_min_window_serves_the_prompt_set_again_until_the_window_is_long_enough(run_scripted: ScriptedRunner) -> None:
     # One slot, 4 requests of 3 tokens: a pass lasts 4 x (4 + 2 + 2) ms = 32 ms of real time (sleep on).
-    exp = _run(tmp_path, _with(measurement={"min_window_s": 0.1, "cycles": 1}, scripted={"sleep": True}))
+    exp = run_scripted(
+        _with(measurement={"min_window_s": 0.1, "cycles": 1}, scripted={"sleep": True}), report=False
+    ).experiment_dir()
     cycle = _read(exp / "cycle-001.json")
     passes = cycle["passes"]
     # At least as long as asked, and no pass more than needed: the last pass began before 0.1 s.
@@ -131,8 +125,8 @@ def test_min_window_serves_the_prompt_set_again_until_the_window_is_long_enough(
     assert _read(exp / "summary.json")["workload"]["passes"] == [passes]
 
 
-def test_without_min_window_one_pass(tmp_path: Path) -> None:
-    exp = _run(tmp_path, _with())
+def test_without_min_window_one_pass(run_scripted: ScriptedRunner) -> None:
+    exp = run_scripted(_with(), report=False).experiment_dir()
     assert _read(exp / "cycle-001.json")["passes"] == 1
 
 
@@ -201,9 +195,9 @@ def test_progress_shows_the_current_relative_ci() -> None:
     assert "precision after 2 cycles" in line and "output_tokens_per_s ±" in line and "not yet" in line
 
 
-def test_target_not_met_runs_to_max_cycles_and_says_so(tmp_path: Path) -> None:
+def test_target_not_met_runs_to_max_cycles_and_says_so(run_scripted: ScriptedRunner) -> None:
     # Real-time throughput of a few-ms window varies far more than 1e-6: the target cannot be met.
-    exp = _run(tmp_path, _with(measurement={"target_rel_ci": 1e-6, "max_cycles": 4}))
+    exp = run_scripted(_with(measurement={"target_rel_ci": 1e-6, "max_cycles": 4}), report=False).experiment_dir()
     summary = _read(exp / "summary.json")
     assert summary["cycles"] == 4 and len(list(exp.glob("cycle-*.json"))) == 4
     p = summary["precision"]
@@ -213,13 +207,13 @@ def test_target_not_met_runs_to_max_cycles_and_says_so(tmp_path: Path) -> None:
     assert any("precision target not met" in w for w in summary["warnings"])
 
 
-def test_target_met_stops_early_with_energy(tmp_path: Path) -> None:
+def test_target_met_stops_early_with_energy(run_scripted: ScriptedRunner) -> None:
     """Scripted meter (no GPU): constant power, so J/token is the same in every cycle once windows are alike."""
     doc = _with(
         measurement={"target_rel_ci": 0.9, "max_cycles": 10, "energy_meter": "scripted", "cycles": 2},
         scripted={"sleep": True},
     )
-    summary = _read(_run(tmp_path, doc) / "summary.json")
+    summary = _read(run_scripted(doc, report=False).experiment_dir() / "summary.json")
     p = summary["precision"]
     assert p["met"] is True and p["met_after_cycles"] == summary["cycles"] < 10
     assert p["applies_to"] == ["energy.j_per_output_token", "output_tokens_per_s"] and p["note"] is None
@@ -263,9 +257,9 @@ def _energy_doc(**extra: Any) -> dict[str, Any]:
     )
 
 
-def test_steady_state_window_energy_from_the_timeline(tmp_path: Path) -> None:
+def test_steady_state_window_energy_from_the_timeline(run_scripted: ScriptedRunner) -> None:
     """Fake meter (no GPU): a scripted 200 W timeline, so the steady-state energy is 200 W x its length."""
-    exp = _run(tmp_path, _energy_doc())
+    exp = run_scripted(_energy_doc(), report=False).experiment_dir()
     cycle = _read(exp / "cycle-001.json")
     st = cycle["metrics"]["steady_state"]
     # Requests 0, 1: first token at 4 ms, last at 994 ms; requests 2, 3 start at 994 ms: 998 ms - 1988 ms.
@@ -281,8 +275,8 @@ def test_steady_state_window_energy_from_the_timeline(tmp_path: Path) -> None:
     assert "counter is read only at the window's edges" in summary["methods"]["steady_state_energy"]
 
 
-def test_steady_state_energy_null_with_reason_when_too_few_samples(tmp_path: Path) -> None:
-    exp = _run(tmp_path, _with(measurement={"energy_meter": "scripted"}))
+def test_steady_state_energy_null_with_reason_when_too_few_samples(run_scripted: ScriptedRunner) -> None:
+    exp = run_scripted(_with(measurement={"energy_meter": "scripted"}), report=False).experiment_dir()
     summary = _read(exp / "summary.json")
     st = _read(exp / "cycle-001.json")["metrics"]["steady_state"]
     # The scripted meter's timeline has no sample inside a window of a few ms.
@@ -294,10 +288,10 @@ def test_steady_state_energy_null_with_reason_when_too_few_samples(tmp_path: Pat
 # --- prefill / decode, steps, per request -----------------------------------------------------------------
 
 
-def test_prefill_pass_measures_prefill_and_decode_apart(tmp_path: Path) -> None:
+def test_prefill_pass_measures_prefill_and_decode_apart(run_scripted: ScriptedRunner) -> None:
     """Scripted meter (no GPU): its counter integrates 300 W while generating, 100 W otherwise."""
     doc = _with(measurement={"energy_meter": "scripted", "prefill_pass": True}, scripted={"sleep": True})
-    exp = _run(tmp_path, doc)
+    exp = run_scripted(doc, report=False).experiment_dir()
     cycle = _read(exp / "cycle-001.json")
     pre = cycle["prefill"]
     assert [sum(n for _, n in r["events"]) for r in pre["requests"]] == [1, 1, 1, 1]  # one output token each
@@ -321,16 +315,18 @@ def test_prefill_pass_measures_prefill_and_decode_apart(tmp_path: Path) -> None:
     assert summary["warmup"]["prefill_pass_requests"] == 4
 
 
-def test_without_prefill_pass_the_split_is_null_with_the_reason(tmp_path: Path) -> None:
-    summary = _read(_run(tmp_path, _with(measurement={"energy_meter": "scripted"})) / "summary.json")
+def test_without_prefill_pass_the_split_is_null_with_the_reason(run_scripted: ScriptedRunner) -> None:
+    summary = _read(
+        run_scripted(_with(measurement={"energy_meter": "scripted"}), report=False).experiment_dir() / "summary.json"
+    )
     fig = summary["figures"]["energy.prefill_j_per_input_token"]
     assert fig["mean"] is None and "prefill_pass = false" in fig["reason"]
     assert summary["per_request_energy"]["method"] == "estimate: the cycle's total energy shared by output tokens"
 
 
-def test_step_attribution_is_an_estimate_that_adds_up(tmp_path: Path) -> None:
+def test_step_attribution_is_an_estimate_that_adds_up(run_scripted: ScriptedRunner) -> None:
     """Fake meter (no GPU): 200 W for the 2.5 s of its timeline; steps split it into prefill/mixed/decode."""
-    exp = _run(tmp_path, _energy_doc())
+    exp = run_scripted(_energy_doc(), report=False).experiment_dir()
     steps = _read(exp / "cycle-001.json")["energy"]["steps"]
     assert steps["estimate"] is True and steps["method"].startswith("estimate")
     parts = steps["prefill_j"] + steps["mixed_j"] + steps["decode_j"] + steps["after_last_token_j"]
@@ -342,10 +338,10 @@ def test_step_attribution_is_an_estimate_that_adds_up(tmp_path: Path) -> None:
 # --- thermal context -------------------------------------------------------------------------------------
 
 
-def test_thermal_context_and_throttle_warning(tmp_path: Path) -> None:
+def test_thermal_context_and_throttle_warning(run_scripted: ScriptedRunner) -> None:
     """Fake meter (no GPU): temperature rises 40 -> 65 °C; sw_power_cap from 1 s into the window."""
     _TimelineMeter.throttle = "sw_power_cap"
-    exp = _run(tmp_path, _energy_doc())
+    exp = run_scripted(_energy_doc(), report=False).experiment_dir()
     cycle = _read(exp / "cycle-001.json")
     (dev,) = cycle["energy"]["thermal"]["devices"]
     assert dev["start"]["temperature_c"] == pytest.approx(40.0) and dev["end"]["temperature_c"] == pytest.approx(65.0)
@@ -357,9 +353,9 @@ def test_thermal_context_and_throttle_warning(tmp_path: Path) -> None:
     assert any("throttled inside the window" in w for w in summary["warnings"])
 
 
-def test_gpu_idle_is_not_throttling(tmp_path: Path) -> None:
+def test_gpu_idle_is_not_throttling(run_scripted: ScriptedRunner) -> None:
     _TimelineMeter.throttle = "gpu_idle"
-    cycle = _read(_run(tmp_path, _energy_doc()) / "cycle-001.json")
+    cycle = _read(run_scripted(_energy_doc(), report=False).experiment_dir() / "cycle-001.json")
     assert cycle["energy"]["thermal"]["devices"][0]["throttled"] is False
     assert not any("throttled" in w for w in cycle["warnings"])
 
@@ -367,11 +363,11 @@ def test_gpu_idle_is_not_throttling(tmp_path: Path) -> None:
 # --- recomputation --------------------------------------------------------------------------------------
 
 
-def test_aggregate_reproduces_every_new_figure(tmp_path: Path) -> None:
+def test_aggregate_reproduces_every_new_figure(run_scripted: ScriptedRunner) -> None:
     """Fake meter (no GPU). `lem results aggregate` recomputes from cycle files and timeline CSVs alone."""
     _TimelineMeter.throttle = "sw_thermal"
     doc = _energy_doc(measurement={"prefill_pass": True, "target_rel_ci": 0.5, "max_cycles": 3})
-    exp = _run(tmp_path, doc)
+    exp = run_scripted(doc, report=False).experiment_dir()
     written = _read(exp / "summary.json")
     again = aggregate_experiment(exp)
     for key in ("figures", "precision", "per_request_energy", "thermal", "methods", "workload", "warnings"):
@@ -433,11 +429,11 @@ def test_cycle_limit() -> None:
     assert MeasurementConfig(cycles=3, target_rel_ci=0.02, max_cycles=7).cycle_limit == 7
 
 
-def test_export_rows_and_a_damaged_timeline(tmp_path: Path) -> None:
+def test_export_rows_and_a_damaged_timeline(run_scripted: ScriptedRunner) -> None:
     """Fake meter (no GPU). Exported cycle rows carry the timeline's figures; a damaged CSV only nulls them."""
     from lem.results.export import cycle_rows
 
-    exp = _run(tmp_path, _energy_doc())
+    exp = run_scripted(_energy_doc(), report=False).experiment_dir()
     (row, _) = cycle_rows(exp)
     assert row["steady_state.j_per_output_token"] == pytest.approx(200.0 * 1.984 / 398, rel=1e-6)
     (exp / "timeline-001.csv").write_text("t_s,device,power_w\nnot,a,number\n")
@@ -456,14 +452,14 @@ def test_export_rows_and_a_damaged_timeline(tmp_path: Path) -> None:
     ids=["not text", "text for a number"],
 )
 def test_aggregate_and_export_name_a_damaged_timeline_and_null_only_its_figures(
-    tmp_path: Path, content: bytes, words: tuple[str, ...]
+    run_scripted: ScriptedRunner, tmp_path: Path, content: bytes, words: tuple[str, ...]
 ) -> None:
     """Fake meter (no GPU). The real CLI: one line naming the file, exit 0, the counter's figures kept."""
     from click.testing import CliRunner
 
     from lem.cli.main import cli
 
-    exp = _run(tmp_path, _energy_doc())
+    exp = run_scripted(_energy_doc(), report=False).experiment_dir()
     before = _read(exp / "summary.json")["figures"]
     (exp / "timeline-001.csv").write_bytes(content)
     done = CliRunner().invoke(cli, ["results", "aggregate", str(exp)], catch_exceptions=False)
@@ -482,12 +478,14 @@ def test_aggregate_and_export_name_a_damaged_timeline_and_null_only_its_figures(
     assert done.exit_code == 0 and "damaged meter timeline" in done.stderr and out.exists(), done.output
 
 
-def test_lem_results_aggregate_command_reproduces_the_summary(tmp_path: Path) -> None:
+def test_lem_results_aggregate_command_reproduces_the_summary(run_scripted: ScriptedRunner) -> None:
     """Fake meter (no GPU); the real `lem results aggregate` in a subprocess, from the raw files alone."""
     import subprocess
     import sys
 
-    exp = _run(tmp_path, _energy_doc(measurement={"prefill_pass": True, "min_window_s": 0.0}))
+    exp = run_scripted(
+        _energy_doc(measurement={"prefill_pass": True, "min_window_s": 0.0}), report=False
+    ).experiment_dir()
     written = _read(exp / "summary.json")
     (exp / "summary.json").unlink()
     proc = subprocess.run(

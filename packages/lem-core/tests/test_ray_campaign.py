@@ -22,7 +22,6 @@ from lem.campaign.loop import run_campaign
 from lem.campaign.ray_executor import RayOptions, task_options
 from lem.configfile.loading import LoadedFile
 from lem.plugins import backend_names
-from lem.testing import registered
 
 ray = pytest.importorskip("ray")
 
@@ -69,11 +68,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         mp.undo()
 
 
-@pytest.fixture(autouse=True)
-def _scripted() -> Iterator[None]:
-    # A module plugin travels to the Ray task, and on to its worker, by name (lem.campaign.job.carried_plugins).
-    with registered(scripted, "scripted"):
-        yield
+# The scripted backend, registered for each test: a module plugin travels to the Ray task, and on to its
+# worker, by name (lem.campaign.job.carried_plugins).
+pytestmark = pytest.mark.usefixtures("scripted_backend")
 
 
 def _node_of(exp_dir: Path) -> dict[str, Any]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +11,10 @@ import pytest
 from click.testing import CliRunner
 
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
 from lem.cli.main import cli
-from lem.configfile.loading import LoadedFile
 from lem.errors import ResultsError
 from lem.results.files import aggregate_experiment, pool, read_json, write_atomic, write_json
-from lem.testing import registered
+from lem.testing import ScriptedRunner
 
 TABLES = {
     "dataset": {"num_prompts": 3, "input_length": 4},
@@ -28,12 +25,8 @@ TABLES = {
 
 
 @pytest.fixture
-def run_dir(tmp_path: Path) -> Iterator[Path]:
-    with registered(scripted, "scripted"):
-        exps = (scripted.experiment(TABLES, exp_id="a"), scripted.experiment(TABLES, exp_id="b"))
-        assert run_campaign(LoadedFile("t.toml", exps, ()), out_dir=tmp_path / "results", in_process=True, quiet=True)
-    (run,) = list((tmp_path / "results").iterdir())
-    yield run
+def run_dir(run_scripted: ScriptedRunner) -> Path:
+    return run_scripted(scripted.experiment(TABLES, exp_id="a"), scripted.experiment(TABLES, exp_id="b")).run_dir
 
 
 def test_write_atomic_keeps_the_old_file_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

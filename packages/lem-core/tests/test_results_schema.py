@@ -6,6 +6,7 @@ the ids, the scripted server's timings by hand), not read back from lem.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -19,13 +20,11 @@ from click.testing import CliRunner
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign.loop import run_campaign
 from lem.cli.main import cli
-from lem.configfile.loading import LoadedFile
 from lem.figures.energy import energy_figures
 from lem.figures.summary import compute_cycle, group_warnings
 from lem.results.files import SCHEMA_VERSION, aggregate_experiment, read_json, read_setup, write_json
-from lem.testing import registered
+from lem.testing import ScriptedRunner, registered
 
 V1_RUN = Path(__file__).parent / "data" / "results-v1" / "20261122-120000-0001"
 FAIL_REASON = "HTTP 500: engine overloaded"
@@ -78,18 +77,10 @@ def _tables(**changes: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-def _run(tmp_path: Path, tables: dict[str, Any], wrap: bool = True) -> Path:
-    """Run one experiment in-process; returns its directory."""
-    out = tmp_path / "results"
-    with registered(scripted, "scripted"):
-        exp = scripted.experiment(tables)
-        if wrap:
-            with registered(IdsAndFailures(), "ids-and-failures"):
-                assert run_campaign(LoadedFile("t.toml", (exp,), ()), out_dir=out, in_process=True, quiet=True)
-        else:
-            assert run_campaign(LoadedFile("t.toml", (exp,), ()), out_dir=out, in_process=True, quiet=True)
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run / "exp"
+def _run(run_scripted: ScriptedRunner, tables: dict[str, Any], wrap: bool = True) -> Path:
+    """Run one experiment in-process, its events given token ids (``wrap``); returns its directory."""
+    with registered(IdsAndFailures(), "ids-and-failures") if wrap else contextlib.nullcontext():
+        return run_scripted(tables).experiment_dir()
 
 
 def _sha(value: Any) -> str:
@@ -100,8 +91,8 @@ def _rewrite(path: Path, doc: dict[str, Any]) -> None:
     write_json(path, doc["kind"], {k: v for k, v in doc.items() if k not in ("schema_version", "kind")})
 
 
-def test_summary_describes_itself_with_key_config_and_digests(tmp_path: Path) -> None:
-    exp = _run(tmp_path, _tables(batching={"batch_size": 2}))
+def test_summary_describes_itself_with_key_config_and_digests(run_scripted: ScriptedRunner) -> None:
+    exp = _run(run_scripted, _tables(batching={"batch_size": 2}))
     summary = read_json(exp / "summary.json")
     assert summary["schema_version"] == SCHEMA_VERSION == 2
     assert summary["key"] == f"{exp.parent.name}/exp"
@@ -134,21 +125,21 @@ def setup_vocab(exp: Path) -> int:
     return int(read_json(exp / "setup.json")["model_info"]["model_config"]["vocab_size"])
 
 
-def test_outputs_that_change_between_cycles_are_reported(tmp_path: Path) -> None:
-    summary = read_json(_run(tmp_path, _tables(scripted={"vary_ids": True})) / "summary.json")
+def test_outputs_that_change_between_cycles_are_reported(run_scripted: ScriptedRunner) -> None:
+    summary = read_json(_run(run_scripted, _tables(scripted={"vary_ids": True})) / "summary.json")
     assert summary["output_digest"] is not None and summary["outputs_identical_across_cycles"] is False
 
 
-def test_a_backend_without_ids_gives_null_digests_with_a_reason(tmp_path: Path) -> None:
-    exp = _run(tmp_path, TABLES, wrap=False)
+def test_a_backend_without_ids_gives_null_digests_with_a_reason(run_scripted: ScriptedRunner) -> None:
+    exp = _run(run_scripted, TABLES, wrap=False)
     summary = read_json(exp / "summary.json")
     assert summary["output_digest"] is None and "did not report" in summary["output_digest_reason"]
     row = read_json(exp / "cycle-001.json")["requests"][0]
     assert row["token_ids"] is None and row["output_digest"] is None
 
 
-def test_failed_requests_are_counted_and_left_out_of_latencies(tmp_path: Path) -> None:
-    exp = _run(tmp_path, _tables(scripted={"fail_requests": [2]}))
+def test_failed_requests_are_counted_and_left_out_of_latencies(run_scripted: ScriptedRunner) -> None:
+    exp = _run(run_scripted, _tables(scripted={"fail_requests": [2]}))
     cycle = read_json(exp / "cycle-001.json")
     assert [r["error"] for r in cycle["requests"]] == [None, None, FAIL_REASON, None]
     m = cycle["metrics"]
@@ -166,8 +157,8 @@ def test_failed_requests_are_counted_and_left_out_of_latencies(tmp_path: Path) -
     assert f"3 of 12 requests failed over 3 cycle(s): {FAIL_REASON} (3)" in summary["warnings"]
 
 
-def test_beam_search_has_null_itl_and_tpot_with_a_reason(tmp_path: Path) -> None:
-    summary = read_json(_run(tmp_path, _tables(generation={"num_beams": 2})) / "summary.json")
+def test_beam_search_has_null_itl_and_tpot_with_a_reason(run_scripted: ScriptedRunner) -> None:
+    summary = read_json(_run(run_scripted, _tables(generation={"num_beams": 2})) / "summary.json")
     for name in ("itl_s.p50", "tpot_s.p99"):
         fig = summary["figures"][name]
         assert fig["mean"] is None and fig["n"] == 0 and "beam search" in fig["reason"]
@@ -178,8 +169,8 @@ def test_beam_search_has_null_itl_and_tpot_with_a_reason(tmp_path: Path) -> None
     assert any("ITL and TPOT are null" in w for w in summary["warnings"])
 
 
-def test_energy_labels_mixed_methods_negative_dynamic_and_impossible_intervals(tmp_path: Path) -> None:
-    exp = _run(tmp_path, _tables(measurement={"energy_meter": "scripted", "idle_seconds": 0.05}), wrap=False)
+def test_energy_labels_mixed_methods_negative_dynamic_and_impossible_intervals(run_scripted: ScriptedRunner) -> None:
+    exp = _run(run_scripted, _tables(measurement={"energy_meter": "scripted", "idle_seconds": 0.05}), wrap=False)
     # Cycle 2 as if the counter had reset and the meter integrated power instead.
     c2 = read_json(exp / "cycle-002.json")
     c2["energy_window"]["devices"][0]["method"] = "power-integration"
@@ -203,8 +194,8 @@ def test_energy_labels_mixed_methods_negative_dynamic_and_impossible_intervals(t
     )
 
 
-def test_an_interval_below_zero_of_a_non_negative_figure_is_flagged(tmp_path: Path) -> None:
-    exp = _run(tmp_path, TABLES)
+def test_an_interval_below_zero_of_a_non_negative_figure_is_flagged(run_scripted: ScriptedRunner) -> None:
+    exp = _run(run_scripted, TABLES)
     cycle = read_json(exp / "cycle-003.json")
     for row in cycle["requests"]:  # every token of cycle 3 two seconds late
         row["events"] = [[t + 2_000_000_000, n] for t, n in row["events"]]
@@ -222,8 +213,8 @@ def test_an_interval_below_zero_of_a_non_negative_figure_is_flagged(tmp_path: Pa
     assert summary["figures"]["output_tokens_per_s"]["ci95_low_impossible"] is False
 
 
-def test_the_short_window_warning_appears_once(tmp_path: Path) -> None:
-    exp = _run(tmp_path, _tables(measurement={"energy_meter": "scripted"}), wrap=False)
+def test_the_short_window_warning_appears_once(run_scripted: ScriptedRunner) -> None:
+    exp = _run(run_scripted, _tables(measurement={"energy_meter": "scripted"}), wrap=False)
     summary = read_json(exp / "summary.json")
     short = [w for w in summary["warnings"] if "shorter than" in w]
     assert len(short) == 1 and short[0].startswith("cycles 1, 2, 3: ")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,30 +10,17 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign.loop import run_campaign
-from lem.configfile.loading import LoadedFile, deep_merge
+from lem.configfile.loading import deep_merge
 from lem.errors import MeterUnavailable, ResultsError
 from lem.figures.energy import energy_figures
 from lem.run import cycles
 from lem.run.live import window_json
 from lem.run.progress import Progress
 from lem.run.runner import run_experiment
-from lem.testing import registered
+from lem.testing import ScriptedRunner, registered
 from lem.types import DeviceEnergy, EnergyWindow
 
-
-@pytest.fixture(autouse=True)
-def _scripted() -> Iterator[None]:
-    with registered(scripted, "scripted"):
-        yield
-
-
-def _run(tmp_path: Path, *exps: Any, **kwargs: Any) -> tuple[bool, Path]:
-    kwargs.setdefault("quiet", True)
-    out = tmp_path / "results"
-    ok = run_campaign(LoadedFile("test.toml", tuple(exps), ()), out_dir=out, in_process=True, **kwargs)
-    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
-    return ok, run_dir
+pytestmark = pytest.mark.usefixtures("scripted_backend")
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -53,9 +39,8 @@ def _with(**tables: dict[str, Any]) -> dict[str, Any]:
     return deep_merge(BASE, tables)
 
 
-def test_offline_batch_one_queues_into_ttft(tmp_path: Path) -> None:
-    ok, run_dir = _run(tmp_path, scripted.experiment(_with()))
-    assert ok
+def test_offline_batch_one_queues_into_ttft(run_scripted: ScriptedRunner) -> None:
+    run_dir = run_scripted(scripted.experiment(_with())).run_dir
     exp = run_dir / "exp"
     names = {p.name for p in exp.iterdir()}
     assert {"experiment.toml", "environment.json", "setup.json", "cycle-001.json", "cycle-002.json",
@@ -83,20 +68,18 @@ def test_offline_batch_one_queues_into_ttft(tmp_path: Path) -> None:
     assert any("rest on" in w for w in summary["warnings"])
 
 
-def test_closed_loop_concurrency(tmp_path: Path) -> None:
+def test_closed_loop_concurrency(run_scripted: ScriptedRunner) -> None:
     exp = scripted.experiment(_with(traffic={"mode": "concurrency", "concurrency": 2}))
-    ok, run_dir = _run(tmp_path, exp)
-    assert ok
+    run_dir = run_scripted(exp).run_dir
     m = _read(run_dir / "exp" / "cycle-001.json")["metrics"]
     # Latency counts from submission: every request sees only its own service time.
     assert m["ttft_s"]["min"] == pytest.approx(0.004) and m["ttft_s"]["max"] == pytest.approx(0.004)
     assert m["e2e_s"]["mean"] == pytest.approx(0.008)
 
 
-def test_constant_rate_slower_than_service_has_no_queueing(tmp_path: Path) -> None:
+def test_constant_rate_slower_than_service_has_no_queueing(run_scripted: ScriptedRunner) -> None:
     exp = scripted.experiment(_with(traffic={"mode": "constant", "rate": 50.0}))  # 20 ms apart, 8 ms service
-    ok, run_dir = _run(tmp_path, exp)
-    assert ok
+    run_dir = run_scripted(exp).run_dir
     m = _read(run_dir / "exp" / "cycle-002.json")["metrics"]
     assert m["ttft_s"]["max"] == pytest.approx(0.004)
 
@@ -135,11 +118,10 @@ class FakeMeterPlugin:
         return None
 
 
-def test_energy_arithmetic_with_a_fake_meter(tmp_path: Path) -> None:
+def test_energy_arithmetic_with_a_fake_meter(run_scripted: ScriptedRunner) -> None:
     exp = scripted.experiment(_with(measurement={"energy_meter": "fake", "idle_seconds": 0.01}))
     with registered(FakeMeterPlugin(), "fake-meter"):
-        ok, run_dir = _run(tmp_path, exp)
-    assert ok
+        run_dir = run_scripted(exp).run_dir
     d = run_dir / "exp"
     e1 = _read(d / "cycle-001.json")["energy"]
     assert e1["total_j"] == 1000.0 and e1["idle_power_w"] == pytest.approx(100.0)
@@ -157,10 +139,12 @@ def test_energy_arithmetic_with_a_fake_meter(tmp_path: Path) -> None:
     assert env["gpus"][0]["name"] == "Fake GPU"
 
 
-def test_a_named_meter_that_cannot_work_stops_the_run_before_any_model_loads(tmp_path: Path) -> None:
+def test_a_named_meter_that_cannot_work_stops_the_run_before_any_model_loads(
+    run_scripted: ScriptedRunner, tmp_path: Path
+) -> None:
     exp = scripted.experiment(_with(measurement={"energy_meter": "broken"}))
     with registered(FakeMeterPlugin(), "fake-meter"), pytest.raises(MeterUnavailable, match="no driver on this test"):
-        _run(tmp_path, exp)
+        run_scripted(exp, check=False)
     assert not (tmp_path / "results").exists()  # stopped before a run directory was made
 
 
@@ -172,92 +156,91 @@ def test_a_named_meter_that_fails_in_the_worker_fails_before_the_load(tmp_path: 
     assert not (tmp_path / "environment.json").exists()
 
 
-def test_scripted_meter_dynamic_energy_tracks_busy_time(tmp_path: Path) -> None:
+def test_scripted_meter_dynamic_energy_tracks_busy_time(run_scripted: ScriptedRunner) -> None:
     tables = _with(measurement={"energy_meter": "scripted", "idle_seconds": 0.05}, scripted={"sleep": True})
-    ok, run_dir = _run(tmp_path, scripted.experiment(tables))
-    assert ok
+    run_dir = run_scripted(scripted.experiment(tables)).run_dir
     e = _read(run_dir / "exp" / "cycle-001.json")["energy"]
     assert e["idle_power_w"] == pytest.approx(100.0)
     # busy_w - idle_w = 200 W while generating, which is at most the whole window.
     assert 0 < e["dynamic_j"] <= 200.0 * e["duration_s"] + 1e-9
 
 
-def test_cv_warmup_stops_when_latency_settles(tmp_path: Path) -> None:
+def test_cv_warmup_stops_when_latency_settles(run_scripted: ScriptedRunner) -> None:
     exp = scripted.experiment(_with(measurement={"warmup": "cv", "warmup_window": 3, "warmup_max_requests": 20}))
-    ok, run_dir = _run(tmp_path, exp)
-    assert ok
+    run_dir = run_scripted(exp).run_dir
     warmup = _read(run_dir / "exp" / "setup.json")["warmup"]
     assert warmup["converged"] is True and warmup["requests"] == 3 and warmup["cv"] == pytest.approx(0.0)
 
 
-def test_fixed_warmup_serves_whole_batches(tmp_path: Path) -> None:
+def test_fixed_warmup_serves_whole_batches(run_scripted: ScriptedRunner) -> None:
     # One warm-up request at batch size 4 still warms a full batch of 4: the measured shape.
     exp = scripted.experiment(_with(measurement={"warmup_requests": 1}, batching={"batch_size": 4}))
-    ok, run_dir = _run(tmp_path, exp)
-    assert ok
+    run_dir = run_scripted(exp).run_dir
     assert _read(run_dir / "exp" / "setup.json")["warmup"]["requests"] == 4
 
 
-def test_resume_skips_finished_experiments(tmp_path: Path) -> None:
+def test_resume_skips_finished_experiments(run_scripted: ScriptedRunner) -> None:
     a = scripted.experiment(_with(), exp_id="a")
     b = scripted.experiment(_with(), exp_id="b")
-    ok, run_dir = _run(tmp_path, a, b)
+    run_dir = run_scripted(a, b, check=False).run_dir
     first = (run_dir / "a" / "summary.json").stat().st_mtime_ns
     (run_dir / "b" / "summary.json").unlink()
     (run_dir / "b" / ".cycle-009.json.x.tmp").write_text("{half")  # left by a killed run
-    ok, again = _run(tmp_path, a, b, resume_id=run_dir.name)
-    assert ok and again == run_dir
+    again = run_scripted(a, b, resume_id=run_dir.name).run_dir
+    assert again == run_dir
     assert (run_dir / "a" / "summary.json").stat().st_mtime_ns == first
     assert (run_dir / "b" / "summary.json").exists() and not list((run_dir / "b").glob(".*.tmp"))
     changed = scripted.experiment(_with(generation={"max_output_tokens": 4}), exp_id="a")
     with pytest.raises(ResultsError, match=r"different config \(generation.max_output_tokens: \d+ then, 4 now\)"):
-        _run(tmp_path, changed, resume_id=run_dir.name)
+        run_scripted(changed, resume_id=run_dir.name, check=False)
 
 
-def test_resume_accepts_a_stored_config_that_lacks_keys_added_with_their_defaults(tmp_path: Path) -> None:
+def test_resume_accepts_a_stored_config_that_lacks_keys_added_with_their_defaults(run_scripted: ScriptedRunner) -> None:
     # An older lem wrote experiment.toml without keys a later version added: those read as their defaults.
     import tomli_w
     import tomllib
 
     a = scripted.experiment(_with(), exp_id="a")
     b = scripted.experiment(_with(), exp_id="b")
-    ok, run_dir = _run(tmp_path, a, b)
+    run_dir = run_scripted(a, b, check=False).run_dir
     stored = run_dir / "b" / "experiment.toml"
     doc = tomllib.loads(stored.read_text())
     dropped = doc["measurement"].pop("prefill_pass")  # as if the key were newer than the run
     stored.write_text(tomli_w.dumps(doc))
     assert dropped is a.config.measurement.prefill_pass is type(a.config.measurement)().prefill_pass
     (run_dir / "b" / "summary.json").unlink()
-    ok, again = _run(tmp_path, a, b, resume_id=run_dir.name)
-    assert ok and again == run_dir and (run_dir / "b" / "summary.json").exists()
+    again = run_scripted(a, b, resume_id=run_dir.name).run_dir
+    assert again == run_dir and (run_dir / "b" / "summary.json").exists()
 
 
-def test_failure_is_recorded_and_the_campaign_goes_on(tmp_path: Path) -> None:
+def test_failure_is_recorded_and_the_campaign_goes_on(run_scripted: ScriptedRunner) -> None:
     bad = scripted.experiment(_with(scripted={"fail": "raise"}), exp_id="bad")
     good = scripted.experiment(_with(), exp_id="good")
-    ok, run_dir = _run(tmp_path, bad, good, as_json=True)
-    assert not ok
+    run = run_scripted(bad, good, as_json=True, check=False)
+    assert not run.ok
+    run_dir = run.run_dir
     failure = _read(run_dir / "bad" / "failure.json")
     assert "scripted failure at generate" in failure["reason"] and "Traceback" in failure["detail"]
     assert (run_dir / "good" / "summary.json").exists()
 
 
-def test_json_output_and_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    ok, run_dir = _run(tmp_path, scripted.experiment(_with()), as_json=True)
-    assert ok
+def test_json_output_and_table(run_scripted: ScriptedRunner, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = run_scripted(scripted.experiment(_with()), as_json=True).run_dir
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] and doc["run_id"] == run_dir.name and doc["experiments"][0]["kind"] == "summary"
-    _run(tmp_path / "t", scripted.experiment(_with()))
+    run_scripted(scripted.experiment(_with()), check=False)
     out = capsys.readouterr().out
     assert "out tok/s" in out and out.rstrip().splitlines()[-1].startswith("results: ")
 
 
-def test_progress_lines_on_stderr_unless_quiet(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    _run(tmp_path, scripted.experiment(_with()), quiet=False)
+def test_progress_lines_on_stderr_unless_quiet(
+    run_scripted: ScriptedRunner, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run_scripted(scripted.experiment(_with()), quiet=False, check=False)
     err = capsys.readouterr().err
     for stage in ("load", "warm-up", "cycle 1/2", "cycle 2/2"):
         assert stage in err
-    _run(tmp_path / "q", scripted.experiment(_with()), quiet=True)
+    run_scripted(scripted.experiment(_with()), quiet=True, check=False)
     assert capsys.readouterr().err == ""
 
 
@@ -280,15 +263,15 @@ def test_live_progress_line_on_a_terminal() -> None:
     assert "\r" in text and "[" in text and text.endswith("12.0 tok/s\n") and beats
 
 
-def test_cooldown_and_thermal_floor(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cooldown_and_thermal_floor(run_scripted: ScriptedRunner, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cycles, "THERMAL_PROBE_S", 0.01)
     monkeypatch.setattr(cycles, "THERMAL_WAIT_MAX_S", 0.05)
     # The scripted meter reports 40 °C: a floor of 50 °C is met at once, one of 30 °C never is.
     cool = _with(measurement={"energy_meter": "scripted", "cooldown_seconds": 0.01, "thermal_floor_c": 50.0})
-    ok, run_dir = _run(tmp_path, scripted.experiment(cool))
-    assert ok and not any("thermal" in w for w in _read(run_dir / "exp" / "summary.json")["warnings"])
+    run_dir = run_scripted(scripted.experiment(cool)).run_dir
+    assert not any("thermal" in w for w in _read(run_dir / "exp" / "summary.json")["warnings"])
     hot = _with(measurement={"energy_meter": "scripted", "thermal_floor_c": 30.0})
-    ok, run_dir = _run(tmp_path / "hot", scripted.experiment(hot))
+    run_dir = run_scripted(scripted.experiment(hot), check=False).run_dir
     assert _read(run_dir / "exp" / "cycle-002.json")["notes"] == ["GPU stayed above thermal_floor_c 30.0 °C for 0 s"]
     assert any(w.startswith("cycle 2: GPU stayed above") for w in _read(run_dir / "exp" / "summary.json")["warnings"])
 
@@ -313,11 +296,10 @@ def test_a_window_of_two_devices_keeps_the_peak_of_their_summed_timeline() -> No
     assert one is not None and "peak_power_w" not in one  # one device: its own peak is exact
 
 
-def test_a_model_spread_at_load_gets_all_its_devices_metered(tmp_path: Path) -> None:
+def test_a_model_spread_at_load_gets_all_its_devices_metered(run_scripted: ScriptedRunner) -> None:
     # Like device_map = "auto": the devices are known only once the model has loaded.
     doc = _with(measurement={"energy_meter": "scripted", "idle_seconds": 0.05}, scripted={"devices": [0, 1]})
-    ok, run_dir = _run(tmp_path, scripted.experiment(doc))
-    assert ok
+    run_dir = run_scripted(scripted.experiment(doc)).run_dir
     setup = _read(run_dir / "exp" / "setup.json")
     assert setup["load"]["metered_devices"] == [0]
     assert [d["device"] for d in setup["load"]["energy_window"]["devices"]] == [0]
@@ -331,10 +313,9 @@ def test_a_model_spread_at_load_gets_all_its_devices_metered(tmp_path: Path) -> 
     assert [g["index"] for g in env["gpus"]] == [0, 1]
 
 
-def test_pinned_measurement_devices_are_kept_and_the_mismatch_warned(tmp_path: Path) -> None:
+def test_pinned_measurement_devices_are_kept_and_the_mismatch_warned(run_scripted: ScriptedRunner) -> None:
     doc = _with(measurement={"energy_meter": "scripted", "devices": [0]}, scripted={"devices": [0, 1]})
-    ok, run_dir = _run(tmp_path, scripted.experiment(doc))
-    assert ok
+    run_dir = run_scripted(scripted.experiment(doc)).run_dir
     setup = _read(run_dir / "exp" / "setup.json")
     assert setup["metered_devices"] == [0]
     assert [d["device"] for d in _read(run_dir / "exp" / "cycle-001.json")["energy"]["devices"]] == [0]

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +35,9 @@ def _exp(exp_id: str, **scripted_opts: Any) -> Any:
     return scripted.experiment({**FAST, "scripted": {**FAST["scripted"], **scripted_opts}}, exp_id=exp_id)
 
 
-@pytest.fixture(autouse=True)
-def _scripted() -> Iterator[None]:
-    # A module plugin travels to the worker by name (lem.campaign.job.carried_plugins).
-    with registered(scripted, "scripted"):
-        yield
+# The scripted backend, registered for each test: a module plugin travels to the worker by name
+# (lem.campaign.job.carried_plugins).
+pytestmark = pytest.mark.usefixtures("scripted_backend")
 
 
 def test_crashes_are_recorded_and_the_next_experiment_runs(tmp_path: Path) -> None:

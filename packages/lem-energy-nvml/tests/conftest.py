@@ -1,13 +1,13 @@
-"""Fixtures: a fake pynvml standing in for GPU hardware (this machine and CI have none)."""
+"""Fixtures: lem_energy_nvml.testing's fake pynvml stands in for GPU hardware (this machine and CI have none)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from types import ModuleType
 
 import pytest
-from fake_pynvml import FakeGpu, make_pynvml
+
+from lem_energy_nvml.testing import FakeGpu, install
 
 
 @pytest.fixture
@@ -16,9 +16,7 @@ def fake_nvml(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ModuleType]:
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.delenv("CUDA_DEVICE_ORDER", raising=False)
 
-    def install(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleType:
-        module = make_pynvml(gpus, init_error)
-        monkeypatch.setitem(sys.modules, "pynvml", module)
-        return module
+    def install_boards(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleType:
+        return install(monkeypatch, gpus, init_error)
 
-    return install
+    return install_boards

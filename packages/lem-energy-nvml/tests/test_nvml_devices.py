@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from fake_pynvml import FakeGpu
 
 from lem.errors import MeterUnavailable
 from lem_energy_nvml.devices import parse_visible_devices, resolve_devices
 from lem_energy_nvml.plugin import open_meter
+from lem_energy_nvml.testing import FakeGpu
 
 UUIDS = [f"GPU-{c * 8}-0000-0000-0000-00000000000{i}" for i, c in enumerate("abcd")]
 

@@ -1,16 +1,16 @@
-"""The NVML meter against a fake pynvml (tests/fake_pynvml.py stands in for GPU hardware)."""
+"""The NVML meter against a fake pynvml (lem_energy_nvml.testing stands in for GPU hardware)."""
 
 from __future__ import annotations
 
 import time
 
 import pytest
-from fake_pynvml import FakeGpu
 
 from lem_energy_nvml.library import SOURCE_INSTANT, SOURCE_POWER_USAGE
 from lem_energy_nvml.meter import idle_power_w
 from lem_energy_nvml.plugin import open_meter
 from lem_energy_nvml.sampler import COLUMNS
+from lem_energy_nvml.testing import FakeGpu
 
 UUID_A = "GPU-aaaaaaaa-1111-2222-3333-444444444444"
 UUID_B = "GPU-bbbbbbbb-1111-2222-3333-444444444444"

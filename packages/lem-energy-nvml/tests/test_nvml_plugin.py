@@ -1,6 +1,6 @@
 """The hooks, called through lem's real plugin manager (entry point ``nvml``).
 
-Where a GPU is needed, tests/fake_pynvml.py stands in for it; the
+Where a GPU is needed, lem_energy_nvml.testing stands in for it; the
 "no driver" test uses the real pynvml on this GPU-less machine.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 import sys
 
 import pytest
-from fake_pynvml import FakeGpu
 
 from lem.config import ExperimentConfig, MeasurementConfig
 from lem.errors import MeterUnavailable
 from lem.plugins import get_plugin_manager, meter_names
 from lem_energy_nvml import plugin
 from lem_energy_nvml.meter import NvmlMeter
+from lem_energy_nvml.testing import FakeGpu
 
 
 def config(**measurement) -> ExperimentConfig:

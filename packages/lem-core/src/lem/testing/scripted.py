@@ -36,11 +36,15 @@ from __future__ import annotations
 
 import heapq
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from lem.architectures import config_dict
 from lem.config import ExperimentConfig, GenerationConfig
+from lem.configfile.loading import Experiment, structure
 from lem.hookspecs import hookimpl
 from lem.types import DeviceEnergy, EnergyWindow, LoadedModel, Request, TokenEvent
 
@@ -78,9 +82,6 @@ def _maybe_fail(opts: dict[str, Any], where: str) -> None:
 
 def _start_child(pid_file: str) -> None:
     """A long-lived child, as an engine's own process would be; nothing here ever ends it."""
-    import subprocess
-    import sys
-
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     with open(pid_file, "w") as f:
         f.write(str(child.pid))
@@ -91,8 +92,6 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
     """Load nothing; sleep ``load_ms``; report the configured architecture."""
     if backend != NAME:
         return None
-    from lem.architectures import config_dict
-
     opts = _opts(config)
     _calls[0] = 0
     if opts.get("child_pid_file"):
@@ -209,11 +208,9 @@ def measure_energy(meter: str, devices: Sequence[int], config: ExperimentConfig)
     return ScriptedMeter(devices, float(opts.get("idle_w", 100.0)), float(opts.get("busy_w", 300.0)))
 
 
-def experiment(tables: dict[str, Any] | None = None, exp_id: str = "exp", **top: Any) -> Any:
+def experiment(tables: dict[str, Any] | None = None, exp_id: str = "exp", **top: Any) -> Experiment:
     """An :class:`~lem.configfile.loading.Experiment` on the scripted backend from TOML-shaped tables (not validated:
     ``scripted`` is not an installed entry point, so the core's name checks would refuse it)."""
-    from lem.configfile.loading import Experiment, structure
-
     doc: dict[str, Any] = {"model": "random:tiny-llama", "backend": NAME, **top}
     doc.update(tables or {})
     config, problems = structure(doc)

@@ -1,20 +1,35 @@
-"""A fake ``pynvml`` module that stands in for NVIDIA hardware in unit tests.
+"""A fake ``pynvml`` that stands in for NVIDIA hardware in tests (a supported testing helper, not a meter).
 
-This machine (and CI) has no GPU, so the tests put this module in
-``sys.modules["pynvml"]``. It mimics the parts of pynvml the meter uses:
-the same function names, error classes and return shapes. Each
-:class:`FakeGpu` is a board whose readings a test sets directly
+CI machines have no GPU, so tests put a module made by :func:`make_pynvml` in
+``sys.modules["pynvml"]`` (:func:`install`), or on a subprocess's
+``PYTHONPATH`` (:func:`write_pynvml`). It mimics the parts of pynvml that lem's
+meter and backends use: the same function names, error classes and return
+shapes. Each :class:`FakeGpu` is a board whose readings a test sets directly
 (``gpu.energy_mj = ...``) so that every expected figure follows from what the
 test wrote, not from a hard-coded measurement.
+
+Any package's tests may use it (lem-energy-nvml is then a test requirement)::
+
+    from lem_energy_nvml.testing import FakeGpu, install
+
+    def test_my_meter_reads_one_board(monkeypatch):
+        gpu = FakeGpu(uuid="GPU-0")
+        install(monkeypatch, [gpu])
+        gpu.energy_mj += 5_000  # 5 J between two counter reads
 """
 
 from __future__ import annotations
 
+import sys
 import threading
+from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
+
+if TYPE_CHECKING:
+    import pytest
 
 NVML_SUCCESS = 0
 NVML_ERROR_NOT_SUPPORTED = 3
@@ -60,6 +75,7 @@ class FakeGpu:
     mig_mode: int | None = 0  # None: MIG not supported
     mig_uuids: tuple[str, ...] = ()
     lost: bool = False
+    compute_capability: tuple[int, int] = (9, 0)  # (major, minor), as nvmlDeviceGetCudaComputeCapability
     #: Names of threads that read the energy counter (the sampler must never do it).
     counter_readers: list[str] = attrs.field(factory=list)
 
@@ -70,6 +86,8 @@ class FakeGpu:
 
 @attrs.define
 class FakeMig:
+    """One MIG slice of a board (what ``nvmlDeviceGetMigDeviceHandleByIndex`` returns)."""
+
     parent: FakeGpu
     uuid: str
 
@@ -170,6 +188,10 @@ def make_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleTyp
         handle.check()
         return handle.throttle_mask
 
+    def compute_capability(handle: FakeGpu) -> tuple[int, int]:
+        handle.check()
+        return handle.compute_capability
+
     m.__dict__.update(
         nvmlInit=nvmlInit,
         nvmlShutdown=nvmlShutdown,
@@ -188,6 +210,7 @@ def make_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleTyp
         nvmlDeviceGetMemoryInfo=memory,
         nvmlDeviceGetClockInfo=clock,
         nvmlDeviceGetCurrentClocksEventReasons=throttle,
+        nvmlDeviceGetCudaComputeCapability=compute_capability,
         nvmlSystemGetDriverVersion=lambda: "580.65.06",
         nvmlSystemGetCudaDriverVersion=lambda: 13000,
         nvmlDeviceGetEnforcedPowerLimit=lambda h: 700_000,
@@ -195,3 +218,28 @@ def make_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleTyp
         nvmlDeviceGetMaxClockInfo=lambda h, kind: 1980 if kind == 1 else 2619,
     )
     return m
+
+
+def install(monkeypatch: pytest.MonkeyPatch, gpus: list[FakeGpu], init_error: str | None = None) -> ModuleType:
+    """Put a fake ``pynvml`` over ``gpus`` in ``sys.modules`` for one test; returns the module.
+
+    ``init_error`` names an error class ``nvmlInit`` raises (e.g. ``"NVMLError_DriverNotLoaded"``).
+    """
+    module = make_pynvml(gpus, init_error)
+    monkeypatch.setitem(sys.modules, "pynvml", module)
+    return module
+
+
+def write_pynvml(directory: str | Path, boards: str = 'GPUS = [FakeGpu(uuid="GPU-0")]') -> Path:
+    """Write a ``pynvml.py`` into ``directory`` that becomes this fake when a subprocess imports it.
+
+    ``boards`` is Python source that binds ``GPUS`` to a list of :class:`FakeGpu` (``FakeGpu`` and
+    ``make_pynvml`` are in scope; it may start a thread that advances the counters). Put ``directory``
+    first on the subprocess's ``PYTHONPATH``. Returns ``directory``.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    header = "import sys\nfrom lem_energy_nvml.testing import FakeGpu, make_pynvml\n"
+    footer = "\nsys.modules[__name__] = make_pynvml(GPUS)\n"
+    (directory / "pynvml.py").write_text(header + boards.strip("\n") + footer)
+    return directory
