@@ -32,6 +32,7 @@ from typing import Any
 import attrs
 
 from lem.config import ExperimentConfig, GenerationConfig
+from lem.serving import Delta, RequestFailed
 from lem.types import Request
 
 #: ``[generation]`` key -> field of the completions request body, per engine (``None``: the engine's
@@ -181,8 +182,6 @@ async def _complete(
     client: Any, target: Target, payload: Mapping[str, Any], retried: bool = False
 ) -> AsyncIterator[Any]:
     import httpx
-
-    from lem.serving import Delta, RequestFailed
 
     counted = 0
     usage: int | None = None

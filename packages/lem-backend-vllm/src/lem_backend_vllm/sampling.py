@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from lem.config import ExperimentConfig, GenerationConfig
+from lem.errors import BackendError
 
 #: ``[generation]`` key -> ``SamplingParams`` field (conversions in :func:`sampling_kwargs`).
 SAMPLING_OPTIONS: dict[str, str] = {
@@ -72,8 +73,6 @@ def sampling_params(params: GenerationConfig, config: ExperimentConfig, *, strea
     """A ``SamplingParams``: delta outputs (one per step) when streaming, the final output otherwise."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
-
-    from lem.errors import BackendError
 
     kwargs = sampling_kwargs(params, config)
     fields = _sampling_fields()

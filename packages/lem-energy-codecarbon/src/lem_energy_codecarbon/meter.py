@@ -28,6 +28,7 @@ from typing import Any
 
 import attrs
 
+from lem.errors import MeterUnavailable
 from lem.types import ALL_DEVICES, DeviceEnergy, EnergyWindow
 
 J_PER_KWH = 3.6e6
@@ -133,8 +134,6 @@ class CodecarbonMeter:
         warm = self.tracker.stop_task()
         self.setup_s = time.perf_counter() - began
         if warm is None:
-            from lem.errors import MeterUnavailable
-
             raise MeterUnavailable("CodeCarbon meter: the tracker failed to start (CodeCarbon's log says why)")
         self.parts = classify(self.tracker)
         self._t0_ns: int | None = None

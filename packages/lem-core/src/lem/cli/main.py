@@ -1,7 +1,8 @@
 """The ``lem`` command line.
 
-Imports are kept inside the commands: ``lem --help`` must not import the
-plugins, torch or anything heavy. Errors a user can cause (:class:`LemError`)
+Imports of lem's own modules are kept inside the commands, each marked
+``deferred``: ``lem --help`` must not import the plugins, torch or anything
+heavy (target < 0.3 s; benchmarks/cli_startup.py). Errors a user can cause (:class:`LemError`)
 become one line on stderr and exit status 2. The results commands
 (``lem results ...``, ``lem report``) are in :mod:`lem.cli.results`.
 """
@@ -18,7 +19,7 @@ import click
 
 from lem import __version__
 from lem.cli.results import report, results
-from lem.errors import LemError
+from lem.errors import LemError, PluginError
 
 if TYPE_CHECKING:
     from lem.campaign.loop import CampaignOptions
@@ -76,6 +77,7 @@ def _load(
     backend: str | None,
     external_backends: Collection[str] = (),
 ) -> Any:
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.configfile.loading import load
 
     extra = [f"model={json.dumps(model)}"] if model else []
@@ -303,13 +305,14 @@ def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptio
 @click.option("--markdown", is_flag=True, help="With --options: print the README's Markdown table.")
 def plugins(options_of: str | None, as_json: bool, markdown: bool) -> None:
     """List installed plugins as JSON (name, distribution, version, hooks), or one plugin's options."""
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.plugins import describe_plugins
 
     if options_of is None:
         click.echo(json.dumps(describe_plugins(), indent=2))
         return
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem import options
-    from lem.errors import PluginError
     from lem.plugins import get_plugin_manager
 
     pm = get_plugin_manager()
@@ -343,6 +346,7 @@ def plugins(options_of: str | None, as_json: bool, markdown: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models(as_json: bool) -> None:
     """List the built-in `random:` architectures (offline, random weights)."""
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.architectures import describe
 
     rows = describe()
@@ -378,6 +382,7 @@ def config_show(
     file: str, preset: str | None, overrides: tuple[str, ...], model: str | None, backend: str | None
 ) -> None:
     """Print the resolved config of every experiment in FILE as TOML."""
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.configfile.loading import dumps
 
     loaded = _load(file, preset, overrides, model, backend)

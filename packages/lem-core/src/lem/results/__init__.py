@@ -12,8 +12,8 @@ from typing import Any
 
 
 def __getattr__(name: str) -> Any:
-    # Deferred: every reader of result files imports this package, and only `load` needs export's code.
     if name == "load":
+        # deferred: every reader of result files imports this package; only `load` needs export's code
         from lem.results.export import load
 
         return load
