@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
 
-    from lem.campaign.loop import run_campaign
+    from lem.campaign.loop import CampaignOptions, run_campaign
     from lem.configfile.loading import load
 
     out = Path(args.out or tempfile.mkdtemp(prefix="lem-precision-"))
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(experiment_toml(args, mode))
         runs = out / mode
-        if not run_campaign(load(path), out_dir=runs, in_process=True, quiet=False, report=False):
+        if not run_campaign(load(path), CampaignOptions(out_dir=runs, in_process=True, quiet=False, report=False)):
             print(f"{mode}: the experiment failed (see {runs})", file=sys.stderr)
             return 1
         (exp_dir,) = [e for r in runs.iterdir() if r.is_dir() for e in r.iterdir() if (e / "summary.json").exists()]

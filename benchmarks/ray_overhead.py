@@ -20,7 +20,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.campaign.ray_executor import RayOptions
 from lem.configfile.loading import LoadedFile
 from lem.testing import registered
@@ -46,7 +46,9 @@ def main() -> None:
             for _ in range(repeats):
                 for kind, opts in (("local", None), ("ray", RayOptions())):
                     start = time.perf_counter()
-                    assert run_campaign(loaded, out_dir=out, quiet=True, report=False, ray=opts, stdout=sys.stderr)
+                    assert run_campaign(
+                        loaded, CampaignOptions(out_dir=out, quiet=True, report=False, ray=opts), stdout=sys.stderr
+                    )
                     times[kind].append(time.perf_counter() - start)
     finally:
         ray.shutdown()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from llamacpp_helpers import make_config
 
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.configfile.loading import Experiment, LoadedFile
 
 
@@ -18,7 +18,9 @@ def _setup(out: Path, cache: Path) -> dict:
         measurement={"cycles": 1, "idle_seconds": 0.0, "warmup_requests": 0, "energy_meter": "none"},
         llamacpp={"cache_dir": str(cache)},
     )
-    assert run_campaign(LoadedFile("exp.toml", (Experiment("exp", config),), ()), out_dir=out, in_process=True)
+    assert run_campaign(
+        LoadedFile("exp.toml", (Experiment("exp", config),), ()), CampaignOptions(out_dir=out, in_process=True)
+    )
     [path] = out.glob("*/exp/setup.json")
     return dict(json.loads(path.read_text()))
 

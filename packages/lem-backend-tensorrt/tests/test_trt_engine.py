@@ -167,7 +167,7 @@ def test_build_time_and_energy_are_their_own_phase(
 ) -> None:
     from tensorrt_llm import _fake
 
-    from lem.campaign.loop import run_campaign
+    from lem.campaign.loop import CampaignOptions, run_campaign
     from lem.configfile.loading import Experiment, LoadedFile
 
     gpu = _nvml(monkeypatch)
@@ -185,7 +185,9 @@ def test_build_time_and_energy_are_their_own_phase(
     )
 
     def run(out: Path) -> dict[str, Any]:
-        assert run_campaign(LoadedFile("exp.toml", (Experiment("exp", cfg),), ()), out_dir=out, in_process=True)
+        assert run_campaign(
+            LoadedFile("exp.toml", (Experiment("exp", cfg),), ()), CampaignOptions(out_dir=out, in_process=True)
+        )
         [setup] = out.glob("*/exp/setup.json")
         return dict(json.loads(setup.read_text()))
 

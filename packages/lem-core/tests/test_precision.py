@@ -18,7 +18,7 @@ import pytest
 
 import lem.testing.scripted as scripted
 from lem import hookimpl
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.configfile.loading import deep_merge, load
 from lem.configfile.presets import BUILTIN_PRESETS
 from lem.errors import ConfigError
@@ -143,7 +143,7 @@ def test_min_window_on_the_pytorch_backend(tmp_path: Path) -> None:
         "[measurement]\ncycles = 1\nidle_seconds = 0\nwarmup_requests = 2\nmin_window_s = 1.5\nprefill_pass = true\n"
     )
     out = tmp_path / "res"
-    assert run_campaign(load(path), out_dir=out, in_process=True, quiet=True, report=False)
+    assert run_campaign(load(path), CampaignOptions(out_dir=out, in_process=True, quiet=True, report=False))
     (exp,) = [p for run in out.iterdir() if run.is_dir() for p in run.iterdir() if p.is_dir()]
     cycle = _read(exp / "cycle-001.json")
     passes = cycle["passes"]

@@ -18,7 +18,7 @@ import attrs
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.campaign.ray_executor import RayOptions, task_options
 from lem.configfile.loading import LoadedFile
 from lem.plugins import backend_names
@@ -94,7 +94,9 @@ def test_task_options_map_resources_pins_and_environments() -> None:
 
 def test_a_sweep_spreads_over_two_nodes_with_the_local_layout(cluster: Any, tmp_path: Path) -> None:
     exps = (_exp("one"), _exp("two"))
-    ok = run_campaign(LoadedFile("t.toml", exps, ()), out_dir=tmp_path / "ray", quiet=True, ray=RayOptions())
+    ok = run_campaign(
+        LoadedFile("t.toml", exps, ()), CampaignOptions(out_dir=tmp_path / "ray", quiet=True, ray=RayOptions())
+    )
     assert ok is True
     (run_dir,) = (tmp_path / "ray").iterdir()
     nodes = {_node_of(run_dir / e.id)["node_id"] for e in exps}
@@ -102,7 +104,9 @@ def test_a_sweep_spreads_over_two_nodes_with_the_local_layout(cluster: Any, tmp_
     assert nodes == workers  # one CPU per node, one CPU per task: both nodes ran one experiment at once
     assert cluster.address.startswith("127.0.0.1:") and _node_of(run_dir / "one")["node_ip"] == "127.0.0.1"
     # The same files as a local run of the same experiments.
-    assert run_campaign(LoadedFile("t.toml", exps[:1], ()), out_dir=tmp_path / "local", quiet=True, report=False)
+    assert run_campaign(
+        LoadedFile("t.toml", exps[:1], ()), CampaignOptions(out_dir=tmp_path / "local", quiet=True, report=False)
+    )
     (local_dir,) = (tmp_path / "local").iterdir()
     assert sorted(p.name for p in (run_dir / "one").iterdir()) == sorted(p.name for p in (local_dir / "one").iterdir())
     summary = json.loads((run_dir / "two" / "summary.json").read_text())
@@ -113,7 +117,7 @@ def test_a_sweep_spreads_over_two_nodes_with_the_local_layout(cluster: Any, tmp_
 DRIVER = """
 import sys
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.campaign.ray_executor import RayOptions
 from lem.configfile.loading import LoadedFile
 from lem.testing import registered
@@ -125,8 +129,12 @@ exps = (_exp("quick", cycles=1), _exp("slow", cycles=int(sys.argv[4]), itl_ms=50
 with registered(scripted, "scripted"):
     # Shared: the test sees the cycles of the experiment the Ctrl-C stops.
     opts = RayOptions(address=sys.argv[2], shared_out=True)
-    run_campaign(LoadedFile("t.toml", exps, ()), out_dir=sys.argv[1], quiet=True, ray=opts,
-                 resume_id=sys.argv[5] if len(sys.argv) > 5 else None)
+    run_campaign(
+        LoadedFile("t.toml", exps, ()),
+        CampaignOptions(
+            out_dir=sys.argv[1], quiet=True, ray=opts, resume_id=sys.argv[5] if len(sys.argv) > 5 else None
+        ),
+    )
 """
 
 
@@ -174,7 +182,9 @@ def test_a_killed_node_is_retried_elsewhere_without_mixing_attempts(cluster: Any
         blockers = [_blocker.options(label_selector={"lem-node": n}).remote(6.0) for n in ("a", "b")]
         thread = threading.Thread(
             target=lambda: box.update(
-                ok=run_campaign(LoadedFile("t.toml", (exp,), ()), out_dir=tmp_path, quiet=True, ray=opts)
+                ok=run_campaign(
+                    LoadedFile("t.toml", (exp,), ()), CampaignOptions(out_dir=tmp_path, quiet=True, ray=opts)
+                )
             )
         )
         thread.start()
@@ -222,7 +232,9 @@ def test_gpus_are_tensor_times_pipeline_parallel_and_an_impossible_request_fails
             two.config.sharding, tensor_parallel_size=2)))  # fmt: skip
         four = attrs.evolve(two, id="tp2pp2", config=attrs.evolve(two.config, sharding=attrs.evolve(
             two.config.sharding, pipeline_parallel_size=2)))  # fmt: skip
-        ok = run_campaign(LoadedFile("t.toml", (two, four), ()), out_dir=tmp_path, quiet=True, ray=RayOptions())
+        ok = run_campaign(
+            LoadedFile("t.toml", (two, four), ()), CampaignOptions(out_dir=tmp_path, quiet=True, ray=RayOptions())
+        )
     finally:
         cluster.remove_node(gpu_node)
     assert ok is False
@@ -237,7 +249,12 @@ def test_gpus_are_tensor_times_pipeline_parallel_and_an_impossible_request_fails
 def test_a_worker_that_dies_every_time_is_recorded_after_its_retries(cluster: Any, tmp_path: Path) -> None:
     exps = (_exp("dies", fail="exit"), _exp("fine", cycles=1))
     opts = RayOptions(max_retries=1)
-    assert run_campaign(LoadedFile("t.toml", exps, ()), out_dir=tmp_path, quiet=True, ray=opts, report=False) is False
+    assert (
+        run_campaign(
+            LoadedFile("t.toml", exps, ()), CampaignOptions(out_dir=tmp_path, quiet=True, ray=opts, report=False)
+        )
+        is False
+    )
     (run_dir,) = tmp_path.iterdir()
     failure = json.loads((run_dir / "dies" / "failure.json").read_text())
     assert failure["reason"].startswith("worker process exited with status 3") and "(2 attempts)" in failure["reason"]

@@ -17,7 +17,7 @@ import pytest
 import lem.testing.scripted as scripted
 from lem import hookimpl
 from lem.campaign.job import carried_plugins, experiment_of, from_json, job_for, to_json
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.campaign.worker import run_in_worker
 from lem.configfile.loading import LoadedFile
 from lem.errors import LemError
@@ -46,7 +46,7 @@ def test_crashes_are_recorded_and_the_next_experiment_runs(tmp_path: Path) -> No
         _exp("exits", fail="exit"),
         _exp("fine"),
     )
-    ok = run_campaign(LoadedFile("t.toml", exps, ()), out_dir=tmp_path, quiet=True)
+    ok = run_campaign(LoadedFile("t.toml", exps, ()), CampaignOptions(out_dir=tmp_path, quiet=True))
     assert ok is False
     (run_dir,) = list(tmp_path.iterdir())
     raised = json.loads((run_dir / "raises" / "failure.json").read_text())
@@ -107,7 +107,9 @@ def test_a_worker_registers_an_object_plugin_by_reference(tmp_path: Path, monkey
     exp = attrs.evolve(exp, config=attrs.evolve(exp.config, measurement=attrs.evolve(
         exp.config.measurement, energy_meter="flat")))  # fmt: skip
     with registered(FLAT_METER, "flat-meter"):
-        assert run_campaign(LoadedFile("t.toml", (exp,), ()), out_dir=tmp_path, quiet=True, report=False)
+        assert run_campaign(
+            LoadedFile("t.toml", (exp,), ()), CampaignOptions(out_dir=tmp_path, quiet=True, report=False)
+        )
     (run_dir,) = list(tmp_path.iterdir())
     energy = json.loads((run_dir / "flat" / "cycle-001.json").read_text())["energy"]
     assert energy["total_j"] > 0 and [d["uuid"] for d in energy["devices"]] == ["SCRIPTED-0"]
@@ -118,7 +120,7 @@ import sys
 import lem.testing.scripted as scripted
 from lem.configfile.loading import LoadedFile
 from lem.errors import LemError
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.testing import registered
 
 tables = {
@@ -128,7 +130,10 @@ tables = {
     "scripted": {"itl_ms": 10.0},
 }
 with registered(scripted, "scripted"):
-    run_campaign(LoadedFile("t.toml", (scripted.experiment(tables),), ()), out_dir=sys.argv[1], quiet=True)
+    run_campaign(
+        LoadedFile("t.toml", (scripted.experiment(tables),), ()),
+        CampaignOptions(out_dir=sys.argv[1], quiet=True),
+    )
 """
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.configfile.loading import LoadedFile
 from lem.testing import registered
 from lem_energy_codecarbon import plugin
@@ -175,7 +175,8 @@ def test_a_run_beside_a_gpu_meter_keeps_both_and_labels_the_estimates(tmp_path: 
     out = tmp_path / "results"
     with registered(scripted, "scripted"):
         assert run_campaign(
-            LoadedFile("t.toml", (scripted.experiment(doc),), ()), out_dir=out, in_process=True, quiet=True
+            LoadedFile("t.toml", (scripted.experiment(doc),), ()),
+            CampaignOptions(out_dir=out, in_process=True, quiet=True),
         )
     (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
     energy = json.loads((run_dir / "exp" / "cycle-001.json").read_text())["energy"]

@@ -20,7 +20,7 @@ import pytest
 from fake_powercap import FakePowercap
 
 import lem.testing.scripted as scripted
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.configfile.loading import LoadedFile
 from lem.errors import MeterUnavailable
 from lem.testing import registered
@@ -98,7 +98,8 @@ def test_a_run_with_a_gpu_meter_and_rapl(powercap: FakePowercap, scripted_backen
     try:
         out = tmp_path / "results"
         assert run_campaign(
-            LoadedFile("t.toml", (scripted.experiment(doc),), ()), out_dir=out, in_process=True, quiet=True
+            LoadedFile("t.toml", (scripted.experiment(doc),), ()),
+            CampaignOptions(out_dir=out, in_process=True, quiet=True),
         )
     finally:
         stop.set()

@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import attrs
 
@@ -89,14 +89,11 @@ def duration_text(seconds: float) -> str:
     return f"{round(seconds)} s"
 
 
-def run_campaign(
-    loaded: LoadedFile, options: CampaignOptions | None = None, *, stdout: TextIO | None = None, **fields: Any
-) -> bool:
+def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, stdout: TextIO | None = None) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
-    Pass ``options``, or its fields as keywords (``run_campaign(loaded,
-    out_dir=..., in_process=True)``). Each experiment runs in a fresh worker
-    process unless ``in_process``. A failed experiment gets a
+    ``options`` (default: :class:`CampaignOptions`' defaults) say where and
+    how. Each experiment runs in a fresh worker process unless ``in_process``. A failed experiment gets a
     ``failure.json`` and the rest still run. With ``resume_id``, experiments
     whose ``summary.json`` exists are skipped. A backend in ``pythons`` runs
     in that interpreter, where its worker validates the experiment before
@@ -106,10 +103,7 @@ def run_campaign(
     (:mod:`lem.campaign.ray_executor`); its meters are checked on its node.
     The table (or with ``as_json`` the JSON document) goes to ``stdout``.
     """
-    if options is None:
-        options = CampaignOptions(**fields)
-    elif fields:
-        raise TypeError(f"run_campaign: pass options or its fields, not both ({', '.join(fields)})")
+    options = options if options is not None else CampaignOptions()
     out = stdout if stdout is not None else sys.stdout
     root = options.out_dir
     if options.ray is None:

@@ -21,7 +21,7 @@ from typing import Any
 import attrs
 
 from lem.architectures import materialize
-from lem.campaign.loop import run_campaign
+from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.configfile.loading import Experiment, LoadedFile
 from lem.plugins import get_plugin_manager
 from lem.testing import scripted
@@ -88,7 +88,7 @@ def run_experiments(
 ) -> CampaignRun:
     """Run ``experiments`` as one campaign under ``out_dir``, as ``lem run`` would, and return it.
 
-    ``options`` go to :func:`lem.campaign.loop.run_campaign`; by default the experiments run in
+    ``options`` are :class:`lem.campaign.loop.CampaignOptions` fields; by default the experiments run in
     this process (``in_process=True``: registered plugin objects are seen, breakpoints work) and
     quietly (``quiet=True``). ``source`` and ``warnings`` stand for the experiment file.
     """
@@ -96,7 +96,7 @@ def run_experiments(
     before = set(out.iterdir()) if out.is_dir() else set()
     options.setdefault("in_process", True)
     options.setdefault("quiet", True)
-    ok = run_campaign(LoadedFile(source, tuple(experiments), tuple(warnings)), out_dir=out, **options)
+    ok = run_campaign(LoadedFile(source, tuple(experiments), tuple(warnings)), CampaignOptions(out_dir=out, **options))
     made = [p for p in out.iterdir() if p.is_dir() and p not in before]
     if options.get("resume_id"):
         made = [out / str(options["resume_id"])]
