@@ -43,12 +43,18 @@ from lem.types import Problem, error, warning
 INT_LIMIT = 2**31
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` that ``word`` most likely misspells, if any is close enough."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str], *, otherwise: str | None = None) -> str:
     """``"did you mean 'x'?"`` naming the closest of ``choices``, else ``otherwise`` (default: list them)."""
     known = list(choices)
-    close = difflib.get_close_matches(word, known, n=1)
-    if close:
-        return f"did you mean '{close[0]}'?"
+    match = closest(word, known)
+    if match is not None:
+        return f"did you mean '{match}'?"
     return otherwise if otherwise is not None else "known keys: " + ", ".join(sorted(known))
 
 

@@ -6,7 +6,6 @@ go through the same hook and are reported together.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -18,7 +17,7 @@ from lem import architectures
 from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig, SloConfig
 from lem.errors import PromptError
 from lem.hookspecs import hookimpl
-from lem.options import did_you_mean
+from lem.options import closest, did_you_mean
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
 from lem.prompts.builtin import SUBSETS
 from lem.prompts.files import check_file
@@ -319,11 +318,11 @@ def _install_hint(name: str, candidates: list[str]) -> str:
     dist = KNOWN_DISTRIBUTIONS.get(name)
     if dist:
         return f"pip install {dist}"
-    close = difflib.get_close_matches(name, [*candidates, *KNOWN_DISTRIBUTIONS], n=1)
-    if close:
-        known = KNOWN_DISTRIBUTIONS.get(close[0])
-        install = f" pip install {known}" if known and close[0] not in candidates else ""
-        return f"did you mean '{close[0]}'?{install}"
+    match = closest(name, [*candidates, *KNOWN_DISTRIBUTIONS])
+    if match is not None:
+        known = KNOWN_DISTRIBUTIONS.get(match)
+        install = f" pip install {known}" if known and match not in candidates else ""
+        return f"did you mean '{match}'?{install}"
     return f"install the plugin that provides '{name}'"
 
 
@@ -349,8 +348,8 @@ def _names(config: ExperimentConfig) -> Iterator[Problem]:
                 _install_hint(table, []),
             )
             continue
-        close = difflib.get_close_matches(table, [*CORE_TABLES, *plugins, *KNOWN_DISTRIBUTIONS], n=1)
-        hint = f"did you mean [{close[0]}]?" if close else "remove it, or install the plugin it belongs to"
+        match = closest(table, [*CORE_TABLES, *plugins, *KNOWN_DISTRIBUTIONS])
+        hint = f"did you mean [{match}]?" if match else "remove it, or install the plugin it belongs to"
         yield error(table, "unknown table", hint)
     if config.backend in backends and config.backend_options and config.backend not in config.backend_options:
         # A meter's table ([codecarbon]) is not a backend's: only backend tables are "for another backend".
