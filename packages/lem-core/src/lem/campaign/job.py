@@ -31,13 +31,8 @@ import attrs
 import cattrs
 
 from lem import plugins
-from lem.configfile.loading import Experiment, dumps, structure
+from lem.configfile.loading import Experiment, dumps, loads
 from lem.errors import LemError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 
 @attrs.frozen
@@ -96,7 +91,7 @@ def from_json(text: str | bytes) -> Job:
 
 def experiment_of(job: Job) -> Experiment:
     """The job's experiment, its config read from the TOML text as ``--resume`` reads ``experiment.toml``."""
-    config, problems = structure(tomllib.loads(job.config_toml))
+    config, problems = loads(job.config_toml)
     if config is None:
         said = "; ".join(p.format() for p in problems[:2])
         raise LemError(f"worker job: experiment {job.experiment_id}: its config does not load here: {said}")

@@ -10,21 +10,16 @@ worker, a Ray task) uses these, so every run directory has one layout.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from lem import __version__
 from lem.campaign.job import Outcome
 from lem.config import ExperimentConfig
-from lem.configfile.loading import Experiment, LoadedFile, dumps, structure, unstructure
+from lem.configfile.documents import TOMLDecodeError
+from lem.configfile.loading import Experiment, LoadedFile, dumps, loads, unstructure
 from lem.errors import DiskFull, ResultsError
 from lem.results.files import CYCLE_RE, flat_config, remove_stale_temporaries, write_atomic, write_json
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
 
 
 def write_run(run_dir: Path, run_id: str, loaded: LoadedFile) -> None:
@@ -67,8 +62,8 @@ def _config_difference(text: str, config: ExperimentConfig) -> str | None:
     default reads the same from the stored file, so such a run still resumes.
     """
     try:
-        before, problems = structure(tomllib.loads(text))
-    except (tomllib.TOMLDecodeError, ValueError, TypeError) as exc:
+        before, problems = loads(text)
+    except (TOMLDecodeError, ValueError, TypeError) as exc:
         return f"the stored file does not parse: {exc}"
     if before is None:
         return "the stored config is not valid now: " + "; ".join(str(p) for p in problems[:2])

@@ -24,7 +24,16 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 
+#: What :func:`parse_toml` raises on text that is not TOML.
+TOMLDecodeError = tomllib.TOMLDecodeError
+
+
 # --- reading ----------------------------------------------------------------------
+
+
+def parse_toml(text: str) -> dict[str, Any]:
+    """TOML text as a document (tomllib; tomli below Python 3.11); :data:`TOMLDecodeError` if it is not TOML."""
+    return tomllib.loads(text)
 
 
 def read_toml(path: str | Path) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from lem.configfile.documents import (
     expand_sweep,
     experiment_id,
     parse_override,
+    parse_toml,
     read_toml,
     set_dotted,
 )
@@ -237,6 +238,14 @@ def dumps(config: ExperimentConfig) -> str:
     import tomli_w
 
     return tomli_w.dumps(unstructure(config))
+
+
+def loads(text: str) -> tuple[ExperimentConfig | None, list[Problem]]:
+    """A config from TOML text as :func:`dumps` writes it (an ``experiment.toml``): the config or the problems.
+
+    :raises lem.configfile.documents.TOMLDecodeError: when ``text`` is not TOML.
+    """
+    return structure(parse_toml(text))
 
 
 # --- the whole pipeline -------------------------------------------------------------
