@@ -137,9 +137,9 @@ def test_every_option_reaches_the_manager(tiny_llama: Path) -> None:
         "prefix_sharing": False,
         "async_batching": False,
     }
-    from lem_backend_pytorch.continuous.options import CONTINUOUS
+    from lem_backend_pytorch.continuous.options import TABLE
 
-    assert set(table) == set(CONTINUOUS)  # every key of the table is exercised here
+    assert set(table) == set(TABLE)  # every key of the table is exercised here
     model = load(make_config(str(tiny_llama), generation=GEN, pytorch={"engine": "continuous", "continuous": table}))
     try:
         cb = model.handle.continuous.manager.continuous_batching_config

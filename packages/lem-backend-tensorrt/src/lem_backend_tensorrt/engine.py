@@ -34,6 +34,7 @@ import attrs
 
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
+from lem.options import did_you_mean
 from lem.serving import EngineHandle
 from lem_backend_tensorrt import options
 
@@ -252,7 +253,7 @@ def check_against_installed(args: Mapping[str, Any], build: Mapping[str, Any] | 
                 )
                 raise BackendError(
                     f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no BuildConfig field '{name}' "
-                    f"({options.did_you_mean(name, sorted(build_fields))}); remove the option or install a "
+                    f"({did_you_mean(name, sorted(build_fields))}); remove the option or install a "
                     "TensorRT-LLM that accepts it"
                 )
     core = {field: key for key, field in options.CORE_OPTIONS.items()}
@@ -261,6 +262,6 @@ def check_against_installed(args: Mapping[str, Any], build: Mapping[str, Any] | 
             where = f"tensorrt.{ours[name]}" if name in ours else core.get(name, f"tensorrt.extra_runtime_args.{name}")
             raise BackendError(
                 f"{where}: TensorRT-LLM {tensorrt_llm.__version__} has no {cls} argument '{name}' "
-                f"({options.did_you_mean(name, sorted(fields))}); remove the option or install a TensorRT-LLM "
+                f"({did_you_mean(name, sorted(fields))}); remove the option or install a TensorRT-LLM "
                 "that accepts it"
             )

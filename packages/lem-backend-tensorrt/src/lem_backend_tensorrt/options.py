@@ -30,7 +30,6 @@ from typing import Any
 from lem import architectures
 from lem.config import ExperimentConfig
 from lem.options import Option, Table
-from lem.options import did_you_mean as did_you_mean  # engine.py names installed fields with it
 
 MODES = ("stream", "offline")
 RUNTIMES = ("pytorch", "tensorrt")

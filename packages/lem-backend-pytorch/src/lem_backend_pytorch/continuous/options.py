@@ -59,7 +59,6 @@ TABLE = Table(
     doc="transformers' continuous batching manager (engine = 'continuous')",
     calls={_CB: "transformers:ContinuousBatchingConfig"},
 )
-CONTINUOUS = TABLE
 
 
 #: [generation] keys with a non-neutral value -> the transformers logits processor they create.
