@@ -17,6 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lem.config import ExperimentConfig
 from lem.figures import precision
 from lem.figures.summary import compute_cycle, traces_to_json
 from lem.results.files import write_json, write_timeline
@@ -24,6 +25,7 @@ from lem.results.timelines import as_written
 from lem.run.live import Live, metered, window_json
 from lem.run.passes import prefill_config, serve_passes
 from lem.run.progress import Progress
+from lem.types import EnergyWindow
 
 #: Give up waiting for ``measurement.thermal_floor_c`` after this long (and say so).
 THERMAL_WAIT_MAX_S = 600.0
@@ -57,34 +59,27 @@ def measure_cycle(
 
     :param notes: what happened around the cycle that the raw data cannot show (a thermal floor not reached).
     """
-    config, progress, model = live.config, live.progress, live.model
+    config, progress = live.config, live.progress
     m = config.measurement
     of = f"{m.cycles}" if m.target_rel_ci is None else f"{m.cycles}-{m.cycle_limit}"
     progress.stage(f"cycle {c}/{of}", total=len(live.prompts) if m.min_window_s <= 0 else None)
-    model.synchronize()
-    with metered(live.metering.meter) as w:
-        t0 = time.monotonic_ns()
-        traces, passes = serve_passes(model, live.prompts, config, progress, c, t0)
-        model.synchronize()
+    served, window = _served(live, config, c)
+    passes = served["passes"]
     raw: dict[str, Any] = {
         "experiment_id": setup["experiment_id"],
         "cycle": c,
-        # The timeline's t_s counts from the meter window's opening, timeline_offset_s before t0.
-        "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
-        "passes": passes,
-        "requests": traces_to_json(traces, t0),
-        "energy_window": window_json(w.window),
+        **served,
         "energy_reason": live.metering.reason,
         # What happened around the cycle that the raw data cannot show (a thermal floor not reached...).
         "notes": list(notes),
     }
     if m.prefill_pass:
         raw["prefill"] = prefill_pass(live, c, passes)
-    timeline = as_written(w.window.timeline) if w.window is not None and w.window.timeline else None
+    timeline = as_written(window.timeline) if window is not None and window.timeline else None
     metrics, energy, warnings = compute_cycle(raw, setup, timeline)
     raw.update({"metrics": metrics, "energy": energy, "warnings": warnings})
-    if timeline is not None and w.window is not None:
-        write_timeline(live.directory / f"timeline-{c:03d}.csv", list(w.window.timeline))
+    if timeline is not None and window is not None:
+        write_timeline(live.directory / f"timeline-{c:03d}.csv", list(window.timeline))
     write_json(live.directory / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
     jpt = energy["j_per_output_token"]
     detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else "")
@@ -94,19 +89,30 @@ def measure_cycle(
 
 def prefill_pass(live: Live, c: int, passes: int) -> dict[str, Any]:
     """Cycle ``c``'s requests again (same prompts, same number of passes), one output token each, metered apart."""
-    model, prompts, config = live.model, live.prompts, prefill_config(live.config)
-    with live.progress.substage(f"  prefill pass of cycle {c}", total=len(prompts) * passes):
+    with live.progress.substage(f"  prefill pass of cycle {c}", total=len(live.prompts) * passes):
+        served, _ = _served(live, prefill_config(live.config), c, passes)
+    return served
+
+
+def _served(
+    live: Live, config: ExperimentConfig, c: int, passes: int | None = None
+) -> tuple[dict[str, Any], EnergyWindow | None]:
+    """The prompt set served under ``config`` in one metered window (``passes`` times, or until
+    ``min_window_s``), synchronized at both edges: its record and the meter's window."""
+    model = live.model
+    model.synchronize()
+    with metered(live.metering.meter) as w:
+        t0 = time.monotonic_ns()
+        traces, served = serve_passes(model, live.prompts, config, live.progress, c, t0, passes=passes)
         model.synchronize()
-        with metered(live.metering.meter) as w:
-            t0 = time.monotonic_ns()
-            traces, _ = serve_passes(model, prompts, config, live.progress, c, t0, passes=passes)
-            model.synchronize()
-    return {
+    record = {
+        # The timeline's t_s counts from the meter window's opening, timeline_offset_s before t0.
         "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
-        "passes": passes,
+        "passes": served,
         "requests": traces_to_json(traces, t0),
         "energy_window": window_json(w.window),
     }
+    return record, w.window
 
 
 def cool_down(live: Live) -> list[str]:
