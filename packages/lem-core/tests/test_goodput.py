@@ -18,6 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from lem.cli.main import cli
+from lem.config import SloConfig
 from lem.configfile.loading import deep_merge
 from lem.figures.goodput import FAILED_AT_PERCENTILE, NO_GOOD, NO_SLO, NO_TPOT_UNDER_BEAM, checks, cycle_goodput
 from lem.figures.requests import RequestTrace, request_metrics
@@ -49,7 +50,7 @@ def _hand_requests() -> list[dict[str, Any]]:
 
 def test_hand_computed_cycle() -> None:
     per = _hand_requests()
-    config = {"slo.ttft_ms": 20, "slo.tpot_ms": 15, "slo.percentile": 60}
+    config = SloConfig(ttft_ms=20, tpot_ms=15, percentile=60)
     energy = {"total_j": 30.0, "dynamic_j": 12.0, "reason": None}
     g = cycle_goodput(per, 2.0, energy, config)
     # Good: request 0 (10 <= 20, 10 <= 15), 2 (5, one token), 4 (12, 14). Not: 1 (TTFT 50), 3 (failed).
@@ -76,16 +77,16 @@ def test_hand_computed_cycle() -> None:
 def test_hand_computed_edges() -> None:
     per = _hand_requests()
     # Limits are inclusive: E2E 30 meets e2e_ms = 30.
-    assert cycle_goodput(per, 1.0, {"total_j": 1.0}, {"slo.e2e_ms": 30})["good_requests"] == 2  # E2E 30 and 5
-    none = cycle_goodput(per, 1.0, {"total_j": 9.0}, {"slo.ttft_ms": 1})
+    assert cycle_goodput(per, 1.0, {"total_j": 1.0}, SloConfig(e2e_ms=30))["good_requests"] == 2  # E2E 30 and 5
+    none = cycle_goodput(per, 1.0, {"total_j": 9.0}, SloConfig(ttft_ms=1))
     assert none["good_requests"] == 0 and none["requests_per_s"] == 0.0
     assert none["j_per_good_request"] is None and none["energy_reason"] == NO_GOOD
-    no_energy = cycle_goodput(per, 1.0, {"total_j": None, "reason": "meter off"}, {"slo.ttft_ms": 20})
+    no_energy = cycle_goodput(per, 1.0, {"total_j": None, "reason": "meter off"}, SloConfig(ttft_ms=20))
     assert no_energy["share"] == pytest.approx(3 / 5) and no_energy["j_per_good_request"] is None
     assert no_energy["energy_reason"] == "meter off"
-    unset = cycle_goodput(per, 1.0, {"total_j": 9.0}, {"slo.percentile": 99.0})
+    unset = cycle_goodput(per, 1.0, {"total_j": 9.0}, SloConfig(percentile=99.0))
     assert unset["slo"] is None and unset["share"] is None and unset["reason"] == NO_SLO
-    beam = cycle_goodput(per, 1.0, {"total_j": 9.0}, {"slo.tpot_ms": 5}, num_beams=2)
+    beam = cycle_goodput(per, 1.0, {"total_j": 9.0}, SloConfig(tpot_ms=5), num_beams=2)
     assert beam["share"] is None and beam["reason"] == NO_TPOT_UNDER_BEAM
 
 

@@ -376,13 +376,16 @@ def test_aggregate_reproduces_every_new_figure(run_scripted: ScriptedRunner) -> 
     assert written["figures"]["energy.prefill_j_per_input_token"]["mean"] is not None
     # Each cycle's recorded blocks match their recomputation too.
     from lem.figures.summary import compute_cycle
+    from lem.results.files import setup_config
     from lem.results.timelines import cycle_timelines
 
     setup = _read(exp / "setup.json")
+    config, notes = setup_config(setup)
+    assert notes == []
     cycles = [_read(p) for p in sorted(exp.glob("cycle-*.json"))]
     timelines = cycle_timelines(exp, cycles)
     for c in cycles:
-        metrics, energy, warnings = compute_cycle(c, setup, timelines.get(c["cycle"]))
+        metrics, energy, warnings = compute_cycle(c, setup, config, timelines.get(c["cycle"]))
         assert json.loads(json.dumps(metrics))["steady_state"] == c["metrics"]["steady_state"]
         for key in ("prefill_decode", "steps", "per_request", "thermal"):
             assert json.loads(json.dumps(energy[key])) == c["energy"][key], key

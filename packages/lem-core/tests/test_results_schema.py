@@ -23,7 +23,7 @@ from lem import hookimpl
 from lem.cli.main import cli
 from lem.figures.energy import energy_figures
 from lem.figures.summary import compute_cycle, group_warnings
-from lem.results.files import SCHEMA_VERSION, aggregate_experiment, read_json, read_setup, write_json
+from lem.results.files import SCHEMA_VERSION, aggregate_experiment, read_json, read_setup, setup_config, write_json
 from lem.testing import ScriptedRunner, registered
 
 V1_RUN = Path(__file__).parent / "data" / "results-v1" / "20261122-120000-0001"
@@ -188,7 +188,8 @@ def test_energy_labels_mixed_methods_negative_dynamic_and_impossible_intervals(r
     assert summary["flags"]["negative_dynamic_energy_cycles"] == [1, 2, 3]
     assert summary["figures"]["energy.dynamic_j"]["mean"] < 0
     assert any("dynamic energy is negative" in w and "idle baseline" in w for w in summary["warnings"])
-    energy = compute_cycle(read_json(exp / "cycle-001.json"), read_setup(exp))[1]
+    setup = read_setup(exp)
+    energy = compute_cycle(read_json(exp / "cycle-001.json"), setup, setup_config(setup)[0])[1]
     assert energy["dynamic_negative"] is True and energy["dynamic_j"] == pytest.approx(
         energy["total_j"] - energy["idle_j"]
     )

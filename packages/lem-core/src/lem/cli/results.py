@@ -151,13 +151,13 @@ def _cut_short(exp_dir: Path) -> str | None:
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.figures.precision import unfinished
-    from lem.results.files import SHAPE_ERRORS, cycle_paths, read_json, read_setup
+    from lem.results.files import SHAPE_ERRORS, cycle_paths, read_json, read_setup, setup_config
 
     if (exp_dir / "summary.json").exists() or not (exp_dir / "setup.json").exists():
         return None
     try:
-        config = read_setup(exp_dir).get("config")
-        return unfinished(config, [read_json(p) for p in cycle_paths(exp_dir)]) if isinstance(config, dict) else None
+        config, _ = setup_config(read_setup(exp_dir))
+        return unfinished(config.measurement, [read_json(p) for p in cycle_paths(exp_dir)])
     except (ResultsError, *SHAPE_ERRORS):  # a damaged file: the aggregation names it
         return None
 

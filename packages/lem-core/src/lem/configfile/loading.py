@@ -216,6 +216,27 @@ def structure(doc: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list[Pro
     return config, []
 
 
+def structure_leniently(doc: Mapping[str, Any]) -> tuple[ExperimentConfig | None, list[Problem]]:
+    """Structure a stored config (a result's ``experiment.toml``), for reading results, not for running.
+
+    A key this lem does not know, or whose value it cannot read (a result written by another version),
+    is dropped so that its default stands, and returned as a problem; ranges are not checked (the run
+    already happened). ``None`` only when no config can be made at all (no ``model``).
+    """
+    dropped: list[Problem] = []
+    for _ in range(20):  # each round drops every key cattrs named; nested tables may need a few rounds
+        config, found = _structure_once(doc)
+        if config is not None:
+            return config, dropped
+        paths = [p.path for p in found if p.path and p.path != "model"]
+        if not paths:
+            break
+        dropped += [p for p in found if p not in dropped]
+        for path in paths:
+            doc = _without(doc, path)
+    return None, dropped
+
+
 def unstructure(config: ExperimentConfig) -> dict[str, Any]:
     """The config as a TOML-ready document (``None`` values left out; TOML has no null)."""
     doc: dict[str, Any] = converter.unstructure(config)

@@ -4,7 +4,13 @@
   serves the same requests again with one output token each, in a meter
   window of its own. Prefill J is that window's energy; decode J is the
   cycle's total minus it, per token after each request's first (the first
-  token is what the prefill pass also produced).
+  token is what the prefill pass also produced). The prefill pass serves its
+  requests all at once, whatever ``[traffic]`` says (:func:`lem.run.passes.prefill_config`): it
+  measures prefill, not time spent waiting for arrivals. A cycle whose prefill
+  pass took more energy than the whole cycle (decode energy below zero: a busy
+  host, a noisy meter) cannot be split: its decode figures are null with the
+  reason, the raw differences are kept apart, and the block is flagged
+  ``negative_decode_energy``; the same holds for the energy above idle alone.
 - Steps (an estimate): token events that arrive within ``STEP_GAP_NS`` of
   each other are one engine step; the power timeline integrated from the
   previous step's end to this one's is the step's energy. A step that brings
@@ -29,9 +35,11 @@ NS = 1e9
 #: Token events closer than this belong to one engine step (a batch's sequences are streamed one by one).
 STEP_GAP_NS = 200_000
 PREFILL_METHOD = (
-    "measured: a prefill-only pass of the same requests (1 output token each) in its own meter window; "
-    "decode = cycle total - prefill pass, per output token after each request's first"
+    "measured: a prefill-only pass of the same requests (1 output token each, all arriving at once) in its "
+    "own meter window; decode = cycle total - prefill pass, per output token after each request's first"
 )
+#: The flag of a cycle whose decode energy (total, or above idle) came out below zero.
+NEGATIVE_DECODE = "negative_decode_energy"
 STEPS_METHOD = (
     "estimate: token events within 0.2 ms of each other are one engine step; each step's energy is the power "
     "timeline integrated since the previous step; steps bringing only first tokens are prefill, only later "
@@ -70,7 +78,7 @@ def prefill_decode(
             "decode_dynamic_j_per_output_token",
         )
     )
-    out.update({"method": None, "reason": None, "estimate": False})
+    out.update({"method": None, "reason": None, "estimate": False, "flags": [], "negative": None})
     if prefill is None:
         out["reason"] = "no prefill-only pass (measurement.prefill_pass = false)"
         return out
@@ -99,7 +107,36 @@ def prefill_decode(
         out["decode_dynamic_j"] = (cycle_total_j - cycle_idle_j) - (pf - pf_idle)
         if dec_tokens:
             out["decode_dynamic_j_per_output_token"] = out["decode_dynamic_j"] / dec_tokens
+    _flag_negative_decode(out, cycle_total_j)
     return out
+
+
+def _flag_negative_decode(out: dict[str, Any], cycle_total_j: float) -> None:
+    """Null the decode figures of a split whose decode energy is below zero; keep the raw values apart, flagged.
+
+    Decode J below zero: every decode figure. Only decode J above idle below zero: the figures above idle.
+    """
+    total_negative = out["decode_j"] < 0
+    dynamic_negative = out["decode_dynamic_j"] is not None and out["decode_dynamic_j"] < 0
+    if not (total_negative or dynamic_negative):
+        return
+    dropped = ["decode_dynamic_j", "decode_dynamic_j_per_output_token"]
+    if total_negative:
+        dropped += ["decode_j", "decode_j_per_output_token"]
+    out["negative"] = {k: out[k] for k in sorted(dropped)}
+    out.update(dict.fromkeys(dropped))
+    out["flags"] = [NEGATIVE_DECODE]
+    if total_negative:
+        out["reason"] = (
+            f"negative decode energy: the prefill-only pass took {out['prefill_j']:.4g} J, more than the whole "
+            f"cycle's {cycle_total_j:.4g} J (a busy host or a noisy meter); decode figures null, raw values in "
+            "'negative'"
+        )
+    else:
+        out["reason"] = (
+            f"negative decode energy above idle: the prefill-only pass took {out['prefill_dynamic_j']:.4g} J above "
+            "idle, more than the whole cycle; decode figures above idle null, raw values in 'negative'"
+        )
 
 
 def step_energy(
@@ -146,7 +183,7 @@ def per_request(traces: Sequence[RequestTrace], total_j: float | None, split: Ma
         out["reason"] = "the cycle's energy is unknown"
         return out
     outputs = [sum(n for _, n in t.events) for t in traces]
-    if split.get("prefill_j") is not None and split.get("decode_tokens"):
+    if split.get("prefill_j") is not None and split.get("decode_j") is not None and split.get("decode_tokens"):
         inputs = sum(t.input_tokens for t in traces)
         dec = split["decode_tokens"]
         j = [

@@ -1,7 +1,8 @@
 """Goodput: the requests that met the experiment's ``[slo]``, per second and per joule, for every backend.
 
 Computed from the same per-request figures as every latency (:func:`lem.figures.requests.request_metrics`)
-and from the flattened config stored with the results, so ``lem results aggregate`` recomputes it.
+and from the experiment's ``[slo]`` (:class:`lem.config.SloConfig`, restructured from the stored config when
+``lem results aggregate`` recomputes it).
 
 Rules (docs/configuration.md, ``[slo]``):
 
@@ -27,6 +28,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lem.config import SloConfig
+
 #: ``[slo]`` target -> the per-request latency (seconds) it bounds.
 TARGETS = {"ttft_ms": "ttft_s", "tpot_ms": "tpot_s", "e2e_ms": "e2e_s"}
 #: Per-cycle figures that get a confidence interval across cycles (keys of the goodput block).
@@ -37,12 +40,13 @@ FAILED_AT_PERCENTILE = "the percentile falls on a failed or unfinished request"
 NO_TPOT_UNDER_BEAM = "slo.tpot_ms cannot be checked under beam search (tokens do not stream)"
 
 
-def slo_from_config(config: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The ``[slo]`` of a flattened config (``{"slo.ttft_ms": 200, ...}``), or ``None`` when no target is set."""
-    targets = {k: float(config[f"slo.{k}"]) for k in TARGETS if config.get(f"slo.{k}") is not None}
+def slo_from_config(slo: SloConfig) -> dict[str, Any] | None:
+    """The ``[slo]`` as the results record it (``{"ttft_ms": 200.0, ..., "percentile": 99.0}``), or ``None``
+    when no target is set."""
+    targets = slo.targets_ms
     if not targets:
         return None
-    return {**dict.fromkeys(TARGETS), **targets, "percentile": float(config.get("slo.percentile", 99.0))}
+    return {**dict.fromkeys(TARGETS), **targets, "percentile": float(slo.percentile)}
 
 
 def latency_ms(r: Mapping[str, Any], target: str) -> float | None:
@@ -101,14 +105,14 @@ def cycle_goodput(
     per_request: Sequence[Mapping[str, Any]],
     duration_s: float,
     energy: Mapping[str, Any],
-    config: Mapping[str, Any],
+    config: SloConfig,
     num_beams: int = 1,
 ) -> dict[str, Any]:
     """The goodput block of one cycle: the SLO, good requests, share, req/s, J per good request, checks.
 
     :param per_request: ``request_metrics`` of every request of the cycle.
     :param energy: the cycle's energy block (:func:`lem.figures.energy.energy_figures`).
-    :param config: the experiment's flattened config (``setup["config"]``).
+    :param config: the experiment's ``[slo]``.
     """
     slo = slo_from_config(config)
     out: dict[str, Any] = {
@@ -159,7 +163,7 @@ def figure_reason(blocks: Sequence[Mapping[str, Any]], key: str) -> str | None:
 
 
 def summary_block(
-    config: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]], per_request: Sequence[Mapping[str, Any]]
+    config: SloConfig, blocks: Sequence[Mapping[str, Any]], per_request: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:
     """The summary's ``slo``: the SLO, cycles that met every check, and the checks over all requests pooled.
 

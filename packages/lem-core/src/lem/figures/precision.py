@@ -3,8 +3,9 @@
 ``measurement.target_rel_ci`` asks for the 95% CI half-width of J/output
 token and of output tok/s, each relative to its mean, to be within the
 target. The runner keeps running cycles after ``measurement.cycles`` until
-both are (or ``max_cycles``); :func:`precision_block` recomputes the verdict
-from the cycles alone, so ``lem results aggregate`` says the same. Without
+both are (or ``max_cycles``): one stop rule, :func:`stops_after`, which
+:func:`precision_block` replays over the cycles alone, so ``lem results
+aggregate`` says the same. Without
 energy measured the target applies to throughput only, and the block says so.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lem.config import cycle_limit
+from lem.config import MeasurementConfig
 from lem.figures.stats import interval
 
 #: The figures a precision target applies to: name in the summary -> path in a cycle's blocks.
@@ -55,52 +56,64 @@ def check(blocks: Sequence[Mapping[str, Any]], target: float) -> tuple[bool, dic
     return met, rels, applies
 
 
-def precision_block(config: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+def stops_after(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> bool:
+    """The stop rule: whether an experiment stops after the cycles ``blocks`` (in the order they ran).
+
+    Without a precision target it stops after ``measurement.cycles``. With one, after the first count
+    (at least ``cycles``, and at least 2: an interval needs 2) at which the target holds (:func:`check`),
+    or at the cycle limit (:attr:`lem.config.MeasurementConfig.cycle_limit`). The runner follows this
+    function after every cycle; the summary replays it (:func:`stopping_point`), so both say the same.
+    """
+    n = len(blocks)
+    if m.target_rel_ci is None:
+        return n >= m.cycles
+    if n >= m.cycle_limit:
+        return True
+    return n >= max(2, m.cycles) and check(blocks, m.target_rel_ci)[0]
+
+
+def stopping_point(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> int | None:
+    """After how many of ``blocks`` the stop rule (:func:`stops_after`) stops; ``None`` when it never does
+    (an experiment cut short)."""
+    return next((n for n in range(1, len(blocks) + 1) if stops_after(m, blocks[:n])), None)
+
+
+def precision_block(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
     """The summary's ``precision`` block for a run with ``measurement.target_rel_ci``; ``None`` without one.
 
-    ``met_after_cycles`` is the first number of cycles (at least ``measurement.cycles``) at which the
-    target held, found by replaying the cycles in order, as the runner did.
+    ``max_cycles`` is the limit the run had (``measurement.max_cycles``, or its default when unset);
+    ``stopped_after_cycles`` is where the stop rule (:func:`stops_after`) stopped, replaying the cycles
+    in order as the runner did, and ``stopped_by`` says why (``"target"`` or ``"limit"``; ``None``
+    when it did not stop: cut short). ``met_after_cycles`` is that count when the target held there.
     """
-    target = config.get("measurement.target_rel_ci")
+    target = m.target_rel_ci
     if target is None:
         return None
-    first = int(config.get("measurement.cycles", 1) or 1)
-    met_after = None
-    for n in range(max(2, first), len(blocks) + 1):
-        if check(blocks[:n], float(target))[0]:
-            met_after = n
-            break
-    met, rels, applies = check(blocks, float(target))
+    stopped = stopping_point(m, blocks)
+    met_at_stop = stopped is not None and stopped >= max(2, m.cycles) and check(blocks[:stopped], target)[0]
+    met, rels, applies = check(blocks, target)
     note = None
     if "energy.j_per_output_token" not in applies:
         note = "energy per token was not measured in every cycle: the target applied to throughput only"
     return {
         "target_rel_ci": float(target),
-        "max_cycles": config.get("measurement.max_cycles"),
+        "max_cycles": m.cycle_limit,
         "cycles": len(blocks),
         "met": met,
-        "met_after_cycles": met_after,
+        "met_after_cycles": stopped if met_at_stop else None,
+        "stopped_after_cycles": stopped,
+        "stopped_by": None if stopped is None else ("target" if met_at_stop else "limit"),
         "applies_to": applies,
         "rel_ci95": rels,
         "note": note,
     }
 
 
-def unfinished(config: Mapping[str, Any], blocks: Sequence[Mapping[str, Any]]) -> str | None:
-    """Why the runner would not have stopped after ``blocks`` (an experiment cut short); ``None`` if it would.
-
-    The runner's stop rule replayed: ``measurement.cycles`` cycles, or under a precision target the first
-    count (at least ``cycles``) at which it held, else the cycle limit. A config without ``cycles`` (an
-    old result) cannot tell, and counts as finished.
-    """
-    cycles = config.get("measurement.cycles")
-    if not isinstance(cycles, int):
+def unfinished(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the runner would not have stopped after ``blocks`` (an experiment cut short); ``None`` if it would
+    (the stop rule, :func:`stops_after`, replayed)."""
+    if stopping_point(m, blocks) is not None:
         return None
-    target = config.get("measurement.target_rel_ci")
-    if target is None:
-        return None if len(blocks) >= cycles else f"{len(blocks)} of {cycles} cycles"
-    limit = cycle_limit(cycles, target, config.get("measurement.max_cycles"))
-    block = precision_block(config, blocks)
-    if len(blocks) >= limit or (block is not None and block["met_after_cycles"] is not None):
-        return None
-    return f"{len(blocks)} cycles, neither the precision target met nor the limit of {limit} reached"
+    if m.target_rel_ci is None:
+        return f"{len(blocks)} of {m.cycles} cycles"
+    return f"{len(blocks)} cycles, neither the precision target met nor the limit of {m.cycle_limit} reached"

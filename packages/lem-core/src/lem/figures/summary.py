@@ -8,8 +8,14 @@ also over results written by an older schema.
 The labels a reader needs to not misread a figure are put in the result
 itself: null figures carry a ``reason``; a figure whose 95% interval reaches
 below zero though it cannot be negative is flagged ``ci95_low_impossible``; a
-negative dynamic energy is flagged per cycle; several energy methods across
-cycles are each named with the number of cycles they covered.
+negative dynamic energy is flagged per cycle (its value kept); a negative
+decode energy is flagged per cycle and its decode figures are null (so not
+averaged); several energy methods across cycles are each named with the
+number of cycles they covered.
+
+The experiment's settings come as a typed :class:`lem.config.ExperimentConfig`
+(the runner's own, or one restructured from the stored config by
+:func:`lem.results.files.setup_config`): defaults live in :mod:`lem.config` only.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lem.config import ExperimentConfig
 from lem.figures import goodput
-from lem.figures.attribution import per_request, prefill_decode, step_energy
+from lem.figures.attribution import NEGATIVE_DECODE, per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
 from lem.figures.energy import ENERGY_FIGURES, energy_figures, idle_power
 from lem.figures.precision import precision_block, rel_ci
@@ -105,15 +112,13 @@ def traces_from_json(rows: Iterable[Mapping[str, Any]]) -> list[RequestTrace]:
 # --- one cycle ------------------------------------------------------------------------
 
 
-def num_beams(setup: Mapping[str, Any]) -> int:
-    """``generation.num_beams`` of the experiment (1 when the setup does not say)."""
-    return int((setup.get("config") or {}).get("generation.num_beams", 1) or 1)
-
-
 def compute_cycle(
-    raw: Mapping[str, Any], setup: Mapping[str, Any], timeline: Sequence[Mapping[str, Any]] | None = None
+    raw: Mapping[str, Any],
+    setup: Mapping[str, Any],
+    config: ExperimentConfig,
+    timeline: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any], list[str]]:
-    """``(metrics, energy, warnings)`` of one cycle from its raw record and the experiment's setup.
+    """``(metrics, energy, warnings)`` of one cycle from its raw record, the experiment's setup and config.
 
     ``timeline`` is the cycle's meter timeline (``timeline-NNN.csv`` as :func:`lem.results.timelines.read_timeline`
     gives it): the steady-state energy, the energy per step and the thermal context come from it.
@@ -125,7 +130,7 @@ def compute_cycle(
         raw["window"]["duration_s"],
         model.get("model_config"),
         model.get("num_parameters"),
-        num_beams=num_beams(setup),
+        num_beams=config.generation.num_beams,
     )
     # Passes over the prompt set (measurement.min_window_s); results before it served the set once.
     metrics["passes"] = passes = int(raw.get("passes", 1))
@@ -156,9 +161,10 @@ def compute_cycle(
     energy["steps"] = step_energy(traces, timeline, offset)
     energy["per_request"] = per_request(traces, energy["total_j"], energy["prefill_decode"])
     energy["thermal"], twarn = thermal_context(timeline)
-    config = setup.get("config") or {}
     per = [request_metrics(t) for t in traces]
-    metrics["goodput"] = goodput.cycle_goodput(per, metrics["duration_s"], energy, config, num_beams(setup))
+    metrics["goodput"] = goodput.cycle_goodput(
+        per, metrics["duration_s"], energy, config.slo, config.generation.num_beams
+    )
     return metrics, energy, warnings + ewarn + twarn
 
 
@@ -271,16 +277,19 @@ def _prompts(setup: Mapping[str, Any]) -> dict[str, Any] | None:
 
 def summarize(
     setup: Mapping[str, Any],
+    config: ExperimentConfig,
     cycles: Sequence[Mapping[str, Any]],
     timelines: Mapping[int, Sequence[Mapping[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """The summary of an experiment, recomputed from ``setup.json``, raw cycle records and their timelines.
 
-    ``setup["config"]`` is the flattened resolved config (see :func:`lem.results.files.flat_config`);
+    ``config`` is the experiment's; ``setup["config"]`` (its flattened form, see
+    :func:`lem.results.files.flat_config`) is copied into the summary as it is, for readers.
     ``timelines`` maps a cycle number to its timeline rows (see :func:`compute_cycle`).
     """
     timelines = timelines or {}
-    computed = [compute_cycle(c, setup, timelines.get(int(c["cycle"]))) for c in cycles]
+    beams = config.generation.num_beams
+    computed = [compute_cycle(c, setup, config, timelines.get(int(c["cycle"]))) for c in cycles]
     metrics = [m for m, _, _ in computed]
     energies = [e for _, e, _ in computed]
     figures = headline_figures([{"metrics": m, "energy": e} for m, e, _ in computed])
@@ -294,12 +303,12 @@ def summarize(
     if len(cycles) < 2:
         warnings.append(f"{len(cycles)} cycle(s): no confidence interval (run at least 2 cycles, better 5+)")
     per_request = [request_metrics(t) for c in cycles for t in traces_from_json(c["requests"])]
-    pooled = latency_distributions(per_request, num_beams(setup))
+    pooled = latency_distributions(per_request, beams)
     few = [f"{key} ({d['n']})" for key, d in pooled.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
     if few:
         limit = MIN_SAMPLES_FOR_PERCENTILES
         warnings.append(f"pooled percentiles rest on fewer than {limit} samples: {', '.join(few)}")
-    if num_beams(setup) > 1:
+    if beams > 1:
         warnings.append(f"{pooled['itl_s']['reason']}: ITL and TPOT are null; {pooled['ttft_s']['note']}")
     reasons = failure_reasons(per_request)
     failed = sum(reasons.values())
@@ -311,13 +320,22 @@ def summarize(
         used = ", ".join(f"{m} in {n} cycle(s)" for m, n in method_cycles.items())
         warnings.append(f"cycles measured energy by different methods ({used}): their figures are less comparable")
     negative = [int(c["cycle"]) for c, e in zip(cycles, energies, strict=True) if e.get("dynamic_negative")]
+    flags = _energy_flags(cycles, energies, negative)
+    if flags[NEGATIVE_DECODE]["count"]:
+        flagged = flags[NEGATIVE_DECODE]
+        warnings.append(
+            f"negative decode energy in {flagged['count']} of {len(cycles)} cycle(s) (cycles "
+            f"{', '.join(map(str, flagged['cycles']))}): the prefill-only pass took more energy than the cycle; "
+            f"their {', '.join(flagged['figures'])} are null and left out of the means (raw values in each "
+            "cycle's energy.prefill_decode.negative)"
+        )
     impossible = [name for name, f in figures.items() if f.get("ci95_low_impossible")]
     if impossible:
         warnings.append(
             f"the 95% interval of {', '.join(impossible)} reaches below zero though the figure cannot be negative: "
             "the interval is too wide to say much; run more cycles (measurement.cycles)"
         )
-    precision = precision_block(setup.get("config") or {}, [{"metrics": m, "energy": e} for m, e, _ in computed])
+    precision = precision_block(config.measurement, [{"metrics": m, "energy": e} for m, e, _ in computed])
     if precision is not None and not precision["met"]:
         warnings.append(
             f"precision target not met: 95% CI within ±{precision['target_rel_ci']:.1%} of the mean not reached "
@@ -338,7 +356,7 @@ def summarize(
         "cycles": len(cycles),
         "figures": figures,
         "latency_pooled": pooled,
-        "slo": goodput.summary_block(setup.get("config") or {}, [m["goodput"] for m in metrics], per_request),
+        "slo": goodput.summary_block(config.slo, [m["goodput"] for m in metrics], per_request),
         "failed_requests": failed,
         "failure_reasons": reasons,
         "workload": {
@@ -352,7 +370,7 @@ def summarize(
         "per_request_energy": _per_request_energy(energies),
         "thermal": {"throttled_cycles": throttled},
         **_outputs(cycles, metrics),
-        "flags": {"negative_dynamic_energy_cycles": negative, "ci95_low_impossible": impossible},
+        "flags": {**flags, "ci95_low_impossible": impossible},
         "methods": {
             "energy": method,
             "energy_cycles": method_cycles,
@@ -375,6 +393,39 @@ def summarize(
         "idle_power_w": energies[0]["idle_power_w"] if energies else None,
         "warmup": setup.get("warmup"),
         "warnings": list(dict.fromkeys(warnings)),
+    }
+
+
+#: The figures a negative dynamic energy makes meaningless (their values are kept, flagged).
+DYNAMIC_FIGURES = ("energy.dynamic_j", "energy.dynamic_j_per_output_token")
+
+
+def _energy_flags(
+    cycles: Sequence[Mapping[str, Any]], energies: Sequence[Mapping[str, Any]], negative_dynamic: list[int]
+) -> dict[str, Any]:
+    """The summary's energy flags: negative dynamic energy (values kept) and negative decode energy (nulled),
+    each with the cycles it hit, their count and the figures it touches."""
+    decode: list[int] = []
+    figures: set[str] = set()
+    for c, e in zip(cycles, energies, strict=True):
+        split = e.get("prefill_decode") or {}
+        if NEGATIVE_DECODE in (split.get("flags") or ()):
+            decode.append(int(c["cycle"]))
+            figures |= {f"energy.{k}" for k in split["negative"] if k.endswith("_per_output_token")}
+    return {
+        "negative_dynamic_energy_cycles": negative_dynamic,
+        "negative_dynamic_energy": {
+            "cycles": negative_dynamic,
+            "count": len(negative_dynamic),
+            "figures": list(DYNAMIC_FIGURES) if negative_dynamic else [],
+            "handling": "kept: energy near idle can come out below it; the dynamic figures of these cycles mean little",
+        },
+        NEGATIVE_DECODE: {
+            "cycles": decode,
+            "count": len(decode),
+            "figures": sorted(figures),
+            "handling": "null in these cycles (left out of the means); raw values in energy.prefill_decode.negative",
+        },
     }
 
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from lem.config import ExperimentConfig
 from lem.errors import ResultsError
 from lem.figures.requests import request_metrics
 from lem.figures.summary import HEADLINE, compute_cycle, dig, traces_from_json
@@ -30,6 +31,7 @@ from lem.results.files import (
     experiment_dirs,
     read_json_or_warn,
     read_setup,
+    setup_config,
     write_atomic,
 )
 from lem.results.timelines import cycle_timelines
@@ -152,8 +154,8 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     return row
 
 
-def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[str, Any], Path]]:
-    """``(setup, raw cycle, its path)`` of every readable cycle of an experiment."""
+def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], ExperimentConfig, dict[str, Any], Path]]:
+    """``(setup, its typed config, raw cycle, its path)`` of every readable cycle of an experiment."""
     if not (exp_dir / "setup.json").exists():
         return
     try:
@@ -161,10 +163,11 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], dict[st
     except ResultsError as exc:
         warn(f"{exc}; its cycles are skipped")
         return
+    config, _ = setup_config(setup)
     for path in cycle_paths(exp_dir):
         raw = read_json_or_warn(path, warn)
         if raw is not None:
-            yield setup, raw, path
+            yield setup, config, raw, path
 
 
 def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> None:
@@ -175,12 +178,12 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
 
     rows = []
-    for setup, raw, path in _cycles(exp_dir, warn):
+    for setup, config, raw, path in _cycles(exp_dir, warn):
         # The timeline gives the steady-state energy and the thermal context (lem.figures.steady, lem.figures.thermal).
         damaged: list[str] = []  # a damaged timeline: only the figures it gives are lost
         try:
             timeline = cycle_timelines(exp_dir, [raw], damaged).get(int(raw["cycle"]))
-            metrics, energy, _ = compute_cycle(raw, setup, timeline)
+            metrics, energy, _ = compute_cycle(raw, setup, config, timeline)
         except SHAPE_ERRORS as exc:
             _skip_damaged(exp_dir, path, exc, warn)
             continue
@@ -211,7 +214,7 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per request of every cycle: TTFT, E2E, TPOT, token counts, error."""
 
     rows = []
-    for setup, raw, path in _cycles(exp_dir, warn):
+    for setup, _, raw, path in _cycles(exp_dir, warn):
         try:
             raw_rows = {int(r["id"]): r for r in raw["requests"]}
             metrics = [request_metrics(trace) for trace in traces_from_json(raw["requests"])]

@@ -24,7 +24,9 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from lem.config import ExperimentConfig
 from lem.configfile.documents import read_toml
+from lem.configfile.loading import structure_leniently
 from lem.errors import ConfigError, DiskFull, ResultsError
 from lem.figures.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
 from lem.results.timelines import cycle_timelines, timeline_csv, timeline_path
@@ -189,16 +191,17 @@ def damaged_file(exp_dir: Path, exc: BaseException, only: Path | None = None) ->
     """Which of an experiment's raw files (of cycle file ``only``, when given) does not have the shape a
     summary needs, with the error it gives: ``"<path> (TypeError: ...)"``; ``exc`` is the error first seen."""
     setup = read_setup(exp_dir)
+    config, _ = setup_config(setup)
     for path in [only] if only is not None else cycle_paths(exp_dir):
         raw = read_json(path)
         try:
-            compute_cycle(raw, setup)
+            compute_cycle(raw, setup, config)
             timeline = timeline_path(exp_dir, raw["cycle"])
             rows = cycle_timelines(exp_dir, [raw], []).get(int(raw["cycle"]))  # an unreadable one is left out
         except SHAPE_ERRORS as found:
             return f"{path} ({type(found).__name__}: {found})"
         try:
-            compute_cycle(raw, setup, rows)
+            compute_cycle(raw, setup, config, rows)
         except SHAPE_ERRORS as found:  # the cycle alone is fine: its timeline is not
             return f"{timeline} ({type(found).__name__}: {found})"
     return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
@@ -224,6 +227,40 @@ def flat_config(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def nested_config(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The inverse of :func:`flat_config`: dotted keys back into TOML-shaped tables."""
+    doc: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        *tables, key = str(dotted).split(".")
+        node = doc
+        for table in tables:
+            node = node.setdefault(table, {})
+            if not isinstance(node, dict):  # a key that is both a value and a table: damage, left out
+                break
+        else:
+            node[key] = value
+    return doc
+
+
+def setup_config(setup: Mapping[str, Any]) -> tuple[ExperimentConfig, list[str]]:
+    """The experiment's typed config from its stored flattened config (:func:`read_setup` gives it), and notes.
+
+    Lenient, for results of any schema (:func:`lem.configfile.loading.structure_leniently`): a key this lem
+    does not know or cannot read keeps its default, and a note says so; without any stored config every
+    setting is its default (and a note says that).
+    """
+    flat = setup.get("config")
+    doc = nested_config(flat) if isinstance(flat, Mapping) else {}
+    model = setup.get("model")
+    doc.setdefault("model", model if isinstance(model, str) else "unknown")
+    config, problems = structure_leniently(doc)
+    notes = [f"stored config: {p.path}: {p.message}; its default is used for the figures" for p in problems]
+    if config is None:
+        notes.append("no readable stored config (experiment.toml): the figures use every setting's default")
+        config = ExperimentConfig(model=str(doc["model"]))
+    return config, notes
+
+
 def experiment_config(exp_dir: Path) -> dict[str, Any]:
     """The flattened config of ``exp_dir/experiment.toml`` (empty when it is missing or damaged)."""
     return flat_config(_toml(exp_dir / "experiment.toml"))
@@ -244,12 +281,13 @@ def aggregate_experiment(exp_dir: Path, damaged: list[str] | None = None) -> dic
     summary's warnings, and is appended to ``damaged`` when given.
     """
     setup = read_setup(exp_dir)
+    config, notes = setup_config(setup)
     cycles = [read_json(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
     found: list[str] = []
-    summary = summarize(setup, cycles, cycle_timelines(exp_dir, cycles, found))
-    summary["warnings"] = [*found, *summary["warnings"]]
+    summary = summarize(setup, config, cycles, cycle_timelines(exp_dir, cycles, found))
+    summary["warnings"] = [*found, *notes, *summary["warnings"]]
     if damaged is not None:
         damaged += found
     write_json(exp_dir / "summary.json", "summary", summary)
@@ -278,10 +316,12 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
     blocks = []
     damaged: list[str] = []
     for d, (s, raw) in zip(exp_dirs, figures_by_exp, strict=True):
+        config, notes = setup_config(s)
+        damaged += [f"{d}: {n}" for n in notes]
         try:
             timelines = cycle_timelines(d, raw, damaged)
             for c in raw:
-                m, e, _ = compute_cycle(c, s, timelines.get(int(c["cycle"])))
+                m, e, _ = compute_cycle(c, s, config, timelines.get(int(c["cycle"])))
                 blocks.append({"metrics": m, "energy": e})
         except SHAPE_ERRORS as exc:
             raise ResultsError(

@@ -7,12 +7,14 @@ again until it lasts ``measurement.min_window_s``; under
 one output token each. Between cycles the GPU cools down
 (``measurement.cooldown_seconds``, ``measurement.thermal_floor_c``). There are
 ``measurement.cycles`` cycles, or more under ``measurement.target_rel_ci``
-until the precision target holds. Each cycle's files are written as soon as
+until the precision target holds: the stop rule is
+:func:`lem.figures.precision.stops_after`, which the summary replays. Each cycle's files are written as soon as
 it ends (``cycle-NNN.json``, ``timeline-NNN.csv``).
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -41,13 +43,15 @@ def run_cycles(live: Live, setup: Mapping[str, Any]) -> tuple[list[dict[str, Any
     m = live.config.measurement
     cycles: list[dict[str, Any]] = []
     timelines: dict[int, Timeline] = {}
-    for c in range(1, m.cycle_limit + 1):
+    for c in itertools.count(1):
         notes = cool_down(live) if c > 1 else []
         raw, timeline = measure_cycle(live, setup, c, notes)
         cycles.append(raw)
         if timeline is not None:
             timelines[c] = timeline
-        if m.target_rel_ci is not None and c >= max(2, m.cycles) and precise(cycles, m.target_rel_ci, live.progress):
+        if m.target_rel_ci is not None and c >= max(2, m.cycles):
+            precise(cycles, m.target_rel_ci, live.progress)
+        if precision.stops_after(m, cycles):
             break
     return cycles, timelines
 
@@ -76,7 +80,7 @@ def measure_cycle(
     if m.prefill_pass:
         raw["prefill"] = prefill_pass(live, c, passes)
     timeline = as_written(window.timeline) if window is not None and window.timeline else None
-    metrics, energy, warnings = compute_cycle(raw, setup, timeline)
+    metrics, energy, warnings = compute_cycle(raw, setup, config, timeline)
     raw.update({"metrics": metrics, "energy": energy, "warnings": warnings})
     if timeline is not None and window is not None:
         write_timeline(live.directory / f"timeline-{c:03d}.csv", list(window.timeline))

@@ -3,7 +3,7 @@
 A cycle serves the prompt set once, or again and again (new request ids, the
 same prompts) until its window lasts ``measurement.min_window_s``; the
 prefill-only pass (``measurement.prefill_pass``) serves the same requests
-with one output token each.
+with one output token each, all arriving at once.
 """
 
 from __future__ import annotations
@@ -44,11 +44,19 @@ def serve(
 
 
 def prefill_config(config: ExperimentConfig) -> ExperimentConfig:
-    """The experiment with one output token per request: the prefill-only pass (``measurement.prefill_pass``)."""
+    """The experiment with one output token per request: the prefill-only pass (``measurement.prefill_pass``).
+
+    Under arrival-scheduled traffic (``poisson``, ``constant``) its requests all arrive at once
+    (``offline``): the pass measures prefill, and waiting for the schedule's arrivals would make most of
+    its window idle power. Closed-loop traffic keeps its concurrency (no request waits for an arrival).
+    """
     gen = attrs.evolve(
         config.generation, max_output_tokens=1, min_output_tokens=min(1, config.generation.min_output_tokens)
     )
-    return attrs.evolve(config, generation=gen)
+    traffic = config.traffic
+    if traffic.mode in ("poisson", "constant"):
+        traffic = attrs.evolve(traffic, mode="offline")
+    return attrs.evolve(config, generation=gen, traffic=traffic)
 
 
 def serve_passes(

@@ -70,7 +70,7 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
         warmup = warm_up(live)
         setup = write_setup(live, loaded, prompt_set, idle, warmup)
         cycles, timelines = run_cycles(live, setup)
-        summary = summarize(setup, cycles, timelines)
+        summary = summarize(setup, exp.config, cycles, timelines)
         write_json(exp_dir / "summary.json", "summary", summary)
         return summary
     finally:
