@@ -574,14 +574,25 @@ def cycle_figures(
     f["energy.prefill_j_per_input_token"] = (
         pf["total_j"] / sum(r["input_tokens"] for r in prefill["requests"]) if split else None
     )
-    f["energy.decode_j_per_output_token"] = (total - pf["total_j"]) / decode_tokens if split else None
-    f["energy.decode_dynamic_j_per_output_token"] = (
-        ((total - idle) - (pf["total_j"] - pf["idle_j"])) / decode_tokens
+    decode_j = total - pf["total_j"] if split else None
+    decode_dyn = (
+        (total - idle) - (pf["total_j"] - pf["idle_j"])
         if split and idle is not None and pf["idle_j"] is not None
         else None
     )
+    # docs/results.md: a decode energy below zero (total, or above idle) cannot be a measurement: null, flagged.
+    negative_decode = (decode_j is not None and decode_j < 0) or (decode_dyn is not None and decode_dyn < 0)
+    nulled = []
+    if decode_j is not None and decode_j < 0:
+        decode_j = decode_dyn = None
+        nulled = ["energy.decode_dynamic_j_per_output_token", "energy.decode_j_per_output_token"]
+    elif decode_dyn is not None and decode_dyn < 0:
+        decode_dyn = None
+        nulled = ["energy.decode_dynamic_j_per_output_token"]
+    f["energy.decode_j_per_output_token"] = None if decode_j is None else decode_j / decode_tokens
+    f["energy.decode_dynamic_j_per_output_token"] = None if decode_dyn is None else decode_dyn / decode_tokens
     # Per-request energy (an estimate by token share): prefill J by input tokens + decode J by decode tokens.
-    if split and decode_tokens:
+    if split and decode_j is not None and decode_tokens:
         per_j = [
             pf["total_j"] * r["input"] / in_tokens + (total - pf["total_j"]) * max(0, r["tokens"] - 1) / decode_tokens
             for r in per
@@ -608,6 +619,8 @@ def cycle_figures(
         if all(r["token_ids"] is not None for r in reqs[:size])
         else None,
         "dynamic": dynamic,
+        "negative_decode": negative_decode,
+        "nulled": nulled,
         "method": e.get("method"),
         "slo_met": None if slo is None else all(c["met"] for c in slo_checks(per, slo).values()),
         "throttled": throttled,
@@ -652,25 +665,30 @@ def recompute(exp: Path) -> dict[str, Any]:
         def rel(n: int) -> dict[str, float | None]:
             return {k: across_cycles([pc["figures"][k] for pc in per_cycle[:n]])["rel_ci95"] for k in applies}
 
-        met_after = next(
-            (
-                n
-                for n in range(max(2, config["measurement.cycles"]), len(cycles) + 1)
-                if all(v is not None and v <= target for v in rel(n).values())
-            ),
-            None,
-        )
+        def met(n: int) -> bool:
+            return all(v is not None and v <= target for v in rel(n).values())
+
+        # docs/results.md: the limit is max_cycles, by default max(20, 10 x cycles); the run stops at the first
+        # count (>= cycles, >= 2) where the target holds, else at the limit.
+        first = config["measurement.cycles"]
+        limit = config.get("measurement.max_cycles") or max(20, 10 * first)
+        stopped = next((n for n in range(1, len(cycles) + 1) if n >= limit or (n >= max(2, first) and met(n))), None)
+        met_at_stop = stopped is not None and stopped >= max(2, first) and met(stopped)
         rels = rel(len(cycles))
         precision = {
             "target_rel_ci": target,
-            "max_cycles": config["measurement.max_cycles"],
+            "max_cycles": limit,
             "cycles": len(cycles),
-            "met": all(v is not None and v <= target for v in rels.values()),
-            "met_after_cycles": met_after,
+            "met": met(len(cycles)),
+            "met_after_cycles": stopped if met_at_stop else None,
+            "stopped_after_cycles": stopped,
             "applies_to": list(applies),
             "rel_ci95": rels,
         }
     digests = [pc["digest"] for pc in per_cycle]
+    pairs = list(zip(cycles, per_cycle, strict=True))
+    negative_dynamic = [c["cycle"] for c, pc in pairs if pc["dynamic"] is not None and pc["dynamic"] < 0]
+    negative_decode = [c["cycle"] for c, pc in pairs if pc["negative_decode"]]
     method_cycles: dict[str, int] = {}
     for pc in per_cycle:
         if pc["method"]:
@@ -701,11 +719,17 @@ def recompute(exp: Path) -> dict[str, Any]:
         "output_digest": digests[0],
         "outputs_identical_across_cycles": None if None in digests else len(set(digests)) == 1,
         "flags": {
-            "negative_dynamic_energy_cycles": [
-                c["cycle"]
-                for c, pc in zip(cycles, per_cycle, strict=True)
-                if pc["dynamic"] is not None and pc["dynamic"] < 0
-            ],
+            "negative_dynamic_energy_cycles": negative_dynamic,
+            "negative_dynamic_energy": {
+                "cycles": negative_dynamic,
+                "count": len(negative_dynamic),
+                "figures": ["energy.dynamic_j", "energy.dynamic_j_per_output_token"] if negative_dynamic else [],
+            },
+            "negative_decode_energy": {
+                "cycles": negative_decode,
+                "count": len(negative_decode),
+                "figures": sorted({name for pc in per_cycle for name in pc["nulled"]}),
+            },
             "ci95_low_impossible": [n for n, fig in figures.items() if fig.get("ci95_low_impossible")],
         },
         "methods": {"energy_cycles": method_cycles},
