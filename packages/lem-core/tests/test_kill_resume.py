@@ -12,7 +12,9 @@ from pathlib import Path
 
 from test_run_safety import FAST, lem, start, stop, wait_for
 
+from lem.config import MeasurementConfig
 from lem.figures.precision import unfinished
+from lem.results.files import cycle_paths, read_json, read_setup, setup_config
 
 #: Two cycles 4 s apart: a kill after cycle 1 cuts the experiment short, and a resume is still quick.
 TWO_CYCLES = FAST + "cycles = 2\ncooldown_seconds = 4\n"
@@ -92,15 +94,20 @@ def test_the_stop_rule_replayed_tells_a_finished_experiment_from_a_cut_short_one
     def blocks(*tok_s: float) -> list[dict[str, object]]:
         return [{"metrics": {"output_tokens_per_s": v}, "energy": {"j_per_output_token": None}} for v in tok_s]
 
-    fixed = {"measurement.cycles": 3, "measurement.target_rel_ci": None}
+    fixed = MeasurementConfig(cycles=3)
     assert unfinished(fixed, blocks(10, 11)) == "2 of 3 cycles"
     assert unfinished(fixed, blocks(10, 11, 12)) is None
-    target = {"measurement.cycles": 2, "measurement.target_rel_ci": 0.05, "measurement.max_cycles": 4}
+    target = MeasurementConfig(cycles=2, target_rel_ci=0.05, max_cycles=4)
     assert unfinished(target, blocks(10.0, 10.01)) is None  # the target held after 2 cycles
     spread = blocks(10, 30, 10)
     assert unfinished(target, spread) == "3 cycles, neither the precision target met nor the limit of 4 reached"
     assert unfinished(target, [*spread, *blocks(30)]) is None  # the cycle limit
-    assert unfinished({}, blocks(10)) is None  # an old result without the key: cannot tell
+    # A schema-1 result: its experiment.toml, restructured, says how many cycles it asked for (all written).
+    v1 = Path(__file__).parent / "data" / "results-v1" / "20261122-120000-0001" / "000-batch_size=1-v1aaaa"
+    config, _ = setup_config(read_setup(v1))
+    v1_cycles = [read_json(p) for p in cycle_paths(v1)]
+    assert unfinished(config.measurement, v1_cycles) is None
+    assert unfinished(config.measurement, v1_cycles[:2]) == "2 of 3 cycles"
 
 
 def test_sigterm_interrupts_like_ctrl_c_and_the_run_resumes(tmp_path: Path) -> None:
