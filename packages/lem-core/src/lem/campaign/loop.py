@@ -26,7 +26,9 @@ from lem.campaign.ray_executor import RayExecutor, RayOptions
 from lem.campaign.records import prepare, record_failure, record_interruption, write_run
 from lem.configfile.loading import Experiment, LoadedFile
 from lem.errors import Interrupted, ResultsError
+from lem.results.files import experiment_status
 from lem.results.rundir import check_resume_id, lock_run
+from lem.run.hub import check_hub_models
 from lem.run.meters import check_meters
 
 
@@ -92,6 +94,10 @@ def duration_text(seconds: float) -> str:
 def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, stdout: TextIO | None = None) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
+    An experiment succeeded when it ran to the end and its summary's status is ``ok``: one whose
+    requests all failed (``failed``) or failed above ``measurement.max_failed_share`` (``degraded``)
+    did not, and its line on stderr gives the share and the first causes.
+
     ``options`` (default: :class:`CampaignOptions`' defaults) say where and
     how. Each experiment runs in a fresh worker process unless ``in_process``. A failed experiment gets a
     ``failure.json`` and the rest still run. With ``resume_id``, experiments
@@ -106,8 +112,9 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
     options = options if options is not None else CampaignOptions()
     out = stdout if stdout is not None else sys.stdout
     root = options.out_dir
-    if options.ray is None:
+    if options.ray is None:  # a Ray task runs on a node of its own: checked there, by its worker
         check_meters(loaded.experiments, options.pythons)
+        check_hub_models(loaded.experiments)
     if options.resume_id is not None:
         run_dir = check_resume_id(options.resume_id, root)
         run_id = options.resume_id
@@ -174,6 +181,13 @@ def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id
                 record_failure(exp, done.task.exp_dir, run_id, done.outcome)
                 if not options.quiet:
                     print(f"{done.task.prefix}{exp.id}: FAILED{done.where}: {done.outcome.reason}", file=sys.stderr)
+                continue
+            # It ran to the end; whether its requests did is in its summary (lem.figures.outcome).
+            row = experiment_status(done.task.exp_dir)
+            if row["status"] in ("failed", "degraded"):
+                all_ok = False
+                if not options.quiet:
+                    print(f"{done.task.prefix}{exp.id}: {row['status'].upper()}: {row.get('reason')}", file=sys.stderr)
     except KeyboardInterrupt:
         runs.close()  # what still runs stops (Ray cancels its tasks) before the interruptions are recorded
         stopped = [(e, record_interruption(e, run_dir / e.id, run_id)) for e in in_flight.values()]

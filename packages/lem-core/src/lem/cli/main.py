@@ -10,6 +10,7 @@ become one line on stderr and exit status 2. The results commands
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Collection
@@ -274,6 +275,28 @@ def _pairs(option: str, values: tuple[str, ...], convert: Any) -> dict[str, Any]
     return out
 
 
+#: Seconds the probe of a ``--ray ADDRESS`` waits for a TCP connection (Ray itself retries for minutes).
+RAY_PROBE_S = 3.0
+
+
+def _probe_ray(address: str, option: str) -> None:
+    """One line, within :data:`RAY_PROBE_S`, when nothing listens at a Ray address (``auto``/none: Ray finds it)."""
+    from lem.processes import listening  # deferred: `lem --help` stays fast
+
+    if not address or address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        host, port = address.removeprefix("ray://"), ""
+    number = int(port) if port else (10001 if client else 6379)
+    if not listening(host.strip("[]"), number, RAY_PROBE_S):
+        raise LemError(
+            f"{option} {address}: nothing listens on {host}:{number} (no connection within {RAY_PROBE_S:g} s);"
+            " start the cluster (`ray start --head`) or give its address (host:6379, or ray://host:10001)"
+        )
+
+
 def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptions | None:
     """The ``--ray*`` options as :class:`lem.campaign.ray_executor.RayOptions`; ``None`` without ``--ray``."""
     if address is None:
@@ -287,6 +310,7 @@ def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptio
     from lem.campaign.ray_executor import RayOptions, import_ray  # deferred: `lem --help` stays fast
 
     import_ray()  # a missing Ray is one line before anything starts
+    _probe_ray(address or os.environ.get("RAY_ADDRESS", ""), "--ray" if address else "RAY_ADDRESS")
     return RayOptions(
         address=address or None,
         num_cpus=args["ray_cpus"],
