@@ -23,10 +23,10 @@ import attrs
 from lem.campaign.ending import json_document, status_table, write_run_report
 from lem.campaign.executors import Executor, InProcessExecutor, LocalExecutor, Task
 from lem.campaign.ray_executor import RayExecutor, RayOptions
-from lem.campaign.records import prepare, record_failure, record_interruption, write_run
+from lem.campaign.records import check_resume, prepare, record_failure, record_interruption, write_run
 from lem.configfile.loading import Experiment, LoadedFile
 from lem.errors import Interrupted, ResultsError
-from lem.results.files import experiment_status
+from lem.results.files import experiment_status, read_json
 from lem.results.rundir import check_resume_id, lock_run
 from lem.run.hub import check_hub_models
 from lem.run.meters import check_meters
@@ -43,6 +43,8 @@ class CampaignOptions:
     out_dir: Path = attrs.field(default=Path("results"), converter=Path)
     #: Continue this run (a directory under ``out_dir``), skipping its finished experiments.
     resume_id: str | None = None
+    #: With ``resume_id``: the file may add experiments to the run (``--resume-add``); none may change.
+    resume_add: bool = False
     #: Each experiment in this process instead of a fresh worker (debugging, tests).
     in_process: bool = False
     quiet: bool = False
@@ -129,7 +131,10 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
             ) from None
     lock = lock_run(run_dir)
     try:
-        write_run(run_dir, run_id, loaded)
+        before = read_json(run_dir / "run.json") if options.resume_id is not None else None
+        if before is not None:
+            check_resume(before, loaded, run_id, options.resume_add)
+        write_run(run_dir, run_id, loaded, before)
         all_ok = _run_all(loaded, options, run_dir, run_id, _executor(options, run_id, run_dir))
         ids = [e.id for e in loaded.experiments]
         report = write_run_report(run_dir, options.quiet) if options.report else None

@@ -3,7 +3,8 @@
 Imports of lem's own modules are kept inside the commands, each marked
 ``deferred``: ``lem --help`` must not import the plugins, torch or anything
 heavy (target < 0.3 s; benchmarks/cli_startup.py). Errors a user can cause (:class:`LemError`)
-become one line on stderr and exit status 2. The results commands
+become one line on stderr and exit status 2. ``lem run`` exits 0 when every experiment is ok, 1 when
+one failed or degraded, 2 on bad input, 130 when interrupted (README: exit status). The results commands
 (``lem results ...``, ``lem report``) are in :mod:`lem.cli.results`.
 """
 
@@ -160,7 +161,17 @@ def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
     help="Results directory.",
 )
 @click.option("--in-process", is_flag=True, help="Run experiments in this process (debugging, tests).")
-@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a run, skipping finished experiments.")
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="RUN_ID",
+    help="Continue a run, skipping finished experiments; FILE must expand to the run's experiments.",
+)
+@click.option(
+    "--resume-add",
+    metavar="RUN_ID",
+    help="As --resume, and FILE may add experiments to the run (none may change or go).",
+)
 @click.option(
     "--python",
     "pythons",
@@ -225,6 +236,7 @@ def _campaign_options(
     out_dir: str,
     in_process: bool,
     resume_id: str | None,
+    resume_add: str | None,
     pythons: tuple[str, ...],
     quiet: bool,
     as_json: bool,
@@ -236,9 +248,12 @@ def _campaign_options(
     from lem.campaign.loop import CampaignOptions  # deferred: `lem --help` must not import the campaign
 
     interpreters = _interpreters(pythons, in_process)
+    if resume_id is not None and resume_add is not None:
+        raise LemError("--resume and --resume-add exclude each other: give one run id, with --resume-add to extend it")
     return CampaignOptions(
         out_dir=out_dir,
-        resume_id=resume_id,
+        resume_id=resume_id if resume_add is None else resume_add,
+        resume_add=resume_add is not None,
         in_process=in_process,
         quiet=quiet or as_json,
         as_json=as_json,
