@@ -919,7 +919,7 @@ def _resume(where: Path, toml: str, *flags: str) -> subprocess.CompletedProcess[
     ("sweep", "flag", "words"),
     [
         ("[2, 1]", "--resume", ("does not expand to experiment(s) 000-batch_size=1",)),
-        ("edited", "--resume", ("have other configs than the run recorded", "start a new run")),
+        ("edited", "--resume", ("was run with a different config", "max_output_tokens: 3 then, 4 now")),
         ("[1]", "--resume", ("does not expand to experiment(s) 001-",)),
         ("[1, 2, 4]", "--resume", ("has experiment(s) the run does not", "--resume-add")),
         ("[1]", "--resume-add", ("does not expand to experiment(s) 001-",)),

@@ -133,7 +133,7 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
     try:
         before = read_json(run_dir / "run.json") if options.resume_id is not None else None
         if before is not None:
-            check_resume(before, loaded, run_id, options.resume_add)
+            check_resume(before, loaded, run_dir, options.resume_add)
         write_run(run_dir, run_id, loaded, before)
         all_ok = _run_all(loaded, options, run_dir, run_id, _executor(options, run_id, run_dir))
         ids = [e.id for e in loaded.experiments]

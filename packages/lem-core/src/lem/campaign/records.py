@@ -76,13 +76,14 @@ def _listed(ids: Sequence[str], limit: int = 3) -> str:
     return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
 
 
-def check_resume(before: Mapping[str, Any], loaded: LoadedFile, run_id: str, add: bool) -> None:
-    """Refuse to resume run ``run_id`` (its run.json ``before``) with a different study: one line saying what differs.
+def check_resume(before: Mapping[str, Any], loaded: LoadedFile, run_dir: Path, add: bool) -> None:
+    """Refuse to resume the run in ``run_dir`` (its run.json ``before``) with another study: one line saying how.
 
     The expanded experiment set must be the recorded one: the same ids with the same resolved configs.
     ``add`` (``--resume-add``) lets new experiments extend the run; none may be dropped or changed either way.
     """
     flag = "--resume-add" if add else "--resume"
+    run_id = run_dir.name
     old_ids = [str(i) for i in before.get("experiments") or ()]
     old_configs = before.get("experiment_configs")
     new_configs = config_digests(loaded)
@@ -97,10 +98,21 @@ def check_resume(before: Mapping[str, Any], loaded: LoadedFile, run_id: str, add
         )
     if isinstance(old_configs, Mapping):
         changed = [i for i in old_ids if i in old_configs and old_configs[i] != new_configs[i]]
+        exp = next((e for e in loaded.experiments if e.id in changed), None)
+        stored = run_dir / exp.id / "experiment.toml" if exp is not None else None
+        try:
+            differs = _config_difference(stored.read_text(encoding="utf-8"), exp.config) if stored and exp else None
+        except (OSError, UnicodeDecodeError):
+            differs = None
+        if exp is not None and stored is not None and differs is not None:  # name the keys that differ
+            raise ResultsError(
+                f"{stored}: experiment {exp.id} of run {run_id} was run with a different config ({differs}){where};"
+                f" start a new run instead of {flag}"
+            )
         if changed:
             raise ResultsError(
                 f"{flag} {run_id}: experiment(s) {_listed(changed)} of {loaded.source} have other configs than the"
-                f" run recorded{where} (a reordered or edited sweep); resume with the file the run started from, or"
+                f" run recorded{where} (an edited sweep); resume with the file the run started from, or"
                 " start a new run"
             )
     added = [i for i in new_configs if i not in old_ids]
