@@ -8,6 +8,7 @@ would. Damaged result files are made by damaging a real run's files (one real ru
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -196,6 +197,119 @@ CASES = [
         2,
         ("revision", "control character"),
         {"exp.toml": 'revision = "main\\u0000"\n' + OK},
+    ),
+    # --- backend tables: types and bounds through lem.options (hardening 3, class 2)
+    Case(
+        "server port above 65535",
+        V,
+        2,
+        ("server.port = 70000", "in [0, 65535]"),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nport = 70000').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "server port as a string",
+        V,
+        2,
+        ("server.port", "an integer"),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nport = "8000"').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "NaN timeout",
+        V,
+        2,
+        ("server.request_timeout_s = nan", "finite"),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nrequest_timeout_s = nan').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "health_path without its leading slash",
+        V,
+        2,
+        ("server.health_path = 'health'", '"/.*"'),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nhealth_path = "health"').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "nested table where a map of strings is expected",
+        V,
+        2,
+        ("server.env", "a table of strings"),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nenv = {A = {b = 1}}').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "2**63 count in a backend table",
+        V,
+        2,
+        ("llamacpp.n_batch", "below 2**31"),
+        {"exp.toml": _with("llamacpp", f"n_batch = {2**63 - 1}").replace("model =", 'backend = "llamacpp"\nmodel =')},
+    ),
+    Case(
+        "negative number in a list of shares",
+        V,
+        2,
+        ("llamacpp.tensor_split", "numbers each >= 0"),
+        {
+            "exp.toml": _with("llamacpp", "tensor_split = [1.0, -0.5]").replace(
+                "model =", 'backend = "llamacpp"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "failed share above 1",
+        V,
+        2,
+        ("measurement.max_failed_share = 1.5", "[0, 1]"),
+        {"exp.toml": _with("measurement", "max_failed_share = 1.5")},
+    ),
+    Case(
+        "a traffic rate so small the run takes days warns",
+        V,
+        0,
+        ("warning: traffic.rate = 1e-05", "days", "OK"),
+        {"exp.toml": _with("traffic", 'mode = "poisson"\nrate = 0.00001')},
+    ),
+    # --- the environment, checked up front and bounded (class 3)
+    Case(
+        "--ray address where nothing listens",
+        ("run", "exp.toml", "--ray", "127.0.0.1:1", "--out", "out"),
+        2,
+        ("--ray 127.0.0.1:1", "nothing listens", "ray start --head"),
+        {"exp.toml": OK},
+        needs=lambda: None if importlib.util.find_spec("ray") else "ray is not installed",
+    ),
+    Case(
+        "a Hub model neither cached nor reachable",
+        R,
+        2,
+        ("model = 'someorg/some-model'", "not in the local Hugging Face cache", "cannot be reached"),
+        {"exp.toml": OK.replace("random:tiny-llama", "someorg/some-model")},
+        subprocess=True,
+        env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": "hf-cache"},
+    ),
+    Case(
+        "--resume and --resume-add together",
+        ("run", "exp.toml", "--resume", "a", "--resume-add", "a", "--out", "out"),
+        2,
+        ("--resume and --resume-add exclude each other",),
+        {"exp.toml": OK},
     ),
     # --- names
     Case(
@@ -786,3 +900,52 @@ def test_report_names_a_file_nested_too_deeply(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     html = (tmp_path / "r.html").read_text()
     assert "summary.json" in html and "nested too deeply" in html
+
+
+def _resume(where: Path, toml: str, *flags: str) -> subprocess.CompletedProcess[str]:
+    (where / "again.toml").write_text(toml)
+    run_id = next(p.name for p in (where / "results").iterdir())
+    return subprocess.run(
+        [sys.executable, "-m", "lem", "run", "again.toml", "--out", "results", "--no-report", "-q", *flags, run_id],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("sweep", "flag", "words"),
+    [
+        ("[2, 1]", "--resume", ("does not expand to experiment(s) 000-batch_size=1",)),
+        ("edited", "--resume", ("was run with a different config", "max_output_tokens: 3 then, 4 now")),
+        ("[1]", "--resume", ("does not expand to experiment(s) 001-",)),
+        ("[1, 2, 4]", "--resume", ("has experiment(s) the run does not", "--resume-add")),
+        ("[1]", "--resume-add", ("does not expand to experiment(s) 001-",)),
+    ],
+    ids=["reordered", "edited", "shrunk", "grown", "shrunk with --resume-add"],
+)
+def test_resume_refuses_another_study(
+    real_run: Path, tmp_path: Path, sweep: str, flag: str, words: tuple[str, ...]
+) -> None:
+    """A resume with a file that expands to other experiments is refused in one line; nothing is lost."""
+    shutil.copytree(real_run, tmp_path / "results")
+    before = sorted(p.relative_to(tmp_path) for p in (tmp_path / "results").rglob("*"))
+    toml = RUN.replace("max_output_tokens = 3", "max_output_tokens = 4") if sweep == "edited" else RUN
+    done = _resume(tmp_path, toml.replace("[1, 2]", sweep if sweep != "edited" else "[1, 2]"), flag)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(_error_lines(done.stderr)) == 1, done.stderr
+    for word in words:
+        assert word in done.stderr
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "results").rglob("*")) == before
+
+
+def test_resume_add_extends_the_run_and_keeps_what_it_had(real_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(real_run, tmp_path / "results")
+    done = _resume(tmp_path, RUN.replace("[1, 2]", "[1, 2, 3]"), "--resume-add")
+    assert done.returncode == 0, done.stderr
+    run_dir = next((tmp_path / "results").iterdir())
+    record = json.loads((run_dir / "run.json").read_text())
+    assert len(record["experiments"]) == 3 and set(record["experiment_configs"]) == set(record["experiments"])
+    assert all((run_dir / i / "summary.json").is_file() for i in record["experiments"])

@@ -228,3 +228,26 @@ def test_did_you_mean_names_the_closest_or_lists_them() -> None:
     assert options.did_you_mean("prot", ["port", "host"]) == "did you mean 'port'?"
     assert options.did_you_mean("zzz", ["port", "host"]) == "known keys: host, port"
     assert options.did_you_mean("zzz", ["port"], otherwise="see the docs") == "see the docs"
+
+
+def test_every_numeric_key_of_every_installed_table_declares_bounds() -> None:
+    """A new key gets the generic checks (finite, below 2**31, no strings) for free; its bounds it must declare."""
+    import typing
+
+    from lem import options as lem_options
+    from lem.plugins import get_plugin_manager
+
+    def numeric(tp: object) -> bool:
+        if tp in (int, float):
+            return True
+        return any(numeric(a) for a in typing.get_args(tp) if a is not type(None) and typing.get_origin(tp) is not dict)
+
+    unbounded = [
+        f"{t.name}.{o.key}"
+        for _, plugin in get_plugin_manager().list_name_plugin()
+        for t in lem_options.tables_of(plugin)
+        for o in lem_options._walk(t)
+        if numeric(o.type) and not o.choices and all(b is None for b in (o.ge, o.gt, o.le, o.lt))
+    ]
+    assert unbounded == []
+    assert get_plugin_manager().list_name_plugin()  # the check ran over installed plugins

@@ -139,7 +139,8 @@ def test_a_backend_without_ids_gives_null_digests_with_a_reason(run_scripted: Sc
 
 
 def test_failed_requests_are_counted_and_left_out_of_latencies(run_scripted: ScriptedRunner) -> None:
-    exp = _run(run_scripted, _tables(scripted={"fail_requests": [2]}))
+    # A quarter of the requests fail: within measurement.max_failed_share = 0.5 the run is ok.
+    exp = _run(run_scripted, _tables(scripted={"fail_requests": [2]}, measurement={"max_failed_share": 0.5}))
     cycle = read_json(exp / "cycle-001.json")
     assert [r["error"] for r in cycle["requests"]] == [None, None, FAIL_REASON, None]
     m = cycle["metrics"]
@@ -155,6 +156,18 @@ def test_failed_requests_are_counted_and_left_out_of_latencies(run_scripted: Scr
     assert summary["workload"]["failed_requests"] == [1, 1, 1]
     assert summary["latency_pooled"]["ttft_s"]["n"] == 9
     assert f"3 of 12 requests failed over 3 cycle(s): {FAIL_REASON} (3)" in summary["warnings"]
+    assert summary["status"] == "ok" and summary["status_reason"] is None
+
+
+def test_failed_requests_above_the_allowed_share_degrade_the_run(run_scripted: ScriptedRunner) -> None:
+    with registered(IdsAndFailures(), "ids-and-failures"):
+        run = run_scripted(_tables(scripted={"fail_requests": [2]}), check=False)
+    assert not run.ok
+    summary = read_json(run.experiment_dir() / "summary.json")
+    assert summary["status"] == "degraded"
+    assert summary["status_reason"] == (
+        f"3 of 12 requests failed (25.0%, above measurement.max_failed_share = 0): {FAIL_REASON} (3)"
+    )
 
 
 def test_beam_search_has_null_itl_and_tpot_with_a_reason(run_scripted: ScriptedRunner) -> None:

@@ -192,7 +192,7 @@ def test_resume_skips_finished_experiments(run_scripted: ScriptedRunner) -> None
     assert (run_dir / "b" / "summary.json").exists() and not list((run_dir / "b").glob(".*.tmp"))
     changed = scripted.experiment(_with(generation={"max_output_tokens": 4}), exp_id="a")
     with pytest.raises(ResultsError, match=r"different config \(generation.max_output_tokens: \d+ then, 4 now\)"):
-        run_scripted(changed, resume_id=run_dir.name, check=False)
+        run_scripted(changed, b, resume_id=run_dir.name, check=False)
 
 
 def test_resume_accepts_a_stored_config_that_lacks_keys_added_with_their_defaults(run_scripted: ScriptedRunner) -> None:

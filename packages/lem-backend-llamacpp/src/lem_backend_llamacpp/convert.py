@@ -31,6 +31,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -391,3 +392,26 @@ def write_gguf(source: Source, dest: Path, quant: str, seed: int) -> None:
     writer.write_tensors_to_file()
     writer.close()
     os.replace(tmp, dest)
+
+
+#: GGUF tensor types that are not quantized (norms, and f32/f16 files): never a fallback.
+_PLAIN_TYPES = ("F32", "F16", "BF16", "F64")
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    """GGUF tensor type -> how many tensors of ``path`` have it (read from the file's header)."""
+    from gguf import GGUFReader
+
+    counts: dict[str, int] = {}
+    for tensor in GGUFReader(str(path)).tensors:
+        name = tensor.tensor_type.name
+        counts[name] = counts.get(name, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def fallback_tensors(quantization: str | None, types: Mapping[str, int]) -> int:
+    """How many tensors a K-quant (``q4_k_m``...) did not quantize to a K type: llama.cpp falls back (to q5_0,
+    q8_0...) for tensors whose rows are not a multiple of its 256-wide super-block."""
+    if quantization is None or "_k" not in quantization:
+        return 0
+    return sum(n for name, n in types.items() if not name.endswith("_K") and name not in _PLAIN_TYPES)

@@ -56,7 +56,7 @@ TABLE = Table(
         Option("n_gpu_layers", int, "layers offloaded to the GPU (-1: all)", call=_LLAMA, ge=-1),
         Option("main_gpu", int, "the GPU that holds the model when split_mode = 'none'", call=_LLAMA, ge=0),
         Option("split_mode", str, "how a model is split over GPUs", call=_LLAMA, choices=tuple(SPLIT_MODES)),
-        Option("tensor_split", list[float], "per-GPU shares of the model", call=_LLAMA),
+        Option("tensor_split", list[float], "per-GPU shares of the model", call=_LLAMA, ge=0),
         Option("n_ctx", int, "context length (0: the model's training context)", call=_LLAMA, ge=0),
         Option("n_batch", int, "prompt tokens per llama_decode call", call=_LLAMA, ge=1),
         Option("n_ubatch", int, "physical batch size", call=_LLAMA, ge=1),

@@ -6,6 +6,7 @@ the functions it calls, so ``lem --help`` and ``validate_config`` stay fast.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -16,10 +17,12 @@ from typing import Any
 from lem import hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
-from lem.types import LoadedModel, Problem, Request, TokenEvent
+from lem.types import LoadedModel, Problem, Request, TokenEvent, error
 from lem_backend_llamacpp import convert, options, stream
 
 NAME = "llamacpp"
+#: What a missing llama.cpp binding takes: the distribution, not the import name (``llama_cpp``).
+INSTALL_HINT = "llama-cpp-python, which is not installed (pip install llama-cpp-python)"
 TABLES = options.TABLES  # lem plugins --options llamacpp
 
 
@@ -107,7 +110,22 @@ def _info(config: ExperimentConfig, converted: convert.Converted, kwargs: dict[s
     import llama_cpp
 
     source = converted.source
+    types = convert.tensor_types(converted.path)
+    fallback = convert.fallback_tensors(converted.quantization, types)
+    warnings = (
+        [
+            f"llamacpp.quantization = {converted.quantization!r}: {fallback} of {sum(types.values())} tensors fell back"
+            f" to other types (tensor types: {', '.join(f'{k} {n}' for k, n in types.items())}); the model's rows are"
+            " not a multiple of the K-quant block, so its size and speed are not those of that quantization"
+        ]
+        if fallback
+        else []
+    )
     return {
+        # Counts per GGUF tensor type as loaded: where a K-quant fell back, the file says what was made instead.
+        "tensor_types": types,
+        "fallback_tensors": fallback,
+        "warnings": warnings,
         "versions": {d: _version(d) for d in ("llama-cpp-python", "gguf", "transformers", "torch")},
         # llama.cpp's build: CPU features, BLAS, GPU offload (e.g. "CPU : AVX2 = 1 | AVX512 = 1 | ...").
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
@@ -146,7 +164,10 @@ def load_model(backend: str, config: ExperimentConfig, phases: Any = None) -> Lo
     """
     if backend != NAME:
         return None
-    from llama_cpp import Llama
+    try:
+        from llama_cpp import Llama
+    except ImportError as exc:
+        raise BackendError(f"backend = 'llamacpp' needs {INSTALL_HINT} ({exc})") from None
 
     if phases is None or convert.is_gguf(config.model):
         converted = convert.gguf_for(config)
@@ -211,4 +232,5 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Check ``[llamacpp]`` and the core options llama.cpp serves differently (only when the backend is llamacpp)."""
     if config.backend != NAME:
         return []
-    return options.check_options(config)
+    missing = [] if importlib.util.find_spec("llama_cpp") is not None else [error("backend", INSTALL_HINT, value=NAME)]
+    return [*missing, *options.check_options(config)]

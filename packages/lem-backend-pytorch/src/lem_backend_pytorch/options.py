@@ -54,6 +54,7 @@ TABLE = Table(
             Mapping[str, str | int],
             'memory per device, e.g. {0 = "70GiB", cpu = "100GiB"}',
             call="from_pretrained",
+            ge=0,
         ),
         Option(
             "torch_compile",

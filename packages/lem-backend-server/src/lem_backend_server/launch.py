@@ -20,7 +20,7 @@ import attrs
 from lem import architectures
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
-from lem.processes import free_port
+from lem.processes import free_port, listening
 from lem.serving import EngineHandle, stream
 from lem.types import Request, TokenEvent
 from lem_backend_server import client, options, process
@@ -131,6 +131,20 @@ def _command(
     return cmd + list(options.get(config, "args") or [])
 
 
+#: Seconds the probe of a configured port waits for a connection (a squatter answers at once).
+PORT_PROBE_S = 2.0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a configured port another process already listens on: its health endpoint could answer
+    for the server lem starts, and lem would measure that process instead."""
+    if listening(host, port, PORT_PROBE_S):
+        raise BackendError(
+            f"server.port = {port}: another process already listens on {host}:{port}; stop it, choose another"
+            " port, or set server.port = 0 (a free port)"
+        )
+
+
 def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], dict[str, Any]]:
     """Start (or reach) the experiment's server; returns the handle, tokenizer, model config and info."""
     opts = config.options_for(options.NAME)
@@ -156,6 +170,7 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
     else:
         host = options.get(config, "host")
         port = int(options.get(config, "port")) or free_port(host)
+        _check_port(host, port)
         url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
         model, random = _model(config)
         cmd = _command(config, spec, model, random, host, port)

@@ -19,7 +19,8 @@ from lem_backend_server.engines import ENGINES
 
 NAME = "server"
 
-_TIMEOUT = {"gt": 0, "le": 7 * 24 * 3600}  # finite and positive: a server that never answers is not waited for forever
+#: The longest timeout: finite and positive, so a server that never answers is not waited for forever.
+_WEEK_S = 7 * 24 * 3600
 
 #: The one visible table. Every key is read by :mod:`lem_backend_server.launch`; none reaches a library call:
 #: the server's command line (:mod:`lem_backend_server.engines`) or its HTTP requests carry them.
@@ -45,14 +46,15 @@ TABLE = Table(
         Option("port", int, "port of the managed server (0: a free port)", default=0, ge=0, le=65535),
         Option("env", dict[str, str], "environment variables for the managed server"),
         Option("health_path", str, "health endpoint (default: the engine's, else /health)", pattern="/.*"),
-        Option("startup_timeout_s", float, "seconds to wait for the health endpoint", default=900.0, **_TIMEOUT),
+        Option("startup_timeout_s", float, "seconds to wait for the health endpoint", default=900.0, gt=0, le=_WEEK_S),
         Option("shutdown_grace_s", float, "seconds between SIGTERM and SIGKILL", default=15.0, ge=0, le=3600),
         Option(
             "request_timeout_s",
             float,
             "a request unfinished this long after it was sent fails as timed out",
             default=600.0,
-            **_TIMEOUT,
+            gt=0,
+            le=_WEEK_S,
         ),
         Option(
             "api_key_env",

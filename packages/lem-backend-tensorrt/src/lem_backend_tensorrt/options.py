@@ -113,7 +113,7 @@ TABLE = Table(
         _torch("enable_block_reuse", bool, "prefix caching", cls="KvCacheConfig"),
         _torch("kv_cache_max_tokens", int, "KV-cache size in tokens", "max_tokens", "KvCacheConfig", **_COUNT),
         _torch("tokens_per_block", int, "tokens per KV-cache block", cls="KvCacheConfig", **_COUNT),
-        _torch("cuda_graph_batch_sizes", list[int], "batch sizes captured", "batch_sizes", "CudaGraphConfig"),
+        _torch("cuda_graph_batch_sizes", list[int], "batch sizes captured", "batch_sizes", "CudaGraphConfig", ge=1),
         _torch("cuda_graph_max_batch_size", int, "largest batch captured", "max_batch_size", "CudaGraphConfig", ge=0),
         _torch("cuda_graph_padding", bool, "pad batches to a captured size", "enable_padding", "CudaGraphConfig"),
         _torch("capacity_scheduler_policy", str, "which requests get KV cache", cls="SchedulerConfig"),

@@ -161,6 +161,9 @@ class MeasurementConfig:
     devices: tuple[int, ...] | None = None
     #: A worker that shows no progress for this many seconds is declared hung and killed.
     stall_timeout_s: float = 1800.0
+    #: The share of requests that may fail before the experiment counts as ``degraded`` (0: any failed
+    #: request does); an experiment none of whose requests succeeded is ``failed`` whatever this says.
+    max_failed_share: float = 0.0
 
     @property
     def cycle_limit(self) -> int:

@@ -74,6 +74,8 @@ class Option:
     :param choices: the values it takes, when they are a fixed set.
     :param pattern: a regular expression other strings must match (with ``choices``: either one).
     :param ge: lower bound, inclusive (``gt``: exclusive); ``le`` / ``lt`` likewise for the upper bound.
+        For a list or a map of numbers, the bounds of each item. Every numeric key declares bounds (a test holds
+        each plugin to it); floats are finite and integers below 2**31 whatever the bounds.
     :param table: the declaration of a nested table (``[vllm.speculative]``), checked like the top one.
     """
 
@@ -354,8 +356,12 @@ def check_value(option: Option, value: Any, path: str, hint: str = "") -> list[P
     if (option.choices or option.pattern) and not isinstance(value, Mapping) and not _in_choices(option, value):
         # A union (str | table) may take a table beside its string choices.
         return [error(path, f"must be {describe_choices(option)}", hint, value)]
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and not _in_bounds(option, value):
-        return [error(path, f"must be {describe_bounds(option)}", hint, value)]
+    # A list's or a map's bounds hold for each of its numbers (a nested table has bounds of its own).
+    each = isinstance(value, list) or (isinstance(value, Mapping) and option.table is None)
+    numbers = (list(value.values()) if isinstance(value, Mapping) else list(value)) if each else [value]
+    if any(isinstance(v, (int, float)) and not isinstance(v, bool) and not _in_bounds(option, v) for v in numbers):
+        shown = describe_bounds(option)
+        return [error(path, f"must be {'numbers each ' + shown if each else shown}", hint, value)]
     if option.table is not None and isinstance(value, Mapping):
         return check(option.table, value)
     return []

@@ -1,4 +1,4 @@
-"""Process lifetimes shared by lem and its backends: ports, parent-death signals, child subreapers.
+"""Process lifetimes shared by lem and its backends: ports (free, listening), parent-death signals, child subreapers.
 
 Backends that start processes of their own (the server backend's managed
 server, the pytorch backend's tensor-parallel ranks) and the campaign runner's
@@ -22,6 +22,15 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def listening(host: str, port: int, timeout_s: float = 2.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port`` (a bounded probe: at most ``timeout_s``)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:  # refused, unreachable, timed out, a name that does not resolve
+        return False
 
 
 def _prctl(option: int, value: int) -> bool:

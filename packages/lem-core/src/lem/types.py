@@ -122,7 +122,8 @@ class LoadedModel:
     :param model_config: the model's architecture (Hugging Face ``config.to_dict()``
         form), used for analytical FLOPs.
     :param num_parameters: parameter count, when known.
-    :param info: backend facts worth recording (versions, resolved engine args).
+    :param info: backend facts worth recording (versions, resolved engine args); a list of strings under
+        ``"warnings"`` is shown when the model has loaded and kept in the summary's warnings.
     :param synchronize: waits until all queued device work is done; called at
         both edges of every energy window.
     :param close: frees the model (and ends engine processes).

@@ -31,7 +31,8 @@ TABLE_FIGURES = (
 
 def _half_widths(row: Mapping[str, Any]) -> dict[str, float]:
     """Half-widths of the 95% CIs of the table's figures, from the experiment's summary (none when unknown)."""
-    doc = read_doc(Path(row["path"]) / "summary.json", []) if row.get("status") == "ok" and row.get("path") else None
+    measured = row.get("status") in ("ok", "degraded") and row.get("path")
+    doc = read_doc(Path(row["path"]) / "summary.json", []) if measured else None
     out = {}
     for _, key, _, _ in TABLE_FIGURES:
         figures = (doc or {}).get("figures")

@@ -23,10 +23,12 @@ import attrs
 from lem.campaign.ending import json_document, status_table, write_run_report
 from lem.campaign.executors import Executor, InProcessExecutor, LocalExecutor, Task
 from lem.campaign.ray_executor import RayExecutor, RayOptions
-from lem.campaign.records import prepare, record_failure, record_interruption, write_run
+from lem.campaign.records import check_resume, prepare, record_failure, record_interruption, write_run
 from lem.configfile.loading import Experiment, LoadedFile
 from lem.errors import Interrupted, ResultsError
+from lem.results.files import experiment_status, read_json
 from lem.results.rundir import check_resume_id, lock_run
+from lem.run.hub import check_hub_models
 from lem.run.meters import check_meters
 
 
@@ -41,6 +43,8 @@ class CampaignOptions:
     out_dir: Path = attrs.field(default=Path("results"), converter=Path)
     #: Continue this run (a directory under ``out_dir``), skipping its finished experiments.
     resume_id: str | None = None
+    #: With ``resume_id``: the file may add experiments to the run (``--resume-add``); none may change.
+    resume_add: bool = False
     #: Each experiment in this process instead of a fresh worker (debugging, tests).
     in_process: bool = False
     quiet: bool = False
@@ -92,6 +96,10 @@ def duration_text(seconds: float) -> str:
 def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, stdout: TextIO | None = None) -> bool:
     """Run every experiment of ``loaded`` under ``out_dir/<run-id>/``; ``True`` if all succeeded.
 
+    An experiment succeeded when it ran to the end and its summary's status is ``ok``: one whose
+    requests all failed (``failed``) or failed above ``measurement.max_failed_share`` (``degraded``)
+    did not, and its line on stderr gives the share and the first causes.
+
     ``options`` (default: :class:`CampaignOptions`' defaults) say where and
     how. Each experiment runs in a fresh worker process unless ``in_process``. A failed experiment gets a
     ``failure.json`` and the rest still run. With ``resume_id``, experiments
@@ -106,8 +114,9 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
     options = options if options is not None else CampaignOptions()
     out = stdout if stdout is not None else sys.stdout
     root = options.out_dir
-    if options.ray is None:
+    if options.ray is None:  # a Ray task runs on a node of its own: checked there, by its worker
         check_meters(loaded.experiments, options.pythons)
+        check_hub_models(loaded.experiments)
     if options.resume_id is not None:
         run_dir = check_resume_id(options.resume_id, root)
         run_id = options.resume_id
@@ -122,7 +131,10 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
             ) from None
     lock = lock_run(run_dir)
     try:
-        write_run(run_dir, run_id, loaded)
+        before = read_json(run_dir / "run.json") if options.resume_id is not None else None
+        if before is not None:
+            check_resume(before, loaded, run_dir, options.resume_add)
+        write_run(run_dir, run_id, loaded, before)
         all_ok = _run_all(loaded, options, run_dir, run_id, _executor(options, run_id, run_dir))
         ids = [e.id for e in loaded.experiments]
         report = write_run_report(run_dir, options.quiet) if options.report else None
@@ -174,6 +186,13 @@ def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id
                 record_failure(exp, done.task.exp_dir, run_id, done.outcome)
                 if not options.quiet:
                     print(f"{done.task.prefix}{exp.id}: FAILED{done.where}: {done.outcome.reason}", file=sys.stderr)
+                continue
+            # It ran to the end; whether its requests did is in its summary (lem.figures.outcome).
+            row = experiment_status(done.task.exp_dir)
+            if row["status"] in ("failed", "degraded"):
+                all_ok = False
+                if not options.quiet:
+                    print(f"{done.task.prefix}{exp.id}: {row['status'].upper()}: {row.get('reason')}", file=sys.stderr)
     except KeyboardInterrupt:
         runs.close()  # what still runs stops (Ray cancels its tasks) before the interruptions are recorded
         stopped = [(e, record_interruption(e, run_dir / e.id, run_id)) for e in in_flight.values()]

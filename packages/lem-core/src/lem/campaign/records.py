@@ -1,6 +1,7 @@
 """What the campaign writes in a run directory around its experiments.
 
-``run.json`` first; each experiment's ``experiment.toml`` before it runs (and,
+``run.json`` first (on ``--resume``, the check that the file expands to the
+experiments the run recorded, :func:`check_resume`); each experiment's ``experiment.toml`` before it runs (and,
 on ``--resume``, the check that it is the config the run started with);
 ``failure.json`` or ``interrupted.json`` when it does not finish; and the
 clearing of an earlier attempt's partial files, so a restarted experiment
@@ -10,8 +11,11 @@ worker, a Ray task) uses these, so every run directory has one layout.
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from lem import __version__
 from lem.campaign.job import Outcome
@@ -19,23 +23,114 @@ from lem.config import ExperimentConfig
 from lem.configfile.documents import TOMLDecodeError
 from lem.configfile.loading import Experiment, LoadedFile, dumps, loads, unstructure
 from lem.errors import DiskFull, ResultsError
-from lem.results.files import CYCLE_RE, flat_config, remove_stale_temporaries, write_atomic, write_json
+from lem.results.files import (
+    CYCLE_RE,
+    flat_config,
+    read_json,
+    remove_stale_temporaries,
+    write_atomic,
+    write_json,
+)
 
 
-def write_run(run_dir: Path, run_id: str, loaded: LoadedFile) -> None:
-    """``run.json``: what the run is (its source, lem version, experiments, config warnings)."""
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def source_digest(source: str) -> str | None:
+    """The SHA-256 of the experiment file's bytes (``None`` where it cannot be read now)."""
+    try:
+        return _digest(Path(source).read_bytes())
+    except OSError:
+        return None
+
+
+def config_digests(loaded: LoadedFile) -> dict[str, str]:
+    """Experiment id -> the SHA-256 of its resolved config as ``experiment.toml`` holds it."""
+    return {e.id: _digest(dumps(e.config).encode()) for e in loaded.experiments}
+
+
+def write_run(run_dir: Path, run_id: str, loaded: LoadedFile, before: Mapping[str, Any] | None = None) -> None:
+    """``run.json``: what the run is (its source and digest, lem version, experiments and the digests of their
+    configs, config warnings). On a resume, ``before`` (the run.json read then) keeps every experiment it had."""
+    configs = {**dict((before or {}).get("experiment_configs") or {}), **config_digests(loaded)}
+    ids = [str(i) for i in (before or {}).get("experiments") or ()]
+    ids += [e.id for e in loaded.experiments if e.id not in ids]
     write_json(
         run_dir / "run.json",
         "run",
         {
             "run_id": run_id,
             "source": loaded.source,
+            "source_sha256": source_digest(loaded.source),
             "lem_version": __version__,
-            "experiments": [e.id for e in loaded.experiments],
+            "experiments": ids,
+            "experiment_configs": {i: configs[i] for i in ids if i in configs},
             "updated_unix": time.time(),
             "config_warnings": [p.format() for p in loaded.warnings],
         },
     )
+
+
+def _listed(ids: Sequence[str], limit: int = 3) -> str:
+    return ", ".join(ids[:limit]) + (f" and {len(ids) - limit} more" if len(ids) > limit else "")
+
+
+def check_resume(before: Mapping[str, Any], loaded: LoadedFile, run_dir: Path, add: bool) -> None:
+    """Refuse to resume the run in ``run_dir`` (its run.json ``before``) with another study: one line saying how.
+
+    The expanded experiment set must be the recorded one: the same ids with the same resolved configs.
+    ``add`` (``--resume-add``) lets new experiments extend the run; none may be dropped or changed either way.
+    """
+    flag = "--resume-add" if add else "--resume"
+    run_id = run_dir.name
+    old_ids = [str(i) for i in before.get("experiments") or ()]
+    old_configs = before.get("experiment_configs")
+    new_configs = config_digests(loaded)
+    src = before.get("source")
+    same_source = before.get("source_sha256") in (None, source_digest(loaded.source))
+    where = "" if same_source else f" (the run started from {src}, whose content differs)"
+    dropped = [i for i in old_ids if i not in new_configs]
+    if dropped:
+        raise ResultsError(
+            f"{flag} {run_id}: {loaded.source} does not expand to experiment(s) {_listed(dropped)} of the run{where};"
+            " resume with the file the run started from, or start a new run"
+        )
+    if isinstance(old_configs, Mapping):
+        changed = [i for i in old_ids if i in old_configs and old_configs[i] != new_configs[i]]
+        exp = next((e for e in loaded.experiments if e.id in changed), None)
+        stored = run_dir / exp.id / "experiment.toml" if exp is not None else None
+        try:
+            differs = _config_difference(stored.read_text(encoding="utf-8"), exp.config) if stored and exp else None
+        except (OSError, UnicodeDecodeError):
+            differs = None
+        if exp is not None and stored is not None and differs is not None:  # name the keys that differ
+            raise ResultsError(
+                f"{stored}: experiment {exp.id} of run {run_id} was run with a different config ({differs}){where};"
+                f" start a new run instead of {flag}"
+            )
+        if changed:
+            raise ResultsError(
+                f"{flag} {run_id}: experiment(s) {_listed(changed)} of {loaded.source} have other configs than the"
+                f" run recorded{where} (an edited sweep); resume with the file the run started from, or"
+                " start a new run"
+            )
+    added = [i for i in new_configs if i not in old_ids]
+    if added and not add:
+        raise ResultsError(
+            f"--resume {run_id}: {loaded.source} has experiment(s) the run does not ({_listed(added)}){where};"
+            f" pass --resume-add {run_id} to extend the run with them, or start a new run"
+        )
+
+
+def finished(exp_dir: Path) -> bool:
+    """Whether the experiment in ``exp_dir`` ran to the end and is kept on a resume (its requests did not all fail)."""
+    if not (exp_dir / "summary.json").exists():
+        return False
+    try:
+        return read_json(exp_dir / "summary.json").get("status") != "failed"
+    except ResultsError:
+        return True  # a damaged summary is kept for the reader to name, never silently re-run over
 
 
 def clear_partial(exp_dir: Path) -> None:
@@ -97,7 +192,7 @@ def prepare(exp: Experiment, run_dir: Path, resuming: bool) -> bool:
                 f"{stored}: experiment {exp.id} of run {run_dir.name} was run with a different config"
                 f" ({differs}); start a new run instead of --resume"
             )
-        if (exp_dir / "summary.json").exists():
+        if finished(exp_dir):
             return False
     elif resuming and (exp_dir / "summary.json").exists():
         # Finished, but which config it ran is gone: re-running it would delete its results.

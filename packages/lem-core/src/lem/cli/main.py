@@ -3,13 +3,15 @@
 Imports of lem's own modules are kept inside the commands, each marked
 ``deferred``: ``lem --help`` must not import the plugins, torch or anything
 heavy (target < 0.3 s; benchmarks/cli_startup.py). Errors a user can cause (:class:`LemError`)
-become one line on stderr and exit status 2. The results commands
+become one line on stderr and exit status 2. ``lem run`` exits 0 when every experiment is ok, 1 when
+one failed or degraded, 2 on bad input, 130 when interrupted (README: exit status). The results commands
 (``lem results ...``, ``lem report``) are in :mod:`lem.cli.results`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 from collections.abc import Collection
@@ -159,7 +161,17 @@ def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
     help="Results directory.",
 )
 @click.option("--in-process", is_flag=True, help="Run experiments in this process (debugging, tests).")
-@click.option("--resume", "resume_id", metavar="RUN_ID", help="Continue a run, skipping finished experiments.")
+@click.option(
+    "--resume",
+    "resume_id",
+    metavar="RUN_ID",
+    help="Continue a run, skipping finished experiments; FILE must expand to the run's experiments.",
+)
+@click.option(
+    "--resume-add",
+    metavar="RUN_ID",
+    help="As --resume, and FILE may add experiments to the run (none may change or go).",
+)
 @click.option(
     "--python",
     "pythons",
@@ -224,6 +236,7 @@ def _campaign_options(
     out_dir: str,
     in_process: bool,
     resume_id: str | None,
+    resume_add: str | None,
     pythons: tuple[str, ...],
     quiet: bool,
     as_json: bool,
@@ -235,9 +248,12 @@ def _campaign_options(
     from lem.campaign.loop import CampaignOptions  # deferred: `lem --help` must not import the campaign
 
     interpreters = _interpreters(pythons, in_process)
+    if resume_id is not None and resume_add is not None:
+        raise LemError("--resume and --resume-add exclude each other: give one run id, with --resume-add to extend it")
     return CampaignOptions(
         out_dir=out_dir,
-        resume_id=resume_id,
+        resume_id=resume_id if resume_add is None else resume_add,
+        resume_add=resume_add is not None,
         in_process=in_process,
         quiet=quiet or as_json,
         as_json=as_json,
@@ -274,6 +290,28 @@ def _pairs(option: str, values: tuple[str, ...], convert: Any) -> dict[str, Any]
     return out
 
 
+#: Seconds the probe of a ``--ray ADDRESS`` waits for a TCP connection (Ray itself retries for minutes).
+RAY_PROBE_S = 3.0
+
+
+def _probe_ray(address: str, option: str) -> None:
+    """One line, within :data:`RAY_PROBE_S`, when nothing listens at a Ray address (``auto``/none: Ray finds it)."""
+    from lem.processes import listening  # deferred: `lem --help` stays fast
+
+    if not address or address in ("auto", "local"):
+        return
+    client = address.startswith("ray://")
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        host, port = address.removeprefix("ray://"), ""
+    number = int(port) if port else (10001 if client else 6379)
+    if not listening(host.strip("[]"), number, RAY_PROBE_S):
+        raise LemError(
+            f"{option} {address}: nothing listens on {host}:{number} (no connection within {RAY_PROBE_S:g} s);"
+            " start the cluster (`ray start --head`) or give its address (host:6379, or ray://host:10001)"
+        )
+
+
 def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptions | None:
     """The ``--ray*`` options as :class:`lem.campaign.ray_executor.RayOptions`; ``None`` without ``--ray``."""
     if address is None:
@@ -287,6 +325,7 @@ def _ray_options(address: str | None, in_process: bool, **args: Any) -> RayOptio
     from lem.campaign.ray_executor import RayOptions, import_ray  # deferred: `lem --help` stays fast
 
     import_ray()  # a missing Ray is one line before anything starts
+    _probe_ray(address or os.environ.get("RAY_ADDRESS", ""), "--ray" if address else "RAY_ADDRESS")
     return RayOptions(
         address=address or None,
         num_cpus=args["ray_cpus"],

@@ -66,6 +66,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.sampling_interval_ms", lambda v: v > 0, "must be > 0"),
     ("measurement.cooldown_seconds", lambda v: v >= 0, "must be >= 0"),
     ("measurement.stall_timeout_s", lambda v: v > 0, "must be > 0 seconds"),
+    ("measurement.max_failed_share", lambda v: 0 <= v <= 1, "must be in [0, 1] (0.05: up to 5% may fail)"),
     ("sharding.tensor_parallel_size", lambda v: v >= 1, "must be >= 1"),
     ("sharding.pipeline_parallel_size", lambda v: v >= 1, "must be >= 1"),
     # Upper bounds: far beyond any real use, low enough that a typo is refused at once instead of
@@ -227,6 +228,28 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
         yield error("traffic.concurrency", "is required for traffic.mode = 'concurrency'", "e.g. concurrency = 8")
     if t.mode == "offline" and (t.rate is not None or t.concurrency is not None):
         yield warning("traffic.mode", "is 'offline': traffic.rate and traffic.concurrency are ignored", value="offline")
+    if t.mode in ("poisson", "constant") and t.rate is not None and 0 < t.rate <= 1e6:
+        yield from _slow_arrivals(config, t.rate)
+
+
+#: A cycle whose arrivals alone take longer than this is most likely a typo in ``traffic.rate``.
+SLOW_CYCLE_S = 3600.0
+
+
+def _slow_arrivals(config: ExperimentConfig, rate: float) -> Iterator[Problem]:
+    """A rate so small that the arrivals of the measured cycles alone would take hours or days."""
+    m = config.measurement
+    per_cycle = config.dataset.num_prompts / rate
+    if per_cycle <= SLOW_CYCLE_S:
+        return
+    total = per_cycle * (m.cycle_limit + (1 if m.prefill_pass else 0) * m.cycle_limit)
+    yield warning(
+        "traffic.rate",
+        f"{config.dataset.num_prompts} prompts arriving at {rate:g} per second take {per_cycle / 3600:.1f} h per cycle"
+        f" (about {total / 86400:.1f} days for {m.cycle_limit} cycle(s))",
+        "raise traffic.rate (requests per second) or lower dataset.num_prompts",
+        rate,
+    )
 
 
 def _prompt_file(d: DatasetConfig) -> Iterator[Problem]:

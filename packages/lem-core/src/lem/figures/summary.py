@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lem.config import ExperimentConfig
-from lem.figures import goodput
+from lem.figures import goodput, outcome
 from lem.figures.attribution import NEGATIVE_DECODE, per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
 from lem.figures.energy import ENERGY_FIGURES, energy_figures, idle_power
@@ -343,6 +343,7 @@ def summarize(
             + ", ".join(f"{k} ±{v:.1%}" if v is not None else f"{k} unknown" for k, v in precision["rel_ci95"].items())
         )
     throttled = [int(c["cycle"]) for c, e in zip(cycles, energies, strict=True) if _throttled(e)]
+    status = outcome.request_status(len(per_request), reasons, config.measurement.max_failed_share)
     run_id, exp_id = setup.get("run_id"), setup.get("experiment_id")
     return {
         "key": f"{run_id}/{exp_id}",
@@ -352,7 +353,8 @@ def summarize(
         "model": setup.get("model"),
         "sweep_values": setup.get("sweep_values", {}),
         "config": dict(setup.get("config") or {}),
-        "status": "ok",
+        "status": status.status,
+        "status_reason": status.reason,
         "cycles": len(cycles),
         "figures": figures,
         "latency_pooled": pooled,

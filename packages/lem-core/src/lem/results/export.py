@@ -97,8 +97,8 @@ def environment_facts(env: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _status(exp_dir: Path, summary: Any, failure: Any) -> str:
-    if summary is not None:
-        return "ok"
+    if summary is not None:  # a summary says whether its requests failed (lem.figures.outcome)
+        return str(summary["status"]) if summary.get("status") in ("degraded", "failed") else "ok"
     if failure is not None:
         return "failed"
     return "incomplete" if (exp_dir / "setup.json").exists() else "not started"

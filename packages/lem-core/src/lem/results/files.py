@@ -390,6 +390,9 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
                 row["model"], row["backend"] = doc.get("model"), doc.get("backend")
                 return row
             row["status"] = status
+            if name == "summary.json" and doc.get("status") in ("degraded", "failed"):
+                # Measured to the end, but its requests failed: the summary says how many and why.
+                row["status"], row["reason"] = doc["status"], doc.get("status_reason")
             break
     else:
         row["status"] = "not started"
@@ -398,16 +401,17 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
         doc = {**_toml(exp_dir / "experiment.toml"), **doc}
     row["model"], row["backend"] = doc.get("model"), doc.get("backend")
     figs = doc.get("figures")
+    summarized = row["status"] in ("ok", "degraded", "failed")
     for key in ("output_tokens_per_s", "ttft_s.p50", "energy.j_per_output_token"):
         cell = figs.get(key) if isinstance(figs, Mapping) else None
         mean = cell.get("mean") if isinstance(cell, Mapping) else None
         number = mean is None or (isinstance(mean, int | float) and not isinstance(mean, bool))
         row[key] = mean if number else None
-        if row["status"] == "ok" and (not number or (cell is not None and not isinstance(cell, Mapping))):
+        if summarized and (not number or (cell is not None and not isinstance(cell, Mapping))):
             row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (figures.{key} is not a figure)")
-    if row["status"] == "ok" and not isinstance(figs, Mapping):
+    if summarized and not isinstance(figs, Mapping):
         row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (no 'figures' table)")
-    if row["status"] in ("failed", "interrupted"):
+    if row["status"] in ("failed", "interrupted") and "reason" not in row:
         row["reason"] = doc.get("reason")
     row["energy_reason"] = doc.get("energy_reason")
     return row

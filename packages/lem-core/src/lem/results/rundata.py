@@ -28,7 +28,7 @@ class ExperimentData:
 
     path: Path
     id: str
-    status: str  # "ok", "failed", "incomplete" or "not started"
+    status: str  # "ok", "degraded", "failed", "incomplete" or "not started"
     summary: Mapping[str, Any] | None
     failure: Mapping[str, Any] | None
     setup: Mapping[str, Any] | None
@@ -76,8 +76,8 @@ def read_experiment(exp_dir: Path) -> ExperimentData:
         config_toml: str | None = (exp_dir / "experiment.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         config_toml = None
-    if summary is not None:
-        status = "ok"
+    if summary is not None:  # a summary says whether its requests failed (lem.figures.outcome)
+        status = summary["status"] if summary.get("status") in ("degraded", "failed") else "ok"
     elif failure is not None:
         status = "failed"
     elif setup is not None or any(_CYCLE.match(p.name) for p in exp_dir.iterdir()):

@@ -1,7 +1,8 @@
 """Serving the prompt set to the backend: one request set, passes of the prompt set, the prefill-only pass.
 
 A cycle serves the prompt set once, or again and again (new request ids, the
-same prompts) until its window lasts ``measurement.min_window_s``; the
+same prompts) until its window lasts ``measurement.min_window_s``, unless the
+last requests all failed (:func:`failing`: no pass after a run of failures); the
 prefill-only pass (``measurement.prefill_pass``) serves the same requests
 with one output token each, all arriving at once.
 """
@@ -85,10 +86,24 @@ def serve_passes(
         start = t0 if done == 1 else time.monotonic_ns()
         requests = traffic.make_requests(prompts, offsets, t0_ns=start, first_id=(done - 1) * len(prompts))
         traces += serve(model, requests, config, progress, done_before=len(traces))
+        if failing(traces, len(prompts)):
+            progress.note(f"stopped after pass {done}: the last requests all failed ({traces[-1].error})")
+            return traces, done
         if passes is not None and done >= passes:
             return traces, done
         if passes is None and time.monotonic_ns() - t0 >= min_ns:
             return traces, done
+
+
+#: A cycle serves no further pass once this many requests in a row have failed (or a whole pass has).
+CONSECUTIVE_FAILURES_STOP = 32
+
+
+def failing(traces: Sequence[RequestTrace], pass_size: int) -> bool:
+    """Whether the last ``min(CONSECUTIVE_FAILURES_STOP, pass_size)`` requests all failed: serving the prompt
+    set again would only send a failing server the same requests (the failures stay recorded)."""
+    run = min(CONSECUTIVE_FAILURES_STOP, pass_size)
+    return run > 0 and len(traces) >= run and all(t.error is not None for t in traces[-run:])
 
 
 def _checked(stream: Iterable[Any]) -> Iterator[TokenEvent]:

@@ -64,7 +64,10 @@ def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progre
         model = loaded.model
         placed = follow_placement(exp, metering, model, exp_dir)
         prompt_set = tokenized_prompts(exp, model)
-        warnings = [*placed, *prompt_set.warnings]
+        backend_warnings = [str(w) for w in model.info.get("warnings") or ()]  # types.LoadedModel.info
+        for line in backend_warnings:
+            progress.note(f"warning: {line}")
+        warnings = [*placed, *backend_warnings, *prompt_set.warnings]
         live = Live(exp, exp_dir, run_id, progress, metering, model, prompt_set.prompts, warnings)
         idle = idle_baseline(live)
         warmup = warm_up(live)
