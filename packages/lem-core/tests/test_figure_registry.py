@@ -94,7 +94,7 @@ def test_rows_are_consistent() -> None:
         "output_tokens_per_s",
         "energy.j_per_output_token",
     }
-    with pytest.raises(KeyError, match="no.such: no such figure"):
+    with pytest.raises(KeyError, match=r"no\.such: no such figure"):
         registry.figure("no.such")
     with pytest.raises(ValueError, match="unknown view"):
         registry.in_view("nowhere")
