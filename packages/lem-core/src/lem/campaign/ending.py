@@ -9,6 +9,7 @@ what each estimate rests on and why a figure is flagged.
 from __future__ import annotations
 
 import io
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -71,9 +72,17 @@ def _figure_cell(row: Mapping[str, Any], fig: Figure, shown: _Shown) -> str:
         return "-"
     text = format_value(fig, value)
     if fig.name in shown.half:
-        # A fixed-point figure keeps its decimals; a figure of a few significant digits shows two of its CI's.
-        text += f" ± {format_value(fig, shown.half[fig.name], fig.spec if fig.spec.endswith('f') else '.2g')}"
+        text += f" ± {_half_width(fig, shown.half[fig.name])}"
     return marked(text, shown.methods.get(fig.name, MEASURED), shown.flags.get(fig.name, ()))
+
+
+def _half_width(fig: Figure, half: float) -> str:
+    """A CI half-width: a fixed-point figure keeps its decimals; others show two significant digits, no exponent."""
+    if fig.spec.endswith("f"):
+        return format_value(fig, half)
+    scaled = abs(half * fig.scale)
+    decimals = max(0, 1 - math.floor(math.log10(scaled))) if scaled > 0 else 0
+    return format(round(scaled, decimals), f".{decimals}f")
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
