@@ -123,9 +123,17 @@ def test_flags_of_names_the_flagged_figures() -> None:
     assert registry.flags_of(summary, "output_tokens_per_s") == []
     assert len(registry.flags_of(summary, "energy.j_per_output_token")) == 1
     assert registry.flags_of(summary, "energy.dynamic_j") == ["negative dynamic energy in cycle(s) 2"]
-    # The flag the prefill/decode split raises when decode energy comes out negative.
-    summary["flags"] = {"negative_decode_energy": [1, 3]}
-    assert registry.flags_of(summary, "energy.decode_j_per_output_token") == ["negative decode energy in cycle(s) 1, 3"]
+    # The flags as tables: only the figures each names, only when it hit a cycle.
+    decode = {"cycles": [1, 3], "count": 2, "figures": ["energy.decode_j_per_output_token"], "handling": "null"}
+    summary["flags"] = {
+        "negative_decode_energy": decode,
+        "negative_dynamic_energy": {"cycles": [], "count": 0, "figures": [], "handling": "kept"},
+    }
+    assert registry.flags_of(summary, "energy.decode_j_per_output_token") == [
+        "negative decode energy in cycle(s) 1, 3 (null)"
+    ]
+    assert registry.flags_of(summary, "energy.decode_dynamic_j_per_output_token") == []
+    assert registry.flags_of(summary, "energy.dynamic_j") == []
 
 
 # --- one label per figure -----------------------------------------------------------------------------

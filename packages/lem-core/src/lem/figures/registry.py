@@ -100,9 +100,10 @@ _LATENCY_VIEWS = {
     ("tpot_s", "p99"): ("compare", "report", "pareto"),
     ("e2e_s", "p50"): ("report",),
 }
-_NEGATIVE_DYNAMIC = ("negative_dynamic_energy_cycles",)
-#: A decode energy that came out negative (the prefill pass took more than the cycle), per cycle.
-_NEGATIVE_DECODE = ("negative_decode_energy", "negative_decode_energy_cycles")
+#: Summary flags (a list of cycles, or ``{cycles, count, figures, handling}``) of a dynamic energy below zero,
+#: and of a decode energy below zero (the prefill pass took more than the cycle).
+_NEGATIVE_DYNAMIC = ("negative_dynamic_energy", "negative_dynamic_energy_cycles")
+_NEGATIVE_DECODE = ("negative_decode_energy",)
 
 
 def _latency_rows() -> tuple[Figure, ...]:
@@ -364,11 +365,19 @@ def flags_of(summary: Mapping[str, Any], name: str) -> list[str]:
         out.append("impossible negative CI bound: run more cycles (the figure cannot be negative)")
     row = find(name)
     for key in row.flags if row is not None else ():
-        value = flags.get(key)
+        value: Any = flags.get(key)
+        handling = None
+        if isinstance(value, Mapping):  # {cycles, count, figures, handling}: the figures it touches are named
+            table: Mapping[str, Any] = value
+            touched = table.get("figures")
+            if isinstance(touched, list) and name not in touched:
+                continue
+            value, handling = table.get("cycles"), table.get("handling")
         if value:
             which = f" in cycle(s) {', '.join(map(str, value))}" if isinstance(value, list) else ""
-            out.append(f"{key.replace('_', ' ').removesuffix(' cycles')}{which}")
-    return out
+            how = f" ({handling})" if handling else ""
+            out.append(f"{key.removesuffix('_cycles').replace('_', ' ')}{which}{how}")
+    return list(dict.fromkeys(out))
 
 
 # --- display --------------------------------------------------------------------------------------------
