@@ -6,10 +6,10 @@ Llama on the CPU. This machine has no GPU: lem-energy-nvml reads a fake ``pynvml
 power readings a thread advances with the worker's CPU use, so the idle baseline is lower than the cycles'
 power and the NVML counter, idle baseline and power timeline are all exercised.
 
-Then this module recomputes, with its own code (plain Python and numpy; nothing from ``lem`` is imported, the
-files are read with ``json`` and ``csv``), every figure from the raw parts of the files — per-request token
-timestamps, energy windows, the idle baseline, the timelines — following the definitions of docs/results.md
-(and the docstrings it points to for FLOPs and steady state), and compares it with ``summary.json``:
+Then this module recomputes, with its own code (plain Python and numpy; the recomputation imports nothing
+from ``lem``, the files are read with ``json`` and ``csv``), every figure from the raw parts of the files —
+per-request token timestamps, energy windows, the idle baseline, the timelines — following the definitions
+of docs/results.md (and the docstrings it points to for FLOPs and steady state), and compares it with ``summary.json``:
 ``math.isclose(rel_tol=1e-9)``, exact for integers. Every leaf of the summary must be recomputed, or be a
 label (text), or be listed in :data:`NOT_RECOMPUTED` with the reason: a figure lem adds without a
 recomputation here fails the test by name.
@@ -162,6 +162,37 @@ NOT_RECOMPUTED = {
 #: latencies, the prompt-set digest) with nothing to recompute them from; compared with setup.json's own copy
 #: (except the prompt statistics, which are recomputed).
 COPIED_FROM_SETUP = ("load", "warmup", "prompts")
+#: Every figure this oracle recomputes per cycle (the keys :func:`cycle_figures` gives; it checks they are
+#: exactly these). Each row of lem's figure registry must be one of them: see the last test.
+RECOMPUTED_FIGURES = (
+    "output_tokens_per_s",
+    "total_tokens_per_s",
+    "requests_per_s",
+    *(
+        f"{lat}.{stat}"
+        for lat in ("ttft_s", "itl_s", "tpot_s", "e2e_s")
+        for stat in ("mean", "p50", "p90", "p95", "p99")
+    ),
+    "energy.total_j",
+    "energy.idle_j",
+    "energy.dynamic_j",
+    "energy.j_per_output_token",
+    "energy.dynamic_j_per_output_token",
+    "energy.output_tokens_per_j",
+    "energy.mean_power_w",
+    "energy.peak_power_w",
+    "flops.total",
+    "flops.achieved_flops_per_s",
+    "goodput.share",
+    "goodput.requests_per_s",
+    "goodput.j_per_good_request",
+    "goodput.dynamic_j_per_good_request",
+    "steady_state.output_tokens_per_s",
+    "steady_state.j_per_output_token",
+    "energy.prefill_j_per_input_token",
+    "energy.decode_j_per_output_token",
+    "energy.decode_dynamic_j_per_output_token",
+)
 REL_TOL = 1e-9
 #: Differences of energies of ~100 J (total - idle) and sums of ~1e-3 s latencies carry rounding of ~1e-14
 #: absolute: rel_tol alone would fail a figure that is exactly 0 in one computation and 1e-17 in the other.
@@ -601,6 +632,7 @@ def cycle_figures(
         per_j = [total * r["tokens"] / out_tokens for r in per]
     else:
         per_j = []
+    assert set(f) == set(RECOMPUTED_FIGURES), f"RECOMPUTED_FIGURES is out of date: {set(f) ^ set(RECOMPUTED_FIGURES)}"
     passes = cycle.get("passes", 1)
     size = len(reqs) // passes
     throttling = {"sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"}
@@ -895,3 +927,14 @@ def test_a_figure_lem_adds_without_a_recomputation_fails_by_name(runs: dict[str,
     assert any(p.startswith("figures/energy.new_figure_j/mean = ") and "not recomputed" in p for p in problems)
     assert any(p.startswith("latency_pooled/ttft_s/p999 = 1.0: not recomputed") for p in problems)
     assert "workload/passes[0]: recomputed but absent from summary.json" in problems
+
+
+def test_every_registry_figure_has_a_recomputation_here() -> None:
+    """A figure added to lem's registry without a recomputation in this oracle fails here, by name.
+
+    The only import of lem in this module: the registry is what is checked, not a tool of the recomputation.
+    """
+    from lem.figures.registry import FIGURES
+
+    missing = [f.name for f in FIGURES if f.name not in RECOMPUTED_FIGURES]
+    assert not missing, f"registry figures without a recomputation in tests/test_recompute.py: {missing}"

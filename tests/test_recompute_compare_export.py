@@ -47,16 +47,16 @@ from test_recompute import (
 REL = 1e-9
 
 #: The figures compare shows (docs/results.md, Commands): ``(figure, unit, display scale)``; goodput's only
-#: when an experiment has an ``[slo]``.
+#: when an experiment has an ``[slo]``. A label that names its unit ("J/out tok") has no separate unit.
 COMPARED = (
     ("output_tokens_per_s", "", 1.0),
     *((f"{lat}.{q}", "ms", 1e3) for lat in ("ttft_s", "itl_s", "tpot_s") for q in ("p50", "p99")),
-    ("energy.j_per_output_token", "J", 1.0),
-    ("energy.dynamic_j_per_output_token", "J", 1.0),
+    ("energy.j_per_output_token", "", 1.0),
+    ("energy.dynamic_j_per_output_token", "", 1.0),
     ("energy.mean_power_w", "W", 1.0),
     ("goodput.share", "%", 100.0),
     ("goodput.requests_per_s", "req/s", 1.0),
-    ("goodput.j_per_good_request", "J", 1.0),
+    ("goodput.j_per_good_request", "", 1.0),
 )
 
 TEMPLATE = """

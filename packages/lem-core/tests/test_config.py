@@ -26,6 +26,7 @@ class _Backend:
 def fake_backend():
     """A throwaway backend, so these tests do not depend on which real backends are installed."""
     from lem import plugins
+
     with registered(_Backend(), "fakeback"):
         plugins._dists["fakeback"] = "lem-backend-fakeback"
         yield

@@ -87,7 +87,7 @@ def test_results_commands(run_dir: Path) -> None:
     assert listed.exit_code == 0 and f"{run_dir.name}/a" in listed.output and "scripted" in listed.output
     rows = json.loads(runner.invoke(cli, ["results", "list", root, "--json"]).output)
     assert {r["status"] for r in rows} == {"ok"} and rows[0]["output_tokens_per_s"] > 0
-    shown = runner.invoke(cli, ["results", "show", f"{run_dir.name}/a", "--dir", root])
+    shown = runner.invoke(cli, ["results", "show", f"{run_dir.name}/a", "--dir", root, "--json"])
     assert shown.exit_code == 0 and json.loads(shown.output)["kind"] == "summary"
     agg = runner.invoke(cli, ["results", "aggregate", run_dir.name, "--dir", root, "--pool", str(run_dir / "p.json")])
     assert agg.exit_code == 0 and "recomputed" in agg.output

@@ -115,7 +115,7 @@ def test_summary_describes_itself_with_key_config_and_digests(run_scripted: Scri
     assert rows[1]["output_digest"] == _sha([100, 101, 102])
     assert summary["output_digest"] == _sha([r["token_ids"] for r in sorted(rows, key=lambda r: r["id"])])
     assert summary["outputs_identical_across_cycles"] is True
-    shown = CliRunner().invoke(cli, ["results", "show", str(exp)])
+    shown = CliRunner().invoke(cli, ["results", "show", str(exp), "--json"])
     assert shown.exit_code == 0
     assert json.loads(shown.output)["prompts"]["digest"] == expected
     assert json.loads(shown.output)["output_digest"] == summary["output_digest"]
@@ -253,8 +253,13 @@ def test_schema_1_results_still_list_show_and_aggregate(tmp_path: Path) -> None:
     assert listed.exit_code == 0, listed.output
     rows = json.loads(listed.output)
     assert [r["status"] for r in rows] == ["ok", "ok"] and rows[0]["output_tokens_per_s"] > 0
-    shown = runner.invoke(cli, ["results", "show", str(V1_RUN / "000-batch_size=1-v1aaaa")])
+    shown = runner.invoke(cli, ["results", "show", str(V1_RUN / "000-batch_size=1-v1aaaa"), "--json"])
     assert shown.exit_code == 0 and json.loads(shown.output)["schema_version"] == 1
+    # The human summary reads a schema-1 summary too.
+    human = runner.invoke(cli, ["results", "show", str(V1_RUN / "000-batch_size=1-v1aaaa")])
+    assert human.exit_code == 0, human.output
+    mean = json.loads(shown.output)["figures"]["output_tokens_per_s"]["mean"]
+    assert "output tok/s" in human.output and format(mean, ".1f") in human.output
     copy = tmp_path / V1_RUN.name
     shutil.copytree(V1_RUN, copy)
     before = read_json(copy / "000-batch_size=1-v1aaaa" / "summary.json")

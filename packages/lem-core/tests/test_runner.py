@@ -230,7 +230,7 @@ def test_json_output_and_table(run_scripted: ScriptedRunner, capsys: pytest.Capt
     assert doc["ok"] and doc["run_id"] == run_dir.name and doc["experiments"][0]["kind"] == "summary"
     run_scripted(scripted.experiment(_with()), check=False)
     out = capsys.readouterr().out
-    assert "out tok/s" in out and out.rstrip().splitlines()[-1].startswith("results: ")
+    assert "output tok/s" in out and out.rstrip().splitlines()[-1].startswith("results: ")
 
 
 def test_progress_lines_on_stderr_unless_quiet(

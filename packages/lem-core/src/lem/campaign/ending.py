@@ -1,72 +1,108 @@
 """How a campaign ends: its ``report.html``, then the table (or, with ``--json``, the documents) on stdout.
 
 The table has one line per experiment, its cycle means ± the half-width of
-their 95% CI, then the reasons of failures and of energy not measured.
+their 95% CI (figures and labels from :mod:`lem.figures.registry`, estimates
+and flags marked), then the reasons of failures and of energy not measured,
+what each estimate rests on and why a figure is flagged.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from lem.figures.registry import (
+    ESTIMATE,
+    FLAGGED,
+    MEASURED,
+    Figure,
+    Method,
+    flags_of,
+    format_value,
+    in_view,
+    marked,
+    method_of,
+)
 from lem.results.files import experiment_status, read_json
 from lem.results.plots import INSTALL_HINT
 from lem.results.report import write_report
 from lem.results.rundata import number, read_doc
 
-#: End-of-run table columns: heading, row key, scale, format.
-TABLE_FIGURES = (
-    ("out tok/s", "output_tokens_per_s", 1.0, ".1f"),
-    ("TTFT p50 ms", "ttft_s.p50", 1e3, ".1f"),
-    ("J/out tok", "energy.j_per_output_token", 1.0, ".4g"),
-)
+
+@attrs.frozen
+class _Shown:
+    """What the table shows of one experiment's figures beside their means: CI half-widths, methods, flags."""
+
+    half: Mapping[str, float]
+    methods: Mapping[str, Method]
+    flags: Mapping[str, list[str]]
 
 
-def _half_widths(row: Mapping[str, Any]) -> dict[str, float]:
-    """Half-widths of the 95% CIs of the table's figures, from the experiment's summary (none when unknown)."""
+def _shown(row: Mapping[str, Any]) -> _Shown:
+    """The 95% CI half-widths, methods and flags of the table's figures, from the experiment's summary."""
     measured = row.get("status") in ("ok", "degraded") and row.get("path")
     doc = read_doc(Path(row["path"]) / "summary.json", []) if measured else None
-    out = {}
-    for _, key, _, _ in TABLE_FIGURES:
-        figures = (doc or {}).get("figures")
-        entry = figures.get(key) if isinstance(figures, Mapping) else None
+    half, methods, flags = {}, {}, {}
+    figures = (doc or {}).get("figures")
+    for fig in in_view("run_table"):
+        entry = figures.get(fig.name) if isinstance(figures, Mapping) else None
         if not isinstance(entry, Mapping):
             continue
         low, high = number(entry.get("ci95_low")), number(entry.get("ci95_high"))
         if low is not None and high is not None:
-            out[key] = (high - low) / 2
-    return out
+            half[fig.name] = (high - low) / 2
+        if doc is not None and number(entry.get("mean")) is not None:
+            methods[fig.name] = method_of(doc, fig.name)
+            if found := flags_of(doc, fig.name):
+                flags[fig.name] = found
+    return _Shown(half, methods, flags)
 
 
-def _figure_cell(row: Mapping[str, Any], key: str, scale: float, spec: str, half: Mapping[str, float]) -> str:
-    value = row.get(key)
+def _figure_cell(row: Mapping[str, Any], fig: Figure, shown: _Shown) -> str:
+    value = row.get(fig.name)
     if value is None:
         return "-"
-    text = format(value * scale, spec)
-    if key not in half:
-        return text
-    # A fixed-point figure keeps its decimals; a figure of a few significant digits shows two of its CI's.
-    return f"{text} ± {format(half[key] * scale, spec if spec.endswith('f') else '.2g')}"
+    text = format_value(fig, value)
+    if fig.name in shown.half:
+        text += f" ± {_half_width(fig, shown.half[fig.name])}"
+    return marked(text, shown.methods.get(fig.name, MEASURED), shown.flags.get(fig.name, ()))
+
+
+def _half_width(fig: Figure, half: float) -> str:
+    """A CI half-width: a fixed-point figure keeps its decimals; others show two significant digits, no exponent."""
+    if fig.spec.endswith("f"):
+        return format_value(fig, half)
+    scaled = abs(half * fig.scale)
+    decimals = max(0, 1 - math.floor(math.log10(scaled))) if scaled > 0 else 0
+    return format(round(scaled, decimals), f".{decimals}f")
 
 
 def table(rows: Sequence[dict[str, Any]]) -> str:
-    """The end-of-run table: one line per experiment, cycle means ± the half-width of their 95% CI, then reasons."""
+    """The end-of-run table: one line per experiment, cycle means ± the half-width of their 95% CI, then reasons.
+
+    A figure resting on an estimate is marked ``(estimate)`` and a flagged one ``(flagged)``; the lines
+    below the table say what each estimate rests on and why each figure is flagged.
+    """
+    columns = in_view("run_table")
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
     for heading in ("experiment", "status", "backend", "model"):
         t.add_column(heading, no_wrap=True)
-    for heading, *_ in TABLE_FIGURES:
-        t.add_column(heading, justify="right", no_wrap=True)
-    halves = [_half_widths(r) for r in rows]
-    for r, half in zip(rows, halves, strict=True):
-        figures = [_figure_cell(r, key, scale, spec, half) for _, key, scale, spec in TABLE_FIGURES]
-        t.add_row(r["id"], r["status"], str(r.get("backend")), str(r.get("model")), *figures)
+    for fig in columns:
+        t.add_column(fig.title, justify="right", no_wrap=True)
+    shown = [_shown(r) for r in rows]
+    for r, s in zip(rows, shown, strict=True):
+        t.add_row(
+            r["id"], r["status"], str(r.get("backend")), str(r.get("model")), *(_figure_cell(r, f, s) for f in columns)
+        )
     buf = io.StringIO()
     # A plain-text rendering (no colour, no terminal width): the same table in a terminal, a pipe or a log.
     Console(file=buf, width=10_000, color_system=None, force_terminal=False).print(t, markup=False)
@@ -76,7 +112,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
             lines.append(f"{r['id']}: {r['reason']}")
     reasons = sorted({r["energy_reason"] for r in rows if r.get("energy_reason")})
     lines += [f"energy not measured: {reason}" for reason in reasons]
-    if any(halves):
+    for r, s in zip(rows, shown, strict=True):
+        estimated = [f for f in columns if s.methods.get(f.name, MEASURED).estimate]
+        if estimated:
+            basis = next((s.methods[f.name].basis for f in estimated if s.methods[f.name].basis), None)
+            lines.append(
+                f"{ESTIMATE} {r['id']}: {', '.join(f.title for f in estimated)} "
+                f"rest{'s' if len(estimated) == 1 else ''} on an estimate, not a "
+                f"measurement: {basis or 'the result does not record its basis'}"
+            )
+        for f in columns:
+            for why in s.flags.get(f.name, ()):
+                lines.append(f"{FLAGGED} {r['id']}: {f.title}: {why}")
+    if any(s.half for s in shown):
         lines.append("±: half-width of the 95% confidence interval over cycles")
     return "\n".join(lines)
 

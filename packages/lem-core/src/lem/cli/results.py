@@ -7,6 +7,7 @@ that `lem --help` stays fast (target < 0.3 s; benchmarks/cli_startup.py).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -59,8 +60,12 @@ def _results_dir(targets: str) -> Callable[[Callable[..., Any]], Callable[..., A
 @results.command("show")
 @click.argument("target")
 @_results_dir("TARGET")
-def results_show(target: str, directory: str) -> None:
-    """Print the full summary (JSON) of TARGET: RUN_ID, RUN_ID/EXPERIMENT_ID or a path."""
+@click.option("--json", "as_json", is_flag=True, help="Print the full summary.json (JSON) instead.")
+def results_show(target: str, directory: str, as_json: bool) -> None:
+    """Summarize TARGET (RUN_ID, RUN_ID/EXPERIMENT_ID or a path): what ran and each figure with its 95% CI.
+
+    Estimated figures are marked "(estimate)" with what they rest on; --json prints the summary file itself.
+    """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.files import experiment_dirs, read_json, resolve
 
@@ -74,8 +79,14 @@ def results_show(target: str, directory: str) -> None:
         except ResultsError as exc:  # name the damaged file, show the rest
             click.echo(f"lem: {exc}; skipped", err=True)
             damaged += 1
-    if docs:
+    if docs and as_json:
         click.echo(json.dumps(docs[0] if len(docs) == 1 else docs, indent=2))
+    elif docs:
+        # deferred: rich and the registry load only for the human summary
+        from lem.results.show import summary_text
+
+        width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+        click.echo(summary_text(docs, width), nl=False)
     if damaged:
         sys.exit(1)
 

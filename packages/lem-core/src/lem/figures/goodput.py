@@ -152,16 +152,6 @@ def cycle_goodput(
     return out
 
 
-def figure_reason(blocks: Sequence[Mapping[str, Any]], key: str) -> str | None:
-    """Why the goodput figure ``key`` is null in every cycle (the first reason a cycle gives)."""
-    for b in blocks:
-        if b.get("reason"):
-            return str(b["reason"])
-        if key.endswith("j_per_good_request") and b.get("energy_reason"):
-            return str(b["energy_reason"])
-    return None
-
-
 def summary_block(
     config: SloConfig, blocks: Sequence[Mapping[str, Any]], per_request: Sequence[Mapping[str, Any]]
 ) -> dict[str, Any]:

@@ -15,13 +15,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lem.config import MeasurementConfig
+from lem.figures.registry import FIGURES
 from lem.figures.stats import interval
-
-#: The figures a precision target applies to: name in the summary -> path in a cycle's blocks.
-TARGET_FIGURES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("energy.j_per_output_token", ("energy", "j_per_output_token")),
-    ("output_tokens_per_s", ("metrics", "output_tokens_per_s")),
-)
 
 
 def rel_ci(values: Sequence[float | None]) -> float | None:
@@ -46,7 +41,9 @@ def check(blocks: Sequence[Mapping[str, Any]], target: float) -> tuple[bool, dic
     """
     rels: dict[str, float | None] = {}
     applies = []
-    for name, path in TARGET_FIGURES:
+    # Energy first, then throughput: the order summaries have always listed them in.
+    for row in sorted((r for r in FIGURES if r.precision_target), key=lambda r: r.method != "energy"):
+        name, path = row.name, row.path
         values = [_value(b, path) for b in blocks]
         rels[name] = rel_ci(values)
         if name.startswith("energy.") and (not values or any(v is None for v in values)):

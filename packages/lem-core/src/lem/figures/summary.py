@@ -28,46 +28,13 @@ from lem.config import ExperimentConfig
 from lem.figures import goodput, outcome
 from lem.figures.attribution import NEGATIVE_DECODE, per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
-from lem.figures.energy import ENERGY_FIGURES, energy_figures, idle_power
+from lem.figures.energy import energy_figures, idle_power
 from lem.figures.precision import precision_block, rel_ci
+from lem.figures.registry import FIGURES, dig, estimate_basis, null_reason
 from lem.figures.requests import RequestTrace, cycle_metrics, failure_reasons, latency_distributions, request_metrics
-from lem.figures.stats import MIN_SAMPLES_FOR_PERCENTILES, PERCENTILES, distribution, interval
+from lem.figures.stats import MIN_SAMPLES_FOR_PERCENTILES, distribution, interval
 from lem.figures.steady import steady_state
 from lem.figures.thermal import thermal_context
-
-#: Figures summarized across cycles: name -> path into a cycle's ``metrics``/``energy`` blocks.
-LATENCIES = ("ttft_s", "itl_s", "tpot_s", "e2e_s")
-HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("output_tokens_per_s", ("metrics", "output_tokens_per_s")),
-    ("total_tokens_per_s", ("metrics", "total_tokens_per_s")),
-    ("requests_per_s", ("metrics", "requests_per_s")),
-    *(
-        (f"{lat}.{stat}", ("metrics", lat, stat))
-        for lat in LATENCIES
-        for stat in ("mean", *(f"p{q}" for q in PERCENTILES))
-    ),
-    *((f"energy.{key}", ("energy", key)) for key in ENERGY_FIGURES),
-    ("flops.total", ("metrics", "flops", "total")),
-    ("flops.achieved_flops_per_s", ("metrics", "flops", "achieved_flops_per_s")),
-    # Requests that met the [slo] (lem.figures.goodput).
-    *((f"goodput.{key}", ("metrics", "goodput", key)) for key in goodput.GOODPUT_FIGURES),
-    # Steady state (lem.figures.steady): its energy is the power timeline integrated over the window.
-    ("steady_state.output_tokens_per_s", ("metrics", "steady_state", "output_tokens_per_s")),
-    ("steady_state.j_per_output_token", ("metrics", "steady_state", "j_per_output_token")),
-    # Measured by the prefill-only pass (measurement.prefill_pass, lem.figures.attribution).
-    ("energy.prefill_j_per_input_token", ("energy", "prefill_decode", "prefill_j_per_input_token")),
-    ("energy.decode_j_per_output_token", ("energy", "prefill_decode", "decode_j_per_output_token")),
-    ("energy.decode_dynamic_j_per_output_token", ("energy", "prefill_decode", "decode_dynamic_j_per_output_token")),
-)
-
-#: Where the reason of a figure that no cycle could give is found (path of the block holding ``reason``).
-FIGURE_REASONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "steady_state.output_tokens_per_s": (("metrics", "steady_state"), "reason"),
-    "steady_state.j_per_output_token": (("metrics", "steady_state"), "energy_reason"),
-    "energy.prefill_j_per_input_token": (("energy", "prefill_decode"), "reason"),
-    "energy.decode_j_per_output_token": (("energy", "prefill_decode"), "reason"),
-    "energy.decode_dynamic_j_per_output_token": (("energy", "prefill_decode"), "reason"),
-}
 
 #: Results written before schema 2 recorded neither prompt ids nor output ids.
 NOT_RECORDED_V1 = "not recorded: these results were written by lem's schema 1"
@@ -168,37 +135,21 @@ def compute_cycle(
     return metrics, energy, warnings + ewarn + twarn
 
 
-def dig(doc: Mapping[str, Any], path: Sequence[str]) -> Any:
-    """``doc[path[0]][path[1]]...``, ``None`` where a step is missing."""
-    node: Any = doc
-    for key in path:
-        if not isinstance(node, Mapping):
-            return None
-        node = node.get(key)
-    return node
-
-
 def headline_figures(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """Every headline figure over cycles (``{"metrics": ..., "energy": ...}`` blocks), with its labels."""
     figures = {}
-    for name, path in HEADLINE:
+    for row in FIGURES:
+        name, path = row.name, row.path
         fig = interval([dig(b, path) for b in blocks])
         present = [v for v in fig["values"] if v is not None]
         if fig["ci95_low"] is not None:
             # A figure that cannot be negative (all its values are >= 0) with an interval below 0:
             # the raw bound is kept, the flag says it is impossible (too few cycles for this spread).
             fig["ci95_low_impossible"] = fig["ci95_low"] < 0 <= min(present)
-        if not present and name.split(".")[0] in LATENCIES:
-            label = next((dig(b, path[:-1]) for b in blocks if dig(b, path[:-1])), None) or {}
-            if label.get("reason"):
-                fig["reason"] = label["reason"]
-        if not present and name.startswith("goodput."):
-            why = goodput.figure_reason([dig(b, path[:-1]) or {} for b in blocks], path[-1])
+        if not present and row.reason is not None:
+            why = null_reason(row, blocks)
             if why:
                 fig["reason"] = why
-        if not present and name in FIGURE_REASONS:
-            where, key = FIGURE_REASONS[name]
-            fig["reason"] = next((dig(b, (*where, key)) for b in blocks if dig(b, (*where, key))), None)
         fig["rel_ci95"] = rel_ci(fig["values"])
         if name.startswith("ttft_s."):
             note = next((dig(b, ("metrics", "ttft_s", "note")) for b in blocks), None)
@@ -376,6 +327,8 @@ def summarize(
         "methods": {
             "energy": method,
             "energy_cycles": method_cycles,
+            # What an estimated energy rests on (a TDP, a constant RAM power): every screen shows it.
+            "energy_basis": estimate_basis(d for e in energies for d in e.get("devices") or ()),
             "idle": next((e["idle_method"] for e in energies if e["idle_method"]), None),
             "peak_power": next((e["peak_power_method"] for e in energies if e["peak_power_method"]), None),
             "flops": next((m["flops"]["method"] for m in metrics), None),

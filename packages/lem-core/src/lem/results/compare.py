@@ -19,30 +19,13 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
+from lem.figures.registry import ESTIMATE, FLAGGED, find, flags_of, in_view, method_of
 from lem.figures.stats import welch_test
 from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
 
 TEST = (
     "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "
     "(Welch-Satterthwaite degrees of freedom, rounded down)"
-)
-
-#: ``(figure, label, scale for display, unit)``: the headline figures compared.
-FIGURES: tuple[tuple[str, str, float, str], ...] = (
-    ("output_tokens_per_s", "output tok/s", 1.0, ""),
-    ("ttft_s.p50", "TTFT p50", 1e3, "ms"),
-    ("ttft_s.p99", "TTFT p99", 1e3, "ms"),
-    ("itl_s.p50", "ITL p50", 1e3, "ms"),
-    ("itl_s.p99", "ITL p99", 1e3, "ms"),
-    ("tpot_s.p50", "TPOT p50", 1e3, "ms"),
-    ("tpot_s.p99", "TPOT p99", 1e3, "ms"),
-    ("energy.j_per_output_token", "J/output token", 1.0, "J"),
-    ("energy.dynamic_j_per_output_token", "dynamic J/output token", 1.0, "J"),
-    ("energy.mean_power_w", "mean power", 1.0, "W"),
-    # Shown only when an experiment has an [slo] (lem.figures.goodput).
-    ("goodput.share", "SLO attainment", 100.0, "%"),
-    ("goodput.requests_per_s", "goodput", 1.0, "req/s"),
-    ("goodput.j_per_good_request", "J/request within SLO", 1.0, "J"),
 )
 
 
@@ -87,7 +70,7 @@ def shape_problem(summary: Mapping[str, Any]) -> str | None:
     figures = summary.get("figures")
     if not isinstance(figures, Mapping):
         return "no 'figures' table"
-    for name, *_ in FIGURES:
+    for name in (f.name for f in in_view("compare")):
         fig = figures.get(name)
         if fig is None:
             continue
@@ -200,7 +183,8 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     """The comparison as JSON-ready data: experiments, figures (mean, CI, ratio, Welch verdict), warnings."""
     figures = []
     has_slo = any((e.summary.get("slo") or {}).get("slo") for e in entries)
-    for name, label, scale, unit in FIGURES:
+    for row in in_view("compare"):
+        name = row.name
         if name.startswith("goodput.") and not has_slo:
             continue
         base = _values(entries[0].summary, name)
@@ -209,6 +193,7 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
         for i, e in enumerate(entries):
             fig = _figure(e.summary, name)
             mean = fig.get("mean")
+            method = method_of(e.summary, name)
             cell: dict[str, Any] = {
                 "key": e.key,
                 "n": fig.get("n", 0),
@@ -217,11 +202,26 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
                 "ci95_high": fig.get("ci95_high"),
                 "reason": fig.get("reason"),
                 "ratio": mean / base_mean if mean is not None and base_mean else None,
+                # measured or estimate, and what an estimate rests on (lem.figures.registry.method_of)
+                "method": method.kind,
+                "method_detail": method.detail,
+                "basis": method.basis,
+                "flags": flags_of(e.summary, name),
             }
             if i > 0:
                 cell["welch"] = welch_test(base, _values(e.summary, name))
             cells.append(cell)
-        figures.append({"figure": name, "label": label, "unit": unit, "scale": scale, "experiments": cells})
+        figures.append(
+            {
+                "figure": name,
+                "label": row.label,
+                "title": row.title,
+                "unit": row.unit,
+                "scale": row.scale,
+                "larger_is_better": row.larger_is_better,
+                "experiments": cells,
+            }
+        )
     return {
         "test": TEST,
         "experiments": [
@@ -239,8 +239,8 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     }
 
 
-def _num(value: float | None, scale: float) -> str:
-    return "-" if value is None else f"{value * scale:.4g}"
+def _num(value: float | None, scale: float, spec: str) -> str:
+    return "-" if value is None else format(value * scale, spec)
 
 
 def _verdict(welch: Mapping[str, Any]) -> str:
@@ -250,25 +250,39 @@ def _verdict(welch: Mapping[str, Any]) -> str:
 
 
 def render(result: Mapping[str, Any]) -> Any:
-    """A rich ``Table`` of the comparison: one row per figure, one column per experiment."""
+    """A rich ``Table`` of the comparison: one row per figure, one column per experiment.
+
+    A cell resting on an estimate is marked ``(estimate)``, a flagged one ``(flagged)``; the caption says
+    what each estimate rests on.
+    """
     from rich.table import Table
 
-    table = Table(title="lem results compare", caption=f"resolved: {result['test']}", show_lines=True)
+    notes = [f"resolved: {result['test']}"]
+    bases: dict[str, str] = {}
+    table = Table(title="lem results compare", show_lines=True)
     table.add_column("figure", no_wrap=True)
     for e in result["experiments"]:
         table.add_column(f"{e['key']}\n{e['backend']}", overflow="fold")
     for fig in result["figures"]:
-        unit = f" ({fig['unit']})" if fig["unit"] else ""
-        row = [fig["label"] + unit]
+        row = find(fig["figure"])
+        spec = row.spec if row is not None else ".4g"
+        cells = [fig["title"]]
         for i, cell in enumerate(fig["experiments"]):
-            scale = fig["scale"]
             if cell["mean"] is None:
-                row.append(f"null: {cell['reason']}" if cell.get("reason") else "-")
+                cells.append(f"null: {cell['reason']}" if cell.get("reason") else "-")
                 continue
-            text = f"{_num(cell['mean'], scale)} [{_num(cell['ci95_low'], scale)}, {_num(cell['ci95_high'], scale)}]"
+            low, mean, high = (_num(cell[k], fig["scale"], spec) for k in ("ci95_low", "mean", "ci95_high"))
+            text = f"{mean} [{low}, {high}]"
+            if cell["method"] == "estimate":
+                text += f" {ESTIMATE}"
+                bases.setdefault(cell["key"], cell["basis"] or "the result does not record its basis")
+            if cell["flags"]:
+                text += f" {FLAGGED}: " + "; ".join(cell["flags"])
             if i > 0:
                 ratio = "-" if cell["ratio"] is None else f"×{cell['ratio']:.3f}"
                 text += f"\n{ratio} {_verdict(cell['welch'])}"
-            row.append(text)
-        table.add_row(*row)
+            cells.append(text)
+        table.add_row(*cells)
+    notes += [f"{ESTIMATE} {key}: rests on an estimate, not a measurement: {basis}" for key, basis in bases.items()]
+    table.caption = "\n".join(notes)
     return table

@@ -21,8 +21,9 @@ from typing import Any, TextIO
 
 from lem.config import ExperimentConfig
 from lem.errors import ResultsError
+from lem.figures.registry import FIGURES, cycle_value
 from lem.figures.requests import request_metrics
-from lem.figures.summary import HEADLINE, compute_cycle, dig, traces_from_json
+from lem.figures.summary import compute_cycle, traces_from_json
 from lem.results.files import (
     SHAPE_ERRORS,
     cycle_paths,
@@ -205,7 +206,7 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
             "goodput.good_requests": metrics["goodput"]["good_requests"],
             "goodput.met": metrics["goodput"]["met"],
         }
-        row.update({name: dig(block, path) for name, path in HEADLINE})
+        row.update({fig.name: cycle_value(block, fig) for fig in FIGURES})
         rows.append(row)
     return rows
 

@@ -28,11 +28,12 @@ from lem.config import ExperimentConfig
 from lem.configfile.documents import read_toml
 from lem.configfile.loading import structure_leniently
 from lem.errors import ConfigError, DiskFull, ResultsError
-from lem.figures.summary import HEADLINE, compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
+from lem.figures.registry import FIGURES, in_view, method_of
+from lem.figures.summary import compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
 from lem.results.timelines import cycle_timelines, timeline_csv, timeline_path
 
 __all__ = [
-    "HEADLINE",
+    "FIGURES",
     "SCHEMA_VERSION",
     "compute_cycle",
     "summarize",
@@ -402,7 +403,7 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     row["model"], row["backend"] = doc.get("model"), doc.get("backend")
     figs = doc.get("figures")
     summarized = row["status"] in ("ok", "degraded", "failed")
-    for key in ("output_tokens_per_s", "ttft_s.p50", "energy.j_per_output_token"):
+    for key in (f.name for f in in_view("run_table")):
         cell = figs.get(key) if isinstance(figs, Mapping) else None
         mean = cell.get("mean") if isinstance(cell, Mapping) else None
         number = mean is None or (isinstance(mean, int | float) and not isinstance(mean, bool))
@@ -411,6 +412,11 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
             row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (figures.{key} is not a figure)")
     if summarized and not isinstance(figs, Mapping):
         row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (no 'figures' table)")
+    if row["status"] in ("ok", "degraded"):
+        # Which shown figures rest on an estimate, and what on: every screen marks them.
+        methods = {f.name: method_of(doc, f.name) for f in in_view("run_table")}
+        row["methods"] = {name: m.kind for name, m in methods.items()}
+        row["estimate_basis"] = next((m.basis for m in methods.values() if m.basis), None)
     if row["status"] in ("failed", "interrupted") and "reason" not in row:
         row["reason"] = doc.get("reason")
     row["energy_reason"] = doc.get("energy_reason")

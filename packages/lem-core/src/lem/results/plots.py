@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 
 from lem.errors import LemError
+from lem.figures import registry
 from lem.figures.requests import request_metrics
 from lem.results.files import traces_from_json
 from lem.results.rundata import (
@@ -37,23 +38,8 @@ from lem.results.rundata import (
 KINDS = ("pareto", "timeline", "cycles", "cdf")
 INSTALL_HINT = "plots need matplotlib: pip install 'lem-core[plots]'"
 
-#: Pareto x axes: figure name, axis label, whether a larger value is better.
-PARETO_AXES: tuple[tuple[str, str, bool], ...] = (
-    ("output_tokens_per_s", "output throughput (tok/s)", True),
-    ("ttft_s.p50", "TTFT p50 (ms)", False),
-    ("ttft_s.p99", "TTFT p99 (ms)", False),
-    ("tpot_s.p50", "TPOT p50 (ms)", False),
-    ("tpot_s.p99", "TPOT p99 (ms)", False),
-)
-#: Figures shown cycle by cycle: name, label.
-CYCLE_FIGURES: tuple[tuple[str, str], ...] = (
-    ("output_tokens_per_s", "output tok/s"),
-    ("ttft_s.p50", "TTFT p50 (ms)"),
-    ("tpot_s.p50", "TPOT p50 (ms)"),
-    ("energy.j_per_output_token", "J / output token"),
-    ("energy.dynamic_j_per_output_token", "dynamic J / output token (above idle)"),
-    ("energy.mean_power_w", "mean power (W)"),
-)
+#: The Pareto fronts' y axis; their x axes are the other figures of the registry's ``pareto`` view.
+PARETO_Y = "energy.j_per_output_token"
 #: Timeline columns drawn (when the meter sampled them): column, axis label.
 TIMELINE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("power_w", "power (W)"),
@@ -91,11 +77,6 @@ def _figure(width: float, height: float) -> Any:
     return fig
 
 
-def _scale(name: str) -> float:
-    # Latencies are stored in seconds and read best in milliseconds.
-    return 1e3 if name.split(".")[0] in ("ttft_s", "itl_s", "tpot_s", "e2e_s") else 1.0
-
-
 def _ok(run: RunData) -> list[ExperimentData]:
     return [e for e in run.experiments if e.status == "ok"]
 
@@ -104,6 +85,27 @@ def _known(exp: ExperimentData, name: str) -> float:
     value = mean(exp, name)
     assert value is not None  # callers filter on it first
     return value
+
+
+def _estimated(fig: registry.Figure, exps: Sequence[ExperimentData]) -> list[registry.Method]:
+    """The methods of ``fig`` in those of ``exps`` where it rests on an estimate."""
+    methods = [registry.method_of(e.summary or {}, fig.name) for e in exps]
+    return [m for m in methods if m.estimate]
+
+
+def _axis_label(fig: registry.Figure, exps: Sequence[ExperimentData]) -> str:
+    """The figure's title, marked ``(estimate)`` when its value rests on an estimate in any of ``exps``."""
+    return f"{fig.title} {registry.ESTIMATE}" if _estimated(fig, exps) else fig.title
+
+
+def _estimate_notes(figs: Sequence[registry.Figure], exps: Sequence[ExperimentData]) -> list[str]:
+    """One line per estimated figure: what its estimate rests on."""
+    lines = []
+    for fig in figs:
+        bases = sorted({m.basis or "the result does not record its basis" for m in _estimated(fig, exps)})
+        if bases:
+            lines.append(f"{fig.title} {registry.ESTIMATE}: rests on {' | '.join(bases)}")
+    return lines
 
 
 def pareto_front(points: Sequence[tuple[float, float]], x_larger_better: bool) -> list[int]:
@@ -124,22 +126,26 @@ def draw_pareto(run: RunData) -> list[Plot]:
     if len(exps) < 2:
         why = f"a Pareto front needs at least 2 experiments with results; this run has {len(exps)}"
         return [Plot("pareto", "Pareto fronts", skipped=why)]
-    y_name = "energy.j_per_output_token"
+    y_name = PARETO_Y
+    y_fig = registry.figure(y_name)
     with_energy = [e for e in exps if mean(e, y_name) is not None]
     if len(with_energy) < 2:
         reason = energy_reason(exps) or "no experiment has J per output token"
         return [Plot("pareto", "Pareto fronts", skipped=f"needs energy measured in 2+ experiments ({reason})")]
     methods = sorted({str((e.summary or {}).get("methods", {}).get("energy")) for e in with_energy})
     out = []
-    for x_name, x_label, larger in PARETO_AXES:
-        name, title = f"pareto-{x_name.replace('.', '-')}", f"J per output token vs {x_label}"
+    for x_fig in registry.in_view("pareto"):
+        if x_fig.name == y_name:
+            continue
+        x_name, larger = x_fig.name, bool(x_fig.larger_is_better)
+        name, title = f"pareto-{x_name.replace('.', '-')}", f"{y_fig.title} vs {x_fig.title}"
         shown = [e for e in with_energy if mean(e, x_name) is not None]
         if len(shown) < 2:
             out.append(Plot(name, title, skipped=f"{x_name} is known for {len(shown)} experiment(s); 2+ needed"))
             continue
         fig = _figure(6.4, 4.4)
         ax = fig.add_subplot()
-        sx = _scale(x_name)
+        sx = x_fig.scale
         pts = [(_known(e, x_name) * sx, _known(e, y_name)) for e in shown]
         front = pareto_front(pts, larger)
         for i, (e, (x, y)) in enumerate(zip(shown, pts, strict=True)):
@@ -154,8 +160,8 @@ def draw_pareto(run: RunData) -> list[Plot]:
             ax.annotate(label(e), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C3", label="Pareto front")
         ax.plot([], [], "o", mfc="white", mec="C0", label="dominated")
-        ax.set_xlabel(x_label + ("  (better →)" if larger else "  (← better)"))
-        ax.set_ylabel("J / output token  (← better)")
+        ax.set_xlabel(_axis_label(x_fig, shown) + ("  (better →)" if larger else "  (← better)"))
+        ax.set_ylabel(_axis_label(y_fig, shown) + "  (← better)")
         ax.set_title(title, fontsize=10)
         ax.margins(0.15)  # room for the point labels
         ax.grid(alpha=0.3)
@@ -163,6 +169,7 @@ def draw_pareto(run: RunData) -> list[Plot]:
         missing = [label(e) for e in exps if e not in shown]
         note = f"energy method: {', '.join(methods)}; bars: 95% CI over cycles where known"
         note += f"; not shown (not measured): {', '.join(missing)}" if missing else ""
+        note += "".join(f"; {line}" for line in _estimate_notes((x_fig, y_fig), shown))
         fig.supxlabel(note, fontsize=7, color="0.35", wrap=True)
         out.append(Plot(name, title, fig))
     return out
@@ -243,11 +250,12 @@ def _cycles_plot(exp: ExperimentData) -> Plot:
     n = int((exp.summary or {}).get("cycles") or 0)
     if n < 2:
         return Plot(name, title, skipped=f"{n} cycle(s): no confidence interval to draw (run at least 2 cycles)")
-    shown = [(f, lab) for f, lab in CYCLE_FIGURES if (figure(exp, f) or {}).get("n")]
+    shown = [f for f in registry.in_view("cycles_plot") if (figure(exp, f.name) or {}).get("n")]
     fig = _figure(9.0, 2.6 * math.ceil(len(shown) / 3))
     axes = fig.subplots(math.ceil(len(shown) / 3), 3, squeeze=False).ravel()
-    for ax, (f, lab) in zip(axes, shown, strict=False):
-        entry, s = figure(exp, f) or {}, _scale(f)
+    for ax, fig_row in zip(axes, shown, strict=False):
+        f, s = fig_row.name, fig_row.scale
+        entry = figure(exp, f) or {}
         values = [number(v) for v in entry.get("values") or ()]
         pts = [(i + 1, v * s) for i, v in enumerate(values) if v is not None]
         ax.plot(*zip(*pts, strict=True), "o", color="C0")
@@ -256,13 +264,20 @@ def _cycles_plot(exp: ExperimentData) -> Plot:
             ax.axhline(m * s, color="C3", lw=1, label="mean")
         if band is not None:
             ax.axhspan(band[0] * s, band[1] * s, color="C3", alpha=0.15, lw=0, label="95% CI")
-        ax.set_title(lab, fontsize=9)
+        flagged = registry.flags_of(exp.summary or {}, f)
+        ax.set_title(_axis_label(fig_row, [exp]) + (f" ⚠ {registry.FLAGGED}" if flagged else ""), fontsize=9)
         ax.set_xlabel("cycle", fontsize=8)
         ax.set_xticks(range(1, len(values) + 1))
         ax.grid(alpha=0.3)
     for ax in axes[len(shown) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=7)
+    notes = _estimate_notes(shown, [exp])
+    notes += [
+        f"{registry.FLAGGED} {f.title}: {why}" for f in shown for why in registry.flags_of(exp.summary or {}, f.name)
+    ]
+    if notes:
+        fig.supxlabel("\n".join(notes), fontsize=7, color="0.35", wrap=True)
     fig.suptitle(title, fontsize=10)
     return Plot(name, title, fig)
 

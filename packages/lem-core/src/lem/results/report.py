@@ -20,25 +20,11 @@ from typing import Any
 import attrs
 
 from lem import __version__
+from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of
 from lem.results import plots
 from lem.results.files import write_atomic
 from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, number, read_run
 
-#: Summary table columns: figure, heading, scale (seconds -> ms).
-COLUMNS: tuple[tuple[str, str, float], ...] = (
-    ("output_tokens_per_s", "out tok/s", 1.0),
-    ("ttft_s.p50", "TTFT p50 ms", 1e3),
-    ("ttft_s.p99", "TTFT p99 ms", 1e3),
-    ("itl_s.p50", "ITL p50 ms", 1e3),
-    ("tpot_s.p50", "TPOT p50 ms", 1e3),
-    ("tpot_s.p99", "TPOT p99 ms", 1e3),
-    ("e2e_s.p50", "E2E p50 ms", 1e3),
-    ("energy.j_per_output_token", "J / out tok", 1.0),
-    ("energy.dynamic_j_per_output_token", "dynamic J / out tok", 1.0),
-    ("energy.mean_power_w", "mean W", 1.0),
-)
-#: Figures that can honestly be negative (energy above idle); every other headline figure cannot.
-MAY_BE_NEGATIVE = ("energy.dynamic_j", "energy.dynamic_j_per_output_token")
 #: Summary keys shown elsewhere in the report; every other key is shown as a label, whatever its name.
 _SHOWN = {
     "schema_version", "kind", "experiment_id", "run_id", "backend", "model", "sweep_values", "status", "cycles",
@@ -64,6 +50,7 @@ h3{font-size:15px;margin:18px 0 6px}table{border-collapse:collapse;margin:6px 0}
 .wide{overflow-x:auto}#summary{font-size:12.5px}
 th,td{border:1px solid #ddd;padding:4px 6px;text-align:left;vertical-align:top}th{background:#f4f4f6}
 td.num{text-align:right;white-space:nowrap}small{color:#666}.na{color:#999}.flag{color:#b35c00}
+.est{color:#7a4b00;font-size:11px;text-decoration:none}ol.estimates{font-size:12px;color:#555}
 .failed{color:#b00020;font-weight:600}.meta{color:#555}ul.warn li{margin:2px 0}
 .plots{display:grid;grid-template-columns:repeat(auto-fill,minmax(560px,1fr));gap:12px}
 .plots.single{grid-template-columns:1fr}.plots.single img{width:100%;max-width:1100px}
@@ -92,7 +79,12 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else format(value, ".4g")
 
 
-def _cell(exp: ExperimentData, name: str, scale: float) -> str:
+def _cell(exp: ExperimentData, fig: Figure, notes: dict[str, int]) -> str:
+    """One figure's cell: mean, 95% CI below it, an estimate marker with its basis, a flag with its reasons.
+
+    ``notes`` numbers each distinct estimate basis for the footnotes under the table.
+    """
+    name, scale = fig.name, fig.scale
     entry = figure(exp, name)
     m = mean(exp, name)
     if m is None:
@@ -100,18 +92,28 @@ def _cell(exp: ExperimentData, name: str, scale: float) -> str:
         why = "not measured" if n in (None, 0) else "unknown"
         return f'<td class="num na" title="{_e(name)}: {why}">n/a</td>'
     band = ci(exp, name)
-    flag = bool((entry or {}).get("ci95_low_impossible")) or (
-        band is not None and band[0] < 0 and name not in MAY_BE_NEGATIVE
-    )
+    summary = exp.summary or {}
+    flags = flags_of(summary, name)
+    if not flags and band is not None and band[0] < 0 and not fig.may_be_negative and "flags" not in summary:
+        flags = ["impossible negative CI bound: run more cycles (the figure cannot be negative)"]  # schema 1
     ci_text = "no CI (1 cycle)" if band is None else f"[{_num(band[0] * scale)}, {_num(band[1] * scale)}]"
-    mark = ' <span class="flag" title="impossible negative CI bound: run more cycles">⚠</span>' if flag else ""
+    mark = ""
+    method = method_of(summary, name)
+    if method.estimate:
+        basis = method.basis or "the result does not record its basis"
+        k = notes.setdefault(basis, len(notes) + 1)
+        mark += f' <a class="est" href="#est-{k}" title="{_e(ESTIMATE)} {_e(basis)}">{_e(ESTIMATE)}<sup>{k}</sup></a>'
+    if flags:
+        mark += f' <span class="flag" title="{_e(FLAGGED)} {_e("; ".join(flags))}">⚠</span>'
     return f'<td class="num">{_num(m * scale)}{mark}<br><small>{_e(ci_text)}</small></td>'
 
 
 def _summary_table(run: RunData) -> str:
+    columns = in_view("report")
     head = "".join(f"<th>{_e(h)}</th>" for h in ("experiment", "status", "backend", "model", "cycles"))
-    head += "".join(f"<th>{_e(h)}</th>" for _, h, _ in COLUMNS)
+    head += "".join(f'<th data-figure="{_e(f.name)}">{_e(f.title)}</th>' for f in columns)
     rows = []
+    notes: dict[str, int] = {}
     for exp in run.experiments:
         doc = exp.summary or exp.failure or exp.setup or {}
         status = f'<span class="failed">{_e(exp.status)}</span>' if exp.status == "failed" else _e(exp.status)
@@ -122,10 +124,14 @@ def _summary_table(run: RunData) -> str:
             f"<td>{_e(doc.get('model', 'n/a'))}</td>",
             f'<td class="num">{_e((exp.summary or {}).get("cycles", "n/a"))}</td>',
         ]
-        cells += [_cell(exp, name, scale) for name, _, scale in COLUMNS]
+        cells += [_cell(exp, fig, notes) for fig in columns]
         rows.append(f'<tr class="experiment" data-id="{_e(exp.id)}">{"".join(cells)}</tr>')
     table = f'<table id="summary"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
-    return f'<div class="wide">{table}</div>'
+    footnotes = "".join(
+        f'<li id="est-{k}">{_e(ESTIMATE)} rests on an estimate, not a measurement: {_e(basis)}</li>'
+        for basis, k in notes.items()
+    )
+    return f'<div class="wide">{table}</div>' + (f'<ol class="estimates">{footnotes}</ol>' if footnotes else "")
 
 
 def warnings(run: RunData) -> list[str]:
@@ -146,7 +152,8 @@ def warnings(run: RunData) -> list[str]:
             low, m = number(entry.get("ci95_low")), number(entry.get("mean"))
             if "ci95_low_impossible" in entry or "flags" in summary:
                 continue  # schema 2: the summary flags these itself, and its warnings say so
-            if name in MAY_BE_NEGATIVE:
+            row = find(name)
+            if row is not None and row.may_be_negative:
                 if m is not None and m < 0:
                     out.append(
                         f"{exp.id}: {name} is negative ({m:.4g}): the idle baseline was above the windows' mean "
@@ -324,7 +331,9 @@ def render(run: RunData) -> tuple[str, int, list[str], bool]:
         f"{len(run.experiments)} experiment(s), {ok} with results · written {_e(stamp)} by lem {_e(__version__)}</p>",
         "<h2>Summary</h2>",
         "<p><small>Each figure: the mean over cycles, below it the 95% confidence interval over cycles (Student t). "
-        "n/a: not measured (each experiment's reasons are below). ⚠: an impossible CI bound.</small></p>",
+        "n/a: not measured (each experiment's reasons are below). (estimate): the figure rests on an estimate, not a "
+        "measurement; its footnote says on what. ⚠: flagged (an impossible CI bound, a negative energy in a cycle: "
+        "hover for why).</small></p>",
         _summary_table(run),
         f"<h2>Warnings</h2>{warn_html}",
         f"<h2>Plots</h2>{plots_html}",
