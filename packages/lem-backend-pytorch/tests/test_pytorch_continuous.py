@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from typing import Any
 
 import attrs
 import pytest
+import torch
 from pytorch_helpers import load, make_config, per_request, serve, token_requests
 
 from lem.plugins import get_plugin_manager
@@ -132,6 +134,8 @@ def test_every_option_reaches_the_manager(tiny_llama: Path) -> None:
         "max_requests_per_batch": 3,
         "max_memory_percent": 0.5,
         "cuda_graphs": False,
+        "graph_q_padding": 32,
+        "graph_kv_padding": 512,
         "compile_level": 0,
         "scheduler": "prefill_first",
         "prefix_sharing": False,
@@ -150,6 +154,8 @@ def test_every_option_reaches_the_manager(tiny_llama: Path) -> None:
             "max_requests_per_batch": cb.max_requests_per_batch,
             "max_memory_percent": cb.max_memory_percent,
             "cuda_graphs": cb.use_cuda_graph in (False, (False, False)),
+            "graph_q_padding": cb.q_padding_interval_size,
+            "graph_kv_padding": cb.kv_padding_interval_size,
             "compile_level": cb.default_compile_level,
             "scheduler": cb.scheduler_type,
             "prefix_sharing": cb.allow_block_sharing,
@@ -161,6 +167,73 @@ def test_every_option_reaches_the_manager(tiny_llama: Path) -> None:
         assert (
             sum(e.n_tokens for e in serve(model, token_requests(2), make_config(str(tiny_llama), generation=GEN))) == 12
         )
+    finally:
+        model.close()
+
+
+@pytest.fixture
+def manager_configs(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every ContinuousBatchingConfig transformers' manager is built with (a spy: the real manager is built)."""
+    from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
+
+    given: list[Any] = []
+    real_init = ContinuousBatchingManager.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        given.append(copy.deepcopy(kwargs["continuous_batching_config"]))
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContinuousBatchingManager, "__init__", init)
+    return given
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graphs_are_on_by_default_on_cuda(tiny_llama: Path, manager_configs: list[Any]) -> None:
+    model = load(_config(str(tiny_llama), pytorch={"device": "cuda"}))
+    try:
+        (given,) = manager_configs
+        assert given.use_cuda_graph is True  # lem's default, passed to transformers
+        assert model.handle.continuous.manager.continuous_batching_config.use_cuda_graph == (True, True)
+        assert model.info["continuous"]["cuda_graphs"]["used"] == [True, True]
+        assert model.info["continuous"]["cuda_graphs"]["note"].startswith("on: lem's default on CUDA")
+        assert sum(e.n_tokens for e in serve(model, token_requests(3), _config(str(tiny_llama)))) == 18
+    finally:
+        model.close()
+
+
+@pytest.mark.parametrize(("asked", "passed"), [(True, True), (False, False), (None, True)])
+def test_cuda_graphs_reach_transformers_config_on_cuda(asked: bool | None, passed: bool) -> None:
+    """What lem gives transformers' own ContinuousBatchingConfig for a model on CUDA (this machine may have none)."""
+    from transformers import ContinuousBatchingConfig
+
+    from lem_backend_pytorch.continuous.options import config_kwargs, cuda_graphs
+
+    table = {} if asked is None else {"cuda_graphs": asked}
+    graphs, note = cuda_graphs(table, "cuda", quantized=False)
+    assert ContinuousBatchingConfig(**config_kwargs(table, 0, graphs)).use_cuda_graph is passed
+    assert note.startswith("on" if passed else "off")
+    left, why = cuda_graphs({}, "cuda", quantized=True)
+    assert left is None and "quantized" in why
+    assert ContinuousBatchingConfig(**config_kwargs({}, 0, left)).use_cuda_graph is None  # transformers decides
+
+
+def test_cuda_graphs_off_cuda_are_ignored_with_a_note(tiny_llama: Path, manager_configs: list[Any]) -> None:
+    config = _config(str(tiny_llama), pytorch={"device": "cpu", "continuous": {**CACHE, "cuda_graphs": True}})
+    from lem.configfile.loading import validate
+
+    (warned,) = [p for p in validate(config) if p.path == "pytorch.continuous.cuda_graphs"]
+    assert warned.severity == "warning" and "CUDA device" in warned.message
+    model = load(config)
+    try:
+        (given,) = manager_configs
+        assert given.use_cuda_graph is None  # not passed: nothing to capture on the CPU
+        assert model.handle.continuous.manager.continuous_batching_config.use_cuda_graph == (False, False)
+        graphs = model.info["continuous"]["cuda_graphs"]
+        assert graphs == {
+            "used": [False, False],
+            "note": "cuda_graphs = true ignored: CUDA graphs need a CUDA device, the model is on cpu",
+        }
+        assert sum(e.n_tokens for e in serve(model, token_requests(2), config)) == 12
     finally:
         model.close()
 

@@ -15,6 +15,11 @@ A streaming output carries all tokens so far; the delta is what is new, capped
 at ``max_output_tokens`` so counts are exact. EOS ends a request (counted)
 unless ``ignore_eos``, which passes no EOS id (``-1``), as the static engine does.
 
+On CUDA the manager replays CUDA graphs unless ``[pytorch.continuous]
+cuda_graphs = false`` (:func:`~lem_backend_pytorch.continuous.options.cuda_graphs`
+decides what is passed; ``info["continuous"]["cuda_graphs"]`` records what
+transformers resolved and why).
+
 The manager and its event loop are built in ``load_model`` (so their cache
 allocation and any CUDA-graph capture fall in the load window, not in a cycle)
 for ``[generation]``; ``generate_stream`` rebuilds them only if called with other
@@ -46,7 +51,7 @@ from lem import serving
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel, Request, TokenEvent
-from lem_backend_pytorch.continuous.options import config_kwargs, transformers_version
+from lem_backend_pytorch.continuous.options import config_kwargs, cuda_graphs, transformers_version
 from lem_backend_pytorch.decoding import build_generation_config
 
 #: Seconds between the watchdog's checks that the generation thread is alive.
@@ -93,6 +98,13 @@ def _resolved(cb_config: Any) -> dict[str, Any]:
     return out
 
 
+def _graphs_used(cb_config: Any) -> list[bool]:
+    """``[varlen, decode]``: whether the manager replays CUDA graphs on each path, as transformers resolved it."""
+    used = getattr(cb_config, "use_cuda_graph", None)
+    pair = used if isinstance(used, (tuple, list)) else (used, used)
+    return [bool(x) for x in pair]
+
+
 def _grad_mode(torch: Any) -> Any:
     """The autograd mode to build, warm up and start the manager in: the one its thread will run in.
 
@@ -113,7 +125,9 @@ def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig
     generation_config = build_generation_config(params, handle.eos_token_ids, handle.pad_token_id, handle.options)
     if generation_config.eos_token_id is None:
         generation_config.eos_token_id = -1  # transformers' "no EOS" (requests pass their own anyway)
-    kwargs = config_kwargs(handle.options.continuous, config.seed)
+    device_type = torch.device(handle.model.device).type
+    graphs, graphs_note = cuda_graphs(handle.options.continuous, device_type, config.quantization.method != "none")
+    kwargs = config_kwargs(handle.options.continuous, config.seed, graphs)
     engine_handle = serving.EngineHandle("lem-pytorch-continuous")
     try:
         with _grad_mode(torch):
@@ -131,6 +145,11 @@ def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig
         "transformers": transformers_version(),
         "continuous_batching_config_passed": dict(kwargs),
         "continuous_batching_config": _resolved(manager.continuous_batching_config),
+        # (varlen, decode) as transformers resolved them, and why lem asked for that.
+        "cuda_graphs": {
+            "used": _graphs_used(manager.continuous_batching_config),
+            "note": graphs_note,
+        },
         "attn_implementation_used": str(getattr(handle.model.config, "_attn_implementation", None)),
     }
     return ContinuousEngine(manager, engine_handle, params, info)
