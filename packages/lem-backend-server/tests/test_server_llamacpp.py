@@ -96,6 +96,7 @@ def test_traffic_patterns(model: LoadedModel, config: Any, make_config: Any, mod
     import attrs
 
     from lem.run import traffic
+
     tcfg = {"mode": mode, "rate": 20.0} if mode in ("constant", "poisson") else {"mode": mode}
     if mode == "concurrency":
         tcfg["concurrency"] = 2

@@ -24,7 +24,8 @@ module does the rest, the same way for every engine:
   loop always) gets a zero-token event stamped when it is submitted: that is
   when it arrived, and latencies count from it.
 - **Events.** Every :class:`Delta` becomes one :class:`~lem.types.TokenEvent`
-  stamped with ``time.monotonic_ns()`` on the loop when the delta arrives, and
+  stamped with ``time.monotonic_ns()`` on the loop when the delta arrives (or
+  with the delta's own ``t_ns``, taken where its bytes arrived), and
   is handed to the consumer at once (a thread-safe queue, no batching), with
   the token ids carried over. Every request ends with exactly one
   ``finished=True`` event; if the engine's iterator ends without saying so,
@@ -75,11 +76,14 @@ class Delta:
     :param n_tokens: tokens added, when the engine reports a count but not the
         ids (``None``: ``len(token_ids)``).
     :param finished: this is the request's last delta.
+    :param t_ns: when the delta reached lem (``time.monotonic_ns()``), for a backend that stamps it where
+        the bytes arrive, before parsing them (``None``: the driver stamps it when the delta is yielded).
     """
 
     token_ids: tuple[int, ...] = ()
     n_tokens: int | None = None
     finished: bool = False
+    t_ns: int | None = None
 
     @property
     def count(self) -> int:
@@ -404,7 +408,7 @@ async def _one(
     error: str | None = None
     try:
         async for delta in submit(req):
-            t_ns = time.monotonic_ns()
+            t_ns = time.monotonic_ns() if delta.t_ns is None else delta.t_ns
             if finished:
                 continue  # nothing counts after the last delta; the engine's iterator is drained, not aborted
             n = delta.count
