@@ -182,6 +182,7 @@ def test_every_key_launch_reads_is_declared() -> None:
 def test_help_does_not_import_http_or_engines() -> None:
     import subprocess
 
-    code = "import lem_backend_server.plugin, sys; print(sorted({'httpx','transformers','torch'} & set(sys.modules)))"
+    heavy = "{'aiohttp', 'httpx', 'transformers', 'torch'}"
+    code = f"import lem_backend_server.plugin, sys; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

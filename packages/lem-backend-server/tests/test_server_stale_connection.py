@@ -12,6 +12,7 @@ import threading
 from typing import Any
 
 from lem_backend_server.client import Target, complete
+from lem_backend_server.launch import _client
 
 STREAM = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
@@ -43,10 +44,8 @@ def _server(answers: list[bool]) -> tuple[int, threading.Thread, list[int]]:
 
 
 async def _deltas(port: int) -> list[Any]:
-    import httpx
-
     target = Target(url=f"http://127.0.0.1:{port}", model="m", engine=None, token_ids=False, headers={})
-    async with httpx.AsyncClient() as client:
+    async with await _client() as client:
         return [d async for d in complete(client, target, {"prompt": "x", "stream": True})]
 
 

@@ -96,6 +96,31 @@ def test_open_loop_never_starts_a_request_before_it_arrives(loop: EventLoop) -> 
     assert all(e.t_ns >= arrivals[rid] for rid, mine in per.items() for e in mine)
 
 
+def test_open_loop_starts_requests_within_a_fraction_of_a_millisecond(loop: EventLoop) -> None:
+    # Timers alone wake to the millisecond (0.5 ms late on average); the driver yields its way to the arrival.
+    engine = Engine(tokens=1, gap_s=0.0)
+    t0 = time.monotonic_ns() + 20 * MS
+    arrivals = [t0 + k * 7 * MS + k * 137_000 for k in range(30)]
+    list(stream(loop, _requests(30, arrivals), TrafficConfig("poisson", rate=100.0), engine.submit))
+    late = sorted(engine.started[i] - arrivals[i] for i in range(30))
+    assert late[0] >= 0
+    assert late[15] < 0.2 * MS, late  # the median; single ones may be late on a loaded machine
+
+
+def test_a_delta_keeps_the_stamp_its_engine_gave_it(loop: EventLoop) -> None:
+    # A backend that stamps bytes where they arrive (before parsing) hands that time over, not the yield's.
+    async def submit(req: Request) -> AsyncIterator[Delta]:
+        arrived = time.monotonic_ns()
+        await asyncio.sleep(0.01)
+        yield Delta((5,), t_ns=arrived)
+        yield Delta(finished=True)
+
+    events = list(stream(loop, _requests(1), TrafficConfig("concurrency", concurrency=1), submit))
+    token, last = events[1], events[2]
+    assert token.token_ids == (5,) and last.finished
+    assert last.t_ns - token.t_ns >= 10 * MS  # the token kept its earlier stamp; the unstamped delta got the yield's
+
+
 def test_requests_without_arrival_get_a_submission_event_in_open_loop(loop: EventLoop) -> None:
     engine = Engine(tokens=1)
     events = list(stream(loop, _requests(2), TrafficConfig("offline"), engine.submit))

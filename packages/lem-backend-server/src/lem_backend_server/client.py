@@ -26,6 +26,7 @@ server is gone and ends the cycle.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
@@ -158,8 +159,8 @@ def chunk_count(choice: Mapping[str, Any]) -> tuple[tuple[int, ...], int]:
     return (), 1 if choice.get("text") else 0
 
 
-async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> AsyncIterator[Any]:
-    """Stream one completion; yields :class:`~lem.serving.Delta` s (see the module doc).
+async def complete(session: Any, target: Target, payload: Mapping[str, Any]) -> AsyncIterator[Delta]:
+    """Stream one completion on an ``aiohttp.ClientSession``; yields :class:`~lem.serving.Delta` s (see the module doc).
 
     A connection from the pool that the server had closed fails before any
     response arrives (llama.cpp's server closes it after a request it could not
@@ -167,10 +168,10 @@ async def complete(client: Any, target: Target, payload: Mapping[str, Any]) -> A
     reached the engine the first time, so nothing is counted twice.
     """
     try:
-        async for delta in _complete(client, target, payload):
+        async for delta in _complete(session, target, payload):
             yield delta
     except _NoResponse:
-        async for delta in _complete(client, target, payload, retried=True):
+        async for delta in _complete(session, target, payload, retried=True):
             yield delta
 
 
@@ -178,45 +179,87 @@ class _NoResponse(Exception):
     """The connection broke before the server answered (a stale pooled connection)."""
 
 
-async def _complete(
-    client: Any, target: Target, payload: Mapping[str, Any], retried: bool = False
-) -> AsyncIterator[Any]:
-    import httpx
+class _Stream:
+    """What one request's stream has said so far: tokens counted, the server's usage count, the end marker."""
 
-    counted = 0
-    usage: int | None = None
-    done = False
-    answered = False
+    __slots__ = ("counted", "done", "usage")
+
+    def __init__(self) -> None:
+        self.counted = 0
+        self.usage: int | None = None
+        self.done = False
+
+
+def parse(line: bytes, state: _Stream, t_ns: int) -> list[Delta]:
+    """The deltas of one SSE line (``data: {...}``); other lines, and lines after ``[DONE]``, give none.
+
+    :param t_ns: when the bytes of this line arrived (``time.monotonic_ns()``), carried by each delta.
+    :raises RequestFailed: an error chunk, or a line that is not a completions chunk.
+    """
+    if not line.startswith(b"data:") or state.done:
+        return []
+    data = line[5:].strip()
+    if data == b"[DONE]":
+        state.done = True
+        return []
     try:
-        async with client.stream("POST", f"{target.url}/v1/completions", json=payload, headers=target.headers) as r:
+        chunk = json.loads(data)
+        if chunk.get("error"):
+            raise RequestFailed(f"server error in stream: {str(chunk['error'])[:300]}")
+        usage = chunk.get("usage")
+        if usage and usage.get("completion_tokens") is not None:
+            state.usage = int(usage["completion_tokens"])
+        out = []
+        for choice in chunk.get("choices") or ():
+            ids, n = chunk_count(choice)
+            if n:
+                state.counted += n
+                out.append(Delta(token_ids=ids, n_tokens=n, t_ns=t_ns))
+        return out
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError, and so is int() of a non-number
+        raise RequestFailed(f"unreadable chunk in the stream ({exc}): {_excerpt(data)}") from None
+    except (AttributeError, TypeError, KeyError):
+        raise RequestFailed(f"a chunk that is not a completions chunk: {_excerpt(data)}") from None
+
+
+def _excerpt(data: bytes) -> str:
+    return data.decode("utf-8", "replace").strip().replace("\n", " ")[:300]
+
+
+async def _complete(
+    session: Any, target: Target, payload: Mapping[str, Any], retried: bool = False
+) -> AsyncIterator[Delta]:
+    import aiohttp
+
+    state = _Stream()
+    answered = False
+    t_ns = 0
+    try:
+        async with session.post(f"{target.url}/v1/completions", json=payload, headers=target.headers) as r:
             answered = True
-            if r.status_code != 200:
-                text = (await r.aread()).decode("utf-8", "replace").strip().replace("\n", " ")
-                raise RequestFailed(f"HTTP {r.status_code}: {text[:300]}")
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    done = True
+            if r.status != 200:
+                raise RequestFailed(f"HTTP {r.status}: {_excerpt(await r.read())}")
+            content = r.content
+            rest = b""
+            while not state.done:
+                raw = await content.readany()
+                # The tokens' time is when their bytes reached lem: stamped before anything is parsed.
+                t_ns = time.monotonic_ns()
+                if not raw:
                     break
-                chunk = json.loads(data)
-                if chunk.get("error"):
-                    raise RequestFailed(f"server error in stream: {str(chunk['error'])[:300]}")
-                if isinstance(chunk.get("usage"), Mapping) and chunk["usage"].get("completion_tokens") is not None:
-                    usage = int(chunk["usage"]["completion_tokens"])
-                for choice in chunk.get("choices") or ():
-                    ids, n = chunk_count(choice)
-                    if n:
-                        counted += n
-                        yield Delta(token_ids=ids, n_tokens=n)
-    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                lines = (rest + raw).split(b"\n")
+                rest = lines.pop()
+                for line in lines:
+                    for delta in parse(line.rstrip(b"\r"), state, t_ns):
+                        yield delta
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
+        raise  # nothing listens at the server's address: the server is gone, which ends the cycle
+    except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
         if not answered and not retried:
             raise _NoResponse from exc
         raise RequestFailed(f"the stream broke: {type(exc).__name__}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise RequestFailed(f"unreadable chunk in the stream: {exc}") from None
-    if not done:
+    if not state.done:
         # The server closed the stream without its end marker: it failed mid-request (see its log).
-        raise RequestFailed(f"the stream ended without [DONE] after {counted} tokens")
-    yield Delta(n_tokens=max(0, usage - counted) if usage is not None else 0, finished=True)
+        raise RequestFailed(f"the stream ended without [DONE] after {state.counted} tokens")
+    extra = max(0, state.usage - state.counted) if state.usage is not None else 0
+    yield Delta(n_tokens=extra, finished=True, t_ns=t_ns)

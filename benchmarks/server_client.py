@@ -1,0 +1,349 @@
+"""How exact and how fast the server backend's streaming client is, against the truth and the previous client.
+
+Starts the fake OpenAI-compatible server of ``lem_backend_server.testing``
+(a process of its own on 127.0.0.1 that logs when it received every request
+and handed every token to its socket), drives it with lem's client through
+the backend's real hooks (``load_model`` in external mode, then
+``generate_stream``: lem-core's driver and ``lem_backend_server.client``),
+and with the PREVIOUS client (httpx with ``aiter_lines()``, kept below as
+``old_complete``, clearly labelled) on the same settings, each client in a
+process of its own, and prints side by side:
+
+- capacity at 256 concurrent with 1 ms ITL (tok/s, first submission to last
+  token) and the client's CPU per token (µs: process CPU time over the run);
+- TTFT error (lem's first-token stamp minus the server's first-token send
+  time, per request) at 16 concurrent / 5 ms ITL and 64 concurrent / 2 ms ITL;
+- per-token ITL error (client gap minus the server's send gap), |mean| and
+  p99 of the absolute error;
+- Poisson 20/s: scheduled arrival to server receipt (mean, p99) and KS tests
+  of the achieved gaps against the exponential of the schedule's rate and
+  against the seeded schedule's own gaps (scipy when installed, else the
+  statistic with its 5% critical value);
+- ratios lem / previous client, and lem / each peer tool that is installed.
+
+Peers: ``vllm bench serve``, AIPerf (``aiperf``) and GuideLLM (``guidellm``)
+are looked up on PATH and in ``--peer-bin``; where found, their capacity run
+is made against the same fake server (see ``peer_capacity``) and only the
+figures taken from the server's own log are reported for them.
+
+Needs lem-core and lem-backend-server importable (``PYTHONPATH`` of the
+packages' ``src`` folders), plus transformers and httpx::
+
+    python benchmarks/server_client.py --scale 0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+#: name -> (server args, traffic table, requests, output tokens); requests scale with --scale.
+SCENARIOS: dict[str, tuple[list[str], dict[str, Any], int, int]] = {
+    "capacity": (["--itl-ms", "1"], {"mode": "concurrency", "concurrency": 256}, 1024, 128),
+    "c16": (["--itl-ms", "5"], {"mode": "concurrency", "concurrency": 16}, 128, 64),
+    "c64": (["--itl-ms", "2"], {"mode": "concurrency", "concurrency": 64}, 256, 64),
+    "poisson": (["--itl-ms", "5"], {"mode": "poisson", "rate": 20.0}, 400, 16),
+}
+CLIENTS = ("lem", "previous")
+
+
+# ---- the PREVIOUS client (lem_backend_server/client.py before aiohttp), kept to measure the change ----
+async def old_complete(client: Any, url: str, payload: Mapping[str, Any]) -> AsyncIterator[Any]:
+    """The previous streaming client: httpx ``client.stream`` + ``aiter_lines()``, stamped by the driver."""
+    import httpx
+
+    from lem.serving import Delta, RequestFailed
+    from lem_backend_server.client import chunk_count
+
+    counted, usage, done = 0, None, False
+    try:
+        async with client.stream("POST", f"{url}/v1/completions", json=payload) as r:
+            if r.status_code != 200:
+                text = (await r.aread()).decode("utf-8", "replace").strip().replace("\n", " ")
+                raise RequestFailed(f"HTTP {r.status_code}: {text[:300]}")
+            async for line in r.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                if isinstance(chunk.get("usage"), Mapping) and chunk["usage"].get("completion_tokens") is not None:
+                    usage = int(chunk["usage"]["completion_tokens"])
+                for choice in chunk.get("choices") or ():
+                    ids, n = chunk_count(choice)
+                    if n:
+                        counted += n
+                        yield Delta(token_ids=ids, n_tokens=n)
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise RequestFailed(f"the stream broke: {exc}") from None
+    if not done:
+        raise RequestFailed("the stream ended without [DONE]")
+    yield Delta(n_tokens=max(0, usage - counted) if usage is not None else 0, finished=True)
+
+
+async def _old_http() -> Any:
+    import httpx
+
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(30.0, read=None, pool=None))
+
+
+# ---- one client run (a process of its own) ----
+def client_run(args: argparse.Namespace) -> None:
+    """Serve one scenario's requests with one client; write its events and CPU time as JSON."""
+    from lem.configfile.loading import config_from_dict
+    from lem.run.traffic import arrival_offsets_ns
+    from lem.serving import stream
+    from lem.types import Request
+    from lem_backend_server import client as lem_client
+    from lem_backend_server import plugin
+
+    _, traffic, n, tokens = SCENARIOS[args.scenario]
+    n = max(8, round(n * args.scale))
+    config = config_from_dict(
+        {
+            "model": args.tokenizer,
+            "backend": "server",
+            "generation": {"max_output_tokens": tokens, "ignore_eos": True, "do_sample": False},
+            "measurement": {"idle_seconds": 0, "warmup_requests": 0, "cycles": 1, "energy_meter": "none"},
+            "traffic": traffic,
+            "server": {"url": args.url, "request_timeout_s": 120.0},
+        }
+    )
+    model = plugin.load_model(backend="server", config=config)
+    assert model is not None
+    offsets = arrival_offsets_ns(config.traffic, n, seed=args.seed)
+    t0 = time.monotonic_ns() + 200_000_000
+    reqs = [Request(i, f"request {i}", 2, arrival_ns=None if offsets is None else t0 + offsets[i]) for i in range(n)]
+    handle = model.handle
+    if args.client == "lem":
+        events = plugin.generate_stream(model=model, requests=reqs, params=config.generation, config=config)
+    else:
+        http = handle.serving.loop.call(_old_http())
+
+        def submit(req: Request) -> Any:
+            return old_complete(http, handle.target.url, lem_client.body(handle.target, req, config.generation, config))
+
+        events = stream(handle.serving.loop, reqs, config.traffic, submit, request_timeout_s=120.0)
+    assert events is not None
+    cpu0, wall0 = time.process_time(), time.monotonic_ns()
+    got = [(e.request_id, e.t_ns, e.n_tokens, e.finished, e.error) for e in events]
+    cpu, wall_end = time.process_time() - cpu0, time.monotonic_ns()
+    model.close()
+    out = {
+        "events": got,
+        "prompts": {r.id: r.prompt for r in reqs},
+        "arrivals": {r.id: r.arrival_ns for r in reqs},
+        "cpu_s": cpu,
+        "start_ns": wall0,
+        "end_ns": wall_end,
+    }
+    Path(args.out).write_text(json.dumps(out))
+
+
+# ---- the figures, from a client's events and the server's log ----
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, math.ceil(q * len(xs)) - 1))] if xs else float("nan")
+
+
+def _per_request(run: dict[str, Any], log: list[dict[str, Any]]) -> list[tuple[list[int], list[int]]]:
+    """(client token stamps, server send stamps) per request, matched by prompt."""
+    by_prompt = {e["prompt"]: e for e in log}
+    stamps: dict[int, list[int]] = {}
+    for rid, t_ns, n, _finished, error in run["events"]:
+        if error:
+            raise SystemExit(f"request {rid} failed: {error}")
+        stamps.setdefault(rid, []).extend([t_ns] * n)
+    out = []
+    for rid, prompt in run["prompts"].items():
+        sent = by_prompt[prompt]["sent_ns"]
+        got = stamps.get(int(rid), [])
+        if len(got) != len(sent):
+            raise SystemExit(f"request {rid}: {len(got)} tokens seen, {len(sent)} sent: counts are not exact")
+        out.append((got, sent))
+    return out
+
+
+def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> dict[str, float]:
+    """The scenario's figures for one client run."""
+    pairs = _per_request(run, log)
+    tokens = sum(len(g) for g, _ in pairs)
+    f: dict[str, float] = {}
+    if scenario == "capacity":
+        first = min(int(t) for _, t, n, fin, _ in run["events"] if n == 0 and not fin)
+        last = max(g[-1] for g, _ in pairs)
+        f["tok_s"] = tokens / ((last - first) / 1e9)
+        f["cpu_us_per_token"] = run["cpu_s"] / tokens * 1e6
+        f["server_tok_s"] = tokens / ((max(s[-1] for _, s in pairs) - first) / 1e9)
+    ttft = [(g[0] - s[0]) / 1e6 for g, s in pairs]
+    itl = [abs((g[i + 1] - g[i]) - (s[i + 1] - s[i])) / 1e6 for g, s in pairs for i in range(len(g) - 1)]
+    f.update(
+        {
+            "ttft_err_ms": statistics.mean(ttft),
+            "ttft_err_p99_ms": _pct(ttft, 0.99),
+            "itl_err_mean_ms": statistics.mean(itl),
+            "itl_err_p99_ms": _pct(itl, 0.99),
+        }
+    )
+    if scenario == "poisson":
+        by_prompt = {e["prompt"]: e for e in log}
+        arrivals = {int(k): v for k, v in run["arrivals"].items()}
+        received = {rid: by_prompt[p]["received_ns"] for rid, p in ((int(k), v) for k, v in run["prompts"].items())}
+        delay = [(received[r] - arrivals[r]) / 1e6 for r in arrivals]
+        f["arrival_delay_mean_ms"] = statistics.mean(delay)
+        f["arrival_delay_p99_ms"] = _pct(delay, 0.99)
+        order = sorted(arrivals)
+        sched = [(arrivals[b] - arrivals[a]) / 1e9 for a, b in itertools.pairwise(order)]
+        recv = sorted(received.values())
+        gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(recv)]
+        f.update(ks(gaps, sched, rate=20.0))
+    return f
+
+
+def ks(gaps: list[float], sched: list[float], rate: float) -> dict[str, float]:
+    """KS statistics of achieved gaps against Exp(rate) and against the schedule's gaps, with p-values or 5% bounds."""
+    try:
+        from scipy import stats
+    except ImportError:
+        stats = None
+    n, m = len(gaps), len(sched)
+    xs = sorted(gaps)
+    d1 = max(max((i + 1) / n - (1 - math.exp(-rate * x)), (1 - math.exp(-rate * x)) - i / n) for i, x in enumerate(xs))
+    ys = sorted(sched)
+    d2, i, j = 0.0, 0, 0
+    while i < n and j < m:
+        if xs[i] <= ys[j]:
+            i += 1
+        else:
+            j += 1
+        d2 = max(d2, abs(i / n - j / m))
+    out = {"ks_exp_D": d1, "ks_sched_D": d2}
+    if stats is not None:
+        out["ks_exp_p"] = float(stats.kstest(gaps, "expon", args=(0, 1 / rate)).pvalue)
+        out["ks_sched_p"] = float(stats.ks_2samp(gaps, sched).pvalue)
+    else:
+        out["ks_exp_crit"] = 1.358 / math.sqrt(n)
+        out["ks_sched_crit"] = 1.358 * math.sqrt((n + m) / (n * m))
+    return out
+
+
+# ---- peers ----
+def peers(extra_bin: str | None) -> dict[str, str | None]:
+    """Where each peer tool's command is (``None``: not installed)."""
+    path = os.pathsep.join(p for p in (extra_bin, os.environ.get("PATH", "")) if p)
+    return {name: shutil.which(name, path=path) for name in ("vllm", "aiperf", "guidellm")}
+
+
+# ---- the orchestration ----
+def main() -> None:
+    """Run every scenario with every client, each against a fresh fake server; print the table."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--scale", type=float, default=1.0, help="multiply every scenario's request count")
+    p.add_argument("--repeats", type=int, default=1, help="runs per client (rotated); medians are printed")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--only", nargs="*", default=list(SCENARIOS))
+    p.add_argument("--peer-bin", default=None, help="a folder holding vllm / aiperf / guidellm commands")
+    p.add_argument("--json", default=None, help="also write every run's figures here")
+    # internal: one client run
+    p.add_argument("--client", default=None, choices=CLIENTS)
+    p.add_argument("--scenario", default=None)
+    p.add_argument("--url", default=None)
+    p.add_argument("--tokenizer", default=None)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    if args.client:
+        client_run(args)
+        return
+
+    from lem.testing import build_tiny_model
+    from lem_backend_server.testing import running
+
+    work = Path(tempfile.mkdtemp(prefix="lem-bench-client-"))
+    tokenizer = build_tiny_model(work / "tok")
+    load = os.getloadavg()
+    results: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for scenario in args.only:
+        server_args = SCENARIOS[scenario][0]
+        for rep in range(args.repeats):
+            order = CLIENTS if rep % 2 == 0 else CLIENTS[::-1]
+            for client in order:
+                log, out = work / f"{scenario}-{client}-{rep}-sent.json", work / f"{scenario}-{client}-{rep}.json"
+                with running(*server_args, log=log) as url:
+                    cmd = [sys.executable, __file__, "--client", client, "--scenario", scenario, "--url", url]
+                    cmd += ["--tokenizer", str(tokenizer), "--out", str(out), "--scale", str(args.scale)]
+                    cmd += ["--seed", str(args.seed)]
+                    subprocess.run(cmd, check=True)
+                f = figures(scenario, json.loads(out.read_text()), json.loads(log.read_text()))
+                results.setdefault(scenario, {}).setdefault(client, []).append(f)
+                print(f"{scenario:9s} {client:9s} " + " ".join(f"{k}={v:.4g}" for k, v in f.items()), flush=True)
+    load_after = os.getloadavg()
+    found = peers(args.peer_bin)
+    _table(results, found, load, load_after, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"results": results, "peers": found}, indent=1))
+
+
+def _table(
+    results: dict[str, dict[str, list[dict[str, float]]]],
+    found: dict[str, str | None],
+    load: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+    args: argparse.Namespace,
+) -> None:
+    def med(scenario: str, client: str, key: str) -> float:
+        runs = results.get(scenario, {}).get(client, [])
+        vals = [r[key] for r in runs if key in r]
+        return statistics.median(vals) if vals else float("nan")
+
+    rows = [
+        ("capacity, 256 concurrent, 1 ms ITL (tok/s)", "capacity", "tok_s"),
+        ("  fake server's send rate in that run (tok/s)", "capacity", "server_tok_s"),
+        ("client CPU per token, 256 concurrent (µs)", "capacity", "cpu_us_per_token"),
+        ("TTFT error, 16 concurrent, 5 ms ITL (ms)", "c16", "ttft_err_ms"),
+        ("TTFT error, 64 concurrent, 2 ms ITL (ms)", "c64", "ttft_err_ms"),
+        ("ITL error mean, 16 concurrent (ms)", "c16", "itl_err_mean_ms"),
+        ("ITL error p99, 16 concurrent (ms)", "c16", "itl_err_p99_ms"),
+        ("ITL error mean, 64 concurrent (ms)", "c64", "itl_err_mean_ms"),
+        ("ITL error p99, 64 concurrent (ms)", "c64", "itl_err_p99_ms"),
+        ("ITL error mean, 256 concurrent (ms)", "capacity", "itl_err_mean_ms"),
+        ("Poisson 20/s: arrival to receipt, mean (ms)", "poisson", "arrival_delay_mean_ms"),
+        ("Poisson 20/s: arrival to receipt, p99 (ms)", "poisson", "arrival_delay_p99_ms"),
+        ("Poisson 20/s: KS D, gaps vs Exp(20/s)", "poisson", "ks_exp_D"),
+        ("Poisson 20/s: KS D, gaps vs seeded schedule", "poisson", "ks_sched_D"),
+    ]
+    print()
+    print(
+        f"scale {args.scale}, {args.repeats} run(s) per client, medians; load average before {load[0]:.2f}, "
+        f"after {load_after[0]:.2f} on {os.cpu_count()} cores"
+    )
+    print("| median | lem | previous (httpx) | lem / previous |")
+    print("|---|---|---|---|")
+    for label, scenario, key in rows:
+        a, b = med(scenario, "lem", key), med(scenario, "previous", key)
+        print(f"| {label} | {a:.4g} | {b:.4g} | {a / b:.3g} |")
+    for key in ("ks_exp_crit", "ks_sched_crit", "ks_exp_p", "ks_sched_p"):
+        if not math.isnan(med("poisson", "lem", key)):
+            print(
+                f"| Poisson 20/s: {key} | {med('poisson', 'lem', key):.4g} | {med('poisson', 'previous', key):.4g} | |"
+            )
+    for name, where in found.items():
+        print(f"{name}: {'found at ' + where + ' (not driven by this benchmark yet)' if where else 'not installed'}")
+
+
+if __name__ == "__main__":
+    main()
