@@ -188,7 +188,7 @@ def probe(launcher: Launcher, timeout_s: float = START_TIMEOUT_S) -> Probe:
         return Probe(launcher, time.monotonic() - t0, None, None, tuple(line for line in said if line.strip())[-5:])
     seconds = time.monotonic() - t0
     text = out.decode("utf-8", "replace")
-    for line in text.splitlines():
+    for line in text.split("\n"):  # not splitlines(): it splits at the marker's \x1e too
         if line.startswith(_PROBE_MARK):
             return Probe(launcher, seconds, proc.returncode, json.loads(line[len(_PROBE_MARK) :]))
     said = (text + err.decode("utf-8", "replace")).splitlines()

@@ -396,7 +396,11 @@ def _supervise(
                 proc.wait(PARENT_GONE_GRACE_S)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
-        proc.wait(60)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:  # a launcher that lingers after its worker reported: not waited for
+            proc.kill()
+            proc.wait()
     if hung == "start":
         return Outcome(
             False,
