@@ -313,12 +313,15 @@ def run_in_worker(
             )
         except OSError as exc:
             return Outcome(False, f"launcher `{' '.join(argv[:3])}` cannot be started: {exc.strerror or exc}")
-        streams = _Streams(proc, _stderr_fd())
         hello: dict[str, Any] = {}
+        streams: _Streams | None = None
         try:
+            streams = _Streams(proc, _stderr_fd())
             limits = (start_timeout_s, timeout_s)
             outcome = _supervise(proc, streams, (to_json(job) + "\n").encode(), limits, exp_dir, hello, launcher)
         finally:  # also on Ctrl-C: the worker has been waited for by then
+            if proc.returncode is None:  # a Ctrl-C before _supervise took over: stop it the same way
+                _stop(proc)
             left = adopter.end_orphans(proc.pid)
             if left:
                 print(
@@ -326,15 +329,29 @@ def run_in_worker(
                     f" (pids {', '.join(map(str, left))}); ended them",
                     file=sys.stderr,
                 )
-            for t in streams.threads:  # the pipes are closed now that every process holding them is gone
+            for t in streams.threads if streams is not None else ():  # every process holding the pipes is gone
                 t.join(5.0)
-    if not outcome.ok and launcher is not None:
+    if not outcome.ok and launcher is not None and streams is not None:
         lines = streams.last_lines()
         if lines:
             detail = "\n".join(filter(None, [outcome.detail, "last output:", *lines]))
             outcome = attrs.evolve(outcome, reason=f"{outcome.reason}; last output: {lines[-1]}", detail=detail)
     _record_launcher(exp_dir, launcher, hello)
     return outcome
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """EOF on its stdin (it stops as Ctrl-C stops it), the grace period, then SIGKILL; waited for."""
+    try:
+        if proc.stdin is not None:
+            proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    try:
+        proc.wait(PARENT_GONE_GRACE_S)
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        proc.kill()
+        proc.wait()
 
 
 def _record_launcher(exp_dir: Path, launcher: Launcher | None, hello: dict[str, Any]) -> None:
