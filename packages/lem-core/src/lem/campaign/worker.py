@@ -331,10 +331,11 @@ def run_in_worker(
                 )
             for t in streams.threads if streams is not None else ():  # every process holding the pipes is gone
                 t.join(5.0)
-    if not outcome.ok and launcher is not None and streams is not None:
+    # A worker that never reported (a launcher that failed, a worker killed under it): its last lines say why.
+    if not outcome.ok and outcome.detail is None and launcher is not None and streams is not None:
         lines = streams.last_lines()
         if lines:
-            detail = "\n".join(filter(None, [outcome.detail, "last output:", *lines]))
+            detail = "\n".join(["last output:", *lines])
             outcome = attrs.evolve(outcome, reason=f"{outcome.reason}; last output: {lines[-1]}", detail=detail)
     _record_launcher(exp_dir, launcher, hello)
     return outcome
