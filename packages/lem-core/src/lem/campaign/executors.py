@@ -21,6 +21,7 @@ from typing import Protocol
 import attrs
 
 from lem.campaign.job import Outcome, job_for
+from lem.campaign.launcher import START_TIMEOUT_S, Launcher
 from lem.campaign.worker import failure_reason, run_in_worker
 from lem.configfile.loading import Experiment
 from lem.run.progress import Progress
@@ -83,23 +84,35 @@ def _announce(task: Task, quiet: bool) -> None:
 class LocalExecutor:
     """Each experiment in a fresh worker process on this machine (``python -m lem.campaign.worker``), in turn.
 
-    ``pythons`` maps a backend to the interpreter of the environment it is
-    installed in; its workers validate their experiment there first.
+    ``launchers`` maps a backend to the command its worker runs under
+    (:mod:`lem.campaign.launcher`: another environment's interpreter, a
+    container runtime, ``srun``); such a worker validates its experiment
+    there first, measures into a directory of its own and sends the files
+    back, which are written here. It has ``start_timeout_s`` to start.
     """
 
     run_id: str
     quiet: bool = False
-    pythons: Mapping[str, str] = attrs.field(factory=dict)
-    resume_flags: str = ""
+    launchers: Mapping[str, Launcher] = attrs.field(factory=dict)
+    start_timeout_s: float = START_TIMEOUT_S
+
+    @property
+    def resume_flags(self) -> str:
+        """The ``--launch`` options (``--python`` included) again, for the ``--resume`` line."""
+        given = [launcher for launcher in self.launchers.values() if launcher.given_by != "[campaign.launch]"]
+        return "".join(launcher.flag() for launcher in given)
 
     def run(self, tasks: Iterator[Task]) -> Generator[Finished, None, None]:
         """Run each task in its own worker, one after another."""
         for task in tasks:
             _announce(task, self.quiet)
-            python = self.pythons.get(task.experiment.config.backend)
-            # In another environment's interpreter, the backend's own checks run there, before anything else.
-            job = job_for(task.experiment, task.exp_dir, self.run_id, self.quiet, task.prefix, python is not None)
-            outcome = run_in_worker(job, python)
+            launcher = self.launchers.get(task.experiment.config.backend)
+            # Launched, the backend's own checks run where it is installed, before anything else; and the
+            # worker shares no path with us: it gets no directory, and sends its files back.
+            job = job_for(task.experiment, task.exp_dir, self.run_id, self.quiet, task.prefix, launcher is not None)
+            if launcher is not None:
+                job = attrs.evolve(job, exp_dir="")
+            outcome = run_in_worker(job, launcher, deliver_to=task.exp_dir, start_timeout_s=self.start_timeout_s)
             if not outcome.ok and (outcome.reason or "").startswith("KeyboardInterrupt"):
                 raise KeyboardInterrupt  # the worker saw the Ctrl-C first
             yield Finished(task, outcome)

@@ -33,6 +33,7 @@ import cattrs
 from lem import plugins
 from lem.configfile.loading import Experiment, dumps, loads
 from lem.errors import LemError
+from lem.results.files import write_atomic
 
 
 @attrs.frozen
@@ -52,6 +53,11 @@ class Job:
     validate: bool = False
     #: ``(name, reference)`` of each plugin registered at run time: see :func:`carried_plugins`.
     plugins: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def returns_files(self) -> bool:
+        """The worker measures into a directory of its own and sends the files back (no ``exp_dir``: a launcher)."""
+        return not self.exp_dir
 
 
 @attrs.frozen
@@ -74,6 +80,30 @@ def job_for(
     # A sweep value is a TOML value; a date (the one kind JSON lacks) travels as its text.
     values = json.loads(json.dumps(dict(exp.sweep_values), default=str))
     return Job(exp.id, dumps(exp.config), values, str(exp_dir), run_id, quiet, prefix, validate, carried_plugins())
+
+
+def collect_files(exp_dir: Path) -> dict[str, str]:
+    """An experiment's result files as ``{name: text}``: what a worker away from ``--out`` sends back.
+
+    The campaign writes ``experiment.toml`` itself; temporaries (dot files) are never results.
+    """
+    return {
+        p.name: p.read_text(encoding="utf-8")
+        for p in sorted(exp_dir.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name != "experiment.toml"
+    }
+
+
+def write_files(exp_dir: Path, files: Mapping[str, str]) -> None:
+    """Write files :func:`collect_files` gathered under ``exp_dir``, each atomically, ``summary.json`` last.
+
+    ``summary.json``'s presence is what marks the experiment finished for ``--resume``; a name that is
+    not a plain file name is refused (the files come from another process, maybe another machine).
+    """
+    for name in sorted(files, key=lambda n: n == "summary.json"):
+        if Path(name).name != name or name in ("", ".", "..") or name == "experiment.toml":
+            raise LemError(f"worker sent a result file named {name!r}: not a file lem writes; not written")
+        write_atomic(exp_dir / name, files[name])
 
 
 def to_json(job: Job) -> str:

@@ -22,6 +22,7 @@ import attrs
 
 from lem.campaign.ending import json_document, status_table, write_run_report
 from lem.campaign.executors import Executor, InProcessExecutor, LocalExecutor, Task
+from lem.campaign.launcher import START_TIMEOUT_S, Launcher
 from lem.campaign.ray_executor import RayExecutor, RayOptions
 from lem.campaign.records import check_resume, prepare, record_failure, record_interruption, write_run
 from lem.configfile.loading import Experiment, LoadedFile
@@ -33,6 +34,10 @@ from lem.run.meters import check_meters
 
 
 def _pythons(value: Mapping[str, str] | None) -> Mapping[str, str]:
+    return dict(value or {})
+
+
+def _launchers(value: Mapping[str, Launcher] | None) -> Mapping[str, Launcher]:
     return dict(value or {})
 
 
@@ -56,6 +61,10 @@ class CampaignOptions:
     pythons: Mapping[str, str] = attrs.field(factory=dict, converter=_pythons)
     #: Each experiment as a task on this Ray cluster instead.
     ray: RayOptions | None = None
+    #: Backend -> the command its worker runs under (``--launch``, ``[campaign.launch]``); ``pythons`` are ones too.
+    launchers: Mapping[str, Launcher] = attrs.field(factory=dict, converter=_launchers)
+    #: Seconds a launched worker has to start (``[campaign] start_timeout_s``, ``--start-timeout``).
+    start_timeout_s: float = START_TIMEOUT_S
 
 
 def new_run_id() -> str:
@@ -114,9 +123,10 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
     options = options if options is not None else CampaignOptions()
     out = stdout if stdout is not None else sys.stdout
     root = options.out_dir
-    if options.ray is None:  # a Ray task runs on a node of its own: checked there, by its worker
-        check_meters(loaded.experiments, options.pythons)
-        check_hub_models(loaded.experiments)
+    if options.ray is None:  # a Ray task or a launched backend's worker checks its meters where it runs
+        check_meters(loaded.experiments, {*options.pythons, *options.launchers})
+        # A launched worker (a container) has its own Hugging Face cache: only local workers' models are probed.
+        check_hub_models([e for e in loaded.experiments if e.config.backend not in options.launchers])
     if options.resume_id is not None:
         run_dir = check_resume_id(options.resume_id, root)
         run_id = options.resume_id
@@ -155,7 +165,8 @@ def _executor(options: CampaignOptions, run_id: str, run_dir: Path) -> Executor:
         return RayExecutor(run_id, options.quiet, options.pythons, options.ray, run_dir)
     if options.in_process:
         return InProcessExecutor(run_id, options.quiet)
-    return LocalExecutor(run_id, options.quiet, options.pythons)
+    launchers = {b: Launcher(b, (python,), "--python") for b, python in options.pythons.items()}
+    return LocalExecutor(run_id, options.quiet, {**launchers, **options.launchers}, options.start_timeout_s)
 
 
 def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id: str, executor: Executor) -> bool:

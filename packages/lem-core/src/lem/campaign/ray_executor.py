@@ -23,7 +23,6 @@ Ray is optional (``pip install 'lem-core[ray]'``) and imported only by
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import shutil
 import socket
@@ -37,12 +36,12 @@ from typing import Any
 import attrs
 
 from lem.campaign.executors import Finished, Task
-from lem.campaign.job import Outcome, from_json, job_for, to_json
+from lem.campaign.job import Outcome, collect_files, from_json, job_for, to_json, write_files
 from lem.campaign.records import clear_partial
 from lem.campaign.worker import run_in_worker
 from lem.configfile.loading import Experiment
 from lem.errors import LemError
-from lem.results.files import write_atomic
+from lem.run.environment import add_to_environment
 
 INSTALL_HINT = "Ray is not installed in this environment: pip install 'lem-core[ray]'"
 
@@ -145,15 +144,6 @@ def _node() -> dict[str, Any]:
     }
 
 
-def _record_node(exp_dir: Path, node: Mapping[str, Any]) -> None:
-    """Add the Ray node to ``environment.json`` (written by the worker, which does not know it ran under Ray)."""
-    path = exp_dir / "environment.json"
-    if path.exists():
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        doc["ray"] = dict(node)
-        write_atomic(path, json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")
-
-
 def run_task(job_json: str, shared_dir: str | None) -> dict[str, Any]:
     """The Ray task of one experiment: run its job in a fresh worker on this node; its files and outcome.
 
@@ -171,16 +161,13 @@ def run_task(job_json: str, shared_dir: str | None) -> dict[str, Any]:
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
         clear_partial(exp_dir)  # a retry on a shared directory must not keep an earlier attempt's cycles
-        python = sys.executable if job.validate else None  # a pinned environment: its worker validates the backend
-        outcome = run_in_worker(attrs.evolve(job, exp_dir=str(exp_dir)), python)
+        # A pinned environment (job.validate): this task's interpreter is it, and its worker validates the backend.
+        outcome = run_in_worker(attrs.evolve(job, exp_dir=str(exp_dir)))
         if not outcome.ok and _died(outcome):
             raise WorkerDied(outcome.reason or "worker died", outcome.exit_code)
-        _record_node(exp_dir, node)
-        files = {}
-        if tmp is not None:
-            for p in sorted(exp_dir.iterdir()):
-                if p.is_file() and not p.name.startswith(".") and p.name != "experiment.toml":
-                    files[p.name] = p.read_text(encoding="utf-8")
+        # Added here: the worker does not know it ran under Ray.
+        add_to_environment(exp_dir, "ray", node)
+        files = collect_files(exp_dir) if tmp is not None else {}
         return {"outcome": attrs.asdict(outcome), "node": node, "files": files}
     finally:
         if tmp is not None:
@@ -190,13 +177,8 @@ def run_task(job_json: str, shared_dir: str | None) -> dict[str, Any]:
 def _died(outcome: Outcome) -> bool:
     # Reported by lem.campaign.worker.run_in_worker when no result came back: a signal, os._exit, a native
     # crash or a hang.
-    return (outcome.reason or "").startswith(("worker process", "worker hung", "worker did not exit"))
-
-
-def _write_files(exp_dir: Path, files: Mapping[str, str]) -> None:
-    # summary.json last: its presence is what marks the experiment finished for --resume.
-    for name in sorted(files, key=lambda n: n == "summary.json"):
-        write_atomic(exp_dir / name, files[name])
+    died = ("worker process", "worker hung", "worker did not exit", "the worker did not start", "worker (launched")
+    return (outcome.reason or "").startswith(died)
 
 
 def _outcome_of(ray: Any, ref: Any, opts: RayOptions) -> tuple[Outcome, dict[str, Any] | None, dict[str, str]]:
@@ -277,7 +259,7 @@ class RayExecutor:
     def _finish(self, ray: Any, ref: Any, task: Task) -> Finished:
         """Write one ended task's files under the run directory as a local run would; how it ended, and where."""
         outcome, node, files = _outcome_of(ray, ref, self.opts)
-        _write_files(task.exp_dir, files)
+        write_files(task.exp_dir, files)
         where = f" on node {node['node_ip']} ({node['node_id'][:12]})" if node else ""
         if outcome.ok and not self.quiet:
             print(f"{task.prefix}{task.experiment.id}: done{where}", file=sys.stderr)

@@ -180,6 +180,22 @@ def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
     help="Run BACKEND's experiments with another environment's interpreter "
     "(e.g. vllm=/opt/vllm-env/bin/python). Repeatable.",
 )
+@click.option(
+    "--launch",
+    "launch",
+    multiple=True,
+    metavar="BACKEND=COMMAND",
+    help="Run BACKEND's workers as COMMAND -m lem.campaign.worker, e.g. "
+    'tensorrt="docker run --rm -i --gpus all IMAGE python" (docs/launchers.md). Repeatable; '
+    "wins over the file's [campaign.launch].",
+)
+@click.option(
+    "--start-timeout",
+    "start_timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    metavar="SECONDS",
+    help="Seconds a worker has to start (an image pull, a queued job) [default: [campaign] start_timeout_s, or 600].",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html in the run directory at the end.")
@@ -225,8 +241,10 @@ def run(
     from lem.campaign.loop import run_campaign  # deferred: `lem --help` must not import the campaign
 
     _stop_on_sigterm()
+    launch, start_timeout_s = flags.pop("launch"), flags.pop("start_timeout_s")
     options = _campaign_options(**flags)
-    loaded = _load(file, preset, overrides, model, backend, external_backends=options.pythons)
+    loaded = _load(file, preset, overrides, model, backend, external_backends={*options.pythons, *_backends(launch)})
+    options = _with_launchers(options, loaded, launch, start_timeout_s)
     _confirm(loaded, yes, options.quiet)
     if not run_campaign(loaded, options):
         sys.exit(1)
@@ -261,6 +279,31 @@ def _campaign_options(
         pythons=interpreters,
         ray=_ray_options(ray_address, in_process, **ray_args),
     )
+
+
+def _backends(launch: tuple[str, ...]) -> set[str]:
+    return {value.partition("=")[0].strip() for value in launch}
+
+
+def _with_launchers(
+    options: CampaignOptions, loaded: Any, launch: tuple[str, ...], start_timeout_s: float | None
+) -> CampaignOptions:
+    """``options`` with the launchers of ``--launch`` over the file's ``[campaign.launch]``, checked."""
+    import attrs
+
+    from lem.campaign.launcher import START_TIMEOUT_S, merged  # deferred: `lem --help` stays fast
+
+    launchers = merged(loaded.launch, launch, options.pythons)
+    launched = {b for b, launcher in launchers.items() if launcher.given_by != "--python"}
+    if launched and options.in_process:
+        raise LemError("--launch ([campaign.launch]) and --in-process exclude each other: a launcher starts a worker")
+    if launched and options.ray is not None:
+        raise LemError(
+            f"--ray with a launcher for {', '.join(sorted(launched))}: not supported; Ray starts each worker itself"
+            " (use --python for another interpreter there), or run the campaign without --ray"
+        )
+    timeout = start_timeout_s or loaded.start_timeout_s or START_TIMEOUT_S
+    return attrs.evolve(options, launchers=launchers, start_timeout_s=timeout)
 
 
 def _stop_on_sigterm() -> None:
@@ -447,6 +490,41 @@ def config_expand(
     for row in rows:
         values = "  ".join(f"{k}={v!r}" for k, v in row["values"].items())
         click.echo(f"{row['id']}  {values}".rstrip())
+
+
+@cli.command()
+@click.option(
+    "--launch",
+    "launch",
+    multiple=True,
+    required=True,
+    metavar="BACKEND=COMMAND",
+    help="The launcher to check, as `lem run --launch` takes it. Repeatable.",
+)
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=600.0,
+    show_default=True,
+    help="Seconds the launcher has to answer.",
+)
+def doctor(launch: tuple[str, ...], timeout_s: float) -> None:
+    """Run each launcher once: are lem-core, the backend and GPUs visible where it lands?
+
+    One line each; exit status 1 if lem-core or the backend is missing there (or the launcher gave no answer).
+    """
+    from lem.campaign.launcher import parse, probe  # deferred: `lem --help` stays fast
+
+    launchers = [parse(value) for value in launch]
+    ok = True
+    for launcher in launchers:
+        found = probe(launcher, timeout_s)
+        ok = ok and found.ok
+        for line in found.lines():
+            click.echo(line)
+    if not ok:
+        sys.exit(1)
 
 
 cli.add_command(results)

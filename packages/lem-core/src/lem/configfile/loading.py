@@ -55,6 +55,35 @@ class LoadedFile:
     source: str
     experiments: tuple[Experiment, ...]
     warnings: tuple[Problem, ...]
+    #: ``[campaign.launch]``: backend -> the command line its worker runs under (:mod:`lem.campaign.launcher`).
+    launch: Mapping[str, str] = attrs.field(factory=dict)
+    #: ``[campaign] start_timeout_s``: seconds a launched worker has to start (``None``: lem's default).
+    start_timeout_s: float | None = None
+
+
+def _campaign_table(table: Any) -> tuple[dict[str, str], float | None, list[Problem]]:
+    """``[campaign]``: how the file's experiments are run, not what they are (no sweep, no --set reaches it)."""
+    if not isinstance(table, Mapping):
+        return {}, None, [error("campaign", "must be a table", 'write [campaign.launch] with backend = "command"')]
+    problems = [
+        error(f"campaign.{k}", "unknown key", "the keys are launch (a table) and start_timeout_s")
+        for k in table
+        if k not in ("launch", "start_timeout_s")
+    ]
+    launch = table.get("launch", {})
+    if not isinstance(launch, Mapping):
+        problems.append(error("campaign.launch", 'must be a table of backend = "command"', "", launch))
+        launch = {}
+    for backend, command in launch.items():
+        if not isinstance(command, str) or not command.strip():
+            hint = 'e.g. tensorrt = "docker run --rm -i --gpus all IMAGE python"'
+            problems.append(error(f"campaign.launch.{backend}", "must be a command line (a string)", hint, command))
+    timeout = table.get("start_timeout_s")
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+        problems.append(error("campaign.start_timeout_s", "must be a number of seconds > 0", "", timeout))
+        timeout = None
+    good = {str(b): c for b, c in launch.items() if isinstance(c, str) and c.strip()}
+    return good, None if timeout is None else float(timeout), problems
 
 
 # --- the strict converter ---------------------------------------------------------
@@ -323,6 +352,10 @@ def load(
 
     axes, sweep_problems = check_sweep(doc.pop("sweep", {}))
     problems += sweep_problems
+    launch, start_timeout_s, campaign_problems = _campaign_table(doc.pop("campaign", {}))
+    problems += campaign_problems
+    # A launched backend runs where it is installed: its worker checks its names and tables there.
+    external_backends = {*external_backends, *launch}
     if "preset" in axes:
         problems.append(
             error(
@@ -381,7 +414,7 @@ def load(
     errors = [p for p in problems if p.severity == "error"]
     if errors:
         raise ConfigError(errors, source)
-    return LoadedFile(source, tuple(experiments), tuple(warnings))
+    return LoadedFile(source, tuple(experiments), tuple(warnings), launch, start_timeout_s)
 
 
 def load_one(path: str | Path, **kwargs: Any) -> ExperimentConfig:

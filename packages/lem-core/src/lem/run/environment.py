@@ -3,18 +3,28 @@
 Versions come from installed-package metadata, never by importing the
 packages (importing torch or vllm costs seconds and may touch the GPU). CUDA
 driver facts come from ``nvidia-smi`` when it exists; per-GPU facts (name,
-UUID, power limit...) from the energy meter's ``environment()``.
+UUID, power limit...) from the energy meter's ``environment()``; the GPUs
+``nvidia-smi`` lists are recorded too, so a run without a meter still says
+which GPUs its worker saw (inside a container: the container's view).
+
+The worker writes ``environment.json`` where it runs; the campaign adds what
+only it knows (:func:`add_to_environment`): the launcher that started the
+worker, a Ray node.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import shutil
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+from lem.results.files import write_atomic
 
 #: Libraries whose version changes the numbers, recorded when installed.
 TRACKED = (
@@ -81,13 +91,15 @@ def nvidia_smi() -> dict[str, Any]:
     out: dict[str, Any] = {"available": True}
     try:
         q = subprocess.run(
-            [exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+            [exe, "--query-gpu=driver_version,name", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=20,
             check=True,
         )
-        out["driver_version"] = q.stdout.strip().splitlines()[0] if q.stdout.strip() else None
+        rows = [line.split(", ", 1) for line in q.stdout.strip().splitlines() if line.strip()]
+        out["driver_version"] = rows[0][0] if rows else None
+        out["visible_gpus"] = [row[-1] for row in rows]
         head = subprocess.run([exe], capture_output=True, text=True, timeout=20, check=False).stdout
         for token in head.split("|"):
             if "CUDA Version" in token:
@@ -129,3 +141,12 @@ def capture(gpus: list[dict[str, Any]] | None = None, gpu_reason: str | None = N
         "gpus": gpus,
         "gpus_reason": gpu_reason,
     }
+
+
+def add_to_environment(exp_dir: Path, key: str, value: Any) -> None:
+    """Add ``key`` to the ``environment.json`` in ``exp_dir`` (if the worker wrote one), atomically."""
+    path = exp_dir / "environment.json"
+    if path.exists():
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        doc[key] = value
+        write_atomic(path, json.dumps(doc, indent=1, allow_nan=False, default=str) + "\n")

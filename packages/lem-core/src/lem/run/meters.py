@@ -19,7 +19,7 @@ campaign checks here that every meter it names can open (:func:`check_meters`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import attrs
@@ -239,10 +239,11 @@ def _why_no_meter(config: ExperimentConfig, devices: Sequence[int]) -> str:
     return f"no energy meter works here ({'; '.join(reasons)})" if reasons else NO_METER
 
 
-def check_meters(experiments: Sequence[Experiment], pythons: Mapping[str, str]) -> None:
+def check_meters(experiments: Sequence[Experiment], pythons: Collection[str]) -> None:
     """Stop before any model loads if an explicitly named meter cannot work here (``auto`` may find none).
 
-    Experiments of a backend run in another interpreter (``--python``) are checked by their worker.
+    Experiments of a backend run in another interpreter or through a launcher (``pythons``: ``--python``,
+    ``--launch``) are checked by their worker.
     """
     seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
     for exp in experiments:
