@@ -54,9 +54,10 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        with _lock:
+        with _lock:  # one write per line under the lock: print() from threads can interleave two lines
             n = next(_count)
-        print(f"completion {n}", flush=True)
+            sys.stdout.write(f"completion {n}\n")
+            sys.stdout.flush()
         if MODE == "500" or (MODE == "flaky" and n % 3 == 0):
             self._json(500, {"error": {"message": "the engine is on fire", "type": "server_error"}})
             return
