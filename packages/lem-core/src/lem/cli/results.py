@@ -250,7 +250,7 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
     output digests).
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
-    from lem.results.compare import compare, gather, render
+    from lem.results.compare import banner, compare, gather, render
 
     entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
     result = compare(entries)
@@ -258,15 +258,22 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
         for line in result["warnings"]:
             click.echo(f"lem: error: {line} (--strict)", err=True)
         sys.exit(1)
+    # Fairness warnings come first, where they cannot scroll away: on stderr for scripts and logs, and as a
+    # banner above the table (a terminal shows the banner only, not the same lines twice).
+    if as_json or not sys.stdout.isatty():
+        for line in result["warnings"]:
+            click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         from rich.console import Console
 
-        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
-        Console(width=width).print(render(result))
-    for line in result["warnings"]:
-        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
+        width = None if sys.stdout.isatty() else max(120, 30 * (len(entries) + 1))
+        console = Console(width=width)
+        top = banner(result)
+        if top is not None:
+            console.print(top)
+        console.print(render(result))
 
 
 @results.command("export")
