@@ -31,7 +31,7 @@ def test_quickstart_runs_and_writes_complete_results(tmp_path: Path, lem) -> Non
     assert "lem-core" in json.dumps(env["packages"])
 
     cycles = sorted(exp_dir.glob("cycle-*.json"))
-    assert [c.name for c in cycles] == ["cycle-001.json", "cycle-002.json"]
+    assert [c.name for c in cycles] == ["cycle-001.json", "cycle-002.json", "cycle-003.json"]
     for path in cycles:
         cycle = json.loads(path.read_text())
         metrics = cycle["metrics"]
@@ -42,7 +42,7 @@ def test_quickstart_runs_and_writes_complete_results(tmp_path: Path, lem) -> Non
 
     summary = json.loads((exp_dir / "summary.json").read_text())
     tps = summary["figures"]["output_tokens_per_s"]
-    assert tps["n"] == 2 and tps["ci95_low"] <= tps["mean"] <= tps["ci95_high"]
+    assert tps["n"] == 3 and tps["ci95_low"] <= tps["mean"] <= tps["ci95_high"]
     if summary["methods"]["energy"] is None:  # CPU-only machine: null with a reason, never 0
         assert summary["figures"]["energy.total_j"]["mean"] is None
         # lem-energy-nvml is installed here, so the reason is what it said, not "install it".

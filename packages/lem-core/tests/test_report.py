@@ -67,7 +67,12 @@ def test_lem_run_wrote_a_self_contained_report(sweep_with_failure: Path) -> None
     assert "script" not in tags and "link" not in tags  # no scripts, no external stylesheets
     # Nothing is fetched: the only URLs are the page's own anchors and data: images.
     urls = [v for _, a in page.tags for k, v in a.items() if k in ("src", "href") and v]
-    assert urls and all(u.startswith(("data:image/svg+xml;base64,", "data:image/png;base64,", "#exp-")) for u in urls)
+    local = ("data:image/svg+xml;base64,", "data:image/png;base64,", "#exp-", "#est-", "#run-", "plots/")
+    assert urls and all(u.startswith(local) for u in urls)
+    # The print-size files each plot links to were written next to the report (SVG and PNG).
+    files = [u for u in urls if u.startswith("plots/")]
+    assert files and all((sweep_with_failure / u).is_file() for u in files)
+    assert {Path(u).suffix for u in files} == {".svg", ".png"}
     assert not re.search(r"url\(|@import|https?://", text.split("<body>")[0])  # the CSS loads nothing either
     images = [a for t, a in page.tags if t == "img"]
     assert len(images) == 10  # 5 Pareto axes, 2 timelines, 2 cycle plots, 1 CDF

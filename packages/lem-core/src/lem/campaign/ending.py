@@ -86,7 +86,7 @@ def _half_width(fig: Figure, half: float) -> str:
     return format(round(scaled, decimals), f".{decimals}f")
 
 
-def table(rows: Sequence[dict[str, Any]]) -> str:
+def table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, str]] = ()) -> str:
     """The end-of-run table: one line per experiment, cycle means ± the half-width of their 95% CI, then reasons.
 
     A figure resting on an estimate is marked ``(estimate)`` and a flagged one ``(flagged)``; the lines
@@ -94,14 +94,19 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
     """
     columns = in_view("run_table")
     t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, highlight=False)
-    for heading in ("experiment", "status", "backend", "model"):
+    for heading in ("experiment", "status", "backend", "model", *(h for h, _ in extra)):
         t.add_column(heading, no_wrap=True)
     for fig in columns:
         t.add_column(fig.title, justify="right", no_wrap=True)
     shown = [_shown(r) for r in rows]
     for r, s in zip(rows, shown, strict=True):
         t.add_row(
-            r["id"], r["status"], str(r.get("backend")), str(r.get("model")), *(_figure_cell(r, f, s) for f in columns)
+            r["id"],
+            r["status"],
+            str(r.get("backend")),
+            str(r.get("model")),
+            *(str(r.get(key, "")) for _, key in extra),  # extra: (heading, row key) columns (results list)
+            *(_figure_cell(r, f, s) for f in columns),
         )
     buf = io.StringIO()
     # A plain-text rendering (no colour, no terminal width): the same table in a terminal, a pipe or a log.

@@ -23,11 +23,22 @@ def results() -> None:
     """List, show and re-aggregate results."""
 
 
+STATUSES = ("ok", "degraded", "failed", "interrupted", "incomplete", "not started", "damaged")
+
+
 @results.command("list")
 @click.argument("directory", default="results", type=click.Path(file_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def results_list(directory: str, as_json: bool) -> None:
-    """List the experiments under DIRECTORY (default ./results): id, model, backend, key figures."""
+@click.option("--run", "runs", multiple=True, help="Only this run id (repeatable).")
+@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES), help="Only this status (repeatable).")
+@click.option("--backend", "backends", multiple=True, help="Only this backend (repeatable).")
+def results_list(
+    directory: str, as_json: bool, runs: tuple[str, ...], statuses: tuple[str, ...], backends: tuple[str, ...]
+) -> None:
+    """List the experiments under DIRECTORY (default ./results): id, model, backend, sweep values, key figures.
+
+    A failure is one line here; `lem results show RUN_ID/EXPERIMENT_ID` gives its full reason.
+    """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.campaign.ending import table
     from lem.results.files import experiment_dirs, experiment_status
@@ -36,12 +47,49 @@ def results_list(directory: str, as_json: bool) -> None:
     if not root.is_dir():
         raise ResultsError(f"{directory}: no such results directory (run `lem run FILE --out {directory}` first)")
     rows = [experiment_status(d) for d in experiment_dirs(root)]
+    rows = [
+        r
+        for r in rows
+        if (not runs or r["id"].split("/", 1)[0] in runs)
+        and (not statuses or r["status"] in statuses)
+        and (not backends or r.get("backend") in backends)
+    ]
+    for r in rows:
+        r["sweep_values"] = _sweep_values(Path(r["path"]))
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-    elif rows:
-        click.echo(table(rows))
-    else:
-        click.echo(f"{directory}: no results yet")
+        return
+    if not rows:
+        what = " matching the filters" if runs or statuses or backends else " yet"
+        click.echo(f"{directory}: no results{what}")
+        return
+    keys = list(dict.fromkeys(k for r in rows for k in r["sweep_values"]))
+    for r in rows:
+        for k in keys:
+            r[f"sweep:{k}"] = r["sweep_values"].get(k, "-")
+        if r.get("reason"):
+            r["reason"] = _one_line(str(r["reason"]), r["id"])
+    click.echo(table(rows, [(k.rsplit(".", 1)[-1], f"sweep:{k}") for k in keys]))
+
+
+def _sweep_values(exp_dir: Path) -> dict[str, Any]:
+    """The experiment's sweep values, from whichever of its records holds them (none: ``{}``)."""
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
+    from lem.results.rundata import read_doc
+
+    for name in ("summary.json", "failure.json", "interrupted.json", "setup.json"):
+        doc = read_doc(exp_dir / name, [])
+        values = (doc or {}).get("sweep_values")
+        if isinstance(values, dict):
+            return values
+    return {}
+
+
+def _one_line(reason: str, key: str, width: int = 120) -> str:
+    """A failure's reason on one line (its first), pointing at `results show` when there is more."""
+    lines = reason.strip().splitlines() or [""]
+    first = lines[0] if len(lines[0]) <= width else lines[0][: width - 1] + "…"
+    return first if first == reason.strip() else f"{first} (full reason: lem results show {key})"
 
 
 def _results_dir(targets: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -250,7 +298,7 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
     output digests).
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
-    from lem.results.compare import compare, gather, render
+    from lem.results.compare import banner, compare, gather, render
 
     entries = gather(targets, Path(directory), lambda line: click.echo(f"lem: warning: {line}", err=True))
     result = compare(entries)
@@ -258,20 +306,34 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
         for line in result["warnings"]:
             click.echo(f"lem: error: {line} (--strict)", err=True)
         sys.exit(1)
+    # Fairness warnings come first, where they cannot scroll away: on stderr for scripts and logs, and as a
+    # banner above the table (a terminal shows the banner only, not the same lines twice).
+    if as_json or not sys.stdout.isatty():
+        for line in result["warnings"]:
+            click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         from rich.console import Console
 
-        width = None if sys.stdout.isatty() else max(120, 40 * (len(entries) + 1))
-        Console(width=width).print(render(result))
-    for line in result["warnings"]:
-        click.echo(f"lem: warning: {line}: the comparison may not be fair", err=True)
+        width = None if sys.stdout.isatty() else max(120, 30 * (len(entries) + 1))
+        console = Console(width=width)
+        top = banner(result)
+        if top is not None:
+            console.print(top)
+        console.print(render(result))
 
 
 @results.command("export")
 @click.argument("directory", type=click.Path(file_okay=False))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "jsonl"]), default="csv", show_default=True)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "jsonl", "boamps"]),
+    default="csv",
+    show_default=True,
+    help="boamps: one BoAmps JSON report per experiment with energy, into the directory --out names.",
+)
 @click.option(
     "--level",
     type=click.Choice(["experiment", "cycle", "request"]),
@@ -284,6 +346,16 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
 )
 def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
     """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
+    # deferred: `lem --help` imports this module; a command's code loads when it runs
+    if fmt == "boamps":
+        # deferred: `lem --help` imports this module; a command's code loads when it runs
+        from lem.results.boamps import write
+
+        if not out_file:
+            raise ResultsError("--format boamps writes one file per experiment: give --out DIRECTORY")
+        paths = write(Path(directory), Path(out_file), lambda line: click.echo(f"lem: warning: {line}", err=True))
+        click.echo(f"{out_file}: {len(paths)} BoAmps report(s)", err=True)
+        return
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.export import export
 

@@ -12,6 +12,7 @@ where recorded, the generated-output digest; every mismatch is a warning
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.figures.registry import ESTIMATE, FLAGGED, find, flags_of, in_view, method_of
+from lem.figures.registry import ESTIMATE, FLAGGED, flags_of, in_view, method_of
 from lem.figures.stats import welch_test
 from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
 
@@ -164,7 +165,7 @@ def fairness(entries: Sequence[Entry]) -> list[str]:
     check("input tokens per pass", lambda e: _per_pass(e.input_tokens, e.passes), lambda v: v != "unknown")
     check("output tokens per pass", lambda e: _per_pass(e.output_tokens, e.passes), lambda v: v != "unknown")
     # Goodput against different objectives is not comparable (schema 2 before [slo]: no objective either).
-    check("SLO ([slo])", lambda e: (e.summary.get("slo") or {}).get("slo"))
+    check("SLO ([slo])", lambda e: slo_text((e.summary.get("slo") or {}).get("slo")))
     check("generated-output digest", lambda e: e.summary.get("output_digest"), lambda v: v is not None)
     return problems
 
@@ -231,6 +232,9 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
                 "backend": e.summary.get("backend"),
                 "model": e.summary.get("model"),
                 "cycles": e.summary.get("cycles"),
+                # additions for the table: what differs in config, and the SLO each was measured against
+                "config": dict(e.config),
+                "slo": (e.summary.get("slo") or {}).get("slo"),
             }
             for e in entries
         ],
@@ -239,8 +243,22 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     }
 
 
-def _num(value: float | None, scale: float, spec: str) -> str:
-    return "-" if value is None else format(value * scale, spec)
+#: Significant digits of every number the compare table prints.
+SIGNIFICANT = 3
+
+
+def _sig(value: float, digits: int = SIGNIFICANT) -> str:
+    """``value`` to ``digits`` significant digits in plain notation (``10650``, ``0.0123``), never ``1.065e+04``."""
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    places = digits - 1 - math.floor(math.log10(abs(value)))
+    if places <= 0:  # a large number: rounded to its significant digits, shown whole
+        return f"{round(value, places):.0f}"
+    return f"{value:.{places}f}"
+
+
+def _num(value: float | None, scale: float) -> str:
+    return "-" if value is None else _sig(value * scale)
 
 
 def _verdict(welch: Mapping[str, Any]) -> str:
@@ -249,40 +267,98 @@ def _verdict(welch: Mapping[str, Any]) -> str:
     return "resolved" if welch["resolved"] else "not resolved"
 
 
-def render(result: Mapping[str, Any]) -> Any:
-    """A rich ``Table`` of the comparison: one row per figure, one column per experiment.
+#: Config keys whose difference the "config differs" row names first (then any other key that differs).
+_FIRST_KEYS = ("backend", "model", "precision", "batching.batch_size", "batching.strategy")
 
-    A cell resting on an estimate is marked ``(estimate)``, a flagged one ``(flagged)``; the caption says
-    what each estimate rests on.
+
+def letters(n: int) -> list[str]:
+    """Short column labels: A, B, ... Z, AA, AB ..."""
+    out = []
+    for i in range(n):
+        text, k = "", i
+        while True:
+            text = chr(ord("A") + k % 26) + text
+            k = k // 26 - 1
+            if k < 0:
+                break
+        out.append(text)
+    return out
+
+
+def config_differences(result: Mapping[str, Any]) -> list[str]:
+    """Per experiment, the config values that differ between the experiments (``batch_size=8, quantization=q8_0``)."""
+    configs = [e.get("config") or {} for e in result["experiments"]]
+    keys = [k for k in dict.fromkeys(k for c in configs for k in c) if len({repr(c.get(k)) for c in configs}) > 1]
+    keys.sort(key=lambda k: _FIRST_KEYS.index(k) if k in _FIRST_KEYS else len(_FIRST_KEYS))
+    return [", ".join(f"{k.rsplit('.', 1)[-1]}={c.get(k, '-')}" for k in keys) or "same config" for c in configs]
+
+
+def slo_text(slo: Any) -> str:
+    """An ``[slo]`` objective as text (``TTFT <= 200 ms, TPOT <= 50 ms``), ``none`` when there is none."""
+    if not isinstance(slo, Mapping) or not slo:
+        return "none"
+    parts = []
+    for key, value in slo.items():
+        name = key.removesuffix("_ms").upper() if key.endswith("_ms") else key.replace("_", " ")
+        parts.append(f"{name} <= {value} ms" if key.endswith("_ms") else f"{name} = {value}")
+    return ", ".join(parts)
+
+
+def banner(result: Mapping[str, Any]) -> Any:
+    """The fairness warnings as a panel shown before the table (``None`` when the workloads match)."""
+    if not result["warnings"]:
+        return None
+    from rich.panel import Panel
+
+    text = "\n".join(f"• {w}" for w in result["warnings"])
+    return Panel(text, title="not a fair comparison: the workloads differ", border_style="yellow", expand=False)
+
+
+def render(result: Mapping[str, Any]) -> Any:
+    """A rich ``Table`` of the comparison: one row per figure, one short-labelled column per experiment.
+
+    Columns are lettered (A, B, ...) with a legend mapping each letter to its experiment; numbers have
+    :data:`SIGNIFICANT` significant digits; a "config differs" row says what differs in config. A cell
+    resting on an estimate is marked ``(estimate)``, a flagged one ``(flagged)``; the caption says what
+    each estimate rests on.
     """
     from rich.table import Table
 
     notes = [f"resolved: {result['test']}"]
     bases: dict[str, str] = {}
+    flagged: list[str] = []
+    marks = letters(len(result["experiments"]))
     table = Table(title="lem results compare", show_lines=True)
     table.add_column("figure", no_wrap=True)
-    for e in result["experiments"]:
-        table.add_column(f"{e['key']}\n{e['backend']}", overflow="fold")
+    for mark, e in zip(marks, result["experiments"], strict=True):
+        table.add_column(f"{mark}\n{e['backend']}", overflow="fold", min_width=14)
+    table.add_row("config differs", *config_differences(result))
+    slos = [slo_text(e.get("slo")) for e in result["experiments"]]
+    if any(s != "none" for s in slos):
+        table.add_row("SLO", *slos)
     for fig in result["figures"]:
-        row = find(fig["figure"])
-        spec = row.spec if row is not None else ".4g"
         cells = [fig["title"]]
         for i, cell in enumerate(fig["experiments"]):
             if cell["mean"] is None:
                 cells.append(f"null: {cell['reason']}" if cell.get("reason") else "-")
                 continue
-            low, mean, high = (_num(cell[k], fig["scale"], spec) for k in ("ci95_low", "mean", "ci95_high"))
+            low, mean, high = (_num(cell[k], fig["scale"]) for k in ("ci95_low", "mean", "ci95_high"))
             text = f"{mean} [{low}, {high}]"
             if cell["method"] == "estimate":
                 text += f" {ESTIMATE}"
                 bases.setdefault(cell["key"], cell["basis"] or "the result does not record its basis")
-            if cell["flags"]:
-                text += f" {FLAGGED}: " + "; ".join(cell["flags"])
+            if cell["flags"]:  # why, under the table: a long reason in a cell hides the numbers
+                text += f" {FLAGGED}"
+                flagged += [f"{FLAGGED} {marks[i]} {fig['title']}: {why}" for why in cell["flags"]]
             if i > 0:
-                ratio = "-" if cell["ratio"] is None else f"×{cell['ratio']:.3f}"
+                ratio = "-" if cell["ratio"] is None else f"×{_sig(cell['ratio'])}"
                 text += f"\n{ratio} {_verdict(cell['welch'])}"
             cells.append(text)
         table.add_row(*cells)
+    legend = [
+        f"{m}: {e['key']} ({e['backend']}, {e['model']})" for m, e in zip(marks, result["experiments"], strict=True)
+    ]
+    notes = ["columns: " + "; ".join(legend), f"numbers: {SIGNIFICANT} significant digits; [95% CI]", *notes]
     notes += [f"{ESTIMATE} {key}: rests on an estimate, not a measurement: {basis}" for key, basis in bases.items()]
-    table.caption = "\n".join(notes)
+    table.caption = "\n".join([*notes, *flagged])
     return table

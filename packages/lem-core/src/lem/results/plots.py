@@ -36,6 +36,9 @@ from lem.results.rundata import (
 )
 
 KINDS = ("pareto", "timeline", "cycles", "cdf")
+#: Resolution of a plot shown on screen (the report's pictures) and of one written for print.
+SCREEN_DPI = 110
+PRINT_DPI = 300
 INSTALL_HINT = "plots need matplotlib: pip install 'lem-core[plots]'"
 
 #: The Pareto fronts' y axis; their x axes are the other figures of the registry's ``pareto`` view.
@@ -120,8 +123,42 @@ def pareto_front(points: Sequence[tuple[float, float]], x_larger_better: bool) -
     return sorted(front, key=lambda i: points[i][0])
 
 
+def point_label(exp: ExperimentData, runs: int = 2) -> str:
+    """A point's legend entry: backend, run (when several are shown) and sweep values (or the experiment id)."""
+    doc = exp.summary or exp.failure or exp.setup or {}
+    parts = [str(doc.get("backend") or "?")]
+    if runs > 1:
+        parts.append(str(doc.get("run_id") or exp.path.parent.name))
+    parts.append(label(exp))
+    return " · ".join(parts)
+
+
+def clipped(fig: registry.Figure, band: tuple[float, float] | None) -> tuple[float, float] | None:
+    """A 95% interval cut to the figure's possible range: a figure that cannot be negative stops at 0."""
+    if band is None or fig.may_be_negative:
+        return band
+    return max(band[0], 0.0), max(band[1], 0.0)
+
+
+def _limits(
+    values: Sequence[float], lows: Sequence[float], highs: Sequence[float], floor: float | None
+) -> tuple[float, float]:
+    """Axis limits holding every point and interval, never below ``floor`` (0 for a figure that cannot be negative)."""
+    lo, hi = min([*values, *lows]), max([*values, *highs])
+    pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
+    low = lo - pad
+    return (max(low, floor) if floor is not None else low), hi + pad
+
+
+_MARKERS = "osD^v<>pPX*h"
+
+
 def draw_pareto(run: RunData) -> list[Plot]:
-    """J per output token against throughput and against TTFT / TPOT p50 and p99, one figure per axis."""
+    """J per output token against throughput and against TTFT / TPOT p50 and p99, one figure per axis.
+
+    Every point has its own legend entry (backend, run, sweep values), intervals are clipped to the
+    possible range (with the axis), the front is drawn, and experiments without energy are left out and named.
+    """
     exps = _ok(run)
     if len(exps) < 2:
         why = f"a Pareto front needs at least 2 experiments with results; this run has {len(exps)}"
@@ -133,6 +170,7 @@ def draw_pareto(run: RunData) -> list[Plot]:
         reason = energy_reason(exps) or "no experiment has J per output token"
         return [Plot("pareto", "Pareto fronts", skipped=f"needs energy measured in 2+ experiments ({reason})")]
     methods = sorted({str((e.summary or {}).get("methods", {}).get("energy")) for e in with_energy})
+    runs = len({(e.summary or {}).get("run_id") or e.path.parent.name for e in exps})
     out = []
     for x_fig in registry.in_view("pareto"):
         if x_fig.name == y_name:
@@ -143,32 +181,52 @@ def draw_pareto(run: RunData) -> list[Plot]:
         if len(shown) < 2:
             out.append(Plot(name, title, skipped=f"{x_name} is known for {len(shown)} experiment(s); 2+ needed"))
             continue
-        fig = _figure(6.4, 4.4)
+        fig = _figure(8.0, 4.6)
         ax = fig.add_subplot()
         sx = x_fig.scale
-        pts = [(_known(e, x_name) * sx, _known(e, y_name)) for e in shown]
+        pts = [(_known(e, x_name) * sx, _known(e, y_name) * y_fig.scale) for e in shown]
         front = pareto_front(pts, larger)
+        xs_lo, xs_hi, ys_lo, ys_hi = [], [], [], []
         for i, (e, (x, y)) in enumerate(zip(shown, pts, strict=True)):
-            xci, yci = ci(e, x_name), ci(e, y_name)
-            xerr = None if xci is None else [[x - xci[0] * sx], [xci[1] * sx - x]]
-            yerr = None if yci is None else [[y - yci[0]], [yci[1] - y]]
+            xci, yci = clipped(x_fig, ci(e, x_name)), clipped(y_fig, ci(e, y_name))
+            xerr = yerr = None
+            if xci is not None:
+                lo, hi = xci[0] * sx, xci[1] * sx
+                xs_lo.append(lo)
+                xs_hi.append(hi)
+                xerr = [[max(x - lo, 0.0)], [max(hi - x, 0.0)]]
+            if yci is not None:
+                lo, hi = yci[0] * y_fig.scale, yci[1] * y_fig.scale
+                ys_lo.append(lo)
+                ys_hi.append(hi)
+                yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
             on = i in front
-            face, edge = ("C3", "C3") if on else ("white", "C0")
             ax.errorbar(
-                x, y, xerr=xerr, yerr=yerr, fmt="o", ms=8 if on else 6, capsize=3, mfc=face, mec=edge, ecolor="0.6"
+                x,
+                y,
+                xerr=xerr,
+                yerr=yerr,
+                fmt=_MARKERS[i % len(_MARKERS)],
+                ms=8 if on else 6,
+                capsize=3,
+                color=f"C{i % 10}",
+                mec="black" if on else f"C{i % 10}",
+                mew=1.6 if on else 1.0,
+                ecolor="0.6",
+                label=point_label(e, runs) + ("  (on the front)" if on else ""),
             )
-            ax.annotate(label(e), (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="C3", label="Pareto front")
-        ax.plot([], [], "o", mfc="white", mec="C0", label="dominated")
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="0.2", lw=1.2, label="Pareto front")
+        ax.set_xlim(*_limits([p[0] for p in pts], xs_lo, xs_hi, None if x_fig.may_be_negative else 0.0))
+        ax.set_ylim(*_limits([p[1] for p in pts], ys_lo, ys_hi, None if y_fig.may_be_negative else 0.0))
         ax.set_xlabel(_axis_label(x_fig, shown) + ("  (better →)" if larger else "  (← better)"))
-        ax.set_ylabel(_axis_label(y_fig, shown) + "  (← better)")
+        ax.set_ylabel(_axis_label(y_fig, shown) + "  (↓ better)")
         ax.set_title(title, fontsize=10)
-        ax.margins(0.15)  # room for the point labels
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        missing = [label(e) for e in exps if e not in shown]
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+        missing = [point_label(e, runs) for e in exps if e not in shown]
         note = f"energy method: {', '.join(methods)}; bars: 95% CI over cycles where known"
-        note += f"; not shown (not measured): {', '.join(missing)}" if missing else ""
+        note += "" if x_fig.may_be_negative and y_fig.may_be_negative else ", cut at 0 where it reaches below"
+        note += f"; left out (not measured): {', '.join(missing)}" if missing else ""
         note += "".join(f"; {line}" for line in _estimate_notes((x_fig, y_fig), shown))
         fig.supxlabel(note, fontsize=7, color="0.35", wrap=True)
         out.append(Plot(name, title, fig))
@@ -242,7 +300,14 @@ def draw_timeline(run: RunData) -> list[Plot]:
     exps = [e for e in run.experiments if e.status in ("ok", "incomplete")]
     if not exps:
         return [Plot("timeline", "timelines", skipped="no experiment has measured cycles")]
-    return [_timeline_plot(e) for e in exps]
+    return _unique([_timeline_plot(e) for e in exps], exps)
+
+
+def _unique(made: list[Plot], exps: Sequence[ExperimentData]) -> list[Plot]:
+    """Per-experiment plots named by run too where an experiment id recurs (several runs of one sweep)."""
+    if len({e.id for e in exps}) == len(exps):
+        return made
+    return [attrs.evolve(p, name=f"{e.path.parent.name}-{p.name}") for p, e in zip(made, exps, strict=True)]
 
 
 def _cycles_plot(exp: ExperimentData) -> Plot:
@@ -287,7 +352,7 @@ def draw_cycles(run: RunData) -> list[Plot]:
     exps = _ok(run)
     if not exps:
         return [Plot("cycles", "cycles", skipped="no experiment has a summary")]
-    return [_cycles_plot(e) for e in exps]
+    return _unique([_cycles_plot(e) for e in exps], exps)
 
 
 def _latencies(exp: ExperimentData) -> dict[str, list[float]]:
@@ -353,20 +418,20 @@ def draw(kind: str, run: RunData) -> list[Plot]:
     return DRAW[kind](run)
 
 
-def render(plot: Plot, fmt: str) -> bytes:
+def render(plot: Plot, fmt: str, dpi: int = SCREEN_DPI) -> bytes:
     """The figure as ``png`` or ``svg`` bytes (SVG text as paths: no fonts needed to show it)."""
     buf = io.BytesIO()
     meta = {"Date": None} if fmt == "svg" else {}
-    plot.figure.savefig(buf, format=fmt, dpi=110, metadata=meta)
+    plot.figure.savefig(buf, format=fmt, dpi=dpi, metadata=meta)
     return buf.getvalue()
 
 
-def save(plot: Plot, out_dir: Path, formats: Sequence[str] = ("png",)) -> list[Path]:
-    """Write the figure to ``out_dir/<name>.<fmt>`` for each format; returns the paths."""
+def save(plot: Plot, out_dir: Path, formats: Sequence[str] = ("png",), dpi: int = PRINT_DPI) -> list[Path]:
+    """Write the figure to ``out_dir/<name>.<fmt>`` for each format (PNG at ``dpi``); returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fmt in formats:
         path = out_dir / f"{plot.name}.{fmt}"
-        path.write_bytes(render(plot, fmt))
+        path.write_bytes(render(plot, fmt, dpi))
         paths.append(path)
     return paths

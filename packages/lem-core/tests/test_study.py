@@ -1,0 +1,112 @@
+"""A study over several runs: Pareto plots a reader can rely on, compare's numbers, list filters, BoAmps export.
+
+The runs are real campaigns on the scripted backend and meter (lem's test doubles: no GPU here; see reportrun.py).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import reportrun
+
+from lem.results.boamps import write
+from lem.results.compare import _sig, letters, slo_text
+from lem.results.plots import draw_pareto, pareto_front, point_label
+from lem.results.rundata import ci, mean, read_run
+
+
+def lem(*args: str) -> subprocess.CompletedProcess[str]:
+    """The real `lem` command in a subprocess."""
+    exe = shutil.which("lem")
+    assert exe is not None
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+
+
+SCHEMA = Path(__file__).parent / "data" / "boamps_report_schema.json"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    for _ in range(2):  # two runs of one sweep into one results directory
+        ok, _ = reportrun.run(root, [reportrun.experiment(f"00{i}-batch_size={b}", b) for i, b in enumerate((1, 2, 4))])
+        assert ok
+    return root
+
+
+def test_pareto_has_a_legend_entry_per_point_limits_in_range_and_the_right_front(study: Path) -> None:
+    pytest.importorskip("matplotlib")
+    run = read_run(study)
+    assert len(run.experiments) == 6
+    plots = [p for p in draw_pareto(run) if p.skipped is None]
+    assert plots
+    for plot in plots:
+        ax = plot.figure.axes[0]
+        texts = [t.get_text() for t in ax.get_legend().get_texts()]
+        points = [t for t in texts if t != "Pareto front"]
+        assert len(points) == 6 and "Pareto front" in texts
+        assert {t.removesuffix("  (on the front)") for t in points} == {point_label(e) for e in run.experiments}
+        # Neither throughput, a latency nor J/token can be negative: no axis reaches below 0.
+        assert ax.get_xlim()[0] >= 0 and ax.get_ylim()[0] >= 0
+        x_name = plot.name.removeprefix("pareto-").replace("-", ".", 1)
+        x_name = next(f for f in (x_name, x_name.replace(".", "_", 0)) if mean(run.experiments[0], f) is not None)
+        from lem.figures.registry import figure
+
+        fig = figure(x_name)
+        pts = [(mean(e, x_name) * fig.scale, mean(e, "energy.j_per_output_token")) for e in run.experiments]
+        front = {point_label(run.experiments[i]) for i in pareto_front(pts, bool(fig.larger_is_better))}
+        assert {t.removesuffix("  (on the front)") for t in points if t.endswith("(on the front)")} == front
+        # Every interval drawn stays within the axes.
+        for e in run.experiments:
+            band = ci(e, x_name)
+            if band is not None:
+                assert ax.get_xlim()[1] >= band[1] * fig.scale
+
+
+def test_pareto_front_by_hand() -> None:
+    # (throughput, J/token): the 2nd is beaten by the 3rd on both axes.
+    assert pareto_front([(10, 1.0), (20, 3.0), (30, 2.0), (40, 5.0)], x_larger_better=True) == [0, 2, 3]
+
+
+def test_compare_numbers_and_labels() -> None:
+    assert [_sig(v) for v in (10660.0, 0.012345, 1.5, -9811.0, 123.456)] == ["10700", "0.0123", "1.50", "-9810", "123"]
+    assert letters(28)[:3] == ["A", "B", "C"] and letters(28)[26:] == ["AA", "AB"]
+    assert slo_text({"ttft_ms": 200, "tpot_ms": 50}) == "TTFT <= 200 ms, TPOT <= 50 ms" and slo_text(None) == "none"
+
+
+def test_list_filters_and_sweep_columns(study: Path) -> None:
+    runs = sorted(p.name for p in study.iterdir() if p.is_dir() and (p / "run.json").exists())
+    assert len(runs) == 2
+    done = lem("results", "list", str(study), "--run", runs[0], "--json")
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(done.stdout)
+    assert len(rows) == 3 and {r["id"].split("/")[0] for r in rows} == {runs[0]}
+    assert [r["sweep_values"] for r in rows] == [{"batching.batch_size": b} for b in (1, 2, 4)]
+    table = lem("results", "list", str(study), "--backend", "scripted", "--status", "ok")
+    assert table.returncode == 0 and "batch_size" in table.stdout.splitlines()[0]
+    none = lem("results", "list", str(study), "--backend", "vllm")
+    assert none.returncode == 0 and "no results matching the filters" in none.stdout
+
+
+def test_boamps_export_validates_against_the_schema(study: Path, tmp_path: Path) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    done = lem("results", "export", str(study), "--format", "boamps", "--out", str(tmp_path / "bo"))
+    assert done.returncode == 0, done.stderr
+    files = sorted((tmp_path / "bo").glob("*.boamps.json"))
+    assert len(files) == 6
+    schema = json.loads(SCHEMA.read_text())
+    for path in files:
+        doc = json.loads(path.read_text())
+        jsonschema.validate(doc, schema)
+        assert "boundary" in doc["measures"][0]["measurementMethod"]
+        assert all(m["powerConsumption"] > 0 for m in doc["measures"])
+    # The energy in kWh is the cycles' total energy in J.
+    exp = sorted(p for p in study.glob("*/*") if (p / "summary.json").exists())[0]
+    totals = [json.loads(c.read_text())["energy"]["total_j"] for c in sorted(exp.glob("cycle-*.json"))]
+    doc = json.loads((tmp_path / "bo" / f"{exp.parent.name}--{exp.name}.boamps.json").read_text())
+    assert [m["powerConsumption"] * 3.6e6 for m in doc["measures"]] == pytest.approx(totals)
+    assert write(study, tmp_path / "again", lambda line: None)
