@@ -168,6 +168,19 @@ def _widths(model_info: Mapping[str, Any], config: ExperimentConfig) -> dict[str
     return widths
 
 
+def step_bytes(
+    model_info: Mapping[str, Any], config: ExperimentConfig, batch: float = 1.0
+) -> tuple[float, float] | None:
+    """``(weight bytes a decode step of ``batch`` sequences reads, KV bytes per context position)``, all shards
+    together; ``None`` when the model config lacks the shapes."""
+    s = flops_mod.shapes(model_info.get("model_config") or {})
+    if s is None:
+        return None
+    widths = _widths(model_info, config)
+    weights = widths.get("gguf_weight_bytes") or flops_mod.weight_bytes_per_step(s, widths, batch)
+    return float(weights), flops_mod.kv_bytes_per_position(s, widths)
+
+
 def _decode_intervals(traces: Sequence[RequestTrace]) -> list[tuple[float, float]]:
     return [(t.events[0][0] / NS, t.events[-1][0] / NS) for t in traces if sum(n for _, n in t.events) > 1]
 
@@ -246,8 +259,7 @@ def cycle_roofline(
     else:
         concurrency = sum(b - a for a, b in decode) / decode_s
         steps = decode_tokens / concurrency
-        per_step = widths.get("gguf_weight_bytes") or flops_mod.weight_bytes_per_step(s, widths, concurrency)
-        per_pos = flops_mod.kv_bytes_per_position(s, widths)
+        per_step, per_pos = step_bytes(model_info, config, concurrency) or (0.0, 0.0)
         # Decode step k (1..m-1) of a request with n input tokens moves the KV cache of n + k positions.
         positions = 0
         for t in traces:
