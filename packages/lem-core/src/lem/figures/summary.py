@@ -342,10 +342,10 @@ def summarize(
                 (e["prefill_decode"]["method"] for e in energies if e["prefill_decode"]["method"]), None
             ),
             "steps": next((e["steps"]["method"] for e in energies), None),
-            "weight_widths": next((m["roofline"]["widths"]["basis"] for m in metrics), None),
+            "weight_widths": next((m["roofline"]["widths"]["basis"] for m in metrics if "roofline" in m), None),
         },
         # The peaks the utilisation figures are measured against (lem.figures.hardware), with their sources.
-        "hardware": next((m["roofline"]["hardware"] for m in metrics), None),
+        "hardware": next((m["roofline"]["hardware"] for m in metrics if "roofline" in m), None),
         "energy_reason": next((e["reason"] for e in energies if e["reason"]), None),
         "idle_reason": next((e["idle_reason"] for e in energies if e["idle_reason"]), None),
         "prompts": _prompts(setup),
