@@ -191,17 +191,24 @@ def copy_bandwidth_bytes_per_s(device: Any) -> float | None:
     return 2 * (1 << 30) / best
 
 
+def step_weight_bytes(module: Any) -> int:
+    """Bytes of the weights a decode step reads, from the real tensors: every parameter but the input
+    embedding table (a step reads one row of it per sequence), which counts when tied to the output."""
+    embedding = module.get_input_embeddings().weight
+    tied = module.get_output_embeddings() is not None and module.get_output_embeddings().weight is embedding
+    return sum(p.numel() * p.element_size() for p in module.parameters() if tied or p is not embedding)
+
+
 def roofline(model: Any, precision: str, batch_size: int, input_len: int, output_len: int) -> dict[str, Any]:
     """Batch-``batch_size`` decode roofline: bytes read per step (weights + mean KV cache) / copy bandwidth."""
     cfg = model.model_config
-    params = model.num_parameters or 0
     elem = 4 if precision == "float32" else 2
     layers = int(cfg.get("num_hidden_layers", 0))
     heads = int(cfg.get("num_attention_heads", 1))
     kv_heads = int(cfg.get("num_key_value_heads", heads))
     head_dim = int(cfg.get("head_dim") or int(cfg.get("hidden_size", 0)) // heads)
     mean_ctx = input_len + output_len / 2
-    weights = params * elem
+    weights = step_weight_bytes(model.handle.model)
     kv = 2 * layers * kv_heads * head_dim * elem * mean_ctx * batch_size
     bandwidth = copy_bandwidth_bytes_per_s(model.handle.device)
     step_s = None if bandwidth is None else (weights + kv) / bandwidth

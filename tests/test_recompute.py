@@ -98,6 +98,11 @@ devices = [0, 1]
 [pytorch]
 device = "cpu"
 
+[hardware]
+peak_memory_bandwidth_gbs = 25.0
+peak_tflops = 0.75
+peak_tflops_precision = "float32"
+
 [slo]
 ttft_ms = 60000
 tpot_ms = 60000
@@ -192,6 +197,12 @@ RECOMPUTED_FIGURES = (
     "energy.prefill_j_per_input_token",
     "energy.decode_j_per_output_token",
     "energy.decode_dynamic_j_per_output_token",
+    "efficiency.memory_bandwidth_utilization",
+    "efficiency.flops_utilization",
+    "efficiency.roofline_decode_tokens_per_s",
+    "efficiency.achieved_memory_bandwidth_gbs",
+    "efficiency.decode_arithmetic_intensity",
+    "efficiency.decode_flops_per_s",
 )
 REL_TOL = 1e-9
 #: Differences of energies of ~100 J (total - idle) and sums of ~1e-3 s latencies carry rounding of ~1e-14
@@ -405,6 +416,80 @@ def flops(cfg: Mapping[str, Any], sizes: Sequence[tuple[int, int]]) -> int:
         total += n * weights + attention * sum(range(1, n + 1)) + (head if m > 0 else 0)
         total += sum(weights + head + attention * (n + k) for k in range(1, m))
     return total
+
+
+def llama_bytes(cfg: Mapping[str, Any], width: float) -> tuple[float, float]:
+    """``(weight bytes a decode step reads, KV bytes per context position)`` of a Llama at ``width`` bytes per
+    element (docs/results.md, Distance from the hardware's limit): every layer's Q, K, V, O and gated MLP
+    matrices and the LM head; keys and values of every layer."""
+    h, layers, heads = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]
+    kv = cfg.get("num_key_value_heads") or heads
+    hd = cfg.get("head_dim") or h // heads
+    per_layer = h * heads * hd * 2 + h * kv * hd * 2 + 3 * h * cfg["intermediate_size"]
+    return (layers * per_layer + h * cfg["vocab_size"]) * width, 2 * layers * kv * hd * width
+
+
+def span_union(intervals: Sequence[tuple[float, float]]) -> float:
+    """Length of a union of intervals: merge them in order."""
+    merged: list[list[float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return sum(b - a for a, b in merged)
+
+
+def roofline(reqs: Sequence[Mapping[str, Any]], setup: Mapping[str, Any]) -> dict[str, Any]:
+    """The roofline figures of one cycle (docs/results.md, Distance from the hardware's limit), from the raw
+    request rows, the model's config and ``[hardware]`` (these runs are on the CPU: no table entry applies)."""
+    cfg, config = setup["model_info"]["model_config"], setup["config"]
+    assert config["precision"] == "float32" and cfg["model_type"] == "llama"
+    weights, per_pos = llama_bytes(cfg, 4.0)
+    spans = [(r["events"][0][0] / NS, r["events"][-1][0] / NS) for r in reqs if sum(n for _, n in r["events"]) > 1]
+    decode_s = span_union(spans)
+    tokens = [(r["input_tokens"], sum(n for _, n in r["events"])) for r in reqs]
+    decode_tokens = sum(max(0, m - 1) for _, m in tokens)
+    concurrency = sum(b - a for a, b in spans) / decode_s
+    moved = decode_tokens / concurrency * weights + per_pos * sum(n + k for n, m in tokens for k in range(1, m))
+    total = flops(cfg, tokens)
+    decode_flops = total - sum(flops(cfg, [(n, 1)]) for n, m in tokens if m > 0)
+    bw, tf = config.get("hardware.peak_memory_bandwidth_gbs"), config.get("hardware.peak_tflops")
+    # Prefill: time some request awaited its first token while none decoded; null when a first token came
+    # while another request was mid-decode.
+    overlap = any(
+        o["events"][1][0] < r["events"][0][0] < o["events"][-1][0]
+        for r in reqs
+        for o in reqs
+        if o is not r and r["events"] and len(o["events"]) > 1
+    )
+    waits = [(r["origin_ns"] / NS, r["events"][0][0] / NS) for r in reqs if r["events"] and r["origin_ns"] is not None]
+    prefill_s = None if overlap else span_union(waits + spans) - decode_s
+    tf_ok = tf is not None and config.get("hardware.peak_tflops_precision", "bfloat16") == "float32"
+    return {
+        "efficiency.achieved_memory_bandwidth_gbs": moved / decode_s / 1e9,
+        "efficiency.memory_bandwidth_utilization": None if bw is None else moved / decode_s / 1e9 / bw,
+        "efficiency.roofline_decode_tokens_per_s": None if bw is None else decode_tokens * bw * 1e9 / moved,
+        "efficiency.decode_arithmetic_intensity": decode_flops / moved,
+        "efficiency.decode_flops_per_s": decode_flops / decode_s,
+        "efficiency.flops_utilization": (total - decode_flops) / prefill_s / (tf * 1e12)
+        if tf_ok and prefill_s
+        else None,
+    }
+
+
+def hardware_block(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary's ``hardware`` block on the CPU: the [hardware] values, or nulls."""
+    bw, tf = config.get("hardware.peak_memory_bandwidth_gbs"), config.get("hardware.peak_tflops")
+    return {
+        "device_name": None,
+        "devices": config["sharding.tensor_parallel_size"],
+        "peak_memory_bandwidth_gbs": bw,
+        "peak_memory_bandwidth_source": None if bw is None else "[hardware] peak_memory_bandwidth_gbs",
+        "peak_tflops": tf,
+        "peak_tflops_source": None if tf is None else "[hardware] peak_tflops",
+        "measured_copy_bandwidth_gbs": None,
+    }
 
 
 def idle_watts(setup: Mapping[str, Any]) -> dict[tuple[str, int], float] | None:
@@ -632,6 +717,7 @@ def cycle_figures(
         per_j = [total * r["tokens"] / out_tokens for r in per]
     else:
         per_j = []
+    f.update(roofline(reqs, setup))
     assert set(f) == set(RECOMPUTED_FIGURES), f"RECOMPUTED_FIGURES is out of date: {set(f) ^ set(RECOMPUTED_FIGURES)}"
     passes = cycle.get("passes", 1)
     size = len(reqs) // passes
@@ -766,6 +852,7 @@ def recompute(exp: Path) -> dict[str, Any]:
         },
         "methods": {"energy_cycles": method_cycles},
         "idle_power_w": None if idle_w is None else math.fsum(idle_w.values()),
+        "hardware": hardware_block(config),
         **{block: setup[block] for block in COPIED_FROM_SETUP},
     }
     # The prompt set's size and token statistics do follow from the raw requests (the first pass of a cycle).
@@ -859,9 +946,14 @@ def test_every_summary_figure_is_recomputed_from_the_raw_files(runs: dict[str, P
     assert summary["figures"]["energy.dynamic_j"]["n"] == summary["cycles"]
     assert summary["figures"]["energy.peak_power_w"]["n"] == summary["cycles"]
     assert summary["figures"]["goodput.share"]["n"] == summary["cycles"]
+    mbu = summary["figures"]["efficiency.memory_bandwidth_utilization"]
     if variant == "precision":
         assert summary["figures"]["energy.decode_dynamic_j_per_output_token"]["n"] == summary["cycles"]
         assert max(summary["workload"]["passes"]) > 1 and summary["precision"] is not None
+        # No [hardware] and no accelerator: the utilisation is null with the reason, never a guess.
+        assert mbu["n"] == 0 and "CPU" in mbu["reason"] and "[hardware]" in mbu["reason"]
+    else:  # [hardware] gives the peaks: the figures exist on the CPU
+        assert mbu["n"] == summary["cycles"] and summary["figures"]["efficiency.flops_utilization"]["n"] > 0
     problems = check(exp)
     assert not problems, f"{len(problems)} figure(s) of {exp.name}/summary.json disagree:\n" + "\n".join(problems)
 
@@ -938,3 +1030,72 @@ def test_every_registry_figure_has_a_recomputation_here() -> None:
 
     missing = [f.name for f in FIGURES if f.name not in RECOMPUTED_FIGURES]
     assert not missing, f"registry figures without a recomputation in tests/test_recompute.py: {missing}"
+
+
+# --- bytes per decode step, for other architectures ------------------------------------------------------
+# lem counts them from the architecture's shapes (lem.figures.flops); here they are counted from the tensors
+# of real models: the 2-D weight matrices of the decoder layers plus the output projection (embedding lookups,
+# norms and biases are left out by definition), or the bytes of a GGUF file's tensors.
+
+
+def _layer_matrices(model: Any, layers: Any) -> int:
+    return sum(p.numel() for p in layers.parameters() if p.dim() == 2) + model.get_output_embeddings().weight.numel()
+
+
+def _lem_step_bytes(model_config: Mapping[str, Any], info: Mapping[str, Any], **config: Any) -> tuple[float, float]:
+    from lem.config import ExperimentConfig
+    from lem.figures.hardware import step_bytes
+
+    got = step_bytes({"model_config": model_config, "info": info}, ExperimentConfig(model="m", **config))
+    assert got is not None
+    return got
+
+
+def test_step_bytes_of_a_dense_gqa_llama_8b_shape_match_its_tensors() -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lem.architectures import config_dict
+
+    cfg = config_dict("llama-3.1-8b")
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**cfg))
+    weights, kv = _lem_step_bytes(model.config.to_dict(), {}, precision="bfloat16")
+    assert weights == 2 * _layer_matrices(model, model.model.layers)
+    assert kv == 2 * 32 * 8 * 128 * 2  # K and V, 32 layers, 8 KV heads of 128, 2 bytes
+    assert 14.5e9 < weights < 15.1e9  # 8B parameters less the 1 GB embedding table that a step does not read
+
+
+def test_step_bytes_of_a_tied_gpt2_match_its_tensors() -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lem.architectures import config_dict
+
+    cfg = {**config_dict("tiny-gpt2"), "tie_word_embeddings": True}
+    model = GPT2LMHeadModel(GPT2Config(**cfg))
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    weights, kv = _lem_step_bytes(model.config.to_dict(), {}, precision="float32")
+    assert weights == 4 * _layer_matrices(model, model.transformer.h)
+    assert kv == 2 * 2 * 128 * 4
+
+
+def test_step_bytes_of_a_quantized_gguf_match_its_file(tmp_path: Path) -> None:
+    pytest.importorskip("lem_backend_llamacpp")
+    import gguf
+
+    from lem.architectures import config_dict
+    from lem.configfile.loading import config_from_dict
+    from lem_backend_llamacpp import convert
+
+    table = {"quantization": "q8_0", "cache_dir": str(tmp_path)}
+    config = config_from_dict({"model": "random:tiny-llama", "backend": "llamacpp", "llamacpp": table})
+    path = convert.gguf_for(config).path
+    elements, embd = convert.tensor_elements(path)
+    info = {"tensor_elements": elements, "token_embd": embd, "kv_cache_types": {"k": "F16", "v": "F16"}}
+    weights, kv = _lem_step_bytes(config_dict("tiny-llama"), info)
+    tensors = gguf.GGUFReader(str(path)).tensors
+    names = {t.name for t in tensors}
+    assert "output.weight" in names  # untied: the token embedding is not read whole per step
+    assert weights == sum(int(t.n_bytes) for t in tensors if t.name != "token_embd.weight")
+    assert {t.tensor_type.name for t in tensors if t.name.endswith("attn_q.weight")} == {"Q8_0"}
+    assert kv == 2 * 2 * 2 * 32 * 2  # f16 cache: 2 layers, 2 KV heads of 32

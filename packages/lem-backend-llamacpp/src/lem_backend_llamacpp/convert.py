@@ -409,6 +409,24 @@ def tensor_types(path: Path) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def tensor_elements(path: Path) -> tuple[dict[str, int], dict[str, Any] | None]:
+    """``({type: elements}, token embedding)`` of ``path``'s tensors: what lem-core counts the bytes a decode
+    step reads from (lem.figures.flops). The token embedding is ``{type, elements, tied}``, tied when the file
+    has no ``output.weight`` (the embedding is then the output projection), ``None`` when absent."""
+    from gguf import GGUFReader
+
+    elements: dict[str, int] = {}
+    embd = None
+    tensors = GGUFReader(str(path)).tensors
+    names = {t.name for t in tensors}
+    for tensor in tensors:
+        kind = tensor.tensor_type.name
+        elements[kind] = elements.get(kind, 0) + int(tensor.n_elements)
+        if tensor.name == "token_embd.weight":
+            embd = {"type": kind, "elements": int(tensor.n_elements), "tied": "output.weight" not in names}
+    return dict(sorted(elements.items())), embd
+
+
 def fallback_tensors(quantization: str | None, types: Mapping[str, int]) -> int:
     """How many tensors a K-quant (``q4_k_m``...) did not quantize to a K type: llama.cpp falls back (to q5_0,
     q8_0...) for tensors whose rows are not a multiple of its 256-wide super-block."""

@@ -106,11 +106,19 @@ def _devices(config: ExperimentConfig) -> tuple[int, ...]:
     return (int(opts.get("main_gpu", 0)),)
 
 
+def _kv_types(config: ExperimentConfig) -> dict[str, str]:
+    """The KV cache's GGUF types: ``[llamacpp]`` type_k / type_v, else f32 under float32, else llama.cpp's f16."""
+    opts = config.options_for("llamacpp")
+    default = "f32" if config.precision == "float32" else "f16"
+    return {"k": str(opts.get("type_k", default)).upper(), "v": str(opts.get("type_v", default)).upper()}
+
+
 def _info(config: ExperimentConfig, converted: convert.Converted, kwargs: dict[str, Any], load_s: float) -> dict:
     import llama_cpp
 
     source = converted.source
     types = convert.tensor_types(converted.path)
+    elements, embd = convert.tensor_elements(converted.path)
     fallback = convert.fallback_tensors(converted.quantization, types)
     warnings = (
         [
@@ -125,6 +133,11 @@ def _info(config: ExperimentConfig, converted: convert.Converted, kwargs: dict[s
         # Counts per GGUF tensor type as loaded: where a K-quant fell back, the file says what was made instead.
         "tensor_types": types,
         "fallback_tensors": fallback,
+        # For the bytes a decode step reads (lem.figures.hardware): elements per tensor type, the token
+        # embedding, and the KV cache's types.
+        "tensor_elements": elements,
+        "token_embd": embd,
+        "kv_cache_types": _kv_types(config),
         "warnings": warnings,
         "versions": {d: _version(d) for d in ("llama-cpp-python", "gguf", "transformers", "torch")},
         # llama.cpp's build: CPU features, BLAS, GPU offload (e.g. "CPU : AVX2 = 1 | AVX512 = 1 | ...").

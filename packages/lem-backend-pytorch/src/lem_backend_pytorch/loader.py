@@ -21,6 +21,7 @@ from lem import architectures
 from lem.config import ExperimentConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel
+from lem_backend_pytorch import bandwidth
 from lem_backend_pytorch.continuous import engine as continuous
 from lem_backend_pytorch.model import TorchModel, transformers_major, version
 from lem_backend_pytorch.options import PytorchOptions, max_memory_for_accelerate, resolve
@@ -259,6 +260,8 @@ def load(config: ExperimentConfig) -> LoadedModel:
         "adapter": config.adapter,
         "assistant_model": options.assistant_model,
         "engine": options.engine,
+        # The accelerator's name (lem's peaks table) and its measured copy bandwidth (lem.figures.hardware).
+        "hardware": bandwidth.describe(input_device),
     }
     if ranks is not None:
         info["tensor_parallel"] = tp.describe(ranks)

@@ -218,6 +218,21 @@ class QuantizationConfig:
 
 
 @attrs.frozen
+class HardwareConfig:
+    """``[hardware]``: the accelerator's peaks, overriding lem's table (see :mod:`lem.figures.hardware`).
+
+    Per device. The utilisation figures use them times the number of devices the model occupies.
+    """
+
+    #: Device memory bandwidth, GB/s (1e9 bytes per second).
+    peak_memory_bandwidth_gbs: float | None = None
+    #: Dense matmul throughput, TFLOP/s, at ``peak_tflops_precision``.
+    peak_tflops: float | None = None
+    #: The compute precision ``peak_tflops`` applies to (``fp8`` under fp8 quantization).
+    peak_tflops_precision: Literal["float32", "float16", "bfloat16", "fp8"] = "bfloat16"
+
+
+@attrs.frozen
 class ExperimentConfig:
     """One experiment, fully resolved (preset and CLI options applied)."""
 
@@ -243,6 +258,7 @@ class ExperimentConfig:
     sharding: ShardingConfig = attrs.field(factory=ShardingConfig)
     quantization: QuantizationConfig = attrs.field(factory=QuantizationConfig)
     slo: SloConfig = attrs.field(factory=SloConfig)
+    hardware: HardwareConfig = attrs.field(factory=HardwareConfig)
     #: Backend-owned tables (``[pytorch]``, ``[vllm]``, ...), by table name.
     backend_options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
@@ -261,4 +277,5 @@ CORE_TABLES = (
     "sharding",
     "quantization",
     "slo",
+    "hardware",
 )

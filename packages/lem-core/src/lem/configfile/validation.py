@@ -95,6 +95,8 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
         for key in ("ttft_ms", "tpot_ms", "e2e_ms")
     ),
     ("slo.percentile", lambda v: 0 < v <= 100, "must be in (0, 100] (99 checks p99)"),
+    ("hardware.peak_memory_bandwidth_gbs", lambda v: v is None or 0 < v <= 1e6, "must be in (0, 1000000] GB/s"),
+    ("hardware.peak_tflops", lambda v: v is None or 0 < v <= 1e6, "must be in (0, 1000000] TFLOP/s"),
 ]
 
 

@@ -16,6 +16,7 @@ says so.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,3 +120,123 @@ def cycle_flops(
         "total": None,
         "reason": "neither the model's architecture nor its parameter count is known",
     }
+
+
+# --- bytes moved per decode step ------------------------------------------------------------------------
+#
+# From the same shapes as the FLOPs. A decode step reads every weight matrix of every layer once (a mixture of
+# experts: the experts some sequence of the batch routes to, expected under uniform routing) and the LM head
+# (tied or not, the vocabulary matrix is read whole), and reads the KV cache of every sequence in the batch
+# (``n + k`` positions at decode step k of a request with ``n`` input tokens: the ``n + k - 1`` cached ones
+# read, its own written). Left out: embedding lookups (one row per sequence), norms and biases, activations,
+# the sampling step, a speculative draft model. Under tensor parallelism each shard reads ``1 / tp`` of it.
+
+#: GGUF (ggml) tensor types -> (elements per block, bytes per block), as ggml defines them.
+GGUF_BLOCKS: dict[str, tuple[int, int]] = {
+    "F64": (1, 8),
+    "F32": (1, 4),
+    "F16": (1, 2),
+    "BF16": (1, 2),
+    "I8": (1, 1),
+    "I16": (1, 2),
+    "I32": (1, 4),
+    "I64": (1, 8),
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q5_0": (32, 22),
+    "Q5_1": (32, 24),
+    "Q8_0": (32, 34),
+    "Q8_1": (32, 40),
+    "Q2_K": (256, 84),
+    "Q3_K": (256, 110),
+    "Q4_K": (256, 144),
+    "Q5_K": (256, 176),
+    "Q6_K": (256, 210),
+    "Q8_K": (256, 292),
+    "IQ1_S": (256, 50),
+    "IQ1_M": (256, 56),
+    "IQ2_XXS": (256, 66),
+    "IQ2_XS": (256, 74),
+    "IQ2_S": (256, 82),
+    "IQ3_XXS": (256, 98),
+    "IQ3_S": (256, 110),
+    "IQ4_NL": (32, 18),
+    "IQ4_XS": (256, 136),
+    "TQ1_0": (256, 54),
+    "TQ2_0": (256, 66),
+    "MXFP4": (32, 17),
+}
+
+_PRECISION_BYTES = {"float32": 4.0, "float16": 2.0, "bfloat16": 2.0}
+
+
+def gguf_bytes(elements: Mapping[str, int]) -> int | None:
+    """Bytes of GGUF tensors given ``{type: elements}``; ``None`` when a type is not in :data:`GGUF_BLOCKS`."""
+    total = 0
+    for kind, n in elements.items():
+        block = GGUF_BLOCKS.get(kind.upper())
+        if block is None:
+            return None
+        total += -(-int(n) // block[0]) * block[1]
+    return total
+
+
+def weight_widths(
+    precision: str,
+    quantization: str,
+    model_config: Mapping[str, Any],
+    bnb_double_quant: bool = False,
+) -> dict[str, Any]:
+    """Bytes per weight of the layers' matrices (``layers``), of the LM head (``head``) and per KV element
+    (``kv``), with the basis: quantized matrices at their stored width with their scales; the LM head and the
+    KV cache stay at the experiment's precision (bitsandbytes, GPTQ, AWQ and fp8 leave the LM head alone)."""
+    full = _PRECISION_BYTES.get(precision, 2.0)
+    layers, basis = full, f"{precision}: {full:g} bytes per weight"
+    if quantization == "bnb-8bit":
+        layers, basis = 1.0, "bitsandbytes 8-bit: 1 byte per weight (per-row scales left out)"
+    elif quantization == "bnb-4bit":
+        # 4 bits per weight and one absmax per 64-weight block: fp32, or with double quantization an 8-bit one
+        # plus an fp32 per 256 blocks.
+        scale = (1 + 4 / 256) / 64 if bnb_double_quant else 4 / 64
+        layers, basis = 0.5 + scale, f"bitsandbytes 4-bit: 0.5 byte per weight + {scale:.4g} of block scales"
+    elif quantization == "fp8":
+        layers, basis = 1.0, "fp8: 1 byte per weight (per-tensor scales left out)"
+    elif quantization in ("gptq", "awq"):
+        q = model_config.get("quantization_config") or {}
+        bits = int(q.get("bits") or q.get("w_bit") or 4)
+        group = int(q.get("group_size") or q.get("q_group_size") or 128)
+        group = group if group > 0 else int(model_config.get("hidden_size") or 4096)
+        # A float16 scale and a packed zero point per group.
+        layers = bits / 8 + (2 + bits / 8) / group
+        basis = f"{quantization} {bits}-bit, group {group}: {layers:.4g} bytes per weight (scales and zeros)"
+    return {"layers": layers, "head": full, "kv": full, "basis": basis}
+
+
+def weight_bytes_per_step(s: Mapping[str, Any], widths: Mapping[str, Any], batch: float = 1.0) -> float:
+    """Bytes of weights one decode step of ``batch`` sequences reads (all shards together)."""
+    h, hd = s["hidden"], s["head_dim"]
+    attn = h * hd * (2 * s["heads"] + 2 * s["kv_heads"])
+    mats = 3 if s["gated"] else 2
+    if s["experts"] and s["active_experts"]:
+        e, k = s["experts"], s["active_experts"]
+        hit = e * (1 - (1 - k / e) ** max(batch, 1.0))  # distinct experts a batch touches, uniform routing
+        mlp = mats * h * s["expert_intermediate"] * hit + h * e
+    else:
+        mlp = mats * h * s["intermediate"]
+    return float(s["layers"] * (attn + mlp) * widths["layers"] + h * s["vocab"] * widths["head"])
+
+
+def kv_bytes_per_position(s: Mapping[str, Any], widths: Mapping[str, Any]) -> float:
+    """Bytes of KV cache of one context position (keys and values, every layer)."""
+    return float(2 * s["layers"] * s["kv_heads"] * s["head_dim"] * widths["kv"])
+
+
+def union_s(intervals: Sequence[tuple[float, float]]) -> float:
+    """Total length of the union of ``(start, end)`` intervals."""
+    total, end = 0.0, -math.inf
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total

@@ -135,6 +135,12 @@ def _goodput(key: str, label: str, unit: str = "", **kw: Any) -> Figure:
 
 _PREFILL_DECODE = (("energy", "prefill_decode"), ("reason",))
 
+
+def _roofline(key: str, label: str, unit: str = "", reason: str = "reason", **kw: Any) -> Figure:
+    where = ("metrics", "roofline")
+    return Figure(f"efficiency.{key}", (*where, key), label, unit, reason=(where, (reason, "reason")), **kw)
+
+
 #: Every figure summarized across cycles, in the order the summary lists them.
 FIGURES: tuple[Figure, ...] = (
     Figure(
@@ -241,6 +247,36 @@ FIGURES: tuple[Figure, ...] = (
         flags=(*_NEGATIVE_DECODE, *_NEGATIVE_DYNAMIC),
         larger_is_better=False,
     ),
+    # Distance from the hardware's limit (roofline; lem.figures.hardware, bytes from lem.figures.flops).
+    _roofline(
+        "memory_bandwidth_utilization",
+        "decode MBU",
+        "%",
+        scale=100.0,
+        reason="mbu_reason",
+        views=_views("compare", "report"),
+        larger_is_better=True,
+    ),
+    _roofline(
+        "flops_utilization",
+        "prefill MFU",
+        "%",
+        scale=100.0,
+        reason="flops_reason",
+        views=_views("compare", "report"),
+        larger_is_better=True,
+    ),
+    _roofline(
+        "roofline_decode_tokens_per_s",
+        "decode roofline tok/s",
+        spec=".1f",
+        reason="mbu_reason",
+        views=_views("compare", "report"),
+        larger_is_better=None,
+    ),
+    _roofline("achieved_memory_bandwidth_gbs", "decode memory bandwidth", "GB/s", larger_is_better=True),
+    _roofline("decode_arithmetic_intensity", "decode arithmetic intensity", "FLOP/B"),
+    _roofline("decode_flops_per_s", "decode FLOP/s", larger_is_better=True),
 )
 
 _BY_NAME = {f.name: f for f in FIGURES}

@@ -29,6 +29,7 @@ from lem.figures import goodput, outcome
 from lem.figures.attribution import NEGATIVE_DECODE, per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
 from lem.figures.energy import energy_figures, idle_power
+from lem.figures.hardware import cycle_roofline
 from lem.figures.precision import precision_block, rel_ci
 from lem.figures.registry import FIGURES, dig, estimate_basis, null_reason
 from lem.figures.requests import RequestTrace, cycle_metrics, failure_reasons, latency_distributions, request_metrics
@@ -110,6 +111,7 @@ def compute_cycle(
     metrics["outputs_identical_across_passes"] = None if None in digests else len(set(digests)) == 1
     offset = float(raw["window"].get("timeline_offset_s", 0.0))
     metrics["steady_state"] = steady_state(traces, timeline, offset)
+    metrics["roofline"] = cycle_roofline(traces, model, config, metrics["flops"])
     idle = setup.get("idle", {})
     idle_w = idle_power(idle.get("window"))
     energy, ewarn = energy_figures(
@@ -340,7 +342,10 @@ def summarize(
                 (e["prefill_decode"]["method"] for e in energies if e["prefill_decode"]["method"]), None
             ),
             "steps": next((e["steps"]["method"] for e in energies), None),
+            "weight_widths": next((m["roofline"]["widths"]["basis"] for m in metrics if "roofline" in m), None),
         },
+        # The peaks the utilisation figures are measured against (lem.figures.hardware), with their sources.
+        "hardware": next((m["roofline"]["hardware"] for m in metrics if "roofline" in m), None),
         "energy_reason": next((e["reason"] for e in energies if e["reason"]), None),
         "idle_reason": next((e["idle_reason"] for e in energies if e["idle_reason"]), None),
         "prompts": _prompts(setup),

@@ -35,7 +35,7 @@ from lem.results.rundata import (
     timelines,
 )
 
-KINDS = ("pareto", "timeline", "cycles", "cdf")
+KINDS = ("pareto", "timeline", "cycles", "cdf", "roofline")
 #: Resolution of a plot shown on screen (the report's pictures) and of one written for print.
 SCREEN_DPI = 110
 PRINT_DPI = 300
@@ -406,6 +406,7 @@ DRAW: dict[str, Callable[[RunData], list[Plot]]] = {
     "timeline": draw_timeline,
     "cycles": draw_cycles,
     "cdf": draw_cdf,
+    "roofline": lambda run: draw_roofline(run),
 }
 
 
@@ -435,3 +436,44 @@ def save(plot: Plot, out_dir: Path, formats: Sequence[str] = ("png",), dpi: int 
         path.write_bytes(render(plot, fmt, dpi))
         paths.append(path)
     return paths
+
+
+# --- roofline (issue 28) --------------------------------------------------------------------------------
+
+
+def draw_roofline(run: RunData) -> list[Plot]:
+    """Decode FLOP/s achieved against decode arithmetic intensity, one point per experiment, under the roof
+    of each device's peaks (memory-bound slope, compute-bound ceiling) where they are known."""
+    ai_row = registry.figure("efficiency.decode_arithmetic_intensity")
+    y_row = registry.figure("efficiency.decode_flops_per_s")
+    exps = [e for e in _ok(run) if mean(e, ai_row.name) is not None and mean(e, y_row.name) is not None]
+    title = "decode roofline: achieved FLOP/s against arithmetic intensity"
+    if not exps:
+        return [Plot("roofline", title, skipped="no experiment has decode steps with a known architecture")]
+    fig = _figure(7.0, 4.6)
+    ax = fig.subplots()
+    xs = [_known(e, ai_row.name) for e in exps]
+    span = (min(xs) / 4, max(max(xs) * 4, 1e3))
+    roofs: dict[tuple[float, float], str] = {}
+    for e in exps:
+        hw = (e.summary or {}).get("hardware") or {}
+        bw, tf, n = hw.get("peak_memory_bandwidth_gbs"), hw.get("peak_tflops"), hw.get("devices") or 1
+        if isinstance(bw, (int, float)) and isinstance(tf, (int, float)):
+            roofs.setdefault((bw * 1e9 * n, tf * 1e12 * n), f"{hw.get('device_name') or '[hardware]'} × {n}")
+    for i, ((bw, tf), name) in enumerate(roofs.items()):
+        grid = [span[0] * (span[1] / span[0]) ** (k / 200) for k in range(201)]
+        ax.plot(grid, [min(tf, x * bw) for x in grid], "-", color=f"C{i}", alpha=0.6, label=f"roof: {name}")
+    for e, x in zip(exps, xs, strict=True):
+        ax.plot([x], [_known(e, y_row.name)], "o", color="C3")
+        ax.annotate(label(e), (x, _known(e, y_row.name)), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(_axis_label(ai_row, exps))
+    ax.set_ylabel(_axis_label(y_row, exps))
+    ax.grid(alpha=0.3, which="both")
+    if roofs:
+        ax.legend(fontsize=7)
+    else:
+        fig.supxlabel("no peaks known (set [hardware]): points without a roof", fontsize=7, color="0.35")
+    ax.set_title(title, fontsize=10)
+    return [Plot("roofline", title, fig)]

@@ -46,6 +46,7 @@ _KIND_TITLES = {
     "timeline": "Power, temperature and clock over time",
     "cycles": "Cycle by cycle",
     "cdf": "Latency distributions",
+    "roofline": "Decode roofline",
 }
 #: Plot kinds drawn once per experiment, and how many experiments' of them the page holds.
 PER_EXPERIMENT = ("timeline", "cycles")

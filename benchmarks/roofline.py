@@ -1,0 +1,150 @@
+"""lem's decode memory-bandwidth utilisation (MBU) against an independent figure, on a GPU.
+
+For the 8B shape in bf16 (random weights), batch 1 and 8, eager and ``pytorch-optimized``:
+
+- lem's figure: the requests served through the ``generate_stream`` hook, their token events turned into
+  lem's figures exactly as a run does (``cycle_metrics`` then ``cycle_roofline``): bytes from the
+  architecture, decode time from the events, the peak from lem's table (by the device's name).
+- the independent figure (``pytorch_overhead.py --roofline``'s bytes): the real tensors' bytes a step reads
+  plus the KV cache at the mean context, times the decode steps, over the decode time measured by the wall
+  clock as (the same requests with ``--output`` tokens) - (with one token), over the same table peak.
+
+It prints the ratio (goal: within 5%) and the measured copy bandwidth beside the table's peak. Runs in
+under 5 minutes on an H100 or H200::
+
+    python benchmarks/roofline.py                       # random Llama-3.1-8B, bf16
+    python benchmarks/roofline.py --model random:tiny-llama --device cpu --peak-gbs 20   # checks it works
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import pytorch_overhead as po
+
+
+def lem_mbu(model: Any, config: Any, requests: list[Any]) -> dict[str, Any]:
+    """lem's roofline block of one pass over ``requests``, computed as a run computes it."""
+    from lem.figures.hardware import cycle_roofline
+    from lem.figures.requests import collect, cycle_metrics
+    from lem.plugins import get_plugin_manager
+
+    hook = get_plugin_manager().hook
+    model.synchronize()
+    traces = collect(
+        requests, hook.generate_stream(model=model, requests=requests, params=config.generation, config=config)
+    )
+    model.synchronize()
+    end = max(t.events[-1][0] for t in traces)
+    start = min(t.origin_ns for t in traces if t.origin_ns is not None)
+    info = {"model_config": model.model_config, "num_parameters": model.num_parameters, "info": model.info}
+    metrics, _ = cycle_metrics(traces, (end - start) / 1e9, model.model_config, model.num_parameters)
+    return cycle_roofline(traces, info, config, metrics["flops"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="random:llama-3.1-8b")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--input", type=int, default=128)
+    parser.add_argument("--output", type=int, default=128)
+    parser.add_argument("--precision", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--presets", nargs="+", default=["eager", "pytorch-optimized"])
+    parser.add_argument("--peak-gbs", type=float, default=None, help="a peak for hardware not in lem's table")
+    parser.add_argument("--target", type=float, default=0.05)
+    parser.add_argument("--save", default=None, metavar="PATH")
+    args = parser.parse_args()
+    args.compile = None
+
+    from lem.figures import hardware
+    from lem.phases import unmetered
+    from lem.plugins import get_plugin_manager
+
+    hook = get_plugin_manager().hook
+    rows: list[dict[str, Any]] = []
+    facts: dict[str, Any] = {}
+    for preset in args.presets:
+        name = None if preset == "eager" else preset
+        model = hook.load_model(
+            backend="pytorch", config=po.make_config(args, max(args.batch_sizes), name), phases=unmetered()
+        )
+        hw = model.info["hardware"]
+        entry = hardware.PEAKS.get(hw["device_name"] or "")
+        peak = args.peak_gbs or (entry.memory_bandwidth_gbs if entry else None)
+        facts = {
+            "device": hw["device_name"],
+            "table_peak_gbs": entry.memory_bandwidth_gbs if entry else None,
+            "table_source": entry.source if entry else None,
+            "lem_measured_copy_gbs": hw["copy_bandwidth"]["gbs"],
+            "lem_copy_method": hw["copy_bandwidth"]["method"],
+            "versions": model.info.get("versions"),
+        }
+        vocab = int(model.model_config.get("vocab_size") or 1000)
+        for bs in args.batch_sizes:
+            config = po.make_config(args, bs, name)
+            if args.peak_gbs:
+                import attrs
+
+                config = attrs.evolve(config, hardware=attrs.evolve(config.hardware, peak_memory_bandwidth_gbs=peak))
+            one = po.make_config(argparse.Namespace(**{**vars(args), "output": 1}), bs, name)
+            requests = po.make_requests(bs, args.input, vocab)
+            po.run_lem(model, config, requests)  # warm-up (and the compiled graphs' shapes)
+            po.run_lem(model, one, requests)
+            lem, full, first = [], [], []
+            for _ in range(args.repeats):
+                lem.append(lem_mbu(model, config, requests))
+                full.append(po.run_lem(model, config, requests))
+                first.append(po.run_lem(model, one, requests))
+            decode_s = statistics.median(full) - statistics.median(first)
+            roof = po.roofline(model, args.precision, bs, args.input, args.output)
+            moved = (args.output - 1) * (roof["weights_bytes_per_step"] + roof["kv_bytes_per_step"])
+            independent = None if peak is None else moved / decode_s / (peak * 1e9)
+            ours = statistics.median(r["memory_bandwidth_utilization"] or 0.0 for r in lem)
+            rows.append(
+                {
+                    "case": f"{preset}, batch {bs}",
+                    "lem_mbu": ours,
+                    "independent_mbu": independent,
+                    "ratio": None if not independent else ours / independent,
+                    "lem_decode_s": statistics.median(r["decode_s"] for r in lem),
+                    "wall_decode_s": decode_s,
+                    "lem_bytes_per_step": statistics.median(r["decode_bytes"] / r["decode_steps"] for r in lem),
+                    "independent_bytes_per_step": roof["weights_bytes_per_step"] + roof["kv_bytes_per_step"],
+                    "copy_bandwidth_gbs_benchmark": None
+                    if roof["copy_bandwidth_bytes_per_s"] is None
+                    else roof["copy_bandwidth_bytes_per_s"] / 1e9,
+                    "lem_roofline_tok_s": statistics.median(r["roofline_decode_tokens_per_s"] or 0.0 for r in lem),
+                }
+            )
+        model.close()
+    if args.save:
+        Path(args.save).write_text(json.dumps({"facts": facts, "rows": rows}, indent=2))
+    print(json.dumps(facts))
+    print(f"{'case':<28} {'lem MBU':>8} {'indep.':>8} {'ratio':>6} {'B/step lem':>11} {'indep.':>11}  verdict")
+    for r in rows:
+        ratio = r["ratio"]
+        ok = (
+            "-" if ratio is None else ("within" if abs(ratio - 1) <= args.target else "OUTSIDE") + f" {args.target:.0%}"
+        )
+        ind = "-" if r["independent_mbu"] is None else f"{r['independent_mbu']:.1%}"
+        print(
+            f"{r['case']:<28} {r['lem_mbu']:>8.1%} {ind:>8} {ratio or 0:>6.3f} {r['lem_bytes_per_step'] / 1e6:>10.2f}M"
+            f" {r['independent_bytes_per_step'] / 1e6:>10.2f}M  {ok}"
+        )
+    copy = facts["lem_measured_copy_gbs"]
+    print(
+        f"copy bandwidth measured by lem at load: {copy and round(copy)} GB/s; table peak "
+        f"{facts['table_peak_gbs']} GB/s ({facts['table_source']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
