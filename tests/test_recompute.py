@@ -109,10 +109,19 @@ tpot_ms = 60000
 percentile = 90
 """
 
-#: The precision features: a prefill-only pass, a minimum window (several passes), a precision target (3 or 4
-#: cycles), and an SLO no request can meet (goodput 0, J per good request null with its reason). One pass of
-#: the prompt set takes 0.1-0.5 s here with the base run beside it, and up to ~1 s on a busy CI machine: the
-#: window of 1.5 s still holds several passes there (0.6 s once held a single one in every cycle).
+#: Scored prompts ([quality], scorer "contains"): references the tiny model's output holds or cannot hold.
+QUALITY_PROMPTS = [
+    {"prompt": "energy per token of a small model", "answer": "e"},
+    {"prompt": "joules", "answer": "no output holds this reference"},
+    {"prompt": "a longer prompt about the power drawn by an accelerator while it decodes", "answer": "a"},
+    {"prompt": "why", "answer": "neither this one"},
+]
+
+#: The precision features (and [quality] scoring, on a prompt file with references): a prefill-only pass, a
+#: minimum window (several passes), a precision target (3 or 4 cycles), and an SLO no request can meet (goodput
+#: 0, J per good request null with its reason). One pass of the prompt set takes 0.1-0.5 s here with the base
+#: run beside it, and up to ~1 s on a busy CI machine: the window of 1.5 s still holds several passes there (0.6
+#: s once held a single one in every cycle).
 PRECISION = """
 model = "random:tiny-llama"
 backend = "pytorch"
@@ -120,10 +129,13 @@ precision = "float32"
 seed = 11
 
 [dataset]
+source = "file"
+path = "quality-prompts.jsonl"
 num_prompts = 4
-input_length_distribution = "uniform"
-input_length_min = 6
-input_length_max = 20
+reference_field = "answer"
+
+[quality]
+scorer = "contains"
 
 [generation]
 max_output_tokens = 4
@@ -203,6 +215,11 @@ RECOMPUTED_FIGURES = (
     "efficiency.achieved_memory_bandwidth_gbs",
     "efficiency.decode_arithmetic_intensity",
     "efficiency.decode_flops_per_s",
+    "quality.accuracy",
+    "quality.correct_answers",
+    "quality.correct_answers_per_s",
+    "energy.j_per_correct_answer",
+    "energy.dynamic_j_per_correct_answer",
 )
 REL_TOL = 1e-9
 #: Differences of energies of ~100 J (total - idle) and sums of ~1e-3 s latencies carry rounding of ~1e-14
@@ -219,6 +236,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     if not has_fake_pynvml():
         pytest.skip("needs lem-energy-nvml and its fake pynvml (lem_energy_nvml.testing)")
     root = tmp_path_factory.mktemp("recompute")
+    (root / "quality-prompts.jsonl").write_text("".join(json.dumps(p) + "\n" for p in QUALITY_PROMPTS))
     return run_side_by_side(root, {"base": BASE, "precision": PRECISION}, "res")
 
 
@@ -718,6 +736,17 @@ def cycle_figures(
     else:
         per_j = []
     f.update(roofline(reqs, setup))
+    verdicts = [contains(r) for r in reqs] if setup["config"].get("quality.scorer") == "contains" else None
+    if verdicts is not None:
+        assert [r["correct"] for r in reqs] == verdicts  # each row's own verdict, as docs/quality.md defines it
+        right = sum(verdicts)
+        f["quality.accuracy"] = right / len(verdicts)
+        f["quality.correct_answers"] = right
+        f["quality.correct_answers_per_s"] = right / dur
+        f["energy.j_per_correct_answer"] = total / right if total is not None and right else None
+        f["energy.dynamic_j_per_correct_answer"] = dynamic / right if dynamic is not None and right else None
+    else:
+        f.update(dict.fromkeys(n for n in RECOMPUTED_FIGURES if "correct" in n or n.startswith("quality.")))
     assert set(f) == set(RECOMPUTED_FIGURES), f"RECOMPUTED_FIGURES is out of date: {set(f) ^ set(RECOMPUTED_FIGURES)}"
     passes = cycle.get("passes", 1)
     size = len(reqs) // passes
@@ -742,6 +771,53 @@ def cycle_figures(
         "method": e.get("method"),
         "slo_met": None if slo is None else all(c["met"] for c in slo_checks(per, slo).values()),
         "throttled": throttled,
+    }
+
+
+def _norm(text: str) -> str:
+    """docs/quality.md's default normalisation: whitespace collapsed, end punctuation stripped, case folded."""
+    import string
+
+    return " ".join(text.split()).strip(string.punctuation + "“”‘’«»。，！？ \t\n").casefold()
+
+
+def contains(row: Mapping[str, Any]) -> bool:
+    """Scorer ``contains``: the normalised reference appears in the normalised output."""
+    return _norm(row["reference"]) in _norm(row["output_text"])
+
+
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """The Wilson score interval at 95% (z from the normal quantile, via the error function's inverse)."""
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(0.975)
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def quality_block(cycles: Sequence[Mapping[str, Any]], prompts: int, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The summary's quality: a prompt is right when most of its requests (every cycle, every pass) are."""
+    scorer = config.get("quality.scorer")
+    if scorer is None:
+        return {"scorer": None}
+    right, seen = [0] * prompts, [0] * prompts
+    for c in cycles:
+        for r in c["requests"]:
+            right[r["id"] % prompts] += contains(r)
+            seen[r["id"] % prompts] += 1
+    outcomes = [2 * k > n for k, n in zip(right, seen, strict=True)]
+    low, high = wilson(sum(outcomes), prompts)
+    return {
+        "scorer": scorer,
+        "prompts": prompts,
+        "prompts_scored": prompts,
+        "prompts_correct": sum(outcomes),
+        "accuracy": sum(outcomes) / prompts,
+        "wilson95_low": low,
+        "wilson95_high": high,
+        "per_prompt": outcomes,
     }
 
 
@@ -817,6 +893,7 @@ def recompute(exp: Path) -> dict[str, Any]:
         "figures": figures,
         "latency_pooled": latencies(every),
         "slo": slo_block,
+        "quality": quality_block(cycles, len(prompt_tokens), config),
         "failed_requests": sum(pc["failed"] for pc in per_cycle),
         "failure_reasons": failure_reasons(every),
         "workload": {

@@ -9,7 +9,8 @@ Each streamed chunk becomes one :class:`~lem.serving.Delta`. Token counts:
 3. one token per chunk that carries text (TGI, SGLang, trtllm-serve stream
    one token per chunk by default);
 
-then reconciled with the server's own count: with ``stream_options:
+each delta carries the text its chunks streamed (``choices[0].text``), the request's output as the server
+decoded it; then reconciled with the server's own count: with ``stream_options:
 {include_usage: true}`` the last chunk carries ``usage.completion_tokens``,
 and the request's final delta adds the difference when the chunks counted
 fewer (a count the chunks overshot stands, and cannot be taken back: it has
@@ -182,12 +183,14 @@ class _NoResponse(Exception):
 class _Stream:
     """What one request's stream has said so far: tokens counted, the server's usage count, the end marker."""
 
-    __slots__ = ("counted", "done", "usage")
+    __slots__ = ("counted", "done", "text", "usage")
 
     def __init__(self) -> None:
         self.counted = 0
         self.usage: int | None = None
         self.done = False
+        # Text of chunks that counted no token, handed over with the next delta (so no text is lost).
+        self.text = ""
 
 
 def parse(line: bytes, state: _Stream, t_ns: int) -> list[Delta]:
@@ -212,9 +215,11 @@ def parse(line: bytes, state: _Stream, t_ns: int) -> list[Delta]:
         out = []
         for choice in chunk.get("choices") or ():
             ids, n = chunk_count(choice)
+            state.text += str(choice.get("text") or "")
             if n:
                 state.counted += n
-                out.append(Delta(token_ids=ids, n_tokens=n, t_ns=t_ns))
+                out.append(Delta(token_ids=ids, n_tokens=n, t_ns=t_ns, text=state.text))
+                state.text = ""
         return out
     except ValueError as exc:  # json.JSONDecodeError is a ValueError, and so is int() of a non-number
         raise RequestFailed(f"unreadable chunk in the stream ({exc}): {_excerpt(data)}") from None
@@ -262,4 +267,4 @@ async def _complete(
         # The server closed the stream without its end marker: it failed mid-request (see its log).
         raise RequestFailed(f"the stream ended without [DONE] after {state.counted} tokens")
     extra = max(0, state.usage - state.counted) if state.usage is not None else 0
-    yield Delta(n_tokens=extra, finished=True, t_ns=t_ns)
+    yield Delta(n_tokens=extra, finished=True, t_ns=t_ns, text=state.text)

@@ -66,6 +66,8 @@ class DatasetConfig:
     max_input_tokens: int | None = None
     #: Wrap each prompt as a user message in the tokenizer's chat template.
     apply_chat_template: bool = False
+    #: ``file`` and ``huggingface``: the field holding each prompt's expected answer, scored by ``[quality]``.
+    reference_field: str | None = None
 
 
 @attrs.frozen
@@ -200,6 +202,29 @@ class SloConfig:
         return {k: float(v) for k, v in found.items() if v is not None}
 
 
+#: What a scorer may normalise before comparing (``[quality] normalize``).
+Normalization = Literal["case", "whitespace", "punctuation"]
+
+
+@attrs.frozen
+class QualityConfig:
+    """``[quality]``: how each output is scored against its reference (see docs/quality.md).
+
+    Its presence turns scoring on; it needs ``dataset.reference_field``.
+    """
+
+    #: A scorer's name: ``exact``, ``contains``, ``number``, ``choice``, ``regex``, or one a plugin
+    #: registers (``register_scorers``).
+    scorer: str = "exact"
+    #: ``regex``: the pattern searched in the output; its first group (else the whole match) is compared.
+    pattern: str | None = None
+    #: Applied to the output and the reference before comparing: ``case`` folds case, ``whitespace``
+    #: collapses runs of it and trims the ends, ``punctuation`` strips it from both ends.
+    normalize: tuple[Normalization, ...] = ("case", "whitespace", "punctuation")
+    #: ``choice``: the option letters the answer may name.
+    choices: str = "ABCDE"
+
+
 @attrs.frozen
 class ShardingConfig:
     """``[sharding]``: model parallelism."""
@@ -259,6 +284,8 @@ class ExperimentConfig:
     quantization: QuantizationConfig = attrs.field(factory=QuantizationConfig)
     slo: SloConfig = attrs.field(factory=SloConfig)
     hardware: HardwareConfig = attrs.field(factory=HardwareConfig)
+    #: ``[quality]``: scoring outputs against references; ``None`` when the file has no such table.
+    quality: QualityConfig | None = None
     #: Backend-owned tables (``[pytorch]``, ``[vllm]``, ...), by table name.
     backend_options: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
@@ -278,4 +305,5 @@ CORE_TABLES = (
     "quantization",
     "slo",
     "hardware",
+    "quality",
 )

@@ -9,13 +9,13 @@ the backend's or meter's name.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
-    from lem.config import ExperimentConfig, GenerationConfig
+    from lem.config import ExperimentConfig, GenerationConfig, QualityConfig
     from lem.phases import LoadPhases
     from lem.types import EnergyMeter, LoadedModel, Problem, Request, TokenEvent
 
@@ -119,4 +119,19 @@ def register_presets() -> Mapping[str, Mapping[str, Any]]:  # type: ignore[empty
     A preset may set ``backend``.
 
     :returns: preset name to partial config.
+    """
+
+
+@hookspec
+def register_scorers() -> Mapping[str, Callable[[str, str, QualityConfig], bool]]:  # type: ignore[empty-body]
+    """Contribute scorers for ``[quality] scorer = "<name>"``.
+
+    A scorer takes ``(output, reference, quality)``: the request's generated text, the prompt's
+    reference (``dataset.reference_field``) and the ``[quality]`` table; it returns whether the
+    output is correct, or raises ``ValueError`` with the reason when the pair cannot be scored
+    (that request's ``correct`` is then null with the reason). lem's own scorers (``exact``,
+    ``contains``, ``number``, ``choice``, ``regex``) are registered through this hook and keep
+    their names.
+
+    :returns: scorer name to scorer.
     """

@@ -24,7 +24,7 @@ from lem.errors import PluginError
 ENTRY_POINT_GROUP = "lem"
 
 #: Built-in plugins: modules inside lem-core registered like any other plugin.
-DEFAULT_PLUGINS = ("lem.configfile.validation", "lem.configfile.presets")
+DEFAULT_PLUGINS = ("lem.configfile.validation", "lem.configfile.presets", "lem.figures.quality")
 
 #: Backends and meters the project publishes, so a config naming one that is
 #: not installed can say which distribution to install.

@@ -81,12 +81,14 @@ class Delta:
     :param finished: this is the request's last delta.
     :param t_ns: when the delta reached lem (``time.monotonic_ns()``), for a backend that stamps it where
         the bytes arrive, before parsing them (``None``: the driver stamps it when the delta is yielded).
+    :param text: the output text added, when the engine streams text (``None``: lem decodes the ids).
     """
 
     token_ids: tuple[int, ...] = ()
     n_tokens: int | None = None
     finished: bool = False
     t_ns: int | None = None
+    text: str | None = None
 
     @property
     def count(self) -> int:
@@ -428,7 +430,7 @@ async def _one(
             n = delta.count
             if n or delta.finished:
                 finished = delta.finished
-                put(TokenEvent(req.id, t_ns, n, delta.finished, delta.token_ids))
+                put(TokenEvent(req.id, t_ns, n, delta.finished, delta.token_ids, text=delta.text))
     except RequestFailed as exc:
         error = str(exc) or type(exc).__name__
     except asyncio.CancelledError:

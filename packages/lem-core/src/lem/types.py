@@ -99,6 +99,9 @@ class TokenEvent:
         request failed (an HTTP error, a timeout, an engine abort): the
         request counts as failed with this reason; tokens it produced before
         failing are still counted.
+    :param text: the output text added, when the backend streams text (an HTTP server does); ``None``
+        when it does not, and then the core decodes the request's ``token_ids`` with the model's
+        tokenizer. Either way the request row's ``output_text`` is what ``[quality]`` scores.
     """
 
     request_id: int
@@ -107,6 +110,7 @@ class TokenEvent:
     finished: bool = False
     token_ids: tuple[int, ...] = ()
     error: str | None = None
+    text: str | None = None
 
 
 @attrs.frozen

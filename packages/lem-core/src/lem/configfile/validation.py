@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +17,7 @@ import attrs
 from lem import architectures
 from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig, SloConfig
 from lem.errors import PromptError
+from lem.figures.quality import scorers
 from lem.hookspecs import hookimpl
 from lem.options import closest, did_you_mean
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
@@ -414,4 +416,43 @@ def _meter_names(config: ExperimentConfig) -> Iterator[Problem]:
 @hookimpl
 def validate_config(config: ExperimentConfig) -> list[Problem]:
     """Core checks: value ranges, required companions, backend and meter names, stray tables."""
-    return [*_ranges(config), *_model(config), *_needs(config), *_lengths(config), *_names(config)]
+    return [
+        *_ranges(config),
+        *_model(config),
+        *_needs(config),
+        *_lengths(config),
+        *_names(config),
+        *_quality(config),
+    ]
+
+
+def _quality(config: ExperimentConfig) -> Iterator[Problem]:
+    """``[quality]`` and ``dataset.reference_field`` come together, from a source that has fields."""
+    d, q = config.dataset, config.quality
+    if d.reference_field is not None and d.source not in ("file", "huggingface"):
+        yield error(
+            "dataset.reference_field", f"source '{d.source}' has no references", "use source 'file' or 'huggingface'"
+        )
+    if d.reference_field is not None and q is None:
+        yield error(
+            "dataset.reference_field",
+            "is set but there is no [quality] table to score against it",
+            'add [quality] scorer = "exact"',
+        )
+    if q is None:
+        return
+    if d.reference_field is None:
+        yield error("quality", "needs references to score against", 'set dataset.reference_field = "answer"')
+    known = scorers()
+    if q.scorer not in known:
+        yield error("quality.scorer", "is not an installed scorer", did_you_mean(q.scorer, sorted(known)), q.scorer)
+    if q.scorer == "regex":
+        if not q.pattern:
+            yield error("quality.pattern", "is required by scorer 'regex'", 'e.g. pattern = "answer: (\\w+)"')
+        else:
+            try:
+                re.compile(q.pattern)
+            except re.error as exc:
+                yield error("quality.pattern", f"is not a regular expression ({exc})", value=q.pattern)
+    elif q.pattern is not None:
+        yield warning("quality.pattern", f"is only used by scorer 'regex'; ignored for '{q.scorer}'")

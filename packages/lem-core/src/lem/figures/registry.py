@@ -133,6 +133,12 @@ def _goodput(key: str, label: str, unit: str = "", **kw: Any) -> Figure:
     return Figure(f"goodput.{key}", (*where, key), label, unit, reason=(where, keys), **kw)
 
 
+def _quality(key: str, label: str, unit: str = "", name: str | None = None, **kw: Any) -> Figure:
+    keys = ("reason", "energy_reason") if key.endswith("j_per_correct_answer") else ("reason",)
+    where = ("metrics", "quality")
+    return Figure(name or f"quality.{key}", (*where, key), label, unit, reason=(where, keys), **kw)
+
+
 _PREFILL_DECODE = (("energy", "prefill_decode"), ("reason",))
 
 
@@ -277,6 +283,27 @@ FIGURES: tuple[Figure, ...] = (
     _roofline("achieved_memory_bandwidth_gbs", "decode memory bandwidth", "GB/s", larger_is_better=True),
     _roofline("decode_arithmetic_intensity", "decode arithmetic intensity", "FLOP/B"),
     _roofline("decode_flops_per_s", "decode FLOP/s", larger_is_better=True),
+    # --- quality: outputs scored against references ([quality], lem.figures.quality) ---
+    _quality("accuracy", "accuracy", "%", scale=100.0, views=_views("compare", "report"), larger_is_better=True),
+    _quality("correct", "correct answers", name="quality.correct_answers", larger_is_better=True),
+    _quality("correct_answers_per_s", "correct answers/s", views=_views("compare"), spec=".3g", larger_is_better=True),
+    _quality(
+        "j_per_correct_answer",
+        "J/correct answer",
+        name="energy.j_per_correct_answer",
+        method="energy",
+        views=_views("compare", "report"),
+        larger_is_better=False,
+    ),
+    _quality(
+        "dynamic_j_per_correct_answer",
+        "dynamic J/correct answer",
+        name="energy.dynamic_j_per_correct_answer",
+        method="energy",
+        may_be_negative=True,
+        flags=_NEGATIVE_DYNAMIC,
+        larger_is_better=False,
+    ),
 )
 
 _BY_NAME = {f.name: f for f in FIGURES}

@@ -41,6 +41,9 @@ class RequestTrace:
 
     :param token_ids: the generated ids, or ``None`` when the backend did not report every one.
     :param error: why the request failed (the ``error`` of its last event), ``None`` if it did not.
+    :param output_text: the generated text: the events' ``text`` joined where the backend streams text,
+        else decoded from ``token_ids`` by the model's tokenizer after the cycle's window
+        (:func:`with_text`); ``None`` when neither is known.
     """
 
     id: int
@@ -50,6 +53,7 @@ class RequestTrace:
     finished: bool
     token_ids: tuple[int, ...] | None = None
     error: str | None = None
+    output_text: str | None = None
 
 
 def collect(
@@ -66,10 +70,13 @@ def collect(
     events: dict[int, list[tuple[int, int]]] = {r.id: [] for r in requests}
     ids: dict[int, list[int] | None] = {r.id: [] for r in requests}
     errors: dict[int, str | None] = dict.fromkeys(by_id)
+    texts: dict[int, list[str]] = {}
     finished: set[int] = set()
     for ev in stream:
         if ev.request_id not in by_id:
             raise RuntimeError(f"backend emitted an event for unknown request id {ev.request_id}")
+        if ev.text is not None:
+            texts.setdefault(ev.request_id, []).append(ev.text)
         if ev.n_tokens == 0:
             if origin[ev.request_id] is None:
                 origin[ev.request_id] = ev.t_ns
@@ -96,8 +103,22 @@ def collect(
             r.id in finished,
             _ids(ids[r.id], events[r.id]),
             errors[r.id],
+            "".join(texts[r.id]) if r.id in texts else None,
         )
         for r in requests
+    ]
+
+
+def with_text(traces: Sequence[RequestTrace], tokenizer: Any) -> list[RequestTrace]:
+    """``traces`` with ``output_text`` decoded from ``token_ids`` by ``tokenizer`` where the backend streamed
+    no text (special tokens skipped, as an answer is read); unchanged without a tokenizer."""
+    if tokenizer is None:
+        return list(traces)
+    return [
+        attrs.evolve(t, output_text=str(tokenizer.decode(list(t.token_ids), skip_special_tokens=True)))
+        if t.output_text is None and t.token_ids is not None
+        else t
+        for t in traces
     ]
 
 

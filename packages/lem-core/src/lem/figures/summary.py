@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lem.config import ExperimentConfig
-from lem.figures import goodput, outcome
+from lem.figures import goodput, outcome, quality
 from lem.figures.attribution import NEGATIVE_DECODE, per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
 from lem.figures.energy import energy_figures, idle_power
@@ -56,6 +56,7 @@ def traces_to_json(traces: Sequence[RequestTrace], t0_ns: int) -> list[dict[str,
             "token_ids": None if t.token_ids is None else list(t.token_ids),
             "output_digest": ids_digest(t.token_ids),
             "error": t.error,
+            "output_text": t.output_text,
         }
         for t in traces
     ]
@@ -72,6 +73,7 @@ def traces_from_json(rows: Iterable[Mapping[str, Any]]) -> list[RequestTrace]:
             bool(r["finished"]),
             None if r.get("token_ids") is None else tuple(int(i) for i in r["token_ids"]),
             r.get("error"),
+            r.get("output_text"),
         )
         for r in rows
     ]
@@ -134,6 +136,7 @@ def compute_cycle(
     metrics["goodput"] = goodput.cycle_goodput(
         per, metrics["duration_s"], energy, config.slo, config.generation.num_beams
     )
+    metrics["quality"] = quality.cycle_quality(raw["requests"], metrics["duration_s"], energy, config.quality)
     return metrics, energy, warnings + ewarn + twarn
 
 
@@ -312,6 +315,7 @@ def summarize(
         "figures": figures,
         "latency_pooled": pooled,
         "slo": goodput.summary_block(config.slo, [m["goodput"] for m in metrics], per_request),
+        "quality": quality.summary_block(cycles, (setup.get("prompts") or {}).get("count"), config.quality),
         "failed_requests": failed,
         "failure_reasons": reasons,
         "workload": {

@@ -26,7 +26,7 @@ from typing import Any
 from lem.config import DatasetConfig
 from lem.errors import PromptError
 from lem.prompts.promptset import PromptSet
-from lem.prompts.text import build, combine, pick_field, select
+from lem.prompts.text import build, combine, pick_field, references, select_rows
 
 _BY_SUFFIX = {
     ".jsonl": "jsonl",
@@ -103,6 +103,10 @@ def _read_parquet(path: Path, where: str, dataset: DatasetConfig) -> tuple[Colum
         names = list(pq.read_schema(path).names)
         field, input_field = pick_field(names, dataset, where)
         wanted = [field] if input_field is None else [field, input_field]
+        if (
+            dataset.reference_field is not None and dataset.reference_field in names
+        ):  # a missing one is reported by the text pipeline
+            wanted.append(dataset.reference_field)
         table = pq.read_table(path, columns=wanted)
     except PromptError:
         raise
@@ -170,12 +174,17 @@ def check_file(dataset: DatasetConfig) -> None:
     """
     path = Path(dataset.path or "").expanduser()
     stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, dataset.format, dataset.field, dataset.input_field)
+    fields = (dataset.field, dataset.input_field, dataset.reference_field)
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, dataset.format, *fields)
     if key in _checked:
         return
     columns, names, _ = _read(dataset)
     field, input_field = pick_field(names, dataset, f"file {dataset.path!r}")
-    select(combine(columns, field, input_field, f"file {dataset.path!r}"), dataset, 0, f"file {dataset.path!r}")
+    origin = f"file {dataset.path!r}"
+    texts = combine(columns, field, input_field, origin)
+    select_rows(texts, dataset, 0, origin)
+    if dataset.reference_field is not None:  # every usable row: the sample is drawn with the run's seed later
+        references(columns, names, [i for i, t in enumerate(texts) if t], dataset.reference_field, origin)
     _checked[key] = None
 
 

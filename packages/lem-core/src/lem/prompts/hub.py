@@ -89,6 +89,11 @@ def load_hub(dataset: DatasetConfig, tokenizer: Any | None, *, seed: int) -> Pro
     if len(ds) == 0:
         raise PromptError(f"{where}, split {dataset.split!r}: the dataset is empty (choose another split or dataset)")
     field, input_field = pick_field(names, dataset, where)
-    columns = ds.select_columns([field] if input_field is None else [field, input_field]).to_dict()
+    wanted = [field] if input_field is None else [field, input_field]
+    if (
+        dataset.reference_field is not None and dataset.reference_field in names
+    ):  # a missing one is reported by the text pipeline
+        wanted.append(dataset.reference_field)
+    columns = ds.select_columns(wanted).to_dict()
     origin = f"huggingface {dataset.name!r} ({dataset.subset + ', ' if dataset.subset else ''}split {dataset.split!r})"
     return build(columns, names, dataset, tokenizer, seed=seed, origin=origin)

@@ -18,11 +18,13 @@ class Prompt:
     :param token_ids: the exact ids to feed when known (synthetic prompts,
         chat-templated prompts), else ``None`` and the backend tokenizes ``text``.
     :param n_tokens: input length in tokens of the model's tokenizer.
+    :param reference: the expected answer (``dataset.reference_field``), scored by ``[quality]``.
     """
 
     text: str
     token_ids: tuple[int, ...] | None
     n_tokens: int
+    reference: str | None = None
 
 
 @attrs.frozen

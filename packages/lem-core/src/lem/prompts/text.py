@@ -2,7 +2,8 @@
 
 ``columns`` (field name -> values) ─▶ pick the text field (+ alpaca-style input
 field) ─▶ drop empty rows ─▶ first N or seeded random sample ─▶ chat template
-─▶ truncation to ``max_input_tokens`` ─▶ :class:`Prompt`\\ s with their token counts.
+─▶ truncation to ``max_input_tokens`` ─▶ :class:`Prompt`\\ s with their token counts (and, with
+``dataset.reference_field``, each row's expected answer).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import attrs
 
 from lem.config import DatasetConfig
 from lem.errors import PromptError
@@ -78,8 +81,14 @@ def combine(columns: Mapping[str, Sequence[Any]], field: str, input_field: str |
 
 def select(texts: Sequence[str], dataset: DatasetConfig, seed: int, origin: str) -> tuple[list[str], list[str]]:
     """The prompts to use (first N or a seeded random sample of the non-empty texts) and warnings."""
+    rows, warnings = select_rows(texts, dataset, seed, origin)
+    return [texts[i] for i in rows], warnings
+
+
+def select_rows(texts: Sequence[str], dataset: DatasetConfig, seed: int, origin: str) -> tuple[list[int], list[str]]:
+    """The rows :func:`select` takes, by index into ``texts`` (so other columns can follow them), and warnings."""
     warnings = []
-    usable = [t for t in texts if t]
+    usable = [i for i, t in enumerate(texts) if t]
     if not usable:
         raise PromptError(f"{origin} holds no prompts (it is empty, or the chosen field is empty in every row)")
     if len(usable) < len(texts):
@@ -91,6 +100,27 @@ def select(texts: Sequence[str], dataset: DatasetConfig, seed: int, origin: str)
     if dataset.sampling == "random":
         return random.Random(seed).sample(usable, n), warnings
     return usable[:n], warnings
+
+
+def references(
+    columns: Mapping[str, Sequence[Any]], available: Sequence[str], rows: Sequence[int], field: str, origin: str
+) -> list[str]:
+    """The expected answer of each chosen row, from ``dataset.reference_field``; a missing field or an empty
+    reference is a :class:`PromptError` naming the row."""
+    if field not in available:
+        shown = ", ".join(repr(f) for f in available) or "none"
+        raise PromptError(f"dataset.reference_field = {field!r}: no such field in {origin} (available fields: {shown})")
+    out = []
+    for row in rows:
+        value = columns[field][row]
+        text = _as_text(value, field, row, origin).strip() if not isinstance(value, bool) else str(value)
+        if not text:
+            raise PromptError(
+                f"dataset.reference_field = {field!r}: row {row} of {origin} has an empty reference "
+                "(fill it in, or drop the row)"
+            )
+        out.append(text)
+    return out
 
 
 def _template(tokenizer: Any, content: str) -> str:
@@ -163,11 +193,15 @@ def build(
             "(set apply_chat_template = false)"
         )
     field, input_field = pick_field(available, dataset, origin)
-    texts, more = select(combine(columns, field, input_field, origin), dataset, seed, origin)
+    combined = combine(columns, field, input_field, origin)
+    rows, more = select_rows(combined, dataset, seed, origin)
+    refs: list[str | None] = [None] * len(rows)
+    if dataset.reference_field is not None:
+        refs = list(references(columns, available, rows, dataset.reference_field, origin))
     prompts, cut = [], 0
-    for text in texts:
-        prompt, truncated = prepare(text, tokenizer, dataset)
-        prompts.append(prompt)
+    for row, ref in zip(rows, refs, strict=True):
+        prompt, truncated = prepare(combined[row], tokenizer, dataset)
+        prompts.append(attrs.evolve(prompt, reference=ref))
         cut += truncated
     notes = [*warnings, *more]
     if cut:
@@ -180,4 +214,6 @@ def build(
         parts.append("chat template")
     if dataset.max_input_tokens is not None:
         parts.append(f"max {dataset.max_input_tokens} tokens")
+    if dataset.reference_field is not None:
+        parts.append(f"references {dataset.reference_field!r}")
     return make_set(prompts, ", ".join(parts), notes)

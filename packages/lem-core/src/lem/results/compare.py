@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
+from lem.figures import quality
 from lem.figures.registry import ESTIMATE, FLAGGED, flags_of, in_view, method_of
 from lem.figures.stats import welch_test
 from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
@@ -184,9 +185,12 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
     """The comparison as JSON-ready data: experiments, figures (mean, CI, ratio, Welch verdict), warnings."""
     figures = []
     has_slo = any((e.summary.get("slo") or {}).get("slo") for e in entries)
+    paired = quality.compare_section([e.summary for e in entries])
     for row in in_view("compare"):
         name = row.name
         if name.startswith("goodput.") and not has_slo:
+            continue
+        if row.path[:2] == ("metrics", "quality") and paired is None:  # no experiment was scored ([quality])
             continue
         base = _values(entries[0].summary, name)
         base_mean = _figure(entries[0].summary, name).get("mean")
@@ -239,6 +243,7 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
             for e in entries
         ],
         "figures": figures,
+        "quality": paired,
         "warnings": fairness(entries),
     }
 
@@ -359,6 +364,7 @@ def render(result: Mapping[str, Any]) -> Any:
         f"{m}: {e['key']} ({e['backend']}, {e['model']})" for m, e in zip(marks, result["experiments"], strict=True)
     ]
     notes = ["columns: " + "; ".join(legend), f"numbers: {SIGNIFICANT} significant digits; [95% CI]", *notes]
+    notes += quality.render_lines(result.get("quality"))
     notes += [f"{ESTIMATE} {key}: rests on an estimate, not a measurement: {basis}" for key, basis in bases.items()]
     table.caption = "\n".join([*notes, *flagged])
     return table

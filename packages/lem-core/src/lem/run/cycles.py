@@ -20,7 +20,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lem.config import ExperimentConfig
-from lem.figures import precision
+from lem.figures import precision, quality
+from lem.figures.requests import with_text
 from lem.figures.summary import compute_cycle, traces_to_json
 from lem.results.files import write_json, write_timeline
 from lem.results.timelines import as_written
@@ -109,11 +110,14 @@ def _served(
         t0 = time.monotonic_ns()
         traces, served = serve_passes(model, live.prompts, config, live.progress, c, t0, passes=passes)
         model.synchronize()
+    # After the window: decoding outputs and scoring them is lem's work, not the engine's.
+    rows = traces_to_json(with_text(traces, model.tokenizer), t0)
+    quality.annotate(rows, [p.reference for p in live.prompts], config.quality)
     record = {
         # The timeline's t_s counts from the meter window's opening, timeline_offset_s before t0.
         "window": {"duration_s": (w.t1 - t0) / 1e9, "timeline_offset_s": (t0 - w.t0) / 1e9},
         "passes": served,
-        "requests": traces_to_json(traces, t0),
+        "requests": rows,
         "energy_window": window_json(w.window),
     }
     return record, w.window
