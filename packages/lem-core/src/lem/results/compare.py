@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.figures.registry import ESTIMATE, FLAGGED, find, flags_of, in_view, method_of
+from lem.figures import marginal
+from lem.figures.registry import ESTIMATE, FLAGGED, find, flags_of, in_view, method_of, uncertainty_of
 from lem.figures.stats import welch_test
 from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
 
@@ -207,6 +208,8 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
                 "method_detail": method.detail,
                 "basis": method.basis,
                 "flags": flags_of(e.summary, name),
+                # the energy figure's uncertainty budget, combined (lem.figures.uncertainty)
+                "uncertainty": uncertainty_of(e.summary, name),
             }
             if i > 0:
                 cell["welch"] = welch_test(base, _values(e.summary, name))
@@ -235,6 +238,8 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
             for e in entries
         ],
         "figures": figures,
+        # Fixed and marginal energy across the compared experiments (a sweep): lem.figures.marginal.
+        "marginal_energy": marginal.marginal_energy([e.summary for e in entries]),
         "warnings": fairness(entries),
     }
 
@@ -276,6 +281,8 @@ def render(result: Mapping[str, Any]) -> Any:
             if cell["method"] == "estimate":
                 text += f" {ESTIMATE}"
                 bases.setdefault(cell["key"], cell["basis"] or "the result does not record its basis")
+            if cell.get("uncertainty") is not None:
+                text += f" budget ±{cell['uncertainty']:.1%}"
             if cell["flags"]:
                 text += f" {FLAGGED}: " + "; ".join(cell["flags"])
             if i > 0:
@@ -284,5 +291,7 @@ def render(result: Mapping[str, Any]) -> Any:
             cells.append(text)
         table.add_row(*cells)
     notes += [f"{ESTIMATE} {key}: rests on an estimate, not a measurement: {basis}" for key, basis in bases.items()]
+    if "marginal_energy" in result:
+        notes.append(marginal.text(result["marginal_energy"]))
     table.caption = "\n".join(notes)
     return table

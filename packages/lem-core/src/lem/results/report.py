@@ -20,7 +20,8 @@ from typing import Any
 import attrs
 
 from lem import __version__
-from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of
+from lem.figures import marginal
+from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of, uncertainty_text
 from lem.results import plots
 from lem.results.files import write_atomic
 from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, number, read_run
@@ -105,6 +106,9 @@ def _cell(exp: ExperimentData, fig: Figure, notes: dict[str, int]) -> str:
         mark += f' <a class="est" href="#est-{k}" title="{_e(ESTIMATE)} {_e(basis)}">{_e(ESTIMATE)}<sup>{k}</sup></a>'
     if flags:
         mark += f' <span class="flag" title="{_e(FLAGGED)} {_e("; ".join(flags))}">⚠</span>'
+    budget = uncertainty_text(summary, name)  # the energy figure's uncertainty budget (lem.figures.uncertainty)
+    if budget:
+        ci_text += f"; {budget}"
     return f'<td class="num">{_num(m * scale)}{mark}<br><small>{_e(ci_text)}</small></td>'
 
 
@@ -131,7 +135,9 @@ def _summary_table(run: RunData) -> str:
         f'<li id="est-{k}">{_e(ESTIMATE)} rests on an estimate, not a measurement: {_e(basis)}</li>'
         for basis, k in notes.items()
     )
-    return f'<div class="wide">{table}</div>' + (f'<ol class="estimates">{footnotes}</ol>' if footnotes else "")
+    fit = marginal.marginal_energy([exp.summary for exp in run.experiments if exp.summary])
+    sweep = f'<p class="marginal">{_e(marginal.text(fit))}</p>' if len(run.experiments) > 1 else ""
+    return f'<div class="wide">{table}</div>' + (f'<ol class="estimates">{footnotes}</ol>' if footnotes else "") + sweep
 
 
 def warnings(run: RunData) -> list[str]:
