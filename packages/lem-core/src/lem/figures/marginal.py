@@ -73,9 +73,9 @@ def marginal_energy(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def text(fit: Mapping[str, Any]) -> str:
     """One line for a screen: the marginal J/token with its interval and the fixed power, or why none."""
     if fit.get("marginal_j_per_output_token") is None:
-        return f"marginal J/out tok: null ({fit.get('reason')})"
+        return f"marginal J/out tok across the sweep: null ({fit.get('reason')})"
     return (
         f"marginal J/out tok across the sweep: {fit['marginal_j_per_output_token']:.4g} "
         f"[{fit['ci95_low']:.4g}, {fit['ci95_high']:.4g}] over {fit['points']} cycles of {fit['experiments']} "
-        f"experiments; fixed power {fit['fixed_power_w']:.4g} W ({fit['method']})"
+        f"experiments; fixed power {fit['fixed_power_w']:.4g} W (least-squares fit of power on tok/s)"
     )

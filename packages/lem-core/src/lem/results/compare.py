@@ -281,8 +281,6 @@ def render(result: Mapping[str, Any]) -> Any:
             if cell["method"] == "estimate":
                 text += f" {ESTIMATE}"
                 bases.setdefault(cell["key"], cell["basis"] or "the result does not record its basis")
-            if cell.get("uncertainty") is not None:
-                text += f" budget ±{cell['uncertainty']:.1%}"
             if cell["flags"]:
                 text += f" {FLAGGED}: " + "; ".join(cell["flags"])
             if i > 0:
@@ -291,7 +289,5 @@ def render(result: Mapping[str, Any]) -> Any:
             cells.append(text)
         table.add_row(*cells)
     notes += [f"{ESTIMATE} {key}: rests on an estimate, not a measurement: {basis}" for key, basis in bases.items()]
-    if "marginal_energy" in result:
-        notes.append(marginal.text(result["marginal_energy"]))
     table.caption = "\n".join(notes)
     return table
