@@ -195,6 +195,7 @@ RECOMPUTED_FIGURES = (
     "energy.dynamic_j",
     "energy.j_per_output_token",
     "energy.dynamic_j_per_output_token",
+    "energy.idle_j_per_output_token",
     "energy.output_tokens_per_j",
     "energy.mean_power_w",
     "energy.peak_power_w",
@@ -673,6 +674,8 @@ def cycle_figures(
     f["energy.dynamic_j"] = dynamic
     f["energy.j_per_output_token"] = None if total is None else total / out_tokens
     f["energy.dynamic_j_per_output_token"] = None if dynamic is None else dynamic / out_tokens
+    # docs/energy.md: J/token = idle share (idle W x time per token) + dynamic share.
+    f["energy.idle_j_per_output_token"] = None if idle is None else idle / out_tokens
     f["energy.output_tokens_per_j"] = None if not total else out_tokens / total
     f["energy.mean_power_w"] = None if total is None else total / e["duration_s"]
     f["energy.peak_power_w"] = None if rows is None else peak_power(rows)
@@ -752,7 +755,34 @@ def cycle_figures(
     size = len(reqs) // passes
     throttling = {"sw_power_cap", "hw_slowdown", "sw_thermal", "hw_thermal", "hw_power_brake"}
     throttled = any(set((row.get("throttle_reasons") or "").split("|")) & throttling for row in rows or ())
+    # docs/energy.md: per GPU the share of its samples with a throttle reason, and its first sample's temperature.
+    by_gpu: dict[int, list[Mapping[str, str]]] = {}
+    for row in rows or ():
+        by_gpu.setdefault(int(row["device"]), []).append(row)
+    throttled_share = {
+        d: sum(bool(set((r.get("throttle_reasons") or "").split("|")) & throttling) for r in rs) / len(rs)
+        for d, rs in by_gpu.items()
+    }
+    start_temp = {
+        d: float(min(rs, key=lambda r: float(r["t_s"]))["temperature_c"])
+        for d, rs in by_gpu.items()
+        if min(rs, key=lambda r: float(r["t_s"])).get("temperature_c") not in (None, "")
+    }
+    window = cycle.get("energy_window") or {}
+    pairs = [d for d in window.get("devices", ()) if d["method"] == "counter" and d.get("integrated_j") is not None]
+    counter_j = math.fsum(d["energy_j"] for d in pairs)
+    rel_diff = (math.fsum(d["integrated_j"] for d in pairs) - counter_j) / counter_j if pairs else None
+    periods = [d["update_period_s"] for d in pairs if d.get("update_period_s")]
+    steps = [d.get("resolution_j") for d in window.get("devices", ())]
     return {
+        "rel_diff": rel_diff,
+        "update_periods": window["duration_s"] / max(periods) if periods else None,
+        "resolution_term": math.fsum(steps) / total if total and steps and None not in steps else None,
+        "period_term": max(periods) / window["duration_s"] if periods and len(periods) == len(steps) else None,
+        "throttled_share": throttled_share,
+        "start_temp": start_temp,
+        "host": cycle.get("host"),
+        "idle_over_dynamic": abs(idle / dynamic) if idle is not None and dynamic else None,
         "figures": f,
         "per": per,
         "per_request_j": per_j,
@@ -828,7 +858,12 @@ def recompute(exp: Path) -> dict[str, Any]:
     """The expected summary, from the raw files of one experiment directory."""
     setup, cycles, timelines = read_experiment(exp)
     config = setup["config"]
-    per_cycle = [cycle_figures(c, setup, timelines.get(c["cycle"])) for c in cycles]
+    every_cycle = [cycle_figures(c, setup, timelines.get(c["cycle"])) for c in cycles]
+    spoilt = [bool(why) for why in spoilt_cycles(config, every_cycle)]
+    mode = config["measurement.validity"]
+    replaced = [i for i, bad in enumerate(spoilt) if bad][: config["measurement.validity_retries"]]
+    keep = [i for i in range(len(cycles)) if mode == "warn" or not spoilt[i]]
+    per_cycle = [every_cycle[i] for i in keep]
     names = list(per_cycle[0]["figures"])
     figures = {name: across_cycles([pc["figures"][name] for pc in per_cycle]) for name in names}
     every = [r for pc in per_cycle for r in pc["per"]]
@@ -854,7 +889,9 @@ def recompute(exp: Path) -> dict[str, Any]:
     precision = None
     target = config.get("measurement.target_rel_ci")
     if target is not None:
-        applies = ("energy.j_per_output_token", "output_tokens_per_s")
+        asked = config.get("measurement.target_figures") or ("energy.j_per_output_token", "output_tokens_per_s")
+        applies = tuple(k for k in ("energy.j_per_output_token", "output_tokens_per_s") if k in asked)
+        assert mode == "warn", "this oracle replays the stop rule of measurement.validity = 'warn' only"
 
         def rel(n: int) -> dict[str, float | None]:
             return {k: across_cycles([pc["figures"][k] for pc in per_cycle[:n]])["rel_ci95"] for k in applies}
@@ -878,6 +915,7 @@ def recompute(exp: Path) -> dict[str, Any]:
             "stopped_after_cycles": stopped,
             "applies_to": list(applies),
             "rel_ci95": rels,
+            "met_by": [k for k in applies if rels[k] is not None and rels[k] <= target],
         }
     digests = [pc["digest"] for pc in per_cycle]
     pairs = list(zip(cycles, per_cycle, strict=True))
@@ -887,9 +925,38 @@ def recompute(exp: Path) -> dict[str, Any]:
     for pc in per_cycle:
         if pc["method"]:
             method_cycles[pc["method"]] = method_cycles.get(pc["method"], 0) + 1
+    numbers = [c["cycle"] for c in cycles]
+    diffs = [
+        (c["cycle"], pc["rel_diff"]) for c, pc in zip(cycles, every_cycle, strict=True) if pc["rel_diff"] is not None
+    ]
+    largest = max(diffs, key=lambda cd: abs(cd[1])) if diffs else (None, None)
+    threshold = config["measurement.cross_check_threshold"]
     expected = {
         "status": "ok",
         "cycles": len(cycles),
+        "cycles_included": len(per_cycle),
+        "validity": {
+            "mode": mode,
+            "spoilt_cycles": [n for n, bad in zip(numbers, spoilt, strict=True) if bad],
+            "excluded_cycles": [n for i, n in enumerate(numbers) if i not in keep],
+            "replaced_cycles": [numbers[i] for i in replaced] if mode == "retry" else [],
+            "included": len(per_cycle),
+            # Each spoilt cycle's reasons are text (labels); none spoilt: an empty table.
+            **({} if any(spoilt) else {"reasons": {}}),
+        },
+        "cross_check": {
+            "threshold": threshold,
+            "largest_rel_diff": largest[1],
+            "largest_in_cycle": largest[0],
+            "exceeding_cycles": [n for n, d in diffs if abs(d) > threshold],
+            "short_window_cycles": [
+                c["cycle"]
+                for c, pc in zip(cycles, every_cycle, strict=True)
+                if pc["update_periods"] is not None and pc["update_periods"] < 3
+            ],
+        },
+        "uncertainty": uncertainty(setup, per_cycle, figures),
+        "host_load": [c.get("host") for c in cycles],
         "figures": figures,
         "latency_pooled": latencies(every),
         "slo": slo_block,
@@ -939,6 +1006,78 @@ def recompute(exp: Path) -> dict[str, Any]:
         "stats": dist(prompt_tokens, ("n", "mean", "std", "min", "p50", "p90", "p99", "max")),
     }
     return expected
+
+
+def spoilt_cycles(config: Mapping[str, Any], per_cycle: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """docs/energy.md, gating: per cycle in run order, what spoilt it (throttled, unsettled, busy host, outlier)."""
+    out, previous, clean = [], {}, []
+    for pc in per_cycle:
+        why = [
+            f"throttled {d}" for d, v in pc["throttled_share"].items() if v > config["measurement.max_throttle_share"]
+        ]
+        step = config["measurement.max_temperature_step_c"]
+        why += [f"unsettled {d}" for d, t in pc["start_temp"].items() if d in previous and abs(t - previous[d]) > step]
+        previous.update(pc["start_temp"])
+        host = pc["host"] or {}
+        for key, limit in (("others_share", "max_host_cpu_share"), ("load_per_cpu", "max_load_per_cpu")):
+            if host.get(key) is not None and host[key] > config[f"measurement.{limit}"]:
+                why.append(f"busy {key}")
+        if host.get("steal_share") is not None and host["steal_share"] > config["measurement.max_steal_share"]:
+            why.append("steal")
+        tps = pc["figures"]["output_tokens_per_s"]
+        if len(clean) >= 2:
+            median = float(np.median(clean))
+            if abs(tps - median) / median > config["measurement.max_throughput_deviation"]:
+                why.append("outlier")
+        if not why:
+            clean.append(tps)
+        out.append(why)
+    return out
+
+
+def uncertainty(
+    setup: Mapping[str, Any], per_cycle: Sequence[Mapping[str, Any]], figures: Mapping[str, Any]
+) -> dict[str, Any]:
+    """docs/energy.md: each energy figure's budget, the sum of its relative bounds (the largest over cycles)."""
+
+    def largest(key: str) -> float | None:
+        values = [pc[key] for pc in per_cycle]
+        return None if None in values else max(abs(v) for v in values)
+
+    spread = ((setup.get("idle") or {}).get("power_spread") or {}).get("rel_spread")
+    ratios = [pc["idle_over_dynamic"] for pc in per_cycle]
+    idle_terms = {
+        "none": 0.0,
+        "idle": spread,
+        "dynamic": None if spread is None or None in ratios else spread * max(ratios),
+    }
+    kinds = {
+        "energy.total_j": "none",
+        "energy.j_per_output_token": "none",
+        "energy.output_tokens_per_j": "none",
+        "energy.mean_power_w": "none",
+        "energy.idle_j": "idle",
+        "energy.idle_j_per_output_token": "idle",
+        "energy.dynamic_j": "dynamic",
+        "energy.dynamic_j_per_output_token": "dynamic",
+    }
+    out: dict[str, Any] = {"figures": {}}
+    for name, kind in kinds.items():
+        if figures[name]["mean"] is None:
+            continue
+        terms = {
+            "resolution": largest("resolution_term"),
+            "update_period": largest("period_term"),
+            "cross_check": largest("rel_diff"),
+            "idle_baseline": idle_terms[kind],
+            "run_to_run": figures[name]["rel_ci95"],
+        }
+        out["figures"][name] = {
+            **terms,
+            "combined": math.fsum(v for v in terms.values() if v is not None),
+            "not_covered": [k for k, v in terms.items() if v is None],
+        }
+    return out
 
 
 # --- comparing ------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ import pytest
 import lem.testing.scripted as scripted
 from lem import hookimpl
 from lem.campaign.loop import CampaignOptions, run_campaign
+from lem.config import MeasurementConfig
 from lem.configfile.loading import deep_merge, load
 from lem.configfile.presets import BUILTIN_PRESETS
 from lem.errors import ConfigError
@@ -190,7 +191,7 @@ def test_check_uses_throughput_only_without_energy() -> None:
 def test_progress_shows_the_current_relative_ci() -> None:
     stream = io.StringIO()
     cycles = [{"metrics": {"output_tokens_per_s": v}, "energy": {"j_per_output_token": None}} for v in (100, 102)]
-    assert not precise(cycles, 0.001, Progress(stream=stream))
+    assert not precise(MeasurementConfig(target_rel_ci=0.001), cycles, Progress(stream=stream))
     line = stream.getvalue()
     assert "precision after 2 cycles" in line and "output_tokens_per_s ±" in line and "not yet" in line
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from lem_energy_nvml.library import SOURCE_INSTANT, SOURCE_POWER_USAGE
-from lem_energy_nvml.meter import idle_power_w
+from lem_energy_nvml.meter import COUNTER_PERIOD_S, PROBE_THREAD, idle_power_w
 from lem_energy_nvml.plugin import open_meter
 from lem_energy_nvml.sampler import COLUMNS
 from lem_energy_nvml.testing import FakeGpu
@@ -41,9 +41,10 @@ def test_counter_energy_is_the_difference_of_the_edges(fake_nvml):
     assert d.mean_power_w == pytest.approx(450.0 / window.duration_s)
     assert d.peak_power_w == 300.0
     assert window.warnings == ()
-    # The counter is read at the edges only (probe + start + stop), never by the sampler thread.
+    # The counter is read at the edges only (probe + start + stop), never by the sampler thread; the update
+    # period is timed on a thread of its own when the meter opens.
     assert gpu.counter_readers and all(name != "lem-nvml-sampler" for name in gpu.counter_readers)
-    assert len(gpu.counter_readers) == 3
+    assert len([name for name in gpu.counter_readers if name != PROBE_THREAD]) == 3
 
 
 def test_energy_is_summed_over_gpus_and_reported_per_gpu(fake_nvml):
@@ -219,6 +220,8 @@ def test_environment_describes_each_gpu(fake_nvml):
         "energy_method": "counter",
         "power_source": SOURCE_INSTANT,
         "unmeasurable_reason": None,
+        # A counter that does not move when the meter opens: the documented period, not a timed one.
+        "counter_update_period_s": COUNTER_PERIOD_S,
     }
 
 

@@ -28,6 +28,7 @@ Sampling = Literal["first", "random"]
 BatchingStrategy = Literal["static", "dynamic", "sorted_static", "sorted_dynamic"]
 TrafficMode = Literal["offline", "poisson", "constant", "concurrency"]
 WarmupMode = Literal["fixed", "cv"]
+Validity = Literal["warn", "invalidate", "retry"]
 QuantizationMethod = Literal["none", "bnb-4bit", "bnb-8bit", "gptq", "awq", "fp8"]
 
 
@@ -166,6 +167,30 @@ class MeasurementConfig:
     #: The share of requests that may fail before the experiment counts as ``degraded`` (0: any failed
     #: request does); an experiment none of whose requests succeeded is ``failed`` whatever this says.
     max_failed_share: float = 0.0
+    #: The figures a precision target applies to (registry names); default: J/output token and output tok/s.
+    target_figures: tuple[str, ...] | None = None
+    # --- energy you can defend (lem.figures.validity, lem.figures.uncertainty; docs/energy.md) ---
+    #: A cycle's energy counter and its power timeline integrated may differ by this share before it is flagged.
+    cross_check_threshold: float = 0.05
+    #: What a spoilt cycle (throttled, unsettled GPU, busy host, throughput outlier) does: ``warn`` keeps it,
+    #: ``invalidate`` marks it and leaves it out of the summary, ``retry`` also runs a replacement.
+    validity: Validity = "warn"
+    #: The most replacement cycles ``retry`` runs in one experiment; later spoilt cycles are only left out.
+    validity_retries: int = 3
+    #: A cycle is throttled when more than this share of a GPU's samples show power or thermal throttling.
+    max_throttle_share: float = 0.05
+    #: A GPU has not settled when its temperature at a cycle's start is this many °C from the previous cycle's.
+    max_temperature_step_c: float = 5.0
+    #: Wait up to this many seconds before a cycle for the temperature to settle within the step (0: no wait).
+    settle_wait_s: float = 0.0
+    #: The host is busy when other processes used more than this share of all CPUs during the cycle.
+    max_host_cpu_share: float = 0.25
+    #: ... or the 1-minute load average per CPU was above this at the cycle's end.
+    max_load_per_cpu: float = 1.5
+    #: ... or the hypervisor stole more than this share of CPU time (in a VM).
+    max_steal_share: float = 0.02
+    #: A cycle whose throughput is this share away from the median of the earlier counted cycles is an outlier.
+    max_throughput_deviation: float = 0.25
 
     @property
     def cycle_limit(self) -> int:

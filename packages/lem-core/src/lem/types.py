@@ -166,6 +166,9 @@ class DeviceEnergy:
     :param meter: the meter that produced the figure, when several are combined.
     :param co2eq_kg: CO2-equivalent of ``energy_j`` (kg) where the meter knows
         the grid's carbon intensity (CodeCarbon); ``None`` otherwise.
+    :param integrated_j: the power timeline integrated over the window, beside a
+        counter figure (the cross-check); ``None`` without a second source.
+    :param update_period_s: how often the counter advances; ``resolution_j`` its step.
     """
 
     device: int
@@ -178,6 +181,12 @@ class DeviceEnergy:
     component: str = "gpu"
     meter: str | None = None
     co2eq_kg: float | None = None
+    #: The same window's energy from the meter's power timeline integrated, beside a counter figure (the
+    #: cross-check, see docs/energy.md); ``None`` when the meter has no second source.
+    integrated_j: float | None = None
+    #: How often the energy counter advances (s), and its resolution (J), where the meter knows them.
+    update_period_s: float | None = None
+    resolution_j: float | None = None
 
 
 @attrs.frozen

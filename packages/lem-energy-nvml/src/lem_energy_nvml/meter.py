@@ -5,14 +5,24 @@ load) read at :meth:`NvmlMeter.start` and :meth:`NvmlMeter.stop`; the caller
 synchronizes the device before each. Only a GPU without that counter (or a
 counter that misbehaved in the window) has its energy integrated from the
 sampled power, and then ``method`` says ``"power-integration"``.
+
+Beside a counter figure each device also carries the sampled power integrated
+over the same window (``integrated_j``: the cross-check, see docs/energy.md),
+the counter's update period (timed when the meter opens: the counter is read
+until it has advanced a few times; the H100's ~100 ms where it does not) and
+its resolution (1 mJ).
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
 import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any
+
+import attrs
 
 from lem.types import DeviceEnergy, EnergyWindow
 from lem_energy_nvml.devices import NvmlDevice
@@ -23,12 +33,19 @@ from lem_energy_nvml.library import (
     optional,
     probe_power_source,
 )
-from lem_energy_nvml.sampler import SampledDevice, Sampler, integrate
+from lem_energy_nvml.sampler import SampledDevice, Sampler, integrate, integrate_window
 
 #: How often the energy counter advances (measured on an H100: ~100 ms).
 COUNTER_PERIOD_S = 0.1
 #: Below this, one counter step is a noticeable share of the window.
 SHORT_WINDOW_S = 1.0
+#: The counter counts millijoules.
+COUNTER_RESOLUTION_J = 0.001
+#: How long the meter reads a counter when it opens, to time its update period.
+PERIOD_PROBE_S = 0.35
+PERIOD_GIVE_UP_S = 0.15
+#: The name of the thread that times the counter when the meter opens.
+PROBE_THREAD = "lem-nvml-period-probe"
 
 
 class NvmlMeter:
@@ -50,6 +67,11 @@ class NvmlMeter:
         # Probed once: whether each GPU has the counter, and which power reading it offers.
         self.has_counter = {d.ordinal: self._probe_counter(d) for d in self._measurable}
         self.power_source = {d.ordinal: probe_power_source(nvml, d.handle) for d in self._measurable}
+        self.update_period_s: dict[int, float] = {}
+        # Timed on a thread of its own, so its reads are told apart from the window edges'.
+        probe = threading.Thread(target=self._probe_periods, name=PROBE_THREAD)
+        probe.start()
+        probe.join()
         self._sampler = Sampler(
             nvml,
             [SampledDevice(d.ordinal, d.handle, self.power_source[d.ordinal]) for d in self._measurable],
@@ -67,6 +89,33 @@ class NvmlMeter:
                 return False
             raise
         return True
+
+    def _probe_periods(self) -> None:
+        for d in self._measurable:
+            if self.has_counter[d.ordinal]:
+                self.update_period_s[d.ordinal] = self._probe_period(d)
+
+    def _probe_period(self, device: NvmlDevice) -> float:
+        """The counter's update period: the median time between its advances while read for
+        :data:`PERIOD_PROBE_S`; :data:`COUNTER_PERIOD_S` when it advanced fewer than 3 times (or not at all
+        in the first :data:`PERIOD_GIVE_UP_S`: a counter that is not moving, nothing to time)."""
+        changes: list[float] = []
+        last = None
+        start = time.monotonic()
+        deadline = start + PERIOD_PROBE_S
+        while time.monotonic() < deadline:
+            if not changes and time.monotonic() - start > PERIOD_GIVE_UP_S:
+                break
+            try:
+                value = self._nvml.nvmlDeviceGetTotalEnergyConsumption(device.handle)
+            except self._nvml.NVMLError:
+                break
+            if last is not None and value != last:
+                changes.append(time.monotonic())
+            last = value
+            time.sleep(0.002)
+        gaps = sorted(b - a for a, b in itertools.pairwise(changes))
+        return gaps[len(gaps) // 2] if len(gaps) >= 2 else COUNTER_PERIOD_S
 
     def _read_counters(self) -> tuple[int, dict[int, int | str]]:
         """Counter of every counter-equipped device (mJ, or the error text) and the mid-time of the reads."""
@@ -117,15 +166,16 @@ class NvmlMeter:
     def _window_warnings(self, duration: float) -> list[str]:
         if not any(self.has_counter.values()):
             return []
-        if duration < COUNTER_PERIOD_S:
+        period = max(self.update_period_s.values(), default=COUNTER_PERIOD_S)
+        if duration < period:
             return [
                 f"window of {duration * 1000:.0f} ms is shorter than the energy counter's update period "
-                f"(~{COUNTER_PERIOD_S * 1000:.0f} ms): the counter cannot resolve it"
+                f"(~{period * 1000:.0f} ms): the counter cannot resolve it"
             ]
         if duration < SHORT_WINDOW_S:
             return [
                 f"window of {duration:.2f} s is shorter than ~{SHORT_WINDOW_S:.0f} s: the energy counter advances "
-                f"in ~{COUNTER_PERIOD_S * 1000:.0f} ms steps, so its granularity is a noticeable share of the figure"
+                f"in ~{period * 1000:.0f} ms steps, so its granularity is a noticeable share of the figure"
             ]
         return []
 
@@ -155,7 +205,13 @@ class NvmlMeter:
             if lost is not None:
                 warnings.append(f"{label}: sampling stopped mid-window ({lost}); the counter figure is kept")
             if end > start:
-                return result((end - start) / 1000.0, "counter"), warnings
+                counted = result((end - start) / 1000.0, "counter")
+                return attrs.evolve(
+                    counted,
+                    integrated_j=integrate_window(series, duration) if lost is None else None,
+                    update_period_s=self.update_period_s.get(device.ordinal),
+                    resolution_j=COUNTER_RESOLUTION_J,
+                ), warnings
             why = (
                 f"went backwards ({start} mJ -> {end} mJ: the driver was reloaded or the counter reset or wrapped)"
                 if end < start
@@ -220,6 +276,7 @@ class NvmlMeter:
                 None if device.unmeasurable else "counter" if self.has_counter[device.ordinal] else "power-integration"
             )
             row["power_source"] = self.power_source.get(device.ordinal)
+            row["counter_update_period_s"] = self.update_period_s.get(device.ordinal)
             row["unmeasurable_reason"] = device.unmeasurable
             rows.append(row)
         return rows

@@ -166,3 +166,13 @@ def integrate(series: Sequence[tuple[float, float]]) -> float | None:
     for (t0, p0), (t1, p1) in itertools.pairwise(series):
         total += (t1 - t0) * (p0 + p1) / 2.0
     return total
+
+
+def integrate_window(series: Sequence[tuple[float, float]], duration_s: float) -> float | None:
+    """The power samples integrated over the whole window ``[0, duration_s]`` (J): trapezoids between the
+    samples, the first and last sample held flat out to the window's edges; ``None`` with fewer than two."""
+    inside = [(t, p) for t, p in series if 0.0 <= t <= duration_s]
+    if len(inside) < 2:
+        return None
+    edges = [(0.0, inside[0][1]), *inside, (duration_s, inside[-1][1])]
+    return integrate(edges)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -78,6 +79,26 @@ class FakeGpu:
     compute_capability: tuple[int, int] = (9, 0)  # (major, minor), as nvmlDeviceGetCudaComputeCapability
     #: Names of threads that read the energy counter (the sampler must never do it).
     counter_readers: list[str] = attrs.field(factory=list)
+    #: A scripted counter: when set, the counter advances by itself from ``power_mw`` (as set at each read)
+    #: times ``counter_gain`` (1.0 agrees with the power readings, 1.1 reads 10% high), and only every
+    #: ``counter_period_s`` seconds, as a real board's does.
+    counter_period_s: float | None = None
+    counter_gain: float = 1.0
+    _origin: float | None = None
+    _last: float = 0.0
+    _true_mj: float = 0.0
+
+    def scripted_counter(self, now: float) -> int:
+        """The scripted counter's value at ``now`` (monotonic seconds); see ``counter_period_s``."""
+        assert self.energy_mj is not None and self.counter_period_s is not None
+        if self._origin is None:
+            self._origin = self._last = now
+        self._true_mj += self.power_mw * (now - self._last)
+        self._last = now
+        # The counter shows the energy at the last update instant, not now.
+        since_update = (now - self._origin) % self.counter_period_s
+        shown = max(self._true_mj - self.power_mw * since_update, 0.0)
+        return self.energy_mj + int(self.counter_gain * shown)
 
     def check(self) -> None:
         if self.lost:
@@ -147,6 +168,8 @@ def make_pynvml(gpus: list[FakeGpu], init_error: str | None = None) -> ModuleTyp
         if handle.energy_mj is None:
             raise _not_supported()
         handle.counter_readers.append(threading.current_thread().name)
+        if handle.counter_period_s is not None:
+            return handle.scripted_counter(time.monotonic())
         return handle.energy_mj
 
     def field_values(handle: FakeGpu, field_ids: list[int]) -> list[Any]:

@@ -18,6 +18,7 @@ from lem import architectures
 from lem.config import CORE_TABLES, DatasetConfig, ExperimentConfig, SloConfig
 from lem.errors import PromptError
 from lem.figures.quality import scorers
+from lem.figures.registry import FIGURES
 from lem.hookspecs import hookimpl
 from lem.options import closest, did_you_mean
 from lem.plugins import KNOWN_DISTRIBUTIONS, backend_names, meter_names, plugin_names
@@ -69,6 +70,15 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("measurement.cooldown_seconds", lambda v: v >= 0, "must be >= 0"),
     ("measurement.stall_timeout_s", lambda v: v > 0, "must be > 0 seconds"),
     ("measurement.max_failed_share", lambda v: 0 <= v <= 1, "must be in [0, 1] (0.05: up to 5% may fail)"),
+    ("measurement.cross_check_threshold", lambda v: 0 < v < 1, "must be in (0, 1) (0.05 means 5%)"),
+    ("measurement.validity_retries", lambda v: 0 <= v <= 1000, "must be in [0, 1000]"),
+    ("measurement.max_throttle_share", lambda v: 0 <= v <= 1, "must be in [0, 1] (0.05: 5% of samples)"),
+    ("measurement.max_temperature_step_c", lambda v: v > 0, "must be > 0 degrees Celsius"),
+    ("measurement.settle_wait_s", lambda v: 0 <= v <= 3600, "must be in [0, 3600] seconds"),
+    ("measurement.max_host_cpu_share", lambda v: 0 < v <= 1, "must be in (0, 1] (0.25: a quarter of all CPUs)"),
+    ("measurement.max_load_per_cpu", lambda v: v > 0, "must be > 0"),
+    ("measurement.max_steal_share", lambda v: 0 < v <= 1, "must be in (0, 1]"),
+    ("measurement.max_throughput_deviation", lambda v: 0 < v, "must be > 0 (0.25 means 25% from the median)"),
     ("sharding.tensor_parallel_size", lambda v: v >= 1, "must be >= 1"),
     ("sharding.pipeline_parallel_size", lambda v: v >= 1, "must be >= 1"),
     # Upper bounds: far beyond any real use, low enough that a typo is refused at once instead of
@@ -423,6 +433,7 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
         *_lengths(config),
         *_names(config),
         *_quality(config),
+        *_target_figures(config),
     ]
 
 
@@ -456,3 +467,19 @@ def _quality(config: ExperimentConfig) -> Iterator[Problem]:
                 yield error("quality.pattern", f"is not a regular expression ({exc})", value=q.pattern)
     elif q.pattern is not None:
         yield warning("quality.pattern", f"is only used by scorer 'regex'; ignored for '{q.scorer}'")
+
+
+def _target_figures(config: ExperimentConfig) -> Iterator[Problem]:
+    """``measurement.target_figures``: figures a precision target may apply to, and only with a target."""
+    names = config.measurement.target_figures
+    if names is None:
+        return
+    key = "measurement.target_figures"
+    eligible = [f.name for f in FIGURES if f.precision_target]
+    if not names:
+        yield error(key, "is an empty list", f"name one figure or several: {', '.join(eligible)}", [])
+    for name in names:
+        if name not in eligible:
+            yield error(key, f"'{name}' cannot carry a precision target", did_you_mean(name, eligible), list(names))
+    if config.measurement.target_rel_ci is None:
+        yield warning(key, "has no effect without measurement.target_rel_ci", "set measurement.target_rel_ci")

@@ -13,6 +13,8 @@ import bisect
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from lem.config import MeasurementConfig
+
 #: Below this an energy window is too short for a counter that updates every ~100 ms.
 MIN_WINDOW_S = 1.0
 
@@ -47,6 +49,7 @@ ENERGY_FIGURES = (
     "dynamic_j",
     "j_per_output_token",
     "dynamic_j_per_output_token",
+    "idle_j_per_output_token",
     "output_tokens_per_j",
     "mean_power_w",
     "peak_power_w",
@@ -98,12 +101,16 @@ def energy_figures(
     idle_w: Mapping[DeviceKey, float] | None,
     idle_reason: str | None,
     output_tokens: int,
+    cross_check_threshold: float | None = None,
 ) -> tuple[dict[str, Any], list[str]]:
     """Energy of one cycle from its window (``EnergyWindow`` in JSON form) and the idle power.
 
     Total J per device and summed, idle J = idle W × window s, dynamic J =
     total - idle, J per output token (total and dynamic), output tokens per J,
-    mean and peak power, and the method of each. Unknown figures are ``None``
+    mean and peak power, and the method of each; J per output token is also
+    split into its idle share (idle J / output tokens: fixed energy) and its
+    dynamic share. The ``cross_check`` block compares a counter figure with the
+    power timeline integrated (:func:`cross_check`). Unknown figures are ``None``
     with a ``reason``; never 0.
     """
     out: dict[str, Any] = dict.fromkeys((*ENERGY_FIGURES, "idle_power_w", "peak_power_method", "dynamic_negative"))
@@ -117,6 +124,9 @@ def energy_figures(
             "devices": [],
         }
     )
+    if cross_check_threshold is None:  # the default lives in lem.config only
+        cross_check_threshold = MeasurementConfig().cross_check_threshold
+    out["cross_check"] = cross_check(window, cross_check_threshold)
     if window is None:
         out["reason"] = reason or "no energy was measured"
         return out, []
@@ -135,6 +145,7 @@ def energy_figures(
         dev["dynamic_j"] = None if w is None or d["energy_j"] is None else d["energy_j"] - w * dur
         devices.append(dev)
     out["devices"] = devices
+    warnings += cross_check_warnings(out["cross_check"])
     # What the total adds up (one label per figure: component, device, meter), and the total per component.
     out["total_includes"] = [_label(d) for d in devices]
     out["components"] = _per_component(devices)
@@ -159,12 +170,91 @@ def energy_figures(
         out["idle_method"] = "idle baseline power × window duration"
         if output_tokens > 0:
             out["dynamic_j_per_output_token"] = out["dynamic_j"] / output_tokens
+            out["idle_j_per_output_token"] = out["idle_j"] / output_tokens
         out["dynamic_negative"] = out["dynamic_j"] < 0
         if out["dynamic_negative"]:
             warnings.append(negative_dynamic_warning(out["dynamic_j"], out["idle_power_w"], out["mean_power_w"]))
     elif out["idle_reason"] is None:
         out["idle_reason"] = "the idle baseline does not cover every metered device"
     return out, warnings
+
+
+#: A window shorter than this many counter update periods is too short for the cross-check to mean much.
+MIN_UPDATE_PERIODS = 3
+
+
+def cross_check(window: Mapping[str, Any] | None, threshold: float) -> dict[str, Any]:
+    """The energy counter against the power timeline integrated, over one window (JSON form).
+
+    Per device that has both (a ``counter`` figure and ``integrated_j``): both energies and
+    ``rel_diff`` = (integrated - counter) / counter; over them all the same, ``exceeds`` when
+    ``|rel_diff|`` is above ``threshold`` (``measurement.cross_check_threshold``), and ``short_window``
+    when the window lasts fewer than :data:`MIN_UPDATE_PERIODS` counter update periods. ``None`` figures
+    with a ``reason`` where no device has both.
+    """
+    out: dict[str, Any] = {
+        "devices": [],
+        "counter_j": None,
+        "integrated_j": None,
+        "rel_diff": None,
+        "threshold": threshold,
+        "exceeds": None,
+        "update_period_s": None,
+        "update_periods": None,
+        "short_window": None,
+        "reason": None,
+    }
+    if window is None:
+        out["reason"] = "no energy was measured"
+        return out
+    pairs = [
+        d
+        for d in window.get("devices", ())
+        if d.get("method") == "counter" and d.get("energy_j") is not None and d.get("integrated_j") is not None
+    ]
+    if not pairs:
+        out["reason"] = "the meter gives no second source to check its energy against (a counter and a power timeline)"
+        return out
+    for d in pairs:
+        c, i = float(d["energy_j"]), float(d["integrated_j"])
+        out["devices"].append(
+            {
+                "device": d["device"],
+                "component": d.get("component") or "gpu",
+                "counter_j": c,
+                "integrated_j": i,
+                "rel_diff": (i - c) / c if c > 0 else None,
+                "update_period_s": d.get("update_period_s"),
+            }
+        )
+    c = sum(float(d["energy_j"]) for d in pairs)
+    i = sum(float(d["integrated_j"]) for d in pairs)
+    out.update(counter_j=c, integrated_j=i, rel_diff=(i - c) / c if c > 0 else None)
+    if out["rel_diff"] is not None:
+        out["exceeds"] = abs(out["rel_diff"]) > threshold
+    periods = [float(d["update_period_s"]) for d in pairs if d.get("update_period_s")]
+    if periods:
+        out["update_period_s"] = max(periods)
+        out["update_periods"] = float(window["duration_s"]) / max(periods)
+        out["short_window"] = out["update_periods"] < MIN_UPDATE_PERIODS
+    return out
+
+
+def cross_check_warnings(check: Mapping[str, Any]) -> list[str]:
+    """One line for a cross-check that exceeds its threshold, one for a window too short to check."""
+    out = []
+    if check.get("short_window"):
+        out.append(
+            f"energy window spans {check['update_periods']:.1f} counter update periods "
+            f"({check['update_period_s'] * 1000:.0f} ms each), fewer than {MIN_UPDATE_PERIODS}: "
+            "the counter and the cross-check cannot resolve it"
+        )
+    if check.get("exceeds"):
+        out.append(
+            f"energy counter and integrated power disagree by {check['rel_diff']:+.1%} "
+            f"(measurement.cross_check_threshold {check['threshold']:.0%}): one of them is off"
+        )
+    return out
 
 
 def negative_dynamic_warning(dynamic_j: float, idle_w: float, mean_w: float | None) -> str:

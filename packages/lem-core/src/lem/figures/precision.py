@@ -7,6 +7,10 @@ both are (or ``max_cycles``): one stop rule, :func:`stops_after`, which
 :func:`precision_block` replays over the cycles alone, so ``lem results
 aggregate`` says the same. Without
 energy measured the target applies to throughput only, and the block says so.
+``measurement.target_figures`` names the figures the target applies to
+(default: both), so a J/token target is not held back by throughput noise.
+Under ``measurement.validity`` other than ``warn``, spoilt cycles are left out
+of the check and a replaced one does not count (:mod:`lem.figures.validity`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any
 from lem.config import MeasurementConfig
 from lem.figures.registry import FIGURES
 from lem.figures.stats import interval
+from lem.figures.validity import partition
 
 
 def rel_ci(values: Sequence[float | None]) -> float | None:
@@ -34,23 +39,35 @@ def _value(block: Mapping[str, Any], path: Sequence[str]) -> Any:
     return node
 
 
-def check(blocks: Sequence[Mapping[str, Any]], target: float) -> tuple[bool, dict[str, float | None], list[str]]:
+def check(
+    blocks: Sequence[Mapping[str, Any]], target: float, names: Sequence[str] | None = None
+) -> tuple[bool, dict[str, float | None], list[str]]:
     """``(met, relative CI per figure, figures the target applies to)`` over cycle blocks.
 
-    Energy per token counts only when every cycle measured it; otherwise the target applies to throughput.
+    ``names`` are the figures asked for (``measurement.target_figures``; default every figure a target may
+    apply to). Energy per token counts only when every cycle measured it; otherwise the target applies to
+    the others.
     """
     rels: dict[str, float | None] = {}
     applies = []
     # Energy first, then throughput: the order summaries have always listed them in.
     for row in sorted((r for r in FIGURES if r.precision_target), key=lambda r: r.method != "energy"):
         name, path = row.name, row.path
+        if names is not None and name not in names:
+            continue
         values = [_value(b, path) for b in blocks]
         rels[name] = rel_ci(values)
         if name.startswith("energy.") and (not values or any(v is None for v in values)):
             continue
         applies.append(name)
-    met = all((r := rels[n]) is not None and r <= target for n in applies)
+    met = bool(applies) and all((r := rels[n]) is not None and r <= target for n in applies)
     return met, rels, applies
+
+
+def _kept(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> tuple[int, list[Mapping[str, Any]]]:
+    """``(cycles counted, blocks included)`` under ``measurement.validity``."""
+    parts = partition(m, blocks)
+    return len(parts["counted"]), [blocks[i] for i in parts["included"]]
 
 
 def stops_after(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> bool:
@@ -61,12 +78,12 @@ def stops_after(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> bo
     or at the cycle limit (:attr:`lem.config.MeasurementConfig.cycle_limit`). The runner follows this
     function after every cycle; the summary replays it (:func:`stopping_point`), so both say the same.
     """
-    n = len(blocks)
+    n, kept = _kept(m, blocks)
     if m.target_rel_ci is None:
         return n >= m.cycles
     if n >= m.cycle_limit:
         return True
-    return n >= max(2, m.cycles) and check(blocks, m.target_rel_ci)[0]
+    return n >= max(2, m.cycles) and len(kept) >= 2 and check(kept, m.target_rel_ci, m.target_figures)[0]
 
 
 def stopping_point(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -> int | None:
@@ -87,11 +104,16 @@ def precision_block(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -
     if target is None:
         return None
     stopped = stopping_point(m, blocks)
-    met_at_stop = stopped is not None and stopped >= max(2, m.cycles) and check(blocks[:stopped], target)[0]
-    met, rels, applies = check(blocks, target)
+    met_at_stop = False
+    if stopped is not None:
+        n, kept = _kept(m, blocks[:stopped])
+        met_at_stop = n >= max(2, m.cycles) and len(kept) >= 2 and check(kept, target, m.target_figures)[0]
+    met, rels, applies = check(_kept(m, blocks)[1], target, m.target_figures)
     note = None
-    if "energy.j_per_output_token" not in applies:
-        note = "energy per token was not measured in every cycle: the target applied to throughput only"
+    asked = m.target_figures or [r.name for r in FIGURES if r.precision_target]
+    if "energy.j_per_output_token" in asked and "energy.j_per_output_token" not in applies:
+        rest = "throughput only" if applies == ["output_tokens_per_s"] else (", ".join(applies) or "no figure")
+        note = f"energy per token was not measured in every cycle: the target applied to {rest}"
     return {
         "target_rel_ci": float(target),
         "max_cycles": m.cycle_limit,
@@ -102,6 +124,8 @@ def precision_block(m: MeasurementConfig, blocks: Sequence[Mapping[str, Any]]) -
         "stopped_by": None if stopped is None else ("target" if met_at_stop else "limit"),
         "applies_to": applies,
         "rel_ci95": rels,
+        # Which of the figures it applies to met the target on their own.
+        "met_by": [n for n in applies if (r := rels[n]) is not None and r <= target],
         "note": note,
     }
 

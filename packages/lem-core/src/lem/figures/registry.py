@@ -179,6 +179,15 @@ FIGURES: tuple[Figure, ...] = (
         views=_views("compare", "report", "cycles_plot"),
         larger_is_better=False,
     ),
+    # Energy you can defend (issue 26): the fixed share of J/token (idle power × time per token); the dynamic
+    # share is dynamic J/out tok above. Each energy figure's uncertainty budget: lem.figures.uncertainty.
+    _energy(
+        "idle_j_per_output_token",
+        "idle J/out tok",
+        reason=(("energy",), ("idle_reason",)),
+        views=_views("compare", "report"),
+        larger_is_better=False,
+    ),
     _energy("output_tokens_per_j", "out tok/J", larger_is_better=True),
     _energy("mean_power_w", "mean power", "W", views=_views("compare", "report", "cycles_plot")),
     _energy("peak_power_w", "peak power", "W"),
@@ -486,3 +495,19 @@ def null_reason(fig: Figure, blocks: Sequence[Mapping[str, Any]]) -> str | None:
             if why:
                 return str(why)
     return None
+
+
+def uncertainty_of(summary: Mapping[str, Any], name: str) -> float | None:
+    """The combined relative bound of figure ``name``'s uncertainty budget (``0.023`` for ±2.3%), or ``None``
+    when the summary has no budget for it (see :mod:`lem.figures.uncertainty`)."""
+    entry = dig(summary, ("uncertainty", "figures", name, "combined"))
+    return float(entry) if isinstance(entry, (int, float)) and not isinstance(entry, bool) else None
+
+
+def uncertainty_text(summary: Mapping[str, Any], name: str) -> str:
+    """``budget ±2.3%`` beside an energy figure on a text screen (empty when it has none)."""
+    bound = uncertainty_of(summary, name)
+    if bound is None:
+        return ""
+    missing = dig(summary, ("uncertainty", "figures", name, "not_covered")) or []
+    return f"budget ±{bound:.1%}" + (" (not covering " + ", ".join(missing) + ")" if missing else "")

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from lem.config import ExperimentConfig
-from lem.figures import goodput, outcome, quality
+from lem.figures import goodput, outcome, quality, uncertainty, validity
 from lem.figures.attribution import NEGATIVE_DECODE, per_request, prefill_decode, step_energy
 from lem.figures.digests import cycle_output_digest, ids_digest
 from lem.figures.energy import energy_figures, idle_power
@@ -116,15 +116,21 @@ def compute_cycle(
     metrics["roofline"] = cycle_roofline(traces, model, config, metrics["flops"])
     idle = setup.get("idle", {})
     idle_w = idle_power(idle.get("window"))
+    threshold = config.measurement.cross_check_threshold
     energy, ewarn = energy_figures(
-        raw.get("energy_window"), raw.get("energy_reason"), idle_w, idle.get("reason"), metrics["output_tokens"]
+        raw.get("energy_window"),
+        raw.get("energy_reason"),
+        idle_w,
+        idle.get("reason"),
+        metrics["output_tokens"],
+        threshold,
     )
     prefill = raw.get("prefill")
     prefill_energy = None
     if prefill is not None:
         out_tokens = sum(n for r in prefill["requests"] for _, n in r["events"])
         prefill_energy, pwarn = energy_figures(
-            prefill.get("energy_window"), raw.get("energy_reason"), idle_w, idle.get("reason"), out_tokens
+            prefill.get("energy_window"), raw.get("energy_reason"), idle_w, idle.get("reason"), out_tokens, threshold
         )
         ewarn += [f"prefill pass: {w}" for w in pwarn]
     energy["prefill_pass"] = prefill_energy
@@ -245,19 +251,44 @@ def summarize(
     """
     timelines = timelines or {}
     beams = config.generation.num_beams
+    meas = config.measurement
     computed = [compute_cycle(c, setup, config, timelines.get(int(c["cycle"]))) for c in cycles]
     metrics = [m for m, _, _ in computed]
     energies = [e for _, e, _ in computed]
-    figures = headline_figures([{"metrics": m, "energy": e} for m, e, _ in computed])
+    blocks = [
+        {"metrics": mx, "energy": e, "host": c.get("host")} for c, (mx, e, _) in zip(cycles, computed, strict=True)
+    ]
+    # Spoilt cycles (lem.figures.validity): under "invalidate" and "retry" they are left out of the figures.
+    parts = validity.partition(meas, blocks)
+    numbers = [int(c["cycle"]) for c in cycles]
+    included = [blocks[i] for i in parts["included"]]
+    figures = headline_figures(included)
     warnings = list(setup.get("warnings", ()))
+    spoilt = [(numbers[i], f"spoilt: {why}") for i in parts["invalid"] for why in parts["verdicts"][i]["reasons"]]
     per_cycle = [
         (int(c["cycle"]), msg)
         for c, (_, _, w) in zip(cycles, computed, strict=True)
         for msg in [*c.get("notes", ()), *w]
     ]
-    warnings += group_warnings(per_cycle)
+    warnings += group_warnings(per_cycle + spoilt)
+    validity_block = validity.summary_block(meas, numbers, parts)
+    if validity_block["excluded_cycles"]:
+        out = validity_block["excluded_cycles"]
+        warnings.append(
+            f"{len(out)} of {len(cycles)} cycle(s) spoilt and left out of the figures "
+            f"(measurement.validity = {meas.validity!r}): cycles {', '.join(map(str, out))}"
+        )
+    kept_energies = [energies[i] for i in parts["included"]]
+    cross = _cross_check(numbers, energies, meas.cross_check_threshold)
+    if cross["exceeding_cycles"]:
+        warnings.append(
+            f"energy counter and integrated power disagree by more than {meas.cross_check_threshold:.0%} in cycle(s) "
+            f"{', '.join(map(str, cross['exceeding_cycles']))} (largest {cross['largest_rel_diff']:+.1%})"
+        )
     if len(cycles) < 2:
         warnings.append(f"{len(cycles)} cycle(s): no confidence interval (run at least 2 cycles, better 5+)")
+    elif len(included) < 2:
+        warnings.append(f"{len(included)} cycle(s) included: no confidence interval (the others were spoilt)")
     per_request = [request_metrics(t) for c in cycles for t in traces_from_json(c["requests"])]
     pooled = latency_distributions(per_request, beams)
     few = [f"{key} ({d['n']})" for key, d in pooled.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
@@ -291,7 +322,7 @@ def summarize(
             f"the 95% interval of {', '.join(impossible)} reaches below zero though the figure cannot be negative: "
             "the interval is too wide to say much; run more cycles (measurement.cycles)"
         )
-    precision = precision_block(config.measurement, [{"metrics": m, "energy": e} for m, e, _ in computed])
+    precision = precision_block(config.measurement, blocks)
     if precision is not None and not precision["met"]:
         warnings.append(
             f"precision target not met: 95% CI within ±{precision['target_rel_ci']:.1%} of the mean not reached "
@@ -326,6 +357,11 @@ def summarize(
             "passes": [m["passes"] for m in metrics],
         },
         "precision": precision,
+        "cycles_included": len(included),
+        "validity": validity_block,
+        "cross_check": cross,
+        "uncertainty": uncertainty.budget(kept_energies, figures, (setup.get("idle") or {}).get("power_spread")),
+        "host_load": [c.get("host") for c in cycles],
         "per_request_energy": _per_request_energy(energies),
         "thermal": {"throttled_cycles": throttled},
         **_outputs(cycles, metrics),
@@ -390,6 +426,22 @@ def _energy_flags(
             "figures": sorted(figures),
             "handling": "null in these cycles (left out of the means); raw values in energy.prefill_decode.negative",
         },
+    }
+
+
+def _cross_check(cycles: Sequence[int], energies: Sequence[Mapping[str, Any]], threshold: float) -> dict[str, Any]:
+    """The summary's ``cross_check``: the largest counter/integration disagreement and the cycles past the
+    threshold or too short to check (see :func:`lem.figures.energy.cross_check`)."""
+    checks = [(c, e.get("cross_check") or {}) for c, e in zip(cycles, energies, strict=True)]
+    diffs = [(c, x["rel_diff"]) for c, x in checks if x.get("rel_diff") is not None]
+    largest = max(diffs, key=lambda cd: abs(cd[1]), default=None)
+    return {
+        "threshold": threshold,
+        "largest_rel_diff": None if largest is None else largest[1],
+        "largest_in_cycle": None if largest is None else largest[0],
+        "exceeding_cycles": [c for c, x in checks if x.get("exceeds")],
+        "short_window_cycles": [c for c, x in checks if x.get("short_window")],
+        "reason": None if diffs else next((x.get("reason") for _, x in checks if x.get("reason")), "no cycle"),
     }
 
 

@@ -50,10 +50,12 @@ def thermal_context(timeline: Sequence[Mapping[str, Any]] | None) -> tuple[dict[
     for device, rows in sorted(by_device.items()):
         rows = sorted(rows, key=lambda r: float(r["t_s"]))
         seen: dict[str, int] = {}
+        throttled = 0
         for r in rows:
-            for name in _reasons(r.get("throttle_reasons")):
-                if name in THROTTLING:
-                    seen[name] = seen.get(name, 0) + 1
+            held = [name for name in _reasons(r.get("throttle_reasons")) if name in THROTTLING]
+            throttled += bool(held)
+            for name in held:
+                seen[name] = seen.get(name, 0) + 1
         temps = [float(r["temperature_c"]) for r in rows if _num(r.get("temperature_c"))]
         devices.append(
             {
@@ -64,6 +66,9 @@ def thermal_context(timeline: Sequence[Mapping[str, Any]] | None) -> tuple[dict[
                 "samples": len(rows),
                 "throttled": bool(seen),
                 "throttle_samples": seen,
+                # Samples with any power or thermal throttle reason, and their share of the window's samples.
+                "throttled_samples": throttled,
+                "throttled_share": throttled / len(rows),
             }
         )
         if seen:

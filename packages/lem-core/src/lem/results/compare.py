@@ -20,8 +20,8 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.figures import quality
-from lem.figures.registry import ESTIMATE, FLAGGED, flags_of, in_view, method_of
+from lem.figures import marginal, quality
+from lem.figures.registry import ESTIMATE, FLAGGED, flags_of, in_view, method_of, uncertainty_of
 from lem.figures.stats import welch_test
 from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
 
@@ -212,6 +212,8 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
                 "method_detail": method.detail,
                 "basis": method.basis,
                 "flags": flags_of(e.summary, name),
+                # the energy figure's uncertainty budget, combined (lem.figures.uncertainty)
+                "uncertainty": uncertainty_of(e.summary, name),
             }
             if i > 0:
                 cell["welch"] = welch_test(base, _values(e.summary, name))
@@ -244,6 +246,8 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
         ],
         "figures": figures,
         "quality": paired,
+        # Fixed and marginal energy across the compared experiments (a sweep): lem.figures.marginal.
+        "marginal_energy": marginal.marginal_energy([e.summary for e in entries]),
         "warnings": fairness(entries),
     }
 

@@ -20,7 +20,8 @@ from typing import Any
 import attrs
 
 from lem import __version__
-from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of
+from lem.figures import marginal
+from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of, uncertainty_text
 from lem.results import plots
 from lem.results.drilldown import (
     RunInfo,
@@ -144,6 +145,9 @@ def _cell(exp: ExperimentData, fig: Figure, notes: dict[str, int], group: str = 
         mark += f' <a class="est" href="#est-{k}" title="{_e(ESTIMATE)} {_e(basis)}">{_e(ESTIMATE)}<sup>{k}</sup></a>'
     if flags:
         mark += f' <span class="flag" title="{_e(FLAGGED)} {_e("; ".join(flags))}">⚠</span>'
+    budget = uncertainty_text(summary, name)  # the energy figure's uncertainty budget (lem.figures.uncertainty)
+    if budget:
+        ci_text += f"; {budget}"
     return f'<td class="{css}">{_num(m * scale)}{mark}<br><small>{_e(ci_text)}</small></td>'
 
 
@@ -200,8 +204,12 @@ def _summary_table(run: RunData, shown: list[_Shown] | None = None) -> str:
         f'<li id="est-{k}">{_e(ESTIMATE)} rests on an estimate, not a measurement: {_e(basis)}</li>'
         for basis, k in notes.items()
     )
-    return f"<style>{switch_css}</style><div class='summary'>{switch}</span><div class=\"wide\">{table}</div></div>" + (
-        f'<ol class="estimates">{footnotes}</ol>' if footnotes else ""
+    fit = marginal.marginal_energy([s.exp.summary for s in shown if s.exp.summary])
+    sweep = f'<p class="marginal">{_e(marginal.text(fit))}</p>' if len(shown) > 1 else ""
+    return (
+        f"<style>{switch_css}</style><div class='summary'>{switch}</span><div class=\"wide\">{table}</div></div>"
+        + (f'<ol class="estimates">{footnotes}</ol>' if footnotes else "")
+        + sweep
     )
 
 

@@ -17,7 +17,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from lem.figures.registry import ESTIMATE, FLAGGED, figure, flags_of, format_value, method_of
+from lem.figures.registry import ESTIMATE, FLAGGED, figure, flags_of, format_value, method_of, uncertainty_text
 
 #: The sections of the summary block: heading, figures (registry names) in order.
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -34,6 +34,7 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "energy.dynamic_j",
             "energy.j_per_output_token",
             "energy.dynamic_j_per_output_token",
+            "energy.idle_j_per_output_token",
             "energy.mean_power_w",
             "energy.prefill_j_per_input_token",
             "energy.decode_j_per_output_token",
@@ -121,6 +122,9 @@ def _figures_table(summary: Mapping[str, Any], names: Sequence[str]) -> tuple[Ta
         for why in flags_of(summary, name):
             marks.append(FLAGGED)
             notes.append(f"{FLAGGED} {fig.title}: {why}")
+        budget = uncertainty_text(summary, name)
+        if budget:  # the energy figure's uncertainty budget (lem.figures.uncertainty) beside it
+            marks.append(budget)
         table.add_row(fig.title, format_value(fig, m), band, " ".join(dict.fromkeys(marks)))
     return (table if table.row_count else None), notes
 

@@ -10,6 +10,12 @@ one output token each. Between cycles the GPU cools down
 until the precision target holds: the stop rule is
 :func:`lem.figures.precision.stops_after`, which the summary replays. Each cycle's files are written as soon as
 it ends (``cycle-NNN.json``, ``timeline-NNN.csv``).
+
+The host's load is sampled around each cycle (:mod:`lem.run.hostload`, the cycle's ``host`` block), and
+each cycle is judged (:mod:`lem.figures.validity`): throttled, unsettled, busy host, throughput outlier.
+Under ``measurement.validity = "retry"`` a spoilt cycle does not count, so the stop rule runs a
+replacement; ``measurement.settle_wait_s`` waits before a cycle for the GPU's temperature to come back
+within ``max_temperature_step_c`` of the previous cycle's start.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from lem.config import ExperimentConfig
-from lem.figures import precision, quality
+from lem.config import ExperimentConfig, MeasurementConfig
+from lem.figures import precision, quality, validity
 from lem.figures.requests import with_text
 from lem.figures.summary import compute_cycle, traces_to_json
 from lem.results.files import write_json, write_timeline
 from lem.results.timelines import as_written
+from lem.run.hostload import HostLoad
 from lem.run.live import Live, metered, window_json
 from lem.run.passes import prefill_config, serve_passes
 from lem.run.progress import Progress
@@ -44,31 +51,39 @@ def run_cycles(live: Live, setup: Mapping[str, Any]) -> tuple[list[dict[str, Any
     m = live.config.measurement
     cycles: list[dict[str, Any]] = []
     timelines: dict[int, Timeline] = {}
+    host = HostLoad()
     for c in itertools.count(1):
-        notes = cool_down(live) if c > 1 else []
-        raw, timeline = measure_cycle(live, setup, c, notes)
+        notes = [*cool_down(live), *settle(live, cycles[-1])] if c > 1 else []
+        raw, timeline = measure_cycle(live, setup, c, notes, host)
         cycles.append(raw)
         if timeline is not None:
             timelines[c] = timeline
+        verdict = validity.judge(m, cycles)[-1]
+        if not verdict["valid"]:
+            live.progress.note(f"cycle {c} spoilt ({m.validity}): " + "; ".join(verdict["reasons"]))
         if m.target_rel_ci is not None and c >= max(2, m.cycles):
-            precise(cycles, m.target_rel_ci, live.progress)
+            precise(m, cycles, live.progress)
         if precision.stops_after(m, cycles):
             break
     return cycles, timelines
 
 
 def measure_cycle(
-    live: Live, setup: Mapping[str, Any], c: int, notes: Sequence[str] = ()
+    live: Live, setup: Mapping[str, Any], c: int, notes: Sequence[str] = (), host: HostLoad | None = None
 ) -> tuple[dict[str, Any], Timeline | None]:
     """Cycle ``c``: its raw record (written to ``cycle-NNN.json``) and its timeline as written.
 
     :param notes: what happened around the cycle that the raw data cannot show (a thermal floor not reached).
+    :param host: the host-load sampler read around the cycle's window (its ``host`` block).
     """
     config, progress = live.config, live.progress
     m = config.measurement
     of = f"{m.cycles}" if m.target_rel_ci is None else f"{m.cycles}-{m.cycle_limit}"
     progress.stage(f"cycle {c}/{of}", total=len(live.prompts) if m.min_window_s <= 0 else None)
+    host = host or HostLoad()
+    host.start()
     served, window = _served(live, config, c)
+    load = host.stop()
     passes = served["passes"]
     raw: dict[str, Any] = {
         "experiment_id": setup["experiment_id"],
@@ -77,8 +92,11 @@ def measure_cycle(
         "energy_reason": live.metering.reason,
         # What happened around the cycle that the raw data cannot show (a thermal floor not reached...).
         "notes": list(notes),
+        # How busy the host was during the cycle's window (lem.run.hostload).
+        "host": load,
     }
     if m.prefill_pass:
+        # Right after its cycle, with the same warm state: the split is as close to the cycle as it can be.
         raw["prefill"] = prefill_pass(live, c, passes)
     timeline = as_written(window.timeline) if window is not None and window.timeline else None
     metrics, energy, warnings = compute_cycle(raw, setup, config, timeline)
@@ -155,10 +173,46 @@ def cool_down(live: Live) -> list[str]:
             return [f"GPU stayed above thermal_floor_c {m.thermal_floor_c} °C for {THERMAL_WAIT_MAX_S:.0f} s"]
 
 
-def precise(cycles: Sequence[dict[str, Any]], target: float, progress: Progress) -> bool:
-    """Whether the precision target holds over ``cycles``; shows the current relative CIs."""
-    met, rels, applies = precision.check(cycles, target)
+def settle(live: Live, previous: Mapping[str, Any]) -> list[str]:
+    """Wait (up to ``measurement.settle_wait_s``) until every GPU is within ``max_temperature_step_c`` of its
+    temperature at the previous cycle's start; the notes for the cycle's record when it did not settle."""
+    m, meter, progress = live.config.measurement, live.metering.meter, live.progress
+    if m.settle_wait_s <= 0 or meter is None:
+        return []
+    before = {
+        int(d["device"]): d["start"]["temperature_c"]
+        for d in (previous.get("energy") or {}).get("thermal", {}).get("devices", ())
+        if d.get("start", {}).get("temperature_c") is not None
+    }
+    if not before:
+        return []
+    deadline = time.monotonic() + m.settle_wait_s
+    progress.stage("settle")
+    while True:
+        meter.start()
+        time.sleep(THERMAL_PROBE_S)
+        now: dict[int, float] = {}
+        for r in meter.stop().timeline:
+            if r.get("temperature_c") is not None and r.get("device") in before:
+                now[int(r["device"])] = float(r["temperature_c"])
+        progress.advance(0)
+        off = {d: t - before[d] for d, t in now.items() if abs(t - before[d]) > m.max_temperature_step_c}
+        if not off:
+            progress.end()
+            return []
+        if time.monotonic() > deadline:
+            progress.end()
+            listed = ", ".join(f"GPU {d} {step:+.0f} °C" for d, step in sorted(off.items()))
+            return [f"temperature did not settle within measurement.settle_wait_s {m.settle_wait_s:g} s ({listed})"]
+
+
+def precise(m: MeasurementConfig, cycles: Sequence[dict[str, Any]], progress: Progress) -> bool:
+    """Whether the precision target holds over the cycles the summary includes; shows the current relative CIs."""
+    target = m.target_rel_ci
+    assert target is not None
+    kept = [cycles[i] for i in validity.partition(m, cycles)["included"]]
+    met, rels, applies = precision.check(kept, target, m.target_figures)
     shown = ", ".join(f"{name} ±{rels[name]:.2%}" if rels[name] is not None else f"{name} unknown" for name in applies)
     verdict = "met" if met else "not yet"
-    progress.note(f"precision after {len(cycles)} cycles: 95% CI {shown} (target ±{target:.2%}: {verdict})")
+    progress.note(f"precision after {len(kept)} cycles: 95% CI {shown} (target ±{target:.2%}: {verdict})")
     return met

@@ -27,6 +27,7 @@ from lem.errors import BackendError, MeterUnavailable
 from lem.figures.digests import prompt_digest
 from lem.figures.requests import request_metrics
 from lem.figures.summary import summarize
+from lem.figures.uncertainty import power_spread
 from lem.phases import LoadPhases
 from lem.plugins import get_plugin_manager
 from lem.prompts import PromptSet, load_prompts
@@ -156,6 +157,8 @@ def idle_baseline(live: Live) -> dict[str, Any]:
         with metered(metering.meter) as w:
             time.sleep(m.idle_seconds)
         idle["window"] = window_json(w.window)
+        # The baseline's power spread: a term of every idle and dynamic figure's uncertainty budget.
+        idle["power_spread"] = power_spread(w.window.timeline if w.window is not None else ())
         live.progress.end()
     return idle
 

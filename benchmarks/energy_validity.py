@@ -1,0 +1,140 @@
+"""Energy you can defend, on a GPU: the counter cross-check, a J/token target, gating (docs/energy.md).
+
+Two real ``lem run``s on the 8B shape (``random:llama-3.1-8b``, random bf16 weights, nothing downloaded):
+
+1. ``pytorch-optimized``, batch 8, ``target_rel_ci = 0.01`` on J/output token only
+   (``measurement.target_figures``): per cycle the counter J, the power timeline integrated and their
+   difference, throttling and temperature; whether J/token's relative CI reached ≤1% and the wall time
+   from ``lem run``'s start;
+2. eager (no preset), batch 8, ``validity = "invalidate"``: J/token's CV over every cycle against its CV
+   over the cycles gating kept.
+
+One command, < 8 minutes on an H100 or H200, compact output::
+
+    python benchmarks/energy_validity.py                   # on the GPU machine
+    python benchmarks/energy_validity.py --model random:tiny-llama --device cpu --meter none   # checks it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+TOML = """
+model = "{model}"
+backend = "pytorch"
+precision = "bfloat16"
+load_format = "random"
+{preset}
+[dataset]
+num_prompts = 32
+input_length = 256
+[generation]
+max_output_tokens = 128
+ignore_eos = true
+[batching]
+batch_size = 8
+[measurement]
+cycles = {cycles}
+warmup_requests = 8
+idle_seconds = 5
+energy_meter = "{meter}"
+min_window_s = 5
+{extra}
+[pytorch]
+device = "{device}"
+"""
+
+
+def run(root: Path, name: str, body: str, limit_s: float) -> tuple[Path | None, float, str]:
+    (root / f"{name}.toml").write_text(body)
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "lem", "run", f"{name}.toml", "--out", name, "--quiet", "--no-report"]
+    try:
+        proc = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=limit_s)
+        tail = (proc.stdout + proc.stderr)[-1500:] if proc.returncode else ""
+    except subprocess.TimeoutExpired:
+        tail = f"timed out after {limit_s:.0f} s"
+    found = list((root / name).glob("*/*/summary.json"))
+    return (found[0].parent if found else None), time.monotonic() - t0, tail
+
+
+def cycles(exp: Path) -> list[dict[str, Any]]:
+    return sorted((json.loads(p.read_text()) for p in exp.glob("cycle-*.json")), key=lambda c: c["cycle"])
+
+
+def cv(values: list[float]) -> str:
+    return f"{statistics.stdev(values) / statistics.mean(values):.2%}" if len(values) > 1 else "n/a"
+
+
+def per_cycle(exp: Path) -> None:
+    print("cyc  dur_s  counter_J  integr_J   diff    short  throttled  T_start-T_end  host_others  J/tok   spoilt")
+    summary = json.loads((exp / "summary.json").read_text())
+    spoilt = set((summary.get("validity") or {}).get("spoilt_cycles", []))
+    for c in cycles(exp):
+        e, x = c["energy"], c["energy"]["cross_check"]
+        devs = e["thermal"]["devices"]
+        thr = ",".join(f"{d['throttled_share']:.0%}" for d in devs) or "-"
+        temps = ",".join(f"{d['start']['temperature_c']}-{d['end']['temperature_c']}" for d in devs) or "-"
+        host = (c.get("host") or {}).get("others_share")
+        fmt = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+        print(
+            f"{c['cycle']:>3} {fmt(e['duration_s'], '6.2f')} {fmt(x['counter_j'], '10.1f')}"
+            f" {fmt(x['integrated_j'], '9.1f')}"
+            f" {fmt(x['rel_diff'], '+7.2%')} {x['short_window']!s:>6} {thr:>10} {temps:>14} {fmt(host, '11.1%')}"
+            f" {fmt(e['j_per_output_token'], '7.4f')} {'yes' if c['cycle'] in spoilt else ''}"
+        )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="random:llama-3.1-8b")
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--meter", default="nvml")
+    args = p.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="lem-energy-validity-"))
+    common = {"model": args.model, "device": args.device, "meter": args.meter}
+    target = 'target_rel_ci = 0.01\nmax_cycles = 12\ntarget_figures = ["energy.j_per_output_token"]'
+    body = TOML.format(preset='preset = "pytorch-optimized"', cycles=3, extra=target, **common)
+    exp, wall, tail = run(root, "optimized", body, 270)
+    print(f"== pytorch-optimized, batch 8, target ±1% on J/token: {wall:.0f} s from lem run's start")
+    if exp is None:
+        print(tail)
+    else:
+        per_cycle(exp)
+        s = json.loads((exp / "summary.json").read_text())
+        prec, cross = s.get("precision") or {}, s["cross_check"]
+        rel = (prec.get("rel_ci95") or {}).get("energy.j_per_output_token")
+        print(
+            f"J/tok rel CI {rel if rel is None else f'{rel:.2%}'}; met {prec.get('met')} after "
+            f"{prec.get('stopped_after_cycles')} cycles; cross-check largest {cross['largest_rel_diff']}"
+            f" (> {cross['threshold']:.0%} in {cross['exceeding_cycles']})"
+        )
+        budget = (s["uncertainty"].get("figures") or {}).get("energy.j_per_output_token")
+        print(f"J/tok budget: {json.dumps(budget)}")
+    gate = 'validity = "invalidate"'
+    body = TOML.format(preset="", cycles=6, extra=gate, **common)
+    exp, wall, tail = run(root, "eager", body, 170)
+    print(f"== eager, batch 8, validity = invalidate: {wall:.0f} s")
+    if exp is None:
+        print(tail)
+        return 1
+    per_cycle(exp)
+    s = json.loads((exp / "summary.json").read_text())
+    every = [c["energy"]["j_per_output_token"] for c in cycles(exp)]
+    kept = [v for v in s["figures"]["energy.j_per_output_token"]["values"] if v is not None]
+    print(f"J/tok CV every cycle {cv([v for v in every if v is not None])}; kept by gating {cv(kept)} ({len(kept)})")
+    for n, why in (s["validity"].get("reasons") or {}).items():
+        print(f"  cycle {n}: {'; '.join(why)[:300]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
