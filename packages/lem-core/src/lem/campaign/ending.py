@@ -110,7 +110,7 @@ def table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, str]] = ())
         )
     buf = io.StringIO()
     # A plain-text rendering (no colour, no terminal width): the same table in a terminal, a pipe or a log.
-    Console(file=buf, width=10_000, color_system=None, force_terminal=False).print(t, markup=False)
+    Console(file=buf, width=10_000, color_system=None, force_terminal=False, markup=False).print(t)
     lines = [line.rstrip() for line in buf.getvalue().splitlines() if line.strip()]
     for r in rows:
         if r.get("reason"):

@@ -317,7 +317,7 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
         from rich.console import Console
 
         width = None if sys.stdout.isatty() else max(120, 30 * (len(entries) + 1))
-        console = Console(width=width)
+        console = Console(width=width, markup=False)  # text in cells is data: "[hardware]" is not a style
         top = banner(result)
         if top is not None:
             console.print(top)

@@ -197,7 +197,9 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
 def summary_text(docs: Sequence[Mapping[str, Any]], width: int | None = None) -> str:
     """The summary blocks of ``docs`` as plain text (no colour), ``width`` columns wide (default 100)."""
     buf = io.StringIO()
-    console = Console(file=buf, width=width or 100, color_system=None, force_terminal=False, highlight=False)
+    console = Console(
+        file=buf, width=width or 100, color_system=None, force_terminal=False, highlight=False, markup=False
+    )
     for doc in docs:
         render(doc, console)
     return "".join(line.rstrip() + "\n" for line in buf.getvalue().splitlines())
