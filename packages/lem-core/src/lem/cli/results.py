@@ -131,7 +131,7 @@ def results_aggregate(
                 f" (`lem run FILE --resume {d.parent.name}` runs it again)",
                 err=True,
             )
-        elif (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
+        elif any(d.glob("cycle-*.json")):  # a missing setup.json is named by aggregate_experiment
             timelines: list[str] = []
             try:
                 aggregate_experiment(d, timelines)
@@ -202,6 +202,9 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
     if not run.experiments:
         raise ResultsError(f"{directory}: no experiments found (give a run directory, see `lem results list`)")
     out = Path(out_dir) if out_dir else Path(directory) / "plots"
+    damaged = plots.damaged_inputs(run)
+    for line in damaged:  # what those files gave is left out; the rest is drawn
+        click.echo(f"lem: {line}", err=True)
     for kind in kinds or plots.KINDS:
         for plot in plots.draw(kind, run):
             if plot.skipped is not None:
@@ -209,6 +212,8 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
                 continue
             for path in plots.save(plot, out, formats or ("png",)):
                 click.echo(str(path))
+    if damaged:
+        sys.exit(1)
 
 
 @click.command("report")
@@ -282,11 +287,18 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
 @click.option(
     "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
 )
-def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
-    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
+@click.option(
+    "--strict", is_flag=True, help="A damaged result file stops the export (nothing written) instead of being left out."
+)
+def results_export(directory: str, fmt: str, level: str, out_file: str | None, strict: bool) -> None:
+    """Export the results under DIRECTORY (results, run or experiment directory) as a table.
+
+    A damaged result file is named on stderr and what it holds is left out (the rest is exported);
+    --strict refuses instead, with one line listing every damaged file.
+    """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.export import export
 
-    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
+    n, _ = export(Path(directory), fmt, level, Path(out_file) if out_file else None, strict=strict)
     if out_file:
         click.echo(f"{out_file}: {n} rows ({level} level)", err=True)
