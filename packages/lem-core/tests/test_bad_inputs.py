@@ -773,6 +773,13 @@ CASES = [
         real_run=True,
     ),
     Case(
+        "report: a summary whose figures are a list",
+        ("report", "{run}", "--dir", "results"),
+        0,
+        ("report.html",),
+        damage=("*/000-*/summary.json", _summary_with(figures=[1, 2])),
+    ),
+    Case(
         "aggregate: setup.json deleted",
         ("results", "aggregate", "--dir", "results"),
         1,

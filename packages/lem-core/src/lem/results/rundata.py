@@ -32,7 +32,9 @@ class ExperimentData:
 
     path: Path
     id: str
-    status: str  # "ok", "degraded", "failed", "damaged" (its summary.json), "incomplete" or "not started"
+    status: (
+        str  # "ok", "degraded", "failed", "damaged" (summary.json: then summary is None), "incomplete", "not started"
+    )
     summary: Mapping[str, Any] | None
     failure: Mapping[str, Any] | None
     setup: Mapping[str, Any] | None
@@ -76,7 +78,7 @@ def read_experiment(exp_dir: Path) -> ExperimentData:
     damage = summary_damage(summary) if summary is not None else None
     if damage is not None:
         problems.append(f"{exp_dir / 'summary.json'}: damaged ({damage}); its figures are not shown")
-        status = "damaged"
+        status, summary = "damaged", None  # no screen reads a summary of the wrong shape
     elif summary is not None:  # a summary says whether its requests failed (lem.figures.outcome)
         status = summary["status"] if summary.get("status") in ("degraded", "failed") else "ok"
     elif failure is not None:
