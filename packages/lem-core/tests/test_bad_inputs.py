@@ -1071,8 +1071,8 @@ SUMMARY_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(SUMMARY_DAMAGE), ids=list(SUMMARY_DAMAGE))
-def test_list_export_and_plot_call_the_same_summaries_damaged(real_run: Path, tmp_path: Path, damage: str) -> None:
-    """What `lem results list` calls damaged, export and plot name too (one check: summary_damage)."""
+def test_list_show_export_and_plot_call_the_same_summaries_damaged(real_run: Path, tmp_path: Path, damage: str) -> None:
+    """What `lem results list` calls damaged, show, export and plot name too (one check: summary_damage)."""
     shutil.copytree(real_run, tmp_path / "results")
     text, why = SUMMARY_DAMAGE[damage]
     [summary] = (tmp_path / "results").glob("*/000-*/summary.json")
@@ -1094,6 +1094,9 @@ def test_list_export_and_plot_call_the_same_summaries_damaged(real_run: Path, tm
     rows = {json.loads(line)["experiment_id"][:3]: json.loads(line) for line in exported.stdout.splitlines()}
     assert rows["000"]["status"] == "damaged" and rows["000"]["cycles"] is None  # nothing of it trusted
     assert rows["001"]["status"] == "ok" and rows["001"]["cycles"] == 1
+    shown = _lem(tmp_path, "results", "show", "results")
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr, shown.stderr
+    assert f"{summary.relative_to(tmp_path)}: damaged ({why}" in shown.stderr and "001-batch_size=2" in shown.stdout
     plotted = _lem(tmp_path, "results", "plot", "results", "--kind", "cdf", "--out", "plots")
     assert plotted.returncode == 1 and "Traceback" not in plotted.stderr, plotted.stderr
     assert f"{summary.relative_to(tmp_path)}: damaged ({why}" in plotted.stderr

@@ -67,7 +67,7 @@ def results_show(target: str, directory: str, as_json: bool) -> None:
     Estimated figures are marked "(estimate)" with what they rest on; --json prints the summary file itself.
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
-    from lem.results.files import experiment_dirs, read_json, resolve
+    from lem.results.files import experiment_dirs, read_json, resolve, summary_damage
 
     docs = []
     damaged = 0
@@ -75,7 +75,11 @@ def results_show(target: str, directory: str, as_json: bool) -> None:
     for d in experiment_dirs(resolve(target, Path(directory))):
         name = next((n for n in names if (d / n).exists()), None)
         try:
-            docs.append(read_json(d / name) if name else {"experiment": str(d), "status": "not started"})
+            doc = read_json(d / name) if name else {"experiment": str(d), "status": "not started"}
+            problem = summary_damage(doc) if name == "summary.json" else None
+            if problem is not None:  # what `lem results list` calls damaged
+                raise ResultsError(f"{d / 'summary.json'}: damaged ({problem})")
+            docs.append(doc)
         except ResultsError as exc:  # name the damaged file, show the rest
             click.echo(f"lem: {exc}; skipped", err=True)
             damaged += 1
