@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
@@ -61,6 +61,8 @@ class Case:
     #: Files of that run to delete first (globs under ./results).
     remove: tuple[str, ...] = ()
     subprocess: bool = False
+    #: Copy the real run to ./results even without damage (for an output that cannot be written).
+    real_run: bool = False
     env: dict[str, str] = attrs.field(factory=dict)
     needs: Callable[[], str | None] | None = None
 
@@ -91,6 +93,19 @@ def _cycle_damaged_shape() -> str:
 
 def _summary_damaged_shape() -> str:
     return json.dumps({"schema_version": SCHEMA_VERSION, "kind": "summary", "figures": [1, 2]})
+
+
+def _summary_with(**fields: object) -> str:
+    """A summary lem could have written, but with ``fields`` (``figures``, ``cycles``, ...) as given."""
+    doc = {"schema_version": SCHEMA_VERSION, "kind": "summary", "status": "ok", "cycles": 1, "figures": {}}
+    doc |= {"figures": {"output_tokens_per_s": {"n": 1, "mean": 9.5, "values": [9.5]}}}
+    return json.dumps({k: v for k, v in (doc | fields).items() if v is not ...})
+
+
+def _overflowing_timeline() -> str:
+    # Readable as CSV and every cell a finite number, but the trapezoid of two samples overflows to
+    # infinity: a figure computed from this timeline cannot be written, its cycle alone can.
+    return "t_s,device,power_w\n" + "".join(f"{i * 0.005:.3f},0,1.7e308\n" for i in range(6000))
 
 
 def _summary_with_figure(value: object) -> str:
@@ -727,6 +742,85 @@ CASES = [
         ("summary.json", "damaged", "left out", "at least 2 experiments"),
         damage=("*/000-*/summary.json", _summary_with_figure({"mean": "fast"})),
     ),
+    # --- readers on damaged or unusual files (issue 29, class 5): the file named, the rest kept
+    Case(
+        "plot: a summary whose figures are empty",
+        ("results", "plot", "results", "--kind", "cycles"),
+        1,
+        ("summary.json", "damaged", "'figures' table is empty"),
+        damage=("*/000-*/summary.json", _summary_with(figures={})),
+    ),
+    Case(
+        "plot: a summary whose cycles field is text",
+        ("results", "plot", "results"),
+        1,
+        ("summary.json", "damaged", "cycles = 'two' is not a count"),
+        damage=("*/000-*/summary.json", _summary_with(cycles="two")),
+    ),
+    Case(
+        "plot: a timeline with more cells than its header",
+        ("results", "plot", "results", "--kind", "timeline"),
+        1,
+        ("timeline-001.csv", "damaged meter timeline", "its cycle is kept"),
+        damage=("*/000-*/timeline-001.csv", "t_s,device,power_w\n0.0,0,100.0,7\n"),
+    ),
+    Case(
+        "plot: a destination under a file",
+        ("results", "plot", "results", "--out", "afile/plots", "--kind", "cdf"),
+        2,
+        ("afile", "cannot write cdf.png", "Not a directory", "choose a writable --out"),
+        {"afile": ""},
+        real_run=True,
+    ),
+    Case(
+        "report: a summary whose figures are a list",
+        ("report", "{run}", "--dir", "results"),
+        0,
+        ("report.html",),
+        damage=("*/000-*/summary.json", _summary_with(figures=[1, 2])),
+    ),
+    Case(
+        "aggregate: setup.json deleted",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("setup.json: missing", "cannot be aggregated without it", "recomputed"),
+        remove=("*/000-*/setup.json",),
+    ),
+    Case(
+        "aggregate: a timeline that spoils its cycle is blamed, the cycle kept",
+        ("results", "aggregate", "--dir", "results"),
+        0,
+        ("timeline-001.csv", "not a finite number", "cycle 1 is kept", "000-batch_size=1-"),
+        damage=("*/000-*/timeline-001.csv", _overflowing_timeline()),
+    ),
+    Case(
+        "export: a summary without figures, which list calls damaged",
+        ("results", "export", "results"),
+        0,
+        ("summary.json", "damaged", "no 'figures' table", "its figures are left out"),
+        damage=("*/000-*/summary.json", _summary_with(figures=...)),
+    ),
+    Case(
+        "export: setup.json deleted",
+        ("results", "export", "results", "--level", "cycle"),
+        0,
+        ("setup.json: missing", "cannot be computed without it", "001-batch_size=2"),
+        remove=("*/000-*/setup.json",),
+    ),
+    Case(
+        "export: Parquet names the cycle file whose number is text, the rest written",
+        ("results", "export", "results", "--level", "cycle", "--format", "parquet", "--out", "t.parquet"),
+        0,
+        ("cycle-001.json", "cycle is text where the other rows have a number", "left out", "t.parquet: 1 rows"),
+        damage=("*/000-*/cycle-001.json", "CYCLE-AS-TEXT"),
+    ),
+    Case(
+        "export --strict: refuses with one line naming the damaged file",
+        ("results", "export", "results", "--level", "cycle", "--strict"),
+        2,
+        ("nothing exported (--strict)", "1 damaged result file", "cycle-001.json", "not valid JSON"),
+        damage=("*/000-*/cycle-001.json", '{"schema_version": 2, "ki'),
+    ),
     Case(
         "resume: a directory where a cycle file goes",
         ("run", "run.toml", "--out", "results", "--resume", "{run}", "--in-process", "--no-report", "-q"),
@@ -804,7 +898,7 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
     if case.id == "--out without permission":
         (tmp_path / "ro").chmod(0o500)
     damaged = case.damage is not None or bool(case.remove)
-    if damaged:
+    if damaged or case.real_run:
         shutil.copytree(request.getfixturevalue("real_run"), tmp_path / "results")
         for gone in case.remove:
             for path in (tmp_path / "results").glob(gone):
@@ -820,6 +914,9 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
             if content is None:
                 target.unlink(missing_ok=True)
                 (target / "someone's").mkdir(parents=True)
+            elif content == "CYCLE-AS-TEXT":  # the real cycle, its number written as text
+                doc = json.loads(target.read_text())
+                target.write_text(json.dumps(doc | {"cycle": str(doc["cycle"])}))
             else:
                 target.write_bytes(content if isinstance(content, bytes) else content.encode())
     kept = sorted(p for p in (tmp_path / "results").rglob("*") if p.is_file()) if damaged else []
@@ -949,3 +1046,122 @@ def test_resume_add_extends_the_run_and_keeps_what_it_had(real_run: Path, tmp_pa
     record = json.loads((run_dir / "run.json").read_text())
     assert len(record["experiments"]) == 3 and set(record["experiment_configs"]) == set(record["experiments"])
     assert all((run_dir / i / "summary.json").is_file() for i in record["experiments"])
+
+
+# --- readers on damaged or unusual files (issue 29, class 5) -------------------------------------------------
+
+
+def _lem(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lem", *args], cwd=where, capture_output=True, text=True, timeout=300)
+
+
+SUMMARY_DAMAGE = {
+    "no figures table": (_summary_with(figures=...), "no 'figures' table"),
+    "figures empty": (_summary_with(figures={}), "the 'figures' table is empty"),
+    "figures a list": (_summary_with(figures=[1, 2]), "no 'figures' table"),
+    "cycles text": (_summary_with(cycles="two"), "cycles = 'two'"),
+    "cycles true": (_summary_with(cycles=True), "cycles = True"),
+    "a mean that is text": (_summary_with(figures={"ttft_s.p50": {"n": 1, "mean": "fast"}}), "figures.ttft_s.p50.mean"),
+    "values not a list": (
+        _summary_with(figures={"ttft_s.p50": {"n": 1, "values": "1,2"}}),
+        "figures.ttft_s.p50.values",
+    ),
+    "methods text": (_summary_with(methods="nvml"), "'methods' is not a table"),
+}
+
+
+@pytest.mark.parametrize("damage", list(SUMMARY_DAMAGE), ids=list(SUMMARY_DAMAGE))
+def test_list_show_export_and_plot_call_the_same_summaries_damaged(real_run: Path, tmp_path: Path, damage: str) -> None:
+    """What `lem results list` calls damaged, show, export and plot name too (one check: summary_damage)."""
+    shutil.copytree(real_run, tmp_path / "results")
+    text, why = SUMMARY_DAMAGE[damage]
+    [summary] = (tmp_path / "results").glob("*/000-*/summary.json")
+    summary.write_text(text)
+    listed = _lem(tmp_path, "results", "list", "results", "--json")
+    assert listed.returncode == 0, listed.stderr
+    status = {
+        row["id"].split("/")[1][:3]: (row["status"], row.get("reason") or "") for row in json.loads(listed.stdout)
+    }
+    assert (
+        status["000"][0] == "damaged"
+        and why in status["000"][1]
+        and str(summary.relative_to(tmp_path)) in status["000"][1]
+    )
+    assert status["001"][0] == "ok"
+    exported = _lem(tmp_path, "results", "export", "results", "--format", "jsonl")
+    assert exported.returncode == 0 and "Traceback" not in exported.stderr, exported.stderr
+    assert f"{summary.relative_to(tmp_path)}: damaged" in exported.stderr and why in exported.stderr
+    rows = {json.loads(line)["experiment_id"][:3]: json.loads(line) for line in exported.stdout.splitlines()}
+    assert rows["000"]["status"] == "damaged" and rows["000"]["cycles"] is None  # nothing of it trusted
+    assert rows["001"]["status"] == "ok" and rows["001"]["cycles"] == 1
+    shown = _lem(tmp_path, "results", "show", "results")
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr, shown.stderr
+    assert f"{summary.relative_to(tmp_path)}: damaged ({why}" in shown.stderr and "001-batch_size=2" in shown.stdout
+    plotted = _lem(tmp_path, "results", "plot", "results", "--kind", "cdf", "--out", "plots")
+    assert plotted.returncode == 1 and "Traceback" not in plotted.stderr, plotted.stderr
+    assert f"{summary.relative_to(tmp_path)}: damaged ({why}" in plotted.stderr
+    assert (tmp_path / "plots" / "cdf.png").stat().st_size > 0  # the rest is still drawn
+
+
+def test_a_timeline_that_spoils_its_cycle_is_blamed_and_the_cycle_kept(real_run: Path, tmp_path: Path) -> None:
+    shutil.copytree(real_run, tmp_path / "results")
+    [exp_dir] = (tmp_path / "results").glob("*/000-*")
+    (exp_dir / "timeline-001.csv").write_text(_overflowing_timeline())
+    done = _lem(tmp_path, "results", "aggregate", "--dir", "results")
+    assert done.returncode == 0, done.stderr
+    assert "timeline-001.csv: damaged meter timeline" in done.stderr and "cycle-001.json" not in done.stderr
+    summary = json.loads((exp_dir / "summary.json").read_text())
+    assert summary["cycles"] == 1  # the cycle is kept ...
+    assert summary["figures"]["output_tokens_per_s"]["n"] == 1
+    steady = summary["figures"]["steady_state.j_per_output_token"]
+    assert steady["mean"] is None and steady["reason"] == "no power timeline for this cycle"  # ... less its timeline
+    assert any("timeline-001.csv: damaged meter timeline" in w for w in summary["warnings"])
+    exported = _lem(tmp_path, "results", "export", "results", "--level", "cycle", "--format", "jsonl")
+    assert exported.returncode == 0, exported.stderr
+    assert "timeline-001.csv: damaged meter timeline" in exported.stderr
+    cycles = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert sorted(c["experiment_id"][:3] for c in cycles) == ["000", "001"]
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 16 KiB tmpfs that the test fills, so a plot or an export runs out of space for real (needs root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tiny tmpfs needs root")
+    where = tmp_path / "full"
+    where.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(where)]).returncode != 0:
+        pytest.skip("this container may not mount a tmpfs")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("results", "plot", "results", "--kind", "cdf", "--out", "full/plots"),
+        ("results", "export", "results", "--level", "request", "--format", "parquet", "--out", "full/r.parquet"),
+        ("results", "export", "results", "--level", "request", "--out", "full/r.csv"),
+    ],
+    ids=["plot", "parquet", "csv"],
+)
+def test_a_full_destination_is_one_line_and_leaves_no_file(
+    real_run: Path, tmp_path: Path, full_disk: Path, args: tuple[str, ...]
+) -> None:
+    shutil.copytree(real_run, tmp_path / "results")
+    fd = os.open(full_disk / "ballast", os.O_WRONLY | os.O_CREAT)  # fill it to the last byte: nothing more fits
+    with pytest.raises(OSError, match="No space left"):
+        for _ in range(64):
+            os.write(fd, b"x" * 1024)
+    os.close(fd)
+    done = _lem(tmp_path, *args)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(_error_lines(done.stderr)) == 1, done.stderr
+    assert (
+        f"no space left on device in {Path(args[-1]).parent}" in done.stderr
+        and "nothing partial was left" in done.stderr
+    )
+    left = sorted(p.name for p in full_disk.rglob("*") if p.is_file() and p.name != "ballast")
+    assert left == [], left  # no 0-byte file, no temporary

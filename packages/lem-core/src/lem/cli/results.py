@@ -115,7 +115,7 @@ def results_show(target: str, directory: str, as_json: bool) -> None:
     Estimated figures are marked "(estimate)" with what they rest on; --json prints the summary file itself.
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
-    from lem.results.files import experiment_dirs, read_json, resolve
+    from lem.results.files import experiment_dirs, read_json, resolve, summary_damage
 
     docs = []
     damaged = 0
@@ -123,7 +123,11 @@ def results_show(target: str, directory: str, as_json: bool) -> None:
     for d in experiment_dirs(resolve(target, Path(directory))):
         name = next((n for n in names if (d / n).exists()), None)
         try:
-            docs.append(read_json(d / name) if name else {"experiment": str(d), "status": "not started"})
+            doc = read_json(d / name) if name else {"experiment": str(d), "status": "not started"}
+            problem = summary_damage(doc) if name == "summary.json" else None
+            if problem is not None:  # what `lem results list` calls damaged
+                raise ResultsError(f"{d / 'summary.json'}: damaged ({problem})")
+            docs.append(doc)
         except ResultsError as exc:  # name the damaged file, show the rest
             click.echo(f"lem: {exc}; skipped", err=True)
             damaged += 1
@@ -179,7 +183,7 @@ def results_aggregate(
                 f" (`lem run FILE --resume {d.parent.name}` runs it again)",
                 err=True,
             )
-        elif (d / "setup.json").exists() and any(d.glob("cycle-*.json")):
+        elif any(d.glob("cycle-*.json")):  # a missing setup.json is named by aggregate_experiment
             timelines: list[str] = []
             try:
                 aggregate_experiment(d, timelines)
@@ -250,6 +254,9 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
     if not run.experiments:
         raise ResultsError(f"{directory}: no experiments found (give a run directory, see `lem results list`)")
     out = Path(out_dir) if out_dir else Path(directory) / "plots"
+    damaged = plots.damaged_inputs(run)
+    for line in damaged:  # what those files gave is left out; the rest is drawn
+        click.echo(f"lem: {line}", err=True)
     for kind in kinds or plots.KINDS:
         for plot in plots.draw(kind, run):
             if plot.skipped is not None:
@@ -257,6 +264,8 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
                 continue
             for path in plots.save(plot, out, formats or ("png",)):
                 click.echo(str(path))
+    if damaged:
+        sys.exit(1)
 
 
 @click.command("report")
@@ -344,8 +353,15 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
 @click.option(
     "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
 )
-def results_export(directory: str, fmt: str, level: str, out_file: str | None) -> None:
-    """Export the results under DIRECTORY (results, run or experiment directory) as a table."""
+@click.option(
+    "--strict", is_flag=True, help="A damaged result file stops the export (nothing written) instead of being left out."
+)
+def results_export(directory: str, fmt: str, level: str, out_file: str | None, strict: bool) -> None:
+    """Export the results under DIRECTORY (results, run or experiment directory) as a table.
+
+    A damaged result file is named on stderr and what it holds is left out (the rest is exported);
+    --strict refuses instead, with one line listing every damaged file.
+    """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     if fmt == "boamps":
         # deferred: `lem --help` imports this module; a command's code loads when it runs
@@ -359,6 +375,6 @@ def results_export(directory: str, fmt: str, level: str, out_file: str | None) -
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.export import export
 
-    n = export(Path(directory), fmt, level, Path(out_file) if out_file else None)
+    n, _ = export(Path(directory), fmt, level, Path(out_file) if out_file else None, strict=strict)
     if out_file:
         click.echo(f"{out_file}: {n} rows ({level} level)", err=True)

@@ -33,9 +33,11 @@ from lem.results.files import (
     read_json_or_warn,
     read_setup,
     setup_config,
+    summary_damage,
+    usable_timelines,
     write_atomic,
+    write_atomic_with,
 )
-from lem.results.timelines import cycle_timelines
 
 LEVELS = ("experiment", "cycle", "request")
 FORMATS = ("csv", "parquet", "jsonl")
@@ -134,6 +136,9 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     }
     config = doc.get("config") or experiment_config(exp_dir)
     try:
+        problem = summary_damage(summary) if summary is not None else None
+        if problem is not None:  # the check `lem results list` makes: what it calls damaged, export does too
+            raise ValueError(problem)
         row.update({f"config.{k}": v for k, v in config.items()})
         if row["backend"] is None:
             row["backend"], row["model"] = config.get("backend"), config.get("model")
@@ -146,7 +151,8 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     except SHAPE_ERRORS as exc:  # keep the identity and what was read; say which file is damaged
         source = "summary.json" if summary is not None else "failure.json"
         warn(f"{exp_dir / source}: damaged (wrong JSON shape, {type(exc).__name__}: {exc}); its figures are left out")
-        row = {k: v for k, v in row.items() if not k.startswith("config.")} | {"status": "damaged"}
+        kept = ("key", "run_id", "experiment_id", "backend", "model")  # what else the file says is not trusted
+        row = {k: v for k, v in row.items() if k in kept and isinstance(v, str)} | {"status": "damaged"}
     env = _doc(exp_dir, "environment.json", warn)
     try:
         row.update(environment_facts(env))
@@ -158,6 +164,8 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
 def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], ExperimentConfig, dict[str, Any], Path]]:
     """``(setup, its typed config, raw cycle, its path)`` of every readable cycle of an experiment."""
     if not (exp_dir / "setup.json").exists():
+        if cycle_paths(exp_dir):
+            warn(f"{exp_dir / 'setup.json'}: missing: the cycles of {exp_dir} cannot be computed without it; skipped")
         return
     try:
         setup = read_setup(exp_dir)
@@ -177,13 +185,17 @@ def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per cycle: every headline figure of that cycle, recomputed from its raw record."""
+    return [row for _, row in _cycle_rows(exp_dir, warn)]
 
+
+def _cycle_rows(exp_dir: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`cycle_rows`, each with its cycle file."""
     rows = []
     for setup, config, raw, path in _cycles(exp_dir, warn):
         # The timeline gives the steady-state energy and the thermal context (lem.figures.steady, lem.figures.thermal).
         damaged: list[str] = []  # a damaged timeline: only the figures it gives are lost
         try:
-            timeline = cycle_timelines(exp_dir, [raw], damaged).get(int(raw["cycle"]))
+            timeline = usable_timelines(exp_dir, [raw], setup, config, damaged).get(int(raw["cycle"]))
             metrics, energy, _ = compute_cycle(raw, setup, config, timeline)
         except SHAPE_ERRORS as exc:
             _skip_damaged(exp_dir, path, exc, warn)
@@ -207,13 +219,17 @@ def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
             "goodput.met": metrics["goodput"]["met"],
         }
         row.update({fig.name: cycle_value(block, fig) for fig in FIGURES})
-        rows.append(row)
+        rows.append((path, row))
     return rows
 
 
 def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
     """One row per request of every cycle: TTFT, E2E, TPOT, token counts, error."""
+    return [row for _, row in _request_rows(exp_dir, warn)]
 
+
+def _request_rows(exp_dir: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`request_rows`, each with its cycle file."""
     rows = []
     for setup, _, raw, path in _cycles(exp_dir, warn):
         try:
@@ -225,25 +241,33 @@ def request_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
             continue
         for m in metrics:
             rows.append(
-                {
-                    **_identity(exp_dir, setup),
-                    "cycle": raw.get("cycle"),
-                    "request": m["id"],
-                    "input_tokens": m["input_tokens"],
-                    "output_tokens": m["output_tokens"],
-                    "ttft_s": m["ttft_s"],
-                    "e2e_s": m["e2e_s"],
-                    "tpot_s": m["tpot_s"],
-                    "finished": m["finished"],
-                    "error": m["error"],
-                    "output_digest": digests[m["id"]],
-                }
+                (
+                    path,
+                    {
+                        **_identity(exp_dir, setup),
+                        "cycle": raw.get("cycle"),
+                        "request": m["id"],
+                        "input_tokens": m["input_tokens"],
+                        "output_tokens": m["output_tokens"],
+                        "ttft_s": m["ttft_s"],
+                        "e2e_s": m["e2e_s"],
+                        "tpot_s": m["tpot_s"],
+                        "finished": m["finished"],
+                        "error": m["error"],
+                        "output_digest": digests[m["id"]],
+                    },
+                )
             )
     return rows
 
 
 def rows(root: Path, level: str = "experiment", warn: Warn = _stderr) -> list[dict[str, Any]]:
     """The rows of every experiment under ``root`` (a results, run or experiment directory) at ``level``."""
+    return [row for _, row in _sourced_rows(root, level, warn)]
+
+
+def _sourced_rows(root: Path, level: str, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
+    """:func:`rows`, each with the file it was read from (a summary, a cycle file)."""
     if level not in LEVELS:
         raise ResultsError(f"--level {level}: unknown level (use {', '.join(LEVELS)})")
     if not root.is_dir():
@@ -251,13 +275,52 @@ def rows(root: Path, level: str = "experiment", warn: Warn = _stderr) -> list[di
     dirs = experiment_dirs(root)
     if not dirs:
         raise ResultsError(f"{root}: no experiments here (a results, run or experiment directory was expected)")
-    out: list[dict[str, Any]] = []
+    out: list[tuple[Path, dict[str, Any]]] = []
     for d in dirs:
         if level == "experiment":
-            out.append(experiment_row(d, warn))
+            row = experiment_row(d, warn)
+            source = next((d / n for n in ("summary.json", "failure.json") if (d / n).exists()), d / "experiment.toml")
+            out.append((source, row))
         else:
-            out += cycle_rows(d, warn) if level == "cycle" else request_rows(d, warn)
+            out += _cycle_rows(d, warn) if level == "cycle" else _request_rows(d, warn)
     return out
+
+
+def _kind(value: Any) -> str:
+    """What a cell is to a typed column (Parquet): a bool, a number or text (lists and tables go as JSON)."""
+    if isinstance(value, bool):
+        return "true/false"
+    return "a number" if isinstance(value, int | float) else "text"
+
+
+def without_mixed_columns(
+    table: Sequence[tuple[Path, Mapping[str, Any]]], warn: Warn
+) -> list[tuple[Path, Mapping[str, Any]]]:
+    """The rows less those whose cell in some column is of another kind than the column's other cells.
+
+    A typed format (Parquet) cannot hold text in a column of numbers: that comes from a damaged file
+    (text where lem writes a number), so that file's row is left out with one line naming the file and
+    the column, and the others are written.
+    """
+    bad: dict[int, str] = {}
+    for col in columns([row for _, row in table]):
+        by_kind: dict[str, list[int]] = {}
+        for i, (_, row) in enumerate(table):
+            if row.get(col) is not None:
+                by_kind.setdefault(_kind(row[col]), []).append(i)
+        if len(by_kind) < 2:
+            continue
+        # Damage puts text where lem writes a number far more often than the reverse: a tie goes to numbers.
+        usual = max(by_kind, key=lambda k: (len(by_kind[k]), k == "a number"))
+        for kind, found in by_kind.items():
+            for i in found if kind != usual else ():
+                bad.setdefault(i, f"{col} is {kind} where the other rows have {usual}")
+    named: dict[Path, str] = {}  # one line per file (a cycle file gives many request rows)
+    for i, why in sorted(bad.items()):
+        named.setdefault(table[i][0], why)
+    for path, why in named.items():
+        warn(f"{path}: damaged ({why}); what it gave is left out of the Parquet file")
+    return [entry for i, entry in enumerate(table) if i not in bad]
 
 
 def columns(table: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -302,7 +365,7 @@ def dataframe_of(table: Sequence[Mapping[str, Any]]) -> Any:
 
 
 def to_parquet(table: Sequence[Mapping[str, Any]], path: Path) -> None:
-    """A Parquet file (pandas + pyarrow); lists and tables in cells are stored as JSON text."""
+    """A Parquet file (pandas + pyarrow), written atomically; lists and tables in cells are stored as JSON text."""
     try:
         import pyarrow  # noqa: F401  (to_parquet's engine; fail with the install line, not pandas' message)
     except ImportError:
@@ -310,33 +373,58 @@ def to_parquet(table: Sequence[Mapping[str, Any]], path: Path) -> None:
     import pyarrow as pa
 
     frame = dataframe_of([{k: _cell(v) for k, v in row.items()} for row in table])
+
+    def write(tmp: Path) -> None:
+        frame.to_parquet(tmp, index=False)
+
     try:
-        frame.to_parquet(path, index=False)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # e.g. text in one row's figure, numbers in the others'
-        raise ResultsError(
-            f"{path}: cannot write Parquet ({exc}); a damaged result file gave that column values of mixed types:"
-            " export --format csv or jsonl, or leave that experiment out"
-        ) from None
+        write_atomic_with(path, write, AGAIN)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # without_mixed_columns leaves such rows out first
+        raise ResultsError(f"{path}: cannot write Parquet ({exc}); export --format csv or jsonl") from None
 
 
-def export(root: Path, fmt: str, level: str, out: Path | None, warn: Warn = _stderr) -> int:
-    """Write the ``level`` table of ``root`` as ``fmt`` to ``out`` (stdout when ``None``); returns the row count."""
+#: What to do when the destination of an export or a plot is full.
+AGAIN = "nothing partial was left: free some space, or choose another --out, then try again"
+
+
+def export(
+    root: Path, fmt: str, level: str, out: Path | None, warn: Warn = _stderr, strict: bool = False
+) -> tuple[int, list[str]]:
+    """Write the ``level`` table of ``root`` as ``fmt`` to ``out`` (stdout when ``None``).
+
+    A damaged file is named through ``warn`` and what it gave is left out; with ``strict`` nothing is
+    written then, and one :class:`ResultsError` line lists every damaged file.
+
+    :returns: the number of rows written, and the damaged files' lines.
+    """
     if fmt not in FORMATS:
         raise ResultsError(f"--format {fmt}: unknown format (use {', '.join(FORMATS)})")
     if fmt == "parquet" and out is None:
         raise ResultsError("--format parquet writes a binary file: give it with --out FILE")
-    table = rows(root, level, warn)
+    damaged: list[str] = []
+
+    def note(line: str) -> None:
+        damaged.append(line)
+        if not strict:
+            warn(line)
+
+    sourced: Sequence[tuple[Path, Mapping[str, Any]]] = _sourced_rows(root, level, note)
+    if fmt == "parquet":
+        sourced = without_mixed_columns(sourced, note)
+    if strict and damaged:
+        raise ResultsError(f"nothing exported (--strict): {len(damaged)} damaged result file(s): {' | '.join(damaged)}")
+    table = [row for _, row in sourced]
     if fmt == "parquet":
         assert out is not None
         to_parquet(table, out)
-        return len(table)
+        return len(table), damaged
     buf = io.StringIO()
     (to_csv if fmt == "csv" else to_jsonl)(table, buf)
     if out is None:
         sys.stdout.write(buf.getvalue())
     else:
-        write_atomic(out, buf.getvalue())
-    return len(table)
+        write_atomic(out, buf.getvalue(), AGAIN)
+    return len(table), damaged
 
 
 def load(directory: str | Path, level: str = "experiment") -> Any:

@@ -65,21 +65,41 @@ def _umask() -> int:
     return mask
 
 
-def _write_error(exc: OSError, path: Path) -> ResultsError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFull(
-            f"no space left on device in {path.parent} (writing {path.name}); complete files are kept:"
-            " free some space, then continue the run with --resume"
-        )
+#: What to do about a full disk while a run writes its results (other writers name their own remedy).
+RESUME = "complete files are kept: free some space, then continue the run with --resume"
+
+
+def _write_error(exc: OSError, path: Path, full: str) -> ResultsError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return DiskFull(f"no space left on device in {path.parent} (writing {path.name}); {full}")
     return ResultsError(f"{path.parent}: cannot write {path.name} ({exc.strerror}); choose a writable --out")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that a reader (or a crash) only ever sees the old file or the whole new one.
+def write_atomic(path: Path, data: str | bytes, full: str = RESUME) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path`` so that a reader (or a crash) only ever sees the old
+    file or the whole new one.
 
     The file gets the mode the user's umask gives (as ``open`` would), not ``mkstemp``'s 0600.
     A full disk (or any other write error) leaves no partial file and raises a :class:`ResultsError`
-    (:class:`~lem.errors.DiskFull` for a full disk) naming the directory.
+    (:class:`~lem.errors.DiskFull` for a full disk, ending with ``full``: what to do then) naming the directory.
+    """
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+
+    write_atomic_with(path, write, full)
+
+
+def write_atomic_with(path: Path, write: Callable[[Path], None], full: str = RESUME) -> None:
+    """Have ``write`` fill a temporary file in ``path``'s directory, then move it to ``path`` in one step.
+
+    For writers that want a path of their own (a Parquet writer, matplotlib): the same promises as
+    :func:`write_atomic`: the old file or the whole new one, never a partial or empty one, and a write
+    error (a full disk, a forbidden or read-only place) as one :class:`ResultsError` line.
     """
     if path.is_dir():  # os.replace cannot put a file there; nor may lem delete what someone put there
         raise ResultsError(f"{path}: is a directory, not a result file; move it away, then try again")
@@ -89,23 +109,23 @@ def write_atomic(path: Path, text: str) -> None:
     except OSError as exc:
         if exc.errno not in _WRITE_ERRNOS:
             raise
-        raise _write_error(exc, path) from None
+        raise _write_error(exc, path, full) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        os.close(fd)
+        write(Path(tmp))
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS:
-            raise _write_error(exc, path) from None
+            raise _write_error(exc, path, full) from None
         raise
 
 
 #: Write errors the user can do something about (a full disk, a read-only or forbidden place).
-_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR})
+_WRITE_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EFBIG, errno.EEXIST}
+)
 
 
 def write_json(path: Path, kind: str, data: Mapping[str, Any], compact: bool = False) -> None:
@@ -208,6 +228,87 @@ def damaged_file(exp_dir: Path, exc: BaseException, only: Path | None = None) ->
     return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def summary_damage(doc: Mapping[str, Any]) -> str | None:
+    """What makes a ``summary.json`` unusable (the first thing found), or ``None`` when it has lem's shape.
+
+    The one check of a summary's shape that ``lem results list``, ``export`` and the plots share: a summary
+    one of them calls damaged, every one of them does. A summary lem wrote has a non-empty ``figures`` table
+    of figures (``n``, ``mean``, ``std``, ``ci95_low``, ``ci95_high``: numbers or null; ``values``: a list of
+    them), a whole ``cycles`` count and, where present, ``methods`` and ``flags`` tables.
+    """
+    figures = doc.get("figures")
+    if not isinstance(figures, Mapping):
+        return "no 'figures' table"
+    if not figures:
+        return "the 'figures' table is empty"
+    for name, cell in figures.items():
+        if not isinstance(cell, Mapping):
+            return f"figures.{name} is not a figure"
+        for stat in ("n", "mean", "std", "ci95_low", "ci95_high"):
+            value = cell.get(stat)
+            if value is not None and not (_number(value) and math.isfinite(value)):
+                return f"figures.{name}.{stat} = {value!r:.40} is not a number"
+        values = cell.get("values")
+        if values is not None and not (isinstance(values, list) and all(v is None or _number(v) for v in values)):
+            return f"figures.{name}.values is not a list of numbers"
+    cycles = doc.get("cycles")
+    if cycles is not None and not (isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 0):
+        return f"cycles = {cycles!r:.40} is not a count of cycles"
+    for table in ("methods", "flags"):
+        if doc.get(table) is not None and not isinstance(doc.get(table), Mapping):
+            return f"{table!r} is not a table"
+    return None
+
+
+def usable_timelines(
+    exp_dir: Path,
+    cycles: Sequence[Mapping[str, Any]],
+    setup: Mapping[str, Any],
+    config: ExperimentConfig,
+    damaged: list[str],
+) -> dict[int, list[dict[str, Any]]]:
+    """:func:`~lem.results.timelines.cycle_timelines`, less the timelines that spoil their cycle's figures.
+
+    A timeline that reads as CSV may still hold values that break the figures computed from it (or make
+    them infinite) where its cycle alone gives them. Such a timeline is blamed, not its cycle file: it is
+    left out, with one line in ``damaged``, so its cycle is kept and only the figures a timeline gives are
+    ``null`` (with the reason that there is no timeline). A cycle that fails without its timeline too is
+    left to its caller: the cycle file is what is damaged then.
+    """
+    timelines = cycle_timelines(exp_dir, cycles, damaged)
+    for raw in cycles:
+        number = int(raw["cycle"])
+        rows = timelines.get(number)
+        if rows is None:
+            continue
+        try:
+            _check_finite(compute_cycle(raw, setup, config, rows)[:2])
+        except SHAPE_ERRORS as exc:
+            try:
+                _check_finite(compute_cycle(raw, setup, config)[:2])
+            except SHAPE_ERRORS:
+                continue  # the cycle file itself is damaged: its caller names it
+            del timelines[number]
+            damaged.append(
+                f"{timeline_path(exp_dir, number).name}: damaged meter timeline ({type(exc).__name__}: {exc}); cycle"
+                f" {number} is kept without the figures its timeline gives (they are null; the raw file is"
+                f" {timeline_path(exp_dir, number)})"
+            )
+    return timelines
+
+
+def _check_finite(blocks: Any) -> None:
+    # lem writes JSON without NaN or infinity: a figure that comes out so was computed from an absurd value.
+    try:
+        json.dumps(blocks, allow_nan=False, default=str)
+    except ValueError:
+        raise ValueError("a figure computed from it is not a finite number") from None
+
+
 def cycle_paths(exp_dir: Path) -> list[Path]:
     """The cycle files of an experiment, in cycle order."""
     found = [(int(m.group(1)), p) for p in exp_dir.iterdir() if (m := CYCLE_RE.match(p.name))]
@@ -278,16 +379,22 @@ def read_setup(exp_dir: Path) -> dict[str, Any]:
 def aggregate_experiment(exp_dir: Path, damaged: list[str] | None = None) -> dict[str, Any]:
     """Recompute an experiment's ``summary.json`` from its raw files and write it.
 
-    A damaged timeline's line (see :func:`cycle_timelines`) goes into the
-    summary's warnings, and is appended to ``damaged`` when given.
+    A damaged timeline's line (see :func:`usable_timelines`) goes into the
+    summary's warnings, and is appended to ``damaged`` when given; its cycle is kept.
+    A missing ``setup.json`` is a :class:`ResultsError` that says so.
     """
+    if not (exp_dir / "setup.json").exists():
+        raise ResultsError(
+            f"{exp_dir / 'setup.json'}: missing: the cycles cannot be aggregated without it (it holds the idle"
+            " baseline and the settings the figures need); re-run the experiment"
+        )
     setup = read_setup(exp_dir)
     config, notes = setup_config(setup)
     cycles = [read_json(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
     found: list[str] = []
-    summary = summarize(setup, config, cycles, cycle_timelines(exp_dir, cycles, found))
+    summary = summarize(setup, config, cycles, usable_timelines(exp_dir, cycles, setup, config, found))
     summary["warnings"] = [*found, *notes, *summary["warnings"]]
     if damaged is not None:
         damaged += found
@@ -320,7 +427,7 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
         config, notes = setup_config(s)
         damaged += [f"{d}: {n}" for n in notes]
         try:
-            timelines = cycle_timelines(d, raw, damaged)
+            timelines = usable_timelines(d, raw, s, config, damaged)
             for c in raw:
                 m, e, _ = compute_cycle(c, s, config, timelines.get(int(c["cycle"])))
                 blocks.append({"metrics": m, "energy": e})
@@ -402,16 +509,13 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
         doc = {**_toml(exp_dir / "experiment.toml"), **doc}
     row["model"], row["backend"] = doc.get("model"), doc.get("backend")
     figs = doc.get("figures")
-    summarized = row["status"] in ("ok", "degraded", "failed")
     for key in (f.name for f in in_view("run_table")):
         cell = figs.get(key) if isinstance(figs, Mapping) else None
         mean = cell.get("mean") if isinstance(cell, Mapping) else None
-        number = mean is None or (isinstance(mean, int | float) and not isinstance(mean, bool))
-        row[key] = mean if number else None
-        if summarized and (not number or (cell is not None and not isinstance(cell, Mapping))):
-            row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (figures.{key} is not a figure)")
-    if summarized and not isinstance(figs, Mapping):
-        row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged (no 'figures' table)")
+        row[key] = mean if _number(mean) else None
+    problem = summary_damage(doc) if row["status"] in ("ok", "degraded", "failed") else None
+    if problem is not None:  # export and the plots call the same summaries damaged (summary_damage)
+        row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged ({problem})")
     if row["status"] in ("ok", "degraded"):
         # Which shown figures rest on an estimate, and what on: every screen marks them.
         methods = {f.name: method_of(doc, f.name) for f in in_view("run_table")}

@@ -21,7 +21,7 @@ import attrs
 from lem.errors import LemError
 from lem.figures import registry
 from lem.figures.requests import request_metrics
-from lem.results.files import traces_from_json
+from lem.results.files import traces_from_json, write_atomic
 from lem.results.rundata import (
     ExperimentData,
     RunData,
@@ -316,6 +316,8 @@ def _cycles_plot(exp: ExperimentData) -> Plot:
     if n < 2:
         return Plot(name, title, skipped=f"{n} cycle(s): no confidence interval to draw (run at least 2 cycles)")
     shown = [f for f in registry.in_view("cycles_plot") if (figure(exp, f.name) or {}).get("n")]
+    if not shown:
+        return Plot(name, title, skipped="no figure of the summary has per-cycle values")
     fig = _figure(9.0, 2.6 * math.ceil(len(shown) / 3))
     axes = fig.subplots(math.ceil(len(shown) / 3), 3, squeeze=False).ravel()
     for ax, fig_row in zip(axes, shown, strict=False):
@@ -427,15 +429,38 @@ def render(plot: Plot, fmt: str, dpi: int = SCREEN_DPI) -> bytes:
     return buf.getvalue()
 
 
+#: What to do when the plots' destination is full.
+AGAIN = "nothing partial was left: free some space, or choose another --out, then try again"
+
+
 def save(plot: Plot, out_dir: Path, formats: Sequence[str] = ("png",), dpi: int = PRINT_DPI) -> list[Path]:
-    """Write the figure to ``out_dir/<name>.<fmt>`` for each format (PNG at ``dpi``); returns the paths."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """Write the figure to ``out_dir/<name>.<fmt>`` for each format (PNG at ``dpi``); returns the paths.
+
+    Each file is rendered first, then written atomically (:func:`lem.results.files.write_atomic`): an
+    unwritable or full destination is one :class:`~lem.errors.ResultsError` line and leaves no empty
+    or partial file.
+    """
     paths = []
     for fmt in formats:
         path = out_dir / f"{plot.name}.{fmt}"
-        path.write_bytes(render(plot, fmt, dpi))
+        write_atomic(path, render(plot, fmt, dpi), AGAIN)
         paths.append(path)
     return paths
+
+
+def damaged_inputs(run: RunData) -> list[str]:
+    """One line per damaged file the plots of ``run`` read (summaries, cycle files, timelines), naming it.
+
+    The plots leave what such a file gave out and draw the rest (a damaged summary's experiment is
+    ``damaged``, not ``ok``); these lines say what was left out and why.
+    """
+    lines = list(run.problems)
+    for exp in run.experiments:
+        lines += exp.problems
+        if exp.status in ("ok", "incomplete"):
+            cycles(exp, lines)
+            timelines(exp, lines)
+    return lines
 
 
 # --- roofline (issue 28) --------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def warnings(run: RunData) -> list[str]:
         out += list(exp.problems)
         if exp.status == "failed":
             out.append(f"{exp.id}: FAILED: {(exp.failure or {}).get('reason')}")
-        elif exp.status != "ok":
+        elif exp.status not in ("ok", "damaged"):  # a damaged summary is named in its problems
             out.append(f"{exp.id}: {exp.status} (no summary.json)")
         summary = exp.summary or {}
         out += [f"{exp.id}: {w}" for w in summary.get("warnings") or ()]

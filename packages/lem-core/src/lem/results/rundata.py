@@ -3,20 +3,24 @@
 Everything here reads defensively. A report is written at the end of every
 run, over results of any schema version lem has written (1 and 2), over
 experiments that failed or never finished, and over files damaged by hand: a
-file that cannot be read becomes a line in ``problems``, never an exception
-that would lose the report.
+file that cannot be read becomes a line in ``problems`` naming it (the same
+line :func:`lem.results.files.read_json` gives, and a summary of the wrong
+shape is found by :func:`lem.results.files.summary_damage`, as ``lem results
+list`` finds it), never an exception that would lose the report.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
+
+from lem.errors import ResultsError
+from lem.results.files import read_json, summary_damage
 
 _CYCLE = re.compile(r"^cycle-(\d{3,})\.json$")
 _TIMELINE = re.compile(r"^timeline-(\d{3,})\.csv$")
@@ -28,7 +32,9 @@ class ExperimentData:
 
     path: Path
     id: str
-    status: str  # "ok", "degraded", "failed", "incomplete" or "not started"
+    status: (
+        str  # "ok", "degraded", "failed", "damaged" (summary.json: then summary is None), "incomplete", "not started"
+    )
     summary: Mapping[str, Any] | None
     failure: Mapping[str, Any] | None
     setup: Mapping[str, Any] | None
@@ -52,17 +58,10 @@ def read_doc(path: Path, problems: list[str]) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        problems.append(f"{path}: unreadable ({exc})")
+        return read_json(path)
+    except ResultsError as exc:  # read_json's line names the file first: keep what it says of it
+        problems.append(f"{path}: unreadable ({str(exc).removeprefix(f'{path}: ')})")
         return None
-    except RecursionError:
-        problems.append(f"{path}: unreadable (JSON nested too deeply)")
-        return None
-    if not isinstance(doc, dict):
-        problems.append(f"{path}: not a JSON object")
-        return None
-    return doc
 
 
 def read_experiment(exp_dir: Path) -> ExperimentData:
@@ -76,7 +75,11 @@ def read_experiment(exp_dir: Path) -> ExperimentData:
         config_toml: str | None = (exp_dir / "experiment.toml").read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError):
         config_toml = None
-    if summary is not None:  # a summary says whether its requests failed (lem.figures.outcome)
+    damage = summary_damage(summary) if summary is not None else None
+    if damage is not None:
+        problems.append(f"{exp_dir / 'summary.json'}: damaged ({damage}); its figures are not shown")
+        status, summary = "damaged", None  # no screen reads a summary of the wrong shape
+    elif summary is not None:  # a summary says whether its requests failed (lem.figures.outcome)
         status = summary["status"] if summary.get("status") in ("degraded", "failed") else "ok"
     elif failure is not None:
         status = "failed"
@@ -106,15 +109,21 @@ def read_run(directory: Path) -> RunData:
     return RunData(directory, run, tuple(read_experiment(d) for d in dirs), tuple(problems))
 
 
-def cycles(exp: ExperimentData) -> list[dict[str, Any]]:
-    """The experiment's cycle files in cycle order (damaged ones are left out)."""
+def cycles(exp: ExperimentData, problems: list[str] | None = None) -> list[dict[str, Any]]:
+    """The experiment's cycle files in cycle order; a damaged one is left out (and named in ``problems``)."""
     found = sorted((int(m.group(1)), p) for p in exp.path.iterdir() if (m := _CYCLE.match(p.name)))
-    docs = [read_doc(p, []) for _, p in found]
+    seen: list[str] = []
+    docs = [read_doc(p, seen) for _, p in found]
+    if problems is not None:
+        problems += [f"{line}; that cycle is left out" for line in seen]
     return [d for d in docs if d is not None]
 
 
-def timelines(exp: ExperimentData) -> list[tuple[int, list[dict[str, str]]]]:
-    """``(cycle, rows)`` of every ``timeline-NNN.csv`` of the experiment, in cycle order; values as text."""
+def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tuple[int, list[dict[str, str]]]]:
+    """``(cycle, rows)`` of every ``timeline-NNN.csv`` of the experiment, in cycle order; values as text.
+
+    A timeline that cannot be read as CSV is left out (and named in ``problems``); its cycle is not.
+    """
     out = []
     for p in sorted(exp.path.iterdir()):
         m = _TIMELINE.match(p.name)
@@ -122,9 +131,14 @@ def timelines(exp: ExperimentData) -> list[tuple[int, list[dict[str, str]]]]:
             continue
         try:
             with p.open(encoding="utf-8", newline="") as f:
-                out.append((int(m.group(1)), list(csv.DictReader(f))))
-        except (OSError, UnicodeDecodeError, csv.Error):
+                rows = list(csv.DictReader(f))
+            if any(None in row for row in rows):
+                raise ValueError("a row has more cells than the header has columns")
+        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            if problems is not None:
+                problems.append(f"{p}: damaged meter timeline ({exc}); left out, its cycle is kept")
             continue
+        out.append((int(m.group(1)), rows))
     return out
 
 
