@@ -375,6 +375,7 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     """
     row: dict[str, Any] = {"id": f"{exp_dir.parent.name}/{exp_dir.name}", "path": str(exp_dir)}
     doc: dict[str, Any] = {}
+    source = None  # the record the status comes from
     statuses = (
         ("summary.json", "ok"),
         ("failure.json", "failed"),
@@ -390,7 +391,7 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
                 doc = _toml(exp_dir / "experiment.toml")
                 row["model"], row["backend"] = doc.get("model"), doc.get("backend")
                 return row
-            row["status"] = status
+            row["status"], source = status, name
             if name == "summary.json" and doc.get("status") in ("degraded", "failed"):
                 # Measured to the end, but its requests failed: the summary says how many and why.
                 row["status"], row["reason"] = doc["status"], doc.get("status_reason")
@@ -402,7 +403,7 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
         doc = {**_toml(exp_dir / "experiment.toml"), **doc}
     row["model"], row["backend"] = doc.get("model"), doc.get("backend")
     figs = doc.get("figures")
-    summarized = row["status"] in ("ok", "degraded", "failed")
+    summarized = source == "summary.json"  # a failure.json has no figures to check
     for key in (f.name for f in in_view("run_table")):
         cell = figs.get(key) if isinstance(figs, Mapping) else None
         mean = cell.get("mean") if isinstance(cell, Mapping) else None
