@@ -203,7 +203,9 @@ def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> di
         f["cpu_us_per_token"] = run["cpu_s"] / tokens * 1e6
         f["server_tok_s"] = tokens / ((max(s[-1] for _, s in pairs) - first) / 1e9)
     f["server_send_tok_s"] = server_send_rate(log)
+    # Latencies count from arrival (open loop) or from the submission event (closed loop, which has no arrival).
     submitted = {int(rid): t for rid, t, n, fin, _ in run["events"] if n == 0 and not fin}
+    submitted.update({int(rid): t for rid, t in run["arrivals"].items() if t is not None})
     first = min(submitted.values())
     f["own_tok_s"] = tokens / ((max(g[-1] for g, _ in pairs) - first) / 1e9)
     own_ttft = [(g[0] - submitted[int(rid)]) / 1e6 for (g, _), rid in zip(pairs, run["prompts"], strict=True)]
