@@ -22,9 +22,15 @@ process of its own, and prints side by side:
 - ratios lem / previous client, and lem / each peer tool that is installed.
 
 Peers: ``vllm bench serve``, AIPerf (``aiperf``) and GuideLLM (``guidellm``)
-are looked up on PATH and in ``--peer-bin``; where found, their capacity run
-is made against the same fake server (see ``peer_capacity``) and only the
-figures taken from the server's own log are reported for them.
+are looked up in ``--peer-bin`` and on PATH; each one found is driven
+(:func:`peer_command`) against a fresh fake server with the scenario's
+settings: concurrency or Poisson rate, request count, prompt length (2
+tokens, as lem's prompts) and output length. Their own JSON exports give
+their throughput, TTFT and ITL (:func:`peer_figures`), printed beside lem's
+own figures (lem's stamps, not its errors against the truth) with the ratios
+lem / peer; the fake server's log gives, for every client alike, the tokens
+it sent per second. ``vllm bench serve`` is driven the same way when ``vllm``
+is found (its command and its result file's keys are untested here).
 
 Needs lem-core and lem-backend-server importable (``PYTHONPATH`` of the
 packages' ``src`` folders), plus transformers and httpx::
@@ -57,6 +63,12 @@ SCENARIOS: dict[str, tuple[list[str], dict[str, Any], int, int]] = {
     "poisson": (["--itl-ms", "5"], {"mode": "poisson", "rate": 20.0}, 400, 16),
 }
 CLIENTS = ("lem", "previous")
+SCENARIO_LABELS = {
+    "capacity": "256 concurrent, 1 ms ITL",
+    "c16": "16 concurrent, 5 ms ITL",
+    "c64": "64 concurrent, 2 ms ITL",
+    "poisson": "Poisson 20/s, 5 ms ITL",
+}
 
 
 # ---- the PREVIOUS client (lem_backend_server/client.py before aiohttp), kept to measure the change ----
@@ -190,6 +202,22 @@ def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> di
         f["tok_s"] = tokens / ((last - first) / 1e9)
         f["cpu_us_per_token"] = run["cpu_s"] / tokens * 1e6
         f["server_tok_s"] = tokens / ((max(s[-1] for _, s in pairs) - first) / 1e9)
+    f["server_send_tok_s"] = server_send_rate(log)
+    # Latencies count from arrival (open loop) or from the submission event (closed loop, which has no arrival).
+    submitted = {int(rid): t for rid, t, n, fin, _ in run["events"] if n == 0 and not fin}
+    submitted.update({int(rid): t for rid, t in run["arrivals"].items() if t is not None})
+    first = min(submitted.values())
+    f["own_tok_s"] = tokens / ((max(g[-1] for g, _ in pairs) - first) / 1e9)
+    own_ttft = [(g[0] - submitted[int(rid)]) / 1e6 for (g, _), rid in zip(pairs, run["prompts"], strict=True)]
+    gaps = [(g[i + 1] - g[i]) / 1e6 for g, _ in pairs for i in range(len(g) - 1)]
+    f.update(
+        {
+            "own_ttft_ms": statistics.mean(own_ttft),
+            "own_ttft_p99_ms": _pct(own_ttft, 0.99),
+            "own_itl_ms": statistics.mean(gaps),
+            "own_itl_p99_ms": _pct(gaps, 0.99),
+        }
+    )
     ttft = [(g[0] - s[0]) / 1e6 for g, s in pairs]
     itl = [abs((g[i + 1] - g[i]) - (s[i + 1] - s[i])) / 1e6 for g, s in pairs for i in range(len(g) - 1)]
     f.update(
@@ -242,11 +270,120 @@ def ks(gaps: list[float], sched: list[float], rate: float) -> dict[str, float]:
     return out
 
 
+def server_send_rate(log: list[dict[str, Any]]) -> float:
+    """Tokens the fake server sent per second, first request received to last token sent (its own clock)."""
+    sent = [t for e in log for t in e["sent_ns"]]
+    start = min(e["received_ns"] for e in log)
+    return len(sent) / ((max(sent) - start) / 1e9) if sent else float("nan")
+
+
 # ---- peers ----
+PEERS = ("guidellm", "aiperf", "vllm")
+#: Prompt tokens every client sends (lem's prompts are "request N": 2 tokens of the tiny tokenizer).
+PROMPT_TOKENS = 2
+
+
 def peers(extra_bin: str | None) -> dict[str, str | None]:
-    """Where each peer tool's command is (``None``: not installed)."""
+    """Where each peer tool's command is (``None``: not installed); ``--peer-bin`` first, then PATH."""
     path = os.pathsep.join(p for p in (extra_bin, os.environ.get("PATH", "")) if p)
-    return {name: shutil.which(name, path=path) for name in ("vllm", "aiperf", "guidellm")}
+    return {name: shutil.which(name, path=path) for name in PEERS}
+
+
+def peer_command(
+    name: str, exe: str, scenario: str, url: str, tokenizer: str, n: int, out: Path, seed: int
+) -> list[str]:
+    """The command that makes peer ``name`` run ``scenario`` against ``url``, its JSON export under ``out``."""
+    _, traffic, _, tokens = SCENARIOS[scenario]
+    poisson = traffic["mode"] == "poisson"
+    if name == "guidellm":
+        profile = (
+            f"kind=poisson,rate={traffic['rate']}" if poisson else f"kind=concurrent,streams={traffic['concurrency']}"
+        )
+        return [
+            exe, "run",
+            "--backend", f"kind=openai_http,target={url},model={tokenizer},request_format=/v1/completions",
+            "--profile", profile,
+            "--constraint", f"kind=max_requests,count={n}",
+            "--data", f"kind=synthetic_text,prompt_tokens={PROMPT_TOKENS},output_tokens={tokens}",
+            "--output", f"kind=json,path={out / 'guidellm.json'}",
+            "--disable-progress",
+        ]  # fmt: skip
+    if name == "aiperf":
+        load = ["--request-rate", str(traffic["rate"]), "--arrival-pattern", "poisson"] if poisson else []
+        load = load or ["--concurrency", str(traffic["concurrency"])]
+        return [
+            exe, "profile", "--model", "fake", "--tokenizer", tokenizer, "--url", url,
+            "--endpoint-type", "completions", "--streaming", *load, "--request-count", str(n),
+            "--isl", str(PROMPT_TOKENS), "--osl", str(tokens), "--random-seed", str(seed),
+            "--use-server-token-count", "--artifact-dir", str(out / "aiperf"), "--ui", "none",
+        ]  # fmt: skip
+    load = ["--request-rate", str(traffic["rate"])] if poisson else ["--max-concurrency", str(traffic["concurrency"])]
+    return [
+        exe, "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+        "--model", "fake", "--tokenizer", tokenizer, "--dataset-name", "random",
+        "--random-input-len", str(PROMPT_TOKENS), "--random-output-len", str(tokens), "--num-prompts", str(n),
+        *load, "--seed", str(seed), "--ignore-eos", "--save-result", "--result-dir", str(out),
+        "--result-filename", "vllm.json",
+    ]  # fmt: skip
+
+
+def peer_figures(name: str, out: Path) -> dict[str, float]:
+    """Throughput (tok/s), TTFT and ITL (ms, mean and p99) from peer ``name``'s own JSON export."""
+    if name == "guidellm":
+        metrics = json.loads((out / "guidellm.json").read_text())["benchmarks"][0]["metrics"]
+
+        def ok(key: str) -> dict[str, Any]:
+            cell: dict[str, Any] = metrics[key]["successful"]
+            return cell
+
+        return {
+            "own_tok_s": ok("output_tokens_per_second")["mean"],
+            "own_ttft_ms": ok("time_to_first_token_ms")["mean"],
+            "own_ttft_p99_ms": ok("time_to_first_token_ms")["percentiles"]["p99"],
+            "own_itl_ms": ok("inter_token_latency_ms")["mean"],
+            "own_itl_p99_ms": ok("inter_token_latency_ms")["percentiles"]["p99"],
+        }
+    if name == "aiperf":
+        doc = json.loads((out / "aiperf" / "profile_export_aiperf.json").read_text())
+        return {
+            "own_tok_s": doc["output_token_throughput"]["avg"],
+            "own_ttft_ms": doc["time_to_first_token"]["avg"],
+            "own_ttft_p99_ms": doc["time_to_first_token"]["p99"],
+            "own_itl_ms": doc["inter_token_latency"]["avg"],
+            "own_itl_p99_ms": doc["inter_token_latency"]["p99"],
+        }
+    doc = json.loads((out / "vllm.json").read_text())
+    return {
+        "own_tok_s": doc["output_throughput"],
+        "own_ttft_ms": doc["mean_ttft_ms"],
+        "own_ttft_p99_ms": doc["p99_ttft_ms"],
+        "own_itl_ms": doc["mean_itl_ms"],
+        "own_itl_p99_ms": doc["p99_itl_ms"],
+    }
+
+
+def peer_run(
+    name: str, exe: str, scenario: str, tokenizer: str, n: int, work: Path, rep: int, seed: int
+) -> dict[str, float]:
+    """Drive peer ``name`` through ``scenario`` against a fresh fake server; its figures and the server's."""
+    from lem_backend_server.testing import running
+
+    out = work / f"{scenario}-{name}-{rep}"
+    out.mkdir()
+    log = out / "sent.json"
+    env = dict(os.environ)
+    env.pop("HF_HUB_OFFLINE", None)  # AIPerf 0.13 then refuses a local tokenizer path (it needs no network for it)
+    with running(*SCENARIOS[scenario][0], log=log) as url:
+        cmd = peer_command(name, exe, scenario, url, tokenizer, n, out, seed)
+        done = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=1800, check=False)
+    (out / "output.txt").write_text(done.stdout + done.stderr)
+    if done.returncode != 0:
+        raise SystemExit(f"{name} failed (exit {done.returncode}); its output: {out / 'output.txt'}")
+    sent = json.loads(log.read_text())
+    f = peer_figures(name, out)
+    f["server_send_tok_s"] = server_send_rate(sent)
+    f["server_requests"] = float(len(sent))
+    return f
 
 
 # ---- the orchestration ----
@@ -275,6 +412,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="lem-bench-client-"))
     tokenizer = build_tiny_model(work / "tok")
+    found = peers(args.peer_bin)
     load = os.getloadavg()
     results: dict[str, dict[str, list[dict[str, float]]]] = {}
     for scenario in args.only:
@@ -291,8 +429,14 @@ def main() -> None:
                 f = figures(scenario, json.loads(out.read_text()), json.loads(log.read_text()))
                 results.setdefault(scenario, {}).setdefault(client, []).append(f)
                 print(f"{scenario:9s} {client:9s} " + " ".join(f"{k}={v:.4g}" for k, v in f.items()), flush=True)
+            n = max(8, round(SCENARIOS[scenario][2] * args.scale))
+            for name, exe in found.items():
+                if exe is None:
+                    continue
+                f = peer_run(name, exe, scenario, str(tokenizer), n, work, rep, args.seed)
+                results.setdefault(scenario, {}).setdefault(name, []).append(f)
+                print(f"{scenario:9s} {name:9s} " + " ".join(f"{k}={v:.4g}" for k, v in f.items()), flush=True)
     load_after = os.getloadavg()
-    found = peers(args.peer_bin)
     _table(results, found, load, load_after, args)
     if args.json:
         Path(args.json).write_text(json.dumps({"results": results, "peers": found}, indent=1))
@@ -341,8 +485,29 @@ def _table(
             print(
                 f"| Poisson 20/s: {key} | {med('poisson', 'lem', key):.4g} | {med('poisson', 'previous', key):.4g} | |"
             )
+    driven = [name for name, where in found.items() if where]
+    if driven:
+        print()
+        print("Each client's own figures (its clock), and what the fake server sent per second in that run:")
+        print("| median | lem | " + " | ".join(driven) + " | " + " | ".join(f"lem / {p}" for p in driven) + " |")
+        print("|---" * (1 + 1 + 2 * len(driven)) + "|")
+        own = [
+            ("output tok/s", "own_tok_s"),
+            ("TTFT mean (ms)", "own_ttft_ms"),
+            ("TTFT p99 (ms)", "own_ttft_p99_ms"),
+            ("ITL mean (ms)", "own_itl_ms"),
+            ("ITL p99 (ms)", "own_itl_p99_ms"),
+            ("server's send rate (tok/s)", "server_send_tok_s"),
+        ]
+        for scenario in args.only:
+            for label, key in own:
+                a = med(scenario, "lem", key)
+                peer_vals = [med(scenario, p, key) for p in driven]
+                cells = " | ".join(f"{v:.4g}" for v in peer_vals)
+                ratios = " | ".join(f"{a / v:.3g}" if v else "-" for v in peer_vals)
+                print(f"| {SCENARIO_LABELS[scenario]}: {label} | {a:.4g} | {cells} | {ratios} |")
     for name, where in found.items():
-        print(f"{name}: {'found at ' + where + ' (not driven by this benchmark yet)' if where else 'not installed'}")
+        print(f"{name}: {'driven, from ' + where if where else 'not found (PATH, --peer-bin)'}")
 
 
 if __name__ == "__main__":

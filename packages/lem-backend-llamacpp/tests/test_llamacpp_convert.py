@@ -96,3 +96,58 @@ def test_what_lem_cannot_convert_or_find_is_one_clear_error(tmp_path: Path) -> N
         convert.gguf_for(make_config("random:tiny-gpt2", llamacpp={"cache_dir": str(tmp_path)}))
     with pytest.raises(ConfigError, match=r"model = '.*missing\.gguf': local path not found"):
         convert.gguf_for(make_config(str(tmp_path / "missing.gguf")))
+
+
+def test_a_k_quant_fallback_is_recorded_and_warned(tmp_path: Path) -> None:
+    """q4_k_m of the tiny Llama through `lem run`: rows of 128 are not a multiple of the K-quant block (256), so
+    llama.cpp makes other types for some tensors; the counts, the fallback count and the warning say so."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import gguf
+
+    refuse_amx_build()
+    toml = tmp_path / "k.toml"
+    toml.write_text(
+        f"""model = "random:tiny-llama"
+backend = "llamacpp"
+precision = "float32"
+[dataset]
+num_prompts = 2
+input_length = 8
+[generation]
+max_output_tokens = 4
+ignore_eos = true
+[measurement]
+warmup_requests = 0
+cycles = 1
+idle_seconds = 0.0
+energy_meter = "none"
+[llamacpp]
+quantization = "q4_k_m"
+cache_dir = "{tmp_path / "cache"}"
+"""
+    )
+    lem = [sys.executable, "-m", "lem", "run", str(toml), "--in-process", "--out", str(tmp_path / "out")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(lem, env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-2000:]
+    (exp_dir,) = (tmp_path / "out").glob("*/exp")
+    info = json.loads((exp_dir / "setup.json").read_text())["model_info"]["info"]
+    # The counts are the file's own: read again here from the GGUF header.
+    header: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(info["gguf"]).tensors:
+        header[tensor.tensor_type.name] = header.get(tensor.tensor_type.name, 0) + 1
+    assert info["tensor_types"] == header
+    k_types = {t: n for t, n in header.items() if t.endswith("_K")}
+    fell_back = {t: n for t, n in header.items() if not t.endswith("_K") and t not in ("F32", "F16")}
+    assert k_types and fell_back  # some tensors got their K type, some another (q5_0, q8_0...)
+    assert info["fallback_tensors"] == sum(fell_back.values())
+    counted = f"{sum(fell_back.values())} of {sum(header.values())} tensors fell back"
+    (warning,) = info["warnings"]
+    assert warning.startswith(f"llamacpp.quantization = 'q4_k_m': {counted}")
+    assert all(f"{t} {n}" in warning for t, n in header.items())
+    assert warning in json.loads((exp_dir / "summary.json").read_text())["warnings"]
+    assert "tensors fell back" in done.stdout + done.stderr  # on screen, as the run went

@@ -328,6 +328,85 @@ max_batch_tokens = 256
     assert metrics["ttft_s"]["n"] == 6
 
 
+SMALL_CACHE_RUN = """model = "{model}"
+backend = "pytorch"
+precision = "float32"
+[dataset]
+num_prompts = 4
+input_length = 16
+[generation]
+max_output_tokens = 48
+ignore_eos = true
+[measurement]
+warmup_requests = 0
+cycles = 1
+idle_seconds = 0.0
+energy_meter = "none"
+[pytorch]
+engine = "continuous"
+[pytorch.continuous]
+num_blocks = 1
+page_size = 16
+max_batch_tokens = 256
+"""
+
+
+def test_a_cache_that_cannot_hold_one_request_fails_up_front(tiny_llama: Path, tmp_path: Path) -> None:
+    """One block of 16 tokens against 16 prompt + 48 output tokens: failed before any request, naming the key."""
+    toml = tmp_path / "small.toml"
+    toml.write_text(SMALL_CACHE_RUN.format(model=tiny_llama))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    lem = [sys.executable, "-m", "lem", "run", str(toml), "--in-process", "--out", str(tmp_path / "out")]
+    done = subprocess.run(lem, env=env, capture_output=True, text=True, timeout=180, check=False)
+    said = done.stdout + done.stderr
+    assert done.returncode == 1, said[-2000:]
+    assert "Traceback" not in said
+    assert "pytorch.continuous.num_blocks = 1: the paged KV cache holds 16 tokens (1 block of 16)" in said
+    assert "needs (63); set num_blocks to at least 4" in said
+    (exp_dir,) = (tmp_path / "out").glob("*/exp")
+    assert not list(exp_dir.glob("cycle-*.json"))  # not one request was sent
+    from lem.results.files import experiment_status
+
+    row = experiment_status(exp_dir)
+    assert row["status"] == "failed" and "pytorch.continuous.num_blocks = 1" in row["reason"]
+
+
+def test_a_request_longer_than_the_cache_fails_alone(cb_model: LoadedModel, tiny_llama: Path) -> None:
+    """64 blocks of 16 hold 1024 tokens: a 1019-token prompt + 6 outputs needs 1024, one token more needs 1025."""
+    engine = cb_model.handle.continuous
+    assert engine.capacity == 1024
+    fits, too_long = (
+        Request(id=i, prompt="", input_tokens=n, prompt_token_ids=tuple(10 + j % 400 for j in range(n)))
+        for i, n in enumerate((1019, 1020))
+    )
+    others = [attrs.evolve(r, id=r.id + 2) for r in token_requests(2, start=20)]
+    by_id = per_request(serve(cb_model, [fits, too_long, *others], _config(str(tiny_llama))))
+    assert sum(e.n_tokens for e in by_id[0]) == 6 and by_id[0][-1].error is None
+    (failed,) = [e for e in by_id[1] if e.error]
+    assert failed.error == (
+        "pytorch.continuous.num_blocks = 64: the paged KV cache holds 1024 tokens (64 blocks of 16), fewer than "
+        "this request (1020 prompt + 6 output tokens) needs (1025); set num_blocks to at least 65, "
+        "or shorten the requests"
+    )
+    assert [sum(e.n_tokens for e in by_id[i]) for i in (2, 3)] == [6, 6]  # the others go on
+    assert cb_model.handle.continuous is engine and engine.manager.is_running()
+
+
+def test_the_managers_own_cache_error_names_the_key(tiny_llama: Path) -> None:
+    """Without lem's length check transformers stops its thread on a request it cannot fit: the reason names the key."""
+    config = _config(str(tiny_llama), pytorch={"continuous": {**CACHE, "num_blocks": 1}}, dataset={"input_length": 4})
+    model = load(config)
+    try:
+        model.handle.continuous.capacity = None  # what lem knows of the cache, forgotten: the request reaches it
+        (request,) = token_requests(1, length=16)
+        events = serve(model, [request], _config(str(tiny_llama), {"max_output_tokens": 4, "ignore_eos": True}))
+        (error,) = [e.error for e in events if e.error]
+        assert "No requests can be scheduled" in error
+        assert "raise pytorch.continuous.num_blocks" in error
+    finally:
+        model.close()
+
+
 def _problems(**tables: Any) -> list[Any]:
     from lem.configfile.loading import structure, validate
 

@@ -114,4 +114,5 @@ def test_a_silent_server_times_the_request_out(make_config: Any, tiny_llama: Pat
     with _served(make_config, tiny_llama, tmp_path, "--hang") as (model, config, _):
         events = _run(model, config)
     # The submission event (it carries the arrival time), then the failure: no token in between.
-    assert [(e.n_tokens, e.finished, e.error) for e in events] == [(0, False, None), (0, True, "timed out after 2 s")]
+    timed_out = "timed out after 2 s (server.request_timeout_s)"  # the key that sets the limit, named
+    assert [(e.n_tokens, e.finished, e.error) for e in events] == [(0, False, None), (0, True, timed_out)]

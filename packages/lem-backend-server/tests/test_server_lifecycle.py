@@ -140,3 +140,17 @@ command = [{exe}, {crash}, {exe}, "-m", "llama_cpp.server", "--model", "{{model}
     setup = json.loads((fine / "setup.json").read_text())
     assert setup["model_info"]["info"]["mode"] == "managed"
     assert setup["load"]["duration_s"] >= setup["model_info"]["info"]["health_wait_s"]
+
+
+def test_an_external_server_that_never_answers_names_the_timeout_key(make_config: Any, tiny_llama: Path) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port on 127.0.0.1 where nothing listens once it is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = make_config(str(tiny_llama), {"url": f"http://127.0.0.1:{port}", "startup_timeout_s": 1})
+    t0 = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        plugin.load_model(backend="server", config=cfg)
+    assert "did not answer 200 within 1 s (server.startup_timeout_s)" in str(err.value)
+    assert time.monotonic() - t0 < 15

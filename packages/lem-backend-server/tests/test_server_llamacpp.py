@@ -135,7 +135,7 @@ def test_request_timeout_fails_the_request(model: LoadedModel, config: Any) -> N
     hurried = attrs.evolve(model, handle=attrs.evolve(model.handle, request_timeout_s=0.05))
     cfg = attrs.evolve(config, generation=attrs.evolve(config.generation, max_output_tokens=400))
     last = [e for e in _run(hurried, cfg, _requests(1)) if e.finished]
-    assert len(last) == 1 and last[0].error == "timed out after 0.05 s"
+    assert len(last) == 1 and last[0].error == "timed out after 0.05 s (server.request_timeout_s)"
 
 
 def test_external_mode(model: LoadedModel, tiny_gguf: Path, tiny_llama: Path, make_config: Any) -> None:

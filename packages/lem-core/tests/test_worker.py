@@ -21,6 +21,7 @@ from lem.campaign.loop import CampaignOptions, run_campaign
 from lem.campaign.worker import run_in_worker
 from lem.configfile.loading import LoadedFile
 from lem.errors import LemError
+from lem.results.files import experiment_status
 from lem.testing import registered
 
 FAST = {
@@ -54,6 +55,10 @@ def test_crashes_are_recorded_and_the_next_experiment_runs(tmp_path: Path) -> No
     exited = json.loads((run_dir / "exits" / "failure.json").read_text())
     assert "exited with status 3" in exited["reason"] and exited["exit_code"] == 3
     assert json.loads((run_dir / "fine" / "summary.json").read_text())["status"] == "ok"
+    # Listed as failed, with the worker's reason: a failure.json has no figures, and is not "damaged" for that.
+    listed = {e: experiment_status(run_dir / e) for e in ("raises", "exits", "fine")}
+    assert {e: row["status"] for e, row in listed.items()} == {"raises": "failed", "exits": "failed", "fine": "ok"}
+    assert "scripted failure at load" in listed["raises"]["reason"]
 
 
 def test_a_hung_worker_is_killed_and_reported(tmp_path: Path) -> None:

@@ -238,7 +238,8 @@ def _shutdown(handle: Handle) -> None:
 def _wait_external(url: str, path: str, config: ExperimentConfig, headers: Mapping[str, str]) -> None:
     import httpx
 
-    deadline = time.monotonic() + float(options.get(config, "startup_timeout_s"))
+    startup_s = float(options.get(config, "startup_timeout_s"))
+    deadline = time.monotonic() + startup_s
     last = ""
     while time.monotonic() < deadline:
         try:
@@ -250,8 +251,8 @@ def _wait_external(url: str, path: str, config: ExperimentConfig, headers: Mappi
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(process.POLL_S)
     raise BackendError(
-        f"server.url = {url!r}: GET {path} did not answer 200 within the startup timeout ({last}); start the server, "
-        "or fix server.url"
+        f"server.url = {url!r}: GET {path} did not answer 200 within {startup_s:g} s (server.startup_timeout_s) "
+        f"({last}); start the server, or fix server.url"
     )
 
 
@@ -283,7 +284,14 @@ def serve(
         payload = client.body(handle.target, req, params, config, handle.eos_token_id)
         return client.complete(handle.http, handle.target, payload)
 
-    events = stream(handle.serving.loop, requests, config.traffic, submit, request_timeout_s=handle.request_timeout_s)
+    events = stream(
+        handle.serving.loop,
+        requests,
+        config.traffic,
+        submit,
+        request_timeout_s=handle.request_timeout_s,
+        timeout_key="server.request_timeout_s",
+    )
     return _explained(events, handle)
 
 

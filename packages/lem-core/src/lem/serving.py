@@ -34,7 +34,8 @@ module does the rest, the same way for every engine:
   engine abort) fails that request only: its last event carries
   ``error=str(exc)`` and the others go on. A request still running
   ``request_timeout_s`` after it was submitted is cancelled and fails with
-  ``"timed out after X s"``. Any other exception means the engine is gone:
+  ``"timed out after X s"``, followed by the key that sets it when the backend
+  names one (``"timed out after X s (server.request_timeout_s)"``). Any other exception means the engine is gone:
   everything in flight is cancelled and the exception is re-raised to the
   consumer.
 - **Stopping early.** When the consumer stops iterating (``close()`` on the
@@ -108,6 +109,14 @@ class RequestFailed(Exception):
 
 #: A backend's way of serving one request: its deltas as the engine streams them.
 Submit = Callable[[Request], AsyncIterator[Delta]]
+
+
+@attrs.frozen
+class _Timeout:
+    """How long a request may run, and the config key that says so (named in the failure)."""
+
+    seconds: float
+    key: str | None = None
 
 
 class EventLoop:
@@ -276,6 +285,7 @@ def stream(
     submit: Submit,
     *,
     request_timeout_s: float | None = None,
+    timeout_key: str | None = None,
 ) -> Iterator[TokenEvent]:
     """Serve ``requests`` on ``loop`` on the traffic schedule; the events, as they happen (see the module doc).
 
@@ -284,15 +294,17 @@ def stream(
     :param traffic: ``concurrency`` for closed loop; otherwise arrival times come with the requests.
     :param submit: starts one request on the engine and yields its :class:`Delta` s.
     :param request_timeout_s: a request still unfinished this long after submission fails as timed out.
+    :param timeout_key: the config key that sets ``request_timeout_s``, named in the failure.
     :returns: an iterator of :class:`~lem.types.TokenEvent`; serving starts on its first ``next()``.
     """
     if request_timeout_s is not None and request_timeout_s <= 0:
         raise ValueError(f"request_timeout_s must be > 0, got {request_timeout_s!r}")
-    return _events(loop, list(requests), traffic, submit, request_timeout_s)
+    timeout = None if request_timeout_s is None else _Timeout(request_timeout_s, timeout_key)
+    return _events(loop, list(requests), traffic, submit, timeout)
 
 
 def _events(
-    loop: EventLoop, requests: list[Request], traffic: TrafficConfig, submit: Submit, timeout: float | None
+    loop: EventLoop, requests: list[Request], traffic: TrafficConfig, submit: Submit, timeout: _Timeout | None
 ) -> Iterator[TokenEvent]:
     items: queue.SimpleQueue[TokenEvent | _End] = queue.SimpleQueue()
     task = loop.call(_spawn(_serve(requests, traffic, submit, timeout, items.put), loop._streams))
@@ -331,7 +343,7 @@ async def _serve(
     requests: list[Request],
     traffic: TrafficConfig,
     submit: Submit,
-    timeout: float | None,
+    timeout: _Timeout | None,
     put: Callable[[TokenEvent | _End], None],
 ) -> None:
     try:
@@ -349,7 +361,7 @@ async def _schedule(
     requests: list[Request],
     traffic: TrafficConfig,
     submit: Submit,
-    timeout: float | None,
+    timeout: _Timeout | None,
     put: Callable[[TokenEvent], None],
 ) -> None:
     closed_loop = traffic.mode == "concurrency"
@@ -405,7 +417,7 @@ async def _until(t_ns: int) -> None:
 async def _one(
     req: Request,
     submit: Submit,
-    timeout: float | None,
+    timeout: _Timeout | None,
     put: Callable[[TokenEvent], None],
     slots: asyncio.Semaphore | None,
 ) -> None:
@@ -420,7 +432,7 @@ async def _one(
         timed_out = True
         this.cancel()
 
-    timer = asyncio.get_running_loop().call_later(timeout, expire) if timeout is not None else None
+    timer = asyncio.get_running_loop().call_later(timeout.seconds, expire) if timeout is not None else None
     error: str | None = None
     try:
         async for delta in submit(req):
@@ -438,7 +450,8 @@ async def _one(
             raise
         if hasattr(this, "uncancel"):  # Python 3.11+: this cancellation was ours, and it is handled
             this.uncancel()
-        error = f"timed out after {timeout:g} s"
+        assert timeout is not None
+        error = f"timed out after {timeout.seconds:g} s" + (f" ({timeout.key})" if timeout.key else "")
     finally:
         if timer is not None:
             timer.cancel()

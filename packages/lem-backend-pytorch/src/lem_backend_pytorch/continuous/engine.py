@@ -30,6 +30,17 @@ cancels the requests in flight, runs this engine's one shutdown, stopping the
 generation thread (hard stop: nothing is pending by then), and closes the
 loop; no thread is left. A request the driver cancels (timeout, a consumer
 that stops early, Ctrl-C) is cancelled in the manager.
+
+The paged cache is sized by ``[pytorch.continuous] num_blocks`` x ``page_size``
+(or from free memory). A request needs ``prompt + max_output_tokens - 1`` tokens
+of it and cannot be split or offloaded below that: transformers then stops its
+generation thread for every request. So :func:`start` refuses a cache that
+cannot hold the shortest request the dataset can give, naming the key, and a
+request longer than the cache fails on its own before it reaches the manager
+(the others go on). Errors the manager reports fail their requests, with the
+lem key that changes them (:func:`_reason`); a generation thread that died
+fails every request it will not answer (never the whole stream, whatever the
+timing), and the next call builds a new manager.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ import asyncio
 import dataclasses
 import inspect
 import itertools
+import math
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
@@ -48,7 +60,7 @@ from transformers import ContinuousBatchingConfig
 from transformers.generation.continuous_batching.continuous_api import ContinuousBatchingManager
 
 from lem import serving
-from lem.config import ExperimentConfig, GenerationConfig
+from lem.config import DatasetConfig, ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel, Request, TokenEvent
 from lem_backend_pytorch.continuous.options import config_kwargs, cuda_graphs, transformers_version
@@ -73,6 +85,8 @@ class ContinuousEngine:
     #: The output queue of every request in flight (the watchdog wakes them if the thread dies).
     waiting: dict[str, asyncio.Queue[Any]] = attrs.field(factory=dict)
     watchdog: asyncio.Task[None] | None = None
+    #: Tokens of KV the paged cache holds for one request (``None``: not known for this transformers or model).
+    capacity: int | None = None
 
 
 #: Put on a request's queue by the watchdog: the generation thread is gone.
@@ -119,6 +133,64 @@ def _grad_mode(torch: Any) -> Any:
     return torch.inference_mode() if adopts else torch.no_grad()
 
 
+#: What the manager says when a request cannot get the cache blocks it needs (transformers 5.2x).
+_CACHE_FULL = ("No requests can be scheduled", "Memory footprint", "Invalid values: max_batch_tokens")
+
+
+def _cache_shape(manager: Any) -> tuple[int, int] | None:
+    """``(page_size, num_blocks)`` of the full-attention paged cache the manager built (``None``: not known).
+
+    A request's KV grows with its length only in full-attention layers (a sliding
+    window's stays bounded), so their allocator is what one request must fit in.
+    """
+    cache = getattr(getattr(manager, "batch_processor", None), "cache", None)
+    allocators = getattr(cache, "cache_allocators", None)
+    full = allocators.get("full_attention") if isinstance(allocators, dict) else None
+    page, blocks = getattr(full, "tokens_per_page", None), getattr(full, "num_blocks", None)
+    if not isinstance(page, int) or not isinstance(blocks, int):
+        return None
+    return page, blocks
+
+
+def tokens_needed(prompt_tokens: int, max_output_tokens: int) -> int:
+    """Tokens of KV cache one request takes at its end (the last token produced is never written)."""
+    return prompt_tokens + max(max_output_tokens, 1) - 1
+
+
+def shortest_prompt(dataset: DatasetConfig) -> int:
+    """The fewest prompt tokens the dataset can give (exact for fixed synthetic lengths, else a lower bound)."""
+    shortest = 1
+    if dataset.source == "synthetic":
+        fixed = dataset.input_length_distribution == "fixed"
+        shortest = dataset.input_length if fixed else dataset.input_length_min or 1
+    if dataset.max_input_tokens is not None:
+        shortest = min(shortest, dataset.max_input_tokens)
+    return max(shortest, 1)
+
+
+def too_small(shape: tuple[int, int], table: Any, needed: int, what: str) -> str:
+    """One line: the cache holds fewer tokens than ``what`` needs; which ``[pytorch.continuous]`` key to raise."""
+    page, blocks = shape
+    given = (table or {}).get("num_blocks")
+    key = f"pytorch.continuous.num_blocks = {given}" if given is not None else "pytorch.continuous.num_blocks (unset)"
+    plural = "s" if blocks != 1 else ""
+    return (
+        f"{key}: the paged KV cache holds {page * blocks} tokens ({blocks} block{plural} of {page}), fewer than "
+        f"{what} needs ({needed}); set num_blocks to at least {math.ceil(needed / page)}, or shorten the requests"
+    )
+
+
+def _reason(error: object) -> str:
+    """The manager's error, with the lem keys that change it when it is about the cache."""
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    if any(words in text for words in _CACHE_FULL) or isinstance(error, MemoryError):
+        return (
+            f"{text} (the paged KV cache is too small: raise pytorch.continuous.num_blocks or "
+            "max_memory_percent, or lower max_batch_tokens)"
+        )
+    return text
+
+
 def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig) -> ContinuousEngine:
     """Build the manager for ``params`` on the loaded model, warm it up (CUDA graphs, compile) and start its thread."""
     handle = model.handle
@@ -137,10 +209,21 @@ def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig
             )
             manager.warmup()
             manager.start()
+    except (MemoryError, ValueError) as exc:
+        engine_handle.close()
+        if not any(words in str(exc) for words in _CACHE_FULL):
+            raise
+        raise BackendError(f"transformers could not size the paged KV cache: {_reason(exc)}") from exc
     except BaseException:
         engine_handle.close()
         raise
     engine_handle.shutdown = lambda: _stop(manager)
+    shape = _cache_shape(manager)
+    needed = tokens_needed(shortest_prompt(config.dataset), params.max_output_tokens)
+    if shape is not None and shape[0] * shape[1] < needed:
+        engine_handle.close()
+        what = f"one request of {shortest_prompt(config.dataset)} prompt + {params.max_output_tokens} output tokens"
+        raise BackendError(too_small(shape, handle.options.continuous, needed, what))
     info = {
         "transformers": transformers_version(),
         "continuous_batching_config_passed": dict(kwargs),
@@ -152,7 +235,8 @@ def start(model: LoadedModel, params: GenerationConfig, config: ExperimentConfig
         },
         "attn_implementation_used": str(getattr(handle.model.config, "_attn_implementation", None)),
     }
-    return ContinuousEngine(manager, engine_handle, params, info)
+    capacity = None if shape is None else shape[0] * shape[1]
+    return ContinuousEngine(manager, engine_handle, params, info, capacity=capacity)
 
 
 def _stop(manager: Any) -> None:
@@ -176,11 +260,17 @@ def _prompt_ids(handle: Any, request: Request) -> list[int]:
     return ids
 
 
-def _gone(manager: Any) -> BackendError:
+def _gone(manager: Any) -> serving.RequestFailed:
+    """A request the stopped generation thread will never answer: it fails, with the thread's own error.
+
+    A failed request, not an aborted stream: whenever the thread dies, its requests
+    end the same way (the ones in flight get their error from the manager), the
+    experiment's status follows from them, and the next call builds a new manager.
+    """
     status = getattr(manager, "background_thread_status", None)
     fatal = getattr(status, "fatal_error", None)
-    why = f": {type(fatal).__name__}: {fatal}" if fatal is not None else ""
-    return BackendError(f"transformers' continuous batching thread stopped{why}")
+    why = f": {_reason(fatal)}" if fatal is not None else ""
+    return serving.RequestFailed(f"transformers' continuous batching thread stopped{why}")
 
 
 def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) -> serving.Submit:
@@ -195,26 +285,31 @@ def _submitter(engine: ContinuousEngine, handle: Any, params: GenerationConfig) 
         outputs: asyncio.Queue[Any] = asyncio.Queue()
         if engine.watchdog is None:
             engine.watchdog = asyncio.create_task(_watch(engine))
+        ids = _prompt_ids(handle, req)
+        needed = tokens_needed(len(ids), max_new)
+        if engine.capacity is not None and needed > engine.capacity:
+            # The manager would stop its thread for every request; this one fails alone.
+            shape = _cache_shape(manager) or (engine.capacity, 1)
+            what = f"this request ({len(ids)} prompt + {max_new} output tokens)"
+            raise serving.RequestFailed(too_small(shape, handle.options.continuous, needed, what))
         engine.waiting[rid] = outputs
         # Registered before the request exists, so not even its first token goes to the shared queue.
         manager.register_result_handler(rid, outputs.put_nowait)
-        added = manager.add_request(
-            _prompt_ids(handle, req), request_id=rid, max_new_tokens=max_new, streaming=True, eos_token_id=eos
-        )
-        if added is None:
-            raise _gone(manager)
         seen = 0
         done = False
         try:
+            if (
+                manager.add_request(ids, request_id=rid, max_new_tokens=max_new, streaming=True, eos_token_id=eos)
+                is None
+            ):
+                raise _gone(manager)  # refused: the thread has stopped (its handler goes in ``finally``)
             while not done:
                 # A plain get, not wait_for: no task per token on the loop, whose thread shares the GIL with decoding.
                 out = await outputs.get()
                 if out is _STOPPED:
                     raise _gone(manager)
                 if out.error is not None:
-                    if getattr(manager.background_thread_status, "fatal_error", None) is not None:
-                        raise _gone(manager)
-                    raise serving.RequestFailed(f"transformers continuous batching: {out.error}")
+                    raise serving.RequestFailed(f"transformers continuous batching: {_reason(out.error)}")
                 new = out.generated_tokens[seen:max_new]
                 seen += len(new)
                 done = out.is_finished() or seen >= max_new

@@ -482,6 +482,7 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     """
     row: dict[str, Any] = {"id": f"{exp_dir.parent.name}/{exp_dir.name}", "path": str(exp_dir)}
     doc: dict[str, Any] = {}
+    source = None  # the record the status comes from
     statuses = (
         ("summary.json", "ok"),
         ("failure.json", "failed"),
@@ -497,7 +498,7 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
                 doc = _toml(exp_dir / "experiment.toml")
                 row["model"], row["backend"] = doc.get("model"), doc.get("backend")
                 return row
-            row["status"] = status
+            row["status"], source = status, name
             if name == "summary.json" and doc.get("status") in ("degraded", "failed"):
                 # Measured to the end, but its requests failed: the summary says how many and why.
                 row["status"], row["reason"] = doc["status"], doc.get("status_reason")
@@ -513,7 +514,8 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
         cell = figs.get(key) if isinstance(figs, Mapping) else None
         mean = cell.get("mean") if isinstance(cell, Mapping) else None
         row[key] = mean if _number(mean) else None
-    problem = summary_damage(doc) if row["status"] in ("ok", "degraded", "failed") else None
+    # A failure.json has no figures to check; a summary whose requests all failed has.
+    problem = summary_damage(doc) if source == "summary.json" else None
     if problem is not None:  # export and the plots call the same summaries damaged (summary_damage)
         row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged ({problem})")
     if row["status"] in ("ok", "degraded"):
