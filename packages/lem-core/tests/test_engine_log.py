@@ -84,3 +84,33 @@ def test_the_log_starts_afresh_for_each_attempt(tmp_path: Path) -> None:
     (tmp_path / "engine.log").write_text("an earlier attempt's output\n")
     _, log = _run(tmp_path, "plain")
     assert "an earlier attempt" not in log and "from C on fd 2" in log
+
+
+LINGERING = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    from pathlib import Path
+    from lem.run.enginelog import engine_log
+
+    with engine_log(Path(sys.argv[1]), tee=True):
+        # An engine's process that outlives the experiment, still holding (and writing to) the tee's pipe.
+        late = "import os, time; time.sleep(3); os.write(2, b'late engine line\\\\n')"
+        child = subprocess.Popen([sys.executable, "-c", late])
+        t0 = time.monotonic()
+    print(f"returned after {time.monotonic() - t0:.1f} s", file=sys.stderr, flush=True)
+    child.wait()
+    time.sleep(0.3)  # the copy, left running in the background, writes the late line
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="lem's own platform")
+def test_tee_returns_while_an_engine_process_lingers_and_still_logs_its_late_lines(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", LINGERING, str(tmp_path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    returned = float(proc.stderr.split("returned after ")[1].split(" s")[0])
+    assert returned < 2.9  # waited for briefly, not for the lingering process
+    assert "late engine line" in (tmp_path / "engine.log").read_text()
+    assert "late engine line" in proc.stderr

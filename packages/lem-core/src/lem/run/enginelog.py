@@ -80,15 +80,20 @@ def engine_log(exp_dir: Path, *, tee: bool = False) -> Iterator[TextIO]:
     try:
         if tee:
             read_end, write_end = os.pipe()
+            # The copy owns its descriptors: a process the engine leaves running may hold the pipe (and keep
+            # writing to it) after we return, and a descriptor closed under it could be reused for another file.
+            to_log, to_terminal = os.dup(log_fd), os.dup(saved_err)
 
             def copy() -> None:
                 try:
                     while chunk := os.read(read_end, 1 << 16):
-                        _write_all(log_fd, chunk)
+                        with contextlib.suppress(OSError):  # a full disk must not block the engine
+                            _write_all(to_log, chunk)
                         with contextlib.suppress(OSError):  # the terminal is gone: the log still gets it
-                            _write_all(saved_err, chunk)
+                            _write_all(to_terminal, chunk)
                 finally:
-                    os.close(read_end)
+                    for fd in (read_end, to_log, to_terminal):
+                        os.close(fd)
 
             pump = threading.Thread(target=copy, daemon=True, name="lem-engine-log")
             pump.start()
@@ -106,12 +111,11 @@ def engine_log(exp_dir: Path, *, tee: bool = False) -> Iterator[TextIO]:
         os.dup2(saved_out, 1)
         os.dup2(saved_err, 2)
         if pump is not None:
-            # Ends once every holder of the pipe is gone; a process the engine left running may still hold it.
-            pump.join(5.0)
+            # The copy ends once every holder of the pipe is gone: waited for briefly, so the engine's last
+            # lines are shown before lem's next ones. One its processes still hold goes on in the background.
+            pump.join(2.0)
         if terminal is not None and terminal is not sys.stderr:
             with contextlib.suppress(OSError, ValueError):
                 terminal.close()
-        os.close(saved_out)
-        os.close(saved_err)
-        if pump is None or not pump.is_alive():
-            os.close(log_fd)
+        for fd in (saved_out, saved_err, log_fd):
+            os.close(fd)
