@@ -151,7 +151,7 @@ def test_a_full_disk_says_so_once_and_keeps_every_complete_file(tmp_path: Path) 
     assert f"no space left on device in {exp_dir.relative_to(tmp_path)}" in done.stderr
     assert "writing cycle-002.json" in done.stderr
     names = sorted(p.name for p in exp_dir.iterdir())
-    assert names == ["cycle-001.json", "environment.json", "experiment.toml", "setup.json"]
+    assert names == ["cycle-001.json", "engine.log", "environment.json", "experiment.toml", "setup.json"]
     assert json.loads((exp_dir / "cycle-001.json").read_text())["cycle"] == 1  # whole, readable
     assert not list((tmp_path / "out").rglob(".*.tmp")), "a partial file was left"
 

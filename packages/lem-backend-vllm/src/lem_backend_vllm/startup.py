@@ -4,8 +4,8 @@ When the engine core fails inside its own process, vLLM logs the exception there
 ``RuntimeError("Engine core initialization failed. See root cause above. ...")`` in ours: the
 cause exists only as text on the engine core's stdout/stderr. :func:`watch_output` copies what this
 process and its children write to file descriptors 1 and 2 while the engine starts (everything
-still reaches the terminal), so that :func:`root_cause` can name the exception the engine core
-logged.
+still reaches where they pointed: the experiment's ``engine.log``, :mod:`lem.run.enginelog`), so
+that :func:`root_cause` can name the exception the engine core logged.
 """
 
 from __future__ import annotations

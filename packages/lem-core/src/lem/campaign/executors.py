@@ -24,6 +24,7 @@ from lem.campaign.job import Outcome, job_for
 from lem.campaign.launcher import START_TIMEOUT_S, Launcher
 from lem.campaign.worker import failure_reason, run_in_worker
 from lem.configfile.loading import Experiment
+from lem.run.enginelog import engine_log
 from lem.run.progress import Progress
 from lem.run.runner import run_experiment
 
@@ -95,6 +96,8 @@ class LocalExecutor:
     quiet: bool = False
     launchers: Mapping[str, Launcher] = attrs.field(factory=dict)
     start_timeout_s: float = START_TIMEOUT_S
+    #: Engine logs on the terminal too, not only in each experiment's engine.log (``lem run -v``).
+    verbose: bool = False
 
     @property
     def resume_flags(self) -> str:
@@ -109,7 +112,15 @@ class LocalExecutor:
             launcher = self.launchers.get(task.experiment.config.backend)
             # Launched, the backend's own checks run where it is installed, before anything else; and the
             # worker shares no path with us: it gets no directory, and sends its files back.
-            job = job_for(task.experiment, task.exp_dir, self.run_id, self.quiet, task.prefix, launcher is not None)
+            job = job_for(
+                task.experiment,
+                task.exp_dir,
+                self.run_id,
+                self.quiet,
+                task.prefix,
+                launcher is not None,
+                verbose=self.verbose,
+            )
             if launcher is not None:
                 job = attrs.evolve(job, exp_dir="")
             outcome = run_in_worker(job, launcher, deliver_to=task.exp_dir, start_timeout_s=self.start_timeout_s)
@@ -129,25 +140,39 @@ class InProcessExecutor:
     run_id: str
     quiet: bool = False
     resume_flags: str = ""
+    #: Engine logs on the terminal too, not only in each experiment's engine.log (``lem run -v``).
+    verbose: bool = False
 
     def run(self, tasks: Iterator[Task]) -> Generator[Finished, None, None]:
         """Run each task here, one after another."""
         for task in tasks:
             _announce(task, self.quiet)
-            yield Finished(task, run_here(task.experiment, task.exp_dir, self.run_id, self.quiet, task.prefix))
+            outcome = run_here(
+                task.experiment, task.exp_dir, self.run_id, self.quiet, task.prefix, verbose=self.verbose
+            )
+            yield Finished(task, outcome)
 
     def stopped(self, interrupted: Sequence[tuple[Experiment, bool]], run_id: str) -> str:
         """``experiment X of run R stopped``."""
         return _one_at_a_time(interrupted, run_id)
 
 
-def run_here(exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, prefix: str = "") -> Outcome:
-    """Run one experiment in this process; exceptions (not Ctrl-C) become a failed outcome."""
-    progress = Progress(prefix, quiet=quiet)
+def run_here(
+    exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, prefix: str = "", *, verbose: bool = False
+) -> Outcome:
+    """Run one experiment in this process; exceptions (not Ctrl-C) become a failed outcome.
+
+    The engine's output goes to the experiment's ``engine.log`` (:mod:`lem.run.enginelog`), and with
+    ``verbose`` to the terminal as well.
+    """
     try:
-        run_experiment(exp, exp_dir, run_id, progress)
+        # The engine's output (C's included) goes to engine.log; the progress to what stderr was.
+        with engine_log(exp_dir, tee=verbose) as terminal:
+            progress = Progress(prefix, quiet=quiet, stream=terminal)
+            try:
+                run_experiment(exp, exp_dir, run_id, progress)
+            finally:
+                progress.close()  # a stage ended by an exception must not leave its live line running
     except Exception as exc:
         return Outcome(False, failure_reason(exc), traceback.format_exc())
-    finally:
-        progress.close()  # a stage ended by an exception must not leave its live line running
     return Outcome(True)

@@ -53,6 +53,8 @@ class Job:
     validate: bool = False
     #: ``(name, reference)`` of each plugin registered at run time: see :func:`carried_plugins`.
     plugins: tuple[tuple[str, str], ...] = ()
+    #: The engine's output on stderr too, not only in the experiment's ``engine.log`` (``lem run -v``).
+    verbose: bool = False
 
     @property
     def returns_files(self) -> bool:
@@ -74,21 +76,30 @@ _converter = cattrs.Converter(forbid_extra_keys=True)
 
 
 def job_for(
-    exp: Experiment, exp_dir: Path, run_id: str, quiet: bool = False, prefix: str = "", validate: bool = False
+    exp: Experiment,
+    exp_dir: Path,
+    run_id: str,
+    quiet: bool = False,
+    prefix: str = "",
+    validate: bool = False,
+    *,
+    verbose: bool = False,
 ) -> Job:
     """The job of ``exp``, carrying the plugins registered in this process now."""
     # A sweep value is a TOML value; a date (the one kind JSON lacks) travels as its text.
     values = json.loads(json.dumps(dict(exp.sweep_values), default=str))
-    return Job(exp.id, dumps(exp.config), values, str(exp_dir), run_id, quiet, prefix, validate, carried_plugins())
+    plugins = carried_plugins()
+    return Job(exp.id, dumps(exp.config), values, str(exp_dir), run_id, quiet, prefix, validate, plugins, verbose)
 
 
 def collect_files(exp_dir: Path) -> dict[str, str]:
     """An experiment's result files as ``{name: text}``: what a worker away from ``--out`` sends back.
 
-    The campaign writes ``experiment.toml`` itself; temporaries (dot files) are never results.
+    The campaign writes ``experiment.toml`` itself; temporaries (dot files) are never results. ``engine.log``
+    holds what an engine printed, not always UTF-8: bytes that are not are replaced.
     """
     return {
-        p.name: p.read_text(encoding="utf-8")
+        p.name: p.read_text(encoding="utf-8", errors="replace")
         for p in sorted(exp_dir.iterdir())
         if p.is_file() and not p.name.startswith(".") and p.name != "experiment.toml"
     }

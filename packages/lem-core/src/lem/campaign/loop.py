@@ -53,6 +53,9 @@ class CampaignOptions:
     #: Each experiment in this process instead of a fresh worker (debugging, tests).
     in_process: bool = False
     quiet: bool = False
+    #: The engines' output (loaders, quantizers, start-up logs) on stderr too, not only in each
+    #: experiment's ``engine.log`` (``lem run -v``).
+    verbose: bool = False
     #: Print the summaries as JSON on stdout instead of the table.
     as_json: bool = False
     #: Write ``report.html`` in the run directory at the end.
@@ -162,11 +165,12 @@ def run_campaign(loaded: LoadedFile, options: CampaignOptions | None = None, *, 
 
 def _executor(options: CampaignOptions, run_id: str, run_dir: Path) -> Executor:
     if options.ray is not None:
-        return RayExecutor(run_id, options.quiet, options.pythons, options.ray, run_dir)
+        return RayExecutor(run_id, options.quiet, options.pythons, options.ray, run_dir, options.verbose)
     if options.in_process:
-        return InProcessExecutor(run_id, options.quiet)
+        return InProcessExecutor(run_id, options.quiet, verbose=options.verbose)
     launchers = {b: Launcher(b, (python,), "--python") for b, python in options.pythons.items()}
-    return LocalExecutor(run_id, options.quiet, {**launchers, **options.launchers}, options.start_timeout_s)
+    every = {**launchers, **options.launchers}
+    return LocalExecutor(run_id, options.quiet, every, options.start_timeout_s, options.verbose)
 
 
 def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id: str, executor: Executor) -> bool:

@@ -208,6 +208,8 @@ class RayExecutor:
     pythons: Mapping[str, str]
     opts: RayOptions
     run_dir: Path
+    #: Engine logs in each task's output too, not only in each experiment's engine.log (``lem run -v``).
+    verbose: bool = False
 
     @property
     def resume_flags(self) -> str:
@@ -237,7 +239,7 @@ class RayExecutor:
                     yield Finished(task, Outcome(False, why))
                     continue
                 validate = exp.config.backend in self.pythons
-                job = job_for(exp, task.exp_dir, self.run_id, self.quiet, task.prefix, validate)
+                job = job_for(exp, task.exp_dir, self.run_id, self.quiet, task.prefix, validate, verbose=self.verbose)
                 pending[remote.options(**options).remote(to_json(job), shared)] = task
                 if not self.quiet:
                     print(

@@ -25,7 +25,8 @@ its standard streams:
   marker is not the worker's (a launcher's own message) and is shown on
   stderr. The worker points its own file descriptor 1 at stderr, so a library
   that prints cannot corrupt the frames.
-- **stderr**: progress lines and whatever else the worker prints.
+- **stderr**: progress lines and whatever else the worker prints outside the experiment (while it runs,
+  the engine's output goes to its ``engine.log``: :mod:`lem.run.enginelog`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from lem.campaign.launcher import START_TIMEOUT_S, Launcher
 from lem.campaign.reaper import Adopter
 from lem.configfile.loading import Experiment, validate
 from lem.errors import ConfigError
+from lem.run.enginelog import engine_log
 from lem.run.environment import add_to_environment
 from lem.run.progress import Progress
 from lem.run.runner import run_experiment
@@ -158,11 +160,15 @@ def main() -> None:
         exp = experiment_of(job)
         if job.validate:
             _validate_here(exp)
-        progress = Progress(job.prefix, quiet=job.quiet, heartbeat=beat)
         try:
-            run_experiment(exp, exp_dir, job.run_id, progress)
+            # The engine's output (C's included) goes to engine.log; the progress to what stderr was.
+            with engine_log(exp_dir, tee=job.verbose) as terminal:
+                progress = Progress(job.prefix, quiet=job.quiet, stream=terminal, heartbeat=beat)
+                try:
+                    run_experiment(exp, exp_dir, job.run_id, progress)
+                finally:
+                    progress.close()  # a stage ended by an exception must not leave its live line running
         finally:
-            progress.close()  # a stage ended by an exception must not leave its live line running
             if tmp is not None:
                 frames.send("files", collect_files(exp_dir))  # partial files too, as a local run keeps them
         # Done before the result is sent: the parent closes our stdin once it has read it, and that

@@ -197,6 +197,13 @@ def _confirm(loaded: Any, yes: bool, quiet: bool) -> None:
     help="Seconds a worker has to start (an image pull, a queued job) [default: [campaign] start_timeout_s, or 600].",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+@click.option(
+    "--verbose",
+    "-v",
+    is_flag=True,
+    help="Show the engines' own output (loader, quantizer, start-up logs) as well as writing it to each"
+    " experiment's engine.log.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summaries as JSON on stdout.")
 @click.option("--no-report", is_flag=True, help="Do not write report.html in the run directory at the end.")
 @click.option("--yes", "-y", is_flag=True, help="Run a large sweep without asking.")
@@ -257,6 +264,7 @@ def _campaign_options(
     resume_add: str | None,
     pythons: tuple[str, ...],
     quiet: bool,
+    verbose: bool,
     as_json: bool,
     no_report: bool,
     ray_address: str | None,
@@ -274,6 +282,7 @@ def _campaign_options(
         resume_add=resume_add is not None,
         in_process=in_process,
         quiet=quiet or as_json,
+        verbose=verbose,
         as_json=as_json,
         report=not no_report,
         pythons=interpreters,
