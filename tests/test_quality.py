@@ -1,7 +1,9 @@
 """``[quality]`` end to end through ``lem run`` for each backend installed here (see lem.testing.quality).
 
 pytorch always; llama.cpp (an f32 GGUF lem converts) and vLLM (CPU build, in-process engine) where their
-packages are installed (their nox sessions); the server backend is proven in its own package's tests.
+packages are installed (the nox sessions llamacpp and vllm run this file). The server backend is proven in
+its own package's tests (tests/test_server_quality.py, llama-cpp-python's server on the tiny GGUF), and
+TensorRT-LLM on the fake library in lem-backend-tensorrt's tests (tests/test_trt_quality.py).
 """
 
 from __future__ import annotations

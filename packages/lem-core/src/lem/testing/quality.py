@@ -34,21 +34,23 @@ PROMPTS = ("The energy of a token is", "Count the joules:", "A model answers", "
 WRONG = "certainly not this answer"
 
 
-def _run(doc: Mapping[str, Any], where: Path, env: Mapping[str, str]) -> Path:
+def run_experiment(doc: Mapping[str, Any], where: Path, env: Mapping[str, str] | None = None) -> Path:
+    """``lem run`` the experiment ``doc`` (a TOML document as a dict) under ``where``; returns its directory."""
     where.mkdir(parents=True, exist_ok=True)
     exp = where / "experiment.toml"
     exp.write_text(tomli_w.dumps(dict(doc)))
     out = where / "out"
     done = subprocess.run(
         [sys.executable, "-m", "lem", "run", str(exp), "--quiet", "--out", str(out)],
-        env=dict(env),
+        env={**os.environ, "HF_HUB_OFFLINE": "1"} if env is None else dict(env),
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    (exp_dir,) = [d for d in out.glob("*/*") if d.is_dir()]
+    # The run directory holds the experiment's directory beside others (plots/): the one with its TOML.
+    (exp_dir,) = [d.parent for d in out.glob("*/*/experiment.toml")]
     return exp_dir
 
 
@@ -75,7 +77,7 @@ def prove_accuracy(base: Mapping[str, Any], where: Path, env: Mapping[str, str] 
             "devices": [0],
         },
     }
-    first = json.loads((_run(doc, where / "answers", environ) / "cycle-001.json").read_text())
+    first = json.loads((run_experiment(doc, where / "answers", environ) / "cycle-001.json").read_text())
     answers = [r["output_text"] for r in sorted(first["requests"], key=lambda r: r["id"])]
     assert all(isinstance(a, str) and a.strip() and a.strip() != WRONG for a in answers), answers
     expected = [i % 2 == 0 for i in range(len(PROMPTS))]
@@ -87,7 +89,7 @@ def prove_accuracy(base: Mapping[str, Any], where: Path, env: Mapping[str, str] 
     )
     doc["dataset"] = {**doc["dataset"], "num_prompts": n, "reference_field": "answer"}
     doc["quality"] = {"scorer": "exact"}
-    exp_dir = _run(doc, where / "scored", environ)
+    exp_dir = run_experiment(doc, where / "scored", environ)
     summary: dict[str, Any] = json.loads((exp_dir / "summary.json").read_text())
     for c in (1, 2):
         cycle = json.loads((exp_dir / f"cycle-{c:03d}.json").read_text())
