@@ -180,7 +180,7 @@ def test_one_label_per_figure_on_every_screen(runs: dict[str, Path]) -> None:
     }
     for title in shown.values():
         assert f"│ {title} " in screens["compare"]
-    headings = dict(re.findall(r'<th data-figure="([^"]+)">([^<]+)</th>', screens["report"]))
+    headings = dict(re.findall(r'<th class="fig g-[a-z]+" data-figure="([^"]+)">([^<]+)</th>', screens["report"]))
     assert headings == {f.name: f.title for f in registry.in_view("report")}
     titles = set(screens["plots"].splitlines())
     for fig in registry.in_view("cycles_plot"):
