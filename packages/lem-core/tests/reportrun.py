@@ -52,11 +52,21 @@ class TimelineMeterPlugin:
         return TimelineMeter(devices, 100.0, 300.0) if meter == "timeline" else None
 
 
-def experiment(exp_id: str, batch_size: int, meter: str = "timeline", cycles: int = 3, **extra: Any) -> Experiment:
-    """One experiment of the sweep (``batching.batch_size`` is its sweep value)."""
+def experiment(
+    exp_id: str,
+    batch_size: int,
+    meter: str = "timeline",
+    cycles: int = 3,
+    max_output_tokens: int = 6,
+    more: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Experiment:
+    """One experiment of the sweep (``batching.batch_size`` is its sweep value); ``more``: further top tables
+    (``[hardware]``, ``[quality]``)."""
     tables: dict[str, Any] = {
+        **(more or {}),
         "dataset": {"num_prompts": 4, "input_length": 8},
-        "generation": {"max_output_tokens": 6},
+        "generation": {"max_output_tokens": max_output_tokens},
         "batching": {"batch_size": batch_size},
         "measurement": {
             "cycles": cycles,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 import pytest
 import reportrun
@@ -55,6 +57,7 @@ def _valid_svg(path: Path) -> None:
         ("timeline", ["timeline-000-batch_size=1", "timeline-001-batch_size=2"]),
         ("cycles", ["cycles-000-batch_size=1", "cycles-001-batch_size=2"]),
         ("cdf", ["cdf"]),
+        ("roofline", ["roofline"]),
     ],
 )
 def test_each_kind_writes_valid_png_and_svg(sweep: Path, tmp_path: Path, kind: str, expected: list[str]) -> None:
@@ -70,10 +73,19 @@ def test_each_kind_writes_valid_png_and_svg(sweep: Path, tmp_path: Path, kind: s
 
 
 def test_default_is_every_kind_as_png_under_the_run(sweep: Path) -> None:
+    # The run's report already wrote its print-size SVG and PNG files to DIR/plots: the command must leave
+    # the SVGs alone and write one PNG per figure of every kind there.
+    svgs = {p: p.stat().st_mtime_ns for p in (sweep / "plots").glob("*.svg")}
     done = lem("results", "plot", str(sweep))
     assert done.returncode == 0, done.stderr
-    names = {p.name for p in (sweep / "plots").iterdir()}
-    assert len(names) == 10 and all(n.endswith(".png") for n in names)
+    written = [Path(p) for p in done.stdout.split()]
+    assert {p.parent for p in written} == {sweep / "plots"} and all(p.suffix == ".png" for p in written)
+    kinds = {p.name.split("-")[0].removesuffix(".png") for p in written}
+    assert len(written) == 11 and kinds == {"pareto", "timeline", "cycles", "cdf", "roofline"}
+    assert sorted((sweep / "plots").glob("*.png")) == sorted(written)
+    assert {p: p.stat().st_mtime_ns for p in (sweep / "plots").glob("*.svg")} == svgs
+    for path in written:
+        _valid_png(path)
 
 
 def test_figures_that_cannot_be_drawn_are_skipped_with_their_reason(tmp_path: Path) -> None:
@@ -86,7 +98,8 @@ def test_figures_that_cannot_be_drawn_are_skipped_with_their_reason(tmp_path: Pa
     assert "pareto: pareto not drawn: a Pareto front needs at least 2 experiments with results; this run has 1" in err
     assert "timeline: timeline-exp not drawn: no timeline-NNN.csv files (" in err
     assert "cycles: cycles-exp not drawn: 1 cycle(s): no confidence interval to draw" in err
-    assert [p.name for p in out.iterdir()] == ["cdf.png"]  # latencies were measured: that one is real
+    # Latencies were measured, and decode steps timed on a known architecture: those two are real.
+    assert sorted(p.name for p in out.iterdir()) == ["cdf.png", "roofline.png"]
 
     # Two experiments without energy: no J per token, so no Pareto front either.
     _, run2 = reportrun.run(
@@ -96,6 +109,63 @@ def test_figures_that_cannot_be_drawn_are_skipped_with_their_reason(tmp_path: Pa
     assert done.returncode == 0
     assert "pareto not drawn: needs energy measured in 2+ experiments (" in done.stderr
     assert not (tmp_path / "p2").exists()
+
+
+def _roofline(run_dir: Path) -> Any:
+    from lem.results.plots import draw
+    from lem.results.rundata import read_run
+
+    (plot,) = draw("roofline", read_run(run_dir))
+    return plot
+
+
+def test_roofline_points_sit_under_the_roofs_of_hardware(tmp_path: Path) -> None:
+    # Peaks set in [hardware] (the scripted backend names no device): each experiment is one point at its
+    # summary's decode arithmetic intensity and FLOP/s, under one roof min(peak FLOP/s, AI x bandwidth).
+    hw = {"hardware": {"peak_memory_bandwidth_gbs": 3.0, "peak_tflops": 0.002}}
+    exps = [reportrun.experiment(f"00{i}-batch_size={b}", b, meter="none", more=hw) for i, b in ((0, 1), (1, 2))]
+    _, run_dir = reportrun.run(tmp_path / "hw", exps)
+    summaries = [json.loads((run_dir / e.id / "summary.json").read_text()) for e in exps]
+    plot = _roofline(run_dir)
+    assert plot.skipped is None
+    ax = plot.figure.axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    points = [ln for ln in ax.get_lines() if ln.get_marker() == "o"]
+    got = sorted((float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in points)
+    want = sorted(
+        (
+            s["figures"]["efficiency.decode_arithmetic_intensity"]["mean"],
+            s["figures"]["efficiency.decode_flops_per_s"]["mean"],
+        )
+        for s in summaries
+    )
+    assert len(got) == 2 and [v for p in got for v in p] == pytest.approx([v for p in want for v in p])
+    assert [t.get_text() for t in ax.texts] == ["batch_size=1", "batch_size=2"]  # each point named
+    (roof,) = [ln for ln in ax.get_lines() if ln.get_marker() != "o"]
+    assert roof.get_label() == "roof: [hardware] × 1"
+    xs, ys = (list(map(float, roof.get_xdata())), list(map(float, roof.get_ydata())))
+    assert ys == pytest.approx([min(0.002e12, x * 3.0e9) for x in xs])
+    assert xs[0] < min(x for x, _ in got) and xs[-1] > max(x for x, _ in got)  # the roof spans the points
+    assert all(y <= min(0.002e12, x * 3.0e9) for x, y in got)  # nothing runs above its roof
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["roof: [hardware] × 1"]
+
+
+def test_roofline_without_peaks_or_decode_steps(tmp_path: Path) -> None:
+    # No [hardware] and no device the peaks table knows: points, no roof, and the figure says so.
+    _, run_dir = reportrun.run(tmp_path / "cpu", [reportrun.experiment("exp", 1, meter="none", cycles=1)])
+    plot = _roofline(run_dir)
+    assert plot.skipped is None and plot.figure.axes[0].get_legend() is None
+    assert [ln.get_marker() for ln in plot.figure.axes[0].get_lines()] == ["o"]
+    assert plot.figure.get_supxlabel() == "no peaks known (set [hardware]): points without a roof"
+    # One output token per request: no decode step, so nothing to place; the command says why.
+    _, one = reportrun.run(tmp_path / "one", [reportrun.experiment("exp", 1, meter="none", max_output_tokens=1)])
+    summary = json.loads((one / "exp" / "summary.json").read_text())
+    assert summary["figures"]["efficiency.decode_flops_per_s"]["mean"] is None
+    assert _roofline(one).skipped == "no experiment has decode steps with a known architecture"
+    done = lem("results", "plot", str(one), "--kind", "roofline", "--out", str(tmp_path / "p"))
+    assert done.returncode == 0
+    assert "roofline: roofline not drawn: no experiment has decode steps with a known architecture" in done.stderr
+    assert not (tmp_path / "p").exists()
 
 
 def test_without_matplotlib_the_command_says_how_to_install_it(sweep: Path, tmp_path: Path) -> None:

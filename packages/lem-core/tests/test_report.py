@@ -75,7 +75,7 @@ def test_lem_run_wrote_a_self_contained_report(sweep_with_failure: Path) -> None
     assert {Path(u).suffix for u in files} == {".svg", ".png"}
     assert not re.search(r"url\(|@import|https?://", text.split("<body>")[0])  # the CSS loads nothing either
     images = [a for t, a in page.tags if t == "img"]
-    assert len(images) == 10  # 5 Pareto axes, 2 timelines, 2 cycle plots, 1 CDF
+    assert len(images) == 11  # 5 Pareto axes, 2 timelines, 2 cycle plots, 1 CDF, 1 roofline
     for img in images:
         data = base64.b64decode(str(img["src"]).split(",", 1)[1])
         if str(img["src"]).startswith("data:image/png"):  # timelines: every sample, kept small as a picture

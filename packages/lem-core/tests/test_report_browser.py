@@ -74,7 +74,7 @@ def test_report_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
     assert ids == ["000-batch_size=1", "001-batch_size=2", "002-batch_size=4"] and visible
     names = sorted(name for name, *_ in images)
     expected = [f"cycles-00{i}-batch_size={b}" for i, b in ((0, 1), (1, 2))]
-    expected += ["cdf"]
+    expected += ["cdf", "roofline"]  # no [quality] in this run: no accuracy front (listed as not drawn)
     expected += [f"pareto-{x}" for x in ("output_tokens_per_s", "tpot_s-p50", "tpot_s-p99", "ttft_s-p50", "ttft_s-p99")]
     expected += [f"timeline-00{i}-batch_size={b}" for i, b in ((0, 1), (1, 2))]
     assert names == sorted(expected)

@@ -231,9 +231,10 @@ def _cut_short(exp_dir: Path) -> str | None:
     "--kind",
     "kinds",
     multiple=True,
-    type=click.Choice(["pareto", "timeline", "cycles", "cdf", "roofline"]),
+    type=click.Choice(["pareto", "quality", "timeline", "cycles", "cdf", "roofline"]),
     help="Which plots (repeatable; default: all). pareto: J/output token against throughput, TTFT and TPOT "
-    "across a sweep; timeline: power, temperature and SM clock per cycle; cycles: per-cycle figures with "
+    "across a sweep; quality: J/output token and J/correct answer against accuracy ([quality]); timeline: "
+    "power, temperature and SM clock per cycle; cycles: per-cycle figures with "
     "mean and 95% CI; cdf: latency CDFs; roofline: decode FLOP/s against arithmetic intensity under the peaks.",
 )
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where to write them (default DIR/plots).")

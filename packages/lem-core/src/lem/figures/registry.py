@@ -30,7 +30,8 @@ import attrs
 from lem.figures.stats import PERCENTILES
 
 #: The screens that show figures (a row's ``views`` names those that show it).
-VIEWS = ("run_table", "show", "compare", "report", "cycles_plot", "pareto", "export")
+#: ``quality_pareto``: accuracy (the x axis) and the energy figures plotted against it (issue 27).
+VIEWS = ("run_table", "show", "compare", "report", "cycles_plot", "pareto", "quality_pareto", "export")
 #: Every view but the few that choose their figures one by one.
 _WIDE = frozenset({"show", "export"})
 
@@ -168,7 +169,7 @@ FIGURES: tuple[Figure, ...] = (
         "j_per_output_token",
         "J/out tok",
         precision_target=True,
-        views=_views("run_table", "compare", "report", "cycles_plot", "pareto"),
+        views=_views("run_table", "compare", "report", "cycles_plot", "pareto", "quality_pareto"),
         larger_is_better=False,
     ),
     _energy(
@@ -293,7 +294,14 @@ FIGURES: tuple[Figure, ...] = (
     _roofline("decode_arithmetic_intensity", "decode arithmetic intensity", "FLOP/B"),
     _roofline("decode_flops_per_s", "decode FLOP/s", larger_is_better=True),
     # --- quality: outputs scored against references ([quality], lem.figures.quality) ---
-    _quality("accuracy", "accuracy", "%", scale=100.0, views=_views("compare", "report"), larger_is_better=True),
+    _quality(
+        "accuracy",
+        "accuracy",
+        "%",
+        scale=100.0,
+        views=_views("compare", "report", "quality_pareto"),
+        larger_is_better=True,
+    ),
     _quality("correct", "correct answers", name="quality.correct_answers", larger_is_better=True),
     _quality("correct_answers_per_s", "correct answers/s", views=_views("compare"), spec=".3g", larger_is_better=True),
     _quality(
@@ -301,7 +309,7 @@ FIGURES: tuple[Figure, ...] = (
         "J/correct answer",
         name="energy.j_per_correct_answer",
         method="energy",
-        views=_views("compare", "report"),
+        views=_views("compare", "report", "quality_pareto"),
         larger_is_better=False,
     ),
     _quality(

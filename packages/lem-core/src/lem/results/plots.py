@@ -1,4 +1,5 @@
-"""Plots of a run with matplotlib (the ``plots`` extra): Pareto fronts, power timelines, cycles, latency CDFs.
+"""Plots of a run with matplotlib (the ``plots`` extra): Pareto fronts (energy against speed and against
+accuracy), power timelines, cycles, latency CDFs, the decode roofline.
 
 Each ``draw_*`` function returns :class:`Plot` records: a matplotlib figure, or
 the reason it was not drawn. A figure that would be empty or misleading (no
@@ -35,7 +36,7 @@ from lem.results.rundata import (
     timelines,
 )
 
-KINDS = ("pareto", "timeline", "cycles", "cdf", "roofline")
+KINDS = ("pareto", "quality", "timeline", "cycles", "cdf", "roofline")
 #: Resolution of a plot shown on screen (the report's pictures) and of one written for print.
 SCREEN_DPI = 110
 PRINT_DPI = 300
@@ -141,16 +142,111 @@ def clipped(fig: registry.Figure, band: tuple[float, float] | None) -> tuple[flo
 
 
 def _limits(
-    values: Sequence[float], lows: Sequence[float], highs: Sequence[float], floor: float | None
+    values: Sequence[float],
+    lows: Sequence[float],
+    highs: Sequence[float],
+    floor: float | None,
+    ceiling: float | None = None,
 ) -> tuple[float, float]:
-    """Axis limits holding every point and interval, never below ``floor`` (0 for a figure that cannot be negative)."""
+    """Axis limits holding every point and interval, never below ``floor`` (0 for a figure that cannot be negative)
+    nor above ``ceiling`` (100% for a fraction)."""
     lo, hi = min([*values, *lows]), max([*values, *highs])
     pad = (hi - lo) * 0.08 or abs(hi) * 0.1 or 1.0
-    low = lo - pad
-    return (max(low, floor) if floor is not None else low), hi + pad
+    low, high = lo - pad, hi + pad
+    return (max(low, floor) if floor is not None else low), (min(high, ceiling) if ceiling is not None else high)
 
 
 _MARKERS = "osD^v<>pPX*h"
+
+
+def _ok_pair(exps: Sequence[ExperimentData], y_name: str, what: str) -> tuple[list[ExperimentData], Plot | None]:
+    """The experiments with results and ``y_name`` known, or the skipped plot saying why there are too few."""
+    if len(exps) < 2:
+        why = f"a Pareto front needs at least 2 experiments with results; this run has {len(exps)}"
+        return [], Plot(what, "Pareto fronts", skipped=why)
+    known = [e for e in exps if mean(e, y_name) is not None]
+    if len(known) < 2:
+        reason = energy_reason(exps) or f"no experiment has {registry.figure(y_name).label}"
+        return [], Plot(what, "Pareto fronts", skipped=f"needs energy measured in 2+ experiments ({reason})")
+    return known, None
+
+
+def _pareto_figure(
+    name: str,
+    x_fig: registry.Figure,
+    y_fig: registry.Figure,
+    shown: Sequence[ExperimentData],
+    exps: Sequence[ExperimentData],
+    interval: Callable[[ExperimentData, registry.Figure], tuple[float, float] | None],
+    notes: Sequence[str] = (),
+    x_ceiling: float | None = None,
+) -> Plot:
+    """One Pareto figure of ``y_fig`` (smaller is better) against ``x_fig`` over ``shown``.
+
+    Every point has its own legend entry (backend, run, sweep values); ``interval`` gives each point's 95%
+    interval of a figure (unscaled), drawn as bars and held inside the axes; the front is drawn; the
+    experiments of ``exps`` not in ``shown`` are named as left out; ``x_ceiling``: the x axis's upper bound
+    (scaled) for a figure that cannot exceed one.
+    """
+    x_name, larger = x_fig.name, bool(x_fig.larger_is_better)
+    title = f"{y_fig.title} vs {x_fig.title}"
+    runs = len({(e.summary or {}).get("run_id") or e.path.parent.name for e in exps})
+    methods = sorted({str((e.summary or {}).get("methods", {}).get("energy")) for e in shown})
+    fig = _figure(8.0, 4.6)
+    ax = fig.add_subplot()
+    sx, sy = x_fig.scale, y_fig.scale
+    pts = [(_known(e, x_name) * sx, _known(e, y_fig.name) * sy) for e in shown]
+    front = pareto_front(pts, larger)
+    xs_lo, xs_hi, ys_lo, ys_hi = [], [], [], []
+    for i, (e, (x, y)) in enumerate(zip(shown, pts, strict=True)):
+        xci, yci = interval(e, x_fig), interval(e, y_fig)
+        xerr = yerr = None
+        if xci is not None:
+            lo, hi = xci[0] * sx, xci[1] * sx
+            xs_lo.append(lo)
+            xs_hi.append(hi)
+            xerr = [[max(x - lo, 0.0)], [max(hi - x, 0.0)]]
+        if yci is not None:
+            lo, hi = yci[0] * sy, yci[1] * sy
+            ys_lo.append(lo)
+            ys_hi.append(hi)
+            yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
+        on = i in front
+        ax.errorbar(
+            x,
+            y,
+            xerr=xerr,
+            yerr=yerr,
+            fmt=_MARKERS[i % len(_MARKERS)],
+            ms=8 if on else 6,
+            capsize=3,
+            color=f"C{i % 10}",
+            mec="black" if on else f"C{i % 10}",
+            mew=1.6 if on else 1.0,
+            ecolor="0.6",
+            label=point_label(e, runs) + ("  (on the front)" if on else ""),
+        )
+    ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="0.2", lw=1.2, label="Pareto front")
+    x_floor = None if x_fig.may_be_negative else 0.0
+    ax.set_xlim(*_limits([p[0] for p in pts], xs_lo, xs_hi, x_floor, x_ceiling))
+    ax.set_ylim(*_limits([p[1] for p in pts], ys_lo, ys_hi, None if y_fig.may_be_negative else 0.0))
+    ax.set_xlabel(_axis_label(x_fig, shown) + ("  (better →)" if larger else "  (← better)"))
+    ax.set_ylabel(_axis_label(y_fig, shown) + "  (↓ better)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
+    missing = [point_label(e, runs) for e in exps if e not in shown]
+    note = f"energy method: {', '.join(methods)}; bars: 95% CI over cycles where known"
+    note += "" if x_fig.may_be_negative and y_fig.may_be_negative else ", cut at 0 where it reaches below"
+    note += "".join(f"; {line}" for line in notes)
+    note += f"; left out (not measured): {', '.join(missing)}" if missing else ""
+    note += "".join(f"; {line}" for line in _estimate_notes((x_fig, y_fig), shown))
+    fig.supxlabel(note, fontsize=7, color="0.35", wrap=True)
+    return Plot(name, title, fig)
+
+
+def _cycle_interval(exp: ExperimentData, fig: registry.Figure) -> tuple[float, float] | None:
+    return clipped(fig, ci(exp, fig.name))
 
 
 def draw_pareto(run: RunData) -> list[Plot]:
@@ -160,76 +256,70 @@ def draw_pareto(run: RunData) -> list[Plot]:
     possible range (with the axis), the front is drawn, and experiments without energy are left out and named.
     """
     exps = _ok(run)
-    if len(exps) < 2:
-        why = f"a Pareto front needs at least 2 experiments with results; this run has {len(exps)}"
-        return [Plot("pareto", "Pareto fronts", skipped=why)]
-    y_name = PARETO_Y
-    y_fig = registry.figure(y_name)
-    with_energy = [e for e in exps if mean(e, y_name) is not None]
-    if len(with_energy) < 2:
-        reason = energy_reason(exps) or "no experiment has J per output token"
-        return [Plot("pareto", "Pareto fronts", skipped=f"needs energy measured in 2+ experiments ({reason})")]
-    methods = sorted({str((e.summary or {}).get("methods", {}).get("energy")) for e in with_energy})
-    runs = len({(e.summary or {}).get("run_id") or e.path.parent.name for e in exps})
+    y_fig = registry.figure(PARETO_Y)
+    with_energy, skipped = _ok_pair(exps, PARETO_Y, "pareto")
+    if skipped is not None:
+        return [skipped]
     out = []
     for x_fig in registry.in_view("pareto"):
-        if x_fig.name == y_name:
+        if x_fig.name == PARETO_Y:
             continue
-        x_name, larger = x_fig.name, bool(x_fig.larger_is_better)
-        name, title = f"pareto-{x_name.replace('.', '-')}", f"{y_fig.title} vs {x_fig.title}"
-        shown = [e for e in with_energy if mean(e, x_name) is not None]
+        name = f"pareto-{x_fig.name.replace('.', '-')}"
+        shown = [e for e in with_energy if mean(e, x_fig.name) is not None]
         if len(shown) < 2:
-            out.append(Plot(name, title, skipped=f"{x_name} is known for {len(shown)} experiment(s); 2+ needed"))
+            title = f"{y_fig.title} vs {x_fig.title}"
+            out.append(Plot(name, title, skipped=f"{x_fig.name} is known for {len(shown)} experiment(s); 2+ needed"))
             continue
-        fig = _figure(8.0, 4.6)
-        ax = fig.add_subplot()
-        sx = x_fig.scale
-        pts = [(_known(e, x_name) * sx, _known(e, y_name) * y_fig.scale) for e in shown]
-        front = pareto_front(pts, larger)
-        xs_lo, xs_hi, ys_lo, ys_hi = [], [], [], []
-        for i, (e, (x, y)) in enumerate(zip(shown, pts, strict=True)):
-            xci, yci = clipped(x_fig, ci(e, x_name)), clipped(y_fig, ci(e, y_name))
-            xerr = yerr = None
-            if xci is not None:
-                lo, hi = xci[0] * sx, xci[1] * sx
-                xs_lo.append(lo)
-                xs_hi.append(hi)
-                xerr = [[max(x - lo, 0.0)], [max(hi - x, 0.0)]]
-            if yci is not None:
-                lo, hi = yci[0] * y_fig.scale, yci[1] * y_fig.scale
-                ys_lo.append(lo)
-                ys_hi.append(hi)
-                yerr = [[max(y - lo, 0.0)], [max(hi - y, 0.0)]]
-            on = i in front
-            ax.errorbar(
-                x,
-                y,
-                xerr=xerr,
-                yerr=yerr,
-                fmt=_MARKERS[i % len(_MARKERS)],
-                ms=8 if on else 6,
-                capsize=3,
-                color=f"C{i % 10}",
-                mec="black" if on else f"C{i % 10}",
-                mew=1.6 if on else 1.0,
-                ecolor="0.6",
-                label=point_label(e, runs) + ("  (on the front)" if on else ""),
-            )
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "--", color="0.2", lw=1.2, label="Pareto front")
-        ax.set_xlim(*_limits([p[0] for p in pts], xs_lo, xs_hi, None if x_fig.may_be_negative else 0.0))
-        ax.set_ylim(*_limits([p[1] for p in pts], ys_lo, ys_hi, None if y_fig.may_be_negative else 0.0))
-        ax.set_xlabel(_axis_label(x_fig, shown) + ("  (better →)" if larger else "  (← better)"))
-        ax.set_ylabel(_axis_label(y_fig, shown) + "  (↓ better)")
-        ax.set_title(title, fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
-        missing = [point_label(e, runs) for e in exps if e not in shown]
-        note = f"energy method: {', '.join(methods)}; bars: 95% CI over cycles where known"
-        note += "" if x_fig.may_be_negative and y_fig.may_be_negative else ", cut at 0 where it reaches below"
-        note += f"; left out (not measured): {', '.join(missing)}" if missing else ""
-        note += "".join(f"; {line}" for line in _estimate_notes((x_fig, y_fig), shown))
-        fig.supxlabel(note, fontsize=7, color="0.35", wrap=True)
-        out.append(Plot(name, title, fig))
+        out.append(_pareto_figure(name, x_fig, y_fig, shown, exps, _cycle_interval))
+    return out
+
+
+# --- accuracy against energy (issue 27) -----------------------------------------------------------------
+
+#: The quality Pareto fronts' x axis; their y axes are the energy figures of the registry's ``quality_pareto`` view.
+QUALITY_X = "quality.accuracy"
+
+
+def _accuracy_interval(exp: ExperimentData, fig: registry.Figure) -> tuple[float, float] | None:
+    """Accuracy's Wilson 95% interval over the prompts (the summary's ``quality``); other figures' over cycles.
+
+    Greedy decoding repeats each answer every cycle, so the prompts, not the cycles, are accuracy's
+    uncertainty (lem.figures.quality). A fraction: the interval is held within [0, 1].
+    """
+    if fig.name != QUALITY_X:
+        return _cycle_interval(exp, fig)
+    q = (exp.summary or {}).get("quality") or {}
+    low, high = number(q.get("wilson95_low")), number(q.get("wilson95_high"))
+    band = (low, high) if low is not None and high is not None else ci(exp, fig.name)
+    return None if band is None else (min(max(band[0], 0.0), 1.0), min(max(band[1], 0.0), 1.0))
+
+
+def draw_quality(run: RunData) -> list[Plot]:
+    """Energy per output token and per correct answer against accuracy (``[quality]``), one figure each.
+
+    The Pareto code of :func:`draw_pareto`: a legend entry per point, the front, intervals clipped (accuracy's
+    the Wilson interval over the prompts); experiments without a score or energy are left out and named.
+    """
+    exps = _ok(run)
+    x_fig = registry.figure(QUALITY_X)
+    scored = [e for e in exps if mean(e, QUALITY_X) is not None]
+    if len(scored) < 2:
+        reasons = sorted(
+            {str(((e.summary or {}).get("quality") or {}).get("reason") or "no accuracy") for e in exps} - {"None"}
+        )
+        why = f"accuracy is known for {len(scored)} experiment(s); 2+ needed ({'; '.join(reasons) or 'none ran'})"
+        return [Plot("quality", "accuracy against energy", skipped=why)]
+    out = []
+    for y_fig in registry.in_view("quality_pareto"):
+        if y_fig.name == QUALITY_X:
+            continue
+        name = f"quality-{y_fig.name.replace('.', '-')}"
+        shown, skipped = _ok_pair(scored, y_fig.name, name)
+        if skipped is not None:
+            out.append(attrs.evolve(skipped, title=f"{y_fig.title} vs {x_fig.title}"))
+            continue
+        notes = ["accuracy bars: Wilson 95% interval over the prompts"]
+        out.append(_pareto_figure(name, x_fig, y_fig, shown, exps, _accuracy_interval, notes, x_fig.scale))
     return out
 
 
@@ -405,6 +495,7 @@ def draw_cdf(run: RunData) -> list[Plot]:
 
 DRAW: dict[str, Callable[[RunData], list[Plot]]] = {
     "pareto": draw_pareto,
+    "quality": draw_quality,
     "timeline": draw_timeline,
     "cycles": draw_cycles,
     "cdf": draw_cdf,

@@ -48,6 +48,7 @@ _KIND_TITLES = {
     "cycles": "Cycle by cycle",
     "cdf": "Latency distributions",
     "roofline": "Decode roofline",
+    "quality": "Pareto fronts: energy against accuracy",
 }
 #: Plot kinds drawn once per experiment, and how many experiments' of them the page holds.
 PER_EXPERIMENT = ("timeline", "cycles")
@@ -547,7 +548,7 @@ def _plots(run: RunData, shown: list[_Shown], drawn: _Drawn) -> tuple[str, dict[
         figures = drawn.html(_draw(kind, run), kind)
         if figures:
             # Pareto panels are small and sit side by side; the others are wide and get a row each.
-            grid = "plots" if kind == "pareto" else "plots single"
+            grid = "plots" if kind in ("pareto", "quality") else "plots single"
             parts.append(f'<h3>{_e(_KIND_TITLES[kind])}</h3><div class="{grid}">{"".join(figures)}</div>')
     own: dict[str, str] = {}
     for i, s in enumerate(shown):
