@@ -121,3 +121,23 @@ def test_hook_register_presets():
         assert presets()["mine-fast"] == {"batching": {"batch_size": 2}}
         assert "quick-test" in presets()
     assert "mine-fast" not in presets()
+
+
+def test_hook_register_scorers():
+    from lem.config import QualityConfig
+    from lem.figures.quality import score, scorers
+
+    class Plugin:
+        @hookimpl
+        def register_scorers(self):
+            return {"mine-length": lambda output, reference, quality: len(output.split()) == int(reference)}
+
+    quality = QualityConfig(scorer="mine-length")
+    assert "mine-length" not in scorers()
+    with registered(Plugin(), "mine"):
+        assert {"exact", "contains", "number", "choice", "regex", "mine-length"} <= set(scorers())
+        assert score("two words", "2", None, quality) == (True, None)
+        assert score("three words here", "2", None, quality) == (False, None)
+    assert "mine-length" not in scorers()
+    verdict, reason = score("two words", "2", None, quality)
+    assert verdict is None and "not installed" in str(reason)

@@ -156,7 +156,7 @@ def test_a_worker_killed_mid_run_by_its_launcher_is_recorded_and_the_campaign_go
     (tmp_path / "exp.toml").write_text(FAST + sweep)
     done = lem(tmp_path, "run", "exp.toml", "--out", "out", "--launch", f"pytorch={wrapper} {sys.executable}")
     assert done.returncode == 1, done.stderr
-    first, second = sorted(p for p in (tmp_path / "out").glob("*/*") if p.is_dir())
+    first, second = sorted(p.parent for p in (tmp_path / "out").glob("*/*/experiment.toml"))
     failure = json.loads((first / "failure.json").read_text())
     assert failure["exit_code"] == 137
     assert "exited with status 137" in failure["reason"] and "killer: worker killed mid-run" in failure["reason"]

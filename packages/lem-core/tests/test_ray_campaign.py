@@ -310,7 +310,7 @@ def test_lem_run_ray_pins_a_backend_to_a_runtime_environment_and_a_node(cluster:
         cwd=tmp_path, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    (exp_dir,) = (tmp_path / "res").glob("*/*/")
+    (exp_dir,) = (p.parent for p in (tmp_path / "res").glob("*/*/experiment.toml"))
     summary = json.loads((exp_dir / "summary.json").read_text())
     assert summary["backend"] == "pytorch" and summary["figures"]["output_tokens_per_s"]["mean"] > 0
     env = json.loads((exp_dir / "environment.json").read_text())

@@ -6,8 +6,8 @@ The runs are real campaigns on the scripted backend and meter (lem's test double
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +21,7 @@ from lem.results.rundata import ci, mean, read_run
 
 def lem(*args: str) -> subprocess.CompletedProcess[str]:
     """The real `lem` command in a subprocess."""
-    exe = shutil.which("lem")
-    assert exe is not None
-    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "lem", *args], capture_output=True, text=True, timeout=300)
 
 
 SCHEMA = Path(__file__).parent / "data" / "boamps_report_schema.json"

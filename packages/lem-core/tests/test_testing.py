@@ -23,7 +23,7 @@ def test_tables_run_as_one_experiment_and_each_call_is_a_new_run(run_scripted: S
     assert first.ok and second.ok and first.run_dir != second.run_dir
     assert first.run_dir.parent == second.run_dir.parent
     assert json.loads((first.experiment_dir() / "summary.json").read_text())["status"] == "ok"
-    assert sorted(p.name for p in second.run_dir.iterdir() if p.is_dir()) == ["e0", "named"]
+    assert sorted(p.parent.name for p in second.run_dir.glob("*/experiment.toml")) == ["e0", "named"]
 
 
 def test_a_failed_experiment_fails_the_test_with_its_reason_unless_asked(run_scripted: ScriptedRunner) -> None:
