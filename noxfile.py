@@ -29,7 +29,15 @@ CONSTRAINTS = ("-c", "constraints.txt")
 #: Package -> extra requirements its tests need beyond its own dependencies.
 PACKAGES: dict[str, tuple[str, ...]] = {
     # ray: the Ray campaign tests start a multi-node cluster on this machine (~1 min).
-    "lem-core": ("./packages/lem-backend-pytorch", "datasets", "pyarrow", "matplotlib", "ray"),
+    # lem-backend-server: the bad-input table checks its option bounds through the real CLI.
+    "lem-core": (
+        "./packages/lem-backend-pytorch",
+        "./packages/lem-backend-server",
+        "datasets",
+        "pyarrow",
+        "matplotlib",
+        "ray",
+    ),
     # lem-energy-nvml: the tensor-parallel test meters both ranks' GPUs through it, faked by lem_energy_nvml.testing.
     "lem-backend-pytorch": ("peft", "./packages/lem-energy-nvml"),
     "lem-energy-nvml": (),
@@ -152,6 +160,8 @@ def llamacpp(session: nox.Session) -> None:
     )
     suites = ("packages/lem-backend-llamacpp/tests", "tests/test_backends_agree.py", "tests/test_quality.py")
     session.run("pytest", *suites, "-q", *session.posargs)
+    # The bad-input table's llama.cpp cases (skipped in lem-core's session, which has no llama.cpp).
+    session.run("pytest", "packages/lem-core/tests/test_bad_inputs.py", "-k", "llamacpp", "-q", *session.posargs)
 
 
 @_session
