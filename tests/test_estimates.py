@@ -65,6 +65,10 @@ def _lem(*args: str, cwd: Path, shim: Path | None = None) -> subprocess.Complete
     return done
 
 
+#: Each run's stderr (the live progress lines), by run name.
+LIVE: dict[str, str] = {}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]]:
     """``{"estimate" | "measured": (run directory, the run's stdout)}``."""
@@ -81,6 +85,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, str]
         done = _lem("run", f"{name}.toml", "--out", name, "--yes", cwd=root, shim=path)
         [run_dir] = (root / name).iterdir()
         out[name] = (run_dir, done.stdout)
+        LIVE[name] = done.stderr
     return out
 
 
@@ -96,7 +101,10 @@ def test_the_run_table_list_show_and_compare_mark_estimates(runs: dict[str, tupl
     assert len(rows) == 2 and all(r.count(ESTIMATE) == 1 and ESTIMATE in r.split("±")[-1] for r in rows)
     assert "J/out tok rests on an estimate, not a measurement: cpu: CodeCarbon estimate" in stdout
     listed = _lem("results", "list", str(run_dir.parent), cwd=run_dir.parent).stdout
-    assert [line for line in listed.splitlines() if line.startswith(run_dir.name)] == rows
+    listed_rows = [line for line in listed.splitlines() if line.startswith(run_dir.name)]
+    # `results list` adds a column per sweep key; the figure cells and their markers are the run table's.
+    figures = [" ".join(r.split("random:tiny-llama")[1].split()[-7:]) for r in rows]
+    assert [" ".join(r.split("random:tiny-llama")[1].split()[-7:]) for r in listed_rows] == figures
     shown = _lem("results", "show", str(next(run_dir.glob("000-*"))), cwd=run_dir.parent).stdout
     assert ESTIMATE in next(x for x in shown.splitlines() if x.startswith("J/out tok "))
     assert "TDP" in shown
@@ -106,6 +114,13 @@ def test_the_run_table_list_show_and_compare_mark_estimates(runs: dict[str, tupl
     assert all(c["method"] == "measured" and c["basis"] is None for c in by["output_tokens_per_s"])
     table = _lem("results", "compare", str(run_dir), cwd=run_dir.parent).stdout
     assert ESTIMATE in table and "TDP" in table
+
+
+def test_the_live_cycle_lines_mark_estimates(runs: dict[str, tuple[Path, str]]) -> None:
+    for name, marked in (("estimate", True), ("measured", False)):
+        lines = [x for x in LIVE[name].splitlines() if "cycle " in x and " J/out tok" in x]
+        assert len(lines) == 2 * 2, LIVE[name]  # 2 experiments x 2 cycles
+        assert all((ESTIMATE in x) is marked for x in lines), lines
 
 
 def test_measured_energy_is_not_marked(runs: dict[str, tuple[Path, str]]) -> None:
@@ -137,7 +152,8 @@ def test_plots_mark_estimated_axes(runs: dict[str, tuple[Path, str]]) -> None:
     for fig in in_view("cycles_plot"):
         marked = f"{fig.title} {ESTIMATE}" in labels
         assert marked is (fig.method == "energy"), fig.name
-    assert f"J/out tok {ESTIMATE}  (← better)" in labels and "TDP" in labels
+    # The Pareto fronts plot J/out tok up the y axis since the study report (lower is better).
+    assert f"J/out tok {ESTIMATE}  (↓ better)" in labels and "TDP" in labels
 
 
 def test_report_in_headless_chromium_marks_estimates(runs: dict[str, tuple[Path, str]], tmp_path: Path) -> None:
@@ -171,5 +187,6 @@ def test_report_in_headless_chromium_marks_estimates(runs: dict[str, tuple[Path,
     for row in cells:
         for name, text in zip(columns, row, strict=True):
             if name is not None:
-                assert (ESTIMATE in text) is name.startswith("energy."), (name, text)
+                # An energy cell with a value is marked; one with none (n/a: no [quality] here) is not.
+                assert (ESTIMATE in text) is (name.startswith("energy.") and text != "n/a"), (name, text)
     assert tooltip is not None and "TDP" in tooltip and "TDP" in footnote and ESTIMATE in footnote

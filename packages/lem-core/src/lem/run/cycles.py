@@ -26,7 +26,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lem.config import ExperimentConfig, MeasurementConfig
-from lem.figures import precision, quality, validity
+from lem.figures import precision, quality, registry, validity
+from lem.figures.registry import method_of
 from lem.figures.requests import with_text
 from lem.figures.summary import compute_cycle, traces_to_json
 from lem.results.files import write_json, write_timeline
@@ -104,8 +105,12 @@ def measure_cycle(
     if timeline is not None and window is not None:
         write_timeline(live.directory / f"timeline-{c:03d}.csv", list(window.timeline))
     write_json(live.directory / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
-    jpt = energy["j_per_output_token"]
-    detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (f", {jpt:.3g} J/tok" if jpt is not None else "")
+    jpt, row = energy["j_per_output_token"], registry.figure("energy.j_per_output_token")
+    # The live line marks an estimate as every other screen does (lem.figures.registry).
+    mark = f" {registry.ESTIMATE}" if method_of(raw, row.name).estimate else ""
+    detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (
+        f", {jpt:.3g} {row.label}{mark}" if jpt is not None else ""
+    )
     progress.end(detail + (f", {passes} passes" if passes > 1 else ""))
     return raw, timeline
 

@@ -110,7 +110,7 @@ class Progress:
             self._bar.update(self._task, completed=done)
 
     def end(self, detail: str = "") -> None:
-        """Finish the current stage with a one-line result (``"1234 tok/s, 2.1 J/tok"``)."""
+        """Finish the current stage with a one-line result (``"1234 tok/s, 2.1 J/out tok"``)."""
         self._stop_bar()
         elapsed = time.monotonic() - self._t0
         count = f" {self._done}/{self._total} requests" if self._total else ""
