@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import reportrun
@@ -24,7 +25,8 @@ def lem(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lem", *args], capture_output=True, text=True, timeout=300)
 
 
-SCHEMA = Path(__file__).parent / "data" / "boamps_report_schema.json"
+# The published BoAmps schema (draft-04), copied unchanged; data/boamps/README.md names its source.
+BOAMPS = Path(__file__).parent / "data" / "boamps"
 
 
 @pytest.fixture(scope="module")
@@ -90,16 +92,62 @@ def test_list_filters_and_sweep_columns(study: Path) -> None:
     assert none.returncode == 0 and "no results matching the filters" in none.stdout
 
 
-def test_boamps_export_validates_against_the_schema(study: Path, tmp_path: Path) -> None:
+def boamps_validator() -> Any:
+    """A validator of ``report_schema.json``; its ``$ref``s resolve to the local copies by ``id``, never the network."""
     jsonschema = pytest.importorskip("jsonschema")
+    referencing = pytest.importorskip("referencing")
+    from referencing.jsonschema import DRAFT4
+
+    schemas = {p.name: json.loads(p.read_text()) for p in sorted(BOAMPS.glob("*.json"))}
+    assert len(schemas) == 5
+    registry = referencing.Registry().with_resources((s["id"], DRAFT4.create_resource(s)) for s in schemas.values())
+
+    def offline(uri: str) -> Any:
+        raise AssertionError(f"the BoAmps schema refers to {uri}, which is not in tests/data/boamps")
+
+    registry = referencing.Registry(retrieve=offline).combine(registry)
+    schema = schemas["report_schema.json"]
+    jsonschema.Draft4Validator.check_schema(schema)
+    return jsonschema.Draft4Validator(schema, registry=registry)
+
+
+def test_boamps_validator_checks_the_referenced_schemas() -> None:
+    # The $refs resolve: a measure without powerConsumption (measure_schema.json), a dataset with a source
+    # outside its enum (dataset_schema.json) and a report without infraType (report_schema.json) all fail.
+    validator = boamps_validator()
+    good = {
+        "task": {
+            "taskStage": "inference",
+            "taskFamily": "text generation",
+            "algorithms": [{}],
+            "dataset": [{"dataUsage": "input", "dataType": "token"}],
+        },
+        "measures": [{"measurementMethod": "lem", "powerConsumption": 1e-6}],
+        "infrastructure": {"infraType": "other", "components": [{"componentType": "cpu", "nbComponent": 1}]},
+    }
+    assert not list(validator.iter_errors(good))
+    bad = json.loads(json.dumps(good))
+    del bad["measures"][0]["powerConsumption"]
+    bad["task"]["dataset"][0]["source"] = "a prompt set"
+    del bad["infrastructure"]["infraType"]
+    messages = sorted(e.message for e in validator.iter_errors(bad))
+    assert messages == [
+        "'a prompt set' is not one of ['public', 'private', 'other']",
+        "'infraType' is a required property",
+        "'powerConsumption' is a required property",
+    ]
+
+
+def test_boamps_export_validates_against_the_schema(study: Path, tmp_path: Path) -> None:
+    validator = boamps_validator()
     done = lem("results", "export", str(study), "--format", "boamps", "--out", str(tmp_path / "bo"))
     assert done.returncode == 0, done.stderr
     files = sorted((tmp_path / "bo").glob("*.boamps.json"))
     assert len(files) == 6
-    schema = json.loads(SCHEMA.read_text())
     for path in files:
         doc = json.loads(path.read_text())
-        jsonschema.validate(doc, schema)
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, f"{path.name}: {errors}"
         assert "boundary" in doc["measures"][0]["measurementMethod"]
         assert all(m["powerConsumption"] > 0 for m in doc["measures"])
     # The energy in kWh is the cycles' total energy in J.
@@ -107,4 +155,11 @@ def test_boamps_export_validates_against_the_schema(study: Path, tmp_path: Path)
     totals = [json.loads(c.read_text())["energy"]["total_j"] for c in sorted(exp.glob("cycle-*.json"))]
     doc = json.loads((tmp_path / "bo" / f"{exp.parent.name}--{exp.name}.boamps.json").read_text())
     assert [m["powerConsumption"] * 3.6e6 for m in doc["measures"]] == pytest.approx(totals)
+    # The tokens read and written are the cycles' sums; the prompt set is named in the description.
+    work = json.loads((exp / "summary.json").read_text())["workload"]
+    assert [(d["dataUsage"], d["dataQuantity"]) for d in doc["task"]["dataset"]] == [
+        ("input", sum(work["input_tokens"])),
+        ("output", sum(work["output_tokens"])),
+    ]
+    assert "prompts: synthetic" in doc["task"]["taskDescription"]
     assert write(study, tmp_path / "again", lambda line: None)

@@ -6,7 +6,10 @@ measure per measurement, the system, software and infrastructure. lem writes
 one measure per cycle, with lem's energy method and boundary (the metered
 devices) in ``measurementMethod``. ``powerConsumption`` is energy in kWh, as
 CodeCarbon writes it. An experiment without measured energy gets no report
-(BoAmps has no null measure): a warning line names it and why.
+(BoAmps has no null measure): a warning line names it and why. Reports follow
+the published schema (``model/report_schema.json``, draft-04); a field lem
+does not know is left out, except ``infrastructure.infraType``, which the
+schema requires: lem writes ``other`` (see docs/results.md).
 docs/results.md maps each field.
 """
 
@@ -66,20 +69,21 @@ def report(exp: ExperimentData) -> tuple[dict[str, Any] | None, str | None]:
         "framework": summary.get("backend"),
         "quantization": config.get("llamacpp.quantization") or config.get("quantization") or config.get("precision"),
     }
-    dataset = {
-        "dataUsage": "input",
-        "dataType": "token",
-        "dataQuantity": sum(work.get("input_tokens") or ()) or None,
-        "source": (summary.get("prompts") or {}).get("description"),
-    }
+    # The tokens read and written over all cycles; BoAmps' ``source`` is only public/private/other,
+    # so the prompt set's description goes in ``taskDescription``.
+    datasets = [
+        {"dataUsage": usage, "dataType": "token", "dataQuantity": sum(work.get(f"{usage}_tokens") or ()) or None}
+        for usage in ("input", "output")
+    ]
+    prompts = (summary.get("prompts") or {}).get("description")
     task = {
         "taskStage": "inference",
         "taskFamily": "text generation",
         "nbRequest": sum(work.get("requests") or ()) or None,
-        "algorithms": [{k: v for k, v in algorithm.items() if v is not None}],
-        "dataset": [{k: v for k, v in dataset.items() if v is not None}],
+        "algorithms": [{k: str(v) for k, v in algorithm.items() if v is not None}],
+        "dataset": datasets,
         "taskDescription": f"lem experiment {summary.get('key')}: {summary.get('cycles')} cycles, "
-        f"energy method {method}, boundary {where}",
+        f"energy method {method}, boundary {where}" + (f"; prompts: {prompts}" if prompts else ""),
     }
     components = [{"componentType": "cpu", "componentName": (env.get("cpu") or {}).get("model"), "nbComponent": 1}]
     for g in env.get("gpus") or ():
@@ -101,14 +105,17 @@ def report(exp: ExperimentData) -> tuple[dict[str, Any] | None, str | None]:
         "measures": measures,
         "system": {"os": (env.get("os") or {}).get("system")},
         "software": {"language": "python", "version": (env.get("python") or {}).get("version")},
-        "infrastructure": {"components": [{k: v for k, v in c.items() if v is not None} for c in components]},
+        # infraType is required and lem cannot tell on-premise from cloud: "other", the schema's catch-all.
+        "infrastructure": {"infraType": "other", "components": components},
     }
     return _strip(out), None
 
 
 def _strip(doc: Any) -> Any:
+    """``doc`` without ``None`` values and the objects left empty by removing them (BoAmps has no null)."""
     if isinstance(doc, dict):
-        return {k: _strip(v) for k, v in doc.items() if v is not None and v != {}}
+        kept = {k: _strip(v) for k, v in doc.items() if v is not None}
+        return {k: v for k, v in kept.items() if v != {}}
     if isinstance(doc, list):
         return [_strip(v) for v in doc]
     return doc
