@@ -299,3 +299,20 @@ def _method(methods: Sequence[str | None]) -> str | None:
     if not known:
         return None
     return known[0] if len(known) == 1 else "mixed: " + ", ".join(known)
+
+
+def energy_per(energy: Mapping[str, Any], count: int, unit: str, none_reason: str) -> dict[str, Any]:
+    """``j_per_<unit>`` and ``dynamic_j_per_<unit>`` of a cycle's energy block shared over ``count`` things
+    (good requests, correct answers), or ``energy_reason`` saying why one is missing (``none_reason`` when
+    ``count`` is 0): never 0 for an unknown energy."""
+    total, dynamic = energy.get("total_j"), energy.get("dynamic_j")
+    if total is None:
+        return {"energy_reason": energy.get("reason") or "no energy was measured"}
+    if count == 0:
+        return {"energy_reason": none_reason}
+    out: dict[str, Any] = {f"j_per_{unit}": total / count}
+    if dynamic is not None:
+        out[f"dynamic_j_per_{unit}"] = dynamic / count
+    else:
+        out["energy_reason"] = energy.get("idle_reason") or "no idle baseline: the energy above idle is unknown"
+    return out

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lem.config import SloConfig
+from lem.figures.energy import energy_per
 
 #: ``[slo]`` target -> the per-request latency (seconds) it bounds.
 TARGETS = {"ttft_ms": "ttft_s", "tpot_ms": "tpot_s", "e2e_ms": "e2e_s"}
@@ -138,17 +139,7 @@ def cycle_goodput(
     out["checks"] = checks(per_request, slo)
     verdicts = [c["met"] for c in out["checks"].values()]
     out["met"] = None if None in verdicts else all(verdicts)
-    total, dynamic = energy.get("total_j"), energy.get("dynamic_j")
-    if total is None:
-        out["energy_reason"] = energy.get("reason") or "no energy was measured"
-    elif good == 0:
-        out["energy_reason"] = NO_GOOD
-    else:
-        out["j_per_good_request"] = total / good
-        if dynamic is not None:
-            out["dynamic_j_per_good_request"] = dynamic / good
-        else:
-            out["energy_reason"] = energy.get("idle_reason") or "no idle baseline: the energy above idle is unknown"
+    out.update(energy_per(energy, good, "good_request", NO_GOOD))
     return out
 
 

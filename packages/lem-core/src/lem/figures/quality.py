@@ -37,6 +37,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from lem.config import QualityConfig
+from lem.figures.energy import energy_per
 from lem.hookspecs import hookimpl
 from lem.plugins import get_plugin_manager
 
@@ -236,17 +237,7 @@ def cycle_quality(
     out["accuracy"] = correct / scored
     out["wilson95_low"], out["wilson95_high"] = wilson(correct, scored)
     out["correct_answers_per_s"] = correct / duration_s if duration_s > 0 else None
-    total, dynamic = energy.get("total_j"), energy.get("dynamic_j")
-    if total is None:
-        out["energy_reason"] = energy.get("reason") or "no energy was measured"
-    elif correct == 0:
-        out["energy_reason"] = NO_CORRECT
-    else:
-        out["j_per_correct_answer"] = total / correct
-        if dynamic is not None:
-            out["dynamic_j_per_correct_answer"] = dynamic / correct
-        else:
-            out["energy_reason"] = energy.get("idle_reason") or "no idle baseline: the energy above idle is unknown"
+    out.update(energy_per(energy, correct, "correct_answer", NO_CORRECT))
     return out
 
 
