@@ -145,8 +145,15 @@ def _cache_shape(manager: Any) -> tuple[int, int] | None:
     """
     cache = getattr(getattr(manager, "batch_processor", None), "cache", None)
     allocators = getattr(cache, "cache_allocators", None)
-    full = allocators.get("full_attention") if isinstance(allocators, dict) else None
-    page, blocks = getattr(full, "tokens_per_page", None), getattr(full, "num_blocks", None)
+    if isinstance(allocators, dict):  # transformers >= 5.2x: one allocator per attention type
+        full = allocators.get("full_attention")
+        page, blocks = getattr(full, "tokens_per_page", None), getattr(full, "num_blocks", None)
+    else:  # older: one block pool that every layer group draws from, a request's blocks once per group
+        groups = getattr(cache, "num_full_attention_groups", None)
+        if not isinstance(groups, int) or groups < 1 or getattr(cache, "num_sliding_attention_groups", 0):
+            return None  # a sliding window's share of the pool depends on the request: not known up front
+        page, blocks = getattr(cache, "block_size", None), getattr(cache, "num_blocks", None)
+        blocks = blocks // groups if isinstance(blocks, int) else None
     if not isinstance(page, int) or not isinstance(blocks, int):
         return None
     return page, blocks
