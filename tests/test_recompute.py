@@ -246,22 +246,34 @@ def has_fake_pynvml() -> bool:
     return importlib.util.find_spec("lem_energy_nvml") is not None
 
 
-def run_side_by_side(root: Path, tomls: Mapping[str, str], out_prefix: str) -> dict[str, Path]:
-    """``{name: experiment dir}``: one real ``lem run NAME.toml --out OUT_PREFIX-NAME`` per file, side by side,
-    with the fake pynvml on the path (two GPUs) and a model cache of its own each."""
+def fake_nvml_shim(root: Path) -> Path:
+    """``root/shim``, holding a ``pynvml.py`` that is the fake (two GPUs) for a subprocess that puts it first."""
     shim = root / "shim"
     shim.mkdir(exist_ok=True)
     (shim / "pynvml.py").write_text(FAKE_PYNVML)
+    return shim
+
+
+def lem_env(cache: Path, shim: Path) -> dict[str, str]:
+    """The environment of a ``lem`` subprocess: offline, its own model cache, the fake pynvml first on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_VERBOSITY="error",
+        LEM_CACHE_DIR=str(cache),
+        PYTHONPATH=os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]),
+    )
+    return env
+
+
+def run_side_by_side(root: Path, tomls: Mapping[str, str], out_prefix: str) -> dict[str, Path]:
+    """``{name: experiment dir}``: one real ``lem run NAME.toml --out OUT_PREFIX-NAME`` per file, side by side,
+    with the fake pynvml on the path (two GPUs) and a model cache of its own each."""
+    shim = fake_nvml_shim(root)
     procs = {}
     for name, body in tomls.items():
         (root / f"{name}.toml").write_text(body)
-        env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-        env.update(
-            HF_HUB_OFFLINE="1",
-            TRANSFORMERS_VERBOSITY="error",
-            LEM_CACHE_DIR=str(root / f"cache-{name}"),  # runs build the tiny model at once: no shared cache
-            PYTHONPATH=os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")]),
-        )
+        env = lem_env(root / f"cache-{name}", shim)  # runs build the tiny model at once: no shared cache
         cmd = [sys.executable, "-m", "lem", "run", f"{name}.toml", "--out", f"{out_prefix}-{name}", "--quiet"]
         procs[name] = subprocess.Popen(
             [*cmd, "--no-report"], cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

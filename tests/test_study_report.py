@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_recompute import FAKE_PYNVML, QUALITY_PROMPTS
+from test_recompute import QUALITY_PROMPTS, fake_nvml_shim, lem_env
 
 from lem.figures import registry
 from lem.results import plots
@@ -67,11 +67,13 @@ WIDTH = 1280
 
 
 def _lem(*args: str, cwd: Path, shim: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", LEM_CACHE_DIR=str(cwd / "cache"))
-    env["PYTHONPATH"] = os.pathsep.join([str(shim), os.environ.get("PYTHONPATH", "")])
     done = subprocess.run(
-        [sys.executable, "-m", "lem", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "lem", *args],
+        cwd=cwd,
+        env=lem_env(cwd / "cache", shim),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, f"lem {' '.join(args)}:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
     return done
@@ -81,9 +83,7 @@ def _lem(*args: str, cwd: Path, shim: Path) -> subprocess.CompletedProcess[str]:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The results directory of the three runs, with ``report.html`` written by ``lem report``."""
     root = tmp_path_factory.mktemp("study")
-    shim = root / "shim"
-    shim.mkdir()
-    (shim / "pynvml.py").write_text(FAKE_PYNVML)
+    shim = fake_nvml_shim(root)
     prompts = root / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in QUALITY_PROMPTS))
     (root / "answers.toml").write_text(ANSWERS)
