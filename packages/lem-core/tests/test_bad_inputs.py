@@ -816,6 +816,14 @@ CASES = [
         damage=("*/000-*/cycle-001.json", "CYCLE-AS-TEXT"),
     ),
     Case(
+        "export: --out names a directory where a table file goes",
+        ("results", "export", "results", "--out", "adir"),
+        2,
+        ("--out adir is a directory", "--format csv writes one file"),
+        {"adir/x": ""},
+        real_run=True,
+    ),
+    Case(
         "export --strict: refuses with one line naming the damaged file",
         ("results", "export", "results", "--level", "cycle", "--strict"),
         2,

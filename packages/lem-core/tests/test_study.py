@@ -162,4 +162,19 @@ def test_boamps_export_validates_against_the_schema(study: Path, tmp_path: Path)
         ("output", sum(work["output_tokens"])),
     ]
     assert "prompts: synthetic" in doc["task"]["taskDescription"]
+    assert doc["infrastructure"]["infraType"] == "other"  # lem cannot tell: the catch-all unless the user says
     assert write(study, tmp_path / "again", lambda line: None)
+
+
+def test_boamps_infra_type_is_what_the_user_says(study: Path, tmp_path: Path) -> None:
+    export = ("results", "export", str(study), "--format", "boamps", "--out", str(tmp_path / "bo"), "--infra-type")
+    done = lem(*export, "onPremise")
+    assert done.returncode == 0, done.stderr
+    docs = [json.loads(p.read_text()) for p in (tmp_path / "bo").glob("*.boamps.json")]
+    assert docs and {d["infrastructure"]["infraType"] for d in docs} == {"onPremise"}
+    again = lem(*export, "privateCloud")  # into the same directory: the reports are rewritten
+    assert again.returncode == 0, again.stderr
+    docs = [json.loads(p.read_text()) for p in (tmp_path / "bo").glob("*.boamps.json")]
+    assert {d["infrastructure"]["infraType"] for d in docs} == {"privateCloud"}
+    bad = lem(*export, "cloud")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--infra-type" in bad.stderr

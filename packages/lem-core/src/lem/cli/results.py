@@ -352,12 +352,22 @@ def results_compare(targets: tuple[str, ...], directory: str, as_json: bool, str
     help="One row per experiment, per cycle or per request.",
 )
 @click.option(
-    "--out", "out_file", type=click.Path(dir_okay=False), help="Write here (default: stdout; parquet needs it)."
+    "--out",
+    "out_file",
+    type=click.Path(),
+    help="Write here: a file (default: stdout; parquet needs it), or a directory for boamps.",
 )
 @click.option(
     "--strict", is_flag=True, help="A damaged result file stops the export (nothing written) instead of being left out."
 )
-def results_export(directory: str, fmt: str, level: str, out_file: str | None, strict: bool) -> None:
+@click.option(
+    "--infra-type",
+    type=click.Choice(["publicCloud", "privateCloud", "onPremise", "other"]),
+    default="other",
+    show_default=True,
+    help="boamps: infrastructure.infraType, where the machine is (lem cannot tell; 'other' is the catch-all).",
+)
+def results_export(directory: str, fmt: str, level: str, out_file: str | None, strict: bool, infra_type: str) -> None:
     """Export the results under DIRECTORY (results, run or experiment directory) as a table.
 
     A damaged result file is named on stderr and what it holds is left out (the rest is exported);
@@ -370,9 +380,15 @@ def results_export(directory: str, fmt: str, level: str, out_file: str | None, s
 
         if not out_file:
             raise ResultsError("--format boamps writes one file per experiment: give --out DIRECTORY")
-        paths = write(Path(directory), Path(out_file), lambda line: click.echo(f"lem: warning: {line}", err=True))
+
+        def warn(line: str) -> None:
+            click.echo(f"lem: warning: {line}", err=True)
+
+        paths = write(Path(directory), Path(out_file), warn, infra_type)
         click.echo(f"{out_file}: {len(paths)} BoAmps report(s)", err=True)
         return
+    if out_file and Path(out_file).is_dir():
+        raise ResultsError(f"--out {out_file} is a directory: --format {fmt} writes one file; name the file")
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.export import export
 

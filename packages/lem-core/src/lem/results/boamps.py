@@ -9,7 +9,7 @@ CodeCarbon writes it. An experiment without measured energy gets no report
 (BoAmps has no null measure): a warning line names it and why. Reports follow
 the published schema (``model/report_schema.json``, draft-04); a field lem
 does not know is left out, except ``infrastructure.infraType``, which the
-schema requires: lem writes ``other`` (see docs/results.md).
+schema requires: the user's ``--infra-type``, else ``other`` (see docs/results.md).
 docs/results.md maps each field.
 """
 
@@ -36,8 +36,12 @@ def _when(unix: Any) -> str | None:
     return None if value is None else time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(value))
 
 
-def report(exp: ExperimentData) -> tuple[dict[str, Any] | None, str | None]:
-    """The BoAmps report of one experiment, or ``None`` and why there is none."""
+def report(exp: ExperimentData, infra_type: str = "other") -> tuple[dict[str, Any] | None, str | None]:
+    """The BoAmps report of one experiment, or ``None`` and why there is none.
+
+    ``infra_type`` is ``infrastructure.infraType`` as the user states it (lem cannot tell on-premise from
+    cloud; ``other`` is the schema's catch-all, not a finding).
+    """
     summary = exp.summary
     if summary is None:
         return None, f"{exp.path}: no summary.json ({exp.status})"
@@ -105,8 +109,7 @@ def report(exp: ExperimentData) -> tuple[dict[str, Any] | None, str | None]:
         "measures": measures,
         "system": {"os": (env.get("os") or {}).get("system")},
         "software": {"language": "python", "version": (env.get("python") or {}).get("version")},
-        # infraType is required and lem cannot tell on-premise from cloud: "other", the schema's catch-all.
-        "infrastructure": {"infraType": "other", "components": components},
+        "infrastructure": {"infraType": infra_type, "components": components},
     }
     return _strip(out), None
 
@@ -121,11 +124,11 @@ def _strip(doc: Any) -> Any:
     return doc
 
 
-def write(root: Path, out_dir: Path, warn: Callable[[str], None]) -> list[Path]:
+def write(root: Path, out_dir: Path, warn: Callable[[str], None], infra_type: str = "other") -> list[Path]:
     """One ``RUN--EXPERIMENT.boamps.json`` per experiment under ``root`` with energy, in ``out_dir``."""
     written = []
     for d in experiment_dirs(root):
-        doc, why = report(read_experiment(d))
+        doc, why = report(read_experiment(d), infra_type)
         if doc is None:
             warn(str(why))
             continue
