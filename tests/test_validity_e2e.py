@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_recompute import check, has_fake_pynvml
+from test_recompute import check, has_fake_pynvml, recompute
 
 #: The fake board, scripted by :data:`PLAN` (filled in per run). Energy follows the worker's CPU use, as in
 #: tests/test_recompute.py; throttle reasons, temperature and the fake /proc follow the cycle being measured.
@@ -340,3 +340,33 @@ def test_settle_wait_is_bounded_when_the_temperature_never_comes_back(runs: dict
     s = _summary(run)
     assert any("did not settle" in w for w in s["warnings"])
     assert s["validity"]["spoilt_cycles"] == [2]  # warn: kept, and said
+
+
+def test_compare_shows_each_energy_figures_uncertainty_budget(runs: dict[str, dict[str, Any]]) -> None:
+    """``lem results compare``'s table: ``budget ±x%`` under each energy figure's cell, x from the raw files."""
+    compared = [runs["warn"], runs["retry"]]
+    env = {**os.environ, "COLUMNS": "250"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lem", "results", "compare", *(str(r["exp"]) for r in compared)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    # The budget each cell must show: tests/test_recompute.py's own recomputation (no lem code).
+    expected = []
+    for run in compared:
+        budgets = recompute(run["exp"])["uncertainty"]["figures"]
+        for name in (
+            "energy.j_per_output_token",
+            "energy.dynamic_j_per_output_token",
+            "energy.idle_j_per_output_token",
+        ):
+            expected.append(f"budget ±{budgets[name]['combined']:.1%}")
+            assert budgets[name]["not_covered"] == []
+        expected.append(f"budget ±{budgets['energy.mean_power_w']['combined']:.1%}")
+    shown = re.findall(r"budget ±[0-9.]+%", done.stdout)
+    assert sorted(shown) == sorted(expected)
+    assert "(partial budget)" not in done.stdout
+    assert "budget ±: the energy figure's uncertainty budget" in " ".join(done.stdout.split())
