@@ -978,9 +978,7 @@ def recompute(exp: Path) -> dict[str, Any]:
         },
         "precision": precision,
         "per_request_energy": {"estimate": True, "j": dist([j for pc in per_cycle for j in pc["per_request_j"]])},
-        "thermal": {
-            "throttled_cycles": [c["cycle"] for c, pc in pairs if pc["throttled"]]
-        },
+        "thermal": {"throttled_cycles": [c["cycle"] for c, pc in pairs if pc["throttled"]]},
         "output_digest": digests[0],
         "outputs_identical_across_cycles": None if None in digests else len(set(digests)) == 1,
         "flags": {
