@@ -892,7 +892,7 @@ def recompute(exp: Path) -> dict[str, Any]:
         pooled_good = sum(good(r, slo) for r in every)
         checks = slo_checks(every, slo)
         slo_block.update(
-            cycles=len(cycles),
+            cycles=len(per_cycle),
             cycles_met=sum(pc["slo_met"] is True for pc in per_cycle),
             pooled_good_requests=pooled_good,
             pooled_requests=len(every),
@@ -931,12 +931,13 @@ def recompute(exp: Path) -> dict[str, Any]:
             "rel_ci95": rels,
             "met_by": [k for k in applies if rels[k] is not None and rels[k] <= target],
         }
-    digests = [pc["digest"] for pc in per_cycle]
-    pairs = list(zip(cycles, per_cycle, strict=True))
+    digests = [pc["digest"] for pc in every_cycle]
+    # Lists of cycle numbers name every cycle, spoilt or not; the figures are the kept cycles'.
+    pairs = list(zip(cycles, every_cycle, strict=True))
     negative_dynamic = [c["cycle"] for c, pc in pairs if pc["dynamic"] is not None and pc["dynamic"] < 0]
     negative_decode = [c["cycle"] for c, pc in pairs if pc["negative_decode"]]
     method_cycles: dict[str, int] = {}
-    for pc in per_cycle:
+    for pc in every_cycle:
         if pc["method"]:
             method_cycles[pc["method"]] = method_cycles.get(pc["method"], 0) + 1
     numbers = [c["cycle"] for c in cycles]
@@ -989,9 +990,7 @@ def recompute(exp: Path) -> dict[str, Any]:
         },
         "precision": precision,
         "per_request_energy": {"estimate": True, "j": dist([j for pc in per_cycle for j in pc["per_request_j"]])},
-        "thermal": {
-            "throttled_cycles": [c["cycle"] for c, pc in zip(cycles, per_cycle, strict=True) if pc["throttled"]]
-        },
+        "thermal": {"throttled_cycles": [c["cycle"] for c, pc in pairs if pc["throttled"]]},
         "output_digest": digests[0],
         "outputs_identical_across_cycles": None if None in digests else len(set(digests)) == 1,
         "flags": {
@@ -1004,7 +1003,7 @@ def recompute(exp: Path) -> dict[str, Any]:
             "negative_decode_energy": {
                 "cycles": negative_decode,
                 "count": len(negative_decode),
-                "figures": sorted({name for pc in per_cycle for name in pc["nulled"]}),
+                "figures": sorted({name for pc in every_cycle for name in pc["nulled"]}),
             },
             "ci95_low_impossible": [n for n, fig in figures.items() if fig.get("ci95_low_impossible")],
         },

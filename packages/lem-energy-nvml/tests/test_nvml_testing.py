@@ -36,3 +36,25 @@ def test_write_pynvml_is_the_fake_in_a_subprocess(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["3", "GPU-2", "14"]
+
+
+def test_a_board_script_sets_readings_before_each_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``FakeGpu.script`` runs before every reading: here a marker file throttles and heats the board."""
+    marker = tmp_path / "hot"
+    reads: list[int] = []
+
+    def script(gpu: FakeGpu) -> None:
+        reads.append(1)
+        hot = marker.exists()
+        gpu.throttle_mask, gpu.temperature_c = (0x4, 80) if hot else (0x1, 40)
+
+    install(monkeypatch, [FakeGpu("GPU-a", script=script)])
+    import pynvml
+
+    h = pynvml.nvmlDeviceGetHandleByIndex(0)
+    assert (pynvml.nvmlDeviceGetCurrentClocksEventReasons(h), pynvml.nvmlDeviceGetTemperature(h, 0)) == (0x1, 40)
+    marker.touch()
+    assert (pynvml.nvmlDeviceGetCurrentClocksEventReasons(h), pynvml.nvmlDeviceGetTemperature(h, 0)) == (0x4, 80)
+    marker.unlink()
+    assert pynvml.nvmlDeviceGetCurrentClocksEventReasons(h) == 0x1
+    assert len(reads) == 5

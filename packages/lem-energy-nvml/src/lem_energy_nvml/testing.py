@@ -23,6 +23,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,9 @@ class FakeGpu:
     #: ``counter_period_s`` seconds, as a real board's does.
     counter_period_s: float | None = None
     counter_gain: float = 1.0
+    #: A scripted board: called with the board before every reading of it (from whichever thread reads), so
+    #: a test sets readings from the time or from files the run writes (throttle while a marker exists...).
+    script: Callable[[FakeGpu], None] | None = None
     _origin: float | None = None
     _last: float = 0.0
     _true_mj: float = 0.0
@@ -101,6 +105,9 @@ class FakeGpu:
         return self.energy_mj + int(self.counter_gain * shown)
 
     def check(self) -> None:
+        """Run the board's script, then fail as a lost GPU does when ``lost`` is set (every reading calls this)."""
+        if self.script is not None:
+            self.script(self)
         if self.lost:
             raise ERRORS["NVMLError_GpuIsLost"]()
 

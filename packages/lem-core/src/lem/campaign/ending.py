@@ -32,6 +32,7 @@ from lem.figures.registry import (
     marked,
     method_of,
 )
+from lem.figures.validity import left_out_line
 from lem.results.files import experiment_status, read_json
 from lem.results.plots import INSTALL_HINT
 from lem.results.report import write_report
@@ -45,6 +46,8 @@ class _Shown:
     half: Mapping[str, float]
     methods: Mapping[str, Method]
     flags: Mapping[str, list[str]]
+    #: Spoilt cycles left out of the figures (lem.figures.validity), when any were.
+    left_out: str | None = None
 
 
 def _shown(row: Mapping[str, Any]) -> _Shown:
@@ -64,7 +67,10 @@ def _shown(row: Mapping[str, Any]) -> _Shown:
             methods[fig.name] = method_of(doc, fig.name)
             if found := flags_of(doc, fig.name):
                 flags[fig.name] = found
-    return _Shown(half, methods, flags)
+    left_out = None
+    if doc is not None and isinstance(doc.get("validity"), Mapping) and isinstance(doc.get("cycles"), int):
+        left_out = left_out_line(doc["validity"], doc["cycles"])
+    return _Shown(half, methods, flags, left_out)
 
 
 def _figure_cell(row: Mapping[str, Any], fig: Figure, shown: _Shown) -> str:
@@ -118,6 +124,8 @@ def table(rows: Sequence[dict[str, Any]], extra: Sequence[tuple[str, str]] = ())
     reasons = sorted({r["energy_reason"] for r in rows if r.get("energy_reason")})
     lines += [f"energy not measured: {reason}" for reason in reasons]
     for r, s in zip(rows, shown, strict=True):
+        if s.left_out is not None and s.left_out not in (r.get("reason") or ""):
+            lines.append(f"{r['id']}: {s.left_out}")
         estimated = [f for f in columns if s.methods.get(f.name, MEASURED).estimate]
         if estimated:
             basis = next((s.methods[f.name].basis for f in estimated if s.methods[f.name].basis), None)

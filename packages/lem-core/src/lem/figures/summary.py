@@ -262,7 +262,14 @@ def summarize(
     parts = validity.partition(meas, blocks)
     numbers = [int(c["cycle"]) for c in cycles]
     included = [blocks[i] for i in parts["included"]]
+    kept = [cycles[i] for i in parts["included"]]
+    kept_metrics = [metrics[i] for i in parts["included"]]
     figures = headline_figures(included)
+    validity_block = validity.summary_block(meas, numbers, parts)
+    left_out = validity.left_out_line(validity_block, len(cycles))
+    if left_out is not None and not included:
+        for fig in figures.values():
+            fig["reason"] = left_out
     warnings = list(setup.get("warnings", ()))
     spoilt = [(numbers[i], f"spoilt: {why}") for i in parts["invalid"] for why in parts["verdicts"][i]["reasons"]]
     per_cycle = [
@@ -271,13 +278,8 @@ def summarize(
         for msg in [*c.get("notes", ()), *w]
     ]
     warnings += group_warnings(per_cycle + spoilt)
-    validity_block = validity.summary_block(meas, numbers, parts)
-    if validity_block["excluded_cycles"]:
-        out = validity_block["excluded_cycles"]
-        warnings.append(
-            f"{len(out)} of {len(cycles)} cycle(s) spoilt and left out of the figures "
-            f"(measurement.validity = {meas.validity!r}): cycles {', '.join(map(str, out))}"
-        )
+    if left_out is not None:
+        warnings.append(left_out)
     kept_energies = [energies[i] for i in parts["included"]]
     cross = _cross_check(numbers, energies, meas.cross_check_threshold)
     if cross["exceeding_cycles"]:
@@ -289,7 +291,8 @@ def summarize(
         warnings.append(f"{len(cycles)} cycle(s): no confidence interval (run at least 2 cycles, better 5+)")
     elif len(included) < 2:
         warnings.append(f"{len(included)} cycle(s) included: no confidence interval (the others were spoilt)")
-    per_request = [request_metrics(t) for c in cycles for t in traces_from_json(c["requests"])]
+    # Spoilt cycles left out of the figures are left out of the pooled ones too (their requests ran throttled...).
+    per_request = [request_metrics(t) for c in kept for t in traces_from_json(c["requests"])]
     pooled = latency_distributions(per_request, beams)
     few = [f"{key} ({d['n']})" for key, d in pooled.items() if 0 < d["n"] < MIN_SAMPLES_FOR_PERCENTILES]
     if few:
@@ -301,7 +304,7 @@ def summarize(
     failed = sum(reasons.values())
     if failed:
         listed = "; ".join(f"{why} ({n})" for why, n in reasons.items())
-        warnings.append(f"{failed} of {len(per_request)} requests failed over {len(cycles)} cycle(s): {listed}")
+        warnings.append(f"{failed} of {len(per_request)} requests failed over {len(kept)} cycle(s): {listed}")
     method, method_cycles = energy_methods(energies)
     if len(method_cycles) > 1:
         used = ", ".join(f"{m} in {n} cycle(s)" for m, n in method_cycles.items())
@@ -331,6 +334,8 @@ def summarize(
         )
     throttled = [int(c["cycle"]) for c, e in zip(cycles, energies, strict=True) if _throttled(e)]
     status = outcome.request_status(len(per_request), reasons, config.measurement.max_failed_share)
+    if cycles and not kept:
+        status = outcome.Status("degraded", f"every cycle was spoilt: no figure ({left_out})")
     run_id, exp_id = setup.get("run_id"), setup.get("experiment_id")
     return {
         "key": f"{run_id}/{exp_id}",
@@ -345,16 +350,16 @@ def summarize(
         "cycles": len(cycles),
         "figures": figures,
         "latency_pooled": pooled,
-        "slo": goodput.summary_block(config.slo, [m["goodput"] for m in metrics], per_request),
+        "slo": goodput.summary_block(config.slo, [m["goodput"] for m in kept_metrics], per_request),
         "quality": quality.summary_block(cycles, (setup.get("prompts") or {}).get("count"), config.quality),
         "failed_requests": failed,
         "failure_reasons": reasons,
         "workload": {
-            "requests": [m["requests"] for m in metrics],
-            "input_tokens": [m["input_tokens"] for m in metrics],
-            "output_tokens": [m["output_tokens"] for m in metrics],
-            "failed_requests": [m["failed_requests"] for m in metrics],
-            "passes": [m["passes"] for m in metrics],
+            "requests": [m["requests"] for m in kept_metrics],
+            "input_tokens": [m["input_tokens"] for m in kept_metrics],
+            "output_tokens": [m["output_tokens"] for m in kept_metrics],
+            "failed_requests": [m["failed_requests"] for m in kept_metrics],
+            "passes": [m["passes"] for m in kept_metrics],
         },
         "precision": precision,
         "cycles_included": len(included),
@@ -362,7 +367,7 @@ def summarize(
         "cross_check": cross,
         "uncertainty": uncertainty.budget(kept_energies, figures, (setup.get("idle") or {}).get("power_spread")),
         "host_load": [c.get("host") for c in cycles],
-        "per_request_energy": _per_request_energy(energies),
+        "per_request_energy": _per_request_energy(kept_energies),
         "thermal": {"throttled_cycles": throttled},
         **_outputs(cycles, metrics),
         "flags": {**flags, "ci95_low_impossible": impossible},

@@ -127,3 +127,30 @@ def summary_block(m: MeasurementConfig, cycles: Sequence[int], parts: Mapping[st
         "included": len(parts["included"]),
         "reasons": {str(cycles[i]): parts["verdicts"][i]["reasons"] for i in parts["invalid"]},
     }
+
+
+def left_out_line(block: Mapping[str, Any], cycles: int) -> str | None:
+    """The line every screen shows when spoilt cycles were left out of the figures (``None`` when none was).
+
+    :param block: the summary's ``validity`` block (:func:`summary_block`); ``cycles``: the cycles run.
+    """
+    out = block.get("excluded_cycles") or []
+    if not out:
+        return None
+    replaced = block.get("replaced_cycles") or []
+    line = (
+        f"{len(out)} of {cycles} cycle(s) spoilt and left out of the figures "
+        f"(measurement.validity = {block.get('mode')!r}): cycles {', '.join(map(str, out))}"
+    )
+    if replaced:
+        line += f"; {len(replaced)} replaced by a retry (cycles {', '.join(map(str, replaced))})"
+    return line
+
+
+def cycles_text(doc: Mapping[str, Any]) -> str:
+    """A summary's cycle count as screens show it: ``4``, or ``4 (2 included; 2 spoilt, left out)``."""
+    cycles = doc.get("cycles")
+    out = (doc.get("validity") or {}).get("excluded_cycles") or []
+    if not out or not isinstance(cycles, int):
+        return str(cycles)
+    return f"{cycles} ({doc.get('cycles_included')} included; {len(out)} spoilt, left out)"

@@ -21,7 +21,7 @@ import attrs
 
 from lem.errors import ResultsError
 from lem.figures import marginal, quality
-from lem.figures.registry import ESTIMATE, FLAGGED, flags_of, in_view, method_of, uncertainty_of
+from lem.figures.registry import ESTIMATE, FLAGGED, dig, flags_of, in_view, method_of, uncertainty_of
 from lem.figures.stats import welch_test
 from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
 
@@ -214,6 +214,7 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
                 "flags": flags_of(e.summary, name),
                 # the energy figure's uncertainty budget, combined (lem.figures.uncertainty)
                 "uncertainty": uncertainty_of(e.summary, name),
+                "uncertainty_not_covered": list(dig(e.summary, ("uncertainty", "figures", name, "not_covered")) or []),
             }
             if i > 0:
                 cell["welch"] = welch_test(base, _values(e.summary, name))
@@ -251,6 +252,14 @@ def compare(entries: Sequence[Entry]) -> dict[str, Any]:
         "warnings": fairness(entries),
     }
 
+
+#: Marks a budget that leaves out a term it could not know (the caption names the terms).
+PARTIAL = "(partial budget)"
+#: The caption's line under a table that shows uncertainty budgets.
+BUDGET_NOTE = (
+    "budget ±: the energy figure's uncertainty budget, its relative bounds summed (counter resolution and update "
+    "period, cross-check, idle baseline, run to run; docs/energy.md)"
+)
 
 #: Significant digits of every number the compare table prints.
 SIGNIFICANT = 3
@@ -329,13 +338,16 @@ def render(result: Mapping[str, Any]) -> Any:
     Columns are lettered (A, B, ...) with a legend mapping each letter to its experiment; numbers have
     :data:`SIGNIFICANT` significant digits; a "config differs" row says what differs in config. A cell
     resting on an estimate is marked ``(estimate)``, a flagged one ``(flagged)``; the caption says what
-    each estimate rests on.
+    each estimate rests on. An energy figure shows its uncertainty budget's combined bound under it
+    (``budget ±2.1%``), marked ``(partial budget)`` when a term is unknown (the caption names it).
     """
     from rich.table import Table
 
     notes = [f"resolved: {result['test']}"]
     bases: dict[str, str] = {}
     flagged: list[str] = []
+    partial: list[str] = []
+    budgets = False
     marks = letters(len(result["experiments"]))
     table = Table(title="lem results compare", show_lines=True)
     table.add_column("figure", no_wrap=True)
@@ -359,6 +371,15 @@ def render(result: Mapping[str, Any]) -> Any:
             if cell["flags"]:  # why, under the table: a long reason in a cell hides the numbers
                 text += f" {FLAGGED}"
                 flagged += [f"{FLAGGED} {marks[i]} {fig['title']}: {why}" for why in cell["flags"]]
+            if cell.get("uncertainty") is not None:  # the energy figure's uncertainty budget (docs/energy.md)
+                text += f"\nbudget ±{cell['uncertainty']:.1%}"
+                budgets = True
+                if cell.get("uncertainty_not_covered"):
+                    text += f" {PARTIAL}"
+                    partial.append(
+                        f"{PARTIAL} {marks[i]} {fig['title']}: the budget does not cover "
+                        + ", ".join(cell["uncertainty_not_covered"])
+                    )
             if i > 0:
                 ratio = "-" if cell["ratio"] is None else f"×{_sig(cell['ratio'])}"
                 text += f"\n{ratio} {_verdict(cell['welch'])}"
@@ -370,5 +391,7 @@ def render(result: Mapping[str, Any]) -> Any:
     notes = ["columns: " + "; ".join(legend), f"numbers: {SIGNIFICANT} significant digits; [95% CI]", *notes]
     notes += quality.render_lines(result.get("quality"))
     notes += [f"{ESTIMATE} {key}: rests on an estimate, not a measurement: {basis}" for key, basis in bases.items()]
-    table.caption = "\n".join([*notes, *flagged])
+    if budgets:
+        notes.append(BUDGET_NOTE)
+    table.caption = "\n".join([*notes, *flagged, *partial])
     return table

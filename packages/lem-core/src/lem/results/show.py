@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lem.figures.registry import ESTIMATE, FLAGGED, figure, flags_of, format_value, method_of, uncertainty_text
+from lem.figures.validity import cycles_text
 
 #: The sections of the summary block: heading, figures (registry names) in order.
 SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -76,8 +77,15 @@ def _settings(config: Mapping[str, Any], backend: Any) -> tuple[str, str]:
     return ", ".join(engine) or "-", ", ".join(work) or "-"
 
 
+def _in_included(summary: Mapping[str, Any]) -> str:
+    """`` in the 2 included cycles`` where spoilt cycles were left out of the figures (their requests too)."""
+    if (summary.get("validity") or {}).get("excluded_cycles"):
+        return f" in the {summary.get('cycles_included')} included cycle(s)"
+    return ""
+
+
 def _duration(summary: Mapping[str, Any]) -> float | None:
-    """Seconds measured over all cycles: each cycle's output tokens over its output tok/s."""
+    """Seconds measured over the included cycles: each cycle's output tokens over its output tok/s."""
     tokens = (summary.get("workload") or {}).get("output_tokens") or []
     rates = ((summary.get("figures") or {}).get("output_tokens_per_s") or {}).get("values") or []
     if not tokens or len(tokens) != len(rates) or any(not _number(r) for r in rates):
@@ -152,9 +160,14 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
         ("backend", doc.get("backend")),
         ("engine settings", engine),
         ("workload", workload),
-        ("cycles", doc.get("cycles")),
-        ("requests", f"{requests - failed} ok, {failed} failed"),
-        ("measured duration", "unknown" if duration is None else f"{duration:.3f} s over all cycles"),
+        ("cycles", cycles_text(doc)),
+        ("requests", f"{requests - failed} ok, {failed} failed" + _in_included(doc)),
+        (
+            "measured duration",
+            "unknown"
+            if duration is None
+            else f"{duration:.3f} s over " + ("the included cycles" if _in_included(doc) else "all cycles"),
+        ),
         ("energy method", (doc.get("methods") or {}).get("energy") or f"none: {doc.get('energy_reason')}"),
     ):
         facts.add_row(k, str(v))
