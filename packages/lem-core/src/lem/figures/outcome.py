@@ -49,3 +49,13 @@ def request_status(requests: int, reasons: Mapping[str, int], max_failed_share: 
             f" {max_failed_share:g}): {_causes(reasons)}",
         )
     return Status("ok")
+
+
+def cycles_status(status: Status, cycles: int, included: int, left_out: str | None) -> Status:
+    """``status`` (of the requests of the cycles kept), unless cycles ran and gating left every one out.
+
+    Then no figure stands for the experiment: ``degraded``, with gating's line (``left_out``) as the reason.
+    """
+    if cycles and not included:
+        return Status("degraded", f"every cycle was spoilt: no figure ({left_out})")
+    return status

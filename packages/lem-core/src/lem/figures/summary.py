@@ -333,9 +333,12 @@ def summarize(
             + ", ".join(f"{k} ±{v:.1%}" if v is not None else f"{k} unknown" for k, v in precision["rel_ci95"].items())
         )
     throttled = [int(c["cycle"]) for c, e in zip(cycles, energies, strict=True) if _throttled(e)]
-    status = outcome.request_status(len(per_request), reasons, config.measurement.max_failed_share)
-    if cycles and not kept:
-        status = outcome.Status("degraded", f"every cycle was spoilt: no figure ({left_out})")
+    status = outcome.cycles_status(
+        outcome.request_status(len(per_request), reasons, config.measurement.max_failed_share),
+        len(cycles),
+        len(kept),
+        left_out,
+    )
     run_id, exp_id = setup.get("run_id"), setup.get("experiment_id")
     return {
         "key": f"{run_id}/{exp_id}",
