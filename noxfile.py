@@ -30,9 +30,11 @@ CONSTRAINTS = ("-c", "constraints.txt")
 PACKAGES: dict[str, tuple[str, ...]] = {
     # ray: the Ray campaign tests start a multi-node cluster on this machine (~1 min).
     # lem-backend-server: the bad-input table checks its option bounds through the real CLI.
+    # lem-energy-nvml: its fake pynvml (lem_energy_nvml.testing) stands in for the GPUs lem.accelerators names.
     "lem-core": (
         "./packages/lem-backend-pytorch",
         "./packages/lem-backend-server",
+        "./packages/lem-energy-nvml",
         "datasets",
         "pyarrow",
         "matplotlib",

@@ -97,6 +97,8 @@ def test_load_records_llama_cpp_build_versions_and_conversion(tiny_model: Any) -
     assert conv["source"] == "random:tiny-llama" and conv["quantization"] == "f32"
     assert conv["seconds"] is not None and conv["seconds"] >= 0 and info["load_seconds"] > 0
     assert info["random_weights"] is True and tiny_model.devices == ()
+    # A CPU build: no device is named, and the roofline figures say why.
+    assert info["hardware"]["device_name"] is None and "has no GPU offload" in info["hardware"]["device_reason"]
     assert tiny_model.model_config["hidden_size"] == 128
     assert tiny_model.num_parameters == sum(
         p for p in (2048 * 128 * 2, 2 * (128 * 128 * 2 + 128 * 64 * 2 + 3 * 128 * 256 + 2 * 128), 128)

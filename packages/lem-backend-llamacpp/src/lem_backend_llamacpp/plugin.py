@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from lem import hookimpl
+from lem import accelerators, hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.errors import BackendError
 from lem.types import LoadedModel, Problem, Request, TokenEvent, error
@@ -106,6 +106,42 @@ def _devices(config: ExperimentConfig) -> tuple[int, ...]:
     return (int(opts.get("main_gpu", 0)),)
 
 
+def _on_one_gpu(config: ExperimentConfig) -> bool:
+    """The offloaded model sits on one GPU: split_mode "none", one share in tensor_split, or one GPU visible."""
+    opts = config.options_for(NAME)
+    if opts.get("split_mode", "layer") == "none" or len([s for s in opts.get("tensor_split") or () if s]) == 1:
+        return True
+    visible = accelerators.parse_visible_devices(os.environ.get("CUDA_VISIBLE_DEVICES"))
+    return visible is not None and len(visible) == 1
+
+
+def _hardware(config: ExperimentConfig, devices: tuple[int, ...], layers: int | None) -> dict[str, Any]:
+    """``info["hardware"]``: the GPU's NVML name when every layer and the output sit on one GPU, else why not.
+
+    A decode step partly offloaded reads weights from host memory and the GPU's, and a model split over
+    several GPUs reads each GPU's share in turn (split_mode "layer") or at once ("row"): no one peak applies.
+    """
+    import llama_cpp
+
+    offloaded = int(config.options_for(NAME).get("n_gpu_layers") or 0)
+    if not llama_cpp.llama_supports_gpu_offload():
+        why = "this llama.cpp build has no GPU offload: the model runs on the CPU, whose peaks lem's table lacks"
+    elif not offloaded:
+        why = "llamacpp.n_gpu_layers = 0: the model runs on the CPU, whose peaks lem's table lacks"
+    elif offloaded != -1 and (layers is None or offloaded <= layers):
+        # llama.cpp puts the output projection on the GPU only when n_gpu_layers exceeds the layer count.
+        of = f"of {layers} " if layers is not None else ""
+        why = f"llamacpp.n_gpu_layers = {offloaded} {of}leaves part of the model in host memory: no one peak applies"
+    elif len(devices) > 1 or not _on_one_gpu(config):
+        why = (
+            "llama.cpp splits the model over every visible GPU unless llamacpp.split_mode = 'none' or one GPU is "
+            "visible (CUDA_VISIBLE_DEVICES): lem has no peak for the split"
+        )
+    else:
+        return accelerators.describe(devices)
+    return accelerators.describe((), none_reason=why)
+
+
 def _kv_types(config: ExperimentConfig) -> dict[str, str]:
     """The KV cache's GGUF types: ``[llamacpp]`` type_k / type_v, else f32 under float32, else llama.cpp's f16."""
     opts = config.options_for("llamacpp")
@@ -113,7 +149,14 @@ def _kv_types(config: ExperimentConfig) -> dict[str, str]:
     return {"k": str(opts.get("type_k", default)).upper(), "v": str(opts.get("type_v", default)).upper()}
 
 
-def _info(config: ExperimentConfig, converted: convert.Converted, kwargs: dict[str, Any], load_s: float) -> dict:
+def _info(
+    config: ExperimentConfig,
+    converted: convert.Converted,
+    kwargs: dict[str, Any],
+    load_s: float,
+    devices: tuple[int, ...],
+    layers: int | None,
+) -> dict:
     import llama_cpp
 
     source = converted.source
@@ -143,6 +186,8 @@ def _info(config: ExperimentConfig, converted: convert.Converted, kwargs: dict[s
         # llama.cpp's build: CPU features, BLAS, GPU offload (e.g. "CPU : AVX2 = 1 | AVX512 = 1 | ...").
         "system_info": llama_cpp.llama_print_system_info().decode(errors="replace").strip(),
         "gpu_offload_supported": bool(llama_cpp.llama_supports_gpu_offload()),
+        # The accelerator's name, for the peaks the roofline figures are measured against (lem.figures.hardware).
+        "hardware": _hardware(config, devices, layers),
         "gguf": str(converted.path),
         "gguf_bytes": converted.path.stat().st_size,
         "conversion": None
@@ -198,6 +243,7 @@ def load_model(backend: str, config: ExperimentConfig, phases: Any = None) -> Lo
     import llama_cpp
 
     handle = stream.LlamaHandle(llm, stream.eog_ids(llm))
+    devices, model_config = _devices(config), _model_config(converted, llm)
 
     def close() -> None:
         handle.llm = None
@@ -207,10 +253,10 @@ def load_model(backend: str, config: ExperimentConfig, phases: Any = None) -> Lo
         backend=NAME,
         handle=handle,
         tokenizer=_tokenizer(converted),
-        devices=_devices(config),
-        model_config=_model_config(converted, llm),
+        devices=devices,
+        model_config=model_config,
         num_parameters=int(llama_cpp.llama_model_n_params(llm.model)),
-        info=_info(config, converted, kwargs, load_s),
+        info=_info(config, converted, kwargs, load_s, devices, model_config.get("num_hidden_layers")),
         close=close,
     )
 

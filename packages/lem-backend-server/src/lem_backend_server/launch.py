@@ -23,7 +23,7 @@ from lem.errors import BackendError
 from lem.processes import free_port, listening
 from lem.serving import EngineHandle, stream
 from lem.types import Request, TokenEvent
-from lem_backend_server import client, options, process
+from lem_backend_server import client, hardware, options, process
 from lem_backend_server.engines import ENGINES, Engine, launch_command
 
 TIMING = "per streamed chunk: one event per chunk of /v1/completions (stream=true), stamped on arrival at lem's client"
@@ -166,6 +166,7 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
     if opts.get("url"):
         url = str(opts["url"]).rstrip("/")
         info.update({"mode": "external", "url": url, "energy_scope": options.EXTERNAL_ENERGY})
+        info["hardware"] = hardware.external(url)  # the device's name, for the roofline figures' peaks
         _wait_external(url, opts.get("health_path") or (spec.health if spec else "/health"), config, headers)
     else:
         host = options.get(config, "host")
@@ -196,6 +197,8 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
                 "health_path": health,
                 "random_weights": random,
                 "energy_scope": "the GPUs of this machine, where lem runs the server",
+                # The device's name, for the roofline figures' peaks (lem.figures.hardware).
+                "hardware": hardware.managed(config, engine, env, python),
             }
         )
     serving: EngineHandle | None = None

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lem import hookimpl
+from lem import accelerators, hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.serving import stream as serve
 from lem.types import LoadedModel, Problem, Request, TokenEvent
@@ -145,6 +145,8 @@ def load_model(
             "engine_build": engine_info,
             "llm_construct_s": time.monotonic() - t0,
             "random_weights": random_weights,
+            # The GPUs' NVML names, for the peaks the roofline figures use (lem.figures.hardware).
+            "hardware": accelerators.describe(tuple(range(world))),
         }
         return LoadedModel(
             backend=NAME,

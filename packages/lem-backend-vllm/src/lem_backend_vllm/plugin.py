@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from lem import hookimpl
+from lem import accelerators, hookimpl
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.types import LoadedModel, Problem, Request, TokenEvent
 from lem_backend_vllm import engine as engines
@@ -54,6 +54,14 @@ def _devices(count: int) -> tuple[int, ...]:
     if current_platform.is_cuda_alike():
         return tuple(range(count))
     return ()
+
+
+def _hardware(devices: tuple[int, ...]) -> dict[str, Any]:
+    """``info["hardware"]``: the GPUs' NVML names (read through NVML: no CUDA context in this process)."""
+    from vllm.platforms import current_platform
+
+    where = getattr(current_platform, "device_type", "") or "a platform lem cannot name"
+    return accelerators.describe(devices, none_reason=f"vLLM runs on {where}, not on a CUDA GPU lem can name")
 
 
 def _lora_chooser(config: ExperimentConfig) -> stream.LoraFor:
@@ -102,6 +110,8 @@ def load_model(backend: str, config: ExperimentConfig) -> LoadedModel | None:
         }
         # Pipeline stages occupy GPUs too: the engine uses tensor x pipeline parallel devices.
         devices = _devices(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size)
+        # The accelerator's name, for the peaks the roofline figures are measured against (lem.figures.hardware).
+        info["hardware"] = _hardware(devices)
         return LoadedModel(
             backend=NAME,
             handle=engine,

@@ -5,7 +5,7 @@ ignores that variable and numbers every GPU of the machine in PCI bus order.
 Entries may be NVML indices (``"2"``), GPU UUIDs or unique prefixes of them
 (``"GPU-8932f937"``) or MIG device UUIDs (``"MIG-..."``, or the older
 ``"MIG-GPU-<uuid>/<gi>/<ci>"``). Like CUDA, parsing stops at the first entry
-that is not valid.
+that is not valid (:func:`lem.accelerators.parse_visible_devices`, which backends use to name their GPUs).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from lem.accelerators import parse_visible_devices
 from lem.errors import MeterUnavailable
 from lem_energy_nvml.library import describe_error, optional
 
@@ -43,20 +44,6 @@ class NvmlDevice:
     name: str | None
     mig: bool = False
     unmeasurable: str | None = None
-
-
-def parse_visible_devices(value: str | None) -> list[str] | None:
-    """The entries of ``CUDA_VISIBLE_DEVICES`` that CUDA honours; ``None`` when it is unset (all GPUs)."""
-    if value is None:
-        return None
-    entries: list[str] = []
-    for raw in value.split(","):
-        entry = raw.strip()
-        valid = entry.isdigit() or entry.startswith(("GPU-", "MIG-"))
-        if not valid:
-            break  # CUDA ignores this entry and everything after it (e.g. "-1" hides the rest)
-        entries.append(entry)
-    return entries
 
 
 def _uuid(nvml: ModuleType, handle: Any) -> str:

@@ -84,6 +84,7 @@ def peaks(
     override: HardwareConfig,
     precision: str,
     measured: Mapping[str, Any] | None = None,
+    device_reason: str | None = None,
 ) -> dict[str, Any]:
     """The peaks a cycle's utilisation is measured against, with where each comes from, or the reasons.
 
@@ -93,10 +94,13 @@ def peaks(
     :param override: ``[hardware]``; a value set there wins over the table.
     :param precision: the compute precision (:func:`compute_precision`).
     :param measured: a measured copy bandwidth the backend recorded (``gbs``, ``method``), kept beside.
+    :param device_reason: why the backend could not name its device (:mod:`lem.accelerators`).
     """
     entry = PEAKS.get(device_name) if device_name else None
     if device_name is None:
-        unknown = "the model ran on no accelerator lem knows (CPU, or the backend did not name its device)"
+        unknown = (
+            device_reason or "the model ran on no accelerator lem knows (CPU, or the backend did not name its device)"
+        )
     else:
         unknown = f"{device_name!r} is not in lem's peaks table (lem.figures.hardware)"
     hint = "; set [hardware] peak_memory_bandwidth_gbs"
@@ -224,7 +228,9 @@ def cycle_roofline(
     hw: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
     tp = config.sharding.tensor_parallel_size
     precision = compute_precision(config.precision, config.quantization.method)
-    limits = peaks(hw.get("device_name"), tp, config.hardware, precision, hw.get("copy_bandwidth"))
+    limits = peaks(
+        hw.get("device_name"), tp, config.hardware, precision, hw.get("copy_bandwidth"), hw.get("device_reason")
+    )
     s = flops_mod.shapes(cfg)
     widths = _widths(model_info, config)
     decode = _decode_intervals(traces)
