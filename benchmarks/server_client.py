@@ -63,6 +63,13 @@ SCENARIOS: dict[str, tuple[list[str], dict[str, Any], int, int]] = {
     "poisson": (["--itl-ms", "5"], {"mode": "poisson", "rate": 20.0}, 400, 16),
 }
 CLIENTS = ("lem", "previous")
+
+
+def _processes(client: str) -> int:
+    """``server.client_processes`` of a client name: ``lem`` 1, ``lem-2p`` 2 (``--client-processes 2``)."""
+    return int(client[4:-1]) if client.startswith("lem-") else 1
+
+
 SCENARIO_LABELS = {
     "capacity": "256 concurrent, 1 ms ITL",
     "c16": "16 concurrent, 5 ms ITL",
@@ -133,7 +140,7 @@ def client_run(args: argparse.Namespace) -> None:
             "generation": {"max_output_tokens": tokens, "ignore_eos": True, "do_sample": False},
             "measurement": {"idle_seconds": 0, "warmup_requests": 0, "cycles": 1, "energy_meter": "none"},
             "traffic": traffic,
-            "server": {"url": args.url, "request_timeout_s": 120.0},
+            "server": {"url": args.url, "request_timeout_s": 120.0, "client_processes": _processes(args.client)},
         }
     )
     model = plugin.load_model(backend="server", config=config)
@@ -142,7 +149,7 @@ def client_run(args: argparse.Namespace) -> None:
     t0 = time.monotonic_ns() + 200_000_000
     reqs = [Request(i, f"request {i}", 2, arrival_ns=None if offsets is None else t0 + offsets[i]) for i in range(n)]
     handle = model.handle
-    if args.client == "lem":
+    if args.client.startswith("lem"):
         events = plugin.generate_stream(model=model, requests=reqs, params=config.generation, config=config)
     else:
         http = handle.serving.loop.call(_old_http())
@@ -156,6 +163,8 @@ def client_run(args: argparse.Namespace) -> None:
     got = [(e.request_id, e.t_ns, e.n_tokens, e.finished, e.error) for e in events]
     cpu, wall_end = time.process_time() - cpu0, time.monotonic_ns()
     model.close()
+    if _processes(args.client) > 1:
+        cpu = float("nan")  # the workers' CPU is not in this process's time
     out = {
         "events": got,
         "prompts": {r.id: r.prompt for r in reqs},
@@ -473,7 +482,14 @@ def main() -> None:
     )
     p.add_argument("--json", default=None, help="also write every run's figures here")
     # internal: one client run
-    p.add_argument("--client", default=None, choices=CLIENTS)
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run lem with server.client_processes = N for each N given (client lem-Np)",
+    )
+    p.add_argument("--client", default=None)
     p.add_argument("--scenario", default=None)
     p.add_argument("--url", default=None)
     p.add_argument("--tokenizer", default=None)
@@ -494,7 +510,8 @@ def main() -> None:
     for scenario in args.only:
         server_args = SCENARIOS[scenario][0]
         for rep in range(args.repeats):
-            order = CLIENTS if rep % 2 == 0 else CLIENTS[::-1]
+            clients = (*CLIENTS, *(f"lem-{n}p" for n in args.client_processes if n > 1))
+            order = clients if rep % 2 == 0 else clients[::-1]
             for client in order:
                 log, out = work / f"{scenario}-{client}-{rep}-sent.json", work / f"{scenario}-{client}-{rep}.json"
                 with running(*server_args, log=log) as url:
@@ -561,6 +578,21 @@ def _table(
             print(
                 f"| Poisson 20/s: {key} | {med('poisson', 'lem', key):.4g} | {med('poisson', 'previous', key):.4g} | |"
             )
+    many = [f"lem-{n}p" for n in args.client_processes if n > 1]
+    if many:
+        print()
+        print("lem with server.client_processes = N (the workers' CPU time is not measured):")
+        print(
+            "| median | lem (1 process) | " + " | ".join(many) + " | " + " | ".join(f"{c} / lem" for c in many) + " |"
+        )
+        print("|---" * (2 + 2 * len(many)) + "|")
+        for label, scenario, key in rows:
+            a = med(scenario, "lem", key)
+            others = [med(scenario, c, key) for c in many]
+            if math.isnan(a) and all(math.isnan(v) for v in others):
+                continue
+            cells = " | ".join(f"{v:.4g}" for v in others)
+            print(f"| {label} | {a:.4g} | {cells} | " + " | ".join(f"{v / a:.3g}" for v in others) + " |")
     driven = [name for name, where in found.items() if where]
     if "vllm" in driven:
         print()
