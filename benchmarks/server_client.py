@@ -29,8 +29,12 @@ tokens, as lem's prompts) and output length. Their own JSON exports give
 their throughput, TTFT and ITL (:func:`peer_figures`), printed beside lem's
 own figures (lem's stamps, not its errors against the truth) with the ratios
 lem / peer; the fake server's log gives, for every client alike, the tokens
-it sent per second. ``vllm bench serve`` is driven the same way when ``vllm``
-is found (its command and its result file's keys are untested here).
+it sent per second. ``vllm bench serve`` is also measured against the truth
+(:func:`vllm_truth`): its ``--save-detailed`` start times (``perf_counter``,
+CLOCK_MONOTONIC on Linux) plus TTFT and ITLs give each token's stamp, matched to
+the server's log by the ``x-request-id`` it sends. ``--peer-bin`` may be given
+more than once. ``--client-processes N`` adds lem with ``server.client_processes
+= N`` (client ``lem-Np``) beside one process.
 
 Needs lem-core and lem-backend-server importable (``PYTHONPATH`` of the
 packages' ``src`` folders), plus transformers and httpx::
