@@ -6,6 +6,7 @@ A real fake server process on 127.0.0.1 (``lem_backend_server.testing``), real w
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -89,6 +90,16 @@ def test_two_processes_give_what_one_gives(make_config: Any, tiny_llama: Path, t
             lags = [(g - s) / 1e6 for g, s in zip(got, sent[f"prompt {rid}"], strict=True)]
             assert all(0 < lag < LAG_MS for lag in lags), (n, rid, lags)
     assert results[1] == results[2] == {i: (8, 1, None) for i in range(13)}
+
+
+def test_concurrency_below_the_processes_uses_fewer(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    # Concurrency 1 over 3 processes: one process serves every request, one at a time.
+    traffic = {"mode": "concurrency", "concurrency": 1}
+    with _served(make_config, tiny_llama, tmp_path, 3, "--itl-ms", "1", traffic=traffic) as (model, config, log):
+        events = _run(model, config, _requests(4))
+    assert _summary(events) == {i: (8, 1, None) for i in range(4)}
+    spans = sorted((e["received_ns"], e["sent_ns"][-1]) for e in json.loads(log.read_text()))
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))  # never two at once
 
 
 def test_open_loop_arrivals_are_kept_by_each_process(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:

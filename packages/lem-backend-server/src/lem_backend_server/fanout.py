@@ -150,12 +150,15 @@ class Pool:
         if not self.alive:
             self.stop()
             self.start()
-        shares = deal(requests, self.n)
-        slots = split(traffic.concurrency or 1, self.n) if traffic.mode == "concurrency" else [None] * self.n
+        closed_loop = traffic.mode == "concurrency"
+        # Closed loop: a worker with no slot could take no request, so only min(N, C) workers serve.
+        active = min(self.n, traffic.concurrency or 1) if closed_loop else self.n
+        shares = deal(requests, active)
+        slots: list[int | None] = list(split(traffic.concurrency or 1, active)) if closed_loop else [None] * active
         busy: dict[multiprocessing.connection.Connection, _Worker] = {}
         unfinished: dict[_Worker, set[int]] = {}
-        for w, share, cap in zip(self.workers, shares, slots, strict=True):
-            if not share or cap == 0:
+        for w, share, cap in zip(self.workers[:active], shares, slots, strict=True):
+            if not share:
                 continue
             mine = attrs.evolve(traffic, concurrency=cap) if cap is not None else traffic
             w.conn.send(("cycle", share, {r.id: payloads[r.id] for r in share}, mine))
