@@ -28,11 +28,11 @@ LAG_MS = 25.0
 
 @contextmanager
 def _served(
-    make_config: Any, tiny_llama: Path, tmp_path: Path, n: int, *args: str, **tables: Any
+    make_config: Any, tiny_llama: Path, tmp_path: Path, n: int, *args: str, timeout_s: float = 5.0, **tables: Any
 ) -> Iterator[tuple[LoadedModel, Any, Path]]:
     log = tmp_path / f"sent-{n}.json"
     with running(*args, log=log) as url:
-        server = {"url": url, "request_timeout_s": 5.0, "client_processes": n}
+        server = {"url": url, "request_timeout_s": timeout_s, "client_processes": n}
         config = make_config(str(tiny_llama), server, **tables)
         model = plugin.load_model(backend="server", config=config)
         assert model is not None
@@ -140,6 +140,29 @@ def test_a_dead_process_fails_its_requests_and_is_replaced(make_config: Any, tin
         # The next cycle runs on a fresh pool.
         assert _summary(_run(model, config, _requests(4))) == {i: (8, 1, None) for i in range(4)}
         assert victim.pid not in {w.process.pid for w in pool.workers}
+
+
+def test_a_silent_process_is_given_up_within_bounds(
+    make_config: Any, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped (SIGSTOP) worker is alive but says nothing: after request_timeout_s (+ the margin, 0 here)
+    # its requests fail with the reason, instead of the cycle hanging; the other worker's request finishes.
+    monkeypatch.setattr(fanout, "SILENCE_MARGIN_S", 0.0)
+    traffic = {"mode": "concurrency", "concurrency": 2}
+    with _served(make_config, tiny_llama, tmp_path, 2, "--itl-ms", "50", timeout_s=1.5, traffic=traffic) as (
+        model,
+        config,
+        _,
+    ):
+        pool = model.handle.pool
+        assert pool is not None
+        stream = plugin.generate_stream(model=model, requests=_requests(2), params=config.generation, config=config)
+        assert stream is not None
+        os.kill(pool.workers[0].process.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        summary = _summary(list(stream))
+        assert time.monotonic() - t0 < 10
+        assert summary == {0: (0, 1, "client process 0 was silent for 1.5 s and was stopped"), 1: (8, 1, None)}
 
 
 def test_stopping_early_stops_the_processes(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:

@@ -18,9 +18,11 @@ its own event loop and aiohttp session, and keeps them for every cycle until the
   the parent; every event carries its own stamp).
 - **Failures.** A request's HTTP error fails that request, in the worker, with its reason. A worker
   that dies (or goes silent longer than ``request_timeout_s`` plus :data:`SILENCE_MARGIN_S` with
-  requests unfinished) fails each of its unfinished requests with the reason, and the pool is
-  restarted for the next cycle. A worker whose driver ended with an engine failure (the server
-  refused the connection) ends the cycle with that error, as one process would.
+  requests unfinished, counted from its last message or its share's last arrival, whichever is
+  later: before that it may be waiting for an arrival) fails each of its unfinished requests with
+  the reason, and the pool is restarted for the next cycle. A worker whose driver ended with an
+  engine failure (the server refused the connection) ends the cycle with that error, as one
+  process would.
 - **Cleanup.** When the consumer stops early (``close()``, an exception, Ctrl-C) the workers are
   stopped (SIGTERM, then SIGKILL after :data:`STOP_WAIT_S`), which drops their connections: the
   server aborts those requests. The pool restarts on the next cycle. Closing the model stops them
@@ -157,6 +159,7 @@ class Pool:
         slots: list[int | None] = list(split(traffic.concurrency or 1, active)) if closed_loop else [None] * active
         busy: dict[multiprocessing.connection.Connection, _Worker] = {}
         unfinished: dict[_Worker, set[int]] = {}
+        last_arrival: dict[_Worker, float] = {}
         for w, share, cap in zip(self.workers[:active], shares, slots, strict=True):
             if not share:
                 continue
@@ -164,9 +167,12 @@ class Pool:
             w.conn.send(("cycle", share, {r.id: payloads[r.id] for r in share}, mine))
             busy[w.conn] = w
             unfinished[w] = {r.id for r in share}
+            arrivals = [r.arrival_ns for r in share if r.arrival_ns is not None]
+            # A worker may be silent, waiting for its next arrival, until its last arrival (monotonic seconds).
+            last_arrival[w] = max(arrivals) / 1e9 if arrivals else 0.0
         ended = False
         try:
-            yield from self._collect(busy, unfinished)
+            yield from self._collect(busy, unfinished, last_arrival)
             ended = True
         finally:
             if not ended:
@@ -176,6 +182,7 @@ class Pool:
         self,
         busy: dict[multiprocessing.connection.Connection, _Worker],
         unfinished: dict[_Worker, set[int]],
+        last_arrival: Mapping[_Worker, float],
     ) -> Iterator[TokenEvent]:
         heard = {w: time.monotonic() for w in busy.values()}
         silence = self.request_timeout_s + SILENCE_MARGIN_S
@@ -208,7 +215,7 @@ class Pool:
                 if not w.process.is_alive() and not conn.poll():
                     del busy[conn]
                     yield from _fail(unfinished.pop(w), f"client process {w.index} died (exit {w.process.exitcode})")
-                elif now - heard[w] > silence:
+                elif now - max(heard[w], last_arrival[w]) > silence:
                     del busy[conn]
                     w.process.kill()
                     yield from _fail(
