@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -188,3 +189,34 @@ def test_client_processes_out_of_bounds_is_refused(make_config: Any, tiny_llama:
 
     with pytest.raises(LemError, match=rf"server.client_processes = {value}.*in \[1, 64\]"):
         make_config(str(tiny_llama), {"url": "http://127.0.0.1:9", "client_processes": value})
+
+
+def test_lem_run_with_two_client_processes(tiny_llama: Path, tmp_path: Path) -> None:
+    # The real CLI in a subprocess: workers are spawned from lem's worker, serve warm-up and two cycles,
+    # and leave no process behind (lem's worker reports any, multiprocessing's resource tracker included).
+    import subprocess
+    import sys
+
+    with running("--itl-ms", "2", log=tmp_path / "sent.json") as url:
+        (tmp_path / "exp.toml").write_text(
+            f'model = "{tiny_llama}"\nbackend = "server"\n[dataset]\nnum_prompts = 12\ninput_length = 8\n'
+            "[generation]\nmax_output_tokens = 8\nignore_eos = true\n"
+            '[traffic]\nmode = "concurrency"\nconcurrency = 3\n'
+            '[measurement]\nenergy_meter = "none"\ncycles = 2\nwarmup_requests = 2\nidle_seconds = 0\n'
+            f'[server]\nurl = "{url}"\nclient_processes = 2\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "lem", "run", "exp.toml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("12/12 requests") == 2, done.stderr
+    assert "behind" not in done.stderr, done.stderr
+    warm = re.search(r"warm-up .* (\d+)/\1 requests", done.stderr)
+    assert warm is not None, done.stderr
+    sent = json.loads((tmp_path / "sent.json").read_text())
+    assert len(sent) == int(warm.group(1)) + 2 * 12 and all(len(e["sent_ns"]) == 8 for e in sent)

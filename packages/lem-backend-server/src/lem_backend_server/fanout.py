@@ -144,6 +144,8 @@ class Pool:
                 w.process.kill()
                 w.process.join(STOP_WAIT_S)
             w.conn.close()
+        if ask and workers:
+            _stop_resource_tracker()
 
     def serve(
         self, requests: Sequence[Request], payloads: Mapping[int, Mapping[str, Any]], traffic: TrafficConfig
@@ -223,6 +225,20 @@ class Pool:
                     )
         if any(not w.process.is_alive() for w in self.workers):
             self.stop()  # started afresh for the next cycle
+
+
+def _stop_resource_tracker() -> None:
+    """End the helper process that ``spawn`` starts (multiprocessing's resource tracker), once the workers are gone.
+
+    It tracks shared memory and semaphores, which the workers do not use (pipes only); left running it
+    would outlive the experiment as a process of lem's own (and lem's worker reports such leftovers).
+    multiprocessing starts it again if anything needs it later.
+    """
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)  # private; present in CPython 3.8-3.13
+    if stop is not None:
+        stop()
 
 
 def _fail(ids: set[int], reason: str) -> Iterator[TokenEvent]:
