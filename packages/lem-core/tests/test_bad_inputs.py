@@ -238,6 +238,28 @@ CASES = [
         },
     ),
     Case(
+        "no client process",
+        V,
+        2,
+        ("server.client_processes = 0", "in [1, 64]"),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nclient_processes = 0').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
+        "client processes as a fraction",
+        V,
+        2,
+        ("server.client_processes", "an integer"),
+        {
+            "exp.toml": _with("server", 'engine = "vllm"\nclient_processes = 1.5').replace(
+                "model =", 'backend = "server"\nmodel ='
+            )
+        },
+    ),
+    Case(
         "NaN timeout",
         V,
         2,

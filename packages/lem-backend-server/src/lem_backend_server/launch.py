@@ -23,7 +23,7 @@ from lem.errors import BackendError
 from lem.processes import free_port, listening
 from lem.serving import EngineHandle, stream
 from lem.types import Request, TokenEvent
-from lem_backend_server import client, hardware, options, process
+from lem_backend_server import client, fanout, hardware, options, process
 from lem_backend_server.engines import ENGINES, Engine, launch_command
 
 TIMING = "per streamed chunk: one event per chunk of /v1/completions (stream=true), stamped on arrival at lem's client"
@@ -47,6 +47,8 @@ class Handle:
     server: process.Server | None
     request_timeout_s: float
     eos_token_id: int | None
+    #: The client processes of ``server.client_processes`` > 1 (``None``: the client runs on :attr:`serving`'s loop).
+    pool: fanout.Pool | None = None
 
 
 def _tokenizer(source: str) -> tuple[Any, dict[str, Any]]:
@@ -212,7 +214,7 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
         target = client.Target(url, served, engine, ids, headers)
         serving = EngineHandle("lem-server")
         assert serving.loop is not None
-        http = serving.loop.call(_client())
+        http = serving.loop.call(client.session())
     except BaseException:
         if serving is not None:
             serving.close()
@@ -220,14 +222,26 @@ def open_server(config: ExperimentConfig) -> tuple[Handle, Any, dict[str, Any], 
             process.stop(server)
         raise
     eos = getattr(tokenizer, "eos_token_id", None)
-    handle = Handle(target, serving, http, server, float(options.get(config, "request_timeout_s")), eos)
+    timeout_s = float(options.get(config, "request_timeout_s"))
+    handle = Handle(target, serving, http, server, timeout_s, eos)
     serving.shutdown = lambda: _shutdown(handle)
+    n = int(options.get(config, "client_processes"))
+    info["client_processes"] = n
+    if n > 1:
+        handle.pool = fanout.Pool(target, n, timeout_s)
+        try:
+            handle.pool.start()
+        except BaseException:
+            serving.close()
+            raise
     return handle, tokenizer, model_config, info
 
 
 def _shutdown(handle: Handle) -> None:
-    """Close the client (on the loop), then stop the managed server."""
+    """Stop the client processes, close the client (on the loop), then stop the managed server."""
     try:
+        if handle.pool is not None:
+            handle.pool.stop(ask=True)
         assert handle.serving.loop is not None
         try:
             handle.serving.loop.call(handle.http.close(), timeout=10)
@@ -259,29 +273,15 @@ def _wait_external(url: str, path: str, config: ExperimentConfig, headers: Mappi
     )
 
 
-#: Seconds to wait for a connection to the server; waits for its answer are bounded by request_timeout_s.
-CONNECT_TIMEOUT_S = 30.0
-
-
-async def _client() -> Any:
-    """The streaming client's session, made on the serving loop (an aiohttp session belongs to its loop).
-
-    aiohttp, not httpx: on a fake server that streams 1 ms tokens to 256 requests at once it ingested
-    about twice the tokens per second on one core, and its clock lagged the bytes less (issue 31).
-    """
-    import aiohttp
-
-    # No connection cap (limit=0): the traffic schedule decides how many requests are in flight, not the pool.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0)
-    timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT_S, sock_read=None)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout)
-
-
 def serve(
     handle: Handle, requests: Sequence[Request], params: GenerationConfig, config: ExperimentConfig
 ) -> Iterator[TokenEvent]:
-    """The cycle's events from the server, on the traffic schedule of lem's shared driver."""
+    """The cycle's events from the server, on the traffic schedule of lem's shared driver (in each client
+    process, with ``server.client_processes`` > 1: :mod:`lem_backend_server.fanout`)."""
     assert handle.serving.loop is not None
+    if handle.pool is not None:
+        payloads = {r.id: client.body(handle.target, r, params, config, handle.eos_token_id) for r in requests}
+        return _explained(handle.pool.serve(requests, payloads, config.traffic), handle)
 
     def submit(req: Request) -> Any:
         payload = client.body(handle.target, req, params, config, handle.eos_token_id)

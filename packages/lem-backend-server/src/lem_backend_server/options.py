@@ -22,6 +22,9 @@ NAME = "server"
 #: The longest timeout: finite and positive, so a server that never answers is not waited for forever.
 _WEEK_S = 7 * 24 * 3600
 
+#: The most client processes: far more than a machine's cores would make them compete for CPU.
+MAX_CLIENT_PROCESSES = 64
+
 #: The one visible table. Every key is read by :mod:`lem_backend_server.launch`; none reaches a library call:
 #: the server's command line (:mod:`lem_backend_server.engines`) or its HTTP requests carry them.
 TABLE = Table(
@@ -71,6 +74,14 @@ TABLE = Table(
             choices=("auto", "token_ids", "text"),
         ),
         Option("log_file", str, "where the managed server's output goes (default: a new temporary directory)"),
+        Option(
+            "client_processes",
+            int,
+            "client processes that share each cycle's requests (each its own event loop: past one core)",
+            default=1,
+            ge=1,
+            le=MAX_CLIENT_PROCESSES,
+        ),
     ),
     doc="an OpenAI-compatible server lem starts (engine, command) or reaches (url)",
 )

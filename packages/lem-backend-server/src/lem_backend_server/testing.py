@@ -4,10 +4,11 @@ Not an engine: it streams ``max_tokens`` one-token chunks (``choices[0].text``)
 per ``POST /v1/completions`` at a fixed inter-token latency, then a usage chunk
 and ``data: [DONE]``, over HTTP/1.1 with chunked transfer encoding (as uvicorn
 streams), and answers ``GET /health`` and ``GET /v1/models``. It writes, per
-request, when the request had fully arrived and when each token's bytes were
-handed to the socket (``time.monotonic_ns()``, comparable across processes of
-one machine), so a client's timestamps can be checked against when the bytes
-were really sent. Used by the server backend's tests and by
+request, its prompt, its ``x-request-id`` header (``null`` without one), when
+the request had fully arrived and when each token's bytes were handed to the
+socket (``time.monotonic_ns()``, comparable across processes of one machine),
+so a client's timestamps can be checked against when the bytes were really sent.
+Used by the server backend's tests and by
 ``benchmarks/server_client.py``; run it as a process of its own (so it does
 not share the client's interpreter)::
 
@@ -92,13 +93,20 @@ class FakeServer:
         """One connection's protocol."""
         return _Connection(self)
 
-    def complete(self, transport: asyncio.Transport, body: bytes, received_ns: int) -> None:
-        """Start answering one completion request."""
+    def complete(
+        self, transport: asyncio.Transport, body: bytes, received_ns: int, request_id: str | None = None
+    ) -> None:
+        """Start answering one completion request (``request_id``: its ``x-request-id`` header, logged)."""
         s = self.settings
         req = json.loads(body)
         self.n += 1
         rid = f"cmpl-{self.n}"
-        entry: dict[str, Any] = {"prompt": req.get("prompt"), "received_ns": received_ns, "sent_ns": []}
+        entry: dict[str, Any] = {
+            "prompt": req.get("prompt"),
+            "request_id": request_id,
+            "received_ns": received_ns,
+            "sent_ns": [],
+        }
         self.log.append(entry)
         if s.status != 200:
             data = s.body.encode()
@@ -173,22 +181,24 @@ class _Connection(asyncio.Protocol):
         self.buf += data
         while (end := self.buf.find(b"\r\n\r\n")) >= 0:
             head = self.buf[:end].decode("latin-1").split("\r\n")
-            length = 0
+            length, request_id = 0, None
             for line in head[1:]:
                 name, _, value = line.partition(":")
                 if name.strip().lower() == "content-length":
                     length = int(value)
+                elif name.strip().lower() == "x-request-id":
+                    request_id = value.strip()
             if len(self.buf) < end + 4 + length:
                 return
             body = self.buf[end + 4 : end + 4 + length]
             self.buf = self.buf[end + 4 + length :]
-            self._answer(head[0].split(" ")[:2], body, now)
+            self._answer(head[0].split(" ")[:2], body, now, request_id)
 
-    def _answer(self, line: list[str], body: bytes, now: int) -> None:
+    def _answer(self, line: list[str], body: bytes, now: int, request_id: str | None = None) -> None:
         assert self.transport is not None
         method, path = line
         if method == "POST" and path == "/v1/completions":
-            self.server.complete(self.transport, body, now)
+            self.server.complete(self.transport, body, now, request_id)
             return
         if path == "/v1/models":
             data = json.dumps({"object": "list", "data": [{"id": "fake", "object": "model"}]}).encode()

@@ -1,0 +1,222 @@
+"""``server.client_processes``: the cycle sent from N client processes, against the fake server's log.
+
+A real fake server process on 127.0.0.1 (``lem_backend_server.testing``), real worker processes
+(``lem_backend_server.fanout``) reached through the backend's hooks, as an experiment does.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lem.types import LoadedModel, Request, TokenEvent
+from lem_backend_server import fanout, plugin
+from lem_backend_server.testing import running
+
+#: How far (ms) a client stamp may lag the server's send on this shared machine: the loop's wake-up latency.
+LAG_MS = 25.0
+
+
+@contextmanager
+def _served(
+    make_config: Any, tiny_llama: Path, tmp_path: Path, n: int, *args: str, timeout_s: float = 5.0, **tables: Any
+) -> Iterator[tuple[LoadedModel, Any, Path]]:
+    log = tmp_path / f"sent-{n}.json"
+    with running(*args, log=log) as url:
+        server = {"url": url, "request_timeout_s": timeout_s, "client_processes": n}
+        config = make_config(str(tiny_llama), server, **tables)
+        model = plugin.load_model(backend="server", config=config)
+        assert model is not None
+        try:
+            yield model, config, log
+        finally:
+            model.close()
+
+
+def _requests(n: int, arrivals: list[int] | None = None) -> list[Request]:
+    return [Request(i, f"prompt {i}", 2, arrival_ns=None if arrivals is None else arrivals[i]) for i in range(n)]
+
+
+def _run(model: LoadedModel, config: Any, reqs: list[Request]) -> list[TokenEvent]:
+    stream = plugin.generate_stream(model=model, requests=reqs, params=config.generation, config=config)
+    assert stream is not None
+    return list(stream)
+
+
+def _summary(events: list[TokenEvent]) -> dict[int, tuple[int, int, str | None]]:
+    """Per request: tokens, finished events, error."""
+    out: dict[int, tuple[int, int, str | None]] = {}
+    for e in events:
+        n, fin, err = out.get(e.request_id, (0, 0, None))
+        out[e.request_id] = (n + e.n_tokens, fin + e.finished, e.error if e.finished else err)
+    return out
+
+
+def test_split_gives_the_remainder_to_the_first_processes() -> None:
+    assert fanout.split(7, 3) == [3, 2, 2]
+    assert fanout.split(2, 3) == [1, 1, 0]
+    reqs = _requests(5, [50, 10, 40, 20, 30])
+    assert [[r.id for r in share] for share in fanout.deal(reqs, 2)] == [[1, 4, 0], [3, 2]]
+
+
+def test_two_processes_give_what_one_gives(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    # 13 requests at concurrency 5 (3 + 2 over the two processes): the same counts, one end per request.
+    traffic = {"mode": "concurrency", "concurrency": 5}
+    results = {}
+    for n in (1, 2):
+        with _served(make_config, tiny_llama, tmp_path, n, "--itl-ms", "2", traffic=traffic) as (model, config, log):
+            assert model.info["client_processes"] == n
+            events = _run(model, config, _requests(13))
+            if n == 2:
+                assert model.handle.pool is not None and len({w.process.pid for w in model.handle.pool.workers}) == 2
+                assert all(w.process.pid != os.getpid() for w in model.handle.pool.workers)
+        results[n] = _summary(events)
+        sent = {e["prompt"]: e["sent_ns"] for e in json.loads(log.read_text())}
+        # Every token's stamp (taken in the worker) is after the server sent it, and soon after: the workers'
+        # monotonic clock is the server's and the parent's.
+        stamps: dict[int, list[int]] = {}
+        for e in events:
+            stamps.setdefault(e.request_id, []).extend([e.t_ns] * e.n_tokens)
+        for rid, got in stamps.items():
+            lags = [(g - s) / 1e6 for g, s in zip(got, sent[f"prompt {rid}"], strict=True)]
+            assert all(0 < lag < LAG_MS for lag in lags), (n, rid, lags)
+    assert results[1] == results[2] == {i: (8, 1, None) for i in range(13)}
+
+
+def test_concurrency_below_the_processes_uses_fewer(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    # Concurrency 1 over 3 processes: one process serves every request, one at a time.
+    traffic = {"mode": "concurrency", "concurrency": 1}
+    with _served(make_config, tiny_llama, tmp_path, 3, "--itl-ms", "1", traffic=traffic) as (model, config, log):
+        events = _run(model, config, _requests(4))
+    assert _summary(events) == {i: (8, 1, None) for i in range(4)}
+    spans = sorted((e["received_ns"], e["sent_ns"][-1]) for e in json.loads(log.read_text()))
+    assert all(end <= start for (_, end), (start, _) in itertools.pairwise(spans))  # never two at once
+
+
+def test_open_loop_arrivals_are_kept_by_each_process(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    traffic = {"mode": "poisson", "rate": 50.0}
+    with _served(make_config, tiny_llama, tmp_path, 2, "--itl-ms", "2", traffic=traffic) as (model, config, log):
+        t0 = time.monotonic_ns() + 100_000_000
+        arrivals = [t0 + i * 15_000_000 for i in range(10)]
+        events = _run(model, config, _requests(10, arrivals))
+    assert _summary(events) == {i: (8, 1, None) for i in range(10)}
+    received = {e["prompt"]: e["received_ns"] for e in json.loads(log.read_text())}
+    delays = [(received[f"prompt {i}"] - arrivals[i]) / 1e6 for i in range(10)]
+    assert all(0 <= d < LAG_MS for d in delays), delays  # never before its arrival, and soon after
+
+
+def test_an_http_error_in_a_process_fails_its_request(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    with _served(make_config, tiny_llama, tmp_path, 2, "--status", "503", "--body", "busy") as (model, config, _):
+        events = _run(model, config, _requests(4))
+    assert _summary(events) == {i: (0, 1, "HTTP 503: busy") for i in range(4)}
+
+
+def test_a_dead_process_fails_its_requests_and_is_replaced(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    traffic = {"mode": "concurrency", "concurrency": 4}
+    with _served(make_config, tiny_llama, tmp_path, 2, "--itl-ms", "100", traffic=traffic) as (model, config, _):
+        pool = model.handle.pool
+        assert pool is not None
+        victim = pool.workers[0].process
+        stream = plugin.generate_stream(model=model, requests=_requests(4), params=config.generation, config=config)
+        assert stream is not None
+        events = [next(stream)]  # serving has started
+        os.kill(victim.pid, signal.SIGKILL)
+        events += list(stream)
+        summary = _summary(events)
+        # Worker 0 had requests 0 and 2 (round-robin); they fail with the reason, worker 1's finish.
+        assert summary[1] == summary[3] == (8, 1, None)
+        for rid in (0, 2):
+            tokens, ends, error = summary[rid]
+            assert ends == 1 and tokens < 8 and error == "client process 0 died (exit -9)", summary
+        # The next cycle runs on a fresh pool.
+        assert _summary(_run(model, config, _requests(4))) == {i: (8, 1, None) for i in range(4)}
+        assert victim.pid not in {w.process.pid for w in pool.workers}
+
+
+def test_a_silent_process_is_given_up_within_bounds(
+    make_config: Any, tiny_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stopped (SIGSTOP) worker is alive but says nothing: after request_timeout_s (+ the margin, 0 here)
+    # its requests fail with the reason, instead of the cycle hanging; the other worker's request finishes.
+    monkeypatch.setattr(fanout, "SILENCE_MARGIN_S", 0.0)
+    traffic = {"mode": "concurrency", "concurrency": 2}
+    with _served(make_config, tiny_llama, tmp_path, 2, "--itl-ms", "50", timeout_s=1.5, traffic=traffic) as (
+        model,
+        config,
+        _,
+    ):
+        pool = model.handle.pool
+        assert pool is not None
+        stream = plugin.generate_stream(model=model, requests=_requests(2), params=config.generation, config=config)
+        assert stream is not None
+        os.kill(pool.workers[0].process.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        summary = _summary(list(stream))
+        assert time.monotonic() - t0 < 10
+        assert summary == {0: (0, 1, "client process 0 was silent for 1.5 s and was stopped"), 1: (8, 1, None)}
+
+
+def test_stopping_early_stops_the_processes(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    traffic = {"mode": "concurrency", "concurrency": 4}
+    with _served(make_config, tiny_llama, tmp_path, 2, "--itl-ms", "100", traffic=traffic) as (model, config, _):
+        pool = model.handle.pool
+        assert pool is not None
+        procs = [w.process for w in pool.workers]
+        stream = plugin.generate_stream(model=model, requests=_requests(4), params=config.generation, config=config)
+        assert stream is not None
+        next(stream)
+        stream.close()  # what the runner does on Ctrl-C or an error
+        assert not any(p.is_alive() for p in procs)
+        assert _summary(_run(model, config, _requests(2))) == {i: (8, 1, None) for i in range(2)}
+        fresh = [w.process for w in pool.workers]
+        assert len(fresh) == 2 and all(p.is_alive() for p in fresh)
+    assert not any(p.is_alive() for p in fresh)  # closing the model stopped them
+
+
+@pytest.mark.parametrize("value", [0, 65])
+def test_client_processes_out_of_bounds_is_refused(make_config: Any, tiny_llama: Path, value: int) -> None:
+    from lem.errors import LemError
+
+    with pytest.raises(LemError, match=rf"server.client_processes = {value}.*in \[1, 64\]"):
+        make_config(str(tiny_llama), {"url": "http://127.0.0.1:9", "client_processes": value})
+
+
+def test_lem_run_with_two_client_processes(tiny_llama: Path, tmp_path: Path) -> None:
+    # The real CLI in a subprocess: workers are spawned from lem's worker, serve warm-up and two cycles,
+    # and leave no process behind (lem's worker reports any, multiprocessing's resource tracker included).
+    import subprocess
+    import sys
+
+    with running("--itl-ms", "2", log=tmp_path / "sent.json") as url:
+        (tmp_path / "exp.toml").write_text(
+            f'model = "{tiny_llama}"\nbackend = "server"\n[dataset]\nnum_prompts = 12\ninput_length = 8\n'
+            "[generation]\nmax_output_tokens = 8\nignore_eos = true\n"
+            '[traffic]\nmode = "concurrency"\nconcurrency = 3\n'
+            '[measurement]\nenergy_meter = "none"\ncycles = 2\nwarmup_requests = 2\nidle_seconds = 0\n'
+            f'[server]\nurl = "{url}"\nclient_processes = 2\n'
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "lem", "run", "exp.toml"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("12/12 requests") == 2, done.stderr
+    assert "behind" not in done.stderr, done.stderr
+    warm = re.search(r"warm-up .* (\d+)/\1 requests", done.stderr)
+    assert warm is not None, done.stderr
+    sent = json.loads((tmp_path / "sent.json").read_text())
+    assert len(sent) == int(warm.group(1)) + 2 * 12 and all(len(e["sent_ns"]) == 8 for e in sent)
