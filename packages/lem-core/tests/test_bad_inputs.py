@@ -76,6 +76,11 @@ def _with(table: str, body: str) -> str:
     return OK + f"[{table}]\n{body}\n" if table != "measurement" else OK + body + "\n"
 
 
+def _server(body: str) -> dict[str, str | bytes]:
+    """The files of an experiment on the server backend (engine vllm) whose ``[server]`` table also holds ``body``."""
+    return {"exp.toml": _with("server", 'engine = "vllm"\n' + body).replace("model =", 'backend = "server"\nmodel =')}
+
+
 def _needs_pytorch() -> str | None:
     return None if "pytorch" in backend_names() else "lem-backend-pytorch is not installed"
 
@@ -220,77 +225,49 @@ CASES = [
         V,
         2,
         ("server.port = 70000", "in [0, 65535]"),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nport = 70000').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server("port = 70000"),
     ),
     Case(
         "server port as a string",
         V,
         2,
         ("server.port", "an integer"),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nport = "8000"').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server('port = "8000"'),
     ),
     Case(
         "no client process",
         V,
         2,
         ("server.client_processes = 0", "in [1, 64]"),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nclient_processes = 0').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server("client_processes = 0"),
     ),
     Case(
         "client processes as a fraction",
         V,
         2,
         ("server.client_processes", "an integer"),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nclient_processes = 1.5').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server("client_processes = 1.5"),
     ),
     Case(
         "NaN timeout",
         V,
         2,
         ("server.request_timeout_s = nan", "finite"),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nrequest_timeout_s = nan').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server("request_timeout_s = nan"),
     ),
     Case(
         "health_path without its leading slash",
         V,
         2,
         ("server.health_path = 'health'", '"/.*"'),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nhealth_path = "health"').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server('health_path = "health"'),
     ),
     Case(
         "nested table where a map of strings is expected",
         V,
         2,
         ("server.env", "a table of strings"),
-        {
-            "exp.toml": _with("server", 'engine = "vllm"\nenv = {A = {b = 1}}').replace(
-                "model =", 'backend = "server"\nmodel ='
-            )
-        },
+        _server("env = {A = {b = 1}}"),
     ),
     Case(
         "2**63 count in a backend table (llamacpp)",
