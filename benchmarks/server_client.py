@@ -10,7 +10,8 @@ and with the PREVIOUS client (httpx with ``aiter_lines()``, kept below as
 process of its own, and prints side by side:
 
 - capacity at 256 concurrent with 1 ms ITL (tok/s, first submission to last
-  token) and the client's CPU per token (µs: process CPU time over the run);
+  token), the client's CPU per token (µs: process CPU time over the run) and
+  the time its process spent in full garbage collections during the run (ms);
 - TTFT error (lem's first-token stamp minus the server's first-token send
   time, per request) at 16 concurrent / 5 ms ITL and 64 concurrent / 2 ms ITL;
 - per-token ITL error (client gap minus the server's send gap), |mean| and
@@ -45,6 +46,7 @@ packages' ``src`` folders), plus transformers and httpx::
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import math
@@ -126,6 +128,29 @@ async def _old_http() -> Any:
 
 
 # ---- one client run (a process of its own) ----
+class _Pauses:
+    """The time this process spent in full (generation 2) garbage collections while it is registered."""
+
+    def __init__(self) -> None:
+        self.full_ms = 0.0
+        self._t = 0
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._t = time.monotonic_ns()
+        else:
+            self.full_ms += (time.monotonic_ns() - self._t) / 1e6
+
+
+def _gc_pauses() -> _Pauses:
+    """Start counting full collections (a full pass over a heap holding transformers took 170-430 ms, issue 31)."""
+    pauses = _Pauses()
+    gc.callbacks.append(pauses.callback)
+    return pauses
+
+
 def client_run(args: argparse.Namespace) -> None:
     """Serve one scenario's requests with one client; write its events and CPU time as JSON."""
     from lem.configfile.loading import config_from_dict
@@ -163,9 +188,11 @@ def client_run(args: argparse.Namespace) -> None:
 
         events = stream(handle.serving.loop, reqs, config.traffic, submit, request_timeout_s=120.0)
     assert events is not None
+    pauses = _gc_pauses()
     cpu0, wall0 = time.process_time(), time.monotonic_ns()
     got = [(e.request_id, e.t_ns, e.n_tokens, e.finished, e.error) for e in events]
     cpu, wall_end = time.process_time() - cpu0, time.monotonic_ns()
+    gc.callbacks.remove(pauses.callback)
     model.close()
     if _processes(args.client) > 1:
         cpu = float("nan")  # the workers' CPU is not in this process's time
@@ -176,6 +203,7 @@ def client_run(args: argparse.Namespace) -> None:
         "cpu_s": cpu,
         "start_ns": wall0,
         "end_ns": wall_end,
+        "gc_full_ms": pauses.full_ms,
     }
     Path(args.out).write_text(json.dumps(out))
 
@@ -215,6 +243,8 @@ def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> di
         f["tok_s"] = tokens / ((last - first) / 1e9)
         f["cpu_us_per_token"] = run["cpu_s"] / tokens * 1e6
         f["server_tok_s"] = tokens / ((max(s[-1] for _, s in pairs) - first) / 1e9)
+    if "gc_full_ms" in run:
+        f["gc_full_ms"] = run["gc_full_ms"]
     f["server_send_tok_s"] = server_send_rate(log)
     # Latencies count from arrival (open loop) or from the submission event (closed loop, which has no arrival).
     submitted = {int(rid): t for rid, t, n, fin, _ in run["events"] if n == 0 and not fin}
@@ -555,6 +585,8 @@ def _table(
         ("capacity, 256 concurrent, 1 ms ITL (tok/s)", "capacity", "tok_s"),
         ("  fake server's send rate in that run (tok/s)", "capacity", "server_tok_s"),
         ("client CPU per token, 256 concurrent (µs)", "capacity", "cpu_us_per_token"),
+        ("TTFT error, 256 concurrent, 1 ms ITL (ms)", "capacity", "ttft_err_ms"),
+        ("client's full GC pauses, 256 concurrent (ms)", "capacity", "gc_full_ms"),
         ("TTFT error, 16 concurrent, 5 ms ITL (ms)", "c16", "ttft_err_ms"),
         ("TTFT error, 64 concurrent, 2 ms ITL (ms)", "c64", "ttft_err_ms"),
         ("ITL error mean, 16 concurrent (ms)", "c16", "itl_err_mean_ms"),
