@@ -569,6 +569,11 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"results": results, "peers": found}, indent=1))
 
 
+def _ratio(a: float, b: float) -> str:
+    """``a / b`` for a table cell; ``-`` where ``b`` is 0 (no GC pause, say)."""
+    return f"{a / b:.3g}" if b else "-"
+
+
 def _table(
     results: dict[str, dict[str, list[dict[str, float]]]],
     found: dict[str, str | None],
@@ -608,7 +613,7 @@ def _table(
     print("|---|---|---|---|")
     for label, scenario, key in rows:
         a, b = med(scenario, "lem", key), med(scenario, "previous", key)
-        print(f"| {label} | {a:.4g} | {b:.4g} | {a / b:.3g} |")
+        print(f"| {label} | {a:.4g} | {b:.4g} | {_ratio(a, b)} |")
     for key in ("ks_exp_crit", "ks_sched_crit", "ks_exp_p", "ks_sched_p"):
         if not math.isnan(med("poisson", "lem", key)):
             print(
@@ -628,7 +633,7 @@ def _table(
             if math.isnan(a) and all(math.isnan(v) for v in others):
                 continue
             cells = " | ".join(f"{v:.4g}" for v in others)
-            print(f"| {label} | {a:.4g} | {cells} | " + " | ".join(f"{v / a:.3g}" for v in others) + " |")
+            print(f"| {label} | {a:.4g} | {cells} | " + " | ".join(_ratio(v, a) for v in others) + " |")
     driven = [name for name, where in found.items() if where]
     if "vllm" in driven:
         print()
@@ -640,7 +645,7 @@ def _table(
         for label, scenario, key in truth:
             a, b = med(scenario, "lem", key), med(scenario, "vllm", key)
             if not (math.isnan(a) and math.isnan(b)):
-                print(f"| {label} | {a:.4g} | {b:.4g} | {a / b:.3g} |")
+                print(f"| {label} | {a:.4g} | {b:.4g} | {_ratio(a, b)} |")
     if driven:
         print()
         print("Each client's own figures (its clock), and what the fake server sent per second in that run:")
@@ -659,7 +664,7 @@ def _table(
                 a = med(scenario, "lem", key)
                 peer_vals = [med(scenario, p, key) for p in driven]
                 cells = " | ".join(f"{v:.4g}" for v in peer_vals)
-                ratios = " | ".join(f"{a / v:.3g}" if v else "-" for v in peer_vals)
+                ratios = " | ".join(_ratio(a, v) for v in peer_vals)
                 print(f"| {SCENARIO_LABELS[scenario]}: {label} | {a:.4g} | {cells} | {ratios} |")
     for name, where in found.items():
         print(f"{name}: {'driven, from ' + where if where else 'not found (PATH, --peer-bin)'}")
