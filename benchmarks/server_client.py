@@ -10,7 +10,8 @@ and with the PREVIOUS client (httpx with ``aiter_lines()``, kept below as
 process of its own, and prints side by side:
 
 - capacity at 256 concurrent with 1 ms ITL (tok/s, first submission to last
-  token) and the client's CPU per token (µs: process CPU time over the run);
+  token), the client's CPU per token (µs: process CPU time over the run) and
+  the time its process spent in full garbage collections during the run (ms);
 - TTFT error (lem's first-token stamp minus the server's first-token send
   time, per request) at 16 concurrent / 5 ms ITL and 64 concurrent / 2 ms ITL;
 - per-token ITL error (client gap minus the server's send gap), |mean| and
@@ -45,6 +46,7 @@ packages' ``src`` folders), plus transformers and httpx::
 from __future__ import annotations
 
 import argparse
+import gc
 import itertools
 import json
 import math
@@ -126,6 +128,29 @@ async def _old_http() -> Any:
 
 
 # ---- one client run (a process of its own) ----
+class _Pauses:
+    """The time this process spent in full (generation 2) garbage collections while it is registered."""
+
+    def __init__(self) -> None:
+        self.full_ms = 0.0
+        self._t = 0
+
+    def callback(self, phase: str, info: dict[str, int]) -> None:
+        if info["generation"] != 2:
+            return
+        if phase == "start":
+            self._t = time.monotonic_ns()
+        else:
+            self.full_ms += (time.monotonic_ns() - self._t) / 1e6
+
+
+def _gc_pauses() -> _Pauses:
+    """Start counting full collections (a full pass over a heap holding transformers took 170-430 ms, issue 31)."""
+    pauses = _Pauses()
+    gc.callbacks.append(pauses.callback)
+    return pauses
+
+
 def client_run(args: argparse.Namespace) -> None:
     """Serve one scenario's requests with one client; write its events and CPU time as JSON."""
     from lem.configfile.loading import config_from_dict
@@ -163,9 +188,11 @@ def client_run(args: argparse.Namespace) -> None:
 
         events = stream(handle.serving.loop, reqs, config.traffic, submit, request_timeout_s=120.0)
     assert events is not None
+    pauses = _gc_pauses()
     cpu0, wall0 = time.process_time(), time.monotonic_ns()
     got = [(e.request_id, e.t_ns, e.n_tokens, e.finished, e.error) for e in events]
     cpu, wall_end = time.process_time() - cpu0, time.monotonic_ns()
+    gc.callbacks.remove(pauses.callback)
     model.close()
     if _processes(args.client) > 1:
         cpu = float("nan")  # the workers' CPU is not in this process's time
@@ -176,6 +203,7 @@ def client_run(args: argparse.Namespace) -> None:
         "cpu_s": cpu,
         "start_ns": wall0,
         "end_ns": wall_end,
+        "gc_full_ms": pauses.full_ms,
     }
     Path(args.out).write_text(json.dumps(out))
 
@@ -215,6 +243,8 @@ def figures(scenario: str, run: dict[str, Any], log: list[dict[str, Any]]) -> di
         f["tok_s"] = tokens / ((last - first) / 1e9)
         f["cpu_us_per_token"] = run["cpu_s"] / tokens * 1e6
         f["server_tok_s"] = tokens / ((max(s[-1] for _, s in pairs) - first) / 1e9)
+    if "gc_full_ms" in run:
+        f["gc_full_ms"] = run["gc_full_ms"]
     f["server_send_tok_s"] = server_send_rate(log)
     # Latencies count from arrival (open loop) or from the submission event (closed loop, which has no arrival).
     submitted = {int(rid): t for rid, t, n, fin, _ in run["events"] if n == 0 and not fin}
@@ -539,6 +569,11 @@ def main() -> None:
         Path(args.json).write_text(json.dumps({"results": results, "peers": found}, indent=1))
 
 
+def _ratio(a: float, b: float) -> str:
+    """``a / b`` for a table cell; ``-`` where ``b`` is 0 (no GC pause, say)."""
+    return f"{a / b:.3g}" if b else "-"
+
+
 def _table(
     results: dict[str, dict[str, list[dict[str, float]]]],
     found: dict[str, str | None],
@@ -555,6 +590,8 @@ def _table(
         ("capacity, 256 concurrent, 1 ms ITL (tok/s)", "capacity", "tok_s"),
         ("  fake server's send rate in that run (tok/s)", "capacity", "server_tok_s"),
         ("client CPU per token, 256 concurrent (µs)", "capacity", "cpu_us_per_token"),
+        ("TTFT error, 256 concurrent, 1 ms ITL (ms)", "capacity", "ttft_err_ms"),
+        ("client's full GC pauses, 256 concurrent (ms)", "capacity", "gc_full_ms"),
         ("TTFT error, 16 concurrent, 5 ms ITL (ms)", "c16", "ttft_err_ms"),
         ("TTFT error, 64 concurrent, 2 ms ITL (ms)", "c64", "ttft_err_ms"),
         ("ITL error mean, 16 concurrent (ms)", "c16", "itl_err_mean_ms"),
@@ -576,7 +613,7 @@ def _table(
     print("|---|---|---|---|")
     for label, scenario, key in rows:
         a, b = med(scenario, "lem", key), med(scenario, "previous", key)
-        print(f"| {label} | {a:.4g} | {b:.4g} | {a / b:.3g} |")
+        print(f"| {label} | {a:.4g} | {b:.4g} | {_ratio(a, b)} |")
     for key in ("ks_exp_crit", "ks_sched_crit", "ks_exp_p", "ks_sched_p"):
         if not math.isnan(med("poisson", "lem", key)):
             print(
@@ -596,7 +633,7 @@ def _table(
             if math.isnan(a) and all(math.isnan(v) for v in others):
                 continue
             cells = " | ".join(f"{v:.4g}" for v in others)
-            print(f"| {label} | {a:.4g} | {cells} | " + " | ".join(f"{v / a:.3g}" for v in others) + " |")
+            print(f"| {label} | {a:.4g} | {cells} | " + " | ".join(_ratio(v, a) for v in others) + " |")
     driven = [name for name, where in found.items() if where]
     if "vllm" in driven:
         print()
@@ -608,7 +645,7 @@ def _table(
         for label, scenario, key in truth:
             a, b = med(scenario, "lem", key), med(scenario, "vllm", key)
             if not (math.isnan(a) and math.isnan(b)):
-                print(f"| {label} | {a:.4g} | {b:.4g} | {a / b:.3g} |")
+                print(f"| {label} | {a:.4g} | {b:.4g} | {_ratio(a, b)} |")
     if driven:
         print()
         print("Each client's own figures (its clock), and what the fake server sent per second in that run:")
@@ -627,7 +664,7 @@ def _table(
                 a = med(scenario, "lem", key)
                 peer_vals = [med(scenario, p, key) for p in driven]
                 cells = " | ".join(f"{v:.4g}" for v in peer_vals)
-                ratios = " | ".join(f"{a / v:.3g}" if v else "-" for v in peer_vals)
+                ratios = " | ".join(_ratio(a, v) for v in peer_vals)
                 print(f"| {SCENARIO_LABELS[scenario]}: {label} | {a:.4g} | {cells} | {ratios} |")
     for name, where in found.items():
         print(f"{name}: {'driven, from ' + where if where else 'not found (PATH, --peer-bin)'}")

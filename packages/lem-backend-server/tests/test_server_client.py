@@ -110,6 +110,18 @@ def test_unreadable_chunk_fails_the_request(make_config: Any, tiny_llama: Path, 
     assert error is not None and error.startswith("unreadable chunk in the stream (") and error.endswith("{not json")
 
 
+def test_a_chunk_only_python_json_reads_still_counts(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    # Python servers write a -inf logprob as -Infinity, which orjson (the client's parser) refuses.
+    chunk = '{"choices":[{"index":0,"text":" u","logprobs":{"tokens":[" u"],"token_logprobs":[-Infinity]}}]}'
+    with _served(make_config, tiny_llama, tmp_path, "--bad-chunk", chunk) as (model, config, log):
+        events = _run(model, config)
+    sent = json.loads(log.read_text())[0]["sent_ns"]
+    assert _last(events)[0].error is None
+    # The extra chunk's token counts (one, from its logprobs), and its text is handed over with it.
+    assert sum(e.n_tokens for e in events) == len(sent) + 1
+    assert "".join(e.text or "" for e in events).startswith(" t u t")
+
+
 def test_a_silent_server_times_the_request_out(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
     with _served(make_config, tiny_llama, tmp_path, "--hang") as (model, config, _):
         events = _run(model, config)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import gc
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 
 import pytest
 
 from lem.config import TrafficConfig
-from lem.serving import Delta, EngineHandle, EventLoop, RequestFailed, stream
+from lem.serving import Delta, EngineHandle, EventLoop, RequestFailed, frozen_heap, stream
 from lem.types import Request, TokenEvent
 
 MS = 1_000_000
@@ -247,6 +249,60 @@ def test_serving_starts_on_first_next_and_no_requests_is_no_events(loop: EventLo
     assert list(stream(loop, [], TrafficConfig(), engine.submit)) == []
     with pytest.raises(ValueError, match="request_timeout_s"):
         stream(loop, [], TrafficConfig(), engine.submit, request_timeout_s=0)
+
+
+class _Node:
+    """An object in a reference cycle: only the cyclic collector frees it."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_the_heap_is_kept_from_the_collector_while_serving_and_handed_back_after(loop: EventLoop) -> None:
+    # A full collection of a big heap stopped the loop for hundreds of ms mid-cycle (issue 31).
+    assert gc.get_freeze_count() == 0
+    garbage = weakref.ref(_Node())  # unreachable, in a cycle, made before serving
+    frozen_while_serving: list[int] = []
+    collected_while_serving: list[bool] = []
+    engine = Engine(tokens=2, gap_s=0.001)
+
+    async def submit(req: Request) -> AsyncIterator[Delta]:
+        frozen_while_serving.append(gc.get_freeze_count())
+        async for delta in engine.submit(req):
+            yield delta
+
+    for e in stream(loop, _requests(2), TrafficConfig("concurrency", concurrency=2), submit):
+        if e.finished and not collected_while_serving:
+            gc.collect()
+            collected_while_serving.append(garbage() is None)
+    assert min(frozen_while_serving) > 0 and collected_while_serving == [False]
+    assert gc.get_freeze_count() == 0  # handed back: nothing stays out of the collector's reach
+    gc.collect()
+    assert garbage() is None
+
+
+def test_a_stream_stopped_early_hands_the_heap_back_too(loop: EventLoop) -> None:
+    events = stream(loop, _requests(2), TrafficConfig("concurrency", concurrency=2), Engine(tokens=100).submit)
+    next(events)
+    assert gc.get_freeze_count() > 0
+    events.close()  # type: ignore[attr-defined]
+    assert gc.get_freeze_count() == 0
+
+
+def test_frozen_heap_nests_and_leaves_a_heap_frozen_by_others_frozen() -> None:
+    with frozen_heap():
+        inner = gc.get_freeze_count()
+        with frozen_heap():
+            assert gc.get_freeze_count() >= inner > 0
+        assert gc.get_freeze_count() > 0  # the outer block still holds it
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # someone else's (vLLM freezes its heap after start-up)
+    try:
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_event_loop_runs_calls_and_closes_once() -> None:

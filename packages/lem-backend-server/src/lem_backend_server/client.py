@@ -32,6 +32,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import attrs
+import orjson
 
 from lem.config import ExperimentConfig, GenerationConfig
 from lem.serving import Delta, RequestFailed
@@ -211,6 +212,18 @@ class _Stream:
         self.text = ""
 
 
+def loads(data: bytes) -> Any:
+    """One chunk's JSON: orjson (a fifth less CPU per token than ``json`` at 256 streams, issue 31); what only
+    Python's ``json`` reads (``NaN``, ``-Infinity``, which Python servers write for such floats) is read by it.
+
+    :raises ValueError: not JSON.
+    """
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
+
+
 def parse(line: bytes, state: _Stream, t_ns: int) -> list[Delta]:
     """The deltas of one SSE line (``data: {...}``); other lines, and lines after ``[DONE]``, give none.
 
@@ -224,7 +237,7 @@ def parse(line: bytes, state: _Stream, t_ns: int) -> list[Delta]:
         state.done = True
         return []
     try:
-        chunk = json.loads(data)
+        chunk = loads(data)
         if chunk.get("error"):
             raise RequestFailed(f"server error in stream: {str(chunk['error'])[:300]}")
         usage = chunk.get("usage")
@@ -239,7 +252,7 @@ def parse(line: bytes, state: _Stream, t_ns: int) -> list[Delta]:
                 out.append(Delta(token_ids=ids, n_tokens=n, t_ns=t_ns, text=state.text))
                 state.text = ""
         return out
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError, and so is int() of a non-number
+    except ValueError as exc:  # a JSONDecodeError is a ValueError, and so is int() of a non-number
         raise RequestFailed(f"unreadable chunk in the stream ({exc}): {_excerpt(data)}") from None
     except (AttributeError, TypeError, KeyError):
         raise RequestFailed(f"a chunk that is not a completions chunk: {_excerpt(data)}") from None

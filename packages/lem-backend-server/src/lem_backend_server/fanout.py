@@ -15,7 +15,8 @@ its own event loop and aiohttp session, and keeps them for every cycle until the
   driver's rules hold in each worker (one finished event per request, ``request_timeout_s``). The
   events go to the parent over a pipe as plain tuples; the parent yields them from
   ``generate_stream`` as one process would (their order across workers is the order they reached
-  the parent; every event carries its own stamp).
+  the parent; every event carries its own stamp). The parent keeps its heap from the garbage
+  collector while it reads them, as the driver does (:func:`lem.serving.frozen_heap`).
 - **Failures.** A request's HTTP error fails that request, in the worker, with its reason. A worker
   that dies (or goes silent longer than ``request_timeout_s`` plus :data:`SILENCE_MARGIN_S` with
   requests unfinished, counted from its last message or its share's last arrival, whichever is
@@ -40,7 +41,7 @@ from typing import Any
 import attrs
 
 from lem.config import TrafficConfig
-from lem.serving import EngineHandle, stream
+from lem.serving import EngineHandle, frozen_heap, stream
 from lem.types import Request, TokenEvent
 from lem_backend_server import client
 
@@ -174,7 +175,9 @@ class Pool:
             last_arrival[w] = max(arrivals) / 1e9 if arrivals else 0.0
         ended = False
         try:
-            yield from self._collect(busy, unfinished, last_arrival)
+            # A full garbage collection here would leave the pipes unread and block the workers' loops.
+            with frozen_heap():
+                yield from self._collect(busy, unfinished, last_arrival)
             ended = True
         finally:
             if not ended:
