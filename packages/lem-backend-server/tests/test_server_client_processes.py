@@ -220,3 +220,48 @@ def test_lem_run_with_two_client_processes(tiny_llama: Path, tmp_path: Path) -> 
     assert warm is not None, done.stderr
     sent = json.loads((tmp_path / "sent.json").read_text())
     assert len(sent) == int(warm.group(1)) + 2 * 12 and all(len(e["sent_ns"]) == 8 for e in sent)
+
+
+@pytest.mark.parametrize("where", ["--in-process", "--quiet"], ids=["in-process", "worker-process"])
+def test_ctrl_c_during_a_cycle_leaves_no_client_process(tiny_llama: Path, tmp_path: Path, where: str) -> None:
+    # The real CLI in its own process group, as a terminal runs it; Ctrl-C reaches every process of the group
+    # (lem and its client workers) while the workers stream. lem exits as interrupted, with no traceback from
+    # any process, and none of the workers outlives it.
+    import subprocess
+    import sys
+
+    import psutil
+
+    with running("--itl-ms", "20", log=tmp_path / "sent.json") as url:
+        (tmp_path / "exp.toml").write_text(
+            f'model = "{tiny_llama}"\nbackend = "server"\n[dataset]\nnum_prompts = 8\ninput_length = 8\n'
+            "[generation]\nmax_output_tokens = 500\nignore_eos = true\n"
+            '[measurement]\nenergy_meter = "none"\ncycles = 2\nwarmup_requests = 0\nidle_seconds = 0\n'
+            f'[server]\nurl = "{url}"\nclient_processes = 2\n'
+        )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "lem", "run", "exp.toml", where, "--no-report"],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        workers: list[psutil.Process] = []
+        try:
+            deadline = time.monotonic() + 120
+            while len(workers) < 2:  # the pool is up: two spawned client processes
+                assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+                children = psutil.Process(proc.pid).children(recursive=True)  # lem's worker's, or lem's own
+                workers = [c for c in children if "spawn_main" in " ".join(c.cmdline())]
+                time.sleep(0.1)
+            time.sleep(2.0)  # into the cycle: 8 requests of 500 tokens at 20 ms take 10 s
+            os.killpg(proc.pid, signal.SIGINT)
+            _, stderr = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert not alive, [p.pid for p in alive]
