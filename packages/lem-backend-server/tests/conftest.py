@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,29 @@ def group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error, OSError):
             continue
     return False
+
+
+@contextmanager
+def served(
+    make_config: Callable[..., Any],
+    model: Path,
+    log: Path,
+    args: tuple[str, ...],
+    server: dict[str, Any],
+    **tables: Any,
+) -> Iterator[tuple[Any, Any, Path]]:
+    """``(loaded model, config, log)``: the backend loaded against a fake server run with ``args`` that logs to ``log``.
+
+    ``server`` is the ``[server]`` table besides its ``url``.
+    """
+    from lem_backend_server import plugin
+    from lem_backend_server.testing import running
+
+    with running(*args, log=log) as url:
+        config = make_config(str(model), {"url": url, **server}, **tables)
+        loaded = plugin.load_model(backend="server", config=config)
+        assert loaded is not None
+        try:
+            yield loaded, config, log
+        finally:
+            loaded.close()

@@ -7,32 +7,25 @@ external mode through the backend's hooks (``load_model``, ``generate_stream``),
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
+from conftest import served
+
 from lem.types import LoadedModel, Request, TokenEvent
 from lem_backend_server import plugin
-from lem_backend_server.testing import running
 
 #: How far (ms) a client stamp may lag the server's send on this shared machine: the loop's wake-up latency.
 LAG_MS = 25.0
 
 
-@contextmanager
-def _served(make_config: Any, tiny_llama: Path, tmp_path: Path, *args: str, **tables: Any) -> Iterator[Any]:
+def _served(
+    make_config: Any, tiny_llama: Path, tmp_path: Path, *args: str, **tables: Any
+) -> AbstractContextManager[Any]:
     """(loaded model, config, path of the server's send log) for a fake server run with ``args``."""
-    log = tmp_path / "sent.json"
-    with running(*args, log=log) as url:
-        config = make_config(str(tiny_llama), {"url": url, "request_timeout_s": 2.0}, **tables)
-        model = plugin.load_model(backend="server", config=config)
-        assert model is not None
-        try:
-            yield model, config, log
-        finally:
-            model.close()
+    return served(make_config, tiny_llama, tmp_path / "sent.json", args, {"request_timeout_s": 2.0}, **tables)
 
 
 def _run(model: LoadedModel, config: Any, n: int = 1) -> list[TokenEvent]:

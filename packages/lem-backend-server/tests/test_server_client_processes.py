@@ -12,12 +12,12 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import served
 
 from lem.types import LoadedModel, Request, TokenEvent
 from lem_backend_server import fanout, plugin
@@ -27,20 +27,11 @@ from lem_backend_server.testing import running
 LAG_MS = 25.0
 
 
-@contextmanager
 def _served(
     make_config: Any, tiny_llama: Path, tmp_path: Path, n: int, *args: str, timeout_s: float = 5.0, **tables: Any
-) -> Iterator[tuple[LoadedModel, Any, Path]]:
-    log = tmp_path / f"sent-{n}.json"
-    with running(*args, log=log) as url:
-        server = {"url": url, "request_timeout_s": timeout_s, "client_processes": n}
-        config = make_config(str(tiny_llama), server, **tables)
-        model = plugin.load_model(backend="server", config=config)
-        assert model is not None
-        try:
-            yield model, config, log
-        finally:
-            model.close()
+) -> AbstractContextManager[tuple[LoadedModel, Any, Path]]:
+    server = {"request_timeout_s": timeout_s, "client_processes": n}
+    return served(make_config, tiny_llama, tmp_path / f"sent-{n}.json", args, server, **tables)
 
 
 def _requests(n: int, arrivals: list[int] | None = None) -> list[Request]:
