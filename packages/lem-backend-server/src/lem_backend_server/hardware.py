@@ -39,8 +39,5 @@ def managed(config: ExperimentConfig, engine: str | None, env: Mapping[str, str]
                 else f"could not ask {python} whether its llama.cpp build offloads to a GPU"
             )
             return accelerators.describe((), none_reason=why)
-    # The devices lem meters for a server (lem.run.meters.meter_devices): the server owns them, not lem's process.
-    devices = config.measurement.devices or tuple(
-        range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size)
-    )
-    return accelerators.describe(tuple(devices), {**os.environ, **env})
+    # The devices lem meters for a server: the server owns them, not lem's process.
+    return accelerators.describe(config.metered_devices(), {**os.environ, **env})

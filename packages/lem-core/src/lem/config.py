@@ -318,6 +318,13 @@ class ExperimentConfig:
         """The table of a backend (``[vllm]`` for ``"vllm"``), empty if absent."""
         return self.backend_options.get(backend, {})
 
+    def metered_devices(self) -> tuple[int, ...]:
+        """The devices lem meters (and a server it starts is given): ``measurement.devices``, else one per tensor x
+        pipeline rank."""
+        if self.measurement.devices is not None:
+            return tuple(self.measurement.devices)
+        return tuple(range(self.sharding.tensor_parallel_size * self.sharding.pipeline_parallel_size))
+
 
 #: The top-level tables that belong to the core (everything else must be a backend's).
 CORE_TABLES = (

@@ -77,13 +77,6 @@ def _settings(config: Mapping[str, Any], backend: Any) -> tuple[str, str]:
     return ", ".join(engine) or "-", ", ".join(work) or "-"
 
 
-def _in_included(summary: Mapping[str, Any]) -> str:
-    """`` in the 2 included cycles`` where spoilt cycles were left out of the figures (their requests too)."""
-    if (summary.get("validity") or {}).get("excluded_cycles"):
-        return f" in the {summary.get('cycles_included')} included cycle(s)"
-    return ""
-
-
 def _duration(summary: Mapping[str, Any]) -> float | None:
     """Seconds measured over the included cycles: each cycle's output tokens over its output tok/s."""
     tokens = (summary.get("workload") or {}).get("output_tokens") or []
@@ -152,6 +145,8 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
     requests = sum(work.get("requests") or ())
     failed = doc.get("failed_requests") or 0
     duration = _duration(doc)
+    # Spoilt cycles left out of the figures are left out of the request count and duration too.
+    left_out = bool((doc.get("validity") or {}).get("excluded_cycles"))
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold", no_wrap=True)
     facts.add_column(overflow="fold")
@@ -161,12 +156,16 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
         ("engine settings", engine),
         ("workload", workload),
         ("cycles", cycles_text(doc)),
-        ("requests", f"{requests - failed} ok, {failed} failed" + _in_included(doc)),
+        (
+            "requests",
+            f"{requests - failed} ok, {failed} failed"
+            + (f" in the {doc.get('cycles_included')} included cycle(s)" if left_out else ""),
+        ),
         (
             "measured duration",
             "unknown"
             if duration is None
-            else f"{duration:.3f} s over " + ("the included cycles" if _in_included(doc) else "all cycles"),
+            else f"{duration:.3f} s over " + ("the included cycles" if left_out else "all cycles"),
         ),
         ("energy method", (doc.get("methods") or {}).get("energy") or f"none: {doc.get('energy_reason')}"),
     ):

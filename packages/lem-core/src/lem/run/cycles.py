@@ -27,7 +27,6 @@ from typing import Any
 
 from lem.config import ExperimentConfig, MeasurementConfig
 from lem.figures import precision, quality, registry, validity
-from lem.figures.registry import method_of
 from lem.figures.requests import with_text
 from lem.figures.summary import compute_cycle, traces_to_json
 from lem.results.files import write_json, write_timeline
@@ -107,7 +106,7 @@ def measure_cycle(
     write_json(live.directory / f"cycle-{c:03d}.json", "cycle", raw, compact=True)
     jpt, row = energy["j_per_output_token"], registry.figure("energy.j_per_output_token")
     # The live line marks an estimate as every other screen does (lem.figures.registry).
-    mark = f" {registry.ESTIMATE}" if method_of(raw, row.name).estimate else ""
+    mark = f" {registry.ESTIMATE}" if registry.method_of(raw, row.name).estimate else ""
     detail = f"{metrics['output_tokens_per_s']:.1f} tok/s" + (
         f", {jpt:.3g} {row.label}{mark}" if jpt is not None else ""
     )

@@ -198,13 +198,6 @@ def open_metering(config: ExperimentConfig, devices: Sequence[int]) -> Metering:
     return Metering(tuple(devices), meter, reason)
 
 
-def meter_devices(config: ExperimentConfig) -> tuple[int, ...]:
-    """The devices to meter: ``measurement.devices``, else one per tensor × pipeline rank."""
-    if config.measurement.devices is not None:
-        return tuple(config.measurement.devices)
-    return tuple(range(config.sharding.tensor_parallel_size * config.sharding.pipeline_parallel_size))
-
-
 def open_meter(config: ExperimentConfig, devices: Sequence[int]) -> tuple[EnergyMeter | None, str | None]:
     """The experiment's energy meter over ``devices``, or ``None`` and the reason there is none."""
     names = config.measurement.energy_meters
@@ -248,7 +241,7 @@ def check_meters(experiments: Sequence[Experiment], pythons: Collection[str]) ->
     seen: set[tuple[tuple[str, ...], tuple[int, ...]]] = set()
     for exp in experiments:
         names = exp.config.measurement.energy_meters
-        devices = meter_devices(exp.config)
+        devices = exp.config.metered_devices()
         if not named_explicitly(exp.config) or exp.config.backend in pythons or (names, devices) in seen:
             continue
         seen.add((names, devices))

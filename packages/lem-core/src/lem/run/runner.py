@@ -35,7 +35,7 @@ from lem.results.files import flat_config, write_json
 from lem.run import traffic
 from lem.run.cycles import run_cycles
 from lem.run.live import Live, metered, window_json, write_environment
-from lem.run.meters import Metering, meter_devices, named_explicitly, open_metering
+from lem.run.meters import Metering, named_explicitly, open_metering
 from lem.run.passes import prefill_config, serve, serve_passes
 from lem.run.progress import Progress
 from lem.types import LoadedModel
@@ -54,7 +54,7 @@ class Load:
 def run_experiment(exp: Experiment, exp_dir: Path, run_id: str, progress: Progress) -> dict[str, Any]:
     """Run one experiment in this process, writing its files to ``exp_dir``; returns the summary."""
     config = exp.config
-    metering = open_metering(config, meter_devices(config))
+    metering = open_metering(config, config.metered_devices())
     if metering.meter is None and named_explicitly(config):
         # A meter the user named explicitly must work: stop before the model loads, not after the run.
         raise MeterUnavailable(f"measurement.energy_meter: {metering.reason}")
