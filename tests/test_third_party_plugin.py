@@ -16,7 +16,7 @@ build-backend = "hatchling.build"
 [project]
 name = "lem-backend-echo"
 version = "0.0.1"
-dependencies = ["lem-core>=0.1,<0.2"]
+dependencies = ["lem-core>=0.3,<0.4"]
 
 [project.entry-points.lem]
 echo = "lem_backend_echo"

@@ -84,3 +84,22 @@ def test_the_backends_reason_reaches_the_null_figure() -> None:
     over = config_from_dict({"model": "random:tiny-llama", "hardware": {"peak_memory_bandwidth_gbs": 100.0}})
     got = hardware.cycle_roofline(traces, info, over, fl)
     assert got["memory_bandwidth_utilization"] == pytest.approx(got["achieved_memory_bandwidth_gbs"] / 100.0)
+
+
+def test_naming_and_metering_map_ordinals_by_one_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backend's GPU name and the NVML meter's board come from the same mapping (map_ordinals): for each
+    CUDA_VISIBLE_DEVICES, both pick the same board, or both refuse with the same words."""
+    from lem.errors import MeterUnavailable
+    from lem_energy_nvml.devices import resolve_devices
+
+    gpus = [FakeGpu(uuid="GPU-aaa1", name=A100), FakeGpu(uuid="GPU-bbb2", name=H100), FakeGpu(uuid="GPU-aaa3")]
+    nvml = install(monkeypatch, gpus)
+    for visible in ("2,0", "GPU-bbb", "1,-1,0", "GPU-aaa", "7", "GPU-ccc", "0"):
+        env = {"CUDA_VISIBLE_DEVICES": visible, **PCI}
+        names, why = accelerators.device_names((0, 1) if "," in visible else (0,), env)
+        try:
+            devices, _ = resolve_devices(nvml, (0, 1) if "," in visible else (0,), env)
+        except MeterUnavailable as exc:
+            assert names is None and why is not None and why in str(exc), (visible, why, exc)
+            continue
+        assert names == [d.name for d in devices], visible

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from lem.accelerators import parse_visible_devices
 from lem.errors import MeterUnavailable
-from lem_energy_nvml.devices import parse_visible_devices, resolve_devices
+from lem_energy_nvml.devices import resolve_devices
 from lem_energy_nvml.plugin import open_meter
 from lem_energy_nvml.testing import FakeGpu
 

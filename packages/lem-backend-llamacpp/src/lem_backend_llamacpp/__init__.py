@@ -1,3 +1,3 @@
 """lem backend: llama.cpp (GGUF) through llama-cpp-python."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

@@ -1,3 +1,3 @@
 """lem plugin: Hugging Face Transformers on PyTorch."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

@@ -1,3 +1,3 @@
 """lem plugin: NVIDIA TensorRT-LLM (PyTorch runtime, per-token streaming through generate_async)."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

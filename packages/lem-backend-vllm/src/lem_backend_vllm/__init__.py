@@ -1,3 +1,3 @@
 """lem plugin: vLLM."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

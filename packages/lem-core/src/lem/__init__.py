@@ -5,6 +5,6 @@ A plugin needs only ``from lem import hookimpl``.
 
 from lem.hookspecs import hookimpl
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"
 
 __all__ = ["__version__", "hookimpl"]

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from types import ModuleType
 from typing import Any
+
+import attrs
 
 #: ``copy_bandwidth`` of a backend that does not measure one (only the pytorch backend does).
 NOT_MEASURED = {"gbs": None, "method": None, "reason": "not measured by this backend"}
@@ -59,39 +61,88 @@ MIG = (
 )
 
 
-def _names(nvml: ModuleType, ordinals: Sequence[int], env: Mapping[str, str]) -> tuple[list[str] | None, str | None]:
-    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
-    uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
-    raw = env.get("CUDA_VISIBLE_DEVICES")
+class DeviceMapError(ValueError):
+    """A CUDA ordinal that names no single GPU of this machine; the message says which and why."""
+
+
+@attrs.frozen
+class Visible:
+    """A CUDA ordinal and the ``CUDA_VISIBLE_DEVICES`` entry it stands for.
+
+    :param index: NVML's index of the board; ``None`` for a MIG slice (``entry`` is its ``MIG-`` UUID).
+    """
+
+    ordinal: int
+    entry: str
+    index: int | None
+
+
+def map_ordinals(ordinals: Sequence[int], uuids: Sequence[str], environ: Mapping[str, str]) -> list[Visible]:
+    """Map CUDA ordinals to NVML's boards (by index, in NVML's order, with their ``uuids``), as CUDA numbers
+    the devices ``CUDA_VISIBLE_DEVICES`` lists. The one rule that naming (here) and energy metering
+    (lem-energy-nvml) both use.
+
+    :raises DeviceMapError: an ordinal past the visible devices, an index NVML does not have, a UUID prefix
+        that matches no board or several.
+    """
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
     entries = parse_visible_devices(raw)
-    visible = entries if entries is not None else [str(i) for i in range(len(handles))]
+    visible = entries if entries is not None else [str(i) for i in range(len(uuids))]
     where = f"CUDA_VISIBLE_DEVICES={raw!r}" if raw is not None else "CUDA_VISIBLE_DEVICES unset"
-    names: list[str] = []
+    mapped: list[Visible] = []
     for ordinal in ordinals:
         if not 0 <= ordinal < len(visible):
-            return None, f"CUDA device {ordinal} does not exist ({where} exposes {len(visible)} device(s))"
+            raise DeviceMapError(
+                f"CUDA device {ordinal} does not exist ({where} exposes {len(visible)} device(s) "
+                f"of {len(uuids)} on this machine)"
+            )
         entry = visible[ordinal]
         if entry.startswith("MIG-"):
-            return None, f"CUDA device {ordinal} ({entry}) {MIG}"
-        if entry.isdigit():
-            index = int(entry)
-            if index >= len(handles):
-                return None, f"{where} names GPU index {index}, but NVML sees {len(handles)} GPU(s)"
+            mapped.append(Visible(ordinal, entry, None))
+        elif entry.isdigit():
+            if int(entry) >= len(uuids):
+                raise DeviceMapError(f"{where} names GPU index {entry}, but NVML sees {len(uuids)} GPU(s)")
+            mapped.append(Visible(ordinal, entry, int(entry)))
         else:
-            matches = [i for i, u in enumerate(uuids) if u.startswith(entry)]
+            matches = [i for i, uuid in enumerate(uuids) if uuid.startswith(entry)]
             if len(matches) != 1:
-                return None, f"{where}: {entry!r} matches {len(matches)} GPUs of this machine, not one"
-            index = matches[0]
-        if _mig_mode(nvml, handles[index]):
-            return None, f"CUDA device {ordinal} is a board in MIG mode: each of its slices {MIG}"
-        names.append(_text(nvml.nvmlDeviceGetName(handles[index])))
-    by_index = entries is None or any(e.isdigit() for e in entries)
-    models = {_text(nvml.nvmlDeviceGetName(h)) for h in handles}
-    if by_index and len(models) > 1 and env.get("CUDA_DEVICE_ORDER") != "PCI_BUS_ID":
-        # CUDA numbers GPUs fastest first unless told otherwise; NVML by PCI bus: with mixed models the two differ.
+                what = "matches no GPU" if not matches else f"matches {len(matches)} GPUs"
+                raise DeviceMapError(
+                    f"{where}: {entry!r} {what} (GPUs on this machine: {', '.join(uuids) or 'none'}); "
+                    "use a longer, unique UUID"
+                )
+            mapped.append(Visible(ordinal, entry, matches[0]))
+    return mapped
+
+
+def order_ambiguous(models: Collection[str | None], environ: Mapping[str, str]) -> bool:
+    """True when CUDA's device numbers may not be NVML's: CUDA numbers GPUs fastest first unless
+    ``CUDA_DEVICE_ORDER=PCI_BUS_ID``, NVML by PCI bus. The two agree when every board is the same model
+    (``models``: one name per board), and UUID entries do not depend on the order at all."""
+    if environ.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len(set(models)) < 2:
+        return False
+    entries = parse_visible_devices(environ.get("CUDA_VISIBLE_DEVICES"))
+    return entries is None or any(e.isdigit() for e in entries)
+
+
+def _names(nvml: ModuleType, ordinals: Sequence[int], env: Mapping[str, str]) -> tuple[list[str] | None, str | None]:
+    handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+    try:
+        mapped = map_ordinals(ordinals, [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles], env)
+    except DeviceMapError as exc:
+        return None, str(exc)
+    names: list[str] = []
+    for device in mapped:
+        if device.index is None:
+            return None, f"CUDA device {device.ordinal} ({device.entry}) {MIG}"
+        if _mig_mode(nvml, handles[device.index]):
+            return None, f"CUDA device {device.ordinal} is a board in MIG mode: each of its slices {MIG}"
+        names.append(_text(nvml.nvmlDeviceGetName(handles[device.index])))
+    models = [_text(nvml.nvmlDeviceGetName(h)) for h in handles]
+    if order_ambiguous(models, env):
         return None, (
-            f"this machine mixes GPU models ({', '.join(sorted(models))}) and CUDA_DEVICE_ORDER is not PCI_BUS_ID, "
-            "so CUDA's device numbers may not be NVML's; set CUDA_DEVICE_ORDER=PCI_BUS_ID"
+            f"this machine mixes GPU models ({', '.join(sorted(set(models)))}) and CUDA_DEVICE_ORDER is not "
+            "PCI_BUS_ID, so CUDA's device numbers may not be NVML's; set CUDA_DEVICE_ORDER=PCI_BUS_ID"
         )
     return names, None
 

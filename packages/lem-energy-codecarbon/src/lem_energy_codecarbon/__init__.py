@@ -1,3 +1,3 @@
 """lem plugin: CPU, RAM and GPU energy and CO2-equivalent from CodeCarbon's offline tracker."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

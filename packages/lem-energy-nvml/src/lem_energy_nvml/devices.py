@@ -5,7 +5,7 @@ ignores that variable and numbers every GPU of the machine in PCI bus order.
 Entries may be NVML indices (``"2"``), GPU UUIDs or unique prefixes of them
 (``"GPU-8932f937"``) or MIG device UUIDs (``"MIG-..."``, or the older
 ``"MIG-GPU-<uuid>/<gi>/<ci>"``). Like CUDA, parsing stops at the first entry
-that is not valid (:func:`lem.accelerators.parse_visible_devices`, which backends use to name their GPUs).
+that is not valid (:func:`lem.accelerators.map_ordinals`, which backends also use to name their GPUs).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from lem.accelerators import parse_visible_devices
+from lem.accelerators import DeviceMapError, map_ordinals, order_ambiguous
 from lem.errors import MeterUnavailable
 from lem_energy_nvml.library import describe_error, optional
 
@@ -89,72 +89,43 @@ def _find_mig_parent(nvml: ModuleType, boards: list[tuple[Any, str]], entry: str
     return None
 
 
-def _by_uuid_prefix(boards: list[tuple[Any, str]], entry: str, where: str) -> tuple[Any, str]:
-    matches = [(h, u) for h, u in boards if u.startswith(entry)]
-    if len(matches) == 1:
-        return matches[0]
-    known = ", ".join(u for _, u in boards) or "none"
-    what = "matches no GPU" if not matches else f"matches {len(matches)} GPUs"
-    raise MeterUnavailable(f"{where}: '{entry}' {what} (GPUs on this machine: {known}); use a longer, unique UUID")
-
-
 def resolve_devices(
     nvml: ModuleType, ordinals: Sequence[int], environ: Mapping[str, str] | None = None
 ) -> tuple[list[NvmlDevice], list[str]]:
-    """Resolve CUDA ordinals to NVML devices; also return warnings about the mapping.
+    """Resolve CUDA ordinals to NVML devices (:func:`lem.accelerators.map_ordinals`, the rule backends use
+    to name their GPUs); also return warnings about the mapping.
 
     :raises MeterUnavailable: an ordinal that does not exist, an ambiguous or unknown UUID.
     """
     env = os.environ if environ is None else environ
-    raw = env.get("CUDA_VISIBLE_DEVICES")
-    entries = parse_visible_devices(raw)
     boards = _boards(nvml)
-    where = f"CUDA_VISIBLE_DEVICES={raw!r}" if raw is not None else "CUDA_VISIBLE_DEVICES unset"
-    visible = entries if entries is not None else [str(i) for i in range(len(boards))]
-    warnings: list[str] = []
+    try:
+        mapped = map_ordinals(ordinals, [uuid for _, uuid in boards], env)
+    except DeviceMapError as exc:
+        raise MeterUnavailable(f"NVML meter: {exc}; fix measurement.devices or CUDA_VISIBLE_DEVICES") from None
     devices: list[NvmlDevice] = []
-    for ordinal in ordinals:
-        if not 0 <= ordinal < len(visible):
-            raise MeterUnavailable(
-                f"NVML meter: CUDA device {ordinal} does not exist ({where} exposes {len(visible)} device(s) "
-                f"of {len(boards)} on this machine); fix measurement.devices or CUDA_VISIBLE_DEVICES"
-            )
-        entry = visible[ordinal]
-        if entry.startswith("MIG-"):
-            parent = _find_mig_parent(nvml, boards, entry)
+    for device in mapped:
+        if device.index is None:
+            parent = _find_mig_parent(nvml, boards, device.entry)
             handle = parent[0] if parent else None
             reason = MIG_REASON + (f" (parent GPU {parent[1]})" if parent else " (parent GPU not found)")
-            devices.append(NvmlDevice(ordinal, entry, handle, _name(nvml, handle) if handle else None, True, reason))
+            name = _name(nvml, handle) if handle else None
+            devices.append(NvmlDevice(device.ordinal, device.entry, handle, name, True, reason))
             continue
-        if entry.isdigit():
-            index = int(entry)
-            if index >= len(boards):
-                raise MeterUnavailable(
-                    f"NVML meter: {where} names GPU index {index}, but NVML sees {len(boards)} GPU(s)"
-                )
-            handle, uuid = boards[index]
-        else:
-            handle, uuid = _by_uuid_prefix(boards, entry, f"NVML meter: {where}")
+        handle, uuid = boards[device.index]
         mig = mig_enabled(nvml, handle)
-        devices.append(NvmlDevice(ordinal, uuid, handle, _name(nvml, handle), mig, MIG_REASON if mig else None))
-    warnings.extend(_order_warning(nvml, env, entries, boards))
-    return devices, warnings
+        devices.append(NvmlDevice(device.ordinal, uuid, handle, _name(nvml, handle), mig, MIG_REASON if mig else None))
+    return devices, _order_warning(nvml, env, boards)
 
 
-def _order_warning(
-    nvml: ModuleType, env: Mapping[str, str], entries: list[str] | None, boards: list[tuple[Any, str]]
-) -> list[str]:
-    # CUDA numbers GPUs fastest-first unless CUDA_DEVICE_ORDER=PCI_BUS_ID; NVML numbers them by PCI bus.
-    # The two agree when the GPUs are all the same model, and UUID entries do not depend on order at all.
-    if env.get("CUDA_DEVICE_ORDER") == "PCI_BUS_ID" or len(boards) < 2:
-        return []
-    if entries is not None and not any(e.isdigit() for e in entries):
+def _order_warning(nvml: ModuleType, env: Mapping[str, str], boards: list[tuple[Any, str]]) -> list[str]:
+    if len(boards) < 2:
         return []
     try:
-        names = {_name(nvml, h) for h, _ in boards}
+        names = [_name(nvml, h) for h, _ in boards]
     except nvml.NVMLError as exc:
         return [f"could not compare GPU models to check device order: {describe_error(exc)}"]
-    if len(names) < 2:
+    if not order_ambiguous(names, env):
         return []
     return [
         "this machine mixes GPU models and CUDA_DEVICE_ORDER is not PCI_BUS_ID: CUDA's device numbers may differ "
