@@ -38,12 +38,31 @@ CASES = [
     ("choice", "A and then some", "B", False),
     ("choice", "I think it is A.", "B", False),
     ("choice", "nothing chosen", "A", False),
+    ("choice", "It is a trick question; B.", "B", True),  # the article "a" is not option A
+    ("choice", "Since a photon carries energy, the answer is (d)", "D", True),
+    ("choice", "answer: e", "E", True),
+    ("choice", "The answer is F.", "B", False),  # F is not one of the choices (ABCDE)
+    ("exact", '"Paris"', "Paris", True),
+    ("exact", "Paris?!", "paris", True),
+    ("exact", "Par is", "Paris", False),
+    ("contains", "Answer: Paris, France.", "Paris.", True),  # the reference's own end punctuation is cut
+    ("contains", "", "Paris", False),
+    ("number", "It costs $1,234.50.", "1234.5", True),
+    ("number", "The distance is 12km", "12", True),
+    ("number", "A 25% rise", "#### 25", True),
+    ("number", "1,000,000 joules", "1000000", True),
+    ("number", "3/4 of 20 is 15.", "15", True),
+    ("number", "It is 15. Check: 3 x 5", "15", False),  # the last number counts, not the first
+    ("number", "5 to 7", "-7", False),
+    ("regex", "So the answer: Blue.", "blue", True),
+    ("regex", "answer:red", "blue", False),
 ]
 
 
 @pytest.mark.parametrize(("scorer", "output", "reference", "correct"), CASES)
 def test_scorer(scorer: str, output: str, reference: str, correct: bool) -> None:
-    assert quality.score(output, reference, None, QualityConfig(scorer=scorer)) == (correct, None)
+    pattern = r"answer:\s*(\w+)" if scorer == "regex" else None
+    assert quality.score(output, reference, None, QualityConfig(scorer=scorer, pattern=pattern)) == (correct, None)
 
 
 def test_regex_compares_the_first_group() -> None:

@@ -104,14 +104,18 @@ def number(output: str, reference: str, quality: QualityConfig) -> bool:
 
 
 def chosen_letter(text: str, letters: str) -> str | None:
-    """The option letter ``text`` names: after ``answer``, in parentheses, or standing alone; else ``None``."""
-    cls = f"[{re.escape(letters)}]"
-    for pattern in (
-        rf"answer\s*(?:is)?\s*[:\-]?\s*\(?({cls})\b",
-        rf"\(({cls})\)",
-        rf"(?<![\w'])({cls})(?=[).:,]|\s|$)",
+    """The option letter ``text`` names: after ``answer``, in parentheses, or standing alone; else ``None``.
+
+    :param letters: the option letters, upper case. After ``answer`` or in parentheses either case counts
+        (``(b)``); standing alone only upper case does, so the article ``a`` is not read as option A.
+    """
+    cls = f"[{re.escape(letters.upper())}]"
+    for pattern, flags in (
+        (rf"answer\s*(?:is)?\s*[:\-]?\s*\(?({cls})\b", re.IGNORECASE),
+        (rf"\(({cls})\)", re.IGNORECASE),
+        (rf"(?<![\w'])({cls})(?=[).:,]|\s|$)", 0),
     ):
-        found = re.search(pattern, text, flags=re.IGNORECASE if pattern.startswith("answer") else 0)
+        found = re.search(pattern, text, flags=flags)
         if found:
             return found.group(1).upper()
     return None
@@ -123,7 +127,7 @@ def choice(output: str, reference: str, quality: QualityConfig) -> bool:
     want = chosen_letter(reference.strip().upper(), letters)
     if want is None:
         raise ValueError(f"the reference {reference[:60]!r} names no option letter of {letters!r} (scorer 'choice')")
-    return chosen_letter(output, letters + letters.lower()) == want
+    return chosen_letter(output, letters) == want
 
 
 def regex(output: str, reference: str, quality: QualityConfig) -> bool:
