@@ -170,3 +170,38 @@ def test_references_follow_their_prompts_and_an_empty_one_is_an_error(tmp_path: 
         load_prompts(d, tok, seed=1)
     with pytest.raises(PromptError, match="reference_field = 'nope': no such field"):
         load_prompts(DatasetConfig(source="file", path=str(path), field="q", reference_field="nope"), tok, seed=1)
+
+
+def test_hub_references_follow_their_prompts_and_bad_ones_are_one_line(tmp_path: Path) -> None:
+    """A Hugging Face source (a dataset saved to disk, read by ``datasets``): the reference column's value
+    follows each prompt, also a number (GSM8K's ``#### 72``); a missing column or an empty reference is a
+    :class:`PromptError` naming the field and the row."""
+    datasets = pytest.importorskip("datasets")
+    from transformers import AutoTokenizer
+
+    from lem.config import DatasetConfig
+    from lem.errors import PromptError
+    from lem.testing import build_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", "tiny-llama"))
+    rows = {"question": ["How many?", "And now?", "Which one?"], "answer": ["#### 72", "1,000", "(B)"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    hub = DatasetConfig(
+        source="huggingface", name=str(tmp_path / "ds"), field="question", reference_field="answer", num_prompts=3
+    )
+    got = load_prompts(hub, tok, seed=0)
+    assert [(p.text, p.reference) for p in got.prompts] == list(zip(rows["question"], rows["answer"], strict=True))
+    assert "references 'answer'" in got.description
+    with pytest.raises(PromptError, match=r"reference_field = 'solution': no such field .*'question', 'answer'"):
+        load_prompts(
+            DatasetConfig(source="huggingface", name=str(tmp_path / "ds"), reference_field="solution"), tok, seed=0
+        )
+    datasets.Dataset.from_dict({"question": ["q0", "q1"], "answer": ["1", ""]}).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(PromptError, match=r"row 1 .* empty reference"):
+        load_prompts(
+            DatasetConfig(
+                source="huggingface", name=str(tmp_path / "empty"), field="question", reference_field="answer"
+            ),
+            tok,
+            seed=0,
+        )
