@@ -1254,8 +1254,8 @@ def test_quality_counts_only_the_cycles_validity_gating_kept(runs: dict[str, Pat
 
     The scored run is made to have spoilt cycles: ``measurement.validity = "invalidate"`` in its stored config
     (without the precision target, whose stop rule this oracle replays under ``warn`` only), a calm host in the
-    first cycle and a busy one in every other, and in those cycles the unanswerable prompt answered right. Counted over every
-    cycle that prompt would be right in most of its requests; over the kept cycle it is wrong.
+    first cycle and a busy one in every other, and in those cycles the unanswerable prompt answered right.
+    Counted over every cycle that prompt would be right in most of its requests; over the kept cycle it is wrong.
     """
     exp = _copy(runs["precision"], tmp_path)
 
