@@ -842,10 +842,12 @@ def wilson(k: int, n: int) -> tuple[float, float]:
 
 
 def quality_block(cycles: Sequence[Mapping[str, Any]], prompts: int, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The summary's quality: a prompt is right when most of its requests (every cycle, every pass) are."""
+    """The summary's quality: a prompt is right when most of its requests (every kept cycle, every pass) are."""
     scorer = config.get("quality.scorer")
     if scorer is None:
         return {"scorer": None}
+    if not cycles:  # every cycle spoilt and left out: nothing to score (the reason is a label)
+        return {"scorer": scorer}
     right, seen = [0] * prompts, [0] * prompts
     for c in cycles:
         for r in c["requests"]:
@@ -975,7 +977,8 @@ def recompute(exp: Path) -> dict[str, Any]:
         "figures": figures,
         "latency_pooled": latencies(every),
         "slo": slo_block,
-        "quality": quality_block(cycles, len(prompt_tokens), config),
+        # Like every figure, the outcomes are the kept cycles' (a spoilt cycle left out is left out here too).
+        "quality": quality_block([cycles[i] for i in keep], len(prompt_tokens), config),
         "failed_requests": sum(pc["failed"] for pc in per_cycle),
         "failure_reasons": failure_reasons(every),
         "workload": {
@@ -1242,6 +1245,57 @@ def test_a_perturbed_raw_file_is_detected_and_lem_agrees_once_it_reaggregates(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
+    problems = check(exp)
+    assert not problems, "\n".join(problems)
+
+
+def test_quality_counts_only_the_cycles_validity_gating_kept(runs: dict[str, Path], tmp_path: Path) -> None:
+    """A spoilt cycle left out of the figures is left out of the quality block too (its outcomes, its Wilson).
+
+    The scored run is made to have spoilt cycles: ``measurement.validity = "invalidate"`` in its stored config
+    (without the precision target, whose stop rule this oracle replays under ``warn`` only), a calm host in the
+    first cycle and a busy one in every other, and in those cycles the unanswerable prompt answered right.
+    Counted over every cycle that prompt would be right in most of its requests; over the kept cycle it is wrong.
+    """
+    exp = _copy(runs["precision"], tmp_path)
+
+    def invalidate(doc: dict[str, Any]) -> None:
+        doc["config"].update({"measurement.validity": "invalidate", "measurement.target_rel_ci": None})
+
+    def spoil(doc: dict[str, Any]) -> None:
+        doc["host"] = {**(doc.get("host") or {}), "others_share": 0.99}
+        for r in doc["requests"]:
+            if r["id"] % len(QUALITY_PROMPTS) == 1:
+                r["output_text"], r["correct"] = r["reference"], True
+
+    def calm(doc: dict[str, Any]) -> None:  # the first cycle kept, however busy this machine is
+        host = doc.get("host") or {}
+        doc["host"] = {**host, **{k: 0.0 for k in ("others_share", "load_per_cpu", "steal_share") if k in host}}
+
+    _edit(exp / "setup.json", invalidate)
+    _edit(sorted(exp.glob("cycle-*.json"))[0], calm)
+    later = sorted(exp.glob("cycle-*.json"))[1:]
+    assert later, "the scored run has more than one cycle"
+    for path in later:
+        _edit(path, spoil)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lem", "results", "aggregate", str(exp)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((exp / "summary.json").read_text())
+    assert summary["cycles_included"] == 1 and summary["validity"]["excluded_cycles"] == [
+        int(p.stem.split("-")[1]) for p in later
+    ]
+    assert summary["figures"]["quality.accuracy"]["n"] == 1
+    assert summary["quality"]["per_prompt"][1] is False  # every cycle's requests would have made it True
+    everything = quality_block(
+        [json.loads(p.read_text()) for p in sorted(exp.glob("cycle-*.json"))], 4, {"quality.scorer": "contains"}
+    )
+    assert everything["per_prompt"][1] is True and everything["accuracy"] != summary["quality"]["accuracy"]
     problems = check(exp)
     assert not problems, "\n".join(problems)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -188,6 +189,51 @@ def test_results_plot_draws_the_accuracy_fronts(study: Path, tmp_path: Path) -> 
         "quality-energy-j_per_correct_answer.png",
         "quality-energy-j_per_output_token.png",
     ]
+
+
+def test_results_compare_shows_accuracy_and_mcnemar_on_the_same_prompts(study: Path) -> None:
+    """``lem results compare`` of the study's scored experiments: accuracy and J per correct answer beside
+    the other figures, and McNemar's exact test of each against the first, recomputed here by hand."""
+    docs = sorted(_summaries(study), key=lambda d: d["key"])
+    first = docs[0]
+    shim = study.parent / "shim"
+    keys = [d["key"] for d in docs]
+    done = _lem("results", "compare", *keys, "--dir", str(study), "--json", cwd=study.parent, shim=shim)
+    result = json.loads(done.stdout)
+    pairs = result["quality"]["pairs"]
+    assert [p["key"] for p in pairs] == keys[1:]
+    for doc, row in zip(docs[1:], pairs, strict=True):
+        if doc["prompts"]["digest"] != first["prompts"]["digest"]:
+            assert row["test"] is None and "different prompts" in row["reason"]
+            continue
+        a, b = first["quality"]["per_prompt"], doc["quality"]["per_prompt"]
+        only_a = sum(1 for x, y in zip(a, b, strict=True) if x is True and y is False)
+        only_b = sum(1 for x, y in zip(a, b, strict=True) if y is True and x is False)
+        n = only_a + only_b
+        p = 1.0 if n == 0 else min(1.0, 2 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n)
+        assert row["test"] == {"pairs": len(a), "only_first": only_a, "only_second": only_b, "p_value": p}
+    # The pytorch experiments ran on the same prompt file: at least one pair is tested, not skipped.
+    assert any(row["test"] is not None for row in pairs)
+    table = _lem("results", "compare", *keys, "--dir", str(study), cwd=study.parent, shim=shim).stdout
+    for label in ("accuracy", "J/correct answer", "McNemar (exact, two-sided) on per-prompt outcomes"):
+        assert label in table, table[-3000:]
+
+
+def test_results_show_has_a_quality_section(study: Path) -> None:
+    """``lem results show``: a scored experiment's accuracy, correct answers and J per correct answer, and its
+    accuracy over the prompts with the Wilson interval; an unscored one says why there is none."""
+    shim = study.parent / "shim"
+    doc = sorted(_summaries(study), key=lambda d: d["key"])[0]
+    out = _lem("results", "show", doc["key"], "--dir", str(study), cwd=study.parent, shim=shim).stdout
+    section = out.split("Quality", 1)[1]
+    for label in ("accuracy (%)", "correct answers", "J/correct answer", "dynamic J/correct answer"):
+        assert label in section, section
+    q = doc["quality"]
+    line = f"{q['prompts_correct']} of {q['prompts_scored']} prompts right, {q['accuracy']:.1%} (Wilson 95% ["
+    assert line in section, section
+    (unscored,) = (study.parent / "answers").glob("*/*/summary.json")
+    out = _lem("results", "show", str(unscored.parent), cwd=study.parent, shim=shim).stdout
+    assert "no quality: no [quality] table" in out.split("Quality", 1)[1]
 
 
 def _save(shot: Path) -> None:

@@ -38,12 +38,31 @@ CASES = [
     ("choice", "A and then some", "B", False),
     ("choice", "I think it is A.", "B", False),
     ("choice", "nothing chosen", "A", False),
+    ("choice", "It is a trick question; B.", "B", True),  # the article "a" is not option A
+    ("choice", "Since a photon carries energy, the answer is (d)", "D", True),
+    ("choice", "answer: e", "E", True),
+    ("choice", "The answer is F.", "B", False),  # F is not one of the choices (ABCDE)
+    ("exact", '"Paris"', "Paris", True),
+    ("exact", "Paris?!", "paris", True),
+    ("exact", "Par is", "Paris", False),
+    ("contains", "Answer: Paris, France.", "Paris.", True),  # the reference's own end punctuation is cut
+    ("contains", "", "Paris", False),
+    ("number", "It costs $1,234.50.", "1234.5", True),
+    ("number", "The distance is 12km", "12", True),
+    ("number", "A 25% rise", "#### 25", True),
+    ("number", "1,000,000 joules", "1000000", True),
+    ("number", "3/4 of 20 is 15.", "15", True),
+    ("number", "It is 15. Check: 3 x 5", "15", False),  # the last number counts, not the first
+    ("number", "5 to 7", "-7", False),
+    ("regex", "So the answer: Blue.", "blue", True),
+    ("regex", "answer:red", "blue", False),
 ]
 
 
 @pytest.mark.parametrize(("scorer", "output", "reference", "correct"), CASES)
 def test_scorer(scorer: str, output: str, reference: str, correct: bool) -> None:
-    assert quality.score(output, reference, None, QualityConfig(scorer=scorer)) == (correct, None)
+    pattern = r"answer:\s*(\w+)" if scorer == "regex" else None
+    assert quality.score(output, reference, None, QualityConfig(scorer=scorer, pattern=pattern)) == (correct, None)
 
 
 def test_regex_compares_the_first_group() -> None:
@@ -151,3 +170,38 @@ def test_references_follow_their_prompts_and_an_empty_one_is_an_error(tmp_path: 
         load_prompts(d, tok, seed=1)
     with pytest.raises(PromptError, match="reference_field = 'nope': no such field"):
         load_prompts(DatasetConfig(source="file", path=str(path), field="q", reference_field="nope"), tok, seed=1)
+
+
+def test_hub_references_follow_their_prompts_and_bad_ones_are_one_line(tmp_path: Path) -> None:
+    """A Hugging Face source (a dataset saved to disk, read by ``datasets``): the reference column's value
+    follows each prompt, also a number (GSM8K's ``#### 72``); a missing column or an empty reference is a
+    :class:`PromptError` naming the field and the row."""
+    datasets = pytest.importorskip("datasets")
+    from transformers import AutoTokenizer
+
+    from lem.config import DatasetConfig
+    from lem.errors import PromptError
+    from lem.testing import build_tiny_model
+
+    tok = AutoTokenizer.from_pretrained(build_tiny_model(tmp_path / "m", "tiny-llama"))
+    rows = {"question": ["How many?", "And now?", "Which one?"], "answer": ["#### 72", "1,000", "(B)"]}
+    datasets.Dataset.from_dict(rows).save_to_disk(str(tmp_path / "ds"))
+    hub = DatasetConfig(
+        source="huggingface", name=str(tmp_path / "ds"), field="question", reference_field="answer", num_prompts=3
+    )
+    got = load_prompts(hub, tok, seed=0)
+    assert [(p.text, p.reference) for p in got.prompts] == list(zip(rows["question"], rows["answer"], strict=True))
+    assert "references 'answer'" in got.description
+    with pytest.raises(PromptError, match=r"reference_field = 'solution': no such field .*'question', 'answer'"):
+        load_prompts(
+            DatasetConfig(source="huggingface", name=str(tmp_path / "ds"), reference_field="solution"), tok, seed=0
+        )
+    datasets.Dataset.from_dict({"question": ["q0", "q1"], "answer": ["1", ""]}).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(PromptError, match=r"row 1 .* empty reference"):
+        load_prompts(
+            DatasetConfig(
+                source="huggingface", name=str(tmp_path / "empty"), field="question", reference_field="answer"
+            ),
+            tok,
+            seed=0,
+        )

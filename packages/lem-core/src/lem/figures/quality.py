@@ -21,9 +21,9 @@ Figures, per cycle (``metrics.quality``): requests scored, correct answers,
 accuracy (correct / scored) with a Wilson interval over the cycle's scored
 requests, correct answers per second, J per correct answer (the window's total
 energy / correct answers, and above idle). Over the experiment (the summary's
-``quality``): each prompt's outcome (correct in most of its scored requests), and
-accuracy with a Wilson interval over the prompts: greedy decoding repeats the same
-answers every cycle, so the prompt set, not the cycles, is the uncertainty.
+``quality``, over the cycles validity gating kept, as every figure is): each prompt's outcome (correct in
+most of its scored requests), and accuracy with a Wilson interval over the prompts: greedy decoding repeats
+the same answers every cycle, so the prompt set, not the cycles, is the uncertainty.
 :func:`mcnemar` is the paired test of two experiments' per-prompt outcomes.
 """
 
@@ -104,14 +104,18 @@ def number(output: str, reference: str, quality: QualityConfig) -> bool:
 
 
 def chosen_letter(text: str, letters: str) -> str | None:
-    """The option letter ``text`` names: after ``answer``, in parentheses, or standing alone; else ``None``."""
-    cls = f"[{re.escape(letters)}]"
-    for pattern in (
-        rf"answer\s*(?:is)?\s*[:\-]?\s*\(?({cls})\b",
-        rf"\(({cls})\)",
-        rf"(?<![\w'])({cls})(?=[).:,]|\s|$)",
+    """The option letter ``text`` names: after ``answer``, in parentheses, or standing alone; else ``None``.
+
+    :param letters: the option letters, upper case. After ``answer`` or in parentheses either case counts
+        (``(b)``); standing alone only upper case does, so the article ``a`` is not read as option A.
+    """
+    cls = f"[{re.escape(letters.upper())}]"
+    for pattern, flags in (
+        (rf"answer\s*(?:is)?\s*[:\-]?\s*\(?({cls})\b", re.IGNORECASE),
+        (rf"\(({cls})\)", re.IGNORECASE),
+        (rf"(?<![\w'])({cls})(?=[).:,]|\s|$)", 0),
     ):
-        found = re.search(pattern, text, flags=re.IGNORECASE if pattern.startswith("answer") else 0)
+        found = re.search(pattern, text, flags=flags)
         if found:
             return found.group(1).upper()
     return None
@@ -123,7 +127,7 @@ def choice(output: str, reference: str, quality: QualityConfig) -> bool:
     want = chosen_letter(reference.strip().upper(), letters)
     if want is None:
         raise ValueError(f"the reference {reference[:60]!r} names no option letter of {letters!r} (scorer 'choice')")
-    return chosen_letter(output, letters + letters.lower()) == want
+    return chosen_letter(output, letters) == want
 
 
 def regex(output: str, reference: str, quality: QualityConfig) -> bool:
@@ -256,13 +260,23 @@ def per_prompt(cycles: Sequence[Mapping[str, Any]], prompts: int, quality: Quali
 
 
 def summary_block(
-    cycles: Sequence[Mapping[str, Any]], prompts: int | None, quality: QualityConfig | None
+    cycles: Sequence[Mapping[str, Any]],
+    prompts: int | None,
+    quality: QualityConfig | None,
+    left_out: str | None = None,
 ) -> dict[str, Any]:
-    """The summary's ``quality``: per-prompt outcomes and accuracy over the prompts with its Wilson interval."""
+    """The summary's ``quality``: per-prompt outcomes and accuracy over the prompts with its Wilson interval.
+
+    :param cycles: the raw records of the cycles the figures keep: spoilt cycles that validity gating left
+        out (lem.figures.validity) are left out of the outcomes too.
+    :param left_out: why no cycle was kept (the summary's line), when none was: the block's reason.
+    """
     if quality is None:
         return {"scorer": None, "reason": NO_QUALITY}
     if not prompts:
         return {"scorer": quality.scorer, "reason": "the prompt count is not recorded"}
+    if not cycles and left_out is not None:
+        return {"scorer": quality.scorer, "reason": left_out}
     outcomes = per_prompt(cycles, prompts, quality)
     known = [o for o in outcomes if o is not None]
     correct = sum(known)

@@ -354,7 +354,9 @@ def summarize(
         "figures": figures,
         "latency_pooled": pooled,
         "slo": goodput.summary_block(config.slo, [m["goodput"] for m in kept_metrics], per_request),
-        "quality": quality.summary_block(cycles, (setup.get("prompts") or {}).get("count"), config.quality),
+        "quality": quality.summary_block(
+            kept, (setup.get("prompts") or {}).get("count"), config.quality, None if included else left_out
+        ),
         "failed_requests": failed,
         "failure_reasons": reasons,
         "workload": {

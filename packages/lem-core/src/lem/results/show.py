@@ -42,6 +42,16 @@ SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("Goodput", ("goodput.share", "goodput.requests_per_s", "goodput.j_per_good_request")),
+    (
+        "Quality",
+        (
+            "quality.accuracy",
+            "quality.correct_answers",
+            "quality.correct_answers_per_s",
+            "energy.j_per_correct_answer",
+            "energy.dynamic_j_per_correct_answer",
+        ),
+    ),
 )
 #: Config keys that say which engine settings and which workload ran (the backend's own table is added).
 _ENGINE_PREFIXES = ("precision", "batching.", "sharding.", "quantization.")
@@ -177,11 +187,23 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
             console.rule(heading, characters="-")
             console.print(f"no goodput: {(doc.get('slo') or {}).get('reason') or 'no [slo]'}", markup=False)
             continue
+        q = doc.get("quality") or {}
+        if heading == "Quality" and not q.get("scorer"):
+            console.rule(heading, characters="-")
+            console.print(f"no quality: {q.get('reason') or 'no [quality]'}", markup=False)
+            continue
         table, more = _figures_table(doc, names)
         if table is not None:
             console.rule(heading, characters="-")
             console.print(table)
             notes += [n for n in more if n not in notes]
+        if heading == "Quality" and q.get("accuracy") is not None:
+            # Over the prompts (lem.figures.quality): greedy answers repeat, the prompt set is the uncertainty.
+            console.print(
+                f"accuracy over the prompts ({q['scorer']}): {q['prompts_correct']} of {q['prompts_scored']} "
+                f"prompts right, {q['accuracy']:.1%} (Wilson 95% [{q['wilson95_low']:.1%}, {q['wilson95_high']:.1%}])",
+                markup=False,
+            )
     precision = doc.get("precision")
     if isinstance(precision, Mapping):
         console.rule("Precision", characters="-")
