@@ -208,18 +208,19 @@ def test_ctrl_c_through_a_launcher_stops_the_worker_and_is_recorded(tmp_path: Pa
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         return False
-    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
+    probe = ["unshare", "-m", "-u", "sh", "-c", "mount -t tmpfs tmpfs /mnt && hostname lem-probe"]
     return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 @needs_pytorch
-@pytest.mark.skipif(not _unshare_works(), reason="needs root and `unshare -m` (a mount namespace)")
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and `unshare -m -u` (mount and UTS namespaces)")
 def test_a_worker_that_cannot_see_out_still_delivers_its_results_there(tmp_path: Path) -> None:
     # The worker's own mount namespace with an empty tmpfs over --out: had it written there, nothing would
     # reach the campaign. The launcher fails if the worker could see what the campaign already wrote there.
+    # Its own host name too (a UTS namespace), as a container's or a node's: environment.json is its view.
     out = tmp_path / "out"
-    hide = 'mount -t tmpfs tmpfs "$0" && test -z "$(ls -A "$0")" && exec "$@"'
-    launcher = shlex.join(["unshare", "-m", "sh", "-c", hide, str(out), sys.executable])
+    hide = 'mount -t tmpfs tmpfs "$0" && test -z "$(ls -A "$0")" && hostname lem-inside && exec "$@"'
+    launcher = shlex.join(["unshare", "-m", "-u", "sh", "-c", hide, str(out), sys.executable])
     (tmp_path / "exp.toml").write_text(FAST)
     done = lem(tmp_path, "run", "exp.toml", "--out", "out", "--launch", f"pytorch={launcher}", "--json")
     assert done.returncode == 0, done.stderr
@@ -227,6 +228,11 @@ def test_a_worker_that_cannot_see_out_still_delivers_its_results_there(tmp_path:
     assert json.loads((exp_dir / "summary.json").read_text())["status"] == "ok"
     assert sorted(p.name for p in exp_dir.glob("cycle-*.json"))
     assert json.loads(done.stdout)["experiments"][0]["status"] == "ok"
+    env = json.loads((exp_dir / "environment.json").read_text())
+    assert os.uname().nodename != "lem-inside"
+    assert env["hostname"] == env["launcher"]["worker"]["hostname"] == "lem-inside"
+    assert env["launcher"]["command"][:3] == ["unshare", "-m", "-u"]
+    assert env["packages"]["lem"]["lem-backend-pytorch"] and "available" in env["cuda"]
 
 
 @needs_pytorch
