@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from typing import Any
 
 import attrs
 import pytest
-from test_run_safety import FAST, lem
+from test_run_safety import FAST, lem, start, stop, wait_for
 
 import lem.testing.scripted as scripted
 from lem.campaign.job import job_for
@@ -165,21 +166,61 @@ def test_a_worker_killed_mid_run_by_its_launcher_is_recorded_and_the_campaign_go
     assert [p.name for p in sorted(second.glob("cycle-*.json"))] == ["cycle-001.json", "cycle-002.json"]
 
 
+@needs_pytorch
+@pytest.mark.parametrize("session", ["shared", "own"])
+def test_ctrl_c_through_a_launcher_stops_the_worker_and_is_recorded(tmp_path: Path, session: str) -> None:
+    # The wrapper stays the worker's parent (as `docker run -i` and `srun` do) and says how it ended. "shared":
+    # the terminal's Ctrl-C reaches the worker through the process group. "own": `setsid` puts the worker out
+    # of its reach (a container's or a job step's processes); only lem closing its stdin can stop it.
+    work, pid_file = tmp_path / "work", tmp_path / "worker.pid"
+    work.mkdir()
+    inner = f'echo $$ > {pid_file}; exec "$@"'
+    wrapper = _wrapper(
+        tmp_path / "wrap.sh",
+        f"trap 'echo wrap: SIGINT >&2' INT\nexport TMPDIR={work}\nsh -c {shlex.quote(inner)} sh \"$@\"\n"
+        'echo "wrap: worker exited $?" >&2\n',
+    )
+    launcher = [*(["setsid"] if session == "own" else []), wrapper, sys.executable]
+    (tmp_path / "exp.toml").write_text(FAST + "cycles = 2\ncooldown_seconds = 60\n")
+    proc = start(tmp_path, "exp.toml", "--out", "out", "--launch", f"pytorch={shlex.join(launcher)}")
+    try:
+        wait_for("work/lem-worker-*/exp/cycle-001.json", tmp_path)  # the worker waits out its cooldown
+        t0 = time.monotonic()
+    finally:
+        _, err = stop(proc, signal.SIGINT)  # to lem's whole process group, as a terminal's Ctrl-C
+    assert time.monotonic() - t0 < 60, err  # the worker stopped itself: not killed after the 90 s grace
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: experiment exp of run" in err
+    assert "--launch" in err.splitlines()[-1]  # the --resume line gives the launcher again
+    assert "wrap: worker exited" in err  # the launcher outlived its worker: it was not killed
+    assert ("wrap: SIGINT" in err) == (session == "shared")  # in its own session, only the EOF stopped it
+    assert not _alive(int(pid_file.read_text()))
+    (exp_dir,) = (tmp_path / "out").glob("*/exp")
+    interrupted = json.loads((exp_dir / "interrupted.json").read_text())
+    assert interrupted["kind"] == "interrupted"
+    # What it measured before the Ctrl-C came back, as a local worker's files stay: the first cycle.
+    assert interrupted["cycles_written"] == 1
+    assert [p.name for p in exp_dir.glob("cycle-*.json")] == ["cycle-001.json"]
+    assert not (exp_dir / "summary.json").exists()
+    assert not list(work.glob("lem-worker-*"))  # the worker removed its own directory on the way out
+
+
 def _unshare_works() -> bool:
     if shutil.which("unshare") is None or os.geteuid() != 0:
         return False
-    probe = ["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt"]
+    probe = ["unshare", "-m", "-u", "sh", "-c", "mount -t tmpfs tmpfs /mnt && hostname lem-probe"]
     return subprocess.run(probe, capture_output=True, check=False).returncode == 0
 
 
 @needs_pytorch
-@pytest.mark.skipif(not _unshare_works(), reason="needs root and `unshare -m` (a mount namespace)")
+@pytest.mark.skipif(not _unshare_works(), reason="needs root and `unshare -m -u` (mount and UTS namespaces)")
 def test_a_worker_that_cannot_see_out_still_delivers_its_results_there(tmp_path: Path) -> None:
     # The worker's own mount namespace with an empty tmpfs over --out: had it written there, nothing would
     # reach the campaign. The launcher fails if the worker could see what the campaign already wrote there.
+    # Its own host name too (a UTS namespace), as a container's or a node's: environment.json is its view.
     out = tmp_path / "out"
-    hide = 'mount -t tmpfs tmpfs "$0" && test -z "$(ls -A "$0")" && exec "$@"'
-    launcher = shlex.join(["unshare", "-m", "sh", "-c", hide, str(out), sys.executable])
+    hide = 'mount -t tmpfs tmpfs "$0" && test -z "$(ls -A "$0")" && hostname lem-inside && exec "$@"'
+    launcher = shlex.join(["unshare", "-m", "-u", "sh", "-c", hide, str(out), sys.executable])
     (tmp_path / "exp.toml").write_text(FAST)
     done = lem(tmp_path, "run", "exp.toml", "--out", "out", "--launch", f"pytorch={launcher}", "--json")
     assert done.returncode == 0, done.stderr
@@ -187,6 +228,11 @@ def test_a_worker_that_cannot_see_out_still_delivers_its_results_there(tmp_path:
     assert json.loads((exp_dir / "summary.json").read_text())["status"] == "ok"
     assert sorted(p.name for p in exp_dir.glob("cycle-*.json"))
     assert json.loads(done.stdout)["experiments"][0]["status"] == "ok"
+    env = json.loads((exp_dir / "environment.json").read_text())
+    assert os.uname().nodename != "lem-inside"
+    assert env["hostname"] == env["launcher"]["worker"]["hostname"] == "lem-inside"
+    assert env["launcher"]["command"][:3] == ["unshare", "-m", "-u"]
+    assert env["packages"]["lem"]["lem-backend-pytorch"] and "available" in env["cuda"]
 
 
 @needs_pytorch
@@ -209,7 +255,8 @@ def test_doctor_says_what_a_launcher_sees(tmp_path: Path) -> None:
     ("args", "toml", "said"),
     [
         (("--launch", "pytorch"), "", "--launch pytorch: expected BACKEND=COMMAND"),
-        (("--launch", "pytorch=/no/such/runtime python"), "", "'/no/such/runtime' is not a command found on PATH"),
+        (("--launch", "pytorch=/no/such/runtime python"), "", "'/no/such/runtime' is not an executable file"),
+        (("--launch", "pytorch=no-such-runtime python"), "", "'no-such-runtime' is not a command found on PATH"),
         (("--launch", "pytorch='unclosed"), "", "not a command line (No closing quotation)"),
         ((), "[campaign.launch]\npytorch = 3\n", "campaign.launch.pytorch = 3: must be a command line"),
         ((), "[campaign]\nlauncher = 'x'\n", "campaign.launcher: unknown key"),

@@ -79,6 +79,8 @@ def command(backend: str, text: str, given_by: str) -> Launcher:
     if not words:
         raise LemError(f"{where}: the command is empty; give the launcher and the Python it runs")
     if shutil.which(words[0]) is None:
+        if os.sep in words[0]:
+            raise LemError(f"{where}: '{words[0]}' is not an executable file; give the launcher's path or name")
         raise LemError(f"{where}: '{words[0]}' is not a command found on PATH; give its full path")
     return Launcher(backend, words, given_by)
 

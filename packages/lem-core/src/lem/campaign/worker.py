@@ -367,6 +367,19 @@ def _record_launcher(exp_dir: Path, launcher: Launcher | None, hello: dict[str, 
     add_to_environment(exp_dir, "launcher", {**record, "worker": hello or None})
 
 
+def _keep_files(streams: _Streams, exp_dir: Path, deadline: float) -> None:
+    """Write the files a stopping worker sends, until its stdout closes or ``deadline`` (monotonic) passes."""
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            msg = streams.frames.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            continue
+        if msg is None:
+            return
+        if msg[0] == "files":
+            write_files(exp_dir, msg[1])
+
+
 def _supervise(
     proc: subprocess.Popen[bytes],
     streams: _Streams,
@@ -387,6 +400,7 @@ def _supervise(
     last = time.monotonic()
     result: list[Any] | None = None
     hung: str | None = None
+    closed = False
     try:
         while result is None:
             try:
@@ -398,6 +412,7 @@ def _supervise(
                     break
                 continue
             if msg is None:  # stdout closed: the worker (or its launcher) is gone
+                closed = True
                 break
             last = time.monotonic()
             if msg[0] == "hello":
@@ -417,6 +432,8 @@ def _supervise(
             try:
                 if hung:
                     proc.kill()
+                elif not closed:  # a Ctrl-C here: the worker stops too, and sends what it measured so far
+                    _keep_files(streams, exp_dir, time.monotonic() + PARENT_GONE_GRACE_S)
                 proc.wait(PARENT_GONE_GRACE_S)
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 proc.kill()
