@@ -74,6 +74,9 @@ def test_a_launcher_that_exits_at_once_is_a_failure_with_its_status_and_last_lin
     assert failure["reason"].endswith("last output: launcher: unable to find image foo:1.0")
     assert "launcher: unable to find image foo:1.0" in failure["detail"]
     assert not (run_dir / "exp" / "summary.json").exists()
+    # No environment.json (the worker never started): failure.json says which launcher ran, as given.
+    assert not (run_dir / "exp" / "environment.json").exists()
+    assert failure["launcher"]["command"] == launcher and failure["launcher"]["worker"] is None
 
 
 def _alive(pid: int) -> bool:

@@ -64,12 +64,14 @@ class Job:
 
 @attrs.frozen
 class Outcome:
-    """How an experiment ended: ``ok``, or the reason it failed and details (traceback, exit status)."""
+    """How an experiment ended: ``ok``, or the reason it failed and details (traceback, exit status, and
+    the launcher the worker ran under, which ``failure.json`` keeps when no ``environment.json`` was written)."""
 
     ok: bool
     reason: str | None = None
     detail: str | None = None
     exit_code: int | None = None
+    launcher: dict[str, Any] | None = None
 
 
 _converter = cattrs.Converter(forbid_extra_keys=True)

@@ -224,6 +224,7 @@ def record_failure(exp: Experiment, exp_dir: Path, run_id: str, outcome: Outcome
                 "reason": outcome.reason,
                 "detail": outcome.detail,
                 "exit_code": outcome.exit_code,
+                "launcher": outcome.launcher,
             },
         )
     except DiskFull as exc:

@@ -343,8 +343,8 @@ def run_in_worker(
         if lines:
             detail = "\n".join(["last output:", *lines])
             outcome = attrs.evolve(outcome, reason=f"{outcome.reason}; last output: {lines[-1]}", detail=detail)
-    _record_launcher(exp_dir, launcher, hello)
-    return outcome
+    record = _record_launcher(exp_dir, launcher, hello)
+    return outcome if outcome.ok else attrs.evolve(outcome, launcher=record)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -361,10 +361,13 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-def _record_launcher(exp_dir: Path, launcher: Launcher | None, hello: dict[str, Any]) -> None:
-    """Add to ``environment.json`` what started the worker, and what the worker said of itself."""
+def _record_launcher(exp_dir: Path, launcher: Launcher | None, hello: dict[str, Any]) -> dict[str, Any]:
+    """Add to ``environment.json`` what started the worker, and what the worker said of itself; returned too,
+    for ``failure.json`` (a launcher that failed before the worker started leaves no ``environment.json``)."""
     record = launcher.record() if launcher is not None else {"command": [sys.executable], "from": "this interpreter"}
-    add_to_environment(exp_dir, "launcher", {**record, "worker": hello or None})
+    record = {**record, "worker": hello or None}
+    add_to_environment(exp_dir, "launcher", record)
+    return record
 
 
 def _keep_files(streams: _Streams, exp_dir: Path, deadline: float) -> None:
