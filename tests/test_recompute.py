@@ -361,7 +361,18 @@ def dist(
     return {k: every[k] for k in keys}
 
 
-def across_cycles(values: Sequence[float | None]) -> dict[str, Any]:
+#: Figures that may honestly be negative (docs/results.md): energy above idle, which comes out below zero when
+#: the idle baseline is above a window's mean power. An interval of theirs below zero is no impossible bound.
+MAY_BE_NEGATIVE = (
+    "energy.dynamic_j",
+    "energy.dynamic_j_per_output_token",
+    "goodput.dynamic_j_per_good_request",
+    "energy.decode_dynamic_j_per_output_token",
+    "energy.dynamic_j_per_correct_answer",
+)
+
+
+def across_cycles(values: Sequence[float | None], may_be_negative: bool = False) -> dict[str, Any]:
     """A headline figure over cycles: mean, sample std, Student-t 95% CI of the mean, its relative half-width."""
     present = [v for v in values if v is not None]
     out: dict[str, Any] = {"n": len(present), "missing": len(values) - len(present), "values": list(values)}
@@ -374,7 +385,7 @@ def across_cycles(values: Sequence[float | None]) -> dict[str, Any]:
         s = float(np.std(np.asarray(present, dtype=float), ddof=1))
         half = t975(len(present) - 1) * s / math.sqrt(len(present))
         out.update(std=s, ci95_low=m - half, ci95_high=m + half, rel_ci95=half / abs(m) if m else None)
-        out["ci95_low_impossible"] = m - half < 0 <= min(present)
+        out["ci95_low_impossible"] = not may_be_negative and m - half < 0 <= min(present)
     return out
 
 
@@ -881,7 +892,9 @@ def recompute(exp: Path) -> dict[str, Any]:
     keep = [i for i in range(len(cycles)) if mode == "warn" or not spoilt[i]]
     per_cycle = [every_cycle[i] for i in keep]
     names = list(per_cycle[0]["figures"])
-    figures = {name: across_cycles([pc["figures"][name] for pc in per_cycle]) for name in names}
+    figures = {
+        name: across_cycles([pc["figures"][name] for pc in per_cycle], name in MAY_BE_NEGATIVE) for name in names
+    }
     every = [r for pc in per_cycle for r in pc["per"]]
     first = sorted(cycles[0]["requests"], key=lambda r: r["id"])[
         : len(cycles[0]["requests"]) // cycles[0].get("passes", 1)

@@ -10,6 +10,7 @@ matplotlib plots.
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Sequence
@@ -23,7 +24,8 @@ from click.testing import CliRunner
 from lem import hookimpl
 from lem.campaign.ending import status_table
 from lem.cli.main import cli
-from lem.figures import registry
+from lem.figures import marginal, registry
+from lem.figures.summary import headline_figures
 from lem.results import plots
 from lem.results.compare import compare, gather, render
 from lem.results.report import write_report
@@ -134,6 +136,24 @@ def test_flags_of_names_the_flagged_figures() -> None:
     ]
     assert registry.flags_of(summary, "energy.decode_dynamic_j_per_output_token") == []
     assert registry.flags_of(summary, "energy.dynamic_j") == []
+    # A summary writes both the table and the older list of cycles: the flag is said once, with its handling.
+    dynamic = {"cycles": [1], "count": 1, "figures": ["energy.dynamic_j"], "handling": "kept"}
+    summary["flags"] = {"negative_dynamic_energy_cycles": [1], "negative_dynamic_energy": dynamic}
+    assert registry.flags_of(summary, "energy.dynamic_j") == ["negative dynamic energy in cycle(s) 1 (kept)"]
+
+
+def test_an_interval_below_zero_is_impossible_only_for_a_figure_that_cannot_be_negative() -> None:
+    # Two cycles far apart: the 95% interval of each energy figure reaches below zero, its values do not.
+    blocks = [{"metrics": {}, "energy": {"total_j": v, "dynamic_j": v}} for v in (0.1, 5.0)]
+    figures = headline_figures(blocks)
+    for name in ("energy.total_j", "energy.dynamic_j"):
+        assert figures[name]["ci95_low"] < 0 < min(figures[name]["values"])
+    assert figures["energy.total_j"]["ci95_low_impossible"] is True
+    # Energy above idle may honestly come out below zero: its wide interval is no impossible bound.
+    assert registry.figure("energy.dynamic_j").may_be_negative
+    assert figures["energy.dynamic_j"]["ci95_low_impossible"] is False
+    flagged = {"figures": figures, "flags": {}}
+    assert registry.flags_of(flagged, "energy.dynamic_j") == [] and registry.flags_of(flagged, "energy.total_j")
 
 
 # --- one label per figure -----------------------------------------------------------------------------
@@ -215,6 +235,8 @@ def test_estimates_are_marked_on_every_screen_and_measured_figures_are_not(runs:
             assert cell["method"] == want, fig["figure"]
             assert (cell["basis"] == f"gpu: {BASIS}") is (want == "estimate")
     assert "J/out tok" in est["compare"] and f"{registry.ESTIMATE} " in est["compare"] and BASIS in est["compare"]
+    # The notes under compare's table read as text, from the left edge (not centred under the table).
+    assert any(x.startswith(f"{registry.ESTIMATE} ") and BASIS in x for x in est["compare"].splitlines())
     # The report: a marker in each energy cell, linked to a footnote with the basis.
     report = est["report"]
     # Every energy cell of the report's summary table that holds a value (a null one shows n/a, unmarked).
@@ -238,6 +260,15 @@ def test_estimates_are_marked_on_every_screen_and_measured_figures_are_not(runs:
     line = next(x for x in shown.output.splitlines() if x.startswith("J/out tok "))
     assert registry.ESTIMATE in line
     assert BASIS in shown.output
+    # The sweep's fixed and marginal energy (compare --json and the report) is fitted on estimated power.
+    fit = compared["marginal_energy"]
+    assert fit["method_kind"] == "estimate" and fit["basis"] == f"gpu: {BASIS}"
+    assert fit["marginal_j_per_output_token"] is not None, fit["reason"]  # 2 experiments x 3 cycles
+    line = marginal.text(fit)
+    assert line.count(registry.ESTIMATE) == 2 and BASIS in line  # the slope and the fixed power
+    assert html.escape(line) in report
+    assert meas["compared"]["marginal_energy"]["method_kind"] == "measured"  # type: ignore[index]
+    assert registry.ESTIMATE not in marginal.text(meas["compared"]["marginal_energy"])  # type: ignore[index]
     # Measured: no marker anywhere.
     for name in ("run_table", "compare", "compare_json", "plots"):
         assert registry.ESTIMATE not in meas[name], name

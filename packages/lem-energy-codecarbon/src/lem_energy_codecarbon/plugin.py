@@ -60,7 +60,7 @@ def validate_config(config: ExperimentConfig) -> list[Problem]:
         problems.append(
             warning(
                 NAME,
-                "no country_iso_code: energy is measured, but its CO2-equivalent is not reported",
+                "no country_iso_code: energy is reported, but not its CO2-equivalent",
                 "set [codecarbon] country_iso_code = 'FRA' (the grid the machine draws from)",
             )
         )

@@ -7,7 +7,9 @@ energy per extra output token (its slope, J/token) and the power the work
 would draw at zero throughput (its intercept, W). The slope's 95% interval is
 Student's t with n - 2 degrees of freedom times its standard error. With
 fewer than 3 points or 2 experiments, or a throughput that does not vary,
-there is no fit: ``None`` figures with the reason.
+there is no fit: ``None`` figures with the reason. A fit over any estimated
+mean power (CodeCarbon's TDP guess) is an estimate: ``method_kind`` says so,
+``basis`` says on what, and :func:`text` marks it as every screen marks one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from lem.figures.registry import ESTIMATE, method_of
 from lem.figures.stats import t_quantile_975
 
 METHOD = "least-squares fit of each cycle's mean power (W) on its output tok/s: slope = J per extra output token"
@@ -36,6 +39,8 @@ def marginal_energy(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The sweep's marginal J per output token and fixed power, with the slope's 95% interval (see the module)."""
     pts = points(summaries)
     used = sum(1 for s in summaries if points([s]))
+    methods = [method_of(s, "energy.mean_power_w") for s in summaries if points([s])]
+    estimates = [m for m in methods if m.estimate]
     out: dict[str, Any] = {
         "marginal_j_per_output_token": None,
         "ci95_low": None,
@@ -44,6 +49,9 @@ def marginal_energy(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "points": len(pts),
         "experiments": used,
         "method": METHOD,
+        # The power it fits: measured, or an estimate in any experiment (then the fit is one too).
+        "method_kind": "estimate" if estimates else "measured",
+        "basis": "; ".join(dict.fromkeys(m.basis for m in estimates if m.basis)) or None,
         "reason": None,
     }
     if len(pts) < 3 or used < 2:
@@ -74,8 +82,13 @@ def text(fit: Mapping[str, Any]) -> str:
     """One line for a screen: the marginal J/token with its interval and the fixed power, or why none."""
     if fit.get("marginal_j_per_output_token") is None:
         return f"marginal J/out tok across the sweep: null ({fit.get('reason')})"
-    return (
-        f"marginal J/out tok across the sweep: {fit['marginal_j_per_output_token']:.4g} "
+    mark = f" {ESTIMATE}" if fit.get("method_kind") == "estimate" else ""
+    line = (
+        f"marginal J/out tok across the sweep: {fit['marginal_j_per_output_token']:.4g}{mark} "
         f"[{fit['ci95_low']:.4g}, {fit['ci95_high']:.4g}] over {fit['points']} cycles of {fit['experiments']} "
-        f"experiments; fixed power {fit['fixed_power_w']:.4g} W (least-squares fit of power on tok/s)"
+        f"experiments; fixed power {fit['fixed_power_w']:.4g} W{mark} (least-squares fit of power on tok/s)"
     )
+    if mark:
+        line += "; the power it fits rests on an estimate, not a measurement"
+        line += f": {fit['basis']}" if fit.get("basis") else ""
+    return line

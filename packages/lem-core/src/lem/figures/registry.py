@@ -445,6 +445,8 @@ def flags_of(summary: Mapping[str, Any], name: str) -> list[str]:
         out.append("impossible negative CI bound: run more cycles (the figure cannot be negative)")
     row = find(name)
     for key in row.flags if row is not None else ():
+        if key.endswith("_cycles") and isinstance(flags.get(key.removesuffix("_cycles")), Mapping):
+            continue  # the older list of cycles beside its table: the table says it (with its handling)
         value: Any = flags.get(key)
         handling = None
         if isinstance(value, Mapping):  # {cycles, count, figures, handling}: the figures it touches are named

@@ -154,9 +154,10 @@ def headline_figures(blocks: Sequence[Mapping[str, Any]]) -> dict[str, dict[str,
         fig = interval([dig(b, path) for b in blocks])
         present = [v for v in fig["values"] if v is not None]
         if fig["ci95_low"] is not None:
-            # A figure that cannot be negative (all its values are >= 0) with an interval below 0:
-            # the raw bound is kept, the flag says it is impossible (too few cycles for this spread).
-            fig["ci95_low_impossible"] = fig["ci95_low"] < 0 <= min(present)
+            # A figure that cannot be negative (its row says so, and all its values are >= 0) with an interval
+            # below 0: the raw bound is kept, the flag says it is impossible (too few cycles for this spread).
+            # Energy above idle may honestly be negative: its interval below 0 is no flag.
+            fig["ci95_low_impossible"] = not row.may_be_negative and fig["ci95_low"] < 0 <= min(present)
         if not present and row.reason is not None:
             why = null_reason(row, blocks)
             if why:

@@ -349,7 +349,7 @@ def render(result: Mapping[str, Any]) -> Any:
     partial: list[str] = []
     budgets = False
     marks = letters(len(result["experiments"]))
-    table = Table(title="lem results compare", show_lines=True)
+    table = Table(title="lem results compare", show_lines=True, caption_justify="left")  # notes read as text
     table.add_column("figure", no_wrap=True)
     for mark, e in zip(marks, result["experiments"], strict=True):
         table.add_column(f"{mark}\n{e['backend']}", overflow="fold", min_width=14)

@@ -214,7 +214,7 @@ def render(doc: Mapping[str, Any], console: Console) -> None:
         verdict = "met" if precision.get("met") else "not met"
         console.print(
             f"target ±{precision.get('target_rel_ci', 0):.1%} (95% CI half-width over the mean): {verdict} after "
-            f"{precision.get('cycles')} cycle(s); achieved: {achieved}",
+            f"{precision.get('cycles')} cycle(s) of at most {precision.get('max_cycles')}; achieved: {achieved}",
             markup=False,
         )
     if notes:
