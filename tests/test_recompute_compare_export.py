@@ -28,6 +28,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from test_recompute import (
     across_cycles,
@@ -273,6 +274,54 @@ def check_compare(result: Mapping[str, Any], exps: Sequence[Path]) -> list[str]:
         if what.endswith("digest") and not (a in line and b in line):
             problems.append(f"warning shows other digests than {a}, {b}: {line}")
     problems += [f"no warning although the raw files differ: {what} of {k}" for what, k in expected.keys() - seen]
+    problems += check_marginal(result["marginal_energy"], facts)
+    return problems
+
+
+def marginal_expected(facts: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The sweep's marginal J/out tok: an ordinary least-squares line of each cycle's mean power on its output
+    tok/s (numpy's polyfit), the slope's 95% interval with t975(n - 2); ``None`` below 3 points or 2 experiments."""
+    pairs = [
+        [(x, y) for x, y in zip(f["values"]["output_tokens_per_s"], f["values"]["energy.mean_power_w"], strict=True)]
+        for f in facts
+    ]
+    pts = [(x, y) for exp in pairs for x, y in exp if x is not None and y is not None]
+    used = sum(1 for exp in pairs if any(x is not None and y is not None for x, y in exp))
+    if len(pts) < 3 or used < 2:
+        return None
+    x, y = np.array([p[0] for p in pts]), np.array([p[1] for p in pts])
+    slope, intercept = np.polyfit(x, y, 1)
+    se = math.sqrt(
+        float(np.sum((y - intercept - slope * x) ** 2)) / (len(pts) - 2) / float(np.sum((x - x.mean()) ** 2))
+    )
+    half = t975(len(pts) - 2) * se
+    return {
+        "slope": float(slope),
+        "low": float(slope - half),
+        "high": float(slope + half),
+        "fixed": float(intercept),
+        "points": len(pts),
+        "experiments": used,
+    }
+
+
+def check_marginal(got: Mapping[str, Any], facts: Sequence[Mapping[str, Any]]) -> list[str]:
+    want = marginal_expected(facts)
+    if want is None:
+        return [] if got["marginal_j_per_output_token"] is None else [f"marginal energy: lem {got}, expected no fit"]
+    half = want["high"] - want["slope"]
+    problems = []
+    for key, value, scale in (
+        ("marginal_j_per_output_token", want["slope"], abs(want["slope"]) + half),
+        ("ci95_low", want["low"], abs(want["slope"]) + half),
+        ("ci95_high", want["high"], abs(want["slope"]) + half),
+        ("fixed_power_w", want["fixed"], abs(want["fixed"])),
+        ("points", want["points"], 0.0),
+        ("experiments", want["experiments"], 0.0),
+    ):
+        # polyfit solves by SVD, lem by sums of squares: they agree to float rounding of the fit's own scale.
+        if not (got[key] is not None and math.isclose(got[key], value, rel_tol=1e-6, abs_tol=1e-6 * scale)):
+            problems.append(f"marginal energy {key}: lem {got[key]!r}, recomputed {value!r}")
     return problems
 
 
@@ -302,6 +351,7 @@ def test_compare_is_recomputed_from_the_raw_files(runs: dict[str, Path]) -> None
     result = run_compare(*exps)
     problems = check_compare(result, exps)
     assert not problems, "\n".join(problems)
+    assert result["marginal_energy"]["marginal_j_per_output_token"] is not None  # the fit was checked, not skipped
     # The runs exercise what they are meant to: B serves several passes per window with A's workload; C differs
     # from A in precision, prompts, output tokens, SLO and outputs.
     b = raw(runs["b"])
