@@ -269,6 +269,24 @@ CASES = [
         ("server.env", "a table of strings"),
         _server("env = {A = {b = 1}}"),
     ),
+    *(
+        Case(
+            f"server url {what}",
+            V,
+            2,
+            (f"server.url = {url!r}", words, "e.g. http://127.0.0.1:8000"),
+            {"exp.toml": _with("server", f"url = {json.dumps(url)}").replace("model =", 'backend = "server"\nmodel =')},
+        )
+        for what, url, words in [
+            ("port above 65535", "http://127.0.0.1:99999", "Port out of range"),
+            ("port not a number", "http://127.0.0.1:eighty", "Port could not be cast"),
+            ("port 0", "http://127.0.0.1:0", "port 0 is not a port"),
+            ("without a host", "http://:8000", "names no host"),
+            ("with a space", "http://127.0.0.1:8000 /", "spaces or control characters"),
+            ("with a query", "http://127.0.0.1:8000?key=1", "query or fragment"),
+            ("unclosed IPv6 bracket", "http://[::1:8000", "not a valid URL"),
+        ]
+    ),
     Case(
         "2**63 count in a backend table (llamacpp)",
         V,
