@@ -269,6 +269,13 @@ CASES = [
         ("server.env", "a table of strings"),
         _server("env = {A = {b = 1}}"),
     ),
+    Case(
+        "empty server host",
+        V,
+        2,
+        ("server.host = ''", "an address to listen on", "127.0.0.1"),
+        _server('host = ""'),
+    ),
     *(
         Case(
             f"server url {what}",

@@ -151,6 +151,16 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
             warning("server.api_key_env", f"environment variable {env} is not set: no API key is sent", value=env)
         )
     host = opts.get("host", "127.0.0.1")
+    if not host.strip() or any(c.isspace() for c in host):
+        problems.append(
+            error(
+                "server.host",
+                "must be an address to listen on, without spaces",
+                "leave it out for 127.0.0.1, or give e.g. '0.0.0.0'",
+                value=host,
+            )
+        )
+        return problems
     if url is None and host not in ("127.0.0.1", "localhost", "::1"):
         problems.append(warning("server.host", "the managed server listens beyond this machine", value=host))
     if url is not None:
