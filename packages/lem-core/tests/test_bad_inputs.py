@@ -1092,6 +1092,29 @@ def test_resume_add_extends_the_run_and_keeps_what_it_had(real_run: Path, tmp_pa
     assert all((run_dir / i / "summary.json").is_file() for i in record["experiments"])
 
 
+@pytest.mark.parametrize("kept", ["degraded", "damaged"])
+def test_a_resume_that_keeps_an_experiment_not_ok_exits_1(real_run: Path, tmp_path: Path, kept: str) -> None:
+    """Exit 0 means every experiment of the run is ok: one kept from an earlier attempt counts too."""
+    shutil.copytree(real_run, tmp_path / "results")
+    summary = next((tmp_path / "results").glob("*/000-*/summary.json"))
+    if kept == "degraded":
+        doc = json.loads(summary.read_text())
+        doc.update(status="degraded", status_reason="1 of 2 requests failed (50%), above the limit")
+        summary.write_text(json.dumps(doc))
+        words: tuple[str, ...] = ("000-", "DEGRADED in an earlier attempt, kept", "1 of 2 requests failed")
+    else:
+        summary.write_text("{not json")
+        words = ("000-", "DAMAGED in an earlier attempt, kept", "summary.json: not valid JSON")
+    before = summary.read_bytes()
+    done = _resume(tmp_path, RUN, "--resume")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert "001-batch_size=2" not in done.stderr  # the ok one is skipped quietly (-q)
+    assert summary.read_bytes() == before  # kept as it was, never re-run over
+
+
 # --- readers on damaged or unusual files (issue 29, class 5) -------------------------------------------------
 
 
