@@ -1092,6 +1092,35 @@ def test_resume_add_extends_the_run_and_keeps_what_it_had(real_run: Path, tmp_pa
     assert all((run_dir / i / "summary.json").is_file() for i in record["experiments"])
 
 
+@pytest.mark.parametrize(
+    ("what", "doc", "words"),
+    [
+        ("experiments is text", {"experiments": "000-a"}, "'experiments' is not a list of experiment ids"),
+        ("experiments are numbers", {"experiments": [1, 2]}, "'experiments' is not a list of experiment ids"),
+        ("experiments are missing", {"experiments": None}, "'experiments' is not a list of experiment ids"),
+        ("experiment_configs is a list", {"experiment_configs": []}, "'experiment_configs' is not a table"),
+    ],
+)
+def test_a_resume_refuses_a_damaged_run_record(
+    real_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, doc: dict[str, object], words: str
+) -> None:
+    """run.json says which experiments the run holds; one that cannot say is named, and nothing is touched."""
+    shutil.copytree(real_run, tmp_path / "results")
+    record = next((tmp_path / "results").glob("*/run.json"))
+    record.write_text(json.dumps(json.loads(record.read_text()) | doc))
+    before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()}
+    (tmp_path / "run.toml").write_text(RUN)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "run.toml", "--out", "results", "--resume", record.parent.name, "--in-process", "--no-report", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "run.json" in lines[0] and words in lines[0] and "start a new run" in lines[0], lines
+    assert {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()} == before
+
+
 @pytest.mark.parametrize("kept", ["degraded", "damaged"])
 def test_a_resume_that_keeps_an_experiment_not_ok_exits_1(real_run: Path, tmp_path: Path, kept: str) -> None:
     """Exit 0 means every experiment of the run is ok: one kept from an earlier attempt counts too."""
