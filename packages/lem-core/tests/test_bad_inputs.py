@@ -326,6 +326,16 @@ CASES = [
         ("warning: traffic.rate = 1e-05", "days", "OK"),
         {"exp.toml": _with("traffic", 'mode = "poisson"\nrate = 0.00001')},
     ),
+    *(
+        Case(
+            f"a traffic rate whose cycle would outlast a year ({how})",
+            args,
+            2,
+            ("traffic.rate = 1e-300", "1.16e+297 days per cycle", "longer than a cycle may last (365 days)"),
+            {"exp.toml": _with("traffic", 'mode = "poisson"\nrate = 1e-300')},
+        )
+        for how, args in [("validate", V), ("run", R)]
+    ),
     # --- the environment, checked up front and bounded (class 3)
     Case(
         "--ray address where nothing listens",
