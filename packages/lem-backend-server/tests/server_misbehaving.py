@@ -8,7 +8,8 @@
 - ``flaky``: every third request gets HTTP 500, the rest are ``ok``;
 - ``shape``: HTTP 200 and well-formed JSON of the wrong shape (no stream, no ``choices``);
 - ``hang``: accepts the request and never answers;
-- ``stall``: streams one chunk, then nothing more, the connection held open.
+- ``stall``: streams one chunk, then nothing more, the connection held open;
+- ``die``: answers two requests as ``ok``, then exits (status 1) on the third, leaving nothing on its port.
 
 It writes one line per completion request to stdout (the tests count what reached it).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import sys
 import threading
 import time
@@ -58,6 +60,8 @@ class Handler(BaseHTTPRequestHandler):
             n = next(_count)
             sys.stdout.write(f"completion {n}\n")
             sys.stdout.flush()
+        if MODE == "die" and n > 2:
+            os._exit(1)
         if MODE == "500" or (MODE == "flaky" and n % 3 == 0):
             self._json(500, {"error": {"message": "the engine is on fire", "type": "server_error"}})
             return

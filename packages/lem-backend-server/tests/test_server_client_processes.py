@@ -174,6 +174,34 @@ def test_stopping_early_stops_the_processes(make_config: Any, tiny_llama: Path, 
     assert not any(p.is_alive() for p in fresh)  # closing the model stopped them
 
 
+def test_a_refused_connection_in_a_process_ends_the_cycle(make_config: Any, tiny_llama: Path, tmp_path: Path) -> None:
+    # The server is gone after the model loaded: nothing listens at its address, so each worker's connection is
+    # refused. That is an engine failure, as with one process: the cycle ends at once with one error naming the
+    # server and the client process (not a request timeout per request), and no worker outlives it.
+    from lem.errors import BackendError
+
+    with running(log=tmp_path / "sent.json") as url:
+        config = make_config(str(tiny_llama), {"url": url, "request_timeout_s": 30.0, "client_processes": 2})
+        model = plugin.load_model(backend="server", config=config)
+        assert model is not None
+    try:
+        pool = model.handle.pool
+        assert pool is not None and pool.alive
+        procs = [w.process for w in pool.workers]
+        for _ in range(2):  # the next cycle starts a fresh pool, which meets the same refusal
+            t0 = time.monotonic()
+            with pytest.raises(BackendError) as err:
+                _run(model, config, _requests(4))
+            assert time.monotonic() - t0 < 20  # well within request_timeout_s (30 s)
+            message = str(err.value)
+            assert message.startswith(f"the server at {url} stopped answering: ConnectionError: client process ")
+            assert "ClientConnectorError" in message and "Connect call failed" in message, message
+            assert not pool.workers and not any(p.is_alive() for p in procs)
+    finally:
+        model.close()
+    assert not any(p.is_alive() for p in procs)
+
+
 @pytest.mark.parametrize("value", [0, 65])
 def test_client_processes_out_of_bounds_is_refused(make_config: Any, tiny_llama: Path, value: int) -> None:
     from lem.errors import LemError

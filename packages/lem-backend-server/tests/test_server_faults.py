@@ -23,7 +23,7 @@ HERE = Path(__file__).parent
 SERVER = HERE / "server_misbehaving.py"
 
 
-def _toml(tiny_llama: Path, mode: str, log: Path, *, port: int = 0, extra: str = "") -> str:
+def _toml(tiny_llama: Path, mode: str, log: Path, *, port: int = 0, extra: str = "", server: str = "") -> str:
     command = json.dumps([sys.executable, str(SERVER), "{port}", mode])
     return f"""model = "{tiny_llama}"
 backend = "server"
@@ -31,6 +31,7 @@ precision = "float32"
 [server]
 command = {command}
 port = {port}
+{server}
 request_timeout_s = 2
 startup_timeout_s = 30
 log_file = "{log}"
@@ -109,6 +110,41 @@ def test_a_failed_share_within_the_limit_is_ok(tiny_llama: Path, tmp_path: Path)
     assert done.returncode == 0, done.stderr
     summary = json.loads(next((tmp_path / "out").glob("*/exp/summary.json")).read_text())
     assert summary["status"] == "ok" and summary["failed_requests"] > 0
+
+
+def test_a_server_gone_mid_cycle_under_two_client_processes_fails_the_experiment(
+    tiny_llama: Path, tmp_path: Path
+) -> None:
+    # The server exits on its third request; the client processes then meet a refused connection. The
+    # experiment fails with the server's exit named (not as failed requests, not a hang), lem run exits 1
+    # with no traceback from any process, and no client process outlives it.
+    import psutil
+
+    log = tmp_path / "server.log"
+    text = _toml(
+        tiny_llama, "die", log, server="client_processes = 2", extra='[traffic]\nmode = "concurrency"\nconcurrency = 2'
+    )
+    done = _lem_run(tmp_path, text)
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output
+    assert "Traceback" not in output
+    assert " failed " in done.stdout, done.stdout
+    failure = json.loads(next((tmp_path / "out").glob("*/exp/failure.json")).read_text())
+    assert "the server exited with status 1 during the cycle" in json.dumps(failure), failure
+    assert list((tmp_path / "out").glob("*/exp/summary.json")) == []
+    assert _completions(log) == 3  # two answered, the third ended the server; nothing was retried into a hang
+    assert not [p.pid for p in psutil.process_iter() if _spawned_in(p, tmp_path)], "a client process outlived lem run"
+
+
+def _spawned_in(proc: object, cwd: Path) -> bool:
+    """Whether ``proc`` is a multiprocessing ``spawn`` child running in ``cwd`` (lem run's directory here)."""
+    import psutil
+
+    assert isinstance(proc, psutil.Process)
+    try:
+        return "spawn_main" in " ".join(proc.cmdline()) and Path(proc.cwd()) == cwd
+    except psutil.Error:
+        return False
 
 
 def test_a_port_held_by_another_process_is_refused(tiny_llama: Path, tmp_path: Path) -> None:

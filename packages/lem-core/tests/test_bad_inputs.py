@@ -270,6 +270,31 @@ CASES = [
         _server("env = {A = {b = 1}}"),
     ),
     Case(
+        "empty server host",
+        V,
+        2,
+        ("server.host = ''", "an address to listen on", "127.0.0.1"),
+        _server('host = ""'),
+    ),
+    *(
+        Case(
+            f"server url {what}",
+            V,
+            2,
+            (f"server.url = {url!r}", words, "e.g. http://127.0.0.1:8000"),
+            {"exp.toml": _with("server", f"url = {json.dumps(url)}").replace("model =", 'backend = "server"\nmodel =')},
+        )
+        for what, url, words in [
+            ("port above 65535", "http://127.0.0.1:99999", "Port out of range"),
+            ("port not a number", "http://127.0.0.1:eighty", "Port could not be cast"),
+            ("port 0", "http://127.0.0.1:0", "port 0 is not a port"),
+            ("without a host", "http://:8000", "names no host"),
+            ("with a space", "http://127.0.0.1:8000 /", "spaces or control characters"),
+            ("with a query", "http://127.0.0.1:8000?key=1", "query or fragment"),
+            ("unclosed IPv6 bracket", "http://[::1:8000", "not a valid URL"),
+        ]
+    ),
+    Case(
         "2**63 count in a backend table (llamacpp)",
         V,
         2,
@@ -300,6 +325,16 @@ CASES = [
         0,
         ("warning: traffic.rate = 1e-05", "days", "OK"),
         {"exp.toml": _with("traffic", 'mode = "poisson"\nrate = 0.00001')},
+    ),
+    *(
+        Case(
+            f"a traffic rate whose cycle would outlast a year ({how})",
+            args,
+            2,
+            ("traffic.rate = 1e-300", "1.16e+297 days per cycle", "longer than a cycle may last (365 days)"),
+            {"exp.toml": _with("traffic", 'mode = "poisson"\nrate = 1e-300')},
+        )
+        for how, args in [("validate", V), ("run", R)]
     ),
     # --- the environment, checked up front and bounded (class 3)
     Case(
@@ -1065,6 +1100,58 @@ def test_resume_add_extends_the_run_and_keeps_what_it_had(real_run: Path, tmp_pa
     record = json.loads((run_dir / "run.json").read_text())
     assert len(record["experiments"]) == 3 and set(record["experiment_configs"]) == set(record["experiments"])
     assert all((run_dir / i / "summary.json").is_file() for i in record["experiments"])
+
+
+@pytest.mark.parametrize(
+    ("what", "doc", "words"),
+    [
+        ("experiments is text", {"experiments": "000-a"}, "'experiments' is not a list of experiment ids"),
+        ("experiments are numbers", {"experiments": [1, 2]}, "'experiments' is not a list of experiment ids"),
+        ("experiments are missing", {"experiments": None}, "'experiments' is not a list of experiment ids"),
+        ("experiment_configs is a list", {"experiment_configs": []}, "'experiment_configs' is not a table"),
+    ],
+)
+def test_a_resume_refuses_a_damaged_run_record(
+    real_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, doc: dict[str, object], words: str
+) -> None:
+    """run.json says which experiments the run holds; one that cannot say is named, and nothing is touched."""
+    shutil.copytree(real_run, tmp_path / "results")
+    record = next((tmp_path / "results").glob("*/run.json"))
+    record.write_text(json.dumps(json.loads(record.read_text()) | doc))
+    before = {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()}
+    (tmp_path / "run.toml").write_text(RUN)
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "run.toml", "--out", "results", "--resume", record.parent.name, "--in-process", "--no-report", "-q"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    lines = _error_lines(result.output)
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    assert "run.json" in lines[0] and words in lines[0] and "start a new run" in lines[0], lines
+    assert {p: p.read_bytes() for p in (tmp_path / "results").rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("kept", ["degraded", "damaged"])
+def test_a_resume_that_keeps_an_experiment_not_ok_exits_1(real_run: Path, tmp_path: Path, kept: str) -> None:
+    """Exit 0 means every experiment of the run is ok: one kept from an earlier attempt counts too."""
+    shutil.copytree(real_run, tmp_path / "results")
+    summary = next((tmp_path / "results").glob("*/000-*/summary.json"))
+    if kept == "degraded":
+        doc = json.loads(summary.read_text())
+        doc.update(status="degraded", status_reason="1 of 2 requests failed (50%), above the limit")
+        summary.write_text(json.dumps(doc))
+        words: tuple[str, ...] = ("000-", "DEGRADED in an earlier attempt, kept", "1 of 2 requests failed")
+    else:
+        summary.write_text("{not json")
+        words = ("000-", "DAMAGED in an earlier attempt, kept", "summary.json: not valid JSON")
+    before = summary.read_bytes()
+    done = _resume(tmp_path, RUN, "--resume")
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    for word in words:
+        assert word in done.stderr, done.stderr
+    assert "001-batch_size=2" not in done.stderr  # the ok one is skipped quietly (-q)
+    assert summary.read_bytes() == before  # kept as it was, never re-run over
 
 
 # --- readers on damaged or unusual files (issue 29, class 5) -------------------------------------------------

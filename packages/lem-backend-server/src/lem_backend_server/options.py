@@ -99,6 +99,31 @@ def get(config: ExperimentConfig, key: str) -> Any:
     return config.options_for(NAME).get(key, DEFAULTS.get(key))
 
 
+def _url_problems(url: str) -> list[Problem]:
+    """What is wrong with an external server's base URL (the client appends ``/v1/...`` and the health path)."""
+    from urllib.parse import urlsplit
+
+    fix = "give the server's base URL, e.g. http://127.0.0.1:8000"
+    if not url.startswith(("http://", "https://")):
+        return [error("server.url", "must start with http:// or https://", fix, value=url)]
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return [error("server.url", "must not contain spaces or control characters", fix, value=url)]
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError when not a number in [0, 65535]
+    except ValueError as exc:
+        return [error("server.url", f"is not a valid URL ({exc})", fix, value=url)]
+    if not parts.hostname:
+        return [error("server.url", "names no host", fix, value=url)]
+    if port == 0:
+        return [error("server.url", "port 0 is not a port a server listens on", fix, value=url)]
+    if parts.query or parts.fragment:
+        return [
+            error("server.url", "must not have a query or fragment: lem appends /v1/completions to it", fix, value=url)
+        ]
+    return []
+
+
 def check_options(config: ExperimentConfig) -> list[Problem]:
     """Problems with ``[server]`` and with settings the chosen engine cannot carry."""
     opts: Mapping[str, Any] = config.options_for(NAME)
@@ -116,8 +141,8 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
                 "set server.engine (e.g. 'vllm'), server.command, or server.url",
             )
         )
-    if url is not None and not str(url).startswith(("http://", "https://")):
-        problems.append(error("server.url", "must start with http:// or https://", value=url))
+    if url is not None:
+        problems += _url_problems(str(url))
     if command is not None and not command:
         problems.append(error("server.command", "must be a non-empty list of strings", value=command))
     env = opts.get("api_key_env")
@@ -126,6 +151,16 @@ def check_options(config: ExperimentConfig) -> list[Problem]:
             warning("server.api_key_env", f"environment variable {env} is not set: no API key is sent", value=env)
         )
     host = opts.get("host", "127.0.0.1")
+    if not host.strip() or any(c.isspace() for c in host):
+        problems.append(
+            error(
+                "server.host",
+                "must be an address to listen on, without spaces",
+                "leave it out for 127.0.0.1, or give e.g. '0.0.0.0'",
+                value=host,
+            )
+        )
+        return problems
     if url is None and host not in ("127.0.0.1", "localhost", "::1"):
         problems.append(warning("server.host", "the managed server listens beyond this machine", value=host))
     if url is not None:

@@ -178,6 +178,9 @@ def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id
     total = len(loaded.experiments)
     # Experiments handed out and not ended: those a Ctrl-C interrupts. One is in it from its preparation on.
     in_flight: dict[str, Experiment] = {}
+    # Experiments a resume kept from an earlier attempt that are not ok (degraded, or a damaged summary):
+    # the run is not all ok, whichever attempt measured them.
+    kept_not_ok: list[str] = []
 
     def tasks() -> Iterator[Task]:
         for i, exp in enumerate(loaded.experiments, 1):
@@ -185,7 +188,14 @@ def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id
             in_flight[exp.id] = exp
             if not prepare(exp, run_dir, options.resume_id is not None):
                 del in_flight[exp.id]
-                if not options.quiet:
+                kept = experiment_status(run_dir / exp.id)
+                if kept["status"] != "ok":
+                    kept_not_ok.append(exp.id)
+                    print(
+                        f"{prefix}{exp.id}: {kept['status'].upper()} in an earlier attempt, kept: {kept.get('reason')}",
+                        file=sys.stderr,
+                    )
+                elif not options.quiet:
                     print(f"{prefix}{exp.id}: finished in an earlier attempt, skipped", file=sys.stderr)
                 continue
             yield Task(exp, run_dir / exp.id, prefix)
@@ -215,4 +225,4 @@ def _run_all(loaded: LoadedFile, options: CampaignOptions, run_dir: Path, run_id
         raise Interrupted(
             f"interrupted: {executor.stopped(stopped, run_id)}; finished experiments are kept (continue with `{again}`)"
         ) from None
-    return all_ok
+    return all_ok and not kept_not_ok

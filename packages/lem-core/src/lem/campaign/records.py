@@ -84,7 +84,18 @@ def check_resume(before: Mapping[str, Any], loaded: LoadedFile, run_dir: Path, a
     """
     flag = "--resume-add" if add else "--resume"
     run_id = run_dir.name
-    old_ids = [str(i) for i in before.get("experiments") or ()]
+    recorded = before.get("experiments")
+    if not isinstance(recorded, list) or not all(isinstance(i, str) and i for i in recorded):
+        raise ResultsError(
+            f"{flag} {run_id}: {run_dir / 'run.json'}: 'experiments' is not a list of experiment ids (a damaged"
+            " file); resuming cannot tell which experiments the run holds: start a new run"
+        )
+    if not isinstance(before.get("experiment_configs", {}), Mapping):
+        raise ResultsError(
+            f"{flag} {run_id}: {run_dir / 'run.json'}: 'experiment_configs' is not a table (a damaged file);"
+            " start a new run"
+        )
+    old_ids = list(recorded)
     old_configs = before.get("experiment_configs")
     new_configs = config_digests(loaded)
     src = before.get("source")

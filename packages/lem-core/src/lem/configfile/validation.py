@@ -248,6 +248,8 @@ def _needs(config: ExperimentConfig) -> Iterator[Problem]:
 
 #: A cycle whose arrivals alone take longer than this is most likely a typo in ``traffic.rate``.
 SLOW_CYCLE_S = 3600.0
+#: Seconds beyond which a cycle's arrivals are an error: a year.
+LONGEST_CYCLE_S = 365 * 86400.0
 
 
 def _slow_arrivals(config: ExperimentConfig, rate: float) -> Iterator[Problem]:
@@ -256,12 +258,22 @@ def _slow_arrivals(config: ExperimentConfig, rate: float) -> Iterator[Problem]:
     per_cycle = config.dataset.num_prompts / rate
     if per_cycle <= SLOW_CYCLE_S:
         return
+    fix = "raise traffic.rate (requests per second) or lower dataset.num_prompts"
+    if per_cycle > LONGEST_CYCLE_S:  # arrival times past this are not a measurement (and overflow near 1e-290/s)
+        yield error(
+            "traffic.rate",
+            f"{config.dataset.num_prompts} prompts arriving at {rate:g} per second take {per_cycle / 86400:.3g} days"
+            f" per cycle, longer than a cycle may last ({LONGEST_CYCLE_S / 86400:g} days)",
+            fix,
+            rate,
+        )
+        return
     total = per_cycle * (m.cycle_limit + (1 if m.prefill_pass else 0) * m.cycle_limit)
     yield warning(
         "traffic.rate",
         f"{config.dataset.num_prompts} prompts arriving at {rate:g} per second take {per_cycle / 3600:.1f} h per cycle"
         f" (about {total / 86400:.1f} days for {m.cycle_limit} cycle(s))",
-        "raise traffic.rate (requests per second) or lower dataset.num_prompts",
+        fix,
         rate,
     )
 
