@@ -394,8 +394,10 @@ def _fmt(fig: Figure, value: float) -> str:
 
 
 def _small_table(title: str, rows: list[str], before: str = "") -> str:
+    """One figure group of an experiment: ``before`` (the energy method and boundary), then its figures, if any."""
     head = "<tr><th>figure</th><th>mean</th><th>95% CI</th><th>cycles</th><th>notes</th></tr>"
-    return f'<div class="group"><h4>{_e(title)}</h4>{before}<table class="small">{head}{"".join(rows)}</table></div>'
+    table = f'<table class="small">{head}{"".join(rows)}</table>' if rows else ""
+    return f'<div class="group"><h4>{_e(title)}</h4>{before}{table}</div>'
 
 
 def _workload(exp: ExperimentData) -> list[tuple[str, Any]]:
