@@ -218,6 +218,8 @@ def test_report_over_the_results_directory(study: Path, tmp_path: Path) -> None:
     rows = re.findall(r'<tr class="experiment" data-id="([^"]+)" data-run="([^"]+)" data-anchor="([^"]+)">', page)
     assert len(rows) == 6 and all(sections[anchor] == f"{run}/{exp}" for exp, run, anchor in rows)
     assert _between(page, '<table id="summary"', "</thead>").count("<th>run</th>") == 1
+    # Numbers in plain notation, as compare prints them (issue 25: "1.065e+04 [-9811, 3.111e+04]").
+    assert not re.search(r"\de[+-]\d", _between(page, '<table id="summary"', "</table>"))
     # What differs: the sweep's key, with each experiment's value.
     differs = _between(page, '<table id="differs"', "</table>")
     assert re.findall(r"<th>([^<]+)</th>", differs) == ["experiment", "batching.batch_size"]
@@ -292,3 +294,18 @@ def test_a_long_failure_reason_is_cut_to_its_first_line() -> None:
     assert _one_line(reason, "r/e") == "worker exited with code 1; its last lines: (full reason: lem results show r/e)"
     assert _one_line("x" * 200, "r/e").startswith("x" * 119 + "…")
     assert _one_line("one line", "r/e") == "one line"
+
+
+def test_report_numbers_are_plain_to_four_significant_digits() -> None:
+    from lem.results.report import _plain
+
+    assert [_plain(v) for v in (11070.4, 0.024424, 19.55, -32.66, 1.0, 0.0)] == [
+        "11070",
+        "0.02442",
+        "19.55",
+        "-32.66",
+        "1",
+        "0",
+    ]
+    # Only what plain notation cannot show in a cell keeps the exponent (FLOPs, tiny fractions).
+    assert _plain(2.5e12) == "2.500e+12" and _plain(1.2e-6) == "1.200e-06"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -96,8 +97,19 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _plain(value: float, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits in plain notation (``11070``, ``0.02442``), as compare prints.
+
+    Only a value too large or too small to read that way (FLOPs, 1e9 and above) keeps scientific notation.
+    """
+    if value == 0 or not math.isfinite(value) or not 1e-4 <= abs(value) < 1e9:
+        return format(value, f".{digits - 1}e") if value and math.isfinite(value) else f"{value:g}"
+    places = digits - 1 - math.floor(math.log10(abs(value)))
+    return f"{round(value, places):.0f}" if places <= 0 else f"{value:.{places}f}".rstrip("0").rstrip(".")
+
+
 def _num(value: float | None) -> str:
-    return "n/a" if value is None else format(value, ".4g")
+    return "n/a" if value is None else _plain(value)
 
 
 @attrs.frozen
@@ -390,7 +402,7 @@ def _figure_rows(exp: ExperimentData, figs: list[Figure]) -> list[str]:
 
 
 def _fmt(fig: Figure, value: float) -> str:
-    return format(value * fig.scale, fig.spec if fig.spec != ".4g" else ".4g")
+    return _plain(value * fig.scale) if fig.spec == ".4g" else format(value * fig.scale, fig.spec)
 
 
 def _small_table(title: str, rows: list[str], before: str = "") -> str:
