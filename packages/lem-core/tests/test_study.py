@@ -309,3 +309,18 @@ def test_report_numbers_are_plain_to_four_significant_digits() -> None:
     ]
     # Only what plain notation cannot show in a cell keeps the exponent (FLOPs, tiny fractions).
     assert _plain(2.5e12) == "2.500e+12" and _plain(1.2e-6) == "1.200e-06"
+
+
+def test_pareto_leaves_out_experiments_without_energy_and_names_them(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    exps = [reportrun.experiment(f"00{i}-batch_size={b}", b) for i, b in enumerate((1, 2))]
+    exps.append(reportrun.experiment("002-batch_size=4", 4, meter="none"))
+    ok, run_dir = reportrun.run(tmp_path, exps)
+    assert ok
+    run = read_run(run_dir)
+    (unmetered,) = [e for e in run.experiments if mean(e, "energy.j_per_output_token") is None]
+    plot = next(p for p in draw_pareto(run) if p.name == "pareto-output_tokens_per_s")
+    assert plot.skipped is None
+    points = [t.get_text() for t in plot.figure.axes[0].get_legend().get_texts() if t.get_text() != "Pareto front"]
+    assert len(points) == 2 and not any(point_label(unmetered, 1) in t for t in points)
+    assert f"left out (not measured): {point_label(unmetered, 1)}" in plot.figure.get_supxlabel()
