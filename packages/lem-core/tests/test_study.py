@@ -324,3 +324,13 @@ def test_pareto_leaves_out_experiments_without_energy_and_names_them(tmp_path: P
     points = [t.get_text() for t in plot.figure.axes[0].get_legend().get_texts() if t.get_text() != "Pareto front"]
     assert len(points) == 2 and not any(point_label(unmetered, 1) in t for t in points)
     assert f"left out (not measured): {point_label(unmetered, 1)}" in plot.figure.get_supxlabel()
+
+
+def test_environment_names_metered_components_by_what_they_are() -> None:
+    # CodeCarbon records the CPU package and the RAM it metered among the environment's devices: the issue
+    # found them shown as "gpu 0" / "gpu 1".
+    from lem.results.report import _device_name
+
+    assert _device_name({"device": -1, "component": "cpu"}, 0) == "metered cpu"
+    assert _device_name({"device": -1, "component": "dram"}, 1) == "metered dram"
+    assert _device_name({"index": 1, "name": "NVIDIA H100"}, 0) == "gpu 1"

@@ -351,7 +351,7 @@ def _device_name(device: Any, i: int) -> str:
     index = device.get("index", device.get("device", i))
     if comp in (None, "gpu"):
         return f"gpu {index}"
-    return str(comp)
+    return f"metered {comp}"  # beside the host's own "cpu" and "ram" rows: say this one is what was metered
 
 
 def _environments(run: RunData) -> str:
