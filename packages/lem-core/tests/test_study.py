@@ -6,6 +6,7 @@ The runs are real campaigns on the scripted backend and meter (lem's test double
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,11 @@ def test_compare_numbers_and_labels() -> None:
     assert [_sig(v) for v in (10660.0, 0.012345, 1.5, -9811.0, 123.456)] == ["10700", "0.0123", "1.50", "-9810", "123"]
     assert letters(28)[:3] == ["A", "B", "C"] and letters(28)[26:] == ["AA", "AB"]
     assert slo_text({"ttft_ms": 200, "tpot_ms": 50}) == "TTFT <= 200 ms, TPOT <= 50 ms" and slo_text(None) == "none"
+    # A target left unset is no objective (not "E2E <= None ms"); floats from the config print plainly.
+    assert slo_text({"ttft_ms": 200.0, "tpot_ms": None, "e2e_ms": None, "percentile": 99.0}) == (
+        "TTFT <= 200 ms, percentile = 99"
+    )
+    assert slo_text({"e2e_ms": None}) == "none"
 
 
 def test_list_filters_and_sweep_columns(study: Path) -> None:
@@ -178,3 +184,153 @@ def test_boamps_infra_type_is_what_the_user_says(study: Path, tmp_path: Path) ->
     assert {d["infrastructure"]["infraType"] for d in docs} == {"privateCloud"}
     bad = lem(*export, "cloud")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--infra-type" in bad.stderr
+
+
+def _between(page: str, start: str, end: str) -> str:
+    return page.split(start, 1)[1].split(end, 1)[0]
+
+
+def test_report_over_the_results_directory(study: Path, tmp_path: Path) -> None:
+    """`lem report DIR` over two runs: the runs with their source and lem, run/experiment names, unique anchors,
+    a "what differs" table, and per experiment the workload and figure-group tables (energy with method and
+    boundary)."""
+    from lem import __version__
+
+    out = tmp_path / "study.html"
+    done = lem("report", str(study), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(out)
+    page = out.read_text()
+    runs = sorted(p.name for p in study.iterdir() if (p / "run.json").exists())
+    assert f"lem report: {study.name} (2 runs)" in page
+    table = _between(page, '<table id="runs"', "</table>")
+    for run_id in runs:
+        row = _between(table, f'<tr id="run-{run_id}">', "</tr>")
+        assert f"<td>{run_id}</td><td>sweep.toml</td><td>{__version__}</td>" in row
+        assert row.count("<a href=") == 3
+    ids = re.findall(r' id="([^"]+)"', page)
+    assert sorted(i for i in set(ids) if ids.count(i) > 1) == []
+    sections = dict(re.findall(r'<section class="exp" id="([^"]+)" data-key="([^"]+)"', page))
+    assert sorted(sections.values()) == sorted(
+        f"{r}/00{i}-batch_size={b}" for r in runs for i, b in enumerate((1, 2, 4))
+    )
+    # Each summary row names its run and links to its own experiment's section.
+    rows = re.findall(r'<tr class="experiment" data-id="([^"]+)" data-run="([^"]+)" data-anchor="([^"]+)">', page)
+    assert len(rows) == 6 and all(sections[anchor] == f"{run}/{exp}" for exp, run, anchor in rows)
+    assert _between(page, '<table id="summary"', "</thead>").count("<th>run</th>") == 1
+    # Numbers in plain notation, as compare prints them (issue 25: "1.065e+04 [-9811, 3.111e+04]").
+    assert not re.search(r"\de[+-]\d", _between(page, '<table id="summary"', "</table>"))
+    # What differs: the sweep's key, with each experiment's value.
+    differs = _between(page, '<table id="differs"', "</table>")
+    assert re.findall(r"<th>([^<]+)</th>", differs) == ["experiment", "batching.batch_size"]
+    assert [int(v) for v in re.findall(r"</a></td><td>(\d+)</td></tr>", differs)] == [1, 2, 4, 1, 2, 4]
+    # The drill-down: workload, figure groups as small tables, energy with its method and boundary.
+    for anchor in sections:
+        section = _between(page, f'<section class="exp" id="{anchor}"', "</section>")
+        heads = re.findall(r"<h4>([^<]+)</h4>", section)
+        assert heads[:4] == ["workload", "throughput", "latency", "energy"], heads
+        assert "precision" in heads and "thermal state" in heads
+        energy = _between(section, "<h4>energy</h4>", "</div>")
+        assert "<dt>method</dt><dd>counter</dd>" in energy and "<dt>boundary</dt><dd>gpu 0, gpu 1</dd>" in energy
+        assert "J/out tok" in energy
+        assert section.index("<h4>energy</h4>") < section.index("<summary>raw details</summary>")
+
+
+def test_compare_puts_the_banner_first_and_reads_at_a_glance(study: Path, tmp_path: Path) -> None:
+    """compare: the fairness banner before the table, lettered columns with a legend, plain significant digits,
+    a "config differs" row and the SLO as text (issue 25's screen); --json keeps its keys and adds two."""
+    runs = sorted(p.name for p in study.iterdir() if (p / "run.json").exists())
+    slo = {"slo": {"ttft_ms": 200, "tpot_ms": 50}}
+    ok, other = reportrun.run(tmp_path, [reportrun.experiment("000-batch_size=1", 1, max_output_tokens=8, more=slo)])
+    assert ok
+    targets = [str(study / runs[0] / "000-batch_size=1"), str(study / runs[0] / "002-batch_size=4")]
+    targets.append(str(other / "000-batch_size=1"))
+    done = lem("results", "compare", *targets)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "lem: warning: output tokens per pass differs" in done.stderr
+    banner = out.index("not a fair comparison: the workloads differ")
+    assert banner < out.index("output tokens per pass differs") < out.index("lem results compare")
+    assert out.index("lem results compare") < out.index("config differs") < out.index("output tok/s")
+    head = out[out.index("lem results compare") : out.index("config differs")]
+    assert re.search(r"┃ A\s+┃ B\s+┃ C\s+┃", head) and "batch_size=" not in head
+    legend = " ".join(out[out.index("columns: ") :].split())
+    for mark, target in zip("ABC", targets, strict=True):
+        key = f"{Path(target).parent.name}/{Path(target).name}"
+        assert f"{mark}: {key} (scripted, random:tiny-llama)" in legend
+    row = " ".join(_between(out, "config differs", "SLO").split())
+    assert "batch_size=1" in row and "batch_size=4" in row and "max_output_tokens=8" in row
+    slo_row = " ".join(_between(out, "│ SLO", "output tok/s").replace("│", " ").split())
+    assert slo_row.startswith("none none TTFT <= 200 ms, TPOT <= 50 ms") and "None" not in slo_row
+    assert "{" not in slo_row and not re.search(r"\de[+-]\d", out)
+    as_json = json.loads(lem("results", "compare", *targets, "--json").stdout)
+    assert as_json["experiments"][2]["slo"]["ttft_ms"] == 200 and "config" in as_json["experiments"][0]
+    assert {"experiments", "figures", "warnings", "test"} <= set(as_json)
+
+
+def test_list_shows_a_failure_in_one_line(tmp_path: Path) -> None:
+    ok, _ = reportrun.run(
+        tmp_path,
+        [reportrun.experiment("000-batch_size=1", 1), reportrun.experiment("001-batch_size=2", 2, fail="raise")],
+    )
+    assert not ok
+    done = lem("results", "list", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [line for line in lines if "001-batch_size=2" in line and "failed" in line]
+    assert [line for line in lines if "scripted failure at generate" in line] == [
+        next(line for line in lines if line.endswith("RuntimeError: scripted failure at generate"))
+    ]
+    assert "Traceback" not in done.stdout
+    failed = lem("results", "list", str(tmp_path), "--status", "failed", "--json")
+    (row,) = json.loads(failed.stdout)
+    assert row["id"].endswith("/001-batch_size=2") and row["status"] == "failed"
+
+
+def test_a_long_failure_reason_is_cut_to_its_first_line() -> None:
+    from lem.cli.results import _one_line
+
+    reason = "worker exited with code 1; its last lines:\nTraceback (most recent call last):\n  File x\nValueError"
+    assert _one_line(reason, "r/e") == "worker exited with code 1; its last lines: (full reason: lem results show r/e)"
+    assert _one_line("x" * 200, "r/e").startswith("x" * 119 + "…")
+    assert _one_line("one line", "r/e") == "one line"
+
+
+def test_report_numbers_are_plain_to_four_significant_digits() -> None:
+    from lem.results.report import _plain
+
+    assert [_plain(v) for v in (11070.4, 0.024424, 19.55, -32.66, 1.0, 0.0)] == [
+        "11070",
+        "0.02442",
+        "19.55",
+        "-32.66",
+        "1",
+        "0",
+    ]
+    # Only what plain notation cannot show in a cell keeps the exponent (FLOPs, tiny fractions).
+    assert _plain(2.5e12) == "2.500e+12" and _plain(1.2e-6) == "1.200e-06"
+
+
+def test_pareto_leaves_out_experiments_without_energy_and_names_them(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    exps = [reportrun.experiment(f"00{i}-batch_size={b}", b) for i, b in enumerate((1, 2))]
+    exps.append(reportrun.experiment("002-batch_size=4", 4, meter="none"))
+    ok, run_dir = reportrun.run(tmp_path, exps)
+    assert ok
+    run = read_run(run_dir)
+    (unmetered,) = [e for e in run.experiments if mean(e, "energy.j_per_output_token") is None]
+    plot = next(p for p in draw_pareto(run) if p.name == "pareto-output_tokens_per_s")
+    assert plot.skipped is None
+    points = [t.get_text() for t in plot.figure.axes[0].get_legend().get_texts() if t.get_text() != "Pareto front"]
+    assert len(points) == 2 and not any(point_label(unmetered, 1) in t for t in points)
+    assert f"left out (not measured): {point_label(unmetered, 1)}" in plot.figure.get_supxlabel()
+
+
+def test_environment_names_metered_components_by_what_they_are() -> None:
+    # CodeCarbon records the CPU package and the RAM it metered among the environment's devices: the issue
+    # found them shown as "gpu 0" / "gpu 1".
+    from lem.results.report import _device_name
+
+    assert _device_name({"device": -1, "component": "cpu"}, 0) == "metered cpu"
+    assert _device_name({"device": -1, "component": "dram"}, 1) == "metered dram"
+    assert _device_name({"index": 1, "name": "NVIDIA H100"}, 0) == "gpu 1"

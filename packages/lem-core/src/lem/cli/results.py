@@ -272,9 +272,14 @@ def results_plot(directory: str, kinds: tuple[str, ...], out_dir: str | None, fo
 @click.command("report")
 @click.argument("target")
 @_results_dir("TARGET")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of RUN/report.html.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Write here instead of TARGET/report.html.")
 def report(target: str, directory: str, out_file: str | None) -> None:
-    """Write one self-contained report.html for a run: TARGET is a run id or a run directory."""
+    """Write one self-contained report.html for TARGET: a run (id or directory) or a results directory.
+
+    Over a results directory (several runs: a sweep today, another backend tomorrow) the page lists each
+    run with its source file and lem version, names every experiment by run and id, and shows what
+    differs in config between them. Plots are also written as SVG and PNG in plots/ beside the page.
+    """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.results.files import resolve
     from lem.results.report import write_report

@@ -317,9 +317,11 @@ def slo_text(slo: Any) -> str:
         return "none"
     parts = []
     for key, value in slo.items():
+        if value is None:  # a target not set (``e2e_ms`` null): no objective to print
+            continue
         name = key.removesuffix("_ms").upper() if key.endswith("_ms") else key.replace("_", " ")
-        parts.append(f"{name} <= {value} ms" if key.endswith("_ms") else f"{name} = {value}")
-    return ", ".join(parts)
+        parts.append(f"{name} <= {value:g} ms" if key.endswith("_ms") else f"{name} = {value:g}")
+    return ", ".join(parts) or "none"
 
 
 def banner(result: Mapping[str, Any]) -> Any:

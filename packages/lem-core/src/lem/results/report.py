@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -96,8 +97,19 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
+def _plain(value: float, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits in plain notation (``11070``, ``0.02442``), as compare prints.
+
+    Only a value too large or too small to read that way (FLOPs, 1e9 and above) keeps scientific notation.
+    """
+    if value == 0 or not math.isfinite(value) or not 1e-4 <= abs(value) < 1e9:
+        return format(value, f".{digits - 1}e") if value and math.isfinite(value) else f"{value:g}"
+    places = digits - 1 - math.floor(math.log10(abs(value)))
+    return f"{round(value, places):.0f}" if places <= 0 else f"{value:.{places}f}".rstrip("0").rstrip(".")
+
+
 def _num(value: float | None) -> str:
-    return "n/a" if value is None else format(value, ".4g")
+    return "n/a" if value is None else _plain(value)
 
 
 @attrs.frozen
@@ -339,7 +351,7 @@ def _device_name(device: Any, i: int) -> str:
     index = device.get("index", device.get("device", i))
     if comp in (None, "gpu"):
         return f"gpu {index}"
-    return str(comp)
+    return f"metered {comp}"  # beside the host's own "cpu" and "ram" rows: say this one is what was metered
 
 
 def _environments(run: RunData) -> str:
@@ -390,12 +402,14 @@ def _figure_rows(exp: ExperimentData, figs: list[Figure]) -> list[str]:
 
 
 def _fmt(fig: Figure, value: float) -> str:
-    return format(value * fig.scale, fig.spec if fig.spec != ".4g" else ".4g")
+    return _plain(value * fig.scale) if fig.spec == ".4g" else format(value * fig.scale, fig.spec)
 
 
 def _small_table(title: str, rows: list[str], before: str = "") -> str:
+    """One figure group of an experiment: ``before`` (the energy method and boundary), then its figures, if any."""
     head = "<tr><th>figure</th><th>mean</th><th>95% CI</th><th>cycles</th><th>notes</th></tr>"
-    return f'<div class="group"><h4>{_e(title)}</h4>{before}<table class="small">{head}{"".join(rows)}</table></div>'
+    table = f'<table class="small">{head}{"".join(rows)}</table>' if rows else ""
+    return f'<div class="group"><h4>{_e(title)}</h4>{before}{table}</div>'
 
 
 def _workload(exp: ExperimentData) -> list[tuple[str, Any]]:
