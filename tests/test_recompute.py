@@ -1250,6 +1250,13 @@ def test_a_perturbed_raw_file_is_detected_and_lem_agrees_once_it_reaggregates(
     assert "figures/energy.total_j/values[1]" not in named  # an untouched cycle's figure is not blamed
 
     # lem recomputes its summary from the edited raw files: then the two agree again.
+    reaggregate(exp)
+    problems = check(exp)
+    assert not problems, "\n".join(problems)
+
+
+def reaggregate(exp: Path) -> None:
+    """``lem results aggregate``: lem recomputes the summary from the (edited) raw files."""
     proc = subprocess.run(
         [sys.executable, "-m", "lem", "results", "aggregate", str(exp)],
         capture_output=True,
@@ -1258,8 +1265,6 @@ def test_a_perturbed_raw_file_is_detected_and_lem_agrees_once_it_reaggregates(
         check=False,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    problems = check(exp)
-    assert not problems, "\n".join(problems)
 
 
 def test_quality_counts_only_the_cycles_validity_gating_kept(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -1291,14 +1296,7 @@ def test_quality_counts_only_the_cycles_validity_gating_kept(runs: dict[str, Pat
     assert later, "the scored run has more than one cycle"
     for path in later:
         _edit(path, spoil)
-    proc = subprocess.run(
-        [sys.executable, "-m", "lem", "results", "aggregate", str(exp)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    reaggregate(exp)
     summary = json.loads((exp / "summary.json").read_text())
     assert summary["cycles_included"] == 1 and summary["validity"]["excluded_cycles"] == [
         int(p.stem.split("-")[1]) for p in later
