@@ -30,6 +30,7 @@ from lem.results.files import (
     damaged_file,
     experiment_config,
     experiment_dirs,
+    read_cycle_or_warn,
     read_json_or_warn,
     read_setup,
     setup_config,
@@ -174,13 +175,13 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], Experim
         return
     config, _ = setup_config(setup)
     for path in cycle_paths(exp_dir):
-        raw = read_json_or_warn(path, warn)
+        raw = read_cycle_or_warn(path, warn)
         if raw is not None:
             yield setup, config, raw, path
 
 
 def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> None:
-    warn(f"{damaged_file(exp_dir, exc, only=path)}: damaged (wrong JSON shape); that cycle is skipped")
+    warn(f"{damaged_file(exp_dir, exc, only=path)}; that cycle is skipped")
 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
