@@ -82,7 +82,7 @@ def read_timeline(path: Path) -> list[dict[str, Any]] | None:
         return rows
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
         raise ResultsError(
-            f"{path.name}: damaged meter timeline ({type(exc).__name__}: {exc}); the steady-state, step-energy"
+            f"{path.name}: damaged meter timeline ({exc}); the steady-state, step-energy"
             f" and thermal figures of that cycle need it (the raw file is {path})"
         ) from None
 
