@@ -268,6 +268,10 @@ def kind_of(value: Any) -> str:
     return "a list" if isinstance(value, list) else "a table" if isinstance(value, Mapping) else type(value).__name__
 
 
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _whole(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
@@ -289,7 +293,9 @@ _BOOL = (lambda v: isinstance(v, bool), "true or false")
 _TEXTS = (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of text")
 _WHOLES = (lambda v: isinstance(v, list) and all(_whole(x) for x in v), "a list of whole numbers")
 _EVENTS = (
-    lambda v: isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and all(map(_whole, e)) for e in v),
+    lambda v: (
+        isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and _int(e[0]) and _whole(e[1]) for e in v)
+    ),
     "a list of [time, tokens] pairs of whole numbers",
 )
 Check = tuple[Callable[[Any], bool], str]
