@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -49,6 +50,9 @@ sys.meta_path[:] = [_Hide(f) for f in sys.meta_path]
 """
 
 
+Edit = Callable[[dict[str, Any]], dict[str, Any]]
+
+
 @attrs.frozen
 class Case:
     id: str
@@ -57,8 +61,9 @@ class Case:
     words: tuple[str, ...]
     #: Files to create (relative to the working directory): text, or bytes as they are.
     files: dict[str, str | bytes] = attrs.field(factory=dict)
-    #: Damage to a real run copied to ./results: (glob under it, new content; None: a directory instead).
-    damage: tuple[str, str | bytes | None] | None = None
+    #: Damage to a real run copied to ./results: (glob under it, new content; None: a directory instead;
+    #: a function: the real JSON file as that function changes it).
+    damage: tuple[str, str | bytes | Edit | None] | None = None
     #: Files of that run to delete first (globs under ./results).
     remove: tuple[str, ...] = ()
     subprocess: bool = False
@@ -112,6 +117,21 @@ def _overflowing_timeline() -> str:
     # Readable as CSV and every cell a finite number, but the trapezoid of two samples overflows to
     # infinity: a figure computed from this timeline cannot be written, its cycle alone can.
     return "t_s,device,power_w\n" + "".join(f"{i * 0.005:.3f},0,1.7e308\n" for i in range(6000))
+
+
+def _real_with(**fields: object) -> Edit:
+    """The real file with ``fields`` replaced (a cycle file whose ``metrics`` is text, ...)."""
+    return lambda doc: doc | fields
+
+
+def _first_request_with(**fields: object) -> Edit:
+    """The real cycle file, its first request with ``fields`` replaced."""
+    return lambda doc: doc | {"requests": [doc["requests"][0] | fields, *doc["requests"][1:]]}
+
+
+def _window_with(**fields: object) -> Edit:
+    """The real cycle file, its ``window`` with ``fields`` replaced."""
+    return lambda doc: doc | {"window": doc["window"] | fields}
 
 
 def _summary_with_figure(value: object) -> str:
@@ -694,7 +714,7 @@ CASES = [
         "aggregate: cycle of the wrong shape",
         ("results", "aggregate", "--dir", "results"),
         1,
-        ("cycle-001.json", "wrong JSON shape"),
+        ("cycle-001.json", "damaged: 'requests' is missing, expected a list", "skipped", "recomputed"),
         damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
     ),
     Case(
@@ -743,21 +763,21 @@ CASES = [
         "pool: cycle of the wrong shape",
         ("results", "aggregate", "--pool", "pool.json"),
         2,
-        ("cycle-001.json", "wrong JSON shape", "nothing pooled"),
+        ("cycle-001.json", "damaged: 'requests' is missing, expected a list", "nothing pooled"),
         damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
     ),
     Case(
         "export: cycle of the wrong shape, the other cycles exported",
         ("results", "export", "results", "--level", "cycle"),
         0,
-        ("cycle-001.json", "wrong JSON shape", "skipped", "001-batch_size=2"),
+        ("cycle-001.json", "damaged: 'requests' is missing, expected a list", "skipped", "001-batch_size=2"),
         damage=("*/000-*/cycle-001.json", _cycle_damaged_shape()),
     ),
     Case(
         "export: request rows of a cycle of the wrong shape",
         ("results", "export", "results", "--level", "request", "--format", "jsonl"),
         0,
-        ("cycle-001.json", "wrong JSON shape", "skipped"),
+        ("cycle-001.json", "damaged: 'requests' is text, expected a list", "skipped"),
         damage=(
             "*/000-*/cycle-001.json",
             json.dumps({"schema_version": SCHEMA_VERSION, "kind": "cycle", "cycle": 1, "requests": "x"}),
@@ -846,8 +866,93 @@ CASES = [
         "export: Parquet names the cycle file whose number is text, the rest written",
         ("results", "export", "results", "--level", "cycle", "--format", "parquet", "--out", "t.parquet"),
         0,
-        ("cycle-001.json", "cycle is text where the other rows have a number", "left out", "t.parquet: 1 rows"),
-        damage=("*/000-*/cycle-001.json", "CYCLE-AS-TEXT"),
+        ("cycle-001.json", "damaged: 'cycle' is text, expected a whole number", "skipped", "t.parquet: 1 rows"),
+        damage=("*/000-*/cycle-001.json", lambda doc: doc | {"cycle": str(doc["cycle"])}),
+    ),
+    Case(
+        "export: Parquet names the summary whose count is text, the rest written",
+        ("results", "export", "results", "--format", "parquet", "--out", "t.parquet"),
+        0,
+        ("summary.json", "failed_requests is text where the other rows have a number", "left out", "t.parquet: 1"),
+        damage=("*/000-*/summary.json", _real_with(failed_requests="none")),
+    ),
+    # --- cycle files whose fields are not of the types lem writes (issue 29, class 5): each field checked
+    Case(
+        "export: a cycle whose metrics are text",
+        ("results", "export", "results", "--level", "cycle"),
+        0,
+        ("cycle-001.json", "damaged: 'metrics' is text, expected a table", "skipped", "001-batch_size=2"),
+        damage=("*/000-*/cycle-001.json", _real_with(metrics="fast")),
+    ),
+    Case(
+        "export: a cycle whose metrics are a list",
+        ("results", "export", "results", "--level", "cycle", "--format", "jsonl"),
+        0,
+        ("cycle-001.json", "damaged: 'metrics' is a list, expected a table", "skipped", "001-batch_size=2"),
+        damage=("*/000-*/cycle-001.json", _real_with(metrics=[1, 2])),
+    ),
+    Case(
+        "aggregate: a cycle whose metrics are a number",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "damaged: 'metrics' is a number, expected a table", "skipped", "recomputed"),
+        damage=("*/000-*/cycle-001.json", _real_with(metrics=7)),
+    ),
+    Case(
+        "aggregate: a cycle whose energy block is text",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "damaged: 'energy' is text, expected a table", "skipped", "recomputed"),
+        damage=("*/000-*/cycle-001.json", _real_with(energy="none")),
+    ),
+    Case(
+        "export: a cycle whose energy window is a list",
+        ("results", "export", "results", "--level", "cycle"),
+        0,
+        ("cycle-001.json", "damaged: 'energy_window' is a list, expected a table", "skipped"),
+        damage=("*/000-*/cycle-001.json", _real_with(energy_window=[])),
+    ),
+    Case(
+        "export: a cycle whose window duration is text",
+        ("results", "export", "results", "--level", "cycle"),
+        0,
+        ("cycle-001.json", "damaged: 'window.duration_s' is text, expected a number", "skipped"),
+        damage=("*/000-*/cycle-001.json", _window_with(duration_s="2s")),
+    ),
+    Case(
+        "export: request rows of a cycle whose first request's events are text",
+        ("results", "export", "results", "--level", "request"),
+        0,
+        ("cycle-001.json", "damaged: 'requests[0].events' is text, expected a list of [time, tokens]", "skipped"),
+        damage=("*/000-*/cycle-001.json", _first_request_with(events="none")),
+    ),
+    Case(
+        "aggregate: a cycle whose request id is text",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "damaged: 'requests[0].id' is text, expected a whole number", "skipped"),
+        damage=("*/000-*/cycle-001.json", _first_request_with(id="0")),
+    ),
+    Case(
+        "aggregate: a cycle whose warnings are text",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "damaged: 'warnings' is text, expected a list of text", "skipped"),
+        damage=("*/000-*/cycle-001.json", _real_with(warnings="none")),
+    ),
+    Case(
+        "pool: a cycle whose passes are text",
+        ("results", "aggregate", "--pool", "pool.json"),
+        2,
+        ("cycle-001.json", "damaged: 'passes' is text, expected a whole number from 1", "nothing pooled"),
+        damage=("*/000-*/cycle-001.json", _real_with(passes="1")),
+    ),
+    Case(
+        "plot: a cycle whose metrics are text is named, the rest drawn",
+        ("results", "plot", "results", "--kind", "cycles"),
+        1,
+        ("cycle-001.json", "damaged: 'metrics' is text, expected a table", "left out"),
+        damage=("*/000-*/cycle-001.json", _real_with(metrics="fast")),
     ),
     Case(
         "export: --out names a directory where a table file goes",
@@ -968,9 +1073,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
             if content is None:
                 target.unlink(missing_ok=True)
                 (target / "someone's").mkdir(parents=True)
-            elif content == "CYCLE-AS-TEXT":  # the real cycle, its number written as text
-                doc = json.loads(target.read_text())
-                target.write_text(json.dumps(doc | {"cycle": str(doc["cycle"])}))
+            elif callable(content):  # the real file, changed
+                target.write_text(json.dumps(content(json.loads(target.read_text()))))
             else:
                 target.write_bytes(content if isinstance(content, bytes) else content.encode())
     kept = sorted(p for p in (tmp_path / "results").rglob("*") if p.is_file()) if damaged else []

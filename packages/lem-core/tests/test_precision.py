@@ -450,7 +450,7 @@ def test_export_rows_and_a_damaged_timeline(run_scripted: ScriptedRunner) -> Non
 @pytest.mark.parametrize(
     ("content", "words"),
     [
-        (b"t_s,device,power_w\n\xff\xfe\x00 cut", ("timeline-001.csv", "damaged meter timeline", "UnicodeDecodeError")),
+        (b"t_s,device,power_w\n\xff\xfe\x00 cut", ("timeline-001.csv", "damaged meter timeline", "not UTF-8 text")),
         (b"t_s,device,power_w\n0.0,0,\n0.1,0,lots\n", ("timeline-001.csv", "line 3: power_w = 'lots'")),
     ],
     ids=["not text", "text for a number"],

@@ -192,7 +192,7 @@ def results_aggregate(
                 damaged += 1
                 continue
             except SHAPE_ERRORS as exc:
-                click.echo(f"lem: {damaged_file(d, exc)}: damaged (wrong JSON shape); skipped", err=True)
+                click.echo(f"lem: {damaged_file(d, exc)}; skipped", err=True)
                 damaged += 1
                 continue
             for line in timelines:
@@ -214,13 +214,13 @@ def _cut_short(exp_dir: Path) -> str | None:
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
     from lem.figures.precision import unfinished
-    from lem.results.files import SHAPE_ERRORS, cycle_paths, read_json, read_setup, setup_config
+    from lem.results.files import SHAPE_ERRORS, cycle_paths, read_cycle, read_setup, setup_config
 
     if (exp_dir / "summary.json").exists() or not (exp_dir / "setup.json").exists():
         return None
     try:
         config, _ = setup_config(read_setup(exp_dir))
-        return unfinished(config.measurement, [read_json(p) for p in cycle_paths(exp_dir)])
+        return unfinished(config.measurement, [read_cycle(p) for p in cycle_paths(exp_dir)])
     except (ResultsError, *SHAPE_ERRORS):  # a damaged file: the aggregation names it
         return None
 

@@ -23,7 +23,14 @@ from lem.errors import ResultsError
 from lem.figures import marginal, quality
 from lem.figures.registry import ESTIMATE, FLAGGED, dig, flags_of, in_view, method_of, uncertainty_of
 from lem.figures.stats import welch_test
-from lem.results.files import cycle_paths, experiment_config, experiment_dirs, read_json_or_warn, resolve
+from lem.results.files import (
+    cycle_paths,
+    experiment_config,
+    experiment_dirs,
+    read_cycle_or_warn,
+    read_json_or_warn,
+    resolve,
+)
 
 TEST = (
     "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "
@@ -55,7 +62,7 @@ def _workload(
         return ins, outs, list(work.get("passes") or [1] * len(ins))
     ins, outs = [], []
     for p in cycle_paths(exp_dir):
-        cycle = read_json_or_warn(p, warn)
+        cycle = read_cycle_or_warn(p, warn)
         metrics = (cycle or {}).get("metrics") or {}
         if "input_tokens" in metrics:
             ins.append(int(metrics["input_tokens"]))

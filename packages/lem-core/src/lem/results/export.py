@@ -30,6 +30,8 @@ from lem.results.files import (
     damaged_file,
     experiment_config,
     experiment_dirs,
+    kind_of,
+    read_cycle_or_warn,
     read_json_or_warn,
     read_setup,
     setup_config,
@@ -113,6 +115,10 @@ def _in(doc: Mapping[str, Any], table: str, key: str) -> Any:
     return node.get(key) if isinstance(node, Mapping) else None
 
 
+class _Damaged(ValueError):
+    """What is wrong in a result file, as a sentence a user reads (the field and what was expected)."""
+
+
 def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     """One experiment as a flat row: identity, status, flattened config, every figure, environment facts."""
     summary = _doc(exp_dir, "summary.json", warn)
@@ -138,7 +144,9 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
     try:
         problem = summary_damage(summary) if summary is not None else None
         if problem is not None:  # the check `lem results list` makes: what it calls damaged, export does too
-            raise ValueError(problem)
+            raise _Damaged(problem)
+        if not isinstance(config, Mapping):
+            raise _Damaged(f"'config' is {kind_of(config)}, expected a table")
         row.update({f"config.{k}": v for k, v in config.items()})
         if row["backend"] is None:
             row["backend"], row["model"] = config.get("backend"), config.get("model")
@@ -146,18 +154,20 @@ def experiment_row(exp_dir: Path, warn: Warn = _stderr) -> dict[str, Any]:
             for stat in ("mean", "std", "ci95_low", "ci95_high"):
                 value = fig.get(stat)
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
-                    raise TypeError(f"figures.{name}.{stat} = {value!r:.40} is not a number")
+                    raise _Damaged(f"'figures.{name}.{stat}' is {kind_of(value)}, expected a number")
                 row[f"{name}.{stat}"] = value
     except SHAPE_ERRORS as exc:  # keep the identity and what was read; say which file is damaged
         source = "summary.json" if summary is not None else "failure.json"
-        warn(f"{exp_dir / source}: damaged (wrong JSON shape, {type(exc).__name__}: {exc}); its figures are left out")
+        # The checks above say which field and what was expected; a Python error is not quoted.
+        why = str(exc) if isinstance(exc, _Damaged) else "a value is not of the type lem writes"
+        warn(f"{exp_dir / source}: damaged: {why}; its figures are left out")
         kept = ("key", "run_id", "experiment_id", "backend", "model")  # what else the file says is not trusted
         row = {k: v for k, v in row.items() if k in kept and isinstance(v, str)} | {"status": "damaged"}
     env = _doc(exp_dir, "environment.json", warn)
     try:
         row.update(environment_facts(env))
-    except SHAPE_ERRORS as exc:
-        warn(f"{exp_dir / 'environment.json'}: damaged (wrong JSON shape, {type(exc).__name__}: {exc}); left out")
+    except SHAPE_ERRORS:
+        warn(f"{exp_dir / 'environment.json'}: damaged: a fact is not of the type lem writes; left out")
     return row
 
 
@@ -174,13 +184,13 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], Experim
         return
     config, _ = setup_config(setup)
     for path in cycle_paths(exp_dir):
-        raw = read_json_or_warn(path, warn)
+        raw = read_cycle_or_warn(path, warn)
         if raw is not None:
             yield setup, config, raw, path
 
 
 def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> None:
-    warn(f"{damaged_file(exp_dir, exc, only=path)}: damaged (wrong JSON shape); that cycle is skipped")
+    warn(f"{damaged_file(exp_dir, exc, only=path)}; that cycle is skipped")
 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:

@@ -183,6 +183,25 @@ def read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
+def read_cycle(path: Path) -> dict[str, Any]:
+    """Read a ``cycle-NNN.json``: :func:`read_json`, and a file whose fields are not of the types lem writes
+    (see :func:`cycle_damage`) is a :class:`ResultsError` too, naming the field and what was expected."""
+    raw = read_json(path)
+    problem = cycle_damage(raw)
+    if problem is not None:
+        raise ResultsError(f"{path}: damaged: {problem}")
+    return raw
+
+
+def read_cycle_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """:func:`read_cycle`, but a damaged cycle file is reported through ``warn`` (one line) and gives ``None``."""
+    try:
+        return read_cycle(path)
+    except ResultsError as exc:
+        warn(f"{exc}; skipped")
+        return None
+
+
 def read_json_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
     """:func:`read_json`, but a damaged file is reported through ``warn`` (one line) and gives ``None``."""
     try:
@@ -209,23 +228,162 @@ SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, Ove
 
 
 def damaged_file(exp_dir: Path, exc: BaseException, only: Path | None = None) -> str:
-    """Which of an experiment's raw files (of cycle file ``only``, when given) does not have the shape a
-    summary needs, with the error it gives: ``"<path> (TypeError: ...)"``; ``exc`` is the error first seen."""
-    setup = read_setup(exp_dir)
-    config, _ = setup_config(setup)
-    for path in [only] if only is not None else cycle_paths(exp_dir):
-        raw = read_json(path)
-        try:
-            compute_cycle(raw, setup, config)
+    """One line naming which of an experiment's raw files (of cycle file ``only``, when given) does not have the
+    shape a summary needs, and what is wrong in it: ``"<path>: damaged: 'requests' is text, expected a list"``.
+
+    ``exc`` is the error first seen; it is not quoted (a user cannot act on a Python error), only used when no
+    file can be blamed more precisely.
+    """
+    try:
+        setup = read_setup(exp_dir)
+        config, _ = setup_config(setup)
+        for path in [only] if only is not None else cycle_paths(exp_dir):
+            raw = read_cycle(path)
+            try:
+                compute_cycle(raw, setup, config)
+            except SHAPE_ERRORS:
+                return f"{path}: damaged: a value the figures need is not of the type lem writes; re-run the experiment"
             timeline = timeline_path(exp_dir, raw["cycle"])
             rows = cycle_timelines(exp_dir, [raw], []).get(int(raw["cycle"]))  # an unreadable one is left out
-        except SHAPE_ERRORS as found:
-            return f"{path} ({type(found).__name__}: {found})"
-        try:
-            compute_cycle(raw, setup, config, rows)
-        except SHAPE_ERRORS as found:  # the cycle alone is fine: its timeline is not
-            return f"{timeline} ({type(found).__name__}: {found})"
-    return f"{exp_dir / 'setup.json'} ({type(exc).__name__}: {exc})"
+            try:
+                compute_cycle(raw, setup, config, rows)
+            except SHAPE_ERRORS:  # the cycle alone is fine: its timeline is not
+                return f"{timeline}: damaged meter timeline: a value is not a number the figures can use"
+    except ResultsError as found:  # the file and its problem, as the readers name it
+        return str(found)
+    # Nothing more precise was found: setup.json holds a value of another type than lem writes.
+    return f"{exp_dir / 'setup.json'}: damaged: a value the figures need is not of the type lem writes"
+
+
+def kind_of(value: Any) -> str:
+    """What ``value`` is, in words a damaged-file line uses (``text``, ``a number``, ``a list``, ...)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    return "a list" if isinstance(value, list) else "a table" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _finite_number(value: Any) -> bool:
+    return _number(value) and math.isfinite(value)
+
+
+#: The types of a cycle file's fields (as :func:`lem.run.cycles.measure_cycle` writes them): a check and what
+#: it expects. ``optional`` fields may be absent or null; the others must be there.
+_TEXT = (lambda v: isinstance(v, str), "text")
+_TEXT_OR_NULL = (lambda v: v is None or isinstance(v, str), "text or null")
+_TABLE = (lambda v: isinstance(v, Mapping), "a table")
+_LIST = (lambda v: isinstance(v, list), "a list")
+_WHOLE = (_whole, "a whole number")
+_NUMBER = (_finite_number, "a number")
+_NUMBER_OR_NULL = (lambda v: v is None or _finite_number(v), "a number or null")
+_BOOL = (lambda v: isinstance(v, bool), "true or false")
+_TEXTS = (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of text")
+_WHOLES = (lambda v: isinstance(v, list) and all(_whole(x) for x in v), "a list of whole numbers")
+_EVENTS = (
+    lambda v: (
+        isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and _int(e[0]) and _whole(e[1]) for e in v)
+    ),
+    "a list of [time, tokens] pairs of whole numbers",
+)
+Check = tuple[Callable[[Any], bool], str]
+_REQUEST: dict[str, tuple[Check, bool]] = {
+    "id": (_WHOLE, False),
+    "input_tokens": (_WHOLE, False),
+    "origin_ns": (_NUMBER, False),
+    "events": (_EVENTS, False),
+    "finished": (_BOOL, False),
+    "token_ids": (_WHOLES, True),
+    "error": (_TEXT, True),
+    "output_text": (_TEXT, True),
+    "output_digest": (_TEXT, True),
+}
+_WINDOW: dict[str, tuple[Check, bool]] = {"duration_s": (_NUMBER, False), "timeline_offset_s": (_NUMBER, True)}
+_DEVICE: dict[str, tuple[Check, bool]] = {"energy_j": (_NUMBER_OR_NULL, False), "method": (_TEXT_OR_NULL, True)}
+_ENERGY_WINDOW: dict[str, tuple[Check, bool]] = {
+    "duration_s": (_NUMBER, False),
+    "devices": (_LIST, False),
+    "warnings": (_TEXTS, True),
+}
+_CYCLE: dict[str, tuple[Check, bool]] = {
+    "cycle": (_WHOLE, False),
+    "experiment_id": (_TEXT, True),
+    "requests": (_LIST, False),
+    "window": (_TABLE, False),
+    "passes": ((lambda v: _whole(v) and v >= 1, "a whole number from 1"), True),
+    "energy_window": (_TABLE, True),
+    "energy_reason": (_TEXT, True),
+    "prefill": (_TABLE, True),
+    "notes": (_TEXTS, True),
+    "host": (_TABLE, True),
+    "metrics": (_TABLE, True),
+    "energy": (_TABLE, True),
+    "warnings": (_TEXTS, True),
+}
+
+
+def _fields(doc: Any, checks: Mapping[str, tuple[Check, bool]], where: str) -> str | None:
+    """The first field of ``doc`` (a table, at ``where``) that is not what ``checks`` expect, as a sentence."""
+    if not isinstance(doc, Mapping):
+        return f"'{where}' is {kind_of(doc)}, expected a table"
+    for key, ((ok, expected), optional) in checks.items():
+        name = f"{where}.{key}" if where else key
+        if key not in doc:
+            if not optional:
+                return f"'{name}' is missing, expected {expected}"
+        elif not (optional and doc[key] is None) and not ok(doc[key]):
+            return f"'{name}' is {kind_of(doc[key])}, expected {expected}"
+    return None
+
+
+def _requests(rows: list[Any], where: str) -> str | None:
+    for i, row in enumerate(rows):
+        problem = _fields(row, _REQUEST, f"{where}[{i}]")
+        if problem is not None:
+            return problem
+    return None
+
+
+def _energy_window(window: Any, where: str) -> str | None:
+    problem = _fields(window, _ENERGY_WINDOW, where)
+    for i, device in enumerate(window["devices"] if problem is None else ()):
+        problem = problem or _fields(device, _DEVICE, f"{where}.devices[{i}]")
+    return problem
+
+
+def cycle_damage(raw: Mapping[str, Any]) -> str | None:
+    """What makes a cycle file unusable (the first thing found), or ``None`` when it has lem's shape.
+
+    Every field the readers rely on is checked by its type: ``cycle``, the ``requests`` (each one's ``id``,
+    token counts, ``events``, ...), the ``window``, the ``energy_window`` and its devices, the ``prefill``
+    pass, and the blocks lem stored from the run (``metrics``, ``energy``, ``warnings``, ``notes``,
+    ``host``). The sentence names the field and what was expected: ``'requests' is text, expected a list``.
+    """
+    problem = _fields(raw, _CYCLE, "")
+    if problem is None:
+        problem = _requests(raw["requests"], "requests") or _fields(raw["window"], _WINDOW, "window")
+    if problem is None and raw.get("energy_window") is not None:
+        problem = _energy_window(raw["energy_window"], "energy_window")
+    prefill = raw.get("prefill") if problem is None else None
+    if prefill is not None:
+        problem = _fields(prefill, {"requests": (_LIST, False), "window": (_TABLE, False)}, "prefill")
+        problem = problem or _requests(prefill["requests"], "prefill.requests")
+        problem = problem or _fields(prefill["window"], _WINDOW, "prefill.window")
+        if problem is None and prefill.get("energy_window") is not None:
+            problem = _energy_window(prefill["energy_window"], "prefill.energy_window")
+    return problem
 
 
 def _number(value: Any) -> bool:
@@ -294,7 +452,7 @@ def usable_timelines(
                 continue  # the cycle file itself is damaged: its caller names it
             del timelines[number]
             damaged.append(
-                f"{timeline_path(exp_dir, number).name}: damaged meter timeline ({type(exc).__name__}: {exc}); cycle"
+                f"{timeline_path(exp_dir, number).name}: damaged meter timeline ({exc}); cycle"
                 f" {number} is kept without the figures its timeline gives (they are null; the raw file is"
                 f" {timeline_path(exp_dir, number)})"
             )
@@ -390,7 +548,7 @@ def aggregate_experiment(exp_dir: Path, damaged: list[str] | None = None) -> dic
         )
     setup = read_setup(exp_dir)
     config, notes = setup_config(setup)
-    cycles = [read_json(p) for p in cycle_paths(exp_dir)]
+    cycles = [read_cycle(p) for p in cycle_paths(exp_dir)]
     if not cycles:
         raise ResultsError(f"{exp_dir}: no cycle files to aggregate")
     found: list[str] = []
@@ -417,7 +575,10 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
     figures_by_exp = []
     cycles: list[dict[str, Any]] = []
     for d, s in zip(exp_dirs, setups, strict=True):
-        raw = [read_json(p) for p in cycle_paths(d)]
+        try:
+            raw = [read_cycle(p) for p in cycle_paths(d)]
+        except ResultsError as exc:
+            raise ResultsError(f"{exc}; nothing pooled: leave {d} out or re-run it") from None
         cycles += raw
         figures_by_exp.append((s, raw))
     # Each cycle is computed with its own experiment's setup (its own idle baseline), then pooled.
@@ -432,9 +593,7 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
                 m, e, _ = compute_cycle(c, s, config, timelines.get(int(c["cycle"])))
                 blocks.append({"metrics": m, "energy": e})
         except SHAPE_ERRORS as exc:
-            raise ResultsError(
-                f"{damaged_file(d, exc)}: damaged (wrong JSON shape); nothing pooled: leave {d} out or re-run it"
-            ) from None
+            raise ResultsError(f"{damaged_file(d, exc)}; nothing pooled: leave {d} out or re-run it") from None
     return {
         "experiments": [str(d) for d in exp_dirs],
         "backends": backends,

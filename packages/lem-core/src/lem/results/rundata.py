@@ -20,7 +20,7 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.results.files import read_json, summary_damage
+from lem.results.files import cycle_damage, read_json, summary_damage
 
 _CYCLE = re.compile(r"^cycle-(\d{3,})\.json$")
 _TIMELINE = re.compile(r"^timeline-(\d{3,})\.csv$")
@@ -113,10 +113,17 @@ def cycles(exp: ExperimentData, problems: list[str] | None = None) -> list[dict[
     """The experiment's cycle files in cycle order; a damaged one is left out (and named in ``problems``)."""
     found = sorted((int(m.group(1)), p) for p in exp.path.iterdir() if (m := _CYCLE.match(p.name)))
     seen: list[str] = []
-    docs = [read_doc(p, seen) for _, p in found]
+    docs = []
+    for _, p in found:
+        doc = read_doc(p, seen)
+        problem = cycle_damage(doc) if doc is not None else None
+        if problem is not None:  # the check every reader of cycle files makes (lem.results.files.read_cycle)
+            seen.append(f"{p}: damaged: {problem}")
+        elif doc is not None:
+            docs.append(doc)
     if problems is not None:
         problems += [f"{line}; that cycle is left out" for line in seen]
-    return [d for d in docs if d is not None]
+    return docs
 
 
 def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tuple[int, list[dict[str, str]]]]:

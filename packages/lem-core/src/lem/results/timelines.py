@@ -81,8 +81,9 @@ def read_timeline(path: Path) -> list[dict[str, Any]] | None:
                     raise ValueError(f"line {n}: {key} = {value!r} is not a number")
         return rows
     except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+        why = f"not UTF-8 text: byte {exc.start} cannot be read" if isinstance(exc, UnicodeDecodeError) else exc
         raise ResultsError(
-            f"{path.name}: damaged meter timeline ({type(exc).__name__}: {exc}); the steady-state, step-energy"
+            f"{path.name}: damaged meter timeline ({why}); the steady-state, step-energy"
             f" and thermal figures of that cycle need it (the raw file is {path})"
         ) from None
 
