@@ -191,8 +191,8 @@ def results_aggregate(
                 click.echo(f"lem: {exc}; skipped", err=True)
                 damaged += 1
                 continue
-            except SHAPE_ERRORS as exc:
-                click.echo(f"lem: {damaged_file(d, exc)}; skipped", err=True)
+            except SHAPE_ERRORS:
+                click.echo(f"lem: {damaged_file(d)}; skipped", err=True)
                 damaged += 1
                 continue
             for line in timelines:

@@ -189,8 +189,8 @@ def _cycles(exp_dir: Path, warn: Warn) -> Iterator[tuple[dict[str, Any], Experim
             yield setup, config, raw, path
 
 
-def _skip_damaged(exp_dir: Path, path: Path, exc: BaseException, warn: Warn) -> None:
-    warn(f"{damaged_file(exp_dir, exc, only=path)}; that cycle is skipped")
+def _skip_damaged(exp_dir: Path, path: Path, warn: Warn) -> None:
+    warn(f"{damaged_file(exp_dir, only=path)}; that cycle is skipped")
 
 
 def cycle_rows(exp_dir: Path, warn: Warn = _stderr) -> list[dict[str, Any]]:
@@ -207,8 +207,8 @@ def _cycle_rows(exp_dir: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]]:
         try:
             timeline = usable_timelines(exp_dir, [raw], setup, config, damaged).get(int(raw["cycle"]))
             metrics, energy, _ = compute_cycle(raw, setup, config, timeline)
-        except SHAPE_ERRORS as exc:
-            _skip_damaged(exp_dir, path, exc, warn)
+        except SHAPE_ERRORS:
+            _skip_damaged(exp_dir, path, warn)
             continue
         for line in damaged:
             warn(line)
@@ -246,8 +246,8 @@ def _request_rows(exp_dir: Path, warn: Warn) -> list[tuple[Path, dict[str, Any]]
             raw_rows = {int(r["id"]): r for r in raw["requests"]}
             metrics = [request_metrics(trace) for trace in traces_from_json(raw["requests"])]
             digests = {m["id"]: raw_rows[m["id"]].get("output_digest") for m in metrics}
-        except SHAPE_ERRORS as exc:
-            _skip_damaged(exp_dir, path, exc, warn)
+        except SHAPE_ERRORS:
+            _skip_damaged(exp_dir, path, warn)
             continue
         for m in metrics:
             rows.append(

@@ -227,12 +227,12 @@ def remove_stale_temporaries(directory: Path) -> None:
 SHAPE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError)
 
 
-def damaged_file(exp_dir: Path, exc: BaseException, only: Path | None = None) -> str:
+def damaged_file(exp_dir: Path, only: Path | None = None) -> str:
     """One line naming which of an experiment's raw files (of cycle file ``only``, when given) does not have the
     shape a summary needs, and what is wrong in it: ``"<path>: damaged: 'requests' is text, expected a list"``.
 
-    ``exc`` is the error first seen; it is not quoted (a user cannot act on a Python error), only used when no
-    file can be blamed more precisely.
+    Called once computing a summary has failed on a shape error; the error itself is not quoted (a user cannot
+    act on a Python error): the files are checked again to blame the one at fault.
     """
     try:
         setup = read_setup(exp_dir)
@@ -273,7 +273,7 @@ def _int(value: Any) -> bool:
 
 
 def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return _int(value) and value >= 0
 
 
 def _finite_number(value: Any) -> bool:
@@ -592,8 +592,8 @@ def pool(exp_dirs: Sequence[Path], allow_mixed_backends: bool = False) -> dict[s
             for c in raw:
                 m, e, _ = compute_cycle(c, s, config, timelines.get(int(c["cycle"])))
                 blocks.append({"metrics": m, "energy": e})
-        except SHAPE_ERRORS as exc:
-            raise ResultsError(f"{damaged_file(d, exc)}; nothing pooled: leave {d} out or re-run it") from None
+        except SHAPE_ERRORS:
+            raise ResultsError(f"{damaged_file(d)}; nothing pooled: leave {d} out or re-run it") from None
     return {
         "experiments": [str(d) for d in exp_dirs],
         "backends": backends,
