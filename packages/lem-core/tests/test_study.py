@@ -16,7 +16,7 @@ import pytest
 import reportrun
 
 from lem.results.boamps import write
-from lem.results.compare import _sig, letters, slo_text
+from lem.results.compare import letters, significant, slo_text
 from lem.results.plots import draw_pareto, pareto_front, point_label
 from lem.results.rundata import ci, mean, read_run
 
@@ -74,7 +74,13 @@ def test_pareto_front_by_hand() -> None:
 
 
 def test_compare_numbers_and_labels() -> None:
-    assert [_sig(v) for v in (10660.0, 0.012345, 1.5, -9811.0, 123.456)] == ["10700", "0.0123", "1.50", "-9810", "123"]
+    assert [significant(v) for v in (10660.0, 0.012345, 1.5, -9811.0, 123.456)] == [
+        "10700",
+        "0.0123",
+        "1.50",
+        "-9810",
+        "123",
+    ]
     assert letters(28)[:3] == ["A", "B", "C"] and letters(28)[26:] == ["AA", "AB"]
     assert slo_text({"ttft_ms": 200, "tpot_ms": 50}) == "TTFT <= 200 ms, TPOT <= 50 ms" and slo_text(None) == "none"
     # A target left unset is no objective (not "E2E <= None ms"); floats from the config print plainly.

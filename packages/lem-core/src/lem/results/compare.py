@@ -272,7 +272,7 @@ BUDGET_NOTE = (
 SIGNIFICANT = 3
 
 
-def _sig(value: float, digits: int = SIGNIFICANT) -> str:
+def significant(value: float, digits: int = SIGNIFICANT) -> str:
     """``value`` to ``digits`` significant digits in plain notation (``10650``, ``0.0123``), never ``1.065e+04``."""
     if value == 0 or not math.isfinite(value):
         return f"{value:g}"
@@ -283,7 +283,7 @@ def _sig(value: float, digits: int = SIGNIFICANT) -> str:
 
 
 def _num(value: float | None, scale: float) -> str:
-    return "-" if value is None else _sig(value * scale)
+    return "-" if value is None else significant(value * scale)
 
 
 def _verdict(welch: Mapping[str, Any]) -> str:
@@ -390,7 +390,7 @@ def render(result: Mapping[str, Any]) -> Any:
                         + ", ".join(cell["uncertainty_not_covered"])
                     )
             if i > 0:
-                ratio = "-" if cell["ratio"] is None else f"×{_sig(cell['ratio'])}"
+                ratio = "-" if cell["ratio"] is None else f"×{significant(cell['ratio'])}"
                 text += f"\n{ratio} {_verdict(cell['welch'])}"
             cells.append(text)
         table.add_row(*cells)

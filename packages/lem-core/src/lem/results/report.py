@@ -24,6 +24,7 @@ from lem import __version__
 from lem.figures import marginal
 from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of, uncertainty_text
 from lem.results import plots
+from lem.results.compare import significant
 from lem.results.drilldown import (
     RunInfo,
     all_figures,
@@ -98,14 +99,15 @@ def _e(value: Any) -> str:
 
 
 def _plain(value: float, digits: int = 4) -> str:
-    """``value`` to ``digits`` significant digits in plain notation (``11070``, ``0.02442``), as compare prints.
+    """``value`` to ``digits`` significant digits in plain notation (``11070``, ``0.02442``), as compare prints
+    (:func:`~lem.results.compare.significant`), less trailing zeros.
 
     Only a value too large or too small to read that way (FLOPs, 1e9 and above) keeps scientific notation.
     """
-    if value == 0 or not math.isfinite(value) or not 1e-4 <= abs(value) < 1e9:
-        return format(value, f".{digits - 1}e") if value and math.isfinite(value) else f"{value:g}"
-    places = digits - 1 - math.floor(math.log10(abs(value)))
-    return f"{round(value, places):.0f}" if places <= 0 else f"{value:.{places}f}".rstrip("0").rstrip(".")
+    if value and math.isfinite(value) and not 1e-4 <= abs(value) < 1e9:
+        return format(value, f".{digits - 1}e")
+    text = significant(value, digits)
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def _num(value: float | None) -> str:
