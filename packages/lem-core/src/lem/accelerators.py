@@ -131,14 +131,14 @@ def _names(nvml: ModuleType, ordinals: Sequence[int], env: Mapping[str, str]) ->
         mapped = map_ordinals(ordinals, [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles], env)
     except DeviceMapError as exc:
         return None, str(exc)
+    models = [_text(nvml.nvmlDeviceGetName(h)) for h in handles]  # one name per board, in NVML's order
     names: list[str] = []
     for device in mapped:
         if device.index is None:
             return None, f"CUDA device {device.ordinal} ({device.entry}) {MIG}"
         if _mig_mode(nvml, handles[device.index]):
             return None, f"CUDA device {device.ordinal} is a board in MIG mode: each of its slices {MIG}"
-        names.append(_text(nvml.nvmlDeviceGetName(handles[device.index])))
-    models = [_text(nvml.nvmlDeviceGetName(h)) for h in handles]
+        names.append(models[device.index])
     if order_ambiguous(models, env):
         return None, (
             f"this machine mixes GPU models ({', '.join(sorted(set(models)))}) and CUDA_DEVICE_ORDER is not "

@@ -38,9 +38,9 @@ def points(summaries: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
 def marginal_energy(summaries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The sweep's marginal J per output token and fixed power, with the slope's 95% interval (see the module)."""
     pts = points(summaries)
-    used = sum(1 for s in summaries if points([s]))
-    methods = [method_of(s, "energy.mean_power_w") for s in summaries if points([s])]
-    estimates = [m for m in methods if m.estimate]
+    fitted = [s for s in summaries if points([s])]  # the experiments that give points
+    used = len(fitted)
+    estimates = [m for m in (method_of(s, "energy.mean_power_w") for s in fitted) if m.estimate]
     out: dict[str, Any] = {
         "marginal_j_per_output_token": None,
         "ci95_low": None,
