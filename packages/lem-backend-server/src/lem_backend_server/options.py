@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from lem.config import ExperimentConfig
 from lem.options import Option, Table, check, unapplied
@@ -101,8 +102,6 @@ def get(config: ExperimentConfig, key: str) -> Any:
 
 def _url_problems(url: str) -> list[Problem]:
     """What is wrong with an external server's base URL (the client appends ``/v1/...`` and the health path)."""
-    from urllib.parse import urlsplit
-
     fix = "give the server's base URL, e.g. http://127.0.0.1:8000"
     if not url.startswith(("http://", "https://")):
         return [error("server.url", "must start with http:// or https://", fix, value=url)]
