@@ -13,13 +13,11 @@ its ``[failing_requests] ids`` as failed (as lem.serving reports a request the s
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from test_run_safety import start, stop, wait_for
 
 README = Path(__file__).parents[3] / "README.md"
 
@@ -72,8 +70,8 @@ def status_for(word: str) -> int:
     return found[0]
 
 
-def _plugins(where: Path) -> dict[str, str]:
-    """The environment of a process in which the scripted backend is installed (through entry points)."""
+def _plugins(where: Path) -> str:
+    """A folder in which the scripted backend is installed (through entry points), for PYTHONPATH."""
     site = where / "site"
     (site / "lem_test_scripted-0.dist-info").mkdir(parents=True)
     (site / "lem_test_scripted-0.dist-info" / "METADATA").write_text(
@@ -81,35 +79,13 @@ def _plugins(where: Path) -> dict[str, str]:
     )
     (site / "lem_test_scripted-0.dist-info" / "entry_points.txt").write_text(ENTRY_POINTS)
     (site / "failing_requests.py").write_text(FAILING_REQUESTS)
-    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "PYTHONPATH": path, "HF_HUB_OFFLINE": "1"}
-
-
-def _start(where: Path, env: dict[str, str], *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lem", "run", *args],
-        cwd=where,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-        start_new_session=True,  # its own process group, as a terminal starts it: Ctrl-C goes to the group
-    )
-
-
-def _wait_for(pattern: str, root: Path, proc: subprocess.Popen[str], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and proc.poll() is None:
-        if any(root.glob(pattern)):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"{pattern} did not appear under {root} (exit {proc.poll()})")
+    return str(site)
 
 
 def test_lem_run_exits_as_the_readme_table_says(tmp_path: Path) -> None:
     rows = readme_exit_statuses()
     assert sorted(rows) == [0, 1, 2, 130], rows  # each row is walked below: a new row needs a new case
-    env = _plugins(tmp_path)
+    site = _plugins(tmp_path)
     files = {
         "ok.toml": BASE + "[scripted]\nsleep = false\n",
         # One experiment that crashes at generate (failed); one whose request 1 is refused (degraded).
@@ -125,17 +101,16 @@ def test_lem_run_exits_as_the_readme_table_says(tmp_path: Path) -> None:
     cases = {"ok": "ok.toml", "failed": "failed.toml", "degraded": "degraded.toml", "bad input": "bad.toml"}
     seen: dict[str, tuple[int, str]] = {}
     for word, toml in cases.items():
-        proc = _start(tmp_path, env, toml, "--out", f"out-{toml[:-5]}", "--no-report")
+        proc = start(tmp_path, toml, "--out", f"out-{toml[:-5]}", "--no-report", PYTHONPATH=site)
         out, err = proc.communicate(timeout=300)
         assert "Traceback" not in out + err, err
         seen[word] = (proc.returncode, out + err)
 
-    proc = _start(tmp_path, env, "slow.toml", "--out", "out-slow", "--no-report")
+    proc = start(tmp_path, "slow.toml", "--out", "out-slow", "--no-report", PYTHONPATH=site)
     try:
-        _wait_for("out-slow/*/*/cycle-001.json", tmp_path, proc)
+        wait_for("out-slow/*/*/cycle-001.json", tmp_path)
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
+        out, err = stop(proc, signal.SIGINT)
     assert "Traceback" not in out + err, err
     seen["interrupted"] = (proc.returncode, out + err)
 
