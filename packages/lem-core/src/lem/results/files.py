@@ -193,22 +193,23 @@ def read_cycle(path: Path) -> dict[str, Any]:
     return raw
 
 
-def read_cycle_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
-    """:func:`read_cycle`, but a damaged cycle file is reported through ``warn`` (one line) and gives ``None``."""
+def _or_warn(read: Callable[[Path], dict[str, Any]], path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """``read(path)``, but a damaged file is reported through ``warn`` (one line) and gives ``None``."""
     try:
-        return read_cycle(path)
+        return read(path)
     except ResultsError as exc:
         warn(f"{exc}; skipped")
         return None
+
+
+def read_cycle_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
+    """:func:`read_cycle`, but a damaged cycle file is reported through ``warn`` (one line) and gives ``None``."""
+    return _or_warn(read_cycle, path, warn)
 
 
 def read_json_or_warn(path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
     """:func:`read_json`, but a damaged file is reported through ``warn`` (one line) and gives ``None``."""
-    try:
-        return read_json(path)
-    except ResultsError as exc:
-        warn(f"{exc}; skipped")
-        return None
+    return _or_warn(read_json, path, warn)
 
 
 def write_timeline(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
