@@ -174,13 +174,13 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     # Exact arithmetic: cycles with the same value have no spread at all (float means and variances can
     # leave one of 1e-17, and a t of 1e16).
     ma, mb = (sum(map(Fraction, x)) / len(x) for x in (a, b))
-    va, vb = (float(sum((Fraction(v) - m) ** 2 for v in x) / (len(x) - 1) / len(x)) for x, m in ((a, ma), (b, mb)))
+    va, vb = (sum((Fraction(v) - m) ** 2 for v in x) / (len(x) - 1) / len(x) for x, m in ((a, ma), (b, mb)))
     if va + vb == 0:
         return {"t": None, "df": None, "t_crit": None, "resolved": ma != mb, "reason": True}
     t = float(mb - ma) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))  # exact: floor() sees no rounding
     crit = t975(math.floor(df))
-    return {"t": t, "df": df, "t_crit": crit, "resolved": abs(t) > crit, "reason": None}
+    return {"t": t, "df": float(df), "t_crit": crit, "resolved": abs(t) > crit, "reason": None}
 
 
 def fairness(first: Mapping[str, Any], other: Mapping[str, Any]) -> dict[str, tuple[Any, Any] | None]:

@@ -106,6 +106,22 @@ def test_a_figure_the_same_in_every_cycle_has_no_spread(x: float, n: int) -> Non
     assert verdict["t"] is None and verdict["resolved"] is True and "no spread" in verdict["reason"]
 
 
+@given(st.lists(st.floats(min_value=0.5, max_value=3.0), min_size=2, max_size=12, unique=True))
+def test_equal_spreads_over_equal_counts_take_the_critical_t_of_their_exact_df(values: list[float]) -> None:
+    """Equal spreads and counts give a Welch-Satterthwaite df of exactly 2(n - 1); floats can land at
+    3.9999999999999996 for n = 3 (seen in CI: 2.8684..., 1.4257..., 2.6789...), and floor() must not drop a degree."""
+    verdict = welch_test(values, list(values))
+    n = len(values)
+    assert math.isclose(verdict["df"], 2 * (n - 1), rel_tol=1e-12)
+    assert verdict["t_crit"] == t_quantile_975(2 * (n - 1)) and verdict["resolved"] is False
+
+
+def test_the_float_df_seen_in_ci_keeps_its_degree() -> None:
+    values = [2.86843080974698, 1.4257509218615128, 2.6789442806739787]
+    verdict = welch_test(values, list(values))
+    assert verdict["df"] < 4 and verdict["t_crit"] == t_quantile_975(4)
+
+
 @given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=50))
 def test_mean_is_within_an_ulp_of_the_exact_mean(values: list[float]) -> None:
     exact = sum(map(Fraction, values)) / len(values)

@@ -190,6 +190,8 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
         out["reason"] = "no spread on either side: the difference is exact"
         return out
     t, df = got
-    crit = t_quantile_975(max(1, math.floor(df)))
+    # df in floats can land a hair under the whole number it equals (equal spreads over equal counts give
+    # exactly 2(n - 1)); the relative nudge keeps floor() from dropping a whole degree for rounding.
+    crit = t_quantile_975(max(1, math.floor(df * (1 + 1e-9))))
     out.update({"t": t, "df": df, "t_crit": crit, "resolved": abs(t) > crit})
     return out
