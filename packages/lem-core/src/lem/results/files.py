@@ -456,6 +456,20 @@ _SHAPES: Table = {
         "moe_intermediate_size",
     )
 }
+#: What a backend said of the model that the roofline figures use (lem.figures.hardware).
+_BACKEND_INFO: Table = {
+    "hardware": (
+        {
+            "device_name": (_TEXT, True),
+            "device_reason": (_TEXT, True),
+            "copy_bandwidth": ({"gbs": (_NUMBER, True), "method": (_TEXT, True), "reason": (_TEXT, True)}, True),
+        },
+        True,
+    ),
+    "kv_cache_types": (_TABLE, True),
+    "tensor_elements": (_every(_WHOLE), True),
+    "token_embd": ({"type": (_TEXT, False), "elements": (_WHOLE, False), "tied": (_BOOL, True)}, True),
+}
 _QUANTIZATION: Table = {key: (_WHOLE, True) for key in ("bits", "w_bit", "group_size", "q_group_size")}
 _PROMPTS: Table = {
     "description": (_TEXT, True),
@@ -486,6 +500,7 @@ _SETUP: Table = {
                 {**_SHAPES, "text_config": (_SHAPES, True), "quantization_config": (_QUANTIZATION, True)},
                 True,
             ),
+            "info": (_BACKEND_INFO, True),
         },
         ABSENT,
     ),
