@@ -119,7 +119,7 @@ def _replaced(doc: Any, at: Path_, value: Any) -> Any:
 
 
 def _targets(results: Path) -> list[Path]:
-    """The file of each kind that is damaged: run.json and the first experiment's (001's cycle-002.json too)."""
+    """The file of each kind that is damaged: run.json, the first experiment's, the failed and interrupted records."""
     [run_dir] = results.iterdir()
     first = sorted(run_dir.glob("000-*"))[0]
     names = ("setup.json", "summary.json", "cycle-001.json", "environment.json")
