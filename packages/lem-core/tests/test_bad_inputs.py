@@ -802,14 +802,14 @@ CASES = [
         "plot: a summary whose figures are empty",
         ("results", "plot", "results", "--kind", "cycles"),
         1,
-        ("summary.json", "damaged", "'figures' table is empty"),
+        ("summary.json", "damaged", "'figures' is an empty table"),
         damage=("*/000-*/summary.json", _summary_with(figures={})),
     ),
     Case(
         "plot: a summary whose cycles field is text",
         ("results", "plot", "results"),
         1,
-        ("summary.json", "damaged", "cycles = 'two' is not a count"),
+        ("summary.json", "damaged", "'cycles' is text, expected a whole number"),
         damage=("*/000-*/summary.json", _summary_with(cycles="two")),
     ),
     Case(
@@ -852,7 +852,7 @@ CASES = [
         "export: a summary without figures, which list calls damaged",
         ("results", "export", "results"),
         0,
-        ("summary.json", "damaged", "no 'figures' table", "its figures are left out"),
+        ("summary.json", "damaged", "'figures' is missing, expected a table", "its figures are left out"),
         damage=("*/000-*/summary.json", _summary_with(figures=...)),
     ),
     Case(
@@ -870,10 +870,27 @@ CASES = [
         damage=("*/000-*/cycle-001.json", lambda doc: doc | {"cycle": str(doc["cycle"])}),
     ),
     Case(
+        # A count of the wrong type is caught by summary_damage first (the case below); a stored config value is
+        # any type a key may have, so only the Parquet column's type can tell.
+        "export: Parquet names the summary whose config value is text, the rest written",
+        ("results", "export", "results", "--format", "parquet", "--out", "t.parquet"),
+        0,
+        (
+            "summary.json",
+            "config.dataset.num_prompts is text where the other rows have a number",
+            "left out",
+            "t.parquet: 1",
+        ),
+        damage=(
+            "*/000-*/summary.json",
+            lambda doc: doc | {"config": doc["config"] | {"dataset.num_prompts": "two"}},
+        ),
+    ),
+    Case(
         "export: Parquet names the summary whose count is text, the rest written",
         ("results", "export", "results", "--format", "parquet", "--out", "t.parquet"),
         0,
-        ("summary.json", "failed_requests is text where the other rows have a number", "left out", "t.parquet: 1"),
+        ("summary.json", "'failed_requests' is text, expected a whole number", "left out", "t.parquet: 2"),
         damage=("*/000-*/summary.json", _real_with(failed_requests="none")),
     ),
     # --- cycle files whose fields are not of the types lem writes (issue 29, class 5): each field checked
@@ -1266,17 +1283,20 @@ def _lem(where: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 SUMMARY_DAMAGE = {
-    "no figures table": (_summary_with(figures=...), "no 'figures' table"),
-    "figures empty": (_summary_with(figures={}), "the 'figures' table is empty"),
-    "figures a list": (_summary_with(figures=[1, 2]), "no 'figures' table"),
-    "cycles text": (_summary_with(cycles="two"), "cycles = 'two'"),
-    "cycles true": (_summary_with(cycles=True), "cycles = True"),
-    "a mean that is text": (_summary_with(figures={"ttft_s.p50": {"n": 1, "mean": "fast"}}), "figures.ttft_s.p50.mean"),
+    "no figures table": (_summary_with(figures=...), "'figures' is missing, expected a table of figures"),
+    "figures empty": (_summary_with(figures={}), "'figures' is an empty table, expected a table of figures"),
+    "figures a list": (_summary_with(figures=[1, 2]), "'figures' is a list, expected a table"),
+    "cycles text": (_summary_with(cycles="two"), "'cycles' is text, expected a whole number"),
+    "cycles true": (_summary_with(cycles=True), "'cycles' is true/false, expected a whole number"),
+    "a mean that is text": (
+        _summary_with(figures={"ttft_s.p50": {"n": 1, "mean": "fast"}}),
+        "'figures.ttft_s.p50.mean' is text, expected a number",
+    ),
     "values not a list": (
         _summary_with(figures={"ttft_s.p50": {"n": 1, "values": "1,2"}}),
-        "figures.ttft_s.p50.values",
+        "'figures.ttft_s.p50.values' is text, expected a list of numbers",
     ),
-    "methods text": (_summary_with(methods="nvml"), "'methods' is not a table"),
+    "methods text": (_summary_with(methods="nvml"), "'methods' is text, expected a table"),
 }
 
 
@@ -1306,10 +1326,10 @@ def test_list_show_export_and_plot_call_the_same_summaries_damaged(real_run: Pat
     assert rows["001"]["status"] == "ok" and rows["001"]["cycles"] == 1
     shown = _lem(tmp_path, "results", "show", "results")
     assert shown.returncode == 1 and "Traceback" not in shown.stderr, shown.stderr
-    assert f"{summary.relative_to(tmp_path)}: damaged ({why}" in shown.stderr and "001-batch_size=2" in shown.stdout
+    assert f"{summary.relative_to(tmp_path)}: damaged: {why}" in shown.stderr and "001-batch_size=2" in shown.stdout
     plotted = _lem(tmp_path, "results", "plot", "results", "--kind", "cdf", "--out", "plots")
     assert plotted.returncode == 1 and "Traceback" not in plotted.stderr, plotted.stderr
-    assert f"{summary.relative_to(tmp_path)}: damaged ({why}" in plotted.stderr
+    assert f"{summary.relative_to(tmp_path)}: damaged: {why}" in plotted.stderr
     assert (tmp_path / "plots" / "cdf.png").stat().st_size > 0  # the rest is still drawn
 
 

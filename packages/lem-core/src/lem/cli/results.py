@@ -115,7 +115,7 @@ def results_show(target: str, directory: str, as_json: bool) -> None:
     Estimated figures are marked "(estimate)" with what they rest on; --json prints the summary file itself.
     """
     # deferred: `lem --help` imports this module; a command's code loads when it runs
-    from lem.results.files import experiment_dirs, read_json, resolve, summary_damage
+    from lem.results.files import experiment_dirs, read_json, read_summary, resolve
 
     docs = []
     damaged = 0
@@ -123,10 +123,9 @@ def results_show(target: str, directory: str, as_json: bool) -> None:
     for d in experiment_dirs(resolve(target, Path(directory))):
         name = next((n for n in names if (d / n).exists()), None)
         try:
-            doc = read_json(d / name) if name else {"experiment": str(d), "status": "not started"}
-            problem = summary_damage(doc) if name == "summary.json" else None
-            if problem is not None:  # what `lem results list` calls damaged
-                raise ResultsError(f"{d / 'summary.json'}: damaged ({problem})")
+            # A summary is checked as `lem results list` checks it (summary_damage): what it calls damaged.
+            read = read_summary if name == "summary.json" else read_json
+            doc = read(d / name) if name else {"experiment": str(d), "status": "not started"}
             docs.append(doc)
         except ResultsError as exc:  # name the damaged file, show the rest
             click.echo(f"lem: {exc}; skipped", err=True)

@@ -184,7 +184,11 @@ def welch_test(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     if len(a) < 2 or len(b) < 2:
         out["reason"] = f"needs at least 2 cycles on each side ({len(a)} and {len(b)})"
         return out
-    got = welch_t(a, b)
+    try:
+        got = welch_t(a, b)
+    except OverflowError:  # values near the largest double (a damaged file's): their spread is beyond it
+        out["reason"] = "the values are too large to test (their spread is beyond the range of a double)"
+        return out
     if got is None:
         out["resolved"] = mean(a) != mean(b)
         out["reason"] = "no spread on either side: the difference is exact"

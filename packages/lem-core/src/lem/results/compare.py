@@ -27,8 +27,9 @@ from lem.results.files import (
     cycle_paths,
     experiment_config,
     experiment_dirs,
+    kind_of,
     read_cycle_or_warn,
-    read_json_or_warn,
+    read_summary,
     resolve,
 )
 
@@ -54,53 +55,33 @@ class Entry:
 
 def _workload(
     exp_dir: Path, summary: Mapping[str, Any], warn: Callable[[str], None]
-) -> tuple[list[int], list[int], list[int]]:
-    """Input tokens, output tokens and passes per cycle: from the summary (schema 2) or the cycle files (schema 1)."""
+) -> tuple[list[int], list[int], list[int]] | None:
+    """Input tokens, output tokens and passes per cycle: from the summary (schema 2) or the cycle files (schema 1).
+
+    The summary's ``workload`` is checked by :func:`~lem.results.files.summary_damage`; a cycle file whose
+    token counts are not whole numbers is named through ``warn`` and gives ``None`` (the experiment is left out).
+    """
     work = summary.get("workload")
     if work:
-        ins, outs = list(work["input_tokens"]), list(work["output_tokens"])
+        ins, outs = list(work.get("input_tokens") or []), list(work.get("output_tokens") or [])
         return ins, outs, list(work.get("passes") or [1] * len(ins))
     ins, outs = [], []
     for p in cycle_paths(exp_dir):
         cycle = read_cycle_or_warn(p, warn)
         metrics = (cycle or {}).get("metrics") or {}
         if "input_tokens" in metrics:
-            ins.append(int(metrics["input_tokens"]))
-            outs.append(int(metrics["output_tokens"]))
+            for key in ("input_tokens", "output_tokens"):
+                if not _whole(metrics.get(key)):
+                    why = f"'metrics.{key}' is {kind_of(metrics.get(key))}, expected a whole number"
+                    warn(f"{p}: damaged: {why}; {exp_dir} is left out")
+                    return None
+            ins.append(metrics["input_tokens"])
+            outs.append(metrics["output_tokens"])
     return ins, outs, [1] * len(ins)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def shape_problem(summary: Mapping[str, Any]) -> str | None:
-    """What in a summary does not have the shape a comparison reads (``None``: it is fine)."""
-    figures = summary.get("figures")
-    if not isinstance(figures, Mapping):
-        return "no 'figures' table"
-    for name in (f.name for f in in_view("compare")):
-        fig = figures.get(name)
-        if fig is None:
-            continue
-        if not isinstance(fig, Mapping):
-            return f"figures.{name} is not a table"
-        for stat in ("mean", "ci95_low", "ci95_high"):
-            if fig.get(stat) is not None and not _number(fig[stat]):
-                return f"figures.{name}.{stat} = {fig[stat]!r:.40} is not a number"
-        values = fig.get("values")
-        if values is not None and not (isinstance(values, list) and all(v is None or _number(v) for v in values)):
-            return f"figures.{name}.values is not a list of numbers"
-    for table in ("config", "workload", "prompts", "slo"):
-        if summary.get(table) is not None and not isinstance(summary[table], Mapping):
-            return f"{table} is not a table"
-    work = summary.get("workload") or {}
-    for key in ("input_tokens", "output_tokens", "passes"):
-        if work.get(key) is not None and not (
-            isinstance(work[key], list) and all(_number(v) and v >= 0 for v in work[key])
-        ):
-            return f"workload.{key} is not a list of counts"
-    return None
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None]) -> list[Entry]:
@@ -118,17 +99,15 @@ def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None
                 why = "it failed (failure.json)" if (d / "failure.json").exists() else "it did not finish"
                 warn(f"{d}: no summary.json ({why}); left out")
                 continue
-            summary = read_json_or_warn(d / "summary.json", warn)
-            if summary is None:
+            try:  # a damaged summary (summary_damage: the check every reader makes) is named and left out
+                summary = read_summary(d / "summary.json")
+            except ResultsError as exc:
+                warn(f"{exc}; left out")
                 continue
-            problem = shape_problem(summary)
-            try:
-                ins, outs, passes = _workload(d, summary, warn)
-            except (KeyError, TypeError, ValueError, AttributeError) as exc:
-                problem = problem or f"workload: {type(exc).__name__}: {exc}"
-            if problem is not None:
-                warn(f"{d / 'summary.json'}: damaged ({problem}); left out")
+            work = _workload(d, summary, warn)
+            if work is None:
                 continue
+            ins, outs, passes = work
             key = summary.get("key") or f"{d.parent.name}/{d.name}"
             config = summary.get("config") or experiment_config(d)
             entries.append(Entry(key, d, summary, config, tuple(ins), tuple(outs), tuple(passes)))

@@ -22,7 +22,7 @@ import re
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from lem.config import ExperimentConfig
 from lem.configfile.documents import read_toml
@@ -300,7 +300,14 @@ _EVENTS = (
     "a list of [time, tokens] pairs of whole numbers",
 )
 Check = tuple[Callable[[Any], bool], str]
-_REQUEST: dict[str, tuple[Check, bool]] = {
+#: A field's check: a :data:`Check`, a nested table of fields, or a function of the value and its dotted name
+#: that gives what is wrong (``None``: nothing).
+Spec = Check | Mapping[str, "tuple[Spec, bool | Literal['absent']]"] | Callable[[Any, str], "str | None"]
+#: The fields of a table: name -> (its check, whether it may be absent or null: ``True``; ``False``: it must be
+#: there; :data:`ABSENT`: it may be absent, as in older files, but lem never writes it as null).
+Table = Mapping[str, tuple[Spec, "bool | Literal['absent']"]]
+ABSENT: Literal["absent"] = "absent"
+_REQUEST: Table = {
     "id": (_WHOLE, False),
     "input_tokens": (_WHOLE, False),
     "origin_ns": (_NUMBER, False),
@@ -311,42 +318,90 @@ _REQUEST: dict[str, tuple[Check, bool]] = {
     "output_text": (_TEXT, True),
     "output_digest": (_TEXT, True),
 }
-_WINDOW: dict[str, tuple[Check, bool]] = {"duration_s": (_NUMBER, False), "timeline_offset_s": (_NUMBER, True)}
-_DEVICE: dict[str, tuple[Check, bool]] = {"energy_j": (_NUMBER_OR_NULL, False), "method": (_TEXT_OR_NULL, True)}
-_ENERGY_WINDOW: dict[str, tuple[Check, bool]] = {
+_WINDOW: Table = {"duration_s": (_NUMBER, False), "timeline_offset_s": (_NUMBER, True)}
+_DEVICE: Table = {"energy_j": (_NUMBER_OR_NULL, False), "method": (_TEXT_OR_NULL, True)}
+_ENERGY_WINDOW: Table = {
     "duration_s": (_NUMBER, False),
     "devices": (_LIST, False),
     "warnings": (_TEXTS, True),
 }
-_CYCLE: dict[str, tuple[Check, bool]] = {
+_CYCLE: Table = {
     "cycle": (_WHOLE, False),
     "experiment_id": (_TEXT, True),
     "requests": (_LIST, False),
     "window": (_TABLE, False),
-    "passes": ((lambda v: _whole(v) and v >= 1, "a whole number from 1"), True),
+    "passes": ((lambda v: _whole(v) and v >= 1, "a whole number from 1"), ABSENT),
     "energy_window": (_TABLE, True),
     "energy_reason": (_TEXT, True),
     "prefill": (_TABLE, True),
-    "notes": (_TEXTS, True),
+    "notes": (_TEXTS, ABSENT),
     "host": (_TABLE, True),
     "metrics": (_TABLE, True),
     "energy": (_TABLE, True),
-    "warnings": (_TEXTS, True),
+    "warnings": (_TEXTS, ABSENT),
 }
 
 
-def _fields(doc: Any, checks: Mapping[str, tuple[Check, bool]], where: str) -> str | None:
-    """The first field of ``doc`` (a table, at ``where``) that is not what ``checks`` expect, as a sentence."""
+def _fields(doc: Any, checks: Table, where: str) -> str | None:
+    """The first field of ``doc`` (a table, at ``where``) that is not what ``checks`` expect, as a sentence.
+
+    A field's check is a :data:`Check` (a test and what it expects), a nested :data:`Table` (the field is a
+    table with those fields) or a function of the value and its dotted name (a list of tables, say).
+    """
     if not isinstance(doc, Mapping):
         return f"'{where}' is {kind_of(doc)}, expected a table"
-    for key, ((ok, expected), optional) in checks.items():
+    for key, (check, optional) in checks.items():
         name = f"{where}.{key}" if where else key
         if key not in doc:
             if not optional:
-                return f"'{name}' is missing, expected {expected}"
-        elif not (optional and doc[key] is None) and not ok(doc[key]):
-            return f"'{name}' is {kind_of(doc[key])}, expected {expected}"
+                return f"'{name}' is missing, expected {_expected(check)}"
+            continue
+        value = doc[key]
+        if optional is True and value is None:
+            continue
+        if isinstance(check, tuple):
+            ok, expected = check
+            if not ok(value):
+                return f"'{name}' is {kind_of(value)}, expected {expected}"
+        else:
+            problem = _fields(value, check, name) if isinstance(check, Mapping) else check(value, name)
+            if problem is not None:
+                return problem
     return None
+
+
+def _expected(check: Spec) -> str:
+    return check[1] if isinstance(check, tuple) else "a table" if isinstance(check, Mapping) else "a value"
+
+
+def _each(spec: Table) -> Callable[[Any, str], str | None]:
+    """A check of a list whose every element is a table with the fields of ``spec``."""
+
+    def check(value: Any, where: str) -> str | None:
+        if not isinstance(value, list):
+            return f"'{where}' is {kind_of(value)}, expected a list"
+        for i, row in enumerate(value):
+            problem = _fields(row, spec, f"{where}[{i}]")
+            if problem is not None:
+                return problem
+        return None
+
+    return check
+
+
+def _every(spec: Spec) -> Callable[[Any, str], str | None]:
+    """A check of a table whose every value (a figure, a cycle's reasons, ...) passes ``spec``."""
+
+    def check(value: Any, where: str) -> str | None:
+        if not isinstance(value, Mapping):
+            return f"'{where}' is {kind_of(value)}, expected a table"
+        for key, item in value.items():
+            problem = _fields({key: item}, {key: (spec, False)}, where)
+            if problem is not None:
+                return problem
+        return None
+
+    return check
 
 
 def _requests(rows: list[Any], where: str) -> str | None:
@@ -391,36 +446,225 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+#: The model config's numbers the FLOP and roofline figures use (lem.figures.flops.shapes, weight_widths).
+_SHAPES: Table = {
+    key: (_WHOLE, True)
+    for key in (
+        *("hidden_size", "n_embd", "d_model", "num_hidden_layers", "n_layer", "num_layers", "num_attention_heads"),
+        *("n_head", "vocab_size", "num_key_value_heads", "num_kv_heads", "head_dim", "intermediate_size", "n_inner"),
+        *("ffn_dim", "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_top_k"),
+        "moe_intermediate_size",
+    )
+}
+#: What a backend said of the model that the roofline figures use (lem.figures.hardware).
+_BACKEND_INFO: Table = {
+    "hardware": (
+        {
+            "device_name": (_TEXT, True),
+            "device_reason": (_TEXT, True),
+            "copy_bandwidth": ({"gbs": (_NUMBER, True), "method": (_TEXT, True), "reason": (_TEXT, True)}, True),
+        },
+        True,
+    ),
+    "kv_cache_types": (_TABLE, True),
+    "tensor_elements": (_every(_WHOLE), True),
+    "token_embd": ({"type": (_TEXT, False), "elements": (_WHOLE, False), "tied": (_BOOL, True)}, True),
+}
+_QUANTIZATION: Table = {key: (_WHOLE, True) for key in ("bits", "w_bit", "group_size", "q_group_size")}
+_PROMPTS: Table = {
+    "description": (_TEXT, True),
+    "stats": (_TABLE, True),
+    "warnings": (_TEXTS, True),
+    "count": (_WHOLE, True),
+    "digest": (_TEXT, True),
+    "digest_of": (_TEXT, True),
+}
+_PHASE: Table = {"duration_s": (_NUMBER, True), "energy_window": (_energy_window, True), "energy_reason": (_TEXT, True)}
+#: The fields of ``setup.json`` (as :func:`lem.run.runner.write_setup` writes them) that the figures and the
+#: readers use; schema 1 files lack some, so all may be absent.
+_SETUP: Table = {
+    "experiment_id": (_TEXT, True),
+    "run_id": (_TEXT, True),
+    "backend": (_TEXT, True),
+    "model": (_TEXT, True),
+    "sweep_values": (_TABLE, ABSENT),
+    "config": (_TABLE, True),
+    "meter": (_TEXT, True),
+    "meter_reason": (_TEXT, True),
+    "metered_devices": (_LIST, True),
+    "model_info": (
+        {
+            "num_parameters": (_WHOLE, True),
+            "devices": (_LIST, True),
+            "model_config": (
+                {**_SHAPES, "text_config": (_SHAPES, True), "quantization_config": (_QUANTIZATION, True)},
+                True,
+            ),
+            "info": (_BACKEND_INFO, True),
+        },
+        ABSENT,
+    ),
+    "prompts": (_PROMPTS, True),
+    "load": (
+        {
+            "duration_s": (_NUMBER, True),
+            "energy_window": (_energy_window, True),
+            "energy_reason": (_TEXT, True),
+            "metered_devices": (_LIST, True),
+            "phases": (_every(_PHASE), True),
+        },
+        True,
+    ),
+    "idle": (
+        {
+            "seconds": (_NUMBER, True),
+            "window": (_energy_window, True),
+            "reason": (_TEXT, True),
+            "power_spread": ({"rel_spread": (_NUMBER, True)}, True),
+        },
+        ABSENT,
+    ),
+    "warmup": (_TABLE, True),
+    "warnings": (_TEXTS, ABSENT),
+}
+
+
+def setup_damage(setup: Mapping[str, Any]) -> str | None:
+    """What makes a ``setup.json`` unusable (the first thing found), or ``None`` when it has lem's shape.
+
+    Every field the figures and the readers use is checked by its type (the identity, the stored ``config``,
+    ``model_info`` and the model config's shapes, ``prompts``, ``load``, the ``idle`` baseline's window,
+    ``warnings``), as :func:`cycle_damage` checks a cycle file: ``'idle.window' is text, expected a table``.
+    """
+    return _fields(setup, _SETUP, "")
+
+
+def _figures(value: Any, where: str) -> str | None:
+    if isinstance(value, Mapping) and not value:
+        return f"'{where}' is an empty table, expected a table of figures"
+    return _every(_FIGURE)(value, where)
+
+
+_NUMBERS_OR_NULL = (
+    lambda v: isinstance(v, list) and all(x is None or _finite_number(x) for x in v),
+    "a list of numbers or nulls",
+)
+#: A figure of a summary (lem.figures.stats): its statistics over cycles.
+_FIGURE: Table = {
+    "n": (_WHOLE, True),
+    "missing": (_WHOLE, True),
+    "values": (_NUMBERS_OR_NULL, True),
+    "mean": (_NUMBER, True),
+    "std": (_NUMBER, True),
+    "ci95_low": (_NUMBER, True),
+    "ci95_high": (_NUMBER, True),
+    "rel_ci95": (_NUMBER, True),
+    "ci95_low_impossible": (_BOOL, True),
+    "reason": (_TEXT, True),
+}
+_SLO_TARGETS: Table = {key: (_NUMBER, True) for key in ("ttft_ms", "tpot_ms", "e2e_ms", "percentile")}
+_SLO_CHECK: Table = {
+    "target_ms": (_NUMBER, True),
+    "percentile": (_NUMBER, True),
+    "within": (_WHOLE, True),
+    "share_within": (_NUMBER, True),
+    "observed_ms": (_NUMBER, True),
+    "observed_reason": (_TEXT, True),
+    "met": (_BOOL, True),
+}
+#: The fields of ``summary.json`` (as :func:`lem.figures.summary.summarize` writes them) that the readers use.
+#: Only ``figures`` must be there (schema 1 summaries lack many of the others).
+_SUMMARY: Table = {
+    "key": (_TEXT, True),
+    "experiment_id": (_TEXT, True),
+    "run_id": (_TEXT, True),
+    "backend": (_TEXT, True),
+    "model": (_TEXT, True),
+    "sweep_values": (_TABLE, True),
+    "config": (_TABLE, True),
+    "status": (_TEXT, True),
+    "status_reason": (_TEXT, True),
+    "cycles": (_WHOLE, True),
+    "cycles_included": (_WHOLE, True),
+    "figures": (_figures, False),
+    "latency_pooled": (_every(_TABLE), True),
+    "slo": (
+        {
+            "slo": (_SLO_TARGETS, True),
+            "reason": (_TEXT, True),
+            "cycles": (_WHOLE, True),
+            "cycles_met": (_WHOLE, True),
+            "pooled_good_requests": (_WHOLE, True),
+            "pooled_requests": (_WHOLE, True),
+            "pooled_share": (_NUMBER, True),
+            "pooled_checks": (_every(_SLO_CHECK), True),
+            "pooled_met": (_BOOL, True),
+        },
+        True,
+    ),
+    "quality": (_TABLE, True),
+    "failed_requests": (_WHOLE, True),
+    "failure_reasons": (_TABLE, True),
+    "workload": (
+        {key: (_WHOLES, True) for key in ("requests", "input_tokens", "output_tokens", "failed_requests", "passes")},
+        True,
+    ),
+    "precision": (_TABLE, True),
+    "validity": (
+        {
+            "mode": (_TEXT, True),
+            "spoilt_cycles": (_WHOLES, True),
+            "excluded_cycles": (_WHOLES, True),
+            "replaced_cycles": (_WHOLES, True),
+            "included": (_WHOLE, True),
+            "reasons": (_every(_TEXTS), True),
+        },
+        True,
+    ),
+    "cross_check": (_TABLE, True),
+    "uncertainty": (_TABLE, True),
+    "host_load": (_LIST, True),
+    "per_request_energy": (_TABLE, True),
+    "thermal": (_TABLE, True),
+    "output_digest": (_TEXT, True),
+    "outputs_identical_across_cycles": (_BOOL, True),
+    "output_digest_reason": (_TEXT, True),
+    "flags": (_TABLE, True),
+    "methods": (_TABLE, True),
+    "hardware": (_TABLE, True),
+    "energy_reason": (_TEXT, True),
+    "idle_reason": (_TEXT, True),
+    "prompts": (_PROMPTS, True),
+    "load": (_TABLE, True),
+    "idle_power_w": (_NUMBER, True),
+    "warmup": (_TABLE, True),
+    "warnings": (_TEXTS, True),
+}
+
+
 def summary_damage(doc: Mapping[str, Any]) -> str | None:
     """What makes a ``summary.json`` unusable (the first thing found), or ``None`` when it has lem's shape.
 
-    The one check of a summary's shape that ``lem results list``, ``export`` and the plots share: a summary
-    one of them calls damaged, every one of them does. A summary lem wrote has a non-empty ``figures`` table
-    of figures (``n``, ``mean``, ``std``, ``ci95_low``, ``ci95_high``: numbers or null; ``values``: a list of
-    them), a whole ``cycles`` count and, where present, ``methods`` and ``flags`` tables.
+    The one check of a summary's shape that every reader shares (``lem results list``, ``show``, ``compare``,
+    ``export``, the plots and the report): a summary one of them calls damaged, every one of them does. Every
+    field the readers use is checked by its type, as :func:`cycle_damage` checks a cycle file: a non-empty
+    ``figures`` table of figures (``n``, ``mean``, ``std``, ``ci95_low``, ``ci95_high``: numbers or null;
+    ``values``: a list of them), whole counts (``cycles``, ``failed_requests``), the ``workload``, ``slo``,
+    ``validity`` and other tables. The sentence names the field and what was expected.
     """
-    figures = doc.get("figures")
-    if not isinstance(figures, Mapping):
-        return "no 'figures' table"
-    if not figures:
-        return "the 'figures' table is empty"
-    for name, cell in figures.items():
-        if not isinstance(cell, Mapping):
-            return f"figures.{name} is not a figure"
-        for stat in ("n", "mean", "std", "ci95_low", "ci95_high"):
-            value = cell.get(stat)
-            if value is not None and not (_number(value) and math.isfinite(value)):
-                return f"figures.{name}.{stat} = {value!r:.40} is not a number"
-        values = cell.get("values")
-        if values is not None and not (isinstance(values, list) and all(v is None or _number(v) for v in values)):
-            return f"figures.{name}.values is not a list of numbers"
-    cycles = doc.get("cycles")
-    if cycles is not None and not (isinstance(cycles, int) and not isinstance(cycles, bool) and cycles >= 0):
-        return f"cycles = {cycles!r:.40} is not a count of cycles"
-    for table in ("methods", "flags"):
-        if doc.get(table) is not None and not isinstance(doc.get(table), Mapping):
-            return f"{table!r} is not a table"
-    return None
+    if "figures" not in doc:
+        return "'figures' is missing, expected a table of figures"
+    return _fields(doc, _SUMMARY, "")
+
+
+def read_summary(path: Path) -> dict[str, Any]:
+    """Read a ``summary.json``: :func:`read_json`, and a file of the wrong shape (see :func:`summary_damage`)
+    is a :class:`ResultsError` too, naming the field and what was expected."""
+    doc = read_json(path)
+    problem = summary_damage(doc)
+    if problem is not None:
+        raise ResultsError(f"{path}: damaged: {problem}")
+    return doc
 
 
 def usable_timelines(
@@ -528,8 +772,15 @@ def experiment_config(exp_dir: Path) -> dict[str, Any]:
 
 
 def read_setup(exp_dir: Path) -> dict[str, Any]:
-    """``setup.json``, with the flattened config that schema 1 did not store taken from ``experiment.toml``."""
+    """``setup.json``, with the flattened config that schema 1 did not store taken from ``experiment.toml``.
+
+    A file whose fields are not of the types lem writes (see :func:`setup_damage`) is a :class:`ResultsError`
+    naming the field and what was expected.
+    """
     setup = read_json(exp_dir / "setup.json")
+    problem = setup_damage(setup)
+    if problem is not None:
+        raise ResultsError(f"{exp_dir / 'setup.json'}: damaged: {problem}")
     if not setup.get("config"):
         setup["config"] = experiment_config(exp_dir)
     return setup
@@ -642,7 +893,6 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     """
     row: dict[str, Any] = {"id": f"{exp_dir.parent.name}/{exp_dir.name}", "path": str(exp_dir)}
     doc: dict[str, Any] = {}
-    source = None  # the record the status comes from
     statuses = (
         ("summary.json", "ok"),
         ("failure.json", "failed"),
@@ -651,14 +901,14 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
     )
     for name, status in statuses:
         if (exp_dir / name).exists():
-            try:
-                doc = read_json(exp_dir / name)
+            try:  # a summary is checked field by field (summary_damage): export and the plots call it damaged too
+                doc = (read_summary if name == "summary.json" else read_json)(exp_dir / name)
             except ResultsError as exc:
                 row.update(status="damaged", reason=str(exc), model=None, backend=None, energy_reason=None)
                 doc = _toml(exp_dir / "experiment.toml")
                 row["model"], row["backend"] = doc.get("model"), doc.get("backend")
                 return row
-            row["status"], source = status, name
+            row["status"] = status
             if name == "summary.json" and doc.get("status") in ("degraded", "failed"):
                 # Measured to the end, but its requests failed: the summary says how many and why.
                 row["status"], row["reason"] = doc["status"], doc.get("status_reason")
@@ -674,10 +924,6 @@ def experiment_status(exp_dir: Path) -> dict[str, Any]:
         cell = figs.get(key) if isinstance(figs, Mapping) else None
         mean = cell.get("mean") if isinstance(cell, Mapping) else None
         row[key] = mean if _number(mean) else None
-    # A failure.json has no figures to check; a summary whose requests all failed has.
-    problem = summary_damage(doc) if source == "summary.json" else None
-    if problem is not None:  # export and the plots call the same summaries damaged (summary_damage)
-        row.update(status="damaged", reason=f"{exp_dir / 'summary.json'}: damaged ({problem})")
     if row["status"] in ("ok", "degraded"):
         # Which shown figures rest on an estimate, and what on: every screen marks them.
         methods = {f.name: method_of(doc, f.name) for f in in_view("run_table")}

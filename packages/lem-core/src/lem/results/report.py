@@ -21,6 +21,7 @@ from typing import Any
 import attrs
 
 from lem import __version__
+from lem.errors import LemError
 from lem.figures import marginal
 from lem.figures.registry import ESTIMATE, FLAGGED, Figure, find, flags_of, in_view, method_of, uncertainty_text
 from lem.results import plots
@@ -540,7 +541,7 @@ class _Drawn:
                     self.saved[plot.name] = plots.save(plot, self.plot_dir, ("svg", "png"), dpi=plots.PRINT_DPI)
                 out.append(_figure_html(plot, fmt, self.saved))
             except Exception as exc:
-                self.skipped.append(f"{plot.name}: could not be drawn: {type(exc).__name__}: {exc}")
+                self.skipped.append(f"{plot.name}: could not be drawn: {_why_not_drawn(exc, kind)}")
                 continue
             self.drawn += 1
         return out
@@ -550,7 +551,16 @@ def _draw(kind: str, run: RunData) -> list[plots.Plot]:
     try:
         return plots.draw(kind, run)
     except Exception as exc:  # a plot that fails must not cost the report
-        return [plots.Plot(kind, kind, skipped=f"could not be drawn: {type(exc).__name__}: {exc}")]
+        return [plots.Plot(kind, kind, skipped=f"could not be drawn: {_why_not_drawn(exc, kind)}")]
+
+
+def _why_not_drawn(exc: Exception, kind: str) -> str:
+    """Why a plot failed, in words a reader of the report can act on (a Python error's name is not)."""
+    if isinstance(exc, LemError):  # a file that cannot be written, a damaged input: its own line says
+        return str(exc)
+    if isinstance(exc, OverflowError | ValueError | ZeroDivisionError):
+        return "a value in the results is beyond what the plot can show (a damaged or absurd raw value)"
+    return f"drawing it failed unexpectedly; `lem results plot RUN --kind {kind}` shows why"
 
 
 def _plots(run: RunData, shown: list[_Shown], drawn: _Drawn) -> tuple[str, dict[str, str]]:

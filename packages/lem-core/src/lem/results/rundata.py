@@ -77,7 +77,7 @@ def read_experiment(exp_dir: Path) -> ExperimentData:
         config_toml = None
     damage = summary_damage(summary) if summary is not None else None
     if damage is not None:
-        problems.append(f"{exp_dir / 'summary.json'}: damaged ({damage}); its figures are not shown")
+        problems.append(f"{exp_dir / 'summary.json'}: damaged: {damage}; its figures are not shown")
         status, summary = "damaged", None  # no screen reads a summary of the wrong shape
     elif summary is not None:  # a summary says whether its requests failed (lem.figures.outcome)
         status = summary["status"] if summary.get("status") in ("degraded", "failed") else "ok"
