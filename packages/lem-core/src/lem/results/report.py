@@ -560,7 +560,7 @@ def _why_not_drawn(exc: Exception, kind: str) -> str:
         return str(exc)
     if isinstance(exc, OverflowError | ValueError | ZeroDivisionError):
         return "a value in the results is beyond what the plot can show (a damaged or absurd raw value)"
-    return f"drawing it failed unexpectedly; `lem results plot RUN --kind {kind}` shows why"
+    return f"drawing it failed unexpectedly ({exc}); `lem results plot RUN --kind {kind}` draws it alone"
 
 
 def _plots(run: RunData, shown: list[_Shown], drawn: _Drawn) -> tuple[str, dict[str, str]]:
