@@ -866,8 +866,21 @@ CASES = [
         "export: Parquet names the cycle file whose number is text, the rest written",
         ("results", "export", "results", "--level", "cycle", "--format", "parquet", "--out", "t.parquet"),
         0,
-        ("cycle-001.json", "damaged: 'cycle' is text, expected a whole number", "skipped", "t.parquet: 1 rows"),
+        (
+            "cycle-001.json",
+            "damaged: 'cycle' is text, expected a cycle number (0 to 999999)",
+            "skipped",
+            "t.parquet: 1 rows",
+        ),
         damage=("*/000-*/cycle-001.json", lambda doc: doc | {"cycle": str(doc["cycle"])}),
+    ),
+    Case(
+        # A whole number no cycle file is named with: its timeline-NNN.csv cannot even be looked for.
+        "aggregate: a cycle number past the files' names",
+        ("results", "aggregate", "--dir", "results"),
+        1,
+        ("cycle-001.json", "damaged: 'cycle' is a number, expected a cycle number (0 to 999999)", "skipped"),
+        damage=("*/000-*/cycle-001.json", lambda doc: doc | {"cycle": 2**70}),
     ),
     Case(
         # A count of the wrong type is caught by summary_damage first (the case below); a stored config value is

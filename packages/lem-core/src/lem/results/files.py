@@ -30,7 +30,7 @@ from lem.configfile.loading import structure_leniently
 from lem.errors import ConfigError, DiskFull, ResultsError
 from lem.figures.registry import FIGURES, in_view, method_of
 from lem.figures.summary import compute_cycle, headline_figures, summarize, traces_from_json, traces_to_json
-from lem.results.timelines import cycle_timelines, timeline_csv, timeline_path
+from lem.results.timelines import CYCLE_NUMBERS, cycle_timelines, timeline_csv, timeline_path
 
 __all__ = [
     "FIGURES",
@@ -326,7 +326,7 @@ _ENERGY_WINDOW: Table = {
     "warnings": (_TEXTS, True),
 }
 _CYCLE: Table = {
-    "cycle": (_WHOLE, False),
+    "cycle": ((lambda v: _int(v) and v in CYCLE_NUMBERS, "a cycle number (0 to 999999)"), False),
     "experiment_id": (_TEXT, True),
     "requests": (_LIST, False),
     "window": (_TABLE, False),

@@ -94,13 +94,17 @@ def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return parse_timeline(timeline_csv(rows))
 
 
+#: The numbers a cycle may have: its files are named with them (``cycle-001.json``, ``timeline-001.csv``).
+CYCLE_NUMBERS = range(10**6)
+
+
 def timeline_path(exp_dir: Path, cycle: Any) -> Path:
     """The ``timeline-NNN.csv`` of cycle number ``cycle`` (as its cycle file's ``cycle`` holds it).
 
     :raises ValueError: for a ``cycle`` that is not a cycle number (a damaged cycle file).
     """
     number = int(cycle)
-    if isinstance(cycle, bool) or not 0 <= number < 10**6:
+    if isinstance(cycle, bool) or number not in CYCLE_NUMBERS:
         raise ValueError(f"cycle {cycle!r} is not a cycle number")
     return exp_dir / f"timeline-{number:03d}.csv"
 
