@@ -27,11 +27,11 @@ from lem.results.files import (
     cycle_paths,
     experiment_config,
     experiment_dirs,
-    kind_of,
     read_cycle_or_warn,
     read_summary,
     resolve,
 )
+from lem.results.shapes import kind_of
 
 TEST = (
     "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "
@@ -58,7 +58,7 @@ def _workload(
 ) -> tuple[list[int], list[int], list[int]] | None:
     """Input tokens, output tokens and passes per cycle: from the summary (schema 2) or the cycle files (schema 1).
 
-    The summary's ``workload`` is checked by :func:`~lem.results.files.summary_damage`; a cycle file whose
+    The summary's ``workload`` is checked by :func:`~lem.results.shapes.summary_damage`; a cycle file whose
     token counts are not whole numbers is named through ``warn`` and gives ``None`` (the experiment is left out).
     """
     work = summary.get("workload")

@@ -30,16 +30,15 @@ from lem.results.files import (
     damaged_file,
     experiment_config,
     experiment_dirs,
-    kind_of,
     read_cycle_or_warn,
     read_json_or_warn,
     read_setup,
     setup_config,
-    summary_damage,
     usable_timelines,
     write_atomic,
     write_atomic_with,
 )
+from lem.results.shapes import kind_of, summary_damage
 
 LEVELS = ("experiment", "cycle", "request")
 FORMATS = ("csv", "parquet", "jsonl")

@@ -5,7 +5,7 @@ run, over results of any schema version lem has written (1 and 2), over
 experiments that failed or never finished, and over files damaged by hand: a
 file that cannot be read becomes a line in ``problems`` naming it (the same
 line :func:`lem.results.files.read_json` gives, and a summary of the wrong
-shape is found by :func:`lem.results.files.summary_damage`, as ``lem results
+shape is found by :func:`lem.results.shapes.summary_damage`, as ``lem results
 list`` finds it), never an exception that would lose the report.
 """
 
@@ -20,7 +20,8 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.results.files import cycle_damage, read_json, summary_damage
+from lem.results.files import read_json
+from lem.results.shapes import cycle_damage, summary_damage
 
 _CYCLE = re.compile(r"^cycle-(\d{3,})\.json$")
 _TIMELINE = re.compile(r"^timeline-(\d{3,})\.csv$")
