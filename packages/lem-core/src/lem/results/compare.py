@@ -31,7 +31,7 @@ from lem.results.files import (
     read_summary,
     resolve,
 )
-from lem.results.shapes import kind_of
+from lem.results.shapes import kind_of, whole
 
 TEST = (
     "Welch's two-sided t-test at 5% on per-cycle values against the first experiment "
@@ -71,17 +71,13 @@ def _workload(
         metrics = (cycle or {}).get("metrics") or {}
         if "input_tokens" in metrics:
             for key in ("input_tokens", "output_tokens"):
-                if not _whole(metrics.get(key)):
+                if not whole(metrics.get(key)):
                     why = f"'metrics.{key}' is {kind_of(metrics.get(key))}, expected a whole number"
                     warn(f"{p}: damaged: {why}; {exp_dir} is left out")
                     return None
             ins.append(metrics["input_tokens"])
             outs.append(metrics["output_tokens"])
     return ins, outs, [1] * len(ins)
-
-
-def _whole(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def gather(targets: Sequence[str], results_dir: Path, warn: Callable[[str], None]) -> list[Entry]:

@@ -184,14 +184,19 @@ def read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _read_checked(path: Path, damage: Callable[[dict[str, Any]], str | None]) -> dict[str, Any]:
+    """:func:`read_json`, and a file that ``damage`` finds of the wrong shape is a :class:`ResultsError` too."""
+    doc = read_json(path)
+    problem = damage(doc)
+    if problem is not None:
+        raise ResultsError(f"{path}: damaged: {problem}")
+    return doc
+
+
 def read_cycle(path: Path) -> dict[str, Any]:
     """Read a ``cycle-NNN.json``: :func:`read_json`, and a file whose fields are not of the types lem writes
     (see :func:`cycle_damage`) is a :class:`ResultsError` too, naming the field and what was expected."""
-    raw = read_json(path)
-    problem = cycle_damage(raw)
-    if problem is not None:
-        raise ResultsError(f"{path}: damaged: {problem}")
-    return raw
+    return _read_checked(path, cycle_damage)
 
 
 def _or_warn(read: Callable[[Path], dict[str, Any]], path: Path, warn: Callable[[str], None]) -> dict[str, Any] | None:
@@ -260,11 +265,7 @@ def damaged_file(exp_dir: Path, only: Path | None = None) -> str:
 def read_summary(path: Path) -> dict[str, Any]:
     """Read a ``summary.json``: :func:`read_json`, and a file of the wrong shape (see :func:`summary_damage`)
     is a :class:`ResultsError` too, naming the field and what was expected."""
-    doc = read_json(path)
-    problem = summary_damage(doc)
-    if problem is not None:
-        raise ResultsError(f"{path}: damaged: {problem}")
-    return doc
+    return _read_checked(path, summary_damage)
 
 
 def usable_timelines(
@@ -377,10 +378,7 @@ def read_setup(exp_dir: Path) -> dict[str, Any]:
     A file whose fields are not of the types lem writes (see :func:`setup_damage`) is a :class:`ResultsError`
     naming the field and what was expected.
     """
-    setup = read_json(exp_dir / "setup.json")
-    problem = setup_damage(setup)
-    if problem is not None:
-        raise ResultsError(f"{exp_dir / 'setup.json'}: damaged: {problem}")
+    setup = _read_checked(exp_dir / "setup.json", setup_damage)
     if not setup.get("config"):
         setup["config"] = experiment_config(exp_dir)
     return setup

@@ -42,7 +42,8 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _whole(value: Any) -> bool:
+def whole(value: Any) -> bool:
+    """A whole number (0, 1, 2, ...) as JSON holds one: an integer, not ``true``."""
     return _int(value) and value >= 0
 
 
@@ -56,15 +57,15 @@ _TEXT = (lambda v: isinstance(v, str), "text")
 _TEXT_OR_NULL = (lambda v: v is None or isinstance(v, str), "text or null")
 _TABLE = (lambda v: isinstance(v, Mapping), "a table")
 _LIST = (lambda v: isinstance(v, list), "a list")
-_WHOLE = (_whole, "a whole number")
+_WHOLE = (whole, "a whole number")
 _NUMBER = (_finite_number, "a number")
 _NUMBER_OR_NULL = (lambda v: v is None or _finite_number(v), "a number or null")
 _BOOL = (lambda v: isinstance(v, bool), "true or false")
 _TEXTS = (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v), "a list of text")
-_WHOLES = (lambda v: isinstance(v, list) and all(_whole(x) for x in v), "a list of whole numbers")
+_WHOLES = (lambda v: isinstance(v, list) and all(whole(x) for x in v), "a list of whole numbers")
 _EVENTS = (
     lambda v: (
-        isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and _int(e[0]) and _whole(e[1]) for e in v)
+        isinstance(v, list) and all(isinstance(e, list) and len(e) == 2 and _int(e[0]) and whole(e[1]) for e in v)
     ),
     "a list of [time, tokens] pairs of whole numbers",
 )
@@ -99,7 +100,7 @@ _CYCLE: Table = {
     "experiment_id": (_TEXT, True),
     "requests": (_LIST, False),
     "window": (_TABLE, False),
-    "passes": ((lambda v: _whole(v) and v >= 1, "a whole number from 1"), ABSENT),
+    "passes": ((lambda v: whole(v) and v >= 1, "a whole number from 1"), ABSENT),
     "energy_window": (_TABLE, True),
     "energy_reason": (_TEXT, True),
     "prefill": (_TABLE, True),
@@ -173,19 +174,11 @@ def _every(spec: Spec) -> Callable[[Any, str], str | None]:
     return check
 
 
-def _requests(rows: list[Any], where: str) -> str | None:
-    for i, row in enumerate(rows):
-        problem = _fields(row, _REQUEST, f"{where}[{i}]")
-        if problem is not None:
-            return problem
-    return None
+_requests = _each(_REQUEST)
 
 
 def _energy_window(window: Any, where: str) -> str | None:
-    problem = _fields(window, _ENERGY_WINDOW, where)
-    for i, device in enumerate(window["devices"] if problem is None else ()):
-        problem = problem or _fields(device, _DEVICE, f"{where}.devices[{i}]")
-    return problem
+    return _fields(window, _ENERGY_WINDOW, where) or _each(_DEVICE)(window["devices"], f"{where}.devices")
 
 
 def cycle_damage(raw: Mapping[str, Any]) -> str | None:
