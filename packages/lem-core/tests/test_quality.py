@@ -54,6 +54,15 @@ CASES = [
     ("number", "3/4 of 20 is 15.", "15", True),
     ("number", "It is 15. Check: 3 x 5", "15", False),  # the last number counts, not the first
     ("number", "5 to 7", "-7", False),
+    ("number", "about 3e5 joules", "300000", True),  # an exponent
+    ("number", "1.5E-3 s", "0.0015", True),
+    ("number", "3 eggs", "3", True),  # an "e" after a number is not an exponent without digits
+    ("number", "1\u2009000 J", "1000", True),  # SI thousands: thin space
+    ("number", "1\u202f000\u202f000", "#### 1,000,000", True),  # narrow no-break space
+    ("number", "1 000", "1000", False),  # a plain space separates two numbers: the last is 0
+    ("number", "the list 1,2,3", "3", True),  # commas group three digits only
+    ("number", "1,2,3", "123", False),
+    ("number", "12,5000 units", "5000", True),  # not a grouping: two numbers
     ("regex", "So the answer: Blue.", "blue", True),
     ("regex", "answer:red", "blue", False),
 ]

@@ -12,7 +12,8 @@ Built-in scorers (docs/quality.md):
 ``exact``   output equals reference after ``normalize`` (case, whitespace, end punctuation)
 ``contains`` the normalised reference appears in the normalised output
 ``number``  the last number in the output equals the reference's last number (GSM8K ``#### 72``);
-            ``1,000``, ``1000`` and ``1000.0`` are equal; signs, units and ``$`` are ignored
+            ``1,000``, ``1 000`` (thin space), ``1000``, ``1000.0`` and ``1e3`` are equal; units and ``$``
+            are ignored; a comma groups only three digits (``1,2,3`` is three numbers)
 ``choice``  the option letter the output names (``(B)``, ``B.``, ``Answer: B``) equals the reference's
 ``regex``   ``pattern``'s first group (else its whole match) in the output equals the reference
 =========== ==================================================================================
@@ -80,7 +81,15 @@ def contains(output: str, reference: str, quality: QualityConfig) -> bool:
     return normalize(reference, quality) in normalize(output, quality)
 
 
-_NUMBER = re.compile(r"(?<![\d.])-?\d(?:[\d,]*\d)?(?:\.\d+)?")
+#: Thousands separators inside a number: a comma, or the no-break and thin spaces of ``1 000`` (SI style).
+#: A plain space is not one: ``1 000`` may as well be two numbers.
+_GROUP = ",\u00a0\u2009\u202f"
+_NUMBER = re.compile(
+    rf"(?<![\d.])-?(?:\d{{1,3}}(?:[{_GROUP}]\d{{3}})+(?!\d)|\d+)"  # 1,000 / 1 000 (groups of three), or 1000
+    r"(?:\.\d+)?"  # a decimal part
+    r"(?:[eE][-+]?\d+(?![\d.]))?"  # an exponent: 3e5, 1.5E-3
+)
+_SEPARATORS = str.maketrans("", "", _GROUP)
 
 
 def last_number(text: str) -> Decimal | None:
@@ -89,8 +98,8 @@ def last_number(text: str) -> Decimal | None:
     if not found:
         return None
     try:
-        return Decimal(found[-1].replace(",", ""))
-    except InvalidOperation:  # pragma: no cover - the pattern only matches digits, commas, one dot
+        return Decimal(found[-1].translate(_SEPARATORS))
+    except InvalidOperation:  # pragma: no cover - the pattern only matches digits, separators, one dot, exponent
         return None
 
 
