@@ -12,7 +12,6 @@ list`` finds it), never an exception that would lose the report.
 from __future__ import annotations
 
 import csv
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,9 @@ from typing import Any
 import attrs
 
 from lem.errors import ResultsError
-from lem.results.files import read_json
+from lem.results.files import CYCLE_RE, read_json
 from lem.results.shapes import cycle_damage, summary_damage
-
-_CYCLE = re.compile(r"^cycle-(\d{3,})\.json$")
-_TIMELINE = re.compile(r"^timeline-(\d{3,})\.csv$")
+from lem.results.timelines import TIMELINE_RE
 
 
 @attrs.frozen
@@ -84,7 +81,7 @@ def read_experiment(exp_dir: Path) -> ExperimentData:
         status = summary["status"] if summary.get("status") in ("degraded", "failed") else "ok"
     elif failure is not None:
         status = "failed"
-    elif setup is not None or any(_CYCLE.match(p.name) for p in exp_dir.iterdir()):
+    elif setup is not None or any(CYCLE_RE.match(p.name) for p in exp_dir.iterdir()):
         status = "incomplete"
     else:
         status = "not started"
@@ -112,7 +109,7 @@ def read_run(directory: Path) -> RunData:
 
 def cycles(exp: ExperimentData, problems: list[str] | None = None) -> list[dict[str, Any]]:
     """The experiment's cycle files in cycle order; a damaged one is left out (and named in ``problems``)."""
-    found = sorted((int(m.group(1)), p) for p in exp.path.iterdir() if (m := _CYCLE.match(p.name)))
+    found = sorted((int(m.group(1)), p) for p in exp.path.iterdir() if (m := CYCLE_RE.match(p.name)))
     seen: list[str] = []
     docs = []
     for _, p in found:
@@ -134,7 +131,7 @@ def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tu
     """
     out = []
     for p in sorted(exp.path.iterdir()):
-        m = _TIMELINE.match(p.name)
+        m = TIMELINE_RE.match(p.name)
         if m is None:
             continue
         try:

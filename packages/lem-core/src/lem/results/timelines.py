@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 #: The numbers a cycle may have: its files are named with them (``cycle-001.json``, ``timeline-001.csv``).
 CYCLE_NUMBERS = range(10**6)
+#: A timeline's file name; the group is its cycle's number.
+TIMELINE_RE = re.compile(r"^timeline-(\d{3,})\.csv$")
 
 
 def timeline_path(exp_dir: Path, cycle: Any) -> Path:
