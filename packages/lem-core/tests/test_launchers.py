@@ -264,6 +264,10 @@ def test_doctor_says_what_a_launcher_sees(tmp_path: Path) -> None:
         ((), "[campaign.launch]\npytorch = 3\n", "campaign.launch.pytorch = 3: must be a command line"),
         ((), "[campaign]\nlauncher = 'x'\n", "campaign.launcher: unknown key"),
         (("--launch", f"pytorch={sys.executable}", "--in-process"), "", "--in-process exclude each other"),
+        # A container runtime's run needs -i (the job goes in on stdin) and no -t; checked before it is looked up.
+        (("--launch", "pytorch=docker run --rm --gpus all img python"), "", "`docker run` without -i"),
+        (("--launch", "pytorch=podman container run -it img python"), "", "`podman run` with -t"),
+        ((), "[campaign.launch]\npytorch = 'docker run --rm --tty -i img python'\n", "`docker run` with -t"),
     ],
 )
 def test_bad_launchers_are_one_line_and_status_2(tmp_path: Path, args: tuple[str, ...], toml: str, said: str) -> None:

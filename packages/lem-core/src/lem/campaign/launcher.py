@@ -78,11 +78,46 @@ def command(backend: str, text: str, given_by: str) -> Launcher:
         raise LemError(f"{where}: not a command line ({exc}); quote it as a POSIX shell would") from None
     if not words:
         raise LemError(f"{where}: the command is empty; give the launcher and the Python it runs")
+    problem = _container_streams(words)
+    if problem is not None:
+        raise LemError(f"{where}: {problem}")
     if shutil.which(words[0]) is None:
         if os.sep in words[0]:
             raise LemError(f"{where}: '{words[0]}' is not an executable file; give the launcher's path or name")
         raise LemError(f"{where}: '{words[0]}' is not a command found on PATH; give its full path")
     return Launcher(backend, words, given_by)
+
+
+#: Container runtimes whose ``run`` takes ``-i`` (keep stdin open) and ``-t`` (allocate a terminal).
+CONTAINER_RUNTIMES = frozenset({"docker", "podman", "nerdctl"})
+
+
+def _container_streams(words: tuple[str, ...]) -> str | None:
+    """What is wrong with a container runtime's ``run`` for the worker's protocol, or ``None``.
+
+    The worker reads its job on stdin and writes frames on stdout (:mod:`lem.campaign.worker`): without
+    ``-i`` the container's stdin is closed at once, and with ``-t`` its output goes through a terminal
+    that rewrites line ends. Every word after ``run`` that begins with ``-`` is read (the image's command's
+    too: which words are the runtime's depends on each option's arity); a short word counts only when it
+    is made of the runtime's switches ``d``, ``i``, ``t``, ``P``, ``q`` (``-it``), so ``-eX=1`` does not.
+    """
+    if os.path.basename(words[0]) not in CONTAINER_RUNTIMES:
+        return None
+    rest = list(words[1:])
+    if rest[:2] == ["container", "run"]:
+        rest = rest[1:]
+    if not rest or rest[0] != "run":
+        return None
+    flags = [w for w in rest[1:] if w.startswith("-")]
+    short = [w[1:] for w in flags if len(w) > 1 and not w.startswith("--") and set(w[1:]) <= set("ditPq")]
+    interactive = any("i" in w for w in short) or any(w in ("--interactive", "--interactive=true") for w in flags)
+    tty = any("t" in w for w in short) or any(w in ("--tty", "--tty=true") for w in flags)
+    runtime = f"`{os.path.basename(words[0])} run`"
+    if tty:
+        return f"{runtime} with -t: the worker's output would pass through a terminal; leave -t out"
+    if not interactive:
+        return f"{runtime} without -i: the worker reads its job on standard input; add -i (e.g. run --rm -i)"
+    return None
 
 
 def merged(from_file: Mapping[str, str], launch: Iterable[str], pythons: Mapping[str, str]) -> dict[str, Launcher]:
