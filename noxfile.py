@@ -129,8 +129,6 @@ def e2e(session: nox.Session) -> None:
 
     Debian's chromium is installed when missing and this is root; otherwise the browser tests skip.
     """
-    import os
-
     if shutil.which("chromium") is None and hasattr(os, "geteuid") and os.geteuid() == 0:
         session.run("apt-get", "update", "-qq", external=True)
         quiet_apt = {"DEBIAN_FRONTEND": "noninteractive"}

@@ -175,10 +175,11 @@ def _every(spec: Spec) -> Callable[[Any, str], str | None]:
 
 
 _requests = _each(_REQUEST)
+_devices = _each(_DEVICE)
 
 
 def _energy_window(window: Any, where: str) -> str | None:
-    return _fields(window, _ENERGY_WINDOW, where) or _each(_DEVICE)(window["devices"], f"{where}.devices")
+    return _fields(window, _ENERGY_WINDOW, where) or _devices(window["devices"], f"{where}.devices")
 
 
 def cycle_damage(raw: Mapping[str, Any]) -> str | None:
