@@ -1,15 +1,17 @@
 """Energy you can defend, on a GPU: the counter cross-check, a J/token target, gating (docs/energy.md).
 
-Two real ``lem run``s on the 8B shape (``random:llama-3.1-8b``, random bf16 weights, nothing downloaded):
+Two real ``lem run``s on the 8B shape (``random:llama-3.1-8b``, random bf16 weights, nothing downloaded),
+windows of at least ``--window`` s (10: at 5 s the 100 ms power samples and the counter's ~100 ms steps were
+a few percent of a window) after ``--warmup`` warm-up requests:
 
 1. ``pytorch-optimized``, batch 8, ``target_rel_ci = 0.01`` on J/output token only
    (``measurement.target_figures``): per cycle the counter J, the power timeline integrated and their
    difference, throttling and temperature; whether J/token's relative CI reached ≤1% and the wall time
    from ``lem run``'s start;
-2. eager (no preset), batch 8, ``validity = "invalidate"``: J/token's CV over every cycle against its CV
-   over the cycles gating kept.
+2. eager (no preset), batch 8, ``validity = "invalidate"`` with ``max_throttle_share`` raised to
+   ``--eager-throttle-share``: J/token's CV over every cycle against its CV over the cycles gating kept.
 
-One command, < 8 minutes on an H100 or H200, compact output::
+One command, < 10 minutes on an H100 or H200, compact output::
 
     python benchmarks/energy_validity.py                   # on the GPU machine
     python benchmarks/energy_validity.py --model random:tiny-llama --device cpu --meter none   # checks it runs
@@ -43,10 +45,10 @@ ignore_eos = true
 batch_size = 8
 [measurement]
 cycles = {cycles}
-warmup_requests = 8
+warmup_requests = {warmup}
 idle_seconds = 5
 energy_meter = "{meter}"
-min_window_s = 5
+min_window_s = {window}
 {extra}
 [pytorch]
 device = "{device}"
@@ -98,12 +100,23 @@ def main() -> int:
     p.add_argument("--model", default="random:llama-3.1-8b")
     p.add_argument("--device", default="cuda")
     p.add_argument("--meter", default="nvml")
+    p.add_argument("--window", type=float, default=10.0, help="measurement.min_window_s (s)")
+    p.add_argument("--warmup", type=int, default=64, help="measurement.warmup_requests")
+    p.add_argument("--max-cycles", type=int, default=16, help="the J/token target's cycle limit")
+    p.add_argument("--eager-throttle-share", type=float, default=0.3, help="eager run's max_throttle_share")
+    p.add_argument("--limits", type=float, nargs=2, default=[360.0, 160.0], help="seconds for each lem run")
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="lem-energy-validity-"))
-    common = {"model": args.model, "device": args.device, "meter": args.meter}
-    target = 'target_rel_ci = 0.01\nmax_cycles = 12\ntarget_figures = ["energy.j_per_output_token"]'
+    common = {
+        "model": args.model,
+        "device": args.device,
+        "meter": args.meter,
+        "window": args.window,
+        "warmup": args.warmup,
+    }
+    target = f'target_rel_ci = 0.01\nmax_cycles = {args.max_cycles}\ntarget_figures = ["energy.j_per_output_token"]'
     body = TOML.format(preset='preset = "pytorch-optimized"', cycles=3, extra=target, **common)
-    exp, wall, tail = run(root, "optimized", body, 270)
+    exp, wall, tail = run(root, "optimized", body, args.limits[0])
     print(f"== pytorch-optimized, batch 8, target ±1% on J/token: {wall:.0f} s from lem run's start")
     if exp is None:
         print(tail)
@@ -119,10 +132,13 @@ def main() -> int:
         )
         budget = (s["uncertainty"].get("figures") or {}).get("energy.j_per_output_token")
         print(f"J/tok budget: {json.dumps(budget)}")
-    gate = 'validity = "invalidate"'
-    body = TOML.format(preset="", cycles=6, extra=gate, **common)
-    exp, wall, tail = run(root, "eager", body, 170)
-    print(f"== eager, batch 8, validity = invalidate: {wall:.0f} s")
+    # This H100 reported sw_power_cap in 8-30% of a batch-8 decode's samples at ~57% of its power limit
+    # (docs/energy.md): there power capping is the board's normal state under load, and the default share
+    # (5%) left out every cycle. The eager run raises it so the other gates (host, outliers) show.
+    gate = f'validity = "invalidate"\nmax_throttle_share = {args.eager_throttle_share}'
+    body = TOML.format(preset="", cycles=5, extra=gate, **common)
+    exp, wall, tail = run(root, "eager", body, args.limits[1])
+    print(f"== eager, batch 8, validity = invalidate, max_throttle_share {args.eager_throttle_share}: {wall:.0f} s")
     if exp is None:
         print(tail)
         return 1

@@ -86,6 +86,8 @@ def cache_table(args: argparse.Namespace) -> dict[str, Any]:
         ("max_requests_per_batch", args.max_requests_per_batch),
         ("cuda_graphs", graphs),
         ("compile_level", args.compile_level),
+        ("graph_kv_padding", args.kv_padding),
+        ("graph_q_padding", args.q_padding),
     )
     return {key: value for key, value in pairs if value is not None}
 
@@ -109,7 +111,7 @@ def experiment(args: argparse.Namespace) -> dict[str, Any]:
             "energy_meter": args.meter,
         },
         "pytorch": {"device": args.device, "attn_implementation": args.attn, "continuous": cache_table(args)},
-        "sweep": {"pytorch.engine": ["static", "continuous"], "traffic.rate": [float(r) for r in args.rates]},
+        "sweep": {"pytorch.engine": list(args.engines), "traffic.rate": [float(r) for r in args.rates]},
     }
 
 
@@ -344,6 +346,11 @@ def main() -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=None, help="pytorch.continuous.max_batch_tokens")
     parser.add_argument("--max-requests-per-batch", type=int, default=None)
     parser.add_argument("--compile-level", type=int, default=None, help="pytorch.continuous.compile_level (0-3)")
+    parser.add_argument("--kv-padding", type=int, default=None, help="pytorch.continuous.graph_kv_padding")
+    parser.add_argument("--q-padding", type=int, default=None, help="pytorch.continuous.graph_q_padding")
+    parser.add_argument(
+        "--engines", nargs="+", choices=["static", "continuous"], default=["static", "continuous"], help="(b)"
+    )
     parser.add_argument("--skip", choices=["throughput", "traffic"], default=None, help="leave one part out")
     parser.add_argument("--out", default=None, help="(b): results directory (default: a temporary one)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
