@@ -798,12 +798,14 @@ def cycle_figures(
     counter_j = math.fsum(d["energy_j"] for d in pairs)
     rel_diff = (math.fsum(d["integrated_j"] for d in pairs) - counter_j) / counter_j if pairs else None
     periods = [d["update_period_s"] for d in pairs if d.get("update_period_s")]
+    # Edges aligned to the counter's updates carry their own, smaller time bound (edge_lag_s).
+    lags = [d.get("edge_lag_s") or d["update_period_s"] for d in pairs if d.get("update_period_s")]
     steps = [d.get("resolution_j") for d in window.get("devices", ())]
     return {
         "rel_diff": rel_diff,
         "update_periods": window["duration_s"] / max(periods) if periods else None,
         "resolution_term": math.fsum(steps) / total if total and steps and None not in steps else None,
-        "period_term": max(periods) / window["duration_s"] if periods and len(periods) == len(steps) else None,
+        "period_term": max(lags) / window["duration_s"] if lags and len(lags) == len(steps) else None,
         "throttled_share": throttled_share,
         "start_temp": start_temp,
         "host": cycle.get("host"),

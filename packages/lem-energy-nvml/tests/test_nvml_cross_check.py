@@ -70,12 +70,36 @@ def test_a_window_of_a_few_counter_periods_is_flagged_short(fake_nvml):
     check = e["cross_check"]
     assert check["short_window"] is True and check["update_periods"] < 3
     assert any("counter update periods" in x for x in warnings)
-    # The budget's update-period term is that period over the window: a short window is a wide bound.
+    # The budget's update-period term is the edges' time bound over the window: aligned to the counter's
+    # updates, a quarter period plus the read intervals, still a wide bound on a window this short.
+    (d,) = w["devices"]
+    assert 0.1 / 4 <= d["edge_lag_s"] < 0.1
     figures = {"energy.total_j": {"mean": e["total_j"], "rel_ci95": None}}
     terms = budget([e], figures, None)["figures"]["energy.total_j"]
-    assert terms["update_period"] == pytest.approx(check["update_period_s"] / w["duration_s"])
-    assert terms["update_period"] > 1 / 3
+    assert terms["update_period"] == pytest.approx(d["edge_lag_s"] / w["duration_s"])
+    assert terms["update_period"] > 0.1
     assert terms["not_covered"] == ["run_to_run"] and terms["idle_baseline"] == 0.0
+
+
+@pytest.mark.parametrize("phase_s", [0.0, 0.023, 0.047, 0.071, 0.094])
+def test_edges_aligned_to_the_counter_updates_read_the_window_within_their_bound(fake_nvml, phase_s):
+    """A counter that shows its value at its last 100 ms update, read as it is at both edges, is off by up
+    to one period's energy (33% of a 0.3 s window); the meter aligns the edges to its updates instead. The
+    window opens at whatever phase of the counter's period the test starts it."""
+    gpu = FakeGpu(UUID, power_mw=200_000, counter_period_s=0.1)
+    fake_nvml([gpu])
+    meter = open_meter([0], 20.0)
+    time.sleep(phase_s)
+    meter.start()
+    time.sleep(0.3)
+    window = meter.stop()
+    meter.close()
+    (d,) = window.devices
+    assert d.method == "counter" and d.edge_lag_s is not None
+    assert d.edge_lag_s < 0.1  # aligned: a quarter period and the read intervals, not a whole period
+    truth = 200.0 * window.duration_s
+    assert abs(d.energy_j - truth) <= 200.0 * d.edge_lag_s
+    assert abs(d.energy_j - truth) <= 0.03 * truth  # constant power: only the read intervals are left
 
 
 def test_a_still_counter_falls_back_to_the_documented_period(fake_nvml):
@@ -89,5 +113,7 @@ def test_a_still_counter_falls_back_to_the_documented_period(fake_nvml):
     meter.close()
     (d,) = window.devices
     assert d.update_period_s == COUNTER_PERIOD_S
+    # Not seen advancing: its edges are read as they are, a whole period each way, and nothing waits on it.
+    assert d.edge_lag_s == COUNTER_PERIOD_S and window.duration_s < 0.3 + 0.1
     assert d.integrated_j == pytest.approx(125.0 * window.duration_s, rel=1e-6)
     assert attrs.asdict(d)["integrated_j"] == d.integrated_j

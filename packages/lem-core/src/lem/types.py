@@ -169,6 +169,9 @@ class DeviceEnergy:
     :param integrated_j: the power timeline integrated over the window, beside a
         counter figure (the cross-check); ``None`` without a second source.
     :param update_period_s: how often the counter advances; ``resolution_j`` its step.
+    :param edge_lag_s: how far in time the counter's readings at the window's two edges may be from the
+        edges, together (s): one update period when read as they were, less where the meter aligned them
+        to the counter's updates.
     """
 
     device: int
@@ -187,6 +190,7 @@ class DeviceEnergy:
     #: How often the energy counter advances (s), and its resolution (J), where the meter knows them.
     update_period_s: float | None = None
     resolution_j: float | None = None
+    edge_lag_s: float | None = None
 
 
 @attrs.frozen

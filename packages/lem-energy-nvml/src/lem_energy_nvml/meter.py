@@ -11,6 +11,19 @@ over the same window (``integrated_j``: the cross-check, see docs/energy.md),
 the counter's update period (timed when the meter opens: the counter is read
 until it has advanced a few times; the H100's ~100 ms where it does not) and
 its resolution (1 mJ).
+
+**Edges aligned to the counter's updates.** The counter shows the energy at its
+last update, up to one period (~100 ms) old: read as it is at both edges, a 5 s
+window's energy is off by up to 2%. Where the counter was seen advancing when
+the meter opened, each edge instead reads it until it advances (at most
+:data:`EDGE_WAIT_PERIODS` periods): a window opens at that update, where the
+value is fresh, and at the close the energy at the edge is interpolated
+between the value read there and the next update (the previous update was one
+period before it). ``edge_lag_s`` records how far in time the two edge values
+may be from the edges: the read interval at each edge, plus a quarter period
+at the close (linear interpolation within one period whose power changed at
+the edge is off by at most period / 4 of the step) — against one period for
+edges read as they are.
 """
 
 from __future__ import annotations
@@ -46,6 +59,29 @@ PERIOD_PROBE_S = 0.35
 PERIOD_GIVE_UP_S = 0.15
 #: The name of the thread that times the counter when the meter opens.
 PROBE_THREAD = "lem-nvml-period-probe"
+#: A window edge reads a counter until it advances, for at most this many update periods.
+EDGE_WAIT_PERIODS = 1.5
+#: Pause between two rounds of edge reads (a read itself takes ~4 ms on an H100).
+EDGE_POLL_S = 0.0005
+
+
+@attrs.frozen
+class Edge:
+    """One counter at one window edge: the energy there (mJ, or the NVML error) and how far in time it may be
+    from the edge (s)."""
+
+    value: float | str
+    aligned: bool
+    lag_s: float
+
+
+def combined_lag(start: Edge, end: Edge, period_s: float) -> float:
+    """How far in time a window's two counter edges may be from the window's (s): one period when neither
+    was aligned (each value is up to a period old, and the two lags differ by at most one period), else
+    the sum of the edges' own bounds."""
+    if not start.aligned and not end.aligned:
+        return period_s
+    return start.lag_s + end.lag_s
 
 
 class NvmlMeter:
@@ -68,6 +104,8 @@ class NvmlMeter:
         self.has_counter = {d.ordinal: self._probe_counter(d) for d in self._measurable}
         self.power_source = {d.ordinal: probe_power_source(nvml, d.handle) for d in self._measurable}
         self.update_period_s: dict[int, float] = {}
+        #: Whether each counter was seen advancing when the meter opened (then the window edges align to it).
+        self.ticking: dict[int, bool] = {}
         # Timed on a thread of its own, so its reads are told apart from the window edges'.
         probe = threading.Thread(target=self._probe_periods, name=PROBE_THREAD)
         probe.start()
@@ -77,7 +115,7 @@ class NvmlMeter:
             [SampledDevice(d.ordinal, d.handle, self.power_source[d.ordinal]) for d in self._measurable],
             sampling_interval_s,
         )
-        self._start: dict[int, int | str] = {}
+        self._start: dict[int, Edge] = {}
         self._t0_ns: int | None = None
         self._closed = False
 
@@ -93,12 +131,14 @@ class NvmlMeter:
     def _probe_periods(self) -> None:
         for d in self._measurable:
             if self.has_counter[d.ordinal]:
-                self.update_period_s[d.ordinal] = self._probe_period(d)
+                period, ticking = self._probe_period(d)
+                self.update_period_s[d.ordinal] = period
+                self.ticking[d.ordinal] = ticking
 
-    def _probe_period(self, device: NvmlDevice) -> float:
-        """The counter's update period: the median time between its advances while read for
-        :data:`PERIOD_PROBE_S`; :data:`COUNTER_PERIOD_S` when it advanced fewer than 3 times (or not at all
-        in the first :data:`PERIOD_GIVE_UP_S`: a counter that is not moving, nothing to time)."""
+    def _probe_period(self, device: NvmlDevice) -> tuple[float, bool]:
+        """The counter's update period and whether it was timed: the median time between its advances while
+        read for :data:`PERIOD_PROBE_S`; :data:`COUNTER_PERIOD_S` (not timed) when it advanced fewer than 3
+        times (or not at all in the first :data:`PERIOD_GIVE_UP_S`: a counter that is not moving)."""
         changes: list[float] = []
         last = None
         start = time.monotonic()
@@ -115,7 +155,7 @@ class NvmlMeter:
             last = value
             time.sleep(0.002)
         gaps = sorted(b - a for a, b in itertools.pairwise(changes))
-        return gaps[len(gaps) // 2] if len(gaps) >= 2 else COUNTER_PERIOD_S
+        return (gaps[len(gaps) // 2], True) if len(gaps) >= 2 else (COUNTER_PERIOD_S, False)
 
     def _read_counters(self) -> tuple[int, dict[int, int | str]]:
         """Counter of every counter-equipped device (mJ, or the error text) and the mid-time of the reads."""
@@ -131,13 +171,62 @@ class NvmlMeter:
         # Each read takes ~4 ms on an H100: the window edge is the middle of the reads.
         return (before + time.monotonic_ns()) // 2, readings
 
+    def _edge(self, opening: bool) -> tuple[int, dict[int, Edge]]:
+        """The counters at a window edge: the edge's time (ns) and each counter's :class:`Edge`.
+
+        Every counter is read once; each that was seen advancing is then read until it advances (at most
+        :data:`EDGE_WAIT_PERIODS` periods). Opening, the edge is the last of those updates (a counter that
+        advanced earlier is carried forward at its last period's rate); closing, the edge is the first read,
+        and the energy there is interpolated between that value (the update one period before the next) and
+        the next update. A counter that did not advance in time, or failed, keeps its first reading.
+        """
+        first_ns, first = self._read_counters()
+        waiting = {o: v for o, v in first.items() if isinstance(v, int) and self.ticking.get(o)}
+        handles = {d.ordinal: d.handle for d in self._measurable}
+        ticks: dict[int, tuple[int, int, int]] = {}  # ordinal -> (value, mid-time ns, ns since the previous read)
+        last_read = dict.fromkeys(waiting, first_ns)
+        if waiting:
+            deadline = first_ns + int(EDGE_WAIT_PERIODS * max(self.update_period_s[o] for o in waiting) * 1e9)
+            while waiting and time.monotonic_ns() < deadline:
+                for o in list(waiting):
+                    before = time.monotonic_ns()
+                    try:
+                        value = int(self._nvml.nvmlDeviceGetTotalEnergyConsumption(handles[o]))
+                    except self._nvml.NVMLError:
+                        del waiting[o]  # this edge keeps its first reading; the next may fail and say so
+                        continue
+                    mid = (before + time.monotonic_ns()) // 2
+                    if value != waiting[o]:
+                        ticks[o] = (value, mid, mid - last_read[o])
+                        del waiting[o]
+                    last_read[o] = mid
+                if waiting:
+                    time.sleep(EDGE_POLL_S)
+        edge_ns = max((t for _, t, _ in ticks.values()), default=first_ns) if opening else first_ns
+        edges: dict[int, Edge] = {}
+        for o, v in first.items():
+            period = self.update_period_s.get(o, COUNTER_PERIOD_S)
+            if o not in ticks or not isinstance(v, int):
+                edges[o] = Edge(v, False, period)
+                continue
+            value, tick_ns, gap_ns = ticks[o]
+            rate = (value - v) / period  # mJ/s over the period that ended at the update
+            at = value + (edge_ns - tick_ns) / 1e9 * rate
+            if opening:
+                lag = gap_ns / 1e9 + (edge_ns - tick_ns) / 1e9
+            else:
+                at = min(max(at, float(v)), float(value))
+                lag = gap_ns / 1e9 + period / 4
+            edges[o] = Edge(at, True, lag)
+        return edge_ns, edges
+
     def start(self) -> None:
         """Open a window: read the counters, then start the sampler."""
         if self._closed:
             raise RuntimeError("NVML meter: start() after close()")
         if self._t0_ns is not None:
             raise RuntimeError("NVML meter: start() while a window is open; call stop() first")
-        self._t0_ns, self._start = self._read_counters()
+        self._t0_ns, self._start = self._edge(opening=True)
         self._sampler.start(self._t0_ns)
 
     def stop(self) -> EnergyWindow:
@@ -145,7 +234,7 @@ class NvmlMeter:
         if self._t0_ns is None:
             raise RuntimeError("NVML meter: stop() without start()")
         self._sampler.stop()
-        t1_ns, end = self._read_counters()
+        t1_ns, end = self._edge(opening=False)
         duration = (t1_ns - self._t0_ns) / 1e9
         self._t0_ns = None
         warnings = list(self._notes)
@@ -180,7 +269,7 @@ class NvmlMeter:
         return []
 
     def _device_energy(
-        self, device: NvmlDevice, start: int | str | None, end: int | str | None, duration: float
+        self, device: NvmlDevice, start_edge: Edge | None, end_edge: Edge | None, duration: float
     ) -> tuple[DeviceEnergy, list[str]]:
         """One device's energy and any warnings about it."""
         label = f"CUDA device {device.ordinal} ({device.uuid})"
@@ -196,26 +285,30 @@ class NvmlMeter:
 
         warnings: list[str] = []
         if self.has_counter[device.ordinal]:
-            for edge, value in (("start", start), ("end", end)):
+            assert start_edge is not None and end_edge is not None
+            for edge, value in (("start", start_edge.value), ("end", end_edge.value)):
                 if isinstance(value, str):
                     return result(
                         None, None, f"NVML error reading the energy counter of {label} at the window's {edge}: {value}"
                     ), warnings
-            assert isinstance(start, int) and isinstance(end, int)
+            start, end = float(start_edge.value), float(end_edge.value)
             if lost is not None:
                 warnings.append(f"{label}: sampling stopped mid-window ({lost}); the counter figure is kept")
             if end > start:
                 counted = result((end - start) / 1000.0, "counter")
+                period = self.update_period_s.get(device.ordinal, COUNTER_PERIOD_S)
                 return attrs.evolve(
                     counted,
                     integrated_j=integrate_window(series, duration) if lost is None else None,
-                    update_period_s=self.update_period_s.get(device.ordinal),
+                    update_period_s=period,
                     resolution_j=COUNTER_RESOLUTION_J,
+                    edge_lag_s=combined_lag(start_edge, end_edge, period),
                 ), warnings
             why = (
-                f"went backwards ({start} mJ -> {end} mJ: the driver was reloaded or the counter reset or wrapped)"
+                f"went backwards ({start:.0f} mJ -> {end:.0f} mJ: the driver was reloaded or the counter reset or "
+                "wrapped)"
                 if end < start
-                else f"did not advance ({start} mJ) in {duration * 1000:.0f} ms"
+                else f"did not advance ({start:.0f} mJ) in {duration * 1000:.0f} ms"
             )
             fallback = integrate(series)
             if fallback is None:

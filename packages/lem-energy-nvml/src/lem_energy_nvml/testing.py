@@ -102,7 +102,8 @@ class FakeGpu:
         # The counter shows the energy at the last update instant, not now.
         since_update = (now - self._origin) % self.counter_period_s
         shown = max(self._true_mj - self.power_mw * since_update, 0.0)
-        return self.energy_mj + int(self.counter_gain * shown)
+        # round, not int: the value at an update is a whole number of mJ that float error puts either side of.
+        return self.energy_mj + round(self.counter_gain * shown)
 
     def check(self) -> None:
         """Run the board's script, then fail as a lost GPU does when ``lost`` is set (every reading calls this)."""

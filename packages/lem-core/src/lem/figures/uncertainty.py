@@ -5,9 +5,12 @@ the summary includes recorded:
 
 - ``resolution``: the counter's step (``resolution_j``) over the window's
   energy, the largest over the cycles;
-- ``update_period``: the counter advances every ``update_period_s``, so each
-  window edge reads a value up to one period old; the two edges' lags differ
-  by at most one period: ``update_period_s / duration_s`` (the largest);
+- ``update_period``: the counter advances every ``update_period_s``, so a
+  window edge read as it is holds a value up to one period old; the two
+  edges' lags differ by at most one period. Where the meter aligned the edges
+  to the counter's updates it records the smaller bound as ``edge_lag_s``:
+  ``edge_lag_s / duration_s``, else ``update_period_s / duration_s`` (the
+  largest over the devices and cycles);
 - ``cross_check``: the largest disagreement between the counter and the power
   timeline integrated (``energy.cross_check``), over the cycles;
 - ``idle_baseline``: the idle baseline's power spread (standard deviation of
@@ -70,6 +73,12 @@ def power_spread(timeline: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _number(value: Any) -> float | None:
+    """``value`` when it is a positive number (not a bool), else ``None``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    return float(value) if ok else None
+
+
 def _largest(values: Sequence[float | None]) -> float | None:
     known = [abs(v) for v in values if v is not None]
     return max(known) if known and len(known) == len(values) else None
@@ -85,9 +94,10 @@ def instrument_terms(energies: Sequence[Mapping[str, Any]]) -> dict[str, float |
         devices = e.get("devices") or []
         steps = [d.get("resolution_j") for d in devices]
         resolution.append(sum(steps) / total if total and all(s is not None for s in steps) and steps else None)
-        periods = [d.get("update_period_s") for d in devices]
-        ok = dur and periods and all(p is not None for p in periods)
-        period.append(max(periods) / dur if ok else None)
+        lags = [_number(d.get("edge_lag_s")) or _number(d.get("update_period_s")) for d in devices]
+        known = [x for x in lags if x is not None]
+        seconds = _number(dur)
+        period.append(max(known) / seconds if seconds and known and len(known) == len(lags) else None)
         cross.append((e.get("cross_check") or {}).get("rel_diff"))
     if not energies:
         return dict.fromkeys(("resolution", "update_period", "cross_check"))
