@@ -35,10 +35,14 @@ def _edge(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+#: The thermal context's reason where the window has no timeline.
+NO_TIMELINE = "no timeline for this window"
+
+
 def thermal_context(timeline: Sequence[Mapping[str, Any]] | None) -> tuple[dict[str, Any], list[str]]:
     """``({"devices": [...], "reason"}, warnings)``: per GPU its first and last sample, and throttling inside."""
     if timeline is None:
-        return {"devices": [], "reason": "no timeline for this window"}, []
+        return {"devices": [], "reason": NO_TIMELINE}, []
     by_device: dict[int, list[Mapping[str, Any]]] = {}
     for row in timeline:
         if (row.get("component") or "gpu") == "gpu" and isinstance(row.get("device"), int) and _num(row.get("t_s")):

@@ -12,6 +12,7 @@ list`` finds it), never an exception that would lose the report.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,14 @@ import attrs
 from lem.errors import ResultsError
 from lem.results.files import CYCLE_RE, read_json
 from lem.results.shapes import cycle_damage, summary_damage
-from lem.results.timelines import TIMELINE_RE
+from lem.results.timelines import (
+    READ_ERRORS,
+    TIMELINE_RE,
+    check_timeline,
+    missing_timeline,
+    recorded_timeline,
+    why_damaged,
+)
 
 
 @attrs.frozen
@@ -127,7 +135,8 @@ def cycles(exp: ExperimentData, problems: list[str] | None = None) -> list[dict[
 def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tuple[int, list[dict[str, str]]]]:
     """``(cycle, rows)`` of every ``timeline-NNN.csv`` of the experiment, in cycle order; values as text.
 
-    A timeline that cannot be read as CSV is left out (and named in ``problems``); its cycle is not.
+    A damaged timeline (what :func:`lem.results.timelines.read_timeline` refuses) is left out, and named in
+    ``problems``, as is a missing one whose cycle file says it was recorded; its cycle is not left out.
     """
     out = []
     for p in sorted(exp.path.iterdir()):
@@ -135,15 +144,23 @@ def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tu
         if m is None:
             continue
         try:
-            with p.open(encoding="utf-8", newline="") as f:
-                rows = list(csv.DictReader(f))
-            if any(None in row for row in rows):
-                raise ValueError("a row has more cells than the header has columns")
-        except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
+            text = p.read_text(encoding="utf-8")
+            check_timeline(text)  # the checks every reader of timelines makes
+            rows = list(csv.DictReader(io.StringIO(text)))
+        except READ_ERRORS as exc:
             if problems is not None:
-                problems.append(f"{p}: damaged meter timeline ({exc}); left out, its cycle is kept")
+                problems.append(f"{p}: damaged meter timeline ({why_damaged(exc)}); left out, its cycle is kept")
             continue
         out.append((int(m.group(1)), rows))
+    if problems is not None:
+        found = {n for n, _ in out}
+        for doc in cycles(exp):
+            n = number(doc.get("cycle"))
+            if n is None or not n.is_integer() or int(n) in found or not recorded_timeline(doc):
+                continue
+            path = exp.path / f"timeline-{int(n):03d}.csv"
+            if not path.exists():
+                problems.append(f"{exp.path}/{missing_timeline(path)}; its cycle is kept")
     return out
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from lem.errors import ResultsError
+from lem.figures.thermal import NO_TIMELINE
 
 
 def timeline_csv(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -45,12 +46,15 @@ def _cell(text: str) -> Any:
 def parse_timeline(text: str) -> list[dict[str, Any]]:
     """Timeline rows from the text of a ``timeline-NNN.csv`` (cells typed by :func:`_cell`).
 
-    :raises ValueError: for a row with more cells than the header has columns.
+    :raises ValueError: for a row with more or fewer cells than the header has columns (lem writes every
+        cell of every row, empty where there is no reading: a short row is a file cut short or edited).
     """
     rows = []
     for n, row in enumerate(csv.DictReader(io.StringIO(text)), start=2):
         if None in row:  # csv.DictReader files the cells beyond the header under None
             raise ValueError(f"line {n}: more cells than the header has columns")
+        if None in row.values():  # ... and gives None for the columns a row has no cell for
+            raise ValueError(f"line {n}: fewer cells than the header has columns (cut short?)")
         rows.append({k: _cell(v) for k, v in row.items()})
     return rows
 
@@ -60,33 +64,64 @@ def parse_timeline(text: str) -> list[dict[str, Any]]:
 MEASURED_SUFFIXES = ("_s", "_w", "_j", "_c", "_pct", "_mib", "_mhz")
 
 
+#: What reading a damaged timeline raises (:func:`check_timeline`); :func:`why_damaged` says it in words.
+READ_ERRORS = (OSError, UnicodeDecodeError, csv.Error, ValueError)
+
+
+def check_timeline(text: str) -> list[dict[str, Any]]:
+    """The rows of a timeline's text, checked as :func:`read_timeline` says.
+
+    :raises ValueError: (or :data:`READ_ERRORS`) for a damaged timeline.
+    """
+    if not text.strip():
+        raise ValueError("an empty file: lem writes a header and a row per sample")
+    rows = parse_timeline(text)
+    if not rows:
+        raise ValueError("a header but no samples: lem writes a timeline only when its meter took some")
+    for n, row in enumerate(rows, start=2):
+        if "t_s" not in row:
+            raise ValueError("no t_s column")
+        for key, value in row.items():
+            must = key == "t_s" or (value is not None and str(key).endswith(MEASURED_SUFFIXES))
+            # float() reads "nan" and "inf" too: no meter gives them, so the file is damaged.
+            if must and (not isinstance(value, (int, float)) or not math.isfinite(value)):
+                raise ValueError(f"line {n}: {key} = {value!r} is not a number")
+    return rows
+
+
+def why_damaged(exc: BaseException) -> str:
+    """What is wrong with a timeline, from what :func:`check_timeline` (or reading the file) raised."""
+    if isinstance(exc, UnicodeDecodeError):
+        return f"not UTF-8 text: byte {exc.start} cannot be read"
+    return str(exc)
+
+
 def read_timeline(path: Path) -> list[dict[str, Any]] | None:
     """The rows of a ``timeline-NNN.csv``, or ``None`` when there is none.
 
     A file that is not readable CSV text (binary garbage, cut in a multi-byte
-    character), has a row with more cells than its header or without a finite
-    numeric ``t_s``, or text, NaN or infinity in a column named with a unit
-    (:data:`MEASURED_SUFFIXES`), is a :class:`ResultsError` naming it.
+    character), is empty or has no samples, has a row with more or fewer cells
+    than its header or without a finite numeric ``t_s``, or text, NaN or
+    infinity in a column named with a unit (:data:`MEASURED_SUFFIXES`), is a
+    :class:`ResultsError` naming it.
     """
     if not path.exists():
         return None
     try:
-        rows = parse_timeline(path.read_text(encoding="utf-8"))
-        for n, row in enumerate(rows, start=2):
-            if "t_s" not in row:
-                raise ValueError("no t_s column")
-            for key, value in row.items():
-                must = key == "t_s" or (value is not None and str(key).endswith(MEASURED_SUFFIXES))
-                # float() reads "nan" and "inf" too: no meter gives them, so the file is damaged.
-                if must and (not isinstance(value, (int, float)) or not math.isfinite(value)):
-                    raise ValueError(f"line {n}: {key} = {value!r} is not a number")
-        return rows
-    except (OSError, UnicodeDecodeError, csv.Error, ValueError) as exc:
-        why = f"not UTF-8 text: byte {exc.start} cannot be read" if isinstance(exc, UnicodeDecodeError) else exc
+        return check_timeline(path.read_text(encoding="utf-8"))
+    except READ_ERRORS as exc:
         raise ResultsError(
-            f"{path.name}: damaged meter timeline ({why}); the steady-state, step-energy"
+            f"{path.name}: damaged meter timeline ({why_damaged(exc)}); the steady-state, step-energy"
             f" and thermal figures of that cycle need it (the raw file is {path})"
         ) from None
+
+
+def recorded_timeline(cycle: Mapping[str, Any]) -> bool:
+    """Whether a cycle file says its meter recorded a timeline: its thermal context (computed in the run
+    from the timeline, :func:`lem.figures.thermal.thermal_context`) is not the one of a cycle without."""
+    energy = cycle.get("energy")
+    thermal = energy.get("thermal") if isinstance(energy, Mapping) else None
+    return isinstance(thermal, Mapping) and thermal.get("reason") != NO_TIMELINE
 
 
 def as_written(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -112,19 +147,31 @@ def timeline_path(exp_dir: Path, cycle: Any) -> Path:
     return exp_dir / f"timeline-{number:03d}.csv"
 
 
+def missing_timeline(path: Path) -> str:
+    """The line naming a timeline that is gone while its cycle file says the meter recorded it."""
+    return (
+        f"{path.name}: missing meter timeline: its cycle file says the meter recorded one; the steady-state,"
+        f" step-energy and thermal figures of that cycle need it (restore {path} or re-run the experiment)"
+    )
+
+
 def cycle_timelines(
     exp_dir: Path, cycles: Sequence[Mapping[str, Any]], damaged: list[str] | None = None
 ) -> dict[int, list[dict[str, Any]]]:
     """``{cycle: rows}`` of the cycles' ``timeline-NNN.csv`` files that exist.
 
-    A damaged timeline is left out, so only the figures it gives are ``null``
+    A damaged timeline, or a missing one whose cycle file says it was recorded (:func:`recorded_timeline`),
+    is left out, so only the figures it gives are ``null``
     (with the reason that there is no timeline); its one-line description is
     appended to ``damaged`` when given, else the error is raised.
     """
     out = {}
     for c in cycles:
         try:
-            rows = read_timeline(timeline_path(exp_dir, c["cycle"]))
+            path = timeline_path(exp_dir, c["cycle"])
+            rows = read_timeline(path)
+            if rows is None and recorded_timeline(c):
+                raise ResultsError(missing_timeline(path))
         except ResultsError as exc:
             if damaged is None:
                 raise
