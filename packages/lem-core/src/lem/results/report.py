@@ -38,7 +38,7 @@ from lem.results.drilldown import (
     run_info,
 )
 from lem.results.files import write_atomic
-from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, number, read_run
+from lem.results.rundata import ExperimentData, RunData, ci, cycles, figure, label, mean, number, read_run, timelines
 
 #: Summary keys shown elsewhere in the report; every other key is shown as a label, whatever its name.
 _SHOWN = {
@@ -265,11 +265,15 @@ def _differs_table(shown: list[_Shown]) -> str:
 
 
 def warnings(run: RunData) -> list[str]:
-    """Every warning of the run: config, unreadable files, failed experiments, each summary's, doubtful figures."""
+    """Every warning of the run: config, unreadable files (damaged cycle files and timelines too), failed
+    experiments, each summary's, doubtful figures."""
     out = [f"config: {w}" for w in (run.run or {}).get("config_warnings") or ()]
     out += list(run.problems)
     for exp in run.experiments:
         out += list(exp.problems)
+        if exp.status in ("ok", "incomplete"):  # what the plots leave out, named as `lem results plot` names it
+            cycles(exp, out)
+            timelines(exp, out)
         if exp.status == "failed":
             out.append(f"{exp.id}: FAILED: {(exp.failure or {}).get('reason')}")
         elif exp.status not in ("ok", "damaged"):  # a damaged summary is named in its problems
