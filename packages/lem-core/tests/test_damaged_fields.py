@@ -13,6 +13,11 @@ something (exit status 1 or 2, or a line calling something damaged), a line name
 experiment directory and name); no result file is changed or deleted, except the summaries that
 ``aggregate`` rewrites by design (docs/results.md).
 
+Timelines (``timeline-NNN.csv``) are damaged apart, as real files get damaged (cut mid-row, a header column
+missing or renamed, text or NaN in a numeric column, empty, header only, binary garbage, gone while its cycle file
+says it was recorded), in a second real run whose meter takes them (NVML on the fake board of
+``lem_energy_nvml.testing``), with the same checks on every reader of timelines.
+
 The quick sweep rotates the wrong kind and the costly readers (plot, report, parquet) over the paths so it
 runs in about two minutes on two cores; the ``slow`` ones (run with ``LEM_TEST_DAMAGE_SWEEP=1``) damage every
 path, once or with every wrong kind.
@@ -272,4 +277,138 @@ def test_every_reader_survives_each_damaged_field(real_run: Path, tmp_path: Path
 def test_every_reader_survives_every_wrong_kind_of_every_field(real_run: Path, tmp_path: Path) -> None:
     """Every path of every file with every wrong kind (an hour or more on two cores)."""
     failures = _sweep(real_run, tmp_path, every_path=True, every_kind=True)
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures)
+
+
+# --- timelines ---------------------------------------------------------------------------------------------
+
+#: A run whose meter takes timelines: NVML on a fake board (lem_energy_nvml.testing), sampled every 10 ms.
+METERED_RUN = """model = "random:tiny-llama"
+[dataset]
+num_prompts = 2
+input_length = 8
+[generation]
+max_output_tokens = 3
+[measurement]
+energy_meter = "nvml"
+sampling_interval_ms = 10
+idle_seconds = 0.2
+cycles = 2
+warmup_requests = 0
+[pytorch]
+device = "cpu"
+[sweep]
+"batching.batch_size" = [1, 2]
+"""
+
+
+@pytest.fixture(scope="module")
+def metered_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real run with a ``timeline-NNN.csv`` per cycle: ``lem run`` with the fake pynvml first on its path."""
+    if "pytorch" not in backend_names():
+        pytest.skip("lem-backend-pytorch is not installed")
+    testing = pytest.importorskip("lem_energy_nvml.testing")
+    where = tmp_path_factory.mktemp("metered-run")
+    shim = testing.write_pynvml(where / "fake-nvml")
+    (where / "run.toml").write_text(METERED_RUN)
+    done = subprocess.run(
+        [sys.executable, "-m", "lem", "run", "run.toml", "--out", "results", "-q", "--no-report"],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(shim), *sys.path])},
+    )
+    assert done.returncode == 0, done.stderr
+    [run_dir] = (where / "results").iterdir()
+    for exp in sorted(run_dir.glob("00*")):
+        assert sorted(p.name for p in exp.glob("timeline-*.csv")) == ["timeline-001.csv", "timeline-002.csv"]
+    return where / "results"
+
+
+def _cut_mid_row(data: bytes) -> bytes:
+    lines = data.split(b"\n")
+    return b"\n".join(lines[:3]) + b"\n" + lines[3][: len(lines[3]) // 3]
+
+
+def _header(data: bytes, old: bytes, new: bytes) -> bytes:
+    header, rest = data.split(b"\n", 1)
+    names = [new if name == old else name for name in header.split(b",")]
+    return b",".join(n for n in names if n) + b"\n" + rest
+
+
+def _cell(data: bytes, column: bytes, value: bytes) -> bytes:
+    """``data`` with the cell of ``column`` in its second row replaced by ``value``."""
+    lines = data.split(b"\n")
+    where = lines[0].split(b",").index(column)
+    cells = lines[2].split(b",")
+    cells[where] = value
+    lines[2] = b",".join(cells)
+    return b"\n".join(lines)
+
+
+#: How a timeline file gets damaged: its new bytes from its old ones (``None``: the file is gone, while its
+#: cycle file, which names it by its number, is still there).
+TIMELINE_DAMAGE: dict[str, Any] = {
+    "cut mid-row": _cut_mid_row,
+    "header lacks a column": lambda d: _header(d, b"power_w", b""),
+    "t_s column renamed": lambda d: _header(d, b"t_s", b"time"),
+    "power_w column renamed": lambda d: _header(d, b"power_w", b"power"),
+    "text power": lambda d: _cell(d, b"power_w", b"n/a"),
+    "text t_s": lambda d: _cell(d, b"t_s", b"12:00:01"),
+    "nan temperature": lambda d: _cell(d, b"temperature_c", b"nan"),
+    "empty": lambda d: b"",
+    "header only": lambda d: d.split(b"\n", 1)[0] + b"\n",
+    "binary garbage": lambda d: bytes(range(256)) * 4,
+    "missing": lambda d: None,
+}
+
+
+#: ``lem report`` draws every plot (ten seconds and more here): it runs on this damage only (it reads timelines
+#: as ``plot --kind timeline`` does, which runs on every one).
+REPORT_ON = ("missing",)
+
+
+def test_every_reader_survives_a_damaged_timeline(metered_run: Path, tmp_path: Path) -> None:
+    """Each way a timeline gets damaged, every reader of timelines: exit 0/1/2, no traceback, the damaged file
+    named when something was skipped, no other result file changed (the sweep's checks, :func:`_check`)."""
+    results = tmp_path / "results"
+    shutil.copytree(metered_run, results)
+    [run_dir] = results.iterdir()
+    target = sorted(run_dir.glob("000-*"))[0] / "timeline-001.csv"
+    named = f"{target.parent.name}/{target.name}"
+    pristine = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    out = tmp_path / "out"
+    readers = {
+        # request-level parquet reads no timeline; plot draws every kind, timeline is the one that reads them
+        **{name: args for name, args in _readers(run_dir.name, out).items() if name not in ("plot", "export-parquet")},
+        "plot-timeline": ["results", "plot", f"results/{run_dir.name}", "--kind", "timeline", "--out", str(out)],
+    }
+    failures = []
+    cwd = Path.cwd()
+    os.chdir(tmp_path)
+    try:
+        baseline = {name: _invoke(args) for name, args in readers.items()}
+        assert {name: b[0] for name, b in baseline.items()} == dict.fromkeys(readers, 0), baseline
+        for how, damage in TIMELINE_DAMAGE.items():
+            for path, data in pristine.items():
+                path.write_bytes(data)
+            new = damage(pristine[target])
+            if new is None:
+                target.unlink()
+            else:
+                target.write_bytes(new)
+            damaged = {p: p.read_bytes() for p in pristine if p.is_file()}
+            for name, args in readers.items():
+                if name == "report" and how not in REPORT_ON:
+                    continue
+                found = _check(args, baseline[name], target, results, damaged)
+                if name == "report" and named not in (out / "report" / "report.html").read_text():
+                    found.append(f"the page does not name {named}")  # its timeline plot lacks that cycle
+                failures += [f"{how} | {name}: {p}" for p in found]
+                for path, data in damaged.items():  # undo what aggregate rewrote
+                    if path.read_bytes() != data:
+                        path.write_bytes(data)
+    finally:
+        os.chdir(cwd)
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures)
