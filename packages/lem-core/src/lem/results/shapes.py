@@ -214,7 +214,7 @@ _SHAPES: Table = {
         *("ffn_dim", "num_local_experts", "num_experts", "n_routed_experts", "num_experts_per_tok", "moe_top_k"),
         "moe_intermediate_size",
     )
-}
+} | {"model_type": (_TEXT, True)}  # looked up in a set (lem.figures.flops): a list or table there is no type
 #: What a backend said of the model that the roofline figures use (lem.figures.hardware).
 _BACKEND_INFO: Table = {
     "hardware": (
