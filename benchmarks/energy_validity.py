@@ -77,7 +77,9 @@ def cv(values: list[float]) -> str:
 
 
 def per_cycle(exp: Path) -> None:
-    print("cyc  dur_s  counter_J  integr_J   diff    short  throttled  T_start-T_end  host_others  J/tok   spoilt")
+    print(
+        "cyc  dur_s  counter_J  integr_J   diff    short  lag_ms  throttled  T_start-T_end  host_others  J/tok   spoilt"
+    )
     summary = json.loads((exp / "summary.json").read_text())
     spoilt = set((summary.get("validity") or {}).get("spoilt_cycles", []))
     for c in cycles(exp):
@@ -87,10 +89,13 @@ def per_cycle(exp: Path) -> None:
         temps = ",".join(f"{d['start']['temperature_c']}-{d['end']['temperature_c']}" for d in devs) or "-"
         host = (c.get("host") or {}).get("others_share")
         fmt = lambda v, s: "-" if v is None else format(v, s)  # noqa: E731
+        lags = [d.get("edge_lag_s") for d in (c.get("energy_window") or {}).get("devices", [])]
+        lag = ",".join("-" if v is None else f"{v * 1000:.0f}" for v in lags) or "-"
         print(
             f"{c['cycle']:>3} {fmt(e['duration_s'], '6.2f')} {fmt(x['counter_j'], '10.1f')}"
             f" {fmt(x['integrated_j'], '9.1f')}"
-            f" {fmt(x['rel_diff'], '+7.2%')} {x['short_window']!s:>6} {thr:>10} {temps:>14} {fmt(host, '11.1%')}"
+            f" {fmt(x['rel_diff'], '+7.2%')} {x['short_window']!s:>6} {lag:>7} {thr:>10} {temps:>14}"
+            f" {fmt(host, '11.1%')}"
             f" {fmt(e['j_per_output_token'], '7.4f')} {'yes' if c['cycle'] in spoilt else ''}"
         )
 
