@@ -12,6 +12,10 @@ For the 8B shape in bf16 (random weights), batch 1 and 8, eager and ``pytorch-op
   holds only decode steps, so whatever a ``generate`` call costs once cancels out; beside it the per-step
   times of both sides and the wall clock's (2 tokens) - (1 token), which shows a one-off cost of the first
   decode step.
+- the same ``generate`` call timed both ways: lem's decode time against a host clock read after a device
+  sync at every step (a logits processor), so the call-to-call variation of launch-bound decoding (eager
+  calls on a shared host differ by up to 50%) is not in the comparison. On the CPU lem's own clock is the
+  host clock, so there the two agree by construction; on a GPU lem reads CUDA events.
 
 It prints the ratio (goal: within 5%) and the measured copy bandwidth beside the table's peak. Runs in
 under 5 minutes on an H100 or H200::
