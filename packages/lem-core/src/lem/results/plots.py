@@ -32,6 +32,7 @@ from lem.results.rundata import (
     figure,
     label,
     mean,
+    name_left_out,
     number,
     timelines,
 )
@@ -548,9 +549,7 @@ def damaged_inputs(run: RunData) -> list[str]:
     lines = list(run.problems)
     for exp in run.experiments:
         lines += exp.problems
-        if exp.status in ("ok", "incomplete"):
-            cycles(exp, lines)
-            timelines(exp, lines)
+        name_left_out(exp, lines)
     return lines
 
 

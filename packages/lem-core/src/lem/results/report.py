@@ -38,7 +38,7 @@ from lem.results.drilldown import (
     run_info,
 )
 from lem.results.files import write_atomic
-from lem.results.rundata import ExperimentData, RunData, ci, cycles, figure, label, mean, number, read_run, timelines
+from lem.results.rundata import ExperimentData, RunData, ci, figure, label, mean, name_left_out, number, read_run
 
 #: Summary keys shown elsewhere in the report; every other key is shown as a label, whatever its name.
 _SHOWN = {
@@ -271,9 +271,7 @@ def warnings(run: RunData) -> list[str]:
     out += list(run.problems)
     for exp in run.experiments:
         out += list(exp.problems)
-        if exp.status in ("ok", "incomplete"):  # what the plots leave out, named as `lem results plot` names it
-            cycles(exp, out)
-            timelines(exp, out)
+        name_left_out(exp, out)  # what the plots leave out, named as `lem results plot` names it
         if exp.status == "failed":
             out.append(f"{exp.id}: FAILED: {(exp.failure or {}).get('reason')}")
         elif exp.status not in ("ok", "damaged"):  # a damaged summary is named in its problems

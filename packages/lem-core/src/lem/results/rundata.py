@@ -132,11 +132,14 @@ def cycles(exp: ExperimentData, problems: list[str] | None = None) -> list[dict[
     return docs
 
 
-def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tuple[int, list[dict[str, str]]]]:
+def timelines(
+    exp: ExperimentData, problems: list[str] | None = None, cycle_docs: list[dict[str, Any]] | None = None
+) -> list[tuple[int, list[dict[str, str]]]]:
     """``(cycle, rows)`` of every ``timeline-NNN.csv`` of the experiment, in cycle order; values as text.
 
     A damaged timeline (what :func:`lem.results.timelines.read_timeline` refuses) is left out, and named in
     ``problems``, as is a missing one whose cycle file says it was recorded; its cycle is not left out.
+    ``cycle_docs``: the experiment's cycle files where the caller has read them (:func:`cycles`).
     """
     out = []
     for p in sorted(exp.path.iterdir()):
@@ -154,7 +157,7 @@ def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tu
         out.append((int(m.group(1)), rows))
     if problems is not None:
         found = {n for n, _ in out}
-        for doc in cycles(exp):
+        for doc in cycles(exp) if cycle_docs is None else cycle_docs:
             n = number(doc.get("cycle"))
             if n is None or not n.is_integer() or int(n) in found or not recorded_timeline(doc):
                 continue
@@ -162,6 +165,13 @@ def timelines(exp: ExperimentData, problems: list[str] | None = None) -> list[tu
             if not path.exists():
                 problems.append(f"{exp.path}/{missing_timeline(path)}; its cycle is kept")
     return out
+
+
+def name_left_out(exp: ExperimentData, problems: list[str]) -> None:
+    """Name in ``problems`` the damaged cycle files and timelines of an experiment whose figures are drawn
+    (``ok`` or ``incomplete``): what the plots and the report leave out of it."""
+    if exp.status in ("ok", "incomplete"):
+        timelines(exp, problems, cycles(exp, problems))
 
 
 def number(value: Any) -> float | None:
